@@ -1,0 +1,154 @@
+//! The cost model: parameters, MACs/FLOPs per node and in total, and activation memory.
+//!
+//! Conventions (see [`crate::ops::Cost`]): MACs count Conv/ConvTranspose/Gemm/MatMul
+//! multiply-accumulates; FLOPs = 2·MACs + one per output element of other computing ops;
+//! symbolic dims (batch) count as 1. Parameters = elements of all initializers (each counted
+//! once, also when shared). A node's params are the elements of the float initializers it
+//! reads. Activation memory: bytes of all node outputs (`total`) and the peak of bytes live at
+//! once when nodes run in topological order (`peak`), graph inputs included, initializers not.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use super::Shapes;
+use crate::error::Result;
+use crate::ir::{Model, NodeId, ValueId};
+use crate::ops::{self, numel_or_one, Cost, Cx};
+
+/// Per-node cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCost {
+    /// Node name.
+    pub name: String,
+    /// Op type.
+    pub op_type: String,
+    /// Multiply-accumulates.
+    pub macs: u64,
+    /// FLOPs.
+    pub flops: u64,
+    /// Elements of the initializers the node reads.
+    pub params: u64,
+    /// Output shape text (first output).
+    pub output: String,
+}
+
+/// The model's costs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Costs {
+    /// Per node, in topological order.
+    pub nodes: Vec<NodeCost>,
+    /// Total MACs.
+    pub macs: u64,
+    /// Total FLOPs.
+    pub flops: u64,
+    /// Total parameters (initializer elements).
+    pub params: u64,
+    /// Bytes of all node outputs.
+    pub activation_bytes: u64,
+    /// Peak bytes of activations live at once.
+    pub peak_activation_bytes: u64,
+    /// Node ids matching `nodes`.
+    #[serde(skip)]
+    pub ids: Vec<NodeId>,
+}
+
+fn value_bytes(shapes: &Shapes, v: ValueId) -> u64 {
+    shapes.get(v).map_or(0, |f| {
+        let n = f.shape.as_ref().map_or(0, |s| numel_or_one(s));
+        let bits = f.dtype.map_or(32, |d| d.bits().max(8)) as u64;
+        n * bits / 8
+    })
+}
+
+/// Computes costs from the shape facts.
+pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
+    let g = &model.graph;
+    let order = g.topo_order()?;
+    let mut out = Costs {
+        nodes: Vec::with_capacity(order.len()),
+        macs: 0,
+        flops: 0,
+        params: g
+            .initializers
+            .iter()
+            .filter_map(|&v| g.init(v))
+            .map(|t| t.len() as u64)
+            .sum(),
+        activation_bytes: 0,
+        peak_activation_bytes: 0,
+        ids: order.clone(),
+    };
+    // Remaining readers of each live activation, for the peak computation.
+    let mut remaining: Vec<usize> = vec![0; g.value_capacity()];
+    for v in g.value_ids() {
+        remaining[v.index()] = g.value(v).uses.len() + usize::from(g.outputs.contains(&v));
+    }
+    let mut live: u64 = g
+        .inputs
+        .iter()
+        .filter(|v| g.init(**v).is_none())
+        .map(|&v| value_bytes(shapes, v))
+        .sum();
+    let mut peak = live;
+    for &n in &order {
+        let node = g.node(n);
+        let ins = shapes.inputs_of(g, n);
+        let outs = shapes.outputs_of(g, n);
+        let cost = match ops::lookup(&node.domain, &node.op_type) {
+            Some(op) => op.cost(
+                &Cx {
+                    node,
+                    inputs: &ins,
+                    opset: model.opset(),
+                },
+                &outs,
+            ),
+            None => Cost::default(),
+        };
+        let mut seen = HashSet::new();
+        let params = node
+            .inputs
+            .iter()
+            .flatten()
+            .filter(|v| seen.insert(**v))
+            .filter_map(|&v| g.init(v))
+            .filter(|t| t.dtype().is_float())
+            .map(|t| t.len() as u64)
+            .sum();
+        let out_bytes: u64 = node
+            .outputs
+            .iter()
+            .flatten()
+            .map(|&v| value_bytes(shapes, v))
+            .sum();
+        out.activation_bytes += out_bytes;
+        live += out_bytes;
+        peak = peak.max(live);
+        for &v in node.inputs.iter().flatten() {
+            if g.init(v).is_some() || remaining[v.index()] == 0 {
+                continue;
+            }
+            remaining[v.index()] -= 1;
+            if remaining[v.index()] == 0 {
+                live = live.saturating_sub(value_bytes(shapes, v));
+            }
+        }
+        out.macs += cost.macs;
+        out.flops += cost.flops;
+        out.nodes.push(NodeCost {
+            name: node.name.clone(),
+            op_type: node.op_type.clone(),
+            macs: cost.macs,
+            flops: cost.flops,
+            params,
+            output: outs
+                .first()
+                .copied()
+                .flatten()
+                .map_or("?".into(), |f| f.describe()),
+        });
+    }
+    out.peak_activation_bytes = peak;
+    Ok(out)
+}

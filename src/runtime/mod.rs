@@ -1,0 +1,1 @@
+//! Runtimes that execute models: ONNX Runtime (`ort`, loaded dynamically) and tract.
