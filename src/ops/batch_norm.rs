@@ -1,7 +1,58 @@
-//! STUB: `BatchNormalization, InstanceNormalization` (to be implemented).
-use super::Op;
+//! Per-channel normalisation: `BatchNormalization` and `InstanceNormalization`.
+//!
+//! Y has X's type and shape (X is `[N, C, D1..Dn]`). BatchNormalization's optional extra
+//! outputs (opset 14+ training mode: running mean/var; opsets 6–9: mean, var, saved mean,
+//! saved var) are all `[C]`, typed like the `input_mean` input (opset 15's `T2`) or else X.
+//! Per-channel parameters (`scale`, `B`, `mean`, `var`) must have C elements when both are known;
+//! a mismatch is an error (it usually means a channel was pruned on one side only).
+//!
+//! Cost: 2 FLOPs per output element (one multiply and one add once the statistics are folded
+//! into a per-channel scale and shift). Not handled: the pre-opset-9 `spatial=0` mode, whose
+//! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{Dim, Fact};
+
+use super::{util, Cost, Cx, Op};
+
+/// The channel count of X (`X[1]`), preferring a known parameter length when X's is not known.
+fn channels(cx: &Cx, xs: &[Dim], params: &[usize]) -> Result<Dim> {
+    let mut c = xs.get(1).cloned().unwrap_or(Dim::Unknown);
+    let nd = xs.len();
+    for &p in params {
+        let Some(ps) = cx
+            .inputs
+            .get(p)
+            .copied()
+            .flatten()
+            .and_then(|f| f.shape.as_ref())
+        else {
+            continue;
+        };
+        if ps.len() != 1 {
+            continue;
+        }
+        match (c.known(), ps[0].known()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(cx.err(format!(
+                    "input has {a} channels but parameter input {p} has {b} elements"
+                )));
+            }
+            (None, Some(b)) if nd != 1 => c = Dim::Known(b),
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+fn two_per_element(outputs: &[Option<&Fact>]) -> Cost {
+    Cost {
+        macs: 0,
+        flops: 2 * util::output_numel(outputs, 0),
+    }
+}
+
+/// `BatchNormalization` (inference, with training-mode statistics outputs typed and shaped).
 pub struct BatchNorm {
     name: &'static str,
 }
@@ -10,9 +61,45 @@ impl Op for BatchNorm {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        let n_out = cx.node.outputs.len().max(1);
+        let stat_dtype = cx
+            .inputs
+            .get(3)
+            .copied()
+            .flatten()
+            .and_then(|f| f.dtype)
+            .or(x.dtype);
+        let c = match &x.shape {
+            Some(xs) if cx.node.attr_i("spatial").unwrap_or(1) != 0 => {
+                if xs.is_empty() {
+                    return Err(cx.err("input must have at least one dimension"));
+                }
+                channels(cx, xs, &[1, 2, 3, 4])?
+            }
+            _ => Dim::Unknown,
+        };
+        let mut out = vec![Fact {
+            dtype: x.dtype,
+            shape: x.shape.clone(),
+            value: None,
+        }];
+        for _ in 1..n_out {
+            out.push(Fact::new(stat_dtype, vec![c.clone()]));
+        }
+        Ok(Some(out))
+    }
+
+    fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
+        two_per_element(outputs)
+    }
 }
 
-/// Stub.
+/// `InstanceNormalization`: Y like X; `scale` and `B` are `[C]`.
 pub struct InstanceNorm {
     name: &'static str,
 }
@@ -20,6 +107,30 @@ pub struct InstanceNorm {
 impl Op for InstanceNorm {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        if let Some(xs) = &x.shape {
+            if xs.len() < 2 {
+                return Err(cx.err(format!(
+                    "input rank {} is below 2 (expected [N, C, ...])",
+                    xs.len()
+                )));
+            }
+            channels(cx, xs, &[1, 2])?;
+        }
+        Ok(Some(vec![Fact {
+            dtype: x.dtype,
+            shape: x.shape.clone(),
+            value: None,
+        }]))
+    }
+
+    fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
+        two_per_element(outputs)
     }
 }
 
@@ -32,3 +143,61 @@ pub static BATCH_NORM: BatchNorm = BatchNorm {
 pub static INSTANCE_NORM: InstanceNorm = InstanceNorm {
     name: "InstanceNormalization",
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::util::test_extra::cost;
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    fn bn_inputs(x: &str, c: &str) -> Vec<Option<Fact>> {
+        vec![
+            f32_fact(x),
+            f32_fact(c),
+            f32_fact(c),
+            f32_fact(c),
+            f32_fact(c),
+        ]
+    }
+
+    #[test]
+    fn batch_norm_keeps_symbolic_batch() {
+        let n = node("BatchNormalization", 1, vec![]);
+        let r = infer(&BATCH_NORM, &n, &bn_inputs("N,16,8,8", "16"), 15).unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].shape, Some(shape("N,16,8,8")));
+        assert_eq!(r[0].dtype, Some(crate::ir::DType::F32));
+    }
+
+    #[test]
+    fn batch_norm_training_outputs_are_per_channel() {
+        let n = node("BatchNormalization", 3, vec![]);
+        let r = infer(&BATCH_NORM, &n, &bn_inputs("2,?,4", "5"), 15)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].shape, Some(shape("5")));
+        assert_eq!(r[2].shape, Some(shape("5")));
+    }
+
+    #[test]
+    fn batch_norm_channel_mismatch_is_an_error() {
+        let n = node("BatchNormalization", 1, vec![]);
+        let e = infer(&BATCH_NORM, &n, &bn_inputs("1,16,8,8", "8"), 15).unwrap_err();
+        assert!(e.to_string().contains("16 channels"), "{e}");
+    }
+
+    #[test]
+    fn instance_norm_and_cost() {
+        let n = node("InstanceNormalization", 1, vec![]);
+        let ins = vec![f32_fact("N,3,4,4"), f32_fact("3"), f32_fact("3")];
+        let r = infer(&INSTANCE_NORM, &n, &ins, 17).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("N,3,4,4")));
+        let bad = vec![f32_fact("1,3,4,4"), f32_fact("4"), f32_fact("4")];
+        assert!(infer(&INSTANCE_NORM, &n, &bad, 17).is_err());
+        let c = cost(&INSTANCE_NORM, &n, &ins, &[f32_fact("2,3,4,4")]);
+        assert_eq!(c.flops, 2 * 96);
+        assert_eq!(c.macs, 0);
+    }
+}

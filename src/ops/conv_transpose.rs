@@ -1,14 +1,184 @@
-//! STUB: `ConvTranspose` (to be implemented).
-use super::Op;
+//! `ConvTranspose`: X `[N, C, D1..Dn]` with W `[C, M/group, k1..kn]` (+ B `[M]`) →
+//! `[N, M, O1..On]`, M = `W[1]·group`.
+//!
+//! Spatial size: the `output_shape` attribute when given (its spatial part; a full-rank list
+//! is accepted too), else `SAME_*` auto padding gives `D·stride`, else
+//! `O = stride·(D−1) + output_padding + ((k−1)·dilation+1) − pad_begin − pad_end`
+//! (`VALID`: no pads). MACs = N·C·ΠD·(M/group)·Πk: every input element scatters into
+//! `(M/group)·Πk` outputs. Not handled: folding; unknown kernel sizes give unknown spatial dims.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{Dim, Fact};
+
+use super::util::{self, Window};
+use super::{numel_or_one, Cost, Cx, Op};
+
+/// `ConvTranspose`.
 pub struct ConvTranspose {
     name: &'static str,
+}
+
+impl ConvTranspose {
+    /// Output spatial dims for input spatial dims `xs` (every check that needs the kernel).
+    fn spatial(&self, cx: &Cx, xs: &[Dim], kernel: Option<Vec<usize>>) -> Result<Vec<Dim>> {
+        let n = xs.len();
+        if let Some(os) = cx.node.attr_ints("output_shape") {
+            let os = match os.len() {
+                l if l == n => os,
+                l if l == n + 2 => &os[2..],
+                l => {
+                    return Err(cx.err(format!(
+                        "output_shape has {l} values for {n} spatial dimensions"
+                    )))
+                }
+            };
+            return os
+                .iter()
+                .map(|&v| {
+                    usize::try_from(v)
+                        .map(Dim::Known)
+                        .map_err(|_| cx.err(format!("output_shape value {v} is negative")))
+                })
+                .collect();
+        }
+        let Some(kernel) = kernel else {
+            return Ok(vec![Dim::Unknown; n]);
+        };
+        if kernel.len() != n {
+            return Err(cx.err(format!(
+                "kernel has {} spatial dimensions, input has {n}",
+                kernel.len()
+            )));
+        }
+        let win = Window::read(cx, kernel)?;
+        let out_pad: Vec<usize> = match cx.node.attr_ints("output_padding") {
+            Some(v) if v.len() == n && v.iter().all(|&p| p >= 0) => {
+                v.iter().map(|&p| p as usize).collect()
+            }
+            Some(v) => {
+                return Err(cx.err(format!(
+                    "output_padding {v:?} does not fit {n} spatial dimensions"
+                )))
+            }
+            None => vec![0; n],
+        };
+        let mut out = Vec::with_capacity(n);
+        for (i, d) in xs.iter().enumerate() {
+            let Some(x) = d.known() else {
+                out.push(Dim::Unknown);
+                continue;
+            };
+            let s = win.strides[i];
+            let o = match win.auto_pad.as_str() {
+                "SAME_UPPER" | "SAME_LOWER" => x.checked_mul(s),
+                mode => {
+                    let (pb, pe) = if mode == "VALID" {
+                        (0, 0)
+                    } else {
+                        (win.pads[i], win.pads[i + n])
+                    };
+                    let eff = win.dilations[i]
+                        .checked_mul(win.kernel[i].max(1) - 1)
+                        .and_then(|v| v.checked_add(1));
+                    let full = eff.and_then(|eff| {
+                        s.checked_mul(x.saturating_sub(1))?
+                            .checked_add(out_pad[i])?
+                            .checked_add(eff)
+                    });
+                    match full {
+                        Some(f) if x > 0 => match f.checked_sub(pb.saturating_add(pe)) {
+                            Some(o) => Some(o),
+                            None => {
+                                return Err(cx.err(format!(
+                                    "pads {pb}+{pe} exceed the unpadded output size {f}"
+                                )))
+                            }
+                        },
+                        Some(_) => Some(0),
+                        None => None,
+                    }
+                }
+            };
+            out.push(o.map_or(Dim::Unknown, Dim::Known));
+        }
+        Ok(out)
+    }
 }
 
 impl Op for ConvTranspose {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let (Some(x), Some(w)) = (util::required_input(cx, 0)?, util::required_input(cx, 1)?)
+        else {
+            return Ok(None);
+        };
+        let (Some(xs), Some(ws)) = (&x.shape, &w.shape) else {
+            return Ok(None);
+        };
+        if ws.len() < 3 || xs.len() != ws.len() {
+            return Err(cx.err(format!(
+                "input rank {} and weight rank {} do not fit a transposed convolution",
+                xs.len(),
+                ws.len()
+            )));
+        }
+        let group = cx.node.attr_i("group").unwrap_or(1);
+        if group < 1 {
+            return Err(cx.err(format!("group {group} is not positive")));
+        }
+        let group = group as usize;
+        if let (Some(c), Some(wc)) = (xs[1].known(), ws[0].known()) {
+            if c != wc {
+                return Err(cx.err(format!(
+                    "input has {c} channels, weight expects {wc} (W is [C, M/group, k...])"
+                )));
+            }
+        }
+        if let Some(c) = xs[1].known().or(ws[0].known()) {
+            if c % group != 0 {
+                return Err(cx.err(format!(
+                    "{c} input channels are not divisible by group {group}"
+                )));
+            }
+        }
+        let kernel: Option<Vec<usize>> = match cx.node.attr_ints("kernel_shape") {
+            Some(k) if k.iter().all(|&v| v >= 0) => Some(k.iter().map(|&v| v as usize).collect()),
+            Some(k) => return Err(cx.err(format!("kernel_shape {k:?} has negative values"))),
+            None => util::concrete(&ws[2..]),
+        };
+        let m = match (&ws[1], group) {
+            (d, 1) => d.clone(),
+            (Dim::Known(k), g) => k.checked_mul(g).map_or(Dim::Unknown, Dim::Known),
+            _ => Dim::Unknown,
+        };
+        let mut out = vec![xs[0].clone(), m];
+        out.extend(self.spatial(cx, &xs[2..], kernel)?);
+        Ok(Some(vec![Fact::new(x.dtype, out)]))
+    }
+
+    fn cost(&self, cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {
+        let shape = |p: usize| {
+            cx.inputs
+                .get(p)
+                .copied()
+                .flatten()
+                .and_then(|f| f.shape.as_ref())
+        };
+        let (Some(xs), Some(ws)) = (shape(0), shape(1)) else {
+            return Cost::default();
+        };
+        if ws.is_empty() {
+            return Cost::default();
+        }
+        // Each of the N·C·ΠD input elements meets (M/group)·Πk weights = Π W[1..].
+        let macs = numel_or_one(xs) * numel_or_one(&ws[1..]);
+        Cost {
+            macs,
+            flops: 2 * macs,
+        }
     }
 }
 
@@ -16,3 +186,66 @@ impl Op for ConvTranspose {
 pub static CONV_TRANSPOSE: ConvTranspose = ConvTranspose {
     name: "ConvTranspose",
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::{attr_int, attr_ints};
+    use crate::ops::util::test_extra::{attr_str, cost};
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    #[test]
+    fn stride_two_upsamples_with_symbolic_batch() {
+        let n = node(
+            "ConvTranspose",
+            1,
+            vec![
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_ints("output_padding", &[1, 1]),
+            ],
+        );
+        let ins = vec![f32_fact("N,8,16,16"), f32_fact("8,4,3,3")];
+        let r = infer(&CONV_TRANSPOSE, &n, &ins, 17).unwrap().unwrap();
+        // 2·15 + 1 + 3 − 2 = 32
+        assert_eq!(r[0].shape, Some(shape("N,4,32,32")));
+    }
+
+    #[test]
+    fn group_multiplies_output_channels_and_output_shape_wins() {
+        let n = node(
+            "ConvTranspose",
+            1,
+            vec![attr_int("group", 2), attr_ints("output_shape", &[9, 10])],
+        );
+        let ins = vec![f32_fact("1,8,4,5"), f32_fact("8,3,2,2")];
+        let r = infer(&CONV_TRANSPOSE, &n, &ins, 17).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("1,6,9,10")));
+        let n = node(
+            "ConvTranspose",
+            1,
+            vec![
+                attr_str("auto_pad", "SAME_UPPER"),
+                attr_ints("strides", &[2, 3]),
+            ],
+        );
+        let r = infer(&CONV_TRANSPOSE, &n, &ins, 17).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("1,3,8,15")));
+    }
+
+    #[test]
+    fn channel_mismatch_is_an_error() {
+        let n = node("ConvTranspose", 1, vec![]);
+        let ins = vec![f32_fact("1,8,4,4"), f32_fact("6,4,3,3")];
+        assert!(infer(&CONV_TRANSPOSE, &n, &ins, 17).is_err());
+    }
+
+    #[test]
+    fn macs_count_input_scatter() {
+        let n = node("ConvTranspose", 1, vec![]);
+        let ins = vec![f32_fact("2,8,4,4"), f32_fact("8,4,3,3")];
+        let c = cost(&CONV_TRANSPOSE, &n, &ins, &[f32_fact("2,4,6,6")]);
+        assert_eq!(c.macs, 2 * 8 * 16 * 4 * 9);
+        assert_eq!(c.flops, 2 * c.macs);
+    }
+}

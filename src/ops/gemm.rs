@@ -1,16 +1,155 @@
-//! STUB: `Gemm` (to be implemented).
-use super::Op;
+//! `Gemm`: `Y = alpha·op(A)·op(B) + beta·C` with `op` = transpose when `transA`/`transB` is set.
+//! A is `[M, K]` (`[K, M]` transposed), B is `[K, N]` (`[N, K]`), Y is `[M, N]` typed like A.
+//!
+//! Checks that both K agree when known and that C broadcasts to `[M, N]`. MACs = M·N·K.
+//! Not handled: the opset-1..6 `broadcast` attribute (C is checked with numpy broadcasting
+//! regardless) and folding.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{Dim, Fact};
+
+use super::{util, Cost, Cx, Op};
+
+/// `Gemm`.
 pub struct Gemm {
     name: &'static str,
+}
+
+/// `(rows, cols)` of `op(X)` for a rank-2 shape, honouring the transpose flag.
+fn oriented(s: &[Dim], trans: bool) -> (Dim, Dim) {
+    if trans {
+        (s[1].clone(), s[0].clone())
+    } else {
+        (s[0].clone(), s[1].clone())
+    }
 }
 
 impl Op for Gemm {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let a = util::required_input(cx, 0)?;
+        let b = util::required_input(cx, 1)?;
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(None);
+        };
+        let dtype = a.dtype.or(b.dtype);
+        for (name, f) in [("A", a), ("B", b)] {
+            if let Some(s) = &f.shape {
+                if s.len() != 2 {
+                    return Err(cx.err(format!("{name} has rank {}, expected 2", s.len())));
+                }
+            }
+        }
+        let trans_a = cx.node.attr_i("transA").unwrap_or(0) != 0;
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let (m, ka) = a
+            .shape
+            .as_deref()
+            .map_or((Dim::Unknown, Dim::Unknown), |s| oriented(s, trans_a));
+        let (kb, n) = b
+            .shape
+            .as_deref()
+            .map_or((Dim::Unknown, Dim::Unknown), |s| oriented(s, trans_b));
+        if let (Some(x), Some(y)) = (ka.known(), kb.known()) {
+            if x != y {
+                return Err(cx.err(format!(
+                    "inner dimensions mismatch: A gives K={x} (transA={}), B gives K={y} (transB={})",
+                    u8::from(trans_a),
+                    u8::from(trans_b)
+                )));
+            }
+        }
+        let out = vec![m, n];
+        if let Some(cs) = cx
+            .inputs
+            .get(2)
+            .copied()
+            .flatten()
+            .and_then(|f| f.shape.as_ref())
+        {
+            util::broadcast(&[cs, &out])
+                .map_err(|e| cx.err(format!("C does not broadcast to [M, N]: {e}")))?;
+        }
+        Ok(Some(vec![Fact::new(dtype, out)]))
+    }
+
+    fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
+        let shape = |p: usize| {
+            cx.inputs
+                .get(p)
+                .copied()
+                .flatten()
+                .and_then(|f| f.shape.as_deref())
+                .filter(|s| s.len() == 2)
+        };
+        let trans_a = cx.node.attr_i("transA").unwrap_or(0) != 0;
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let one = |d: &Dim| d.known().unwrap_or(1) as u64;
+        let (m, k, n) = match (shape(0), shape(1)) {
+            (Some(a), Some(b)) => {
+                let (m, k) = oriented(a, trans_a);
+                let (_, n) = oriented(b, trans_b);
+                (one(&m), one(&k), one(&n))
+            }
+            (Some(a), None) => {
+                let (_, k) = oriented(a, trans_a);
+                (util::output_numel(outputs, 0), one(&k), 1)
+            }
+            (None, Some(b)) => {
+                let (k, _) = oriented(b, trans_b);
+                (util::output_numel(outputs, 0), one(&k), 1)
+            }
+            (None, None) => return Cost::default(),
+        };
+        let macs = m * n * k;
+        Cost {
+            macs,
+            flops: 2 * macs,
+        }
+    }
 }
 
 /// `Gemm`.
 pub static GEMM: Gemm = Gemm { name: "Gemm" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_int;
+    use crate::ops::util::test_extra::cost;
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    #[test]
+    fn trans_b_with_symbolic_batch() {
+        let n = node("Gemm", 1, vec![attr_int("transB", 1)]);
+        let ins = vec![f32_fact("batch,512"), f32_fact("10,512"), f32_fact("10")];
+        let r = infer(&GEMM, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("batch,10")));
+        let c = cost(&GEMM, &n, &ins, &[f32_fact("batch,10")]);
+        assert_eq!(c.macs, 512 * 10);
+        assert_eq!(c.flops, 2 * 512 * 10);
+    }
+
+    #[test]
+    fn trans_a() {
+        let n = node("Gemm", 1, vec![attr_int("transA", 1)]);
+        let ins = vec![f32_fact("7,3"), f32_fact("7,5")];
+        let r = infer(&GEMM, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("3,5")));
+    }
+
+    #[test]
+    fn inner_mismatch_is_named() {
+        let n = node("Gemm", 1, vec![attr_int("transB", 1)]);
+        let ins = vec![f32_fact("1,512"), f32_fact("10,256")];
+        let e = infer(&GEMM, &n, &ins, 13).unwrap_err();
+        assert!(e.to_string().contains("inner dimensions mismatch"), "{e}");
+        let n = node("Gemm", 1, vec![]);
+        let ins = vec![f32_fact("1,4"), f32_fact("4,10"), f32_fact("9")];
+        let e = infer(&GEMM, &n, &ins, 13).unwrap_err();
+        assert!(e.to_string().contains("C does not broadcast"), "{e}");
+    }
+}

@@ -1,7 +1,14 @@
-//! STUB: `GlobalAveragePool, GlobalMaxPool` (to be implemented).
-use super::Op;
+//! Global pooling: `GlobalAveragePool` and `GlobalMaxPool`. X `[N, C, D1..Dn]` → `[N, C, 1..1]`
+//! (same rank, every spatial dim 1), same type.
+//!
+//! Cost: one FLOP per input element. Not handled: `GlobalLpPool` (another op type) and folding.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{Dim, Fact};
+
+use super::{util, Cost, Cx, Op};
+
+/// A global pooling op.
 pub struct GlobalPool {
     name: &'static str,
 }
@@ -9,6 +16,38 @@ pub struct GlobalPool {
 impl Op for GlobalPool {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        let shape = match &x.shape {
+            Some(xs) if xs.len() < 2 => {
+                return Err(cx.err(format!(
+                    "input rank {} is below 2 (expected [N, C, ...])",
+                    xs.len()
+                )));
+            }
+            Some(xs) => {
+                let mut s = xs[..2].to_vec();
+                s.resize(xs.len(), Dim::Known(1));
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Some(vec![Fact {
+            dtype: x.dtype,
+            shape,
+            value: None,
+        }]))
+    }
+
+    fn cost(&self, cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {
+        Cost {
+            macs: 0,
+            flops: util::input_numel(cx, 0),
+        }
     }
 }
 
@@ -21,3 +60,32 @@ pub static GLOBAL_AVERAGE_POOL: GlobalPool = GlobalPool {
 pub static GLOBAL_MAX_POOL: GlobalPool = GlobalPool {
     name: "GlobalMaxPool",
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::util::test_extra::cost;
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    #[test]
+    fn keeps_batch_and_channels() {
+        let n = node("GlobalAveragePool", 1, vec![]);
+        let r = infer(&GLOBAL_AVERAGE_POOL, &n, &[f32_fact("N,2048,7,7")], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("N,2048,1,1")));
+        let r = infer(&GLOBAL_MAX_POOL, &n, &[f32_fact("2,8,?,5,5")], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("2,8,1,1,1")));
+        let c = cost(
+            &GLOBAL_MAX_POOL,
+            &n,
+            &[f32_fact("2,8,7,7")],
+            &[f32_fact("2,8,1,1")],
+        );
+        assert_eq!(c.flops, 2 * 8 * 49);
+    }
+
+    #[test]
+    fn rank_one_is_an_error() {
+        let n = node("GlobalAveragePool", 1, vec![]);
+        assert!(infer(&GLOBAL_AVERAGE_POOL, &n, &[f32_fact("8")], 13).is_err());
+    }
+}

@@ -1,7 +1,16 @@
-//! STUB: `MatMul` (to be implemented).
-use super::Op;
+//! `MatMul` with numpy semantics: `[..., M, K] × [..., K, N] → [broadcast(...), M, N]`. A 1-D A
+//! is promoted to `[1, K]` and a 1-D B to `[K, 1]`, and the promoted axis is dropped from the
+//! result. Batch dims broadcast (symbolic dims propagate); K must agree when known.
+//!
+//! MACs = Π(output batch dims)·M·N·K (= output elements · K). Not handled: folding, and
+//! `MatMulInteger`/`QLinearMatMul` (other op types).
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{Dim, Fact};
+
+use super::{util, Cost, Cx, Op};
+
+/// `MatMul`.
 pub struct MatMul {
     name: &'static str,
 }
@@ -10,7 +19,120 @@ impl Op for MatMul {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let a = util::required_input(cx, 0)?;
+        let b = util::required_input(cx, 1)?;
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(None);
+        };
+        let dtype = a.dtype.or(b.dtype);
+        let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+            return Ok(Some(vec![Fact {
+                dtype,
+                shape: None,
+                value: None,
+            }]));
+        };
+        if sa.is_empty() || sb.is_empty() {
+            return Err(cx.err("MatMul does not accept scalar (rank-0) inputs"));
+        }
+        let mut pa = sa.clone();
+        if pa.len() == 1 {
+            pa.insert(0, Dim::Known(1));
+        }
+        let mut pb = sb.clone();
+        if pb.len() == 1 {
+            pb.push(Dim::Known(1));
+        }
+        let (ra, rb) = (pa.len(), pb.len());
+        if let (Some(ka), Some(kb)) = (pa[ra - 1].known(), pb[rb - 2].known()) {
+            if ka != kb {
+                return Err(cx.err(format!(
+                    "inner dimensions mismatch: A{} has K={ka}, B{} has K={kb}",
+                    crate::ir::fact::shape_string(sa),
+                    crate::ir::fact::shape_string(sb)
+                )));
+            }
+        }
+        let batch_a: Vec<Dim> = pa[..ra - 2].to_vec();
+        let batch_b: Vec<Dim> = pb[..rb - 2].to_vec();
+        let mut out = util::broadcast(&[&batch_a, &batch_b])
+            .map_err(|e| cx.err(format!("batch dimensions do not broadcast: {e}")))?;
+        if sa.len() > 1 {
+            out.push(pa[ra - 2].clone());
+        }
+        if sb.len() > 1 {
+            out.push(pb[rb - 1].clone());
+        }
+        Ok(Some(vec![Fact::new(dtype, out)]))
+    }
+
+    fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
+        let Some(sa) = cx
+            .inputs
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|f| f.shape.as_ref())
+        else {
+            return Cost::default();
+        };
+        let Some(k) = sa.last() else {
+            return Cost::default();
+        };
+        // Output elements = Π batch · M · N (promoted 1-D axes are 1 either way).
+        let macs = util::output_numel(outputs, 0) * k.known().unwrap_or(1) as u64;
+        Cost {
+            macs,
+            flops: 2 * macs,
+        }
+    }
 }
 
 /// `MatMul`.
 pub static MATMUL: MatMul = MatMul { name: "MatMul" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::util::test_extra::cost;
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    fn run(a: &str, b: &str) -> Result<Option<Vec<Fact>>> {
+        let n = node("MatMul", 1, vec![]);
+        infer(&MATMUL, &n, &[f32_fact(a), f32_fact(b)], 13)
+    }
+
+    #[test]
+    fn batched_with_symbolic_batch_and_broadcast() {
+        let r = run("B,12,S,64", "B,12,64,S").unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("B,12,S,S")));
+        let r = run("N,197,768", "768,3072").unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("N,197,3072")));
+        let r = run("2,1,3,4", "5,4,6").unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("2,5,3,6")));
+    }
+
+    #[test]
+    fn one_d_promotion() {
+        assert_eq!(run("4", "4,6").unwrap().unwrap()[0].shape, Some(shape("6")));
+        assert_eq!(run("3,4", "4").unwrap().unwrap()[0].shape, Some(shape("3")));
+        assert_eq!(run("4", "4").unwrap().unwrap()[0].shape, Some(shape("")));
+    }
+
+    #[test]
+    fn mismatches_are_errors() {
+        let e = run("3,4", "5,6").unwrap_err();
+        assert!(e.to_string().contains("inner dimensions mismatch"), "{e}");
+        assert!(run("2,3,4", "3,4,6").is_err());
+    }
+
+    #[test]
+    fn macs() {
+        let n = node("MatMul", 1, vec![]);
+        let ins = [f32_fact("2,3,4"), f32_fact("4,5")];
+        let c = cost(&MATMUL, &n, &ins, &[f32_fact("2,3,5")]);
+        assert_eq!(c.macs, 2 * 3 * 5 * 4);
+    }
+}

@@ -55,13 +55,15 @@ impl<'a> Cx<'a> {
         Error::node(&self.node.name, &self.node.op_type, msg)
     }
 
-    /// The fact of input `port` (error if absent).
+    /// The fact of input `port`. Errors only when the node does not wire that input; a wired
+    /// input about which nothing is known gives an empty fact (ops then return `Ok(None)`).
     pub fn input(&self, port: usize) -> Result<&'a Fact> {
-        self.inputs
-            .get(port)
-            .copied()
-            .flatten()
-            .ok_or_else(|| self.err(format!("input {port} is missing or unknown")))
+        static UNKNOWN: Fact = Fact { dtype: None, shape: None, value: None };
+        match self.inputs.get(port).copied().flatten() {
+            Some(f) => Ok(f),
+            None if self.node.input(port).is_some() => Ok(&UNKNOWN),
+            None => Err(self.err(format!("input {port} is missing"))),
+        }
     }
 
     /// Whether input `port` is present.

@@ -1,16 +1,314 @@
-//! STUB: `Pad` (to be implemented).
-use super::Op;
+//! `Pad`: grows (or, with negative pads, crops) each axis by `begin + end`.
+//!
+//! Pads come from the `pads` attribute (opset 2–10; `paddings` in opset 1) or the second input
+//! (opset 11+), laid out `[b1, b2, .., e1, e2, ..]`; opset 18's optional `axes` input (port 3)
+//! restricts them to some axes. Output dims are `in + begin + end` when the pads are constant
+//! (an unpadded symbolic dim stays symbolic); otherwise the rank is kept and the padded dims are
+//! unknown. The mode does not change shapes.
+//!
+//! Folding: `constant` mode only, on a constant numeric input (value from the `value` attribute
+//! or the `constant_value` input, default 0), up to 16 Mi output elements. Not folded:
+//! `reflect`, `edge` and `wrap` modes. Cost: none (data movement).
 
-/// Stub.
+use crate::error::{Error, Result};
+use crate::ir::{DType, Dim, Fact, Node, Tensor};
+
+use super::{util, Cx, Op};
+
+/// Largest folded result, in elements.
+const MAX_FOLD_ELEMS: usize = 1 << 24;
+
+/// `Pad`.
 pub struct Pad {
     name: &'static str,
+}
+
+/// One padded dim; `Err` text when the result would be negative.
+fn padded(d: &Dim, b: i64, e: i64) -> std::result::Result<Dim, String> {
+    if b == 0 && e == 0 {
+        return Ok(d.clone());
+    }
+    let Some(v) = d.known() else {
+        return Ok(Dim::Unknown);
+    };
+    let o = (v as i128) + b as i128 + e as i128;
+    if o < 0 {
+        return Err(format!(
+            "padding {v} by {b} and {e} gives a negative size {o}"
+        ));
+    }
+    Ok(usize::try_from(o).map_or(Dim::Unknown, Dim::Known))
+}
+
+/// Per-axis `(begin, end)` for `rank` axes from flat `pads` over `axes`; `Err` text on a size
+/// mismatch or an axis out of range.
+fn per_axis(
+    pads: &[i64],
+    axes: &[i64],
+    rank: usize,
+) -> std::result::Result<Vec<(i64, i64)>, String> {
+    let n = axes.len();
+    if pads.len() != 2 * n {
+        return Err(format!(
+            "{} pad values for {n} axes (expected {})",
+            pads.len(),
+            2 * n
+        ));
+    }
+    let mut out = vec![(0, 0); rank];
+    for (j, &a) in axes.iter().enumerate() {
+        let r = rank as i64;
+        if a < -r || a >= r {
+            return Err(format!("axis {a} is out of range for rank {rank}"));
+        }
+        let ax = if a < 0 { a + r } else { a } as usize;
+        out[ax] = (pads[j], pads[j + n]);
+    }
+    Ok(out)
+}
+
+/// Copies `vals` (row-major over `ins`) into a `outs`-shaped buffer filled with `fill`, shifted
+/// by `begin` per axis (negative begins crop).
+fn pad_values<T: Copy>(
+    vals: &[T],
+    ins: &[usize],
+    outs: &[usize],
+    begin: &[i64],
+    fill: T,
+) -> Vec<T> {
+    let n: usize = outs.iter().product();
+    let istrides = {
+        let mut s = vec![1usize; ins.len()];
+        for i in (0..ins.len().saturating_sub(1)).rev() {
+            s[i] = s[i + 1] * ins[i + 1];
+        }
+        s
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut coord = vec![0usize; outs.len()];
+    for _ in 0..n {
+        let mut at = Some(0usize);
+        for ax in 0..outs.len() {
+            let ic = coord[ax] as i64 - begin[ax];
+            if ic < 0 || ic >= ins[ax] as i64 {
+                at = None;
+                break;
+            }
+            at = at.map(|a| a + ic as usize * istrides[ax]);
+        }
+        out.push(at.and_then(|a| vals.get(a).copied()).unwrap_or(fill));
+        for ax in (0..outs.len()).rev() {
+            coord[ax] += 1;
+            if coord[ax] < outs[ax] {
+                break;
+            }
+            coord[ax] = 0;
+        }
+    }
+    out
 }
 
 impl Op for Pad {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        let fact = |shape| {
+            Ok(Some(vec![Fact {
+                dtype: x.dtype,
+                shape,
+                value: None,
+            }]))
+        };
+        let Some(xs) = &x.shape else {
+            return fact(None);
+        };
+        let rank = xs.len();
+        let pads: Option<Vec<i64>> = if util::wired(cx, 1) {
+            cx.ints(1)
+        } else if let Some(p) = cx
+            .node
+            .attr_ints("pads")
+            .or_else(|| cx.node.attr_ints("paddings"))
+        {
+            Some(p.to_vec())
+        } else {
+            return Err(cx.err("pads are missing (neither input 1 nor a pads attribute)"));
+        };
+        let axes: Option<Vec<i64>> = if util::wired(cx, 3) {
+            cx.ints(3)
+        } else {
+            Some((0..rank as i64).collect())
+        };
+        let shape = match (pads, axes) {
+            (Some(p), Some(a)) => {
+                let be = per_axis(&p, &a, rank).map_err(|e| cx.err(e))?;
+                xs.iter()
+                    .zip(&be)
+                    .map(|(d, &(b, e))| padded(d, b, e))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| cx.err(e))?
+            }
+            (None, Some(a)) => {
+                let be = per_axis(&vec![1; 2 * a.len()], &a, rank).map_err(|e| cx.err(e))?;
+                xs.iter()
+                    .zip(&be)
+                    .map(|(d, &(b, _))| if b == 0 { d.clone() } else { Dim::Unknown })
+                    .collect()
+            }
+            (_, None) => vec![Dim::Unknown; rank],
+        };
+        fact(Some(shape))
+    }
+
+    fn eval(
+        &self,
+        node: &Node,
+        inputs: &[Option<&Tensor>],
+        _opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        if node.attr_s("mode").is_some_and(|m| m != "constant") {
+            return None;
+        }
+        let x = inputs.first().copied().flatten()?;
+        let err = |msg: String| Some(Err(Error::node(&node.name, &node.op_type, msg)));
+        let input = |p: usize| -> Option<Option<&Tensor>> {
+            if node.input(p).is_some() {
+                Some(Some(inputs.get(p).copied().flatten()?))
+            } else {
+                Some(inputs.get(p).copied().flatten())
+            }
+        };
+        let pads: Vec<i64> = match input(1)? {
+            Some(t) => t.to_i64_vec()?,
+            None => node
+                .attr_ints("pads")
+                .or_else(|| node.attr_ints("paddings"))?
+                .to_vec(),
+        };
+        let rank = x.shape().len();
+        let axes: Vec<i64> = match input(3)? {
+            Some(t) => t.to_i64_vec()?,
+            None => (0..rank as i64).collect(),
+        };
+        let be = match per_axis(&pads, &axes, rank) {
+            Ok(be) => be,
+            Err(e) => return err(e),
+        };
+        let mut outs = Vec::with_capacity(rank);
+        for (&d, &(b, e)) in x.shape().iter().zip(&be) {
+            match padded(&Dim::Known(d), b, e) {
+                Ok(Dim::Known(o)) => outs.push(o),
+                Ok(_) => return None,
+                Err(e) => return err(e),
+            }
+        }
+        let n = outs.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        if n > MAX_FOLD_ELEMS {
+            return None;
+        }
+        let begin: Vec<i64> = be.iter().map(|&(b, _)| b).collect();
+        let value = input(2)?;
+        let dtype = x.dtype();
+        if dtype.is_float() {
+            let fill = match value {
+                Some(v) => v.to_f64_vec()?.first().copied().unwrap_or(0.0),
+                None => f64::from(node.attr_f("value").unwrap_or(0.0)),
+            };
+            let out = pad_values(&x.to_f64_vec()?, x.shape(), &outs, &begin, fill);
+            return Some(Tensor::from_f64_as(dtype, outs, &out).map(|t| vec![t]));
+        }
+        let fill = match value {
+            Some(v) => v.to_i64_vec()?.first().copied().unwrap_or(0),
+            None => node.attr_f("value").unwrap_or(0.0) as i64,
+        };
+        let out = pad_values(&x.to_i64_vec()?, x.shape(), &outs, &begin, fill);
+        if dtype == DType::I64 {
+            return Some(Ok(vec![Tensor::from_i64(outs, &out)]));
+        }
+        let out: Vec<f64> = out.into_iter().map(|v| v as f64).collect();
+        Some(Tensor::from_f64_as(dtype, outs, &out).map(|t| vec![t]))
+    }
 }
 
 /// `Pad`.
 pub static PAD: Pad = Pad { name: "Pad" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::{attr_float, attr_ints};
+    use crate::ops::util::test_extra::{attr_str, wire};
+    use crate::ops::util::testing::{eval, f32_fact, i64_const, i64s, infer, node, shape};
+
+    #[test]
+    fn pads_input_with_symbolic_batch() {
+        let n = wire(node("Pad", 1, vec![]), 2);
+        let ins = [f32_fact("N,3,32,32"), i64_const(&[0, 0, 1, 2, 0, 0, 1, 2])];
+        let r = infer(&PAD, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("N,3,34,36")));
+        // Unknown pads: rank kept, dims unknown.
+        let ins = [f32_fact("N,3,32,32"), f32_fact("8")];
+        let r = infer(&PAD, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("?,?,?,?")));
+    }
+
+    #[test]
+    fn attribute_pads_and_axes_input() {
+        let n = node("Pad", 1, vec![attr_ints("pads", &[0, 1, 0, -1])]);
+        let r = infer(&PAD, &n, &[f32_fact("B,5")], 10).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("B,5")));
+        let n = wire(node("Pad", 1, vec![]), 4);
+        let ins = [
+            f32_fact("B,4,5"),
+            i64_const(&[2, 3]),
+            None,
+            i64_const(&[-1]),
+        ];
+        let r = infer(&PAD, &n, &ins, 18).unwrap().unwrap();
+        assert_eq!(r[0].shape, Some(shape("B,4,10")));
+    }
+
+    #[test]
+    fn errors() {
+        let n = wire(node("Pad", 1, vec![]), 2);
+        let ins = [f32_fact("1,3"), i64_const(&[0, 0, 0])];
+        assert!(infer(&PAD, &n, &ins, 13).is_err());
+        let ins = [f32_fact("1,3"), i64_const(&[0, -2, 0, -2])];
+        assert!(infer(&PAD, &n, &ins, 13).is_err());
+        let n = node("Pad", 1, vec![]);
+        assert!(infer(&PAD, &n, &[f32_fact("1,3")], 13).is_err());
+    }
+
+    #[test]
+    fn folds_constant_mode() {
+        let x = Tensor::from_i64(vec![2, 2], &[1, 2, 3, 4]);
+        let n = wire(node("Pad", 1, vec![]), 3);
+        let ins = [
+            Some(x.clone()),
+            i64s(&[1, 0, 0, 1]),
+            Some(Tensor::from_i64(vec![], &[9])),
+        ];
+        let r = eval(&PAD, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(r[0].shape(), &[3, 3]);
+        assert_eq!(r[0].to_i64_vec(), Some(vec![9, 9, 9, 1, 2, 9, 3, 4, 9]));
+        let f = Tensor::from_f32(vec![3], &[1.0, 2.0, 3.0]);
+        let n = node(
+            "Pad",
+            1,
+            vec![attr_ints("pads", &[-1, 1]), attr_float("value", 0.5)],
+        );
+        let r = eval(&PAD, &n, &[Some(f.clone())], 10).unwrap().unwrap();
+        assert_eq!(r[0].to_f32_vec(), Some(vec![2.0, 3.0, 0.5]));
+        let n = node(
+            "Pad",
+            1,
+            vec![attr_ints("pads", &[1, 1]), attr_str("mode", "edge")],
+        );
+        assert!(eval(&PAD, &n, &[Some(f)], 10).is_none());
+    }
+}

@@ -1,31 +1,377 @@
-//! STUB: `ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ReduceL2` (to be implemented).
-use super::Op;
+//! Reductions: `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceMin`, `ReduceProd`, `ReduceL2`.
+//!
+//! Axes come from the `axes` attribute (ReduceSum before opset 13, the others before 18) or the
+//! constant second input (later opsets); negative axes count from the back. No axes reduces
+//! every axis, unless `noop_with_empty_axes=1` (then the op is the identity). `keepdims`
+//! (default 1) keeps reduced axes as 1. Axes given by a non-constant input leave the reduced
+//! dims unknown (same rank with keepdims, unknown rank without).
+//!
+//! Folding: integer inputs are reduced exactly in i64 (wrapping; Mean truncates, L2 truncates
+//! the square root), float inputs in f64; the result keeps the input type. Empty reductions are
+//! not folded for Mean/Max/Min. Cost: one FLOP per input element. Not handled: the other
+//! reductions (`ReduceL1`, `ReduceLogSum`, `ReduceLogSumExp`, `ReduceSumSquare`, `ArgMax`, ...).
 
-/// Stub.
+use crate::error::{Error, Result};
+use crate::ir::{DType, Dim, Fact, Node, Tensor};
+
+use super::{util, Cost, Cx, Op};
+
+/// Which reduction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mean,
+    Sum,
+    Max,
+    Min,
+    Prod,
+    L2,
+}
+
+/// A reduction op.
 pub struct Reduce {
     name: &'static str,
+    kind: Kind,
+}
+
+/// What the node says about its axes.
+enum Axes {
+    /// Explicit (possibly empty) list.
+    Known(Vec<i64>),
+    /// Given by an input whose value is not known.
+    Unknown,
+}
+
+/// Resolves possibly negative axes against `rank` into a per-axis "reduced" mask; `Err` text
+/// for an out-of-range axis.
+fn mask(axes: &[i64], rank: usize) -> std::result::Result<Vec<bool>, String> {
+    let mut m = vec![false; rank];
+    for &a in axes {
+        let r = rank as i64;
+        if a < -r || a >= r {
+            return Err(format!("axis {a} is out of range for rank {rank}"));
+        }
+        m[if a < 0 { a + r } else { a } as usize] = true;
+    }
+    Ok(m)
+}
+
+impl Reduce {
+    fn axes(&self, cx: &Cx) -> Axes {
+        if let Some(a) = cx.node.attr_ints("axes") {
+            return Axes::Known(a.to_vec());
+        }
+        if !util::wired(cx, 1) {
+            return Axes::Known(Vec::new());
+        }
+        cx.ints(1).map_or(Axes::Unknown, Axes::Known)
+    }
+
+    /// Reduces `vals` (row-major over `shape`) along the axes in `m`, grouping with `f`.
+    fn fold<T: Copy>(
+        vals: &[T],
+        shape: &[usize],
+        m: &[bool],
+        init: T,
+        f: impl Fn(T, T) -> T,
+    ) -> Vec<T> {
+        let out_n: usize = shape
+            .iter()
+            .zip(m)
+            .map(|(&d, &r)| if r { 1 } else { d })
+            .product();
+        let mut acc = vec![init; out_n];
+        // Output strides with reduced axes given stride 0.
+        let mut ostride = vec![0usize; shape.len()];
+        let mut s = 1usize;
+        for i in (0..shape.len()).rev() {
+            if !m[i] {
+                ostride[i] = s;
+                s *= shape[i];
+            }
+        }
+        let mut coord = vec![0usize; shape.len()];
+        let mut o = 0usize;
+        for &v in vals {
+            acc[o] = f(acc[o], v);
+            for ax in (0..shape.len()).rev() {
+                coord[ax] += 1;
+                o += ostride[ax];
+                if coord[ax] < shape[ax] {
+                    break;
+                }
+                o -= ostride[ax] * coord[ax];
+                coord[ax] = 0;
+            }
+        }
+        acc
+    }
 }
 
 impl Op for Reduce {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        let keep = cx.node.attr_i("keepdims").unwrap_or(1) != 0;
+        let noop = cx.node.attr_i("noop_with_empty_axes").unwrap_or(0) != 0;
+        let fact = |shape| {
+            Ok(Some(vec![Fact {
+                dtype: x.dtype,
+                shape,
+                value: None,
+            }]))
+        };
+        let axes = self.axes(cx);
+        if matches!(&axes, Axes::Known(a) if a.is_empty()) && noop {
+            return fact(x.shape.clone());
+        }
+        let Some(xs) = &x.shape else {
+            return fact(None);
+        };
+        let m = match axes {
+            Axes::Known(a) if a.is_empty() => vec![true; xs.len()],
+            Axes::Known(a) => mask(&a, xs.len()).map_err(|e| cx.err(e))?,
+            Axes::Unknown if keep => {
+                // Any axis may be reduced to 1: only dims already 1 are certain.
+                let s = xs
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Known(1) => Dim::Known(1),
+                        _ => Dim::Unknown,
+                    })
+                    .collect();
+                return fact(Some(s));
+            }
+            Axes::Unknown => return fact(None),
+        };
+        let shape = xs
+            .iter()
+            .zip(&m)
+            .filter_map(|(d, &r)| match (r, keep) {
+                (false, _) => Some(d.clone()),
+                (true, true) => Some(Dim::Known(1)),
+                (true, false) => None,
+            })
+            .collect();
+        fact(Some(shape))
+    }
+
+    fn eval(
+        &self,
+        node: &Node,
+        inputs: &[Option<&Tensor>],
+        _opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        let x = inputs.first().copied().flatten()?;
+        let err = |msg: String| Some(Err(Error::node(&node.name, &node.op_type, msg)));
+        let axes: Vec<i64> = match node.attr_ints("axes") {
+            Some(a) => a.to_vec(),
+            None if node.input(1).is_some() => inputs.get(1).copied().flatten()?.to_i64_vec()?,
+            None => Vec::new(),
+        };
+        let keep = node.attr_i("keepdims").unwrap_or(1) != 0;
+        if axes.is_empty() && node.attr_i("noop_with_empty_axes").unwrap_or(0) != 0 {
+            return Some(Ok(vec![x.clone()]));
+        }
+        let shape = x.shape();
+        let m = if axes.is_empty() {
+            vec![true; shape.len()]
+        } else {
+            match mask(&axes, shape.len()) {
+                Ok(m) => m,
+                Err(e) => return err(e),
+            }
+        };
+        let count: usize = shape
+            .iter()
+            .zip(&m)
+            .filter(|(_, &r)| r)
+            .map(|(d, _)| d)
+            .product();
+        if count == 0 && matches!(self.kind, Kind::Mean | Kind::Max | Kind::Min) {
+            return None;
+        }
+        let out_shape: Vec<usize> = shape
+            .iter()
+            .zip(&m)
+            .filter_map(|(&d, &r)| match (r, keep) {
+                (false, _) => Some(d),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        let dtype = x.dtype();
+        let out: Vec<f64> = if dtype.is_float() {
+            let v = x.to_f64_vec()?;
+            let c = count as f64;
+            match self.kind {
+                Kind::Sum => Self::fold(&v, shape, &m, 0.0, |a, b| a + b),
+                Kind::Mean => Self::fold(&v, shape, &m, 0.0, |a, b| a + b)
+                    .into_iter()
+                    .map(|s| s / c)
+                    .collect(),
+                Kind::Prod => Self::fold(&v, shape, &m, 1.0, |a, b| a * b),
+                Kind::Max => Self::fold(&v, shape, &m, f64::NEG_INFINITY, f64::max),
+                Kind::Min => Self::fold(&v, shape, &m, f64::INFINITY, f64::min),
+                Kind::L2 => Self::fold(&v, shape, &m, 0.0, |a, b| a + b * b)
+                    .into_iter()
+                    .map(f64::sqrt)
+                    .collect(),
+            }
+        } else {
+            let v = x.to_i64_vec()?;
+            let c = count as i64;
+            let ints = match self.kind {
+                Kind::Sum => Self::fold(&v, shape, &m, 0, i64::wrapping_add),
+                Kind::Mean => Self::fold(&v, shape, &m, 0, i64::wrapping_add)
+                    .into_iter()
+                    .map(|s| s / c)
+                    .collect(),
+                Kind::Prod => Self::fold(&v, shape, &m, 1, i64::wrapping_mul),
+                Kind::Max => Self::fold(&v, shape, &m, i64::MIN, i64::max),
+                Kind::Min => Self::fold(&v, shape, &m, i64::MAX, i64::min),
+                Kind::L2 => Self::fold(&v, shape, &m, 0, |a, b| a.wrapping_add(b.wrapping_mul(b)))
+                    .into_iter()
+                    .map(|s| (s as f64).sqrt() as i64)
+                    .collect(),
+            };
+            if dtype == DType::I64 {
+                return Some(Ok(vec![Tensor::from_i64(out_shape, &ints)]));
+            }
+            ints.into_iter().map(|v| v as f64).collect()
+        };
+        Some(Tensor::from_f64_as(dtype, out_shape, &out).map(|t| vec![t]))
+    }
+
+    fn cost(&self, cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {
+        Cost {
+            macs: 0,
+            flops: util::input_numel(cx, 0),
+        }
+    }
 }
 
 /// `ReduceMean`.
-pub static REDUCE_MEAN: Reduce = Reduce { name: "ReduceMean" };
+pub static REDUCE_MEAN: Reduce = Reduce {
+    name: "ReduceMean",
+    kind: Kind::Mean,
+};
 
 /// `ReduceSum`.
-pub static REDUCE_SUM: Reduce = Reduce { name: "ReduceSum" };
+pub static REDUCE_SUM: Reduce = Reduce {
+    name: "ReduceSum",
+    kind: Kind::Sum,
+};
 
 /// `ReduceMax`.
-pub static REDUCE_MAX: Reduce = Reduce { name: "ReduceMax" };
+pub static REDUCE_MAX: Reduce = Reduce {
+    name: "ReduceMax",
+    kind: Kind::Max,
+};
 
 /// `ReduceMin`.
-pub static REDUCE_MIN: Reduce = Reduce { name: "ReduceMin" };
+pub static REDUCE_MIN: Reduce = Reduce {
+    name: "ReduceMin",
+    kind: Kind::Min,
+};
 
 /// `ReduceProd`.
-pub static REDUCE_PROD: Reduce = Reduce { name: "ReduceProd" };
+pub static REDUCE_PROD: Reduce = Reduce {
+    name: "ReduceProd",
+    kind: Kind::Prod,
+};
 
 /// `ReduceL2`.
-pub static REDUCE_L2: Reduce = Reduce { name: "ReduceL2" };
+pub static REDUCE_L2: Reduce = Reduce {
+    name: "ReduceL2",
+    kind: Kind::L2,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::{attr_int, attr_ints};
+    use crate::ops::util::test_extra::{cost, wire};
+    use crate::ops::util::testing::{eval, f32_fact, i64_const, i64s, infer, node, shape};
+
+    #[test]
+    fn axes_attribute_with_symbolic_batch() {
+        let n = node("ReduceMean", 1, vec![attr_ints("axes", &[2, 3])]);
+        let r = infer(&REDUCE_MEAN, &n, &[f32_fact("N,64,7,7")], 13).unwrap();
+        assert_eq!(r.unwrap()[0].shape, Some(shape("N,64,1,1")));
+        let n = node(
+            "ReduceMean",
+            1,
+            vec![attr_ints("axes", &[-1]), attr_int("keepdims", 0)],
+        );
+        let r = infer(&REDUCE_MEAN, &n, &[f32_fact("N,S,768")], 13).unwrap();
+        assert_eq!(r.unwrap()[0].shape, Some(shape("N,S")));
+    }
+
+    #[test]
+    fn axes_input_empty_and_unknown() {
+        let n = wire(node("ReduceSum", 1, vec![attr_int("keepdims", 0)]), 2);
+        let r = infer(&REDUCE_SUM, &n, &[f32_fact("N,4,5"), i64_const(&[1])], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("N,5")));
+        // No axes: reduce everything.
+        let n0 = node("ReduceSum", 1, vec![attr_int("keepdims", 0)]);
+        let r = infer(&REDUCE_SUM, &n0, &[f32_fact("N,4,5"), None], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("")));
+        // Non-constant axes: rank unknown without keepdims, dims unknown with it.
+        let r = infer(&REDUCE_SUM, &n, &[f32_fact("N,4,5"), f32_fact("1")], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, None);
+        let n = wire(node("ReduceSum", 1, vec![]), 2);
+        let r = infer(&REDUCE_SUM, &n, &[f32_fact("N,1,5"), f32_fact("1")], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("?,1,?")));
+        // noop_with_empty_axes.
+        let n = node("ReduceSum", 1, vec![attr_int("noop_with_empty_axes", 1)]);
+        let r = infer(&REDUCE_SUM, &n, &[f32_fact("N,4,5")], 13);
+        assert_eq!(r.unwrap().unwrap()[0].shape, Some(shape("N,4,5")));
+    }
+
+    #[test]
+    fn axis_out_of_range_is_an_error() {
+        let n = node("ReduceMax", 1, vec![attr_ints("axes", &[3])]);
+        assert!(infer(&REDUCE_MAX, &n, &[f32_fact("2,3,4")], 13).is_err());
+    }
+
+    #[test]
+    fn folds_integers_and_floats() {
+        let x = Tensor::from_i64(vec![2, 3], &[1, 2, 3, 4, 5, 6]);
+        let n = node(
+            "ReduceProd",
+            1,
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+        );
+        let r = eval(&REDUCE_PROD, &n, &[Some(x.clone())], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape(), &[2]);
+        assert_eq!(r[0].to_i64_vec(), Some(vec![6, 120]));
+        let n = wire(node("ReduceSum", 1, vec![]), 2);
+        let r = eval(&REDUCE_SUM, &n, &[Some(x.clone()), i64s(&[0])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape(), &[1, 3]);
+        assert_eq!(r[0].to_i64_vec(), Some(vec![5, 7, 9]));
+        let f = Tensor::from_f32(vec![2, 2], &[3.0, 4.0, 1.0, -2.0]);
+        let n = node("ReduceL2", 1, vec![attr_ints("axes", &[1])]);
+        let r = eval(&REDUCE_L2, &n, &[Some(f.clone())], 18)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_f32_vec(), Some(vec![5.0, 5f32.sqrt()]));
+        let n = node("ReduceMean", 1, vec![attr_int("keepdims", 0)]);
+        let r = eval(&REDUCE_MEAN, &n, &[Some(f)], 18).unwrap().unwrap();
+        assert_eq!(r[0].shape(), &[] as &[usize]);
+        assert_eq!(r[0].to_f32_vec(), Some(vec![1.5]));
+        let n = node("ReduceMin", 1, vec![attr_ints("axes", &[0])]);
+        let r = eval(&REDUCE_MIN, &n, &[Some(x)], 13).unwrap().unwrap();
+        assert_eq!(r[0].to_i64_vec(), Some(vec![1, 2, 3]));
+        let c = cost(&REDUCE_MIN, &n, &[f32_fact("2,3")], &[f32_fact("1,3")]);
+        assert_eq!(c.flops, 6);
+    }
+}

@@ -1,7 +1,15 @@
-//! STUB: `Softmax, LogSoftmax` (to be implemented).
-use super::Op;
+//! `Softmax` and `LogSoftmax` along `axis` (default 1 before opset 13, −1 from 13): the output
+//! has the input's type and shape. The axis is checked against the rank when it is known.
+//!
+//! Cost: ~3 FLOPs per element (exp, sum, divide). Not handled: folding; the pre-13 "coerce to
+//! 2-D" semantics do not change shapes, so they need nothing here.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::Fact;
+
+use super::{util, Cost, Cx, Op};
+
+/// `Softmax` or `LogSoftmax`.
 pub struct Softmax {
     name: &'static str,
 }
@@ -10,6 +18,28 @@ impl Op for Softmax {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let Some(x) = util::required_input(cx, 0)? else {
+            return Ok(None);
+        };
+        if let Some(rank) = x.rank().filter(|&r| r > 0) {
+            let default = if cx.opset < 13 { 1 } else { -1 };
+            cx.axis(cx.node.attr_i("axis").unwrap_or(default), rank)?;
+        }
+        Ok(Some(vec![Fact {
+            dtype: x.dtype,
+            shape: x.shape.clone(),
+            value: None,
+        }]))
+    }
+
+    fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
+        Cost {
+            macs: 0,
+            flops: 3 * util::output_numel(outputs, 0),
+        }
+    }
 }
 
 /// `Softmax`.
@@ -17,3 +47,32 @@ pub static SOFTMAX: Softmax = Softmax { name: "Softmax" };
 
 /// `LogSoftmax`.
 pub static LOG_SOFTMAX: Softmax = Softmax { name: "LogSoftmax" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_int;
+    use crate::ops::util::test_extra::cost;
+    use crate::ops::util::testing::{f32_fact, infer, node, shape};
+
+    #[test]
+    fn like_input_with_symbolic_batch() {
+        let n = node("Softmax", 1, vec![]);
+        let r = infer(&SOFTMAX, &n, &[f32_fact("N,1000")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape, Some(shape("N,1000")));
+        let c = cost(&LOG_SOFTMAX, &n, &[f32_fact("2,10")], &[f32_fact("2,10")]);
+        assert_eq!(c.flops, 60);
+    }
+
+    #[test]
+    fn axis_out_of_range_is_an_error() {
+        let n = node("Softmax", 1, vec![attr_int("axis", 2)]);
+        assert!(infer(&SOFTMAX, &n, &[f32_fact("N,1000")], 13).is_err());
+        // Opset < 13 defaults to axis 1, which a rank-1 input does not have.
+        let n = node("LogSoftmax", 1, vec![]);
+        assert!(infer(&LOG_SOFTMAX, &n, &[f32_fact("10")], 11).is_err());
+        assert!(infer(&LOG_SOFTMAX, &n, &[f32_fact("10")], 13).is_ok());
+    }
+}

@@ -81,7 +81,7 @@ pub fn eval_elementwise(
     fi: impl Fn(&[i64]) -> i64,
     ff: impl Fn(&[f64]) -> f64,
 ) -> Option<Result<Vec<Tensor>>> {
-    let ts: Vec<&Tensor> = inputs.iter().map(|t| *t).collect::<Option<Vec<_>>>()?;
+    let ts: Vec<&Tensor> = inputs.iter().copied().collect::<Option<Vec<_>>>()?;
     let first = ts.first()?;
     let shapes: Vec<Shape> = ts
         .iter()
@@ -221,7 +221,7 @@ impl Window {
                 }
                 let span = padded - eff;
                 let mut o = span / s + 1;
-                if self.ceil_mode && span % s != 0 {
+                if self.ceil_mode && !span.is_multiple_of(s) {
                     o += 1;
                     // The last window must start inside the input or left padding.
                     if (o - 1) * s >= x + self.pads[i] {
@@ -231,5 +231,251 @@ impl Window {
                 o
             }
         }))
+    }
+}
+
+/// Largest result, in bytes, that a data-movement `eval` materialises (larger results are not
+/// folded, so a hostile shape cannot exhaust memory).
+pub const MAX_EVAL_BYTES: usize = 1 << 30;
+
+/// Bytes per element of a byte-addressable type; `None` for strings and sub-byte types (which
+/// data-movement folding does not handle).
+pub fn elem_size(dtype: DType) -> Option<usize> {
+    let bits = dtype.bits();
+    (bits > 0 && bits.is_multiple_of(8) && dtype != DType::String).then_some(bits / 8)
+}
+
+/// Row-major strides (in elements) of `shape`.
+pub fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1].saturating_mul(shape[i + 1]);
+    }
+    s
+}
+
+/// Product of dims: known when every dim is known (or one is 0), the dim itself when there is
+/// exactly one, `Unknown` otherwise.
+pub fn dim_product(dims: &[Dim]) -> Dim {
+    if let [d] = dims {
+        return d.clone();
+    }
+    if dims.contains(&Dim::Known(0)) {
+        return Dim::Known(0);
+    }
+    dims.iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(d.known()?))
+        .map_or(Dim::Unknown, Dim::Known)
+}
+
+/// Copies the elements of `t` seen through a strided view: output element at multi-index `i`
+/// (row-major over `shape`) is input element `offset + Σ i[k]·strides[k]`. Works on raw bytes,
+/// so any byte-addressable type. `None`: the type is not byte-addressable or the result is too
+/// large; `Err`: the view reaches outside `t`.
+pub fn strided_copy(
+    t: &Tensor,
+    shape: Vec<usize>,
+    offset: usize,
+    strides: &[isize],
+) -> Option<Result<Tensor>> {
+    let es = elem_size(t.dtype())?;
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    if n.checked_mul(es)? > MAX_EVAL_BYTES || strides.len() != shape.len() {
+        return None;
+    }
+    let src = &t.raw()[..];
+    let mut out = Vec::with_capacity(n * es);
+    let mut coord = vec![0usize; shape.len()];
+    let mut cur = offset as isize;
+    for _ in 0..n {
+        let at = usize::try_from(cur).ok().and_then(|c| c.checked_mul(es));
+        let Some(chunk) = at.and_then(|a| src.get(a..a + es)) else {
+            return Some(Err(Error::tensor(
+                "",
+                format!("strided view of {:?} reaches outside the data", t.shape()),
+            )));
+        };
+        out.extend_from_slice(chunk);
+        for ax in (0..shape.len()).rev() {
+            // Wrapping: a huge stride past the last element may overflow, and is undone
+            // exactly by the carry before anything is read.
+            coord[ax] += 1;
+            cur = cur.wrapping_add(strides[ax]);
+            if coord[ax] < shape[ax] {
+                break;
+            }
+            cur = cur.wrapping_sub(strides[ax].wrapping_mul(coord[ax] as isize));
+            coord[ax] = 0;
+        }
+    }
+    Some(Tensor::from_raw(t.dtype(), shape, out.into()))
+}
+
+/// A fact that knows nothing (stands in for a wired input whose fact is unknown, for ops that
+/// can still say something without it; see [`required_input`]).
+pub static UNKNOWN_FACT: Fact = Fact {
+    dtype: None,
+    shape: None,
+    value: None,
+};
+
+/// Helpers for op unit tests: building nodes and running `infer`/`eval` on facts.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::error::Result;
+    use crate::ir::{Dim, Fact, Node, Tensor};
+    use crate::onnx::proto::{AttributeProto, NodeProto};
+    use crate::ops::{Cx, Op};
+
+    /// A node of `op_type` with `outputs` outputs and the given attributes (inputs are not
+    /// wired: ops read facts and tensors, not value ids).
+    pub fn node(op_type: &str, outputs: usize, attrs: Vec<AttributeProto>) -> Node {
+        Node {
+            name: "n".into(),
+            op_type: op_type.into(),
+            domain: String::new(),
+            inputs: Vec::new(),
+            outputs: vec![None; outputs],
+            attrs,
+            captures: Vec::new(),
+            rest: NodeProto::default(),
+            named_in_file: true,
+            removed: false,
+        }
+    }
+
+    /// Runs `op.infer` on the given input facts.
+    pub fn infer(
+        op: &dyn Op,
+        n: &Node,
+        ins: &[Option<Fact>],
+        opset: i64,
+    ) -> Result<Option<Vec<Fact>>> {
+        let refs: Vec<Option<&Fact>> = ins.iter().map(Option::as_ref).collect();
+        op.infer(&Cx {
+            node: n,
+            inputs: &refs,
+            opset,
+        })
+    }
+
+    /// Runs `op.eval` on the given constant inputs.
+    pub fn eval(
+        op: &dyn Op,
+        n: &Node,
+        ins: &[Option<Tensor>],
+        opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        let refs: Vec<Option<&Tensor>> = ins.iter().map(Option::as_ref).collect();
+        op.eval(n, &refs, opset)
+    }
+
+    /// Parses a shape like `"N,3,?,4"` (`?` = unknown, digits = known, else symbolic).
+    pub fn shape(s: &str) -> Vec<Dim> {
+        s.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.trim() {
+                "?" => Dim::Unknown,
+                p => p.parse().map_or_else(|_| Dim::Sym(p.into()), Dim::Known),
+            })
+            .collect()
+    }
+
+    /// A non-constant float fact of the given shape.
+    pub fn f32_fact(s: &str) -> Option<Fact> {
+        Some(Fact::new(Some(crate::ir::DType::F32), shape(s)))
+    }
+
+    /// A constant int64 1-D fact.
+    pub fn i64_const(v: &[i64]) -> Option<Fact> {
+        Some(Fact::constant(Tensor::from_i64(vec![v.len()], v)))
+    }
+
+    /// A 1-D int64 tensor.
+    pub fn i64s(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_i64(vec![v.len()], v))
+    }
+}
+
+/// The fact of a required input: `Err` when the node does not wire input `port` at all,
+/// `Ok(None)` when it is wired but nothing is known about it (the op then cannot say).
+pub fn required_input<'a>(cx: &Cx<'a>, port: usize) -> Result<Option<&'a Fact>> {
+    if let Some(f) = cx.inputs.get(port).copied().flatten() {
+        return Ok(Some(f));
+    }
+    if cx.node.input(port).is_some() {
+        return Ok(None);
+    }
+    Err(cx.err(format!("required input {port} is missing")))
+}
+
+/// Whether the node wires input `port` (whether or not anything is known about it).
+pub fn wired(cx: &Cx, port: usize) -> bool {
+    cx.node.input(port).is_some() || cx.inputs.get(port).copied().flatten().is_some()
+}
+
+/// Element count of fact `f` for costs (symbolic/unknown dims count as 1; 0 for an unknown
+/// fact or rank).
+pub fn fact_numel(f: Option<&Fact>) -> u64 {
+    f.and_then(|f| f.shape.as_ref())
+        .map_or(0, |s| super::numel_or_one(s))
+}
+
+/// Element count of output `port` for costs (see [`fact_numel`]).
+pub fn output_numel(outputs: &[Option<&Fact>], port: usize) -> u64 {
+    fact_numel(outputs.get(port).copied().flatten())
+}
+
+/// Element count of input `port` for costs (see [`fact_numel`]).
+pub fn input_numel(cx: &Cx, port: usize) -> u64 {
+    fact_numel(cx.inputs.get(port).copied().flatten())
+}
+
+/// More helpers for op unit tests: attributes, wiring, costs.
+#[cfg(test)]
+pub(crate) mod test_extra {
+    use crate::ir::{Fact, Node, ValueId};
+    use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto};
+    use crate::ops::{Cost, Cx, Op};
+
+    /// A string attribute.
+    pub fn attr_str(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::String as i32),
+            s: Some(v.as_bytes().to_vec().into()),
+            ..Default::default()
+        }
+    }
+
+    /// A float-list attribute.
+    pub fn attr_floats(name: &str, v: &[f32]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::Floats as i32),
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Marks inputs `0..n` of `node` as wired (to dummy value ids), so ops can tell an
+    /// unknown input from an omitted one.
+    pub fn wire(mut node: Node, n: usize) -> Node {
+        node.inputs = (0..n).map(|i| Some(ValueId(i as u32))).collect();
+        node
+    }
+
+    /// Runs `op.cost` on the given input and output facts.
+    pub fn cost(op: &dyn Op, n: &Node, ins: &[Option<Fact>], outs: &[Option<Fact>]) -> Cost {
+        let refs: Vec<Option<&Fact>> = ins.iter().map(Option::as_ref).collect();
+        let orefs: Vec<Option<&Fact>> = outs.iter().map(Option::as_ref).collect();
+        op.cost(
+            &Cx {
+                node: n,
+                inputs: &refs,
+                opset: 17,
+            },
+            &orefs,
+        )
     }
 }
