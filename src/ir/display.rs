@@ -74,7 +74,7 @@ pub fn dump(g: &Graph, facts: Option<&[Option<Fact>]>) -> String {
 }
 
 fn attr_text(a: &AttributeProto) -> String {
-    let v = match AttributeType::try_from(a.r#type()).unwrap_or(AttributeType::Undefined) {
+    let v = match a.r#type() {
         AttributeType::Float => format!("{}", a.f()),
         AttributeType::Int => format!("{}", a.i()),
         AttributeType::String => format!("{:?}", String::from_utf8_lossy(a.s())),

@@ -376,3 +376,98 @@ impl Tensor {
 fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proto(dtype: DType, dims: Vec<i64>) -> TensorProto {
+        TensorProto {
+            name: Some("t".into()),
+            dims,
+            data_type: Some(dtype.to_onnx()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_fields_decode_to_raw_layout() {
+        let mut t = proto(DType::F16, vec![2]);
+        t.int32_data = vec![
+            f16::from_f32(1.5).to_bits() as i32,
+            f16::from_f32(-2.0).to_bits() as i32,
+        ];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_f32_vec().unwrap(),
+            vec![1.5, -2.0]
+        );
+
+        let mut t = proto(DType::BF16, vec![1]);
+        t.int32_data = vec![bf16::from_f32(3.0).to_bits() as i32];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_f32_vec().unwrap(),
+            vec![3.0]
+        );
+
+        let mut t = proto(DType::I8, vec![3]);
+        t.int32_data = vec![-1, 0, 127];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_i64_vec().unwrap(),
+            vec![-1, 0, 127]
+        );
+
+        let mut t = proto(DType::Bool, vec![2]);
+        t.int32_data = vec![1, 0];
+        assert_eq!(Tensor::from_proto(&t).unwrap().raw().as_ref(), &[1, 0]);
+
+        let mut t = proto(DType::I64, vec![2, 1]);
+        t.int64_data = vec![7, -9];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_i64_vec().unwrap(),
+            vec![7, -9]
+        );
+
+        let mut t = proto(DType::U32, vec![1]);
+        t.uint64_data = vec![4_000_000_000];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_i64_vec().unwrap(),
+            vec![4_000_000_000]
+        );
+
+        let mut t = proto(DType::F64, vec![1]);
+        t.double_data = vec![0.25];
+        assert_eq!(
+            Tensor::from_proto(&t).unwrap().to_f64_vec().unwrap(),
+            vec![0.25]
+        );
+    }
+
+    #[test]
+    fn raw_and_typed_agree() {
+        let a = Tensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let mut t = proto(DType::F32, vec![2, 2]);
+        t.float_data = vec![1.0, 2.0, 3.0, 4.0];
+        assert_eq!(Tensor::from_proto(&t).unwrap(), a);
+        assert_eq!(Tensor::from_proto(&a.to_proto("t")).unwrap(), a);
+    }
+
+    #[test]
+    fn length_mismatches_are_errors_naming_the_tensor() {
+        let mut t = proto(DType::F32, vec![2, 3]);
+        t.float_data = vec![0.0; 5];
+        let e = Tensor::from_proto(&t).unwrap_err().to_string();
+        assert!(e.contains("'t'") && e.contains("6"), "{e}");
+        let mut t = proto(DType::F32, vec![4]);
+        t.raw_data = Some(Bytes::from_static(&[0; 15]));
+        assert!(Tensor::from_proto(&t).is_err());
+        let t = proto(DType::F32, vec![-1]);
+        assert!(Tensor::from_proto(&t).is_err());
+        let t = TensorProto {
+            data_type: Some(0),
+            ..Default::default()
+        };
+        assert!(Tensor::from_proto(&t).is_err());
+        let t = proto(DType::F32, vec![i64::MAX, 4]);
+        assert!(Tensor::from_proto(&t).is_err());
+    }
+}

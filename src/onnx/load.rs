@@ -235,3 +235,34 @@ fn resolve_external(model: &mut ModelProto, dir: &Path) -> Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_join_refuses_escapes() {
+        let d = Path::new("/models");
+        assert_eq!(
+            safe_join(d, "w.data", "t").unwrap(),
+            Path::new("/models/w.data")
+        );
+        assert_eq!(
+            safe_join(d, "sub/../w.data", "t").unwrap(),
+            Path::new("/models/sub/../w.data")
+        );
+        for bad in ["../w.data", "sub/../../w.data", "/etc/passwd", "", "."] {
+            assert!(safe_join(d, bad, "t").is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn truncated_and_empty_bytes_fail_cleanly() {
+        assert!(load_model_bytes(Bytes::new(), Path::new(".")).is_err());
+        assert!(load_model_bytes(
+            Bytes::from_static(&[0x3a, 0xff, 0xff, 0x01]),
+            Path::new(".")
+        )
+        .is_err());
+    }
+}

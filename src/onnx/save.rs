@@ -45,6 +45,9 @@ pub struct SaveOptions {
     pub external: ExternalData,
     /// Tensors smaller than this stay inline even when writing external data.
     pub threshold: usize,
+    /// With [`ExternalData::Auto`], tensor bytes above which the data goes external
+    /// (default: protobuf's 2 GB limit less 64 MB for the graph itself).
+    pub inline_limit: u64,
 }
 
 impl Default for SaveOptions {
@@ -52,6 +55,7 @@ impl Default for SaveOptions {
         SaveOptions {
             external: ExternalData::Auto,
             threshold: 1024,
+            inline_limit: PROTOBUF_LIMIT - (64 << 20),
         }
     }
 }
@@ -82,7 +86,7 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
     let external = match opts.external {
         ExternalData::Always => true,
         ExternalData::Never => false,
-        ExternalData::Auto => had_external || raw_total as u64 > PROTOBUF_LIMIT - (64 << 20),
+        ExternalData::Auto => had_external || raw_total as u64 > opts.inline_limit,
     };
 
     let data_path = dir.join(&data_name);
@@ -240,4 +244,104 @@ fn write_tensor(w: &mut impl Write, t: &TensorProto) -> std::io::Result<()> {
         w.write_all(&raw)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::load_model;
+    use crate::onnx::proto::ValueInfoProto;
+
+    fn model_with(weight: Vec<f32>) -> ModelProto {
+        let t = TensorProto {
+            name: Some("w".into()),
+            dims: vec![weight.len() as i64],
+            data_type: Some(1),
+            raw_data: Some(
+                weight
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: Some(99),
+            graph: Some(GraphProto {
+                initializer: vec![t],
+                output: vec![ValueInfoProto {
+                    name: Some("w".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn auto_goes_external_above_the_limit_and_reloads_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let weight: Vec<f32> = (0..5000).map(|i| i as f32 * 0.5).collect();
+        let m = model_with(weight.clone());
+        let path = dir.path().join("m.onnx");
+        let opts = SaveOptions {
+            inline_limit: 10_000,
+            ..Default::default()
+        };
+        save_model(&m, &path, &opts).unwrap();
+        assert!(
+            dir.path().join("m.onnx.data").exists(),
+            "20 kB of weights above a 10 kB limit go external"
+        );
+        let back = load_model(&path).unwrap();
+        let t = &back.graph.as_ref().unwrap().initializer[0];
+        assert_eq!(
+            t.raw_data,
+            m.graph.as_ref().unwrap().initializer[0].raw_data
+        );
+        assert_eq!(
+            back.ir_version,
+            Some(MAX_IR_VERSION),
+            "IR version is capped"
+        );
+        // No temporary files are left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        // Saving the reloaded model inline again.
+        let path2 = dir.path().join("inline.onnx");
+        save_model(
+            &back,
+            &path2,
+            &SaveOptions {
+                external: ExternalData::Never,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!dir.path().join("inline.onnx.data").exists());
+        let again = load_model(&path2).unwrap();
+        assert_eq!(again.graph.unwrap().initializer[0].raw_data, t.raw_data);
+    }
+
+    #[test]
+    fn failed_save_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no_such_dir").join("m.onnx");
+        assert!(save_model(&model_with(vec![1.0]), &path, &SaveOptions::default()).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn streamed_encoding_decodes_to_the_same_message() {
+        let m = model_with((0..100).map(|i| i as f32).collect());
+        let bytes = encode_model(&m);
+        assert_eq!(bytes.len(), m.encoded_len());
+        assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), m);
+    }
 }

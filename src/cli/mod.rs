@@ -1,0 +1,74 @@
+//! Subcommands of the `lopper` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod inspect;
+mod simplify;
+
+/// lopper: structured channel pruning for ONNX models.
+#[derive(Parser, Debug)]
+#[command(name = "lopper", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a model's interface, op histogram, parameters, MACs and per-layer costs.
+    Inspect(inspect::Args),
+    /// Simplify a model: fold constants and BatchNormalization, drop Identity/Dropout and dead code.
+    Simplify(simplify::Args),
+}
+
+/// Where tensor data goes when writing a model.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExternalData {
+    /// Like the input model; external automatically above 2 GB.
+    Auto,
+    /// Always write weights to `<output>.data`.
+    Always,
+    /// Always inline.
+    Never,
+}
+
+impl From<ExternalData> for lopper::onnx::save::ExternalData {
+    fn from(e: ExternalData) -> Self {
+        match e {
+            ExternalData::Auto => Self::Auto,
+            ExternalData::Always => Self::Always,
+            ExternalData::Never => Self::Never,
+        }
+    }
+}
+
+/// Output options shared by commands that write a model.
+#[derive(clap::Args, Debug)]
+pub struct OutputArgs {
+    /// Output model path.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Where tensor data goes.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub external_data: ExternalData,
+}
+
+impl OutputArgs {
+    /// Save options for the library.
+    pub fn save_options(&self) -> lopper::onnx::SaveOptions {
+        lopper::onnx::SaveOptions {
+            external: self.external_data.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Simplify(a) => simplify::run(a),
+    }
+}
