@@ -428,6 +428,28 @@ impl Graph {
         }
     }
 
+    /// Makes `value` (which must have no producer) output `port` of `node`; the value it
+    /// replaces loses its producer.
+    pub fn set_output(&mut self, node: NodeId, port: usize, value: ValueId) {
+        if let Some(old) = self.nodes[node.index()].output(port) {
+            self.values[old.index()].producer = None;
+        }
+        let outs = &mut self.nodes[node.index()].outputs;
+        if outs.len() <= port {
+            outs.resize(port + 1, None);
+        }
+        outs[port] = Some(value);
+        self.values[value.index()].producer = Some((node, port));
+    }
+
+    /// Whether `v` is read inside a subgraph attribute (an outer-scope capture).
+    pub fn is_captured(&self, v: ValueId) -> bool {
+        self.values[v.index()]
+            .uses
+            .iter()
+            .any(|(_, p)| *p == CAPTURE_PORT)
+    }
+
     /// Appends an input to `node`.
     pub fn push_input(&mut self, node: NodeId, value: Option<ValueId>) {
         let port = self.nodes[node.index()].inputs.len();

@@ -1,16 +1,184 @@
-//! STUB: `Gather` (to be implemented).
-use super::Op;
+//! `Gather`: picks entries of `data` along `axis` (default 0, negative counts from the back)
+//! at `indices` (int32/int64, negative counts from the end of the axis). Output shape is
+//! `data[:axis] ++ indices.shape ++ data[axis+1:]`, symbols kept. Constant indices are checked
+//! against a known axis size. Folding works on raw bytes for any byte-addressable type (the
+//! `Shape→Gather` step of shape arithmetic); not `GatherElements`/`GatherND`, nor strings or
+//! sub-byte types.
 
-/// Stub.
+use crate::error::{Error, Result};
+use crate::ir::{Fact, Node, Tensor};
+
+use super::{util, Cx, Op};
+
+/// The `Gather` op.
 pub struct Gather {
     name: &'static str,
+}
+
+/// Normalises index `i` against an axis of size `n`.
+fn index(i: i64, n: usize) -> std::result::Result<usize, String> {
+    let j = if i < 0 { i + n as i64 } else { i };
+    if j < 0 || j >= n as i64 {
+        return Err(format!("index {i} is out of range for an axis of size {n}"));
+    }
+    Ok(j as usize)
 }
 
 impl Op for Gather {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let data = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
+        let ind = util::required_input(cx, 1)?.unwrap_or(&util::UNKNOWN_FACT);
+        if let Some(d) = ind.dtype {
+            if d.is_float() {
+                return Err(cx.err(format!("indices must be integers, not {d}")));
+            }
+        }
+        let (Some(ds), Some(is)) = (&data.shape, &ind.shape) else {
+            return Ok(Some(vec![Fact {
+                dtype: data.dtype,
+                shape: None,
+                ..Default::default()
+            }]));
+        };
+        if ds.is_empty() {
+            return Err(cx.err("data must have rank >= 1"));
+        }
+        let ax = cx.axis(cx.node.attr_i("axis").unwrap_or(0), ds.len())?;
+        if let (Some(n), Some(v)) = (ds[ax].known(), cx.ints(1)) {
+            for i in v {
+                index(i, n).map_err(|e| cx.err(e))?;
+            }
+        }
+        let mut shape = ds[..ax].to_vec();
+        shape.extend(is.iter().cloned());
+        shape.extend(ds[ax + 1..].iter().cloned());
+        Ok(Some(vec![Fact::new(data.dtype, shape)]))
+    }
+
+    fn eval(
+        &self,
+        node: &Node,
+        inputs: &[Option<&Tensor>],
+        _opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        let data = inputs.first().copied().flatten()?;
+        let ind = inputs.get(1).copied().flatten()?;
+        let err = |m: String| Some(Err(Error::node(&node.name, &node.op_type, m)));
+        let es = util::elem_size(data.dtype())?;
+        if ind.dtype().is_float() {
+            return None;
+        }
+        let idx = ind.to_i64_vec()?;
+        let ds = data.shape();
+        if ds.is_empty() {
+            return err("data must have rank >= 1".into());
+        }
+        let axis = node.attr_i("axis").unwrap_or(0);
+        let r = ds.len() as i64;
+        if axis < -r || axis >= r {
+            return err(format!("axis {axis} is out of range for rank {r}"));
+        }
+        let ax = if axis < 0 { axis + r } else { axis } as usize;
+        let n = ds[ax];
+        let inner = ds[ax + 1..].iter().product::<usize>() * es;
+        let outer: usize = ds[..ax].iter().product();
+        let mut shape = ds[..ax].to_vec();
+        shape.extend_from_slice(ind.shape());
+        shape.extend_from_slice(&ds[ax + 1..]);
+        let total = outer.checked_mul(idx.len())?.checked_mul(inner)?;
+        if total > util::MAX_EVAL_BYTES {
+            return None;
+        }
+        let rows = match idx
+            .iter()
+            .map(|&i| index(i, n))
+            .collect::<std::result::Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(m) => return err(m),
+        };
+        let src = &data.raw()[..];
+        let mut out = Vec::with_capacity(total);
+        for o in 0..outer {
+            for &j in &rows {
+                let at = (o * n + j) * inner;
+                out.extend_from_slice(src.get(at..at + inner)?);
+            }
+        }
+        Some(Tensor::from_raw(data.dtype(), shape, out.into()).map(|t| vec![t]))
+    }
 }
 
 /// `Gather`.
 pub static GATHER: Gather = Gather { name: "Gather" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_int;
+    use crate::ir::DType;
+    use crate::ops::util::testing::*;
+
+    #[test]
+    fn infer_shape_with_symbols() {
+        let n = node("Gather", 1, vec![attr_int("axis", 1)]);
+        let ind = Some(Fact::new(Some(DType::I64), shape("K,2")));
+        let out = infer(&GATHER, &n, &[f32_fact("N,10,C"), ind], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,K,2,C")));
+        let scalar = Some(Fact::constant(Tensor::from_i64(vec![], &[0])));
+        let n0 = node("Gather", 1, vec![]);
+        let out = infer(&GATHER, &n0, &[f32_fact("N,10"), scalar], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("10")));
+    }
+
+    #[test]
+    fn eval_shape_gather_scalar_and_negative() {
+        let n = node("Gather", 1, vec![]);
+        let sh = Tensor::from_i64(vec![4], &[1, 3, 224, 224]);
+        let r = eval(
+            &GATHER,
+            &n,
+            &[Some(sh.clone()), Some(Tensor::from_i64(vec![], &[1]))],
+            13,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r[0].shape(), &[] as &[usize]);
+        assert_eq!(r[0].to_i64_vec().unwrap(), vec![3]);
+        let r = eval(&GATHER, &n, &[Some(sh), i64s(&[-1, 0])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_i64_vec().unwrap(), vec![224, 1]);
+    }
+
+    #[test]
+    fn eval_inner_axis_any_dtype() {
+        let n = node("Gather", 1, vec![attr_int("axis", -1)]);
+        let data = Tensor::from_f32(vec![2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        let ind = Tensor::from_f64_as(DType::I32, vec![2], &[2.0, 0.0]).unwrap();
+        let r = eval(&GATHER, &n, &[Some(data), Some(ind)], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape(), &[2, 2]);
+        assert_eq!(r[0].to_f64_vec().unwrap(), vec![2.0, 0.0, 5.0, 3.0]);
+    }
+
+    #[test]
+    fn out_of_range_index_is_an_error() {
+        let n = node("Gather", 1, vec![]);
+        assert!(infer(&GATHER, &n, &[f32_fact("3"), i64_const(&[3])], 13).is_err());
+        assert!(eval(&GATHER, &n, &[i64s(&[1, 2]), i64s(&[-3])], 13)
+            .unwrap()
+            .is_err());
+        let n = node("Gather", 1, vec![attr_int("axis", 2)]);
+        assert!(infer(&GATHER, &n, &[f32_fact("3,4"), i64_const(&[0])], 13).is_err());
+    }
+}

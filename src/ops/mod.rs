@@ -58,7 +58,11 @@ impl<'a> Cx<'a> {
     /// The fact of input `port`. Errors only when the node does not wire that input; a wired
     /// input about which nothing is known gives an empty fact (ops then return `Ok(None)`).
     pub fn input(&self, port: usize) -> Result<&'a Fact> {
-        static UNKNOWN: Fact = Fact { dtype: None, shape: None, value: None };
+        static UNKNOWN: Fact = Fact {
+            dtype: None,
+            shape: None,
+            value: None,
+        };
         match self.inputs.get(port).copied().flatten() {
             Some(f) => Ok(f),
             None if self.node.input(port).is_some() => Ok(&UNKNOWN),

@@ -1,16 +1,133 @@
-//! STUB: `Shape` (to be implemented).
-use super::Op;
+//! `Shape`: the dims of its input as a 1-D int64 tensor, optionally restricted to
+//! `[start, end)` (opset 15; negative values count from the back, both are clamped to
+//! `[0, rank]`). When every selected dim is known the output fact carries the value, which is
+//! what lets shape arithmetic (Shape→Gather→Unsqueeze→Concat→Reshape) fold. Symbolic dims are
+//! not tracked element-wise: one symbolic selected dim makes the whole value unknown.
 
-/// Stub.
+use crate::error::Result;
+use crate::ir::{DType, Dim, Fact, Node, Tensor};
+
+use super::{util, Cx, Op};
+
+/// The `Shape` op.
 pub struct ShapeOp {
     name: &'static str,
+}
+
+/// `[start, end)` after the spec's normalisation against `rank`.
+fn range(node: &Node, rank: usize) -> (usize, usize) {
+    let r = rank as i64;
+    let norm = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
+    let start = norm(node.attr_i("start").unwrap_or(0));
+    let end = norm(node.attr_i("end").unwrap_or(r));
+    (start, end.max(start))
 }
 
 impl Op for ShapeOp {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
+        let Some(shape) = &x.shape else {
+            return Ok(Some(vec![Fact::new(Some(DType::I64), vec![Dim::Unknown])]));
+        };
+        let (start, end) = range(cx.node, shape.len());
+        let dims = &shape[start..end];
+        let fact = match dims
+            .iter()
+            .map(|d| d.known().map(|v| v as i64))
+            .collect::<Option<Vec<i64>>>()
+        {
+            Some(v) => Fact::constant(Tensor::from_i64(vec![v.len()], &v)),
+            None => Fact::new(Some(DType::I64), vec![Dim::Known(dims.len())]),
+        };
+        Ok(Some(vec![fact]))
+    }
+
+    fn eval(
+        &self,
+        node: &Node,
+        inputs: &[Option<&Tensor>],
+        _opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        let t = inputs.first().copied().flatten()?;
+        let (start, end) = range(node, t.shape().len());
+        let v: Vec<i64> = t.shape()[start..end].iter().map(|&d| d as i64).collect();
+        Some(Ok(vec![Tensor::from_i64(vec![v.len()], &v)]))
+    }
 }
 
 /// `Shape`.
 pub static SHAPE: ShapeOp = ShapeOp { name: "Shape" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_int;
+    use crate::ops::util::testing::*;
+
+    #[test]
+    fn known_dims_carry_value() {
+        let n = node("Shape", 1, vec![]);
+        let out = infer(&SHAPE, &n, &[f32_fact("2,3,4")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("3")));
+        let v = out[0].value.as_ref().unwrap().to_i64_vec().unwrap();
+        assert_eq!(v, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn symbolic_batch_gives_no_value_unless_sliced_away() {
+        let n = node("Shape", 1, vec![]);
+        let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("3")));
+        assert!(out[0].value.is_none());
+        let n = node("Shape", 1, vec![attr_int("start", 1)]);
+        let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 15)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out[0].value.as_ref().unwrap().to_i64_vec().unwrap(),
+            vec![3, 4]
+        );
+    }
+
+    #[test]
+    fn start_end_clamp_and_negative() {
+        let n = node(
+            "Shape",
+            1,
+            vec![attr_int("start", -2), attr_int("end", 100)],
+        );
+        let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 15)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out[0].value.as_ref().unwrap().to_i64_vec().unwrap(),
+            vec![3, 4]
+        );
+        let n = node("Shape", 1, vec![attr_int("start", 2), attr_int("end", 1)]);
+        let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 15)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("0")));
+    }
+
+    #[test]
+    fn unknown_rank_and_eval() {
+        let n = node("Shape", 1, vec![]);
+        let out = infer(&SHAPE, &n, &[Some(Fact::default())], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(vec![Dim::Unknown]));
+        let t = Tensor::from_f32(vec![2, 1], &[1.0, 2.0]);
+        let r = eval(&SHAPE, &n, &[Some(t)], 13).unwrap().unwrap();
+        assert_eq!(r[0].to_i64_vec().unwrap(), vec![2, 1]);
+        assert!(infer(&SHAPE, &n, &[None], 13).is_err());
+    }
+}

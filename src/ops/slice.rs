@@ -1,16 +1,370 @@
-//! STUB: `Slice` (to be implemented).
-use super::Op;
+//! `Slice`: a strided window of `data`. Opset < 10 reads `starts`/`ends`/`axes` attributes;
+//! from 10 they are inputs 1–3 plus `steps` (input 4). Negative starts/ends count from the
+//! back and are clamped per the spec (`[0, d]` for positive steps, `[0, d-1]`/`[-1, d-1]` for
+//! negative ones); axes may be negative and must not repeat; steps must not be 0.
+//!
+//! On a symbolic or unknown dim only the "whole axis" slices (`0..` a huge end with step 1,
+//! or a full reversal with step -1) keep the dim; other sliced symbolic dims become
+//! `Unknown`. Non-constant parameters give the input rank with the touched (or, when the axes
+//! are not known, all) dims `Unknown`. Folding works on raw bytes for any byte-addressable
+//! type and any rank (not strings or sub-byte types).
 
-/// Stub.
+use crate::error::{Error, Result};
+use crate::ir::{Dim, Fact, Node, Tensor};
+
+use super::{util, Cx, Op};
+
+/// The `Slice` op.
 pub struct Slice {
     name: &'static str,
+}
+
+/// Ends at least this large mean "to the end" (covers INT32_MAX and INT64_MAX sentinels).
+const HUGE: i64 = i32::MAX as i64;
+
+/// `(axis, start, end, step)` per sliced axis.
+type Plan = Vec<(usize, i64, i64, i64)>;
+
+/// The slice parameters, each `None` when not a compile-time constant.
+struct Params {
+    starts: Option<Vec<i64>>,
+    ends: Option<Vec<i64>>,
+    /// `Some(None)`: absent (meaning `0..len(starts)`).
+    axes: Option<Option<Vec<i64>>>,
+    /// `Some(None)`: absent (meaning all 1).
+    steps: Option<Option<Vec<i64>>>,
+}
+
+impl Params {
+    /// Reads the parameters from attributes (opset < 10) or inputs, via `get(port)` giving
+    /// `None` for an absent input and `Some(None)` for a non-constant one.
+    fn read(node: &Node, opset: i64, get: impl Fn(usize) -> Option<Option<Vec<i64>>>) -> Params {
+        if opset < 10 {
+            let a = |n: &str| node.attr_ints(n).map(<[i64]>::to_vec);
+            return Params {
+                starts: a("starts"),
+                ends: a("ends"),
+                axes: Some(a("axes")),
+                steps: Some(None),
+            };
+        }
+        let opt = |p: usize| match get(p) {
+            None => Some(None),
+            Some(None) => None,
+            Some(Some(v)) => Some(Some(v)),
+        };
+        Params {
+            starts: get(1).flatten(),
+            ends: get(2).flatten(),
+            axes: opt(3),
+            steps: opt(4),
+        }
+    }
+
+    /// The axes that are sliced, resolved, if known.
+    fn axes(&self, rank: usize) -> Option<std::result::Result<Vec<usize>, String>> {
+        let axes = match self.axes.as_ref()? {
+            Some(a) => a.clone(),
+            None => (0..self.starts.as_ref()?.len() as i64).collect(),
+        };
+        let r = rank as i64;
+        let mut out = Vec::with_capacity(axes.len());
+        for a in axes {
+            if a < -r || a >= r {
+                return Some(Err(format!("axis {a} is out of range for rank {rank}")));
+            }
+            let a = if a < 0 { a + r } else { a } as usize;
+            if out.contains(&a) {
+                return Some(Err(format!("axis {a} is repeated")));
+            }
+            out.push(a);
+        }
+        Some(Ok(out))
+    }
+
+    /// `(axis, start, end, step)` per sliced axis, when everything is constant.
+    fn plan(&self, rank: usize) -> Option<std::result::Result<Plan, String>> {
+        let axes = match self.axes(rank)? {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        let (starts, ends) = (self.starts.as_ref()?, self.ends.as_ref()?);
+        let steps = match self.steps.as_ref()? {
+            Some(s) => s.clone(),
+            None => vec![1; starts.len()],
+        };
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+            return Some(Err(format!(
+                "starts ({}), ends ({}), axes ({}) and steps ({}) differ in length",
+                starts.len(),
+                ends.len(),
+                axes.len(),
+                steps.len()
+            )));
+        }
+        if steps.contains(&0) {
+            return Some(Err("steps must not be 0".into()));
+        }
+        Some(Ok((0..axes.len())
+            .map(|i| (axes[i], starts[i], ends[i], steps[i]))
+            .collect()))
+    }
+}
+
+/// The clamped start and the output length along an axis of size `d`.
+fn clamp(d: usize, start: i64, end: i64, step: i64) -> (usize, usize) {
+    if d == 0 {
+        return (0, 0);
+    }
+    let d = d as i64;
+    let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+    let (s, e) = if step > 0 {
+        (norm(start).clamp(0, d), norm(end).clamp(0, d))
+    } else {
+        (norm(start).clamp(0, d - 1), norm(end).clamp(-1, d - 1))
+    };
+    let span = if step > 0 { e - s } else { s - e };
+    let len = if span > 0 {
+        (span as u64 - 1) / step.unsigned_abs() + 1
+    } else {
+        0
+    };
+    (s as usize, len as usize)
+}
+
+/// The output dim along a sliced axis.
+fn sliced_dim(d: &Dim, start: i64, end: i64, step: i64) -> Dim {
+    match d.known() {
+        Some(k) => Dim::Known(clamp(k, start, end, step).1),
+        None if step == 1 && start == 0 && end >= HUGE => d.clone(),
+        None if step == -1 && (start == -1 || start >= HUGE) && end <= -HUGE => d.clone(),
+        None => Dim::Unknown,
+    }
 }
 
 impl Op for Slice {
     fn op_type(&self) -> &'static str {
         self.name
     }
+
+    fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
+        let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
+        let Some(shape) = &x.shape else {
+            return Ok(Some(vec![Fact {
+                dtype: x.dtype,
+                shape: None,
+                ..Default::default()
+            }]));
+        };
+        let p = Params::read(cx.node, cx.opset, |port| {
+            cx.has_input(port).then(|| cx.ints(port))
+        });
+        if cx.opset < 10 && (p.starts.is_none() || p.ends.is_none()) {
+            return Err(cx.err("attributes 'starts' and 'ends' are required"));
+        }
+        let mut out = shape.clone();
+        match p.plan(shape.len()) {
+            Some(Ok(plan)) => {
+                for (ax, s, e, st) in plan {
+                    out[ax] = sliced_dim(&shape[ax], s, e, st);
+                }
+            }
+            Some(Err(e)) => return Err(cx.err(e)),
+            None => match p.axes(shape.len()) {
+                Some(Ok(axes)) => axes.into_iter().for_each(|a| out[a] = Dim::Unknown),
+                Some(Err(e)) => return Err(cx.err(e)),
+                None => out.iter_mut().for_each(|d| *d = Dim::Unknown),
+            },
+        }
+        Ok(Some(vec![Fact::new(x.dtype, out)]))
+    }
+
+    fn eval(
+        &self,
+        node: &Node,
+        inputs: &[Option<&Tensor>],
+        opset: i64,
+    ) -> Option<Result<Vec<Tensor>>> {
+        let x = inputs.first().copied().flatten()?;
+        let p = Params::read(node, opset, |port| {
+            inputs.get(port).copied().flatten().map(Tensor::to_i64_vec)
+        });
+        let dims = x.shape();
+        let plan = match p.plan(dims.len())? {
+            Ok(plan) => plan,
+            Err(m) => return Some(Err(Error::node(&node.name, &node.op_type, m))),
+        };
+        let in_strides = util::strides_of(dims);
+        let mut shape = dims.to_vec();
+        let mut strides: Vec<isize> = in_strides.iter().map(|&s| s as isize).collect();
+        let mut offset = 0usize;
+        for (ax, s, e, st) in plan {
+            let (start, len) = clamp(dims[ax], s, e, st);
+            shape[ax] = len;
+            if len > 0 {
+                offset += start * in_strides[ax];
+            }
+            strides[ax] = (in_strides[ax] as isize).checked_mul(st.try_into().ok()?)?;
+        }
+        if shape.contains(&0) {
+            offset = 0;
+        }
+        Some(util::strided_copy(x, shape, offset, &strides)?.map(|t| vec![t]))
+    }
 }
 
 /// `Slice`.
 pub static SLICE: Slice = Slice { name: "Slice" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_ints;
+    use crate::ir::DType;
+    use crate::ops::util::testing::*;
+
+    fn iota(shape: Vec<usize>) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::from_i64(shape, &(0..n as i64).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn clamping_per_spec() {
+        assert_eq!(clamp(10, 2, 5, 1), (2, 3));
+        assert_eq!(clamp(10, -3, i64::MAX, 1), (7, 3));
+        assert_eq!(clamp(10, i64::MIN, i64::MAX, 3), (0, 4));
+        assert_eq!(clamp(10, -1, i64::MIN, -1), (9, 10));
+        assert_eq!(clamp(10, 20, 0, -2), (9, 5));
+        assert_eq!(clamp(10, 5, 2, 1), (5, 0));
+        assert_eq!(clamp(0, 0, 5, 1), (0, 0));
+        assert_eq!(clamp(10, 3, i64::MAX, i64::MAX), (3, 1));
+        assert_eq!(clamp(10, -1, i64::MIN, i64::MIN), (9, 1));
+    }
+
+    #[test]
+    fn infer_keeps_batch_and_slices_known() {
+        let n = node("Slice", 1, vec![]);
+        let ins = [
+            f32_fact("N,8,H"),
+            i64_const(&[0, 1, 0]),
+            i64_const(&[i64::MAX, -1, 2]),
+            i64_const(&[0, 1, 2]),
+            i64_const(&[1, 2, 1]),
+        ];
+        let out = infer(&SLICE, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,3,?")));
+        // Non-constant ends: the touched axis becomes unknown.
+        let ins = [
+            f32_fact("N,8"),
+            i64_const(&[1]),
+            Some(Fact::new(Some(DType::I64), shape("1"))),
+            i64_const(&[-1]),
+        ];
+        let out = infer(&SLICE, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,?")));
+    }
+
+    #[test]
+    fn attribute_form_before_opset_10() {
+        let n = node(
+            "Slice",
+            1,
+            vec![
+                attr_ints("starts", &[1]),
+                attr_ints("ends", &[3]),
+                attr_ints("axes", &[1]),
+            ],
+        );
+        let out = infer(&SLICE, &n, &[f32_fact("N,5")], 9).unwrap().unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,2")));
+        let r = eval(&SLICE, &n, &[Some(iota(vec![2, 5]))], 9)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_i64_vec().unwrap(), vec![1, 2, 6, 7]);
+    }
+
+    #[test]
+    fn eval_negative_steps_any_rank() {
+        let n = node("Slice", 1, vec![]);
+        let x = iota(vec![2, 3, 4]);
+        let r = eval(
+            &SLICE,
+            &n,
+            &[
+                Some(x.clone()),
+                i64s(&[-1, 3]),
+                i64s(&[i64::MIN, 0]),
+                i64s(&[0, 2]),
+                i64s(&[-1, -2]),
+            ],
+            13,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r[0].shape(), &[2, 3, 2]);
+        assert_eq!(
+            r[0].to_i64_vec().unwrap(),
+            vec![15, 13, 19, 17, 23, 21, 3, 1, 7, 5, 11, 9]
+        );
+        // Shape arithmetic: last two entries of a shape vector.
+        let sh = Tensor::from_i64(vec![4], &[1, 3, 224, 224]);
+        let r = eval(&SLICE, &n, &[Some(sh), i64s(&[-2]), i64s(&[i64::MAX])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_i64_vec().unwrap(), vec![224, 224]);
+        let r = eval(&SLICE, &n, &[Some(x), i64s(&[5]), i64s(&[9])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape(), &[0, 3, 4]);
+        // Huge steps take one element without overflowing.
+        let v = Tensor::from_i64(vec![4], &[1, 2, 3, 4]);
+        let r = eval(
+            &SLICE,
+            &n,
+            &[
+                Some(v.clone()),
+                i64s(&[1]),
+                i64s(&[4]),
+                i64s(&[0]),
+                i64s(&[i64::MAX]),
+            ],
+            13,
+        );
+        assert_eq!(r.unwrap().unwrap()[0].to_i64_vec().unwrap(), vec![2]);
+        let r = eval(
+            &SLICE,
+            &n,
+            &[
+                Some(v),
+                i64s(&[-1]),
+                i64s(&[i64::MIN]),
+                i64s(&[0]),
+                i64s(&[i64::MIN]),
+            ],
+            13,
+        );
+        assert_eq!(r.unwrap().unwrap()[0].to_i64_vec().unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn bad_parameters_are_errors() {
+        let n = node("Slice", 1, vec![]);
+        let zero_step = [
+            f32_fact("4"),
+            i64_const(&[0]),
+            i64_const(&[4]),
+            i64_const(&[0]),
+            i64_const(&[0]),
+        ];
+        assert!(infer(&SLICE, &n, &zero_step, 13).is_err());
+        let dup = [
+            f32_fact("4,4"),
+            i64_const(&[0, 0]),
+            i64_const(&[1, 1]),
+            i64_const(&[1, -1]),
+        ];
+        assert!(infer(&SLICE, &n, &dup, 13).is_err());
+        let r = eval(&SLICE, &n, &[i64s(&[1, 2]), i64s(&[0]), i64s(&[1, 2])], 13).unwrap();
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Removes no-op nodes: `Identity`, and `Dropout` in inference form (no `training_mode`
+//! input, or a constant false one; the `ratio` input and the `is_test` attribute of old opsets
+//! do not matter at inference) whose mask output is absent or unused. Readers of the removed
+//! node's output read its input instead.
+//!
+//! Graph outputs keep their names: when the output is a graph output, the node is removed only
+//! if its input is computed by a node, is not itself a graph output and is not read by a
+//! subgraph; that node then writes the graph output directly. Otherwise the node is kept (for
+//! instance an Identity from a graph input straight to a graph output). It does NOT remove
+//! nodes whose output is read inside a subgraph (captures resolve by name), Dropout in
+//! training mode, or no-op instances of other ops (Reshape to the same shape, Cast to the
+//! same type, ...).
+
+use crate::error::Result;
+use crate::ir::{Graph, Model, NodeId};
+
+/// Removes Identity and inference Dropout nodes; returns whether any was removed.
+pub fn remove_identity(model: &mut Model) -> Result<bool> {
+    let g = &mut model.graph;
+    let mut changed = false;
+    for n in g.topo_order()? {
+        if !is_removable(g, n) {
+            continue;
+        }
+        let node = g.node(n);
+        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
+            continue;
+        };
+        let mask = node.output(1);
+        if g.is_captured(y) {
+            continue;
+        }
+        if g.outputs.contains(&y) {
+            // Let x's producer write y, so the graph output keeps its name.
+            let Some((p, port)) = g.value(x).producer else {
+                continue;
+            };
+            if g.outputs.contains(&x) || g.is_captured(x) {
+                continue;
+            }
+            g.remove_node(n);
+            g.set_output(p, port, y);
+            g.replace_uses(x, y);
+            g.remove_value(x);
+        } else {
+            g.remove_node(n);
+            g.replace_uses(y, x);
+            g.remove_value(y);
+        }
+        if let Some(m) = mask {
+            g.remove_value(m);
+        }
+        changed = true;
+    }
+    if changed {
+        g.compact();
+    }
+    Ok(changed)
+}
+
+/// Whether `n` is an Identity, or a Dropout in inference mode with an unused mask.
+fn is_removable(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        return false;
+    }
+    match node.op_type.as_str() {
+        "Identity" => node.outputs.len() == 1,
+        "Dropout" => {
+            let mask_unused = node
+                .output(1)
+                .is_none_or(|m| g.value(m).uses.is_empty() && !g.outputs.contains(&m));
+            let inference = match node.input(2) {
+                None => true,
+                Some(t) => g
+                    .init(t)
+                    .and_then(|t| t.to_i64_vec())
+                    .is_some_and(|v| v.iter().all(|&b| b == 0)),
+            };
+            mask_unused && inference && node.outputs.len() <= 2
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{verify, DType, Tensor, ValueId};
+    use crate::passes::testutil::{model, ops};
+
+    fn input(g: &mut Graph, name: &str) -> ValueId {
+        let v = g.add_value(name);
+        g.inputs.push(v);
+        v
+    }
+
+    #[test]
+    fn removes_internal_identity_and_dropout() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let a = g.add_node("a", "Relu", &[Some(x)], &["a"], vec![]);
+        let a = g.node(a).outputs[0];
+        let i = g.add_node("i", "Identity", &[a], &["i"], vec![]);
+        let i = g.node(i).outputs[0];
+        let d = g.add_node("d", "Dropout", &[i], &["d", "mask"], vec![]);
+        let d = g.node(d).outputs[0];
+        let b = g.add_node("b", "Relu", &[d], &["y"], vec![]);
+        g.outputs.push(g.node(b).outputs[0].unwrap());
+        let mut m = model(g, 13);
+
+        assert!(remove_identity(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        assert_eq!(ops(&m), ["Relu", "Relu"]);
+        let g = &m.graph;
+        assert!(g.value_by_name("mask").is_none());
+        let b = g.node_ids().last().unwrap();
+        assert_eq!(g.node(b).inputs[0], g.value_by_name("a"));
+        assert!(!remove_identity(&mut m).unwrap());
+    }
+
+    #[test]
+    fn keeps_dropout_in_training_mode_or_with_used_mask() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let t = g.add_initializer(
+            "t",
+            Tensor::from_f64_as(DType::Bool, vec![], &[1.0]).unwrap(),
+        );
+        let d = g.add_node("d", "Dropout", &[Some(x), None, Some(t)], &["d"], vec![]);
+        g.outputs.push(g.node(d).outputs[0].unwrap());
+        let d2 = g.add_node("d2", "Dropout", &[Some(x)], &["d2", "mask"], vec![]);
+        let d2_out = g.node(d2).outputs[0].unwrap();
+        let mask = g.node(d2).outputs[1].unwrap();
+        let n = g.add_node("n", "Not", &[Some(mask)], &["nm"], vec![]);
+        g.outputs.push(g.node(n).outputs[0].unwrap());
+        let r = g.add_node("r", "Relu", &[Some(d2_out)], &["r"], vec![]);
+        g.outputs.push(g.node(r).outputs[0].unwrap());
+        let mut m = model(g, 13);
+
+        assert!(!remove_identity(&mut m).unwrap());
+        assert_eq!(ops(&m), ["Dropout", "Dropout", "Not", "Relu"]);
+    }
+
+    #[test]
+    fn dropout_with_constant_false_training_mode_goes() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let t = g.add_initializer(
+            "t",
+            Tensor::from_f64_as(DType::Bool, vec![], &[0.0]).unwrap(),
+        );
+        let r = g.add_initializer("ratio", Tensor::from_f32(vec![], &[0.5]));
+        let d = g.add_node("d", "Dropout", &[Some(x), Some(r), Some(t)], &["d"], vec![]);
+        let d = g.node(d).outputs[0];
+        let n = g.add_node("n", "Relu", &[d], &["y"], vec![]);
+        g.outputs.push(g.node(n).outputs[0].unwrap());
+        let mut m = model(g, 13);
+
+        assert!(remove_identity(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        assert_eq!(ops(&m), ["Relu"]);
+    }
+
+    #[test]
+    fn graph_output_keeps_its_name() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let a = g.add_node("a", "Relu", &[Some(x)], &["a"], vec![]);
+        let a = g.node(a).outputs[0];
+        // `a` is also read by another node, which must now read `y`.
+        let s = g.add_node("s", "Sigmoid", &[a], &["s"], vec![]);
+        g.outputs.push(g.node(s).outputs[0].unwrap());
+        let i = g.add_node("i", "Identity", &[a], &["y"], vec![]);
+        let y = g.node(i).outputs[0].unwrap();
+        g.outputs.push(y);
+        let mut m = model(g, 13);
+
+        assert!(remove_identity(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        assert_eq!(ops(&m), ["Relu", "Sigmoid"]);
+        let g = &m.graph;
+        let names: Vec<&str> = g
+            .outputs
+            .iter()
+            .map(|&v| g.value(v).name.as_str())
+            .collect();
+        assert_eq!(names, ["s", "y"]);
+        let y = g.value_by_name("y").unwrap();
+        let (relu, _) = g.value(y).producer.unwrap();
+        assert_eq!(g.node(relu).op_type, "Relu");
+        let s = g
+            .node_ids()
+            .find(|&n| g.node(n).op_type == "Sigmoid")
+            .unwrap();
+        assert_eq!(g.node(s).inputs[0], Some(y));
+        assert!(g.value_by_name("a").is_none());
+    }
+
+    #[test]
+    fn keeps_identity_between_interface_values() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let i = g.add_node("i", "Identity", &[Some(x)], &["y"], vec![]);
+        g.outputs.push(g.node(i).outputs[0].unwrap());
+        let r = g.add_node("r", "Relu", &[Some(x)], &["r"], vec![]);
+        let r = g.node(r).outputs[0].unwrap();
+        g.outputs.push(r);
+        let i2 = g.add_node("i2", "Identity", &[Some(r)], &["z"], vec![]);
+        g.outputs.push(g.node(i2).outputs[0].unwrap());
+        let mut m = model(g, 13);
+
+        assert!(!remove_identity(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        assert_eq!(ops(&m), ["Identity", "Relu", "Identity"]);
+    }
+}
