@@ -50,7 +50,11 @@ fn resnet50_macs_match_torchvision() {
     let c = costs(&m, &shapes).unwrap();
     // torchvision counts 25,557,032 with BN's gamma and beta (2 per channel); folded, each BN
     // leaves one conv bias per channel: 26,560 BN channels fewer.
-    assert_eq!(c.params, 25_557_032 - 26_560, "ResNet-50 (BN folded) parameters");
+    assert_eq!(
+        c.params,
+        25_557_032 - 26_560,
+        "ResNet-50 (BN folded) parameters"
+    );
 }
 
 #[test]

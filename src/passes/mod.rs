@@ -12,7 +12,7 @@ pub use fold_constants::fold_constants;
 pub use remove_identity::remove_identity;
 
 use crate::error::{Error, Result};
-use crate::ir::{Fact, Graph, Model, Tensor, ValueId};
+use crate::ir::{Fact, Model, Tensor, ValueId};
 use crate::onnx::proto::ValueInfoProto;
 
 /// Options of [`simplify`].
