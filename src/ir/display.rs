@@ -27,12 +27,13 @@ pub fn dump(g: &Graph, facts: Option<&[Option<Fact>]>) -> String {
     }
     for &v in &g.initializers {
         if let Some(t) = g.init(v) {
+            let dims: Vec<String> = t.shape().iter().map(usize::to_string).collect();
             let _ = writeln!(
                 out,
-                "  init %{}: {}{:?}",
+                "  init %{}: {}[{}]",
                 g.value(v).name,
                 t.dtype(),
-                t.shape()
+                dims.join(",")
             );
         }
     }
