@@ -147,7 +147,7 @@ mod tests {
     use super::testutil::{input, model, ops};
     use super::*;
     use crate::ir::graph::attr_tensor;
-    use crate::ir::verify;
+    use crate::ir::{verify, Graph};
 
     /// `x → Identity → Conv(W from a Constant) → BatchNormalization → Dropout → y`.
     fn conv_bn() -> Model {

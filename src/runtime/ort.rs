@@ -1,0 +1,263 @@
+//! The ONNX Runtime backend, through the `ort` crate with the library loaded at run time.
+//!
+//! The shared library is looked up, in order: `ORT_DYLIB_PATH`; the project's install folder
+//! `.deps/python/onnxruntime/capi/libonnxruntime.so*` (under the crate root, then under the
+//! current directory), as `scripts/setup-test-env.sh` leaves it; an `onnxruntime` Python package
+//! that `python3` can import. It is loaded once per process.
+//!
+//! Tensors cross the boundary as raw bytes: inputs are copied into ORT-allocated tensors of the
+//! same element type, outputs are copied back byte for byte, so results can be compared exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::memory::Allocator;
+use ort::session::Session as OrtInner;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
+
+use super::Session;
+use crate::error::{Error, Result};
+use crate::ir::{DType, Tensor};
+
+const BACKEND: &str = "ort";
+const NOT_FOUND: &str =
+    "ONNX Runtime library not found: set ORT_DYLIB_PATH or run scripts/setup-test-env.sh";
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Runtime {
+        backend: BACKEND,
+        msg: msg.into(),
+    }
+}
+
+/// The process-wide ORT environment (created once; later failures repeat the first error).
+static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+fn environment() -> Result<&'static ort::environment::Environment> {
+    ENV.get_or_init(|| {
+        let lib = find_library().ok_or_else(|| NOT_FOUND.to_string())?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
+        builder
+            .with_name("lopper")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("creating the environment ({}): {e}", lib.display()))
+    })
+    .as_ref()
+    .map_err(|e| err(e.clone()))
+}
+
+/// Finds `libonnxruntime.so*` (see the module documentation for the order).
+pub fn find_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let mut roots = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    for root in roots {
+        if let Some(lib) = lib_in(&root.join(".deps/python/onnxruntime/capi")) {
+            return Some(lib);
+        }
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime,os;print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    lib_in(&Path::new(&dir).join("capi"))
+}
+
+/// The first `libonnxruntime.so*` in `dir` (by name, so `libonnxruntime.so` before versions).
+fn lib_in(dir: &Path) -> Option<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    libs.sort();
+    libs.into_iter().next()
+}
+
+/// A model loaded into ONNX Runtime (CPU).
+pub struct OrtSession {
+    session: OrtInner,
+    outputs: Vec<String>,
+}
+
+impl OrtSession {
+    /// Loads a model file with ONNX Runtime's default threading.
+    pub fn load(path: &Path) -> Result<OrtSession> {
+        OrtSession::load_with(path, None)
+    }
+
+    /// Loads a model file; `threads` sets the intra-op thread count (`None`: ORT's default).
+    pub fn load_with(path: &Path, threads: Option<usize>) -> Result<OrtSession> {
+        let env = environment()?;
+        let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
+        let mut builder = OrtInner::builder(env).map_err(|e| ctx(&e))?;
+        if let Some(n) = threads {
+            builder = builder.with_intra_threads(n).map_err(|e| ctx(&e))?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| ctx(&e))?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(OrtSession { session, outputs })
+    }
+}
+
+impl Session for OrtSession {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let mut feed: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            feed.push((name.clone(), to_ort(name, t)?.into_dyn()));
+        }
+        let mut outs = self
+            .session
+            .run(feed)
+            .map_err(|e| err(format!("run: {e}")))?;
+        let mut result = Vec::with_capacity(self.outputs.len());
+        for name in &self.outputs {
+            let v = outs
+                .remove(name.as_str())
+                .ok_or_else(|| err(format!("output '{name}' missing from the results")))?;
+            result.push((name.clone(), from_ort(name, v)?));
+        }
+        Ok(result)
+    }
+}
+
+/// The ORT element type of an IR dtype.
+fn ort_type(d: DType) -> Option<TensorElementType> {
+    use TensorElementType as T;
+    Some(match d {
+        DType::F32 => T::Float32,
+        DType::U8 => T::Uint8,
+        DType::I8 => T::Int8,
+        DType::U16 => T::Uint16,
+        DType::I16 => T::Int16,
+        DType::I32 => T::Int32,
+        DType::I64 => T::Int64,
+        DType::Bool => T::Bool,
+        DType::F16 => T::Float16,
+        DType::F64 => T::Float64,
+        DType::U32 => T::Uint32,
+        DType::U64 => T::Uint64,
+        DType::BF16 => T::Bfloat16,
+        DType::F8E4M3FN => T::Float8E4M3FN,
+        DType::F8E4M3FNUZ => T::Float8E4M3FNUZ,
+        DType::F8E5M2 => T::Float8E5M2,
+        DType::F8E5M2FNUZ => T::Float8E5M2FNUZ,
+        _ => return None,
+    })
+}
+
+/// The IR dtype of an ORT element type.
+fn ir_type(t: TensorElementType) -> Option<DType> {
+    use TensorElementType as T;
+    Some(match t {
+        T::Float32 => DType::F32,
+        T::Uint8 => DType::U8,
+        T::Int8 => DType::I8,
+        T::Uint16 => DType::U16,
+        T::Int16 => DType::I16,
+        T::Int32 => DType::I32,
+        T::Int64 => DType::I64,
+        T::Bool => DType::Bool,
+        T::Float16 => DType::F16,
+        T::Float64 => DType::F64,
+        T::Uint32 => DType::U32,
+        T::Uint64 => DType::U64,
+        T::Bfloat16 => DType::BF16,
+        T::Float8E4M3FN => DType::F8E4M3FN,
+        T::Float8E4M3FNUZ => DType::F8E4M3FNUZ,
+        T::Float8E5M2 => DType::F8E5M2,
+        T::Float8E5M2FNUZ => DType::F8E5M2FNUZ,
+        _ => return None,
+    })
+}
+
+/// Copies an IR tensor into a new ORT tensor of the same element type.
+fn to_ort(name: &str, t: &Tensor) -> Result<DynTensor> {
+    let ty = ort_type(t.dtype()).ok_or_else(|| {
+        err(format!(
+            "input '{name}': {} tensors are not supported",
+            t.dtype()
+        ))
+    })?;
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    let mut value = DynTensor::new(&Allocator::default(), ty, shape)
+        .map_err(|e| err(format!("input '{name}': {e}")))?;
+    let raw = t.raw();
+    let want = ty.byte_size(t.len()).unwrap_or(usize::MAX);
+    if raw.len() != want {
+        return Err(err(format!(
+            "input '{name}': {} bytes of data, ORT expects {want}",
+            raw.len()
+        )));
+    }
+    if !raw.is_empty() {
+        let dst = value.data_ptr_mut().cast::<u8>();
+        if dst.is_null() {
+            return Err(err(format!("input '{name}': ORT gave no buffer")));
+        }
+        // SAFETY: `dst` is the CPU buffer ORT allocated for `want == raw.len()` bytes (checked
+        // above), and it does not overlap `raw`.
+        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), dst, raw.len()) };
+    }
+    Ok(value)
+}
+
+/// Copies an ORT output tensor into an IR tensor, byte for byte.
+fn from_ort(name: &str, v: DynValue) -> Result<Tensor> {
+    let v = v
+        .downcast::<DynTensorValueType>()
+        .map_err(|e| err(format!("output '{name}' is not a tensor: {e}")))?;
+    let ty = *v.data_type();
+    let dtype = ir_type(ty).ok_or_else(|| {
+        err(format!(
+            "output '{name}': element type {ty} is not supported"
+        ))
+    })?;
+    let mut shape = Vec::with_capacity(v.shape().len());
+    for &d in v.shape().iter() {
+        shape.push(usize::try_from(d).map_err(|_| err(format!("output '{name}': dim {d}")))?);
+    }
+    let n: usize = shape.iter().product();
+    let len = ty
+        .byte_size(n)
+        .ok_or_else(|| err(format!("output '{name}': element type {ty} has no size")))?;
+    let mut data = vec![0u8; len];
+    if len > 0 {
+        if !v.memory_info().is_cpu_accessible() {
+            return Err(err(format!("output '{name}' is not in CPU memory")));
+        }
+        let src = v.data_ptr().cast::<u8>();
+        if src.is_null() {
+            return Err(err(format!("output '{name}': ORT gave no buffer")));
+        }
+        // SAFETY: ORT's CPU buffer for this tensor holds `byte_size(numel) == len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src, data.as_mut_ptr(), len) };
+    }
+    Tensor::from_raw(dtype, shape, data.into()).map_err(|e| err(format!("output '{name}': {e}")))
+}

@@ -1,0 +1,232 @@
+//! Helpers shared by the integration tests: the shared model set, seeded random inputs, running
+//! a model under a backend, and the `onnx` checker oracle.
+//!
+//! The oracles (ONNX Runtime's library, the `onnx` Python package) come from
+//! `scripts/setup-test-env.sh`. Under `CI=true` a missing oracle fails the test; elsewhere the
+//! test prints a notice and skips that part.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lopper::ir::{DType, Dim, Fact, Model, Tensor};
+use lopper::runtime::{self, BackendKind};
+
+/// The crate root.
+pub fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` next to the crate (models, data). Panics if it is missing.
+pub fn shared_dir() -> PathBuf {
+    let dir = crate_dir().join("../shared");
+    assert!(
+        dir.join("models").is_dir(),
+        "{}: the shared folder with models/ is missing (expected next to the crate)",
+        dir.display()
+    );
+    dir
+}
+
+/// Every `*.onnx` under `../shared/models/{zoo,pretrained}`, sorted.
+pub fn all_models() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in ["zoo", "pretrained"] {
+        let dir = shared_dir().join("models").join(sub);
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    assert!(!out.is_empty(), "no models under ../shared/models");
+    out
+}
+
+/// `zoo/name.onnx`-style short name for messages.
+pub fn short(path: &Path) -> String {
+    let dir = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{dir}/{file}")
+}
+
+/// Whether this run is CI (`CI` set to anything but empty/`false`/`0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Fails under CI, or prints a notice and returns `false` elsewhere (the caller skips).
+fn oracle_missing(what: &str) -> bool {
+    let msg = format!("{what} is missing: run scripts/setup-test-env.sh (or `make test`)");
+    if in_ci() {
+        panic!("{msg}");
+    }
+    eprintln!("NOTICE: skipping: {msg}");
+    false
+}
+
+/// Whether ONNX Runtime's library can be found; see [`oracle_missing`] for when it cannot.
+pub fn require_ort() -> bool {
+    lopper::runtime::ort::find_library().is_some() || oracle_missing("ONNX Runtime's library")
+}
+
+/// The Python path that holds the `onnx` package: `.deps/python` when set up.
+fn checker_pythonpath() -> Option<PathBuf> {
+    let deps = crate_dir().join(".deps/python");
+    deps.join("onnx").is_dir().then_some(deps)
+}
+
+/// Whether the `onnx` checker is installed; see [`oracle_missing`] for when it is not.
+pub fn require_checker() -> bool {
+    checker_pythonpath().is_some() || oracle_missing("the onnx checker (.deps/python)")
+}
+
+/// Runs `onnx.checker.check_model(path, full_check=True)` on each file; panics naming the file
+/// and the checker's message on failure. Skips (outside CI) when the checker is not installed.
+pub fn check_models(paths: &[&Path]) {
+    if !require_checker() {
+        return;
+    }
+    let pp = checker_pythonpath().unwrap();
+    let out = Command::new("python3")
+        .arg(crate_dir().join("scripts/check_model.py"))
+        .args(paths)
+        .env("PYTHONPATH", &pp)
+        .output()
+        .expect("running python3 scripts/check_model.py");
+    assert!(
+        out.status.success(),
+        "onnx checker rejected a model:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`check_models`] on one file.
+pub fn check_model(path: &Path) {
+    check_models(&[path]);
+}
+
+/// A small seeded xorshift64* generator.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed (any value, zero included).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+/// The concrete shape and dtype of a runtime input: symbolic and unknown dims become 1.
+pub fn input_spec(model: &Model, name: &str) -> (DType, Vec<usize>) {
+    let g = &model.graph;
+    let v = g.value_by_name(name).unwrap();
+    let fact = g
+        .value(v)
+        .decl
+        .as_ref()
+        .and_then(|d| d.r#type.as_ref())
+        .map(Fact::from_type)
+        .unwrap_or_default();
+    let dtype = fact
+        .dtype
+        .unwrap_or_else(|| panic!("input '{name}' has no element type"));
+    let shape = fact
+        .shape
+        .unwrap_or_else(|| panic!("input '{name}' has no shape"))
+        .iter()
+        .map(|d| match d {
+            Dim::Known(n) => *n,
+            Dim::Sym(_) | Dim::Unknown => 1,
+        })
+        .collect();
+    (dtype, shape)
+}
+
+/// Random values for the real runtime inputs (graph inputs that are not initializers), in
+/// graph order: symbolic dims = 1; floats uniform in [-1, 1); integers and bools zero.
+pub fn random_inputs(model: &Model, seed: u64) -> Vec<(String, Tensor)> {
+    let g = &model.graph;
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    for &v in &g.inputs {
+        if !g.is_runtime_input(v) {
+            continue;
+        }
+        let name = g.value(v).name.clone();
+        let (dtype, shape) = input_spec(model, &name);
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = if dtype.is_float() {
+            (0..n).map(|_| rng.uniform()).collect()
+        } else {
+            vec![0.0; n]
+        };
+        let t = Tensor::from_f64_as(dtype, shape, &values).unwrap();
+        out.push((name, t));
+    }
+    out
+}
+
+/// Runs a model file under a backend; panics naming the file and backend on failure.
+pub fn run(kind: BackendKind, path: &Path, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let mut s = runtime::load(kind, path)
+        .unwrap_or_else(|e| panic!("{}: loading under {kind:?}: {e}", path.display()));
+    s.run(inputs)
+        .unwrap_or_else(|e| panic!("{}: running under {kind:?}: {e}", path.display()))
+}
+
+/// Compares two output lists for bit identity (names, dtypes, shapes, raw bytes). Returns a
+/// description of every difference; empty when identical.
+pub fn diff_outputs(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.len() != b.len() {
+        out.push(format!("{} outputs vs {}", a.len(), b.len()));
+    }
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        if na != nb {
+            out.push(format!("output name '{na}' vs '{nb}'"));
+        } else if ta.dtype() != tb.dtype() || ta.shape() != tb.shape() {
+            out.push(format!("output '{na}': {ta:?} vs {tb:?}"));
+        } else if ta.raw() != tb.raw() {
+            let (fa, fb) = (ta.to_f64_vec(), tb.to_f64_vec());
+            let detail = match (fa, fb) {
+                (Some(fa), Some(fb)) => {
+                    let max = fa
+                        .iter()
+                        .zip(&fb)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f64, f64::max);
+                    let count = fa.iter().zip(&fb).filter(|(x, y)| x != y).count();
+                    format!("{count} elements differ, max |diff| {max:e}")
+                }
+                _ => "bytes differ".to_string(),
+            };
+            out.push(format!("output '{na}' {ta:?}: {detail}"));
+        }
+    }
+    out
+}
