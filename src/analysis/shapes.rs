@@ -4,8 +4,10 @@
 //! Where an op is unknown (opaque) or cannot say, the model's declared type (`value_info`,
 //! graph outputs) is used; where both exist, declared known dims fill inferred unknown ones.
 //! Symbolic dims (batch) stay symbolic. Small integer results (shape arithmetic such as
-//! Shape→Gather→Unsqueeze→Concat) are evaluated so Reshape targets resolve. This analysis does
-//! not change the graph: [`crate::passes`] write facts back when asked.
+//! Shape→Gather→Unsqueeze→Concat) are evaluated so Reshape targets resolve; where they hold
+//! symbolic dims they are tracked element by element ([`Fact::sym`]), so `x.view(x.size(0), -1)`
+//! gives `[N, 48]`. This analysis does not change the graph: [`crate::passes`] write facts back
+//! when asked.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact, Graph, Model, NodeId, Tensor, ValueId};

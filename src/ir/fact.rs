@@ -1,5 +1,6 @@
 //! What is known about a value at compile time: element type, shape (dims may be symbolic),
-//! and, for small computed tensors (shape arithmetic), the value itself.
+//! and, for small computed tensors (shape arithmetic), the value itself, or element by element
+//! ([`SymInt`]) when some elements are symbolic dims (like ONNX's symbolic shape inference).
 
 use std::fmt;
 
@@ -37,6 +38,65 @@ impl fmt::Display for Dim {
     }
 }
 
+/// One element of a small integer tensor that holds dimensions (shape arithmetic).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum SymInt {
+    /// A known integer (may be negative, like the `-1` of a Reshape target).
+    Int(i64),
+    /// A named symbolic size, as in [`Dim::Sym`].
+    Sym(String),
+    /// Nothing is known.
+    Unknown,
+}
+
+impl SymInt {
+    /// The integer, if known.
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            SymInt::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// As a dimension: a negative integer is `Unknown`.
+    pub fn to_dim(&self) -> Dim {
+        match self {
+            SymInt::Int(v) => usize::try_from(*v).map_or(Dim::Unknown, Dim::Known),
+            SymInt::Sym(s) => Dim::Sym(s.clone()),
+            SymInt::Unknown => Dim::Unknown,
+        }
+    }
+}
+
+impl From<&Dim> for SymInt {
+    fn from(d: &Dim) -> SymInt {
+        match d {
+            Dim::Known(k) => i64::try_from(*k).map_or(SymInt::Unknown, SymInt::Int),
+            Dim::Sym(s) => SymInt::Sym(s.clone()),
+            Dim::Unknown => SymInt::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for SymInt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SymInt::Int(v) => write!(f, "{v}"),
+            SymInt::Sym(s) => f.write_str(s),
+            SymInt::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+/// Formats elements as `[N,-1]`.
+pub fn sym_string(elems: &[SymInt]) -> String {
+    let parts: Vec<String> = elems.iter().map(SymInt::to_string).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// Longest [`Fact::sym`] tracked (shape vectors are short).
+pub const MAX_SYM_LEN: usize = 64;
+
 /// A shape: one [`Dim`] per axis.
 pub type Shape = Vec<Dim>;
 
@@ -55,6 +115,9 @@ pub struct Fact {
     pub shape: Option<Shape>,
     /// The value itself, when it is a compile-time constant.
     pub value: Option<Tensor>,
+    /// For small (0-D/1-D) integer tensors whose elements are dimensions: each element known,
+    /// symbolic or unknown; `None` when not tracked. See [`Fact::sym_elems`].
+    pub sym: Option<Vec<SymInt>>,
 }
 
 impl Fact {
@@ -63,7 +126,7 @@ impl Fact {
         Fact {
             dtype,
             shape: Some(shape),
-            value: None,
+            ..Fact::default()
         }
     }
 
@@ -73,7 +136,46 @@ impl Fact {
             dtype: Some(t.dtype()),
             shape: Some(t.shape().iter().map(|&d| Dim::Known(d)).collect()),
             value: Some(t),
+            sym: None,
         }
+    }
+
+    /// A 0-D (`scalar`) or 1-D integer tensor with elements `elems`: `sym` is set (when short
+    /// enough), and `value` too when every element is known and `dtype` is an integer type.
+    pub fn of_sym(dtype: Option<DType>, scalar: bool, elems: Vec<SymInt>) -> Fact {
+        let shape = if scalar {
+            vec![]
+        } else {
+            vec![Dim::Known(elems.len())]
+        };
+        let dims: Vec<usize> = shape.iter().filter_map(Dim::known).collect();
+        let ints: Option<Vec<i64>> = elems.iter().map(SymInt::int).collect();
+        let value = match (dtype, ints) {
+            (Some(DType::I64), Some(v)) => Some(Tensor::from_i64(dims, &v)),
+            (Some(d), Some(v)) if !d.is_float() && d != DType::Bool => {
+                let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+                Tensor::from_f64_as(d, dims, &v).ok()
+            }
+            _ => None,
+        };
+        Fact {
+            dtype,
+            shape: Some(shape),
+            value,
+            sym: (elems.len() <= MAX_SYM_LEN).then_some(elems),
+        }
+    }
+
+    /// The elements of a 0-D/1-D integer tensor: from `value` when constant (and short), else
+    /// from `sym`. `None`: not tracked.
+    pub fn sym_elems(&self) -> Option<Vec<SymInt>> {
+        if let Some(t) = &self.value {
+            if t.shape().len() > 1 || t.len() > MAX_SYM_LEN || t.dtype() == DType::Bool {
+                return None;
+            }
+            return Some(t.to_i64_vec()?.into_iter().map(SymInt::Int).collect());
+        }
+        self.sym.clone()
     }
 
     /// Rank, if the shape is known.
@@ -105,7 +207,7 @@ impl Fact {
         Fact {
             dtype,
             shape,
-            value: None,
+            ..Fact::default()
         }
     }
 

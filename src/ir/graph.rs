@@ -228,6 +228,11 @@ impl Graph {
         self.values[id.index()].decl = Some(decl);
     }
 
+    /// The declared type of a value, mutably.
+    pub fn decl_mut(&mut self, id: ValueId) -> Option<&mut crate::onnx::proto::ValueInfoProto> {
+        self.values[id.index()].decl.as_mut()
+    }
+
     /// The value named `name`.
     pub fn value_by_name(&self, name: &str) -> Option<ValueId> {
         self.names.get(name).copied()

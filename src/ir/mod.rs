@@ -12,7 +12,7 @@ pub mod tensor;
 pub mod verify;
 
 pub use dtype::DType;
-pub use fact::{Dim, Fact, Shape};
+pub use fact::{Dim, Fact, Shape, SymInt};
 pub use graph::{Graph, Model, Node, Value};
 pub use ids::{NodeId, ValueId};
 pub use tensor::Tensor;

@@ -155,6 +155,51 @@ impl Tensor {
         })
     }
 
+    /// The entries at `indices` along `axis` (in that order), as a new tensor.
+    pub fn select(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
+        let bits = self.dtype.bits();
+        if bits < 8 || axis >= self.shape.len() {
+            return Err(Error::tensor("", format!("cannot select along axis {axis} of a {self:?}")));
+        }
+        let len = self.shape[axis];
+        if let Some(bad) = indices.iter().find(|&&i| i >= len) {
+            return Err(Error::tensor("", format!("index {bad} out of range for axis {axis} of {:?}", self.shape)));
+        }
+        let esize = bits / 8;
+        let inner: usize = self.shape[axis + 1..].iter().product::<usize>() * esize;
+        let outer: usize = self.shape[..axis].iter().product();
+        let mut data = Vec::with_capacity(outer * indices.len() * inner);
+        for o in 0..outer {
+            let base = o * len * inner;
+            for &i in indices {
+                data.extend_from_slice(&self.data[base + i * inner..base + (i + 1) * inner]);
+            }
+        }
+        let mut shape = self.shape.clone();
+        shape[axis] = indices.len();
+        Ok(Tensor { dtype: self.dtype, shape, data: data.into(), strings: Vec::new() })
+    }
+
+    /// The same tensor with the entries at `indices` along `axis` set to zero.
+    pub fn zero_along(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
+        let bits = self.dtype.bits();
+        if bits < 8 || axis >= self.shape.len() {
+            return Err(Error::tensor("", format!("cannot zero along axis {axis} of a {self:?}")));
+        }
+        let len = self.shape[axis];
+        let esize = bits / 8;
+        let inner: usize = self.shape[axis + 1..].iter().product::<usize>() * esize;
+        let outer: usize = self.shape[..axis].iter().product();
+        let mut data = self.data.to_vec();
+        for o in 0..outer {
+            for &i in indices.iter().filter(|&&i| i < len) {
+                let start = (o * len + i) * inner;
+                data[start..start + inner].fill(0);
+            }
+        }
+        Ok(Tensor { data: data.into(), ..self.clone() })
+    }
+
     /// Values as f64 (any real numeric type); `None` for strings, complex and sub-byte types.
     pub fn to_f64_vec(&self) -> Option<Vec<f64>> {
         let b = &self.data[..];
@@ -440,6 +485,17 @@ mod tests {
             Tensor::from_proto(&t).unwrap().to_f64_vec().unwrap(),
             vec![0.25]
         );
+    }
+
+    #[test]
+    fn select_and_zero_along_an_axis() {
+        let t = Tensor::from_f32(vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let s = t.select(1, &[2, 0]).unwrap();
+        assert_eq!(s.shape(), &[2, 2]);
+        assert_eq!(s.to_f32_vec().unwrap(), vec![3.0, 1.0, 6.0, 4.0]);
+        assert_eq!(t.select(0, &[1]).unwrap().to_f32_vec().unwrap(), vec![4.0, 5.0, 6.0]);
+        assert!(t.select(1, &[3]).is_err());
+        assert_eq!(t.zero_along(1, &[1]).unwrap().to_f32_vec().unwrap(), vec![1.0, 0.0, 3.0, 4.0, 0.0, 6.0]);
     }
 
     #[test]

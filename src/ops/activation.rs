@@ -1,9 +1,11 @@
 //! Element-wise unary ops (activations and math): output type and shape equal the input's;
 //! one FLOP per output element. PRelu's slope broadcasts onto the input, so the same holds.
+//! Channels pass through every axis; a per-channel slope is a member.
 
 use crate::error::Result;
 use crate::ir::{Fact, Node, Tensor};
 
+use super::channel::{elementwise, Link, LinkCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// An element-wise unary op, with an optional f64 evaluator for folding.
@@ -33,6 +35,11 @@ impl Op for Unary {
             return None;
         }
         util::eval_elementwise(&[Some(x)], None, |_| 0, |a| f(a[0]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // Element-wise: channels pass; a per-channel PRelu slope is sliced along.
+        elementwise(cx)
     }
 
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

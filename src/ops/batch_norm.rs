@@ -13,6 +13,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::channel::{Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// The channel count of X (`X[1]`), preferring a known parameter length when X's is not known.
@@ -52,6 +53,44 @@ fn two_per_element(outputs: &[Option<&Fact>]) -> Cost {
     }
 }
 
+/// Channels on axis 1 pass; the per-channel parameters (inputs 1.. up to `last`) are members.
+fn norm_links(cx: &LinkCx, last: usize) -> Vec<Link> {
+    let mut links = Vec::new();
+    for (a, _) in cx.tracked_axes(0) {
+        if a != 1 {
+            links.push(Link::Block {
+                slot: Slot::input(0, a),
+                reason: "normalisation statistics span this axis".into(),
+            });
+            continue;
+        }
+        links.push(Link::Pass {
+            from: Slot::input(0, 1),
+            to: Slot::output(0, 1),
+            map: Map::Identity,
+        });
+        for p in 1..=last {
+            if cx.node.input(p).is_none() {
+                continue;
+            }
+            if !cx.is_const(p) {
+                links.push(Link::Block {
+                    slot: Slot::input(0, 1),
+                    reason: format!("parameter input {p} is not a constant"),
+                });
+                continue;
+            }
+            links.push(Link::Member {
+                input: p,
+                axis: 0,
+                slot: Slot::output(0, 1),
+                map: Map::Identity,
+            });
+        }
+    }
+    links
+}
+
 /// `BatchNormalization` (inference, with training-mode statistics outputs typed and shaped).
 pub struct BatchNorm {
     name: &'static str,
@@ -60,6 +99,11 @@ pub struct BatchNorm {
 impl Op for BatchNorm {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // scale, B, mean, var.
+        norm_links(cx, 4)
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
@@ -86,7 +130,7 @@ impl Op for BatchNorm {
         let mut out = vec![Fact {
             dtype: x.dtype,
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         }];
         for _ in 1..n_out {
             out.push(Fact::new(stat_dtype, vec![c.clone()]));
@@ -109,6 +153,11 @@ impl Op for InstanceNorm {
         self.name
     }
 
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // scale, B.
+        norm_links(cx, 2)
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);
@@ -125,7 +174,7 @@ impl Op for InstanceNorm {
         Ok(Some(vec![Fact {
             dtype: x.dtype,
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         }]))
     }
 

@@ -1,10 +1,16 @@
 //! Broadcasting element-wise ops: arithmetic (`Add`, `Sub`, `Mul`, `Div`, `Pow`), variadic
 //! (`Sum`, `Max`, `Min`, `Mean`), comparisons (`Equal`, `Less`, `Greater`, bool output) and
-//! `Where` (condition, x, y). One FLOP per output element.
+//! `Where` (condition, x, y). One FLOP per output element. Channels: operands' channels at
+//! aligned axes are the same channels (united); constant per-channel operands are members.
+//!
+//! `Add`/`Sub`/`Mul`/`Div` also compute on integer shape vectors tracked element by element
+//! (`Fact::sym`): known op known is known (integer semantics, `Div` truncating), a symbol plus
+//! or minus 0, times 1 or divided by 1 stays that symbol, anything else is unknown.
 
 use crate::error::Result;
-use crate::ir::{DType, Fact, Node, Tensor};
+use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor};
 
+use super::channel::{elementwise, Link, LinkCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// What the op computes, for folding.
@@ -20,6 +26,74 @@ enum Kind {
 pub struct Binary {
     name: &'static str,
     kind: Kind,
+    /// Arithmetic on shape-vector elements, for the ops that have it.
+    sym: Option<fn(&SymInt, &SymInt) -> SymInt>,
+}
+
+impl Binary {
+    /// The output for two integer 0-D/1-D inputs tracked element by element, broadcast to
+    /// `shape`.
+    fn infer_sym(&self, facts: &[&Fact], shape: &[Dim]) -> Option<Fact> {
+        let (f, [a, b]) = (self.sym?, facts) else {
+            return None;
+        };
+        let (x, y) = (a.sym_elems()?, b.sym_elems()?);
+        let (scalar, n) = match shape {
+            [] => (true, 1),
+            [Dim::Known(n)] => (false, *n),
+            _ => return None,
+        };
+        fn at(v: &[SymInt], i: usize) -> Option<&SymInt> {
+            v.get(if v.len() == 1 { 0 } else { i })
+        }
+        let elems = (0..n)
+            .map(|i| Some(f(at(&x, i)?, at(&y, i)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Fact::of_sym(a.dtype, scalar, elems))
+    }
+}
+
+/// A known shape-vector element, or unknown when the arithmetic overflowed or divided by 0.
+fn known(v: Option<i64>) -> SymInt {
+    v.map_or(SymInt::Unknown, SymInt::Int)
+}
+
+/// `Add` on shape-vector elements (`N + 0 = N`).
+fn sym_add(a: &SymInt, b: &SymInt) -> SymInt {
+    match (a, b) {
+        (SymInt::Int(x), SymInt::Int(y)) => known(x.checked_add(*y)),
+        (SymInt::Sym(_), SymInt::Int(0)) => a.clone(),
+        (SymInt::Int(0), SymInt::Sym(_)) => b.clone(),
+        _ => SymInt::Unknown,
+    }
+}
+
+/// `Sub` on shape-vector elements (`N - 0 = N`).
+fn sym_sub(a: &SymInt, b: &SymInt) -> SymInt {
+    match (a, b) {
+        (SymInt::Int(x), SymInt::Int(y)) => known(x.checked_sub(*y)),
+        (SymInt::Sym(_), SymInt::Int(0)) => a.clone(),
+        _ => SymInt::Unknown,
+    }
+}
+
+/// `Mul` on shape-vector elements (`N * 1 = N`).
+fn sym_mul(a: &SymInt, b: &SymInt) -> SymInt {
+    match (a, b) {
+        (SymInt::Int(x), SymInt::Int(y)) => known(x.checked_mul(*y)),
+        (SymInt::Sym(_), SymInt::Int(1)) => a.clone(),
+        (SymInt::Int(1), SymInt::Sym(_)) => b.clone(),
+        _ => SymInt::Unknown,
+    }
+}
+
+/// `Div` on shape-vector elements (truncating; `N / 1 = N`).
+fn sym_div(a: &SymInt, b: &SymInt) -> SymInt {
+    match (a, b) {
+        (SymInt::Int(x), SymInt::Int(y)) => known(x.checked_div(*y)),
+        (SymInt::Sym(_), SymInt::Int(1)) => a.clone(),
+        _ => SymInt::Unknown,
+    }
 }
 
 impl Op for Binary {
@@ -45,10 +119,13 @@ impl Op for Binary {
             return Ok(Some(vec![Fact {
                 dtype,
                 shape: None,
-                value: None,
+                ..Default::default()
             }]));
         };
         let shape = util::broadcast(&shapes).map_err(|e| cx.err(e))?;
+        if let Some(f) = self.infer_sym(&facts, &shape) {
+            return Ok(Some(vec![f]));
+        }
         Ok(Some(vec![Fact::new(dtype, shape)]))
     }
 
@@ -96,6 +173,12 @@ impl Op for Binary {
         }
     }
 
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // Residual adds and SE multiplies unite the channels of their operands; per-channel
+        // constants are sliced along.
+        elementwise(cx)
+    }
+
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         let n = outputs
             .first()
@@ -119,64 +202,137 @@ fn int_div(a: i64, b: i64) -> i64 {
 pub static ADD: Binary = Binary {
     name: "Add",
     kind: Kind::Arith(i64::wrapping_add, |a, b| a + b),
+    sym: Some(sym_add),
 };
 /// `Sub`.
 pub static SUB: Binary = Binary {
     name: "Sub",
     kind: Kind::Arith(i64::wrapping_sub, |a, b| a - b),
+    sym: Some(sym_sub),
 };
 /// `Mul`.
 pub static MUL: Binary = Binary {
     name: "Mul",
     kind: Kind::Arith(i64::wrapping_mul, |a, b| a * b),
+    sym: Some(sym_mul),
 };
 /// `Div` (integer division truncates, as ONNX Runtime does).
 pub static DIV: Binary = Binary {
     name: "Div",
     kind: Kind::Arith(int_div, |a, b| a / b),
+    sym: Some(sym_div),
 };
 /// `Pow`.
 pub static POW: Binary = Binary {
     name: "Pow",
     kind: Kind::Arith(|a, b| a.wrapping_pow(b.clamp(0, 63) as u32), f64::powf),
+    sym: None,
 };
 /// `Sum` (variadic).
 pub static SUM: Binary = Binary {
     name: "Sum",
     kind: Kind::Arith(i64::wrapping_add, |a, b| a + b),
+    sym: None,
 };
 /// `Max` (variadic).
 pub static MAX: Binary = Binary {
     name: "Max",
     kind: Kind::Arith(i64::max, f64::max),
+    sym: None,
 };
 /// `Min` (variadic).
 pub static MIN: Binary = Binary {
     name: "Min",
     kind: Kind::Arith(i64::min, f64::min),
+    sym: None,
 };
 /// `Mean` (variadic).
 pub static MEAN: Binary = Binary {
     name: "Mean",
     kind: Kind::Mean,
+    sym: None,
 };
 /// `Equal`.
 pub static EQUAL: Binary = Binary {
     name: "Equal",
     kind: Kind::Compare(|a, b| a == b),
+    sym: None,
 };
 /// `Less`.
 pub static LESS: Binary = Binary {
     name: "Less",
     kind: Kind::Compare(|a, b| a < b),
+    sym: None,
 };
 /// `Greater`.
 pub static GREATER: Binary = Binary {
     name: "Greater",
     kind: Kind::Compare(|a, b| a > b),
+    sym: None,
 };
 /// `Where`.
 pub static WHERE: Binary = Binary {
     name: "Where",
     kind: Kind::Where,
+    sym: None,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::util::testing::*;
+
+    fn sym_scalar(s: &str) -> Option<Fact> {
+        Some(Fact::of_sym(Some(DType::I64), true, syms(s)))
+    }
+
+    #[test]
+    fn shape_element_arithmetic() {
+        let n = node("Div", 1, vec![]);
+        let c2 = Some(Fact::constant(Tensor::from_i64(vec![], &[2])));
+        let one = Some(Fact::constant(Tensor::from_i64(vec![], &[1])));
+        let out = infer(&DIV, &n, &[sym_scalar("116"), c2.clone()], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("")));
+        assert_eq!(
+            out[0].value.as_ref().unwrap().to_i64_vec().unwrap(),
+            vec![58]
+        );
+        let out = infer(&DIV, &n, &[sym_scalar("N"), one.clone()], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].sym, Some(syms("N")));
+        let out = infer(&DIV, &n, &[sym_scalar("N"), c2.clone()], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].sym, Some(syms("?")));
+        // Broadcast of a 1-D vector with a scalar; division by zero is unknown.
+        let out = infer(&DIV, &n, &[sym_fact("N,-7,4"), c2.clone()], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].sym, Some(syms("?,-3,2")));
+        let zero = Some(Fact::constant(Tensor::from_i64(vec![], &[0])));
+        let out = infer(&DIV, &n, &[sym_scalar("6"), zero.clone()], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].sym, Some(syms("?")));
+        let add = infer(&ADD, &n, &[zero.clone(), sym_fact("N,3")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(add[0].sym, Some(syms("N,3")));
+        let sub = infer(&SUB, &n, &[zero, sym_scalar("N")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sub[0].sym, Some(syms("?")));
+        let mul = infer(&MUL, &n, &[one, sym_fact("N,3")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(mul[0].sym, Some(syms("N,3")));
+        // Other ops do not track elements.
+        let max = infer(&MAX, &n, &[sym_scalar("N"), c2], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(max[0].sym, None);
+    }
+}

@@ -3,7 +3,8 @@
 //! wrap, as C casts do), float→integer by truncation toward zero (saturating at the type's
 //! range), anything→bool as "non-zero". Not folded: strings, complex, float8/4-bit and other
 //! sub-byte targets or sources (a same-type cast still passes any tensor through), and the
-//! opset-19 `saturate` attribute (only meaningful for float8).
+//! opset-19 `saturate` attribute (only meaningful for float8). An integer shape vector tracked
+//! element by element (`Fact::sym`) keeps its elements through a cast to another integer type.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
@@ -72,6 +73,12 @@ impl Op for Cast {
             .and_then(DType::from_onnx)
             .ok_or_else(|| cx.err(format!("attribute 'to' = {code} is not a known type")))?;
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
+        let ints = |d: Option<DType>| d.is_some_and(|d| is_int(d) && d != DType::Bool);
+        if ints(x.dtype) && ints(Some(to)) {
+            if let (Some(elems), Some(r @ 0..=1)) = (x.sym_elems(), x.rank()) {
+                return Ok(Some(vec![Fact::of_sym(Some(to), r == 0, elems)]));
+            }
+        }
         Ok(Some(vec![Fact {
             dtype: Some(to),
             shape: x.shape.clone(),
@@ -154,5 +161,18 @@ mod tests {
         // Strings are not folded.
         let t = Tensor::from_f32(vec![1], &[1.0]);
         assert!(eval(&CAST, &cast_node(DType::String), &[Some(t)], 13).is_none());
+    }
+
+    #[test]
+    fn int_cast_keeps_symbolic_elements() {
+        let out = infer(&CAST, &cast_node(DType::I32), &[sym_fact("N,2")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].dtype, Some(DType::I32));
+        assert_eq!(out[0].sym, Some(syms("N,2")));
+        let out = infer(&CAST, &cast_node(DType::F32), &[sym_fact("N,2")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].sym, None);
     }
 }

@@ -3,7 +3,8 @@
 //! known (zero-size inputs are skipped, so `[N] ++ []` stays `N`), else `Unknown`; the other
 //! dims come from the inputs, preferring a known size over a symbol. Inputs of unknown rank
 //! are tolerated when another input gives the rank. Folding works on raw bytes for any
-//! byte-addressable type (not strings or sub-byte types).
+//! byte-addressable type (not strings or sub-byte types). 1-D shape vectors, constant or
+//! tracked element by element (`Fact::sym`), concatenate element-wise, symbols kept.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -66,6 +67,12 @@ impl Op for Concat {
             )));
         }
         let ax = cx.axis(axis, rank)?;
+        if rank == 1 && shapes.len() == facts.len() {
+            let parts: Option<Vec<_>> = facts.iter().map(|f| f.sym_elems()).collect();
+            if let Some(parts) = parts {
+                return Ok(Some(vec![Fact::of_sym(dtype, false, parts.concat())]));
+            }
+        }
         let all_shaped = shapes.len() == facts.len();
         let mut out = Vec::with_capacity(rank);
         for i in 0..rank {
@@ -216,5 +223,22 @@ mod tests {
             r[0].to_f64_vec().unwrap(),
             vec![1.0, 3.0, 4.0, 2.0, 5.0, 6.0]
         );
+    }
+
+    #[test]
+    fn concatenates_symbolic_shape_elements() {
+        let n = node("Concat", 1, vec![attr_int("axis", 0)]);
+        let out = infer(&CONCAT, &n, &[sym_fact("N"), i64_const(&[-1])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("2")));
+        assert_eq!(out[0].sym, Some(syms("N,-1")));
+        // An input whose elements are not known: only the shape.
+        let opaque = Some(Fact::new(Some(DType::I64), shape("1")));
+        let out = infer(&CONCAT, &n, &[sym_fact("N"), opaque], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("2")));
+        assert_eq!(out[0].sym, None);
     }
 }

@@ -1,6 +1,7 @@
 //! `ConstantOfShape`: a tensor of the shape given by its int64 input, filled with the single
 //! element of attribute `value` (default float32 0). Inference gives the full shape when the
-//! input is constant, else only the rank (from the input's length, dims `Unknown`). Folding
+//! input's elements are known, constant or symbolic (`Fact::sym`), else only the rank (from
+//! the input's length, dims `Unknown`). Folding
 //! repeats the value's raw bytes, so any byte-addressable type; results over
 //! [`util::MAX_EVAL_BYTES`] and sub-byte or string fill values are not folded.
 
@@ -51,6 +52,9 @@ impl Op for ConstantOfShape {
                 dtype,
                 d.into_iter().map(Dim::Known).collect(),
             )]));
+        }
+        if let Some(d) = util::shape_input(cx, 0) {
+            return Ok(Some(vec![Fact::new(dtype, d.map_err(|e| cx.err(e))?)]));
         }
         let shape = match input.shape.as_deref() {
             Some([Dim::Known(r)]) => Some(vec![Dim::Unknown; *r]),
@@ -149,5 +153,15 @@ mod tests {
         assert!(infer(&CONSTANT_OF_SHAPE, &bad, &[i64_const(&[1])], 13).is_err());
         // Too large to materialise: not folded, no allocation.
         assert!(eval(&CONSTANT_OF_SHAPE, &n, &[i64s(&[1 << 20, 1 << 20])], 13).is_none());
+    }
+
+    #[test]
+    fn symbolic_shape_input() {
+        let n = node("ConstantOfShape", 1, vec![]);
+        let out = infer(&CONSTANT_OF_SHAPE, &n, &[sym_fact("N,?,3")], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,?,3")));
+        assert!(infer(&CONSTANT_OF_SHAPE, &n, &[sym_fact("N,-1")], 13).is_err());
     }
 }

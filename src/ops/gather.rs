@@ -3,7 +3,8 @@
 //! `data[:axis] ++ indices.shape ++ data[axis+1:]`, symbols kept. Constant indices are checked
 //! against a known axis size. Folding works on raw bytes for any byte-addressable type (the
 //! `Shape→Gather` step of shape arithmetic); not `GatherElements`/`GatherND`, nor strings or
-//! sub-byte types.
+//! sub-byte types. On a 1-D shape vector tracked element by element (`Fact::sym`, a symbolic
+//! batch) constant scalar or 1-D indices pick the elements, symbols kept.
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Node, Tensor};
@@ -51,6 +52,16 @@ impl Op for Gather {
         if let (Some(n), Some(v)) = (ds[ax].known(), cx.ints(1)) {
             for i in v {
                 index(i, n).map_err(|e| cx.err(e))?;
+            }
+        }
+        if let (1, Some(elems), Some(idx)) = (ds.len(), data.sym_elems(), cx.ints(1)) {
+            if is.len() <= 1 {
+                let picked = idx
+                    .iter()
+                    .map(|&i| Ok(elems[index(i, elems.len())?].clone()))
+                    .collect::<std::result::Result<Vec<_>, String>>()
+                    .map_err(|e| cx.err(e))?;
+                return Ok(Some(vec![Fact::of_sym(data.dtype, is.is_empty(), picked)]));
             }
         }
         let mut shape = ds[..ax].to_vec();
@@ -180,5 +191,26 @@ mod tests {
             .is_err());
         let n = node("Gather", 1, vec![attr_int("axis", 2)]);
         assert!(infer(&GATHER, &n, &[f32_fact("3,4"), i64_const(&[0])], 13).is_err());
+    }
+
+    #[test]
+    fn picks_symbolic_shape_elements() {
+        let n = node("Gather", 1, vec![]);
+        let scalar = Some(Fact::constant(Tensor::from_i64(vec![], &[0])));
+        let out = infer(&GATHER, &n, &[sym_fact("N,3,4"), scalar], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("")));
+        assert_eq!(out[0].sym, Some(syms("N")));
+        assert!(out[0].value.is_none());
+        // Known picks get a value, so they fold.
+        let out = infer(&GATHER, &n, &[sym_fact("N,3,4"), i64_const(&[-1, 1])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out[0].value.as_ref().unwrap().to_i64_vec().unwrap(),
+            vec![4, 3]
+        );
+        assert!(infer(&GATHER, &n, &[sym_fact("N,3"), i64_const(&[2])], 13).is_err());
     }
 }

@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::channel::{Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// `Gemm`.
@@ -74,6 +75,63 @@ impl Op for Gemm {
                 .map_err(|e| cx.err(format!("C does not broadcast to [M, N]: {e}")))?;
         }
         Ok(Some(vec![Fact::new(dtype, out)]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // Y[M,N] = A'[M,K]·B'[K,N] + C: output features (axis 1) are created by B's N axis;
+        // input features (A's K axis) are consumed by B's K axis.
+        let (Some(b), true) = (cx.in_dims(1), cx.is_const(1)) else {
+            return cx.block_all("Gemm weight B is not a constant");
+        };
+        if b.len() != 2 || (cx.node.input(2).is_some() && !cx.is_const(2)) {
+            return cx.block_all("Gemm bias C is not a constant");
+        }
+        let trans_a = cx.node.attr_i("transA").unwrap_or(0) != 0;
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let (b_k, b_n) = if trans_b { (1, 0) } else { (0, 1) };
+        let out = Slot::output(0, 1);
+        let mut links = vec![
+            Link::Create {
+                to: out,
+                len: b[b_n],
+            },
+            Link::Member {
+                input: 1,
+                axis: b_n,
+                slot: out,
+                map: Map::Identity,
+            },
+        ];
+        if let Some(c) = cx.in_dims(2) {
+            if c.last().is_some_and(|&n| n == b[b_n] && n > 1) {
+                links.push(Link::Member {
+                    input: 2,
+                    axis: c.len() - 1,
+                    slot: out,
+                    map: Map::Identity,
+                });
+            }
+        }
+        let k_axis = if trans_a { 0 } else { 1 };
+        for (a, _) in cx.tracked_axes(0) {
+            if a == k_axis {
+                links.push(Link::Consume {
+                    from: Slot::input(0, a),
+                });
+                links.push(Link::Member {
+                    input: 1,
+                    axis: b_k,
+                    slot: Slot::input(0, a),
+                    map: Map::Identity,
+                });
+            } else {
+                links.push(Link::Block {
+                    slot: Slot::input(0, a),
+                    reason: "channels on the Gemm row axis".into(),
+                });
+            }
+        }
+        links
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -39,7 +39,7 @@ impl Op for GlobalPool {
         Ok(Some(vec![Fact {
             dtype: x.dtype,
             shape,
-            value: None,
+            ..Default::default()
         }]))
     }
 

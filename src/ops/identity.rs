@@ -1,5 +1,6 @@
 //! `Identity` and `Dropout` (inference: output 0 = input 0; the optional mask has the input's
-//! shape and type bool). Folding passes the constant through.
+//! shape and type bool). Folding passes the constant through; a shape vector tracked element
+//! by element (`Fact::sym`) passes through too.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
@@ -16,7 +17,11 @@ impl Op for Identity {
         "Identity"
     }
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
-        util::like_input(cx, 0)
+        let x = cx.input(0)?;
+        match util::sym_moved(x, x.shape.as_deref()) {
+            Some(f) => Ok(Some(vec![f])),
+            None => util::like_input(cx, 0),
+        }
     }
     fn eval(
         &self,
@@ -42,12 +47,12 @@ impl Op for Dropout {
         let y = Fact {
             dtype: x.dtype,
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         };
         let mask = Fact {
             dtype: Some(DType::Bool),
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         };
         Ok(Some(vec![y, mask]))
     }

@@ -61,13 +61,13 @@ impl Op for LayerNorm {
         let mut out = vec![Fact {
             dtype: x.dtype,
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         }];
         for _ in 1..cx.node.outputs.len().clamp(1, 3) {
             out.push(Fact {
                 dtype: Some(stash),
                 shape: stats_shape.clone(),
-                value: None,
+                ..Default::default()
             });
         }
         Ok(Some(out))

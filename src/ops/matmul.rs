@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::channel::{Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// `MatMul`.
@@ -31,7 +32,7 @@ impl Op for MatMul {
             return Ok(Some(vec![Fact {
                 dtype,
                 shape: None,
-                value: None,
+                ..Default::default()
             }]));
         };
         if sa.is_empty() || sb.is_empty() {
@@ -66,6 +67,51 @@ impl Op for MatMul {
             out.push(pb[rb - 1].clone());
         }
         Ok(Some(vec![Fact::new(dtype, out)]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        // Only X[..., K] · W[K, N] with a constant 2-D W: output features (last axis) are
+        // created by W's columns; X's last axis is consumed by W's rows.
+        let (Some(w), true, Some(out_rank)) = (
+            cx.in_dims(1),
+            cx.is_const(1),
+            cx.outputs.first().copied().flatten().and_then(Fact::rank),
+        ) else {
+            return cx.block_all("MatMul with a non-constant right operand");
+        };
+        if w.len() != 2 || out_rank < 2 {
+            return cx.block_all("MatMul weight is not 2-D");
+        }
+        let out = Slot::output(0, out_rank - 1);
+        let mut links = vec![
+            Link::Create { to: out, len: w[1] },
+            Link::Member {
+                input: 1,
+                axis: 1,
+                slot: out,
+                map: Map::Identity,
+            },
+        ];
+        let x_rank = cx.in_rank(0).unwrap_or(0);
+        for (a, _) in cx.tracked_axes(0) {
+            if a + 1 == x_rank {
+                links.push(Link::Consume {
+                    from: Slot::input(0, a),
+                });
+                links.push(Link::Member {
+                    input: 1,
+                    axis: 0,
+                    slot: Slot::input(0, a),
+                    map: Map::Identity,
+                });
+            } else {
+                links.push(Link::Block {
+                    slot: Slot::input(0, a),
+                    reason: "channels on a MatMul row or batch axis".into(),
+                });
+            }
+        }
+        links
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -13,6 +13,7 @@ mod activation;
 mod batch_norm;
 mod binary;
 mod cast;
+pub mod channel;
 mod concat;
 mod constant;
 mod constant_of_shape;
@@ -58,14 +59,9 @@ impl<'a> Cx<'a> {
     /// The fact of input `port`. Errors only when the node does not wire that input; a wired
     /// input about which nothing is known gives an empty fact (ops then return `Ok(None)`).
     pub fn input(&self, port: usize) -> Result<&'a Fact> {
-        static UNKNOWN: Fact = Fact {
-            dtype: None,
-            shape: None,
-            value: None,
-        };
         match self.inputs.get(port).copied().flatten() {
             Some(f) => Ok(f),
-            None if self.node.input(port).is_some() => Ok(&UNKNOWN),
+            None if self.node.input(port).is_some() => Ok(&util::UNKNOWN_FACT),
             None => Err(self.err(format!("input {port} is missing"))),
         }
     }
@@ -146,6 +142,18 @@ pub trait Op: Sync {
     /// Cost of the node given its input and output facts.
     fn cost(&self, _cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {
         Cost::default()
+    }
+
+    /// How channels flow through the node (see [`channel::Link`]). Default: every tracked
+    /// input slot is blocked: an op that does not declare its channels is a pruning barrier.
+    fn channel_links(&self, cx: &channel::LinkCx) -> Vec<channel::Link> {
+        cx.block_all(&format!("{} has no channel rule", self.op_type()))
+    }
+
+    /// Rewrites attributes and constant inputs (reshape targets, split sizes, ...) after
+    /// channels were removed. Default: nothing to change.
+    fn rewrite_channels(&self, _cx: &channel::RewriteCx) -> Result<channel::Rewrite> {
+        Ok(channel::Rewrite::default())
     }
 }
 

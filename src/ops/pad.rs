@@ -121,7 +121,7 @@ impl Op for Pad {
             Ok(Some(vec![Fact {
                 dtype: x.dtype,
                 shape,
-                value: None,
+                ..Default::default()
             }]))
         };
         let Some(xs) = &x.shape else {

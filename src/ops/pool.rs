@@ -49,13 +49,13 @@ impl Op for Pool {
             let mut out = vec![Fact {
                 dtype: x.dtype,
                 shape: None,
-                value: None,
+                ..Default::default()
             }];
             if n_out == 2 {
                 out.push(Fact {
                     dtype: Some(DType::I64),
                     shape: None,
-                    value: None,
+                    ..Default::default()
                 });
             }
             return Ok(Some(out));

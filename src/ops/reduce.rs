@@ -122,7 +122,7 @@ impl Op for Reduce {
             Ok(Some(vec![Fact {
                 dtype: x.dtype,
                 shape,
-                value: None,
+                ..Default::default()
             }]))
         };
         let axes = self.axes(cx);

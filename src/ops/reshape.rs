@@ -4,11 +4,14 @@
 //!
 //! Symbolic dims are carried: copied dims keep their symbol, and `-1` is solved by cancelling
 //! equal symbols on both sides (`[N,3,4,4]` → `[0,-1]` gives `[N,48]`, → `[-1,48]` gives
-//! `[N,48]`). When the target is not a compile-time constant only the rank is known (from the
-//! target's length). Folding is a reshape, so any type.
+//! `[N,48]`). The target may itself hold symbols (`Fact::sym`, from shape arithmetic such as
+//! `x.view(x.size(0), -1)`): a symbolic element is that dim, an unknown one an unknown dim.
+//! When nothing is known of the target's elements only the rank is known (from its length).
+//! Folding is a reshape, so any type.
 
 use crate::error::{Error, Result};
-use crate::ir::{Dim, Fact, Node, Tensor};
+use crate::ir::fact::sym_string;
+use crate::ir::{Dim, Fact, Node, SymInt, Tensor};
 
 use super::{util, Cx, Op};
 
@@ -33,40 +36,44 @@ fn factor(dims: &[&Dim]) -> Option<(usize, Vec<Dim>)> {
 /// The output shape for `target` applied to an input of shape `input` (`None`: rank unknown).
 fn target_shape(
     input: Option<&[Dim]>,
-    target: &[i64],
+    target: &[SymInt],
     allowzero: bool,
 ) -> std::result::Result<Vec<Dim>, String> {
-    if target.iter().filter(|&&t| t == -1).count() > 1 {
-        return Err(format!("target {target:?} has more than one -1"));
+    let text = || sym_string(target);
+    let minus_one = SymInt::Int(-1);
+    if target.iter().filter(|&t| *t == minus_one).count() > 1 {
+        return Err(format!("target {} has more than one -1", text()));
     }
-    if let Some(t) = target.iter().find(|&&t| t < -1) {
-        return Err(format!("target {target:?} has invalid size {t}"));
+    if let Some(t) = target.iter().filter_map(SymInt::int).find(|&t| t < -1) {
+        return Err(format!("target {} has invalid size {t}", text()));
     }
-    if allowzero && target.contains(&0) && target.contains(&-1) {
+    if allowzero && target.contains(&SymInt::Int(0)) && target.contains(&minus_one) {
         return Err(format!(
-            "target {target:?} has both 0 and -1 with allowzero=1"
+            "target {} has both 0 and -1 with allowzero=1",
+            text()
         ));
     }
     let mut out: Vec<Option<Dim>> = Vec::with_capacity(target.len());
-    for (i, &t) in target.iter().enumerate() {
+    for (i, t) in target.iter().enumerate() {
         out.push(match t {
-            -1 => None,
-            0 if !allowzero => Some(match input {
+            SymInt::Int(-1) => None,
+            SymInt::Int(0) if !allowzero => Some(match input {
                 Some(s) => s.get(i).cloned().ok_or_else(|| {
                     format!(
-                        "target {target:?} copies dim {i} of a rank-{} input",
+                        "target {} copies dim {i} of a rank-{} input",
+                        text(),
                         s.len()
                     )
                 })?,
                 None => Dim::Unknown,
             }),
-            t => Some(Dim::Known(t as usize)),
+            t => Some(t.to_dim()),
         });
     }
     let Some(input) = input else {
         return Ok(out.into_iter().map(|d| d.unwrap_or(Dim::Unknown)).collect());
     };
-    let overflow = || format!("target {target:?} overflows");
+    let overflow = || format!("target {} overflows", text());
     let (in_known, mut in_rest) = factor(&input.iter().collect::<Vec<_>>()).ok_or_else(overflow)?;
     let (out_known, mut out_rest) =
         factor(&out.iter().flatten().collect::<Vec<_>>()).ok_or_else(overflow)?;
@@ -85,8 +92,8 @@ fn target_shape(
     let Some(hole) = out.iter().position(Option::is_none) else {
         if fully_known && in_known != out_known {
             return Err(format!(
-                "cannot reshape {} elements into {target:?} ({out_known} elements)",
-                in_known
+                "cannot reshape {in_known} elements into {} ({out_known} elements)",
+                text()
             ));
         }
         return Ok(out.into_iter().flatten().collect());
@@ -96,7 +103,8 @@ fn target_shape(
     } else if out_known == 0 || in_known % out_known != 0 {
         if fully_known {
             return Err(format!(
-                "cannot reshape {in_known} elements into {target:?}"
+                "cannot reshape {in_known} elements into {}",
+                text()
             ));
         }
         Dim::Unknown
@@ -112,12 +120,17 @@ fn target_shape(
     Ok(out.into_iter().map(|d| d.unwrap_or(Dim::Unknown)).collect())
 }
 
+/// Known target elements.
+fn ints(v: &[i64]) -> Vec<SymInt> {
+    v.iter().map(|&d| SymInt::Int(d)).collect()
+}
+
 /// The target from the attribute (opset < 5) or the constant input 1.
-fn target(node: &Node, shape_input: Option<&Tensor>, opset: i64) -> Option<Vec<i64>> {
+fn target(node: &Node, shape_input: Option<&Tensor>, opset: i64) -> Option<Vec<SymInt>> {
     if opset < 5 {
-        return node.attr_ints("shape").map(<[i64]>::to_vec);
+        return node.attr_ints("shape").map(ints);
     }
-    shape_input?.to_i64_vec()
+    Some(ints(&shape_input?.to_i64_vec()?))
 }
 
 impl Op for Reshape {
@@ -129,14 +142,15 @@ impl Op for Reshape {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let allowzero = cx.node.attr_i("allowzero").unwrap_or(0) != 0;
         let t = if cx.opset < 5 {
-            Some(
-                cx.node
-                    .attr_ints("shape")
-                    .ok_or_else(|| cx.err("attribute 'shape' is missing"))?
-                    .to_vec(),
-            )
+            let v = cx
+                .node
+                .attr_ints("shape")
+                .ok_or_else(|| cx.err("attribute 'shape' is missing"))?;
+            Some(ints(v))
         } else {
             cx.ints(1)
+                .map(|v| ints(&v))
+                .or_else(|| util::sym_input(cx, 1))
         };
         let shape = match t {
             Some(t) => {
@@ -177,7 +191,10 @@ impl Op for Reshape {
             Err(m) => return Some(Err(err(m))),
         };
         let Some(shape) = shape.iter().map(Dim::known).collect::<Option<Vec<_>>>() else {
-            return Some(Err(err(format!("cannot resolve target {t:?}"))));
+            return Some(Err(err(format!(
+                "cannot resolve target {}",
+                sym_string(&t)
+            ))));
         };
         Some(x.reshaped(shape).map(|t| vec![t]))
     }
@@ -194,7 +211,7 @@ mod tests {
     use crate::ops::util::testing::*;
 
     fn ts(input: &str, t: &[i64]) -> std::result::Result<Vec<Dim>, String> {
-        target_shape(Some(&shape(input)), t, false)
+        target_shape(Some(&shape(input)), &ints(t), false)
     }
 
     #[test]
@@ -216,9 +233,9 @@ mod tests {
         assert!(ts("2,3", &[7]).is_err());
         assert!(ts("2,3", &[0, 0, 0]).is_err());
         assert!(ts("2,3", &[-2, 3]).is_err());
-        assert!(target_shape(Some(&shape("2,3")), &[0, -1], true).is_err());
+        assert!(target_shape(Some(&shape("2,3")), &ints(&[0, -1]), true).is_err());
         assert_eq!(
-            target_shape(Some(&shape("0,3")), &[0, 3], true).unwrap(),
+            target_shape(Some(&shape("0,3")), &ints(&[0, 3]), true).unwrap(),
             shape("0,3")
         );
     }
@@ -263,60 +280,174 @@ mod tests {
             .is_err());
     }
 
-    /// `x.view(x.size(0), -1)` as PyTorch exports it, through the real shape driver.
+    /// Builds shape-arithmetic chains as PyTorch exports them, for the real shape driver.
+    struct Chain {
+        g: crate::ir::Graph,
+        n: usize,
+    }
+
+    impl Chain {
+        /// A graph with float input `x` of shape `x_shape`.
+        fn new(x_shape: &str) -> (Chain, Option<crate::ir::ValueId>) {
+            let mut g = crate::ir::Graph::new();
+            let x = g.add_value("x");
+            let fx = Fact::new(Some(DType::F32), shape(x_shape));
+            g.set_decl(
+                x,
+                crate::onnx::proto::ValueInfoProto {
+                    name: Some("x".into()),
+                    r#type: Some(fx.to_type()),
+                    ..Default::default()
+                },
+            );
+            g.inputs.push(x);
+            (Chain { g, n: 0 }, Some(x))
+        }
+
+        /// An int64 initializer (0-D when `scalar`).
+        fn int(&mut self, v: &[i64], scalar: bool) -> Option<crate::ir::ValueId> {
+            self.n += 1;
+            let shape = if scalar { vec![] } else { vec![v.len()] };
+            let name = format!("c{}", self.n);
+            Some(self.g.add_initializer(&name, Tensor::from_i64(shape, v)))
+        }
+
+        /// A node with one output.
+        fn op(
+            &mut self,
+            op: &str,
+            ins: &[Option<crate::ir::ValueId>],
+            attrs: Vec<crate::onnx::proto::AttributeProto>,
+        ) -> Option<crate::ir::ValueId> {
+            self.n += 1;
+            let name = format!("v{}", self.n);
+            let n = self.g.add_node(&name, op, ins, &[&name], attrs);
+            self.g.node(n).output(0)
+        }
+
+        /// `Unsqueeze(v, [0])`.
+        fn unsqueeze(&mut self, v: Option<crate::ir::ValueId>) -> Option<crate::ir::ValueId> {
+            let axes = self.int(&[0], false);
+            self.op("Unsqueeze", &[v, axes], vec![])
+        }
+
+        /// The facts of `vs` after shape inference of the model (opset 13).
+        fn infer(self, vs: &[Option<crate::ir::ValueId>]) -> Vec<Option<Fact>> {
+            use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+            let model = crate::ir::Model {
+                graph: self.g,
+                rest: ModelProto {
+                    opset_import: vec![OperatorSetIdProto {
+                        domain: Some(String::new()),
+                        version: Some(13),
+                    }],
+                    ..Default::default()
+                },
+            };
+            let shapes = crate::analysis::infer_shapes(&model).unwrap();
+            vs.iter().map(|v| shapes.get((*v)?).cloned()).collect()
+        }
+    }
+
+    /// `x.view(x.size(0), -1)`: Shape→Gather(0)→Unsqueeze→Concat([n, -1])→Reshape.
     fn torch_flatten(batch: &str) -> Option<Vec<Dim>> {
-        use crate::analysis::infer_shapes;
-        use crate::ir::{Graph, Model};
-        use crate::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
-        let mut g = Graph::new();
-        let x = g.add_value("x");
-        let fx = Fact::new(Some(DType::F32), shape(&format!("{batch},3,4,4")));
-        g.set_decl(
-            x,
-            ValueInfoProto {
-                name: Some("x".into()),
-                r#type: Some(fx.to_type()),
-                ..Default::default()
-            },
-        );
-        g.inputs.push(x);
-        let zero = g.add_initializer("zero", Tensor::from_i64(vec![], &[0]));
-        let axes = g.add_initializer("axes", Tensor::from_i64(vec![1], &[0]));
-        let minus1 = g.add_initializer("minus1", Tensor::from_i64(vec![1], &[-1]));
-        let sh = g.add_node("shape", "Shape", &[Some(x)], &["sh"], vec![]);
-        let sh = g.node(sh).output(0);
-        let n = g.add_node("gather", "Gather", &[sh, Some(zero)], &["n"], vec![]);
-        let n = g.node(n).output(0);
-        let n1 = g.add_node("unsq", "Unsqueeze", &[n, Some(axes)], &["n1"], vec![]);
-        let n1 = g.node(n1).output(0);
-        let cat = g.add_node(
-            "cat",
-            "Concat",
-            &[n1, Some(minus1)],
-            &["target"],
-            vec![attr_int("axis", 0)],
-        );
-        let target = g.node(cat).output(0);
-        let r = g.add_node("reshape", "Reshape", &[Some(x), target], &["y"], vec![]);
-        let y = g.node(r).output(0)?;
-        g.outputs.push(y);
-        let model = Model {
-            graph: g,
-            rest: ModelProto {
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(13),
-                }],
-                ..Default::default()
-            },
-        };
-        infer_shapes(&model).ok()?.get(y)?.shape.clone()
+        let (mut c, x) = Chain::new(&format!("{batch},3,4,4"));
+        let sh = c.op("Shape", &[x], vec![]);
+        let zero = c.int(&[0], true);
+        let n = c.op("Gather", &[sh, zero], vec![]);
+        let n1 = c.unsqueeze(n);
+        let minus1 = c.int(&[-1], false);
+        let target = c.op("Concat", &[n1, minus1], vec![attr_int("axis", 0)]);
+        let y = c.op("Reshape", &[x, target], vec![]);
+        c.infer(&[y]).remove(0)?.shape
     }
 
     #[test]
-    fn shape_arithmetic_folds_through_the_driver() {
+    fn shape_arithmetic_resolves_through_the_driver() {
         assert_eq!(torch_flatten("2"), Some(shape("2,48")));
-        // A symbolic batch has no value to fold: only the rank survives.
-        assert_eq!(torch_flatten("N"), Some(shape("?,?")));
+        assert_eq!(torch_flatten("N"), Some(shape("N,48")));
+    }
+
+    #[test]
+    fn sliced_shape_target_keeps_the_batch() {
+        // `x.view(*x.shape[:1], -1)`: Shape→Slice([0:1])→Concat([-1])→Reshape.
+        let (mut c, x) = Chain::new("N,3,4,4");
+        let sh = c.op("Shape", &[x], vec![]);
+        let (s, e) = (c.int(&[0], false), c.int(&[1], false));
+        let head = c.op("Slice", &[sh, s, e], vec![]);
+        let minus1 = c.int(&[-1], false);
+        let target = c.op("Concat", &[head, minus1], vec![attr_int("axis", 0)]);
+        let y = c.op("Reshape", &[x, target], vec![]);
+        let f = c.infer(&[target, y]);
+        let t = f[0].as_ref().unwrap();
+        assert_eq!(t.sym, Some(vec![SymInt::Sym("N".into()), SymInt::Int(-1)]));
+        assert!(t.value.is_none());
+        assert_eq!(f[1].as_ref().unwrap().shape, Some(shape("N,48")));
+    }
+
+    #[test]
+    fn shufflenet_channel_shuffle() {
+        // b, c, h, w = x.size(); x.view(b, 2, c // 2, h, w).transpose(1, 2).view(b, c, h, w)
+        let (mut c, x) = Chain::new("N,116,28,28");
+        let sh = c.op("Shape", &[x], vec![]);
+        let dims: Vec<_> = (0..4)
+            .map(|i| {
+                let i = c.int(&[i], true);
+                c.op("Gather", &[sh, i], vec![attr_int("axis", 0)])
+            })
+            .collect();
+        let two = c.int(&[2], true);
+        let half = c.op("Div", &[dims[1], two], vec![]);
+        let half = c.op("Cast", &[half], vec![attr_int("to", 7)]);
+        let (b, ch, h, w) = (
+            c.unsqueeze(dims[0]),
+            c.unsqueeze(dims[1]),
+            c.unsqueeze(dims[2]),
+            c.unsqueeze(dims[3]),
+        );
+        let groups = c.int(&[2], false);
+        let half = c.unsqueeze(half);
+        let t1 = c.op(
+            "Concat",
+            &[b, groups, half, h, w],
+            vec![attr_int("axis", 0)],
+        );
+        let y1 = c.op("Reshape", &[x, t1], vec![]);
+        let tr = c.op(
+            "Transpose",
+            &[y1],
+            vec![attr_ints("perm", &[0, 2, 1, 3, 4])],
+        );
+        let t2 = c.op("Concat", &[b, ch, h, w], vec![attr_int("axis", 0)]);
+        let y2 = c.op("Reshape", &[tr, t2], vec![]);
+        let f = c.infer(&[half, y1, y2]);
+        // c // 2 is known, so it has a value (constant folding keeps working).
+        let v = f[0].as_ref().unwrap().value.as_ref().unwrap();
+        assert_eq!(v.to_i64_vec().unwrap(), vec![58]);
+        assert_eq!(f[1].as_ref().unwrap().shape, Some(shape("N,2,58,28,28")));
+        assert_eq!(f[2].as_ref().unwrap().shape, Some(shape("N,116,28,28")));
+    }
+
+    #[test]
+    fn symbolic_target_elements() {
+        let n = node("Reshape", 1, vec![]);
+        let target = Fact::of_sym(
+            Some(DType::I64),
+            false,
+            vec![SymInt::Sym("N".into()), SymInt::Unknown, SymInt::Int(-1)],
+        );
+        let out = infer(&RESHAPE, &n, &[f32_fact("N,3,4"), Some(target)], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("N,?,?")));
+        let target = Fact::of_sym(
+            Some(DType::I64),
+            false,
+            vec![SymInt::Sym("M".into()), SymInt::Int(-1)],
+        );
+        let out = infer(&RESHAPE, &n, &[f32_fact("N,3,4"), Some(target)], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("M,?")));
     }
 }

@@ -102,7 +102,7 @@ impl Op for Resize {
             Ok(Some(vec![Fact {
                 dtype: x.dtype,
                 shape,
-                value: None,
+                ..Default::default()
             }]))
         };
         let Some(xs) = &x.shape else {

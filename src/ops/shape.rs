@@ -1,11 +1,11 @@
 //! `Shape`: the dims of its input as a 1-D int64 tensor, optionally restricted to
 //! `[start, end)` (opset 15; negative values count from the back, both are clamped to
-//! `[0, rank]`). When every selected dim is known the output fact carries the value, which is
-//! what lets shape arithmetic (Shape→Gather→Unsqueeze→Concat→Reshape) fold. Symbolic dims are
-//! not tracked element-wise: one symbolic selected dim makes the whole value unknown.
+//! `[0, rank]`). The output fact carries the selected dims element by element (`sym`, symbols
+//! kept), and the value too when every one is known: this is what lets shape arithmetic
+//! (Shape→Gather→Unsqueeze→Concat→Reshape) resolve, also with a symbolic batch.
 
 use crate::error::Result;
-use crate::ir::{DType, Dim, Fact, Node, Tensor};
+use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor};
 
 use super::{util, Cx, Op};
 
@@ -34,16 +34,8 @@ impl Op for ShapeOp {
             return Ok(Some(vec![Fact::new(Some(DType::I64), vec![Dim::Unknown])]));
         };
         let (start, end) = range(cx.node, shape.len());
-        let dims = &shape[start..end];
-        let fact = match dims
-            .iter()
-            .map(|d| d.known().map(|v| v as i64))
-            .collect::<Option<Vec<i64>>>()
-        {
-            Some(v) => Fact::constant(Tensor::from_i64(vec![v.len()], &v)),
-            None => Fact::new(Some(DType::I64), vec![Dim::Known(dims.len())]),
-        };
-        Ok(Some(vec![fact]))
+        let elems = shape[start..end].iter().map(SymInt::from).collect();
+        Ok(Some(vec![Fact::of_sym(Some(DType::I64), false, elems)]))
     }
 
     fn eval(
@@ -80,13 +72,21 @@ mod tests {
     }
 
     #[test]
-    fn symbolic_batch_gives_no_value_unless_sliced_away() {
+    fn symbolic_batch_is_tracked_element_wise() {
         let n = node("Shape", 1, vec![]);
         let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 13)
             .unwrap()
             .unwrap();
         assert_eq!(out[0].shape, Some(shape("3")));
         assert!(out[0].value.is_none());
+        assert_eq!(
+            out[0].sym,
+            Some(vec![
+                SymInt::Sym("N".into()),
+                SymInt::Int(3),
+                SymInt::Int(4)
+            ])
+        );
         let n = node("Shape", 1, vec![attr_int("start", 1)]);
         let out = infer(&SHAPE, &n, &[f32_fact("N,3,4")], 15)
             .unwrap()

@@ -7,7 +7,8 @@
 //! or a full reversal with step -1) keep the dim; other sliced symbolic dims become
 //! `Unknown`. Non-constant parameters give the input rank with the touched (or, when the axes
 //! are not known, all) dims `Unknown`. Folding works on raw bytes for any byte-addressable
-//! type and any rank (not strings or sub-byte types).
+//! type and any rank (not strings or sub-byte types). A 1-D shape vector tracked element by
+//! element (`Fact::sym`, a symbolic batch) is sliced element-wise, symbols kept.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -165,6 +166,19 @@ impl Op for Slice {
         let mut out = shape.clone();
         match p.plan(shape.len()) {
             Some(Ok(plan)) => {
+                if let (Some(elems), [(0, s, e, st)]) = (x.sym_elems(), &plan[..]) {
+                    let (start, len) = clamp(elems.len(), *s, *e, *st);
+                    let picked: Option<Vec<_>> = (0..len as i64)
+                        .map(|i| {
+                            let at = (start as i64).checked_add(i.checked_mul(*st)?)?;
+                            let at = usize::try_from(at).ok()?;
+                            elems.get(at).cloned()
+                        })
+                        .collect();
+                    if let Some(picked) = picked {
+                        return Ok(Some(vec![Fact::of_sym(x.dtype, false, picked)]));
+                    }
+                }
                 for (ax, s, e, st) in plan {
                     out[ax] = sliced_dim(&shape[ax], s, e, st);
                 }
@@ -366,5 +380,26 @@ mod tests {
         assert!(infer(&SLICE, &n, &dup, 13).is_err());
         let r = eval(&SLICE, &n, &[i64s(&[1, 2]), i64s(&[0]), i64s(&[1, 2])], 13).unwrap();
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn slices_symbolic_shape_elements() {
+        let n = node("Slice", 1, vec![]);
+        let ins = [sym_fact("N,3,4,5"), i64_const(&[0]), i64_const(&[-2])];
+        let out = infer(&SLICE, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(out[0].shape, Some(shape("2")));
+        assert_eq!(out[0].sym, Some(syms("N,3")));
+        let ins = [
+            sym_fact("N,3,4,5"),
+            i64_const(&[-1]),
+            i64_const(&[i64::MIN]),
+            i64_const(&[0]),
+            i64_const(&[-2]),
+        ];
+        let out = infer(&SLICE, &n, &ins, 13).unwrap().unwrap();
+        assert_eq!(
+            out[0].value.as_ref().unwrap().to_i64_vec().unwrap(),
+            vec![5, 3]
+        );
     }
 }

@@ -30,7 +30,7 @@ impl Op for Softmax {
         Ok(Some(vec![Fact {
             dtype: x.dtype,
             shape: x.shape.clone(),
-            value: None,
+            ..Default::default()
         }]))
     }
 

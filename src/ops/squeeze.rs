@@ -2,7 +2,8 @@
 //! or the optional input 1 (from 13); negative values count from the back. A listed axis of
 //! known size other than 1 is an error; a symbolic one is assumed to be 1. Without axes every
 //! size-1 axis goes: when some dim is symbolic or unknown it may be 1 at run time, so the
-//! output rank is then left unknown rather than guessed. Folding is a reshape (any type).
+//! output rank is then left unknown rather than guessed. A 1-element vector tracked element
+//! by element (`Fact::sym`) keeps its element as a scalar. Folding is a reshape (any type).
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -85,12 +86,13 @@ impl Op for Squeeze {
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
-        let fact = |shape| {
-            Ok(Some(vec![Fact {
+        let fact = |shape: Option<Vec<Dim>>| {
+            let moved = util::sym_moved(x, shape.as_deref());
+            Ok(Some(vec![moved.unwrap_or_else(|| Fact {
                 dtype: x.dtype,
                 shape,
                 ..Default::default()
-            }]))
+            })]))
         };
         let Some(shape) = &x.shape else {
             return fact(None);
@@ -200,5 +202,15 @@ mod tests {
             .unwrap();
         assert_eq!(r[0].shape(), &[1, 2]);
         assert_eq!(r[0].to_i64_vec().unwrap(), vec![5, 6]);
+    }
+
+    #[test]
+    fn keeps_symbolic_element() {
+        let n = node("Squeeze", 1, vec![]);
+        let out = infer(&SQUEEZE, &n, &[sym_fact("N"), i64_const(&[0])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("")));
+        assert_eq!(out[0].sym, Some(syms("N")));
     }
 }

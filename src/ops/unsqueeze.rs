@@ -1,7 +1,8 @@
 //! `Unsqueeze`: inserts size-1 axes at `axes` — positions in the *output*, negative counting
 //! from its back — taken from the attribute (before opset 13) or the constant input 1 (from
 //! 13). Repeated or out-of-range axes are errors. When the axes are not constant only the
-//! output rank is known (from their count). Folding is a reshape (any type).
+//! output rank is known (from their count). A scalar tracked element by element (`Fact::sym`)
+//! keeps its element as a 1-element vector. Folding is a reshape (any type).
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -56,12 +57,13 @@ impl Op for Unsqueeze {
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
-        let fact = |shape| {
-            Ok(Some(vec![Fact {
+        let fact = |shape: Option<Vec<Dim>>| {
+            let moved = util::sym_moved(x, shape.as_deref());
+            Ok(Some(vec![moved.unwrap_or_else(|| Fact {
                 dtype: x.dtype,
                 shape,
                 ..Default::default()
-            }]))
+            })]))
         };
         let axes = axes_of(cx.node, cx.opset, cx.ints(1));
         if cx.opset < 13 && axes.is_none() {
@@ -160,5 +162,16 @@ mod tests {
             .unwrap();
         assert_eq!(r[0].shape(), &[1]);
         assert_eq!(r[0].to_i64_vec().unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn keeps_symbolic_scalar() {
+        let n = node("Unsqueeze", 1, vec![]);
+        let scalar = Some(Fact::of_sym(Some(DType::I64), true, syms("N")));
+        let out = infer(&UNSQUEEZE, &n, &[scalar, i64_const(&[0])], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape, Some(shape("1")));
+        assert_eq!(out[0].sym, Some(syms("N")));
     }
 }

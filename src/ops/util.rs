@@ -1,7 +1,7 @@
 //! Helpers shared by op files: broadcasting, common fact shapes, element-wise evaluation.
 
 use crate::error::{Error, Result};
-use crate::ir::{DType, Dim, Fact, Shape, Tensor};
+use crate::ir::{DType, Dim, Fact, Shape, SymInt, Tensor};
 
 use super::Cx;
 
@@ -40,8 +40,44 @@ pub fn like_input(cx: &Cx, port: usize) -> Result<Option<Vec<Fact>>> {
     Ok(Some(vec![Fact {
         dtype: x.dtype,
         shape: x.shape.clone(),
-        value: None,
+        ..Default::default()
     }]))
+}
+
+/// The elements of input `port` when it is a small integer tensor of dimensions, constant or
+/// tracked symbolically (see [`Fact::sym_elems`]).
+pub fn sym_input(cx: &Cx, port: usize) -> Option<Vec<SymInt>> {
+    cx.inputs.get(port).copied().flatten()?.sym_elems()
+}
+
+/// Input `port` read as a shape (ConstantOfShape): one [`Dim`] per element. `Err` names a
+/// negative element.
+pub fn shape_input(cx: &Cx, port: usize) -> Option<std::result::Result<Vec<Dim>, String>> {
+    let elems = sym_input(cx, port)?;
+    Some(
+        elems
+            .iter()
+            .map(|e| match e.int() {
+                Some(v) if v < 0 => Err(format!(
+                    "negative dimension {v} in {}",
+                    crate::ir::fact::sym_string(&elems)
+                )),
+                _ => Ok(e.to_dim()),
+            })
+            .collect(),
+    )
+}
+
+/// The elements of `x` (0-D/1-D) moved unchanged into output shape `shape` (Unsqueeze,
+/// Squeeze, Identity): `Some` only when `shape` is 0-D or 1-D with the same element count.
+pub fn sym_moved(x: &Fact, shape: Option<&[Dim]>) -> Option<Fact> {
+    let elems = x.sym_elems()?;
+    let (scalar, n) = match shape? {
+        [] => (true, 1),
+        [Dim::Known(n)] => (false, *n),
+        _ => return None,
+    };
+    (elems.len() == n).then(|| Fact::of_sym(x.dtype, scalar, elems))
 }
 
 /// Strided index walk for broadcasting `from` (right-aligned) into `to`.
@@ -317,13 +353,14 @@ pub static UNKNOWN_FACT: Fact = Fact {
     dtype: None,
     shape: None,
     value: None,
+    sym: None,
 };
 
 /// Helpers for op unit tests: building nodes and running `infer`/`eval` on facts.
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::error::Result;
-    use crate::ir::{Dim, Fact, Node, Tensor};
+    use crate::ir::{Dim, Fact, Node, SymInt, Tensor};
     use crate::onnx::proto::{AttributeProto, NodeProto};
     use crate::ops::{Cx, Op};
 
@@ -389,6 +426,25 @@ pub(crate) mod testing {
     /// A constant int64 1-D fact.
     pub fn i64_const(v: &[i64]) -> Option<Fact> {
         Some(Fact::constant(Tensor::from_i64(vec![v.len()], v)))
+    }
+
+    /// Shape-vector elements parsed like `"N,-1,?"` (`?` = unknown, integers known, else
+    /// symbolic).
+    pub fn syms(s: &str) -> Vec<SymInt> {
+        s.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.trim() {
+                "?" => SymInt::Unknown,
+                p => p
+                    .parse()
+                    .map_or_else(|_| SymInt::Sym(p.into()), SymInt::Int),
+            })
+            .collect()
+    }
+
+    /// A 1-D int64 shape vector tracked element by element (see [`syms`]).
+    pub fn sym_fact(s: &str) -> Option<Fact> {
+        Some(Fact::of_sym(Some(crate::ir::DType::I64), false, syms(s)))
     }
 
     /// A 1-D int64 tensor.

@@ -1,0 +1,553 @@
+//! Channel dependency analysis: which channels of which tensors must be removed together.
+//!
+//! Every channel a node's weights create ([`Link::Create`]) or that a node adds as a constant
+//! ([`Map::Index`] with `None`) is an *atom*. Walking the graph in topological order, each
+//! tracked slot `(value, axis)` records which atom sits at each of its positions; ops move
+//! atoms along through their declared [`Link`]s. Element-wise ops unite the atoms at equal
+//! positions (residual adds, SE multiplies) and [`Link::Couple`] unites atoms that can only go
+//! together: one generic union-find over the ops' declarations. The result:
+//!
+//! - a *class* is a set of united atoms: the unit of removal (one "channel" of a group);
+//! - a *group* is a set of producers (sources) connected through shared classes, with every
+//!   consumer and member (weight slices, per-channel constants) touched by its classes.
+//!
+//! Fail closed: a tracked slot reaching a node that declares nothing for it, a [`Link::Block`],
+//! or a graph output blocks its atoms' group, with a reason naming the node and op. This
+//! analysis never mutates the IR; [`crate::passes::remove_channels`] applies removals.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::Shapes;
+use crate::error::Result;
+use crate::ir::{Model, NodeId, ValueId};
+use crate::ops::channel::{Link, LinkCx, Map, Port, Slot};
+use crate::ops::{self};
+
+/// Index of an atom.
+pub type AtomId = usize;
+
+/// Where a group's channels come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Source {
+    /// The node creating the channels.
+    #[serde(skip)]
+    pub node: NodeId,
+    /// Its name.
+    pub node_name: String,
+    /// Its op.
+    pub op: String,
+    /// Output slot.
+    #[serde(skip)]
+    pub slot: Slot,
+    /// Atoms of this source, by position.
+    #[serde(skip)]
+    pub atoms: Vec<AtomId>,
+    /// Whether these are constant channels added by the node (e.g. Pad), not weights.
+    pub constant: bool,
+}
+
+/// A constant sliced with a slot's channels, as declared by a [`Link::Member`].
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// The node.
+    pub node: NodeId,
+    /// Its constant input port.
+    pub input: usize,
+    /// Axis of that constant.
+    pub axis: usize,
+    /// The slot of the node it follows.
+    pub slot: Slot,
+    /// Position → index map.
+    pub map: Map,
+}
+
+/// A dependency group.
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    /// Group number (stable for the same model).
+    pub id: usize,
+    /// The classes (removable channels) of the group, in source order.
+    #[serde(skip)]
+    pub classes: Vec<usize>,
+    /// Number of removable channels.
+    pub channels: usize,
+    /// Producers.
+    pub sources: Vec<Source>,
+    /// Consumer nodes (`name (op)`).
+    pub consumers: Vec<String>,
+    /// Member descriptions (`node (op) input k axis a`).
+    pub members: Vec<String>,
+    /// Why the group cannot be pruned (empty = prunable).
+    pub blocked: Vec<String>,
+}
+
+impl Group {
+    /// Whether channels of this group may be removed.
+    pub fn prunable(&self) -> bool {
+        self.blocked.is_empty() && self.channels > 1
+    }
+}
+
+/// The analysis result: groups, and the tables the removal pass needs.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelGroups {
+    /// Dependency groups.
+    pub groups: Vec<Group>,
+    /// Class of every atom.
+    pub class_of: Vec<usize>,
+    /// Group of every class.
+    pub group_of_class: Vec<usize>,
+    /// Atoms of every class.
+    pub class_atoms: Vec<Vec<AtomId>>,
+    /// Atoms at each position of each tracked slot `(value, axis)`.
+    pub slots: HashMap<(ValueId, usize), Vec<AtomId>>,
+    /// The links each node declared (only nodes touching tracked slots).
+    pub links: BTreeMap<NodeId, Vec<Link>>,
+    /// Members, in node order.
+    pub members: Vec<Member>,
+}
+
+impl ChannelGroups {
+    /// Keep-mask of a tracked slot when the given classes are removed.
+    pub fn keep_mask(&self, slot: (ValueId, usize), removed: &[bool]) -> Option<Vec<bool>> {
+        let atoms = self.slots.get(&slot)?;
+        Some(atoms.iter().map(|a| !removed[self.class_of[*a]]).collect())
+    }
+}
+
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.0[x] != x {
+            self.0[x] = self.0[self.0[x]];
+            x = self.0[x];
+        }
+        x
+    }
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            // Smaller root wins: deterministic.
+            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.0[hi] = lo;
+        }
+    }
+}
+
+struct Walk {
+    uf: UnionFind,
+    atom_source: Vec<usize>,
+    sources: Vec<Source>,
+    slots: HashMap<(ValueId, usize), Vec<AtomId>>,
+    blocked: Vec<(AtomId, String)>,
+}
+
+impl Walk {
+    fn new_atoms(&mut self, n: usize, source: usize) -> Vec<AtomId> {
+        let start = self.atom_source.len();
+        self.atom_source.extend(std::iter::repeat_n(source, n));
+        self.uf.0.extend(start..start + n);
+        (start..start + n).collect()
+    }
+
+    /// Sets (or unites with) the atoms of an output slot.
+    fn put(&mut self, key: (ValueId, usize), atoms: Vec<AtomId>, why: &str) {
+        match self.slots.get(&key) {
+            None => {
+                self.slots.insert(key, atoms);
+            }
+            Some(old) if old.len() == atoms.len() => {
+                for (a, b) in old.clone().into_iter().zip(atoms) {
+                    self.uf.union(a, b);
+                }
+            }
+            Some(old) => {
+                let old = old.clone();
+                for a in old.into_iter().chain(atoms) {
+                    self.blocked
+                        .push((a, format!("{why}: channel counts differ")));
+                }
+            }
+        }
+    }
+}
+
+/// Analyses the channel dependencies of a model.
+pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
+    let g = &model.graph;
+    let opset = model.opset();
+    let mut w = Walk {
+        uf: UnionFind(Vec::new()),
+        atom_source: Vec::new(),
+        sources: Vec::new(),
+        slots: HashMap::new(),
+        blocked: Vec::new(),
+    };
+    let mut links_of: BTreeMap<NodeId, Vec<Link>> = BTreeMap::new();
+    let mut members = Vec::new();
+    let mut consumers: Vec<(NodeId, Vec<AtomId>)> = Vec::new();
+
+    for n in g.topo_order()? {
+        let node = g.node(n);
+        let label = format!("node '{}' ({})", node.name, node.op_type);
+        let mut tracked = Vec::new();
+        for (p, v) in node.inputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for (&(sv, a), atoms) in &w.slots {
+                if sv == *v {
+                    tracked.push((p, a, atoms.len()));
+                }
+            }
+        }
+        tracked.sort_unstable();
+        // Subgraph captures of channel-carrying values: the body may use them in any way.
+        for c in &node.captures {
+            let keys: Vec<(ValueId, usize)> =
+                w.slots.keys().filter(|k| k.0 == *c).copied().collect();
+            for k in keys {
+                for &a in &w.slots[&k] {
+                    w.blocked
+                        .push((a, format!("{label}: read inside a subgraph")));
+                }
+            }
+        }
+        let ins = shapes.inputs_of(g, n);
+        let outs = shapes.outputs_of(g, n);
+        let cx = LinkCx {
+            node,
+            inputs: &ins,
+            outputs: &outs,
+            tracked: &tracked,
+            opset,
+        };
+        let links = match ops::lookup(&node.domain, &node.op_type) {
+            Some(op) => op.channel_links(&cx),
+            None => cx.block_all(&format!(
+                "unknown op {}{}",
+                if node.domain.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}.", node.domain)
+                },
+                node.op_type
+            )),
+        };
+        if links.is_empty() && tracked.is_empty() {
+            continue;
+        }
+        let input_atoms = |w: &Walk, s: Slot| -> Option<Vec<AtomId>> {
+            let Port::In(p) = s.port else { return None };
+            w.slots.get(&(node.input(p)?, s.axis)).cloned()
+        };
+        let mut handled: Vec<(usize, usize)> = Vec::new();
+        // Producers and passes first, so that couples and members see output slots.
+        for l in &links {
+            match l {
+                Link::Create { to, len } => {
+                    let Port::Out(p) = to.port else { continue };
+                    let Some(v) = node.output(p) else { continue };
+                    let sid = w.sources.len();
+                    let atoms = w.new_atoms(*len, sid);
+                    w.sources.push(Source {
+                        node: n,
+                        node_name: node.name.clone(),
+                        op: node.op_type.clone(),
+                        slot: *to,
+                        atoms: atoms.clone(),
+                        constant: false,
+                    });
+                    w.put((v, to.axis), atoms, &label);
+                }
+                Link::Pass { from, to, map } => {
+                    if let Port::In(p) = from.port {
+                        handled.push((p, from.axis));
+                    }
+                    let (Some(src), Port::Out(op)) = (input_atoms(&w, *from), to.port) else {
+                        continue;
+                    };
+                    let Some(v) = node.output(op) else { continue };
+                    let atoms = match map {
+                        Map::Identity => src,
+                        Map::Index(m) => {
+                            let fresh = m.iter().filter(|x| x.is_none()).count();
+                            let mut new = Vec::new();
+                            if fresh > 0 {
+                                let sid = w.sources.len();
+                                new = w.new_atoms(fresh, sid);
+                                w.sources.push(Source {
+                                    node: n,
+                                    node_name: node.name.clone(),
+                                    op: node.op_type.clone(),
+                                    slot: *to,
+                                    atoms: new.clone(),
+                                    constant: true,
+                                });
+                            }
+                            let mut fresh_iter = new.into_iter();
+                            let mut out = Vec::with_capacity(m.len());
+                            let mut bad = false;
+                            for x in m {
+                                match x {
+                                    Some(i) => match src.get(*i) {
+                                        Some(a) => out.push(*a),
+                                        None => bad = true,
+                                    },
+                                    None => out.extend(fresh_iter.next()),
+                                }
+                            }
+                            if bad {
+                                for a in src {
+                                    w.blocked
+                                        .push((a, format!("{label}: channel map out of range")));
+                                }
+                                continue;
+                            }
+                            out
+                        }
+                    };
+                    w.put((v, to.axis), atoms, &label);
+                }
+                Link::Assemble { to, parts } => {
+                    let Port::Out(op) = to.port else { continue };
+                    let Some(v) = node.output(op) else { continue };
+                    let mut atoms = Vec::new();
+                    for (slot, len) in parts {
+                        match slot.and_then(|s| {
+                            if let Port::In(p) = s.port {
+                                handled.push((p, s.axis));
+                            }
+                            input_atoms(&w, s)
+                        }) {
+                            Some(a) if a.len() == *len => atoms.extend(a),
+                            _ => {
+                                // Channels nobody tracks: fixed, never removable.
+                                let sid = w.sources.len();
+                                let fixed = w.new_atoms(*len, sid);
+                                w.sources.push(Source {
+                                    node: n,
+                                    node_name: node.name.clone(),
+                                    op: node.op_type.clone(),
+                                    slot: *to,
+                                    atoms: fixed.clone(),
+                                    constant: true,
+                                });
+                                for &a in &fixed {
+                                    w.blocked.push((
+                                        a,
+                                        format!("{label}: joins channels of an untracked input"),
+                                    ));
+                                }
+                                atoms.extend(fixed);
+                            }
+                        }
+                    }
+                    w.put((v, to.axis), atoms, &label);
+                }
+                Link::ShapeOnly { from } => {
+                    if let Port::In(p) = from.port {
+                        handled.push((p, from.axis));
+                    }
+                }
+                Link::Consume { from } => {
+                    if let Port::In(p) = from.port {
+                        handled.push((p, from.axis));
+                    }
+                    if let Some(atoms) = input_atoms(&w, *from) {
+                        consumers.push((n, atoms));
+                    }
+                }
+                Link::Block { slot, reason } => {
+                    if let Port::In(p) = slot.port {
+                        handled.push((p, slot.axis));
+                    }
+                    let atoms = match slot.port {
+                        Port::In(_) => input_atoms(&w, *slot),
+                        Port::Out(p) => node
+                            .output(p)
+                            .and_then(|v| w.slots.get(&(v, slot.axis)).cloned()),
+                    };
+                    for a in atoms.unwrap_or_default() {
+                        w.blocked.push((a, format!("{label}: {reason}")));
+                    }
+                }
+                Link::Member { .. } | Link::Couple { .. } => {}
+            }
+        }
+        for l in &links {
+            let slot_atoms = |w: &Walk, s: Slot| match s.port {
+                Port::In(_) => input_atoms(w, s),
+                Port::Out(p) => node
+                    .output(p)
+                    .and_then(|v| w.slots.get(&(v, s.axis)).cloned()),
+            };
+            match l {
+                Link::Couple { slot, sets } => {
+                    let Some(atoms) = slot_atoms(&w, *slot) else {
+                        continue;
+                    };
+                    for set in sets {
+                        let mut it = set.iter().filter_map(|&i| atoms.get(i).copied());
+                        if let Some(first) = it.next() {
+                            for a in it {
+                                w.uf.union(first, a);
+                            }
+                        }
+                    }
+                }
+                Link::Member {
+                    input,
+                    axis,
+                    slot,
+                    map,
+                } => {
+                    if slot_atoms(&w, *slot).is_some() {
+                        members.push(Member {
+                            node: n,
+                            input: *input,
+                            axis: *axis,
+                            slot: *slot,
+                            map: map.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for &(p, a, _) in &tracked {
+            if !handled.contains(&(p, a)) {
+                let reason = format!("{label}: no channel rule for input {p} axis {a}");
+                for &at in &w.slots[&(node.inputs[p].unwrap_or(ValueId(0)), a)] {
+                    w.blocked.push((at, reason.clone()));
+                }
+            }
+        }
+        links_of.insert(n, links);
+    }
+    for &o in &g.outputs {
+        let keys: Vec<(ValueId, usize)> = w.slots.keys().filter(|k| k.0 == o).copied().collect();
+        for k in keys {
+            for &a in &w.slots[&k] {
+                w.blocked.push((
+                    a,
+                    format!(
+                        "channels reach graph output '{}' (axis {})",
+                        g.value(o).name,
+                        k.1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(build_groups(model, w, links_of, members, consumers))
+}
+
+fn build_groups(
+    model: &Model,
+    mut w: Walk,
+    links: BTreeMap<NodeId, Vec<Link>>,
+    members: Vec<Member>,
+    consumers: Vec<(NodeId, Vec<AtomId>)>,
+) -> ChannelGroups {
+    let g = &model.graph;
+    let n_atoms = w.atom_source.len();
+    // Classes: atom roots, numbered in atom order (sources are in topological order).
+    let mut class_of = vec![usize::MAX; n_atoms];
+    let mut root_class: HashMap<usize, usize> = HashMap::new();
+    let mut class_atoms: Vec<Vec<AtomId>> = Vec::new();
+    for a in 0..n_atoms {
+        let r = w.uf.find(a);
+        let c = *root_class.entry(r).or_insert_with(|| {
+            class_atoms.push(Vec::new());
+            class_atoms.len() - 1
+        });
+        class_of[a] = c;
+        class_atoms[c].push(a);
+    }
+    // Groups: sources connected through classes.
+    let mut suf = UnionFind((0..w.sources.len()).collect());
+    for atoms in &class_atoms {
+        for pair in atoms.windows(2) {
+            suf.union(w.atom_source[pair[0]], w.atom_source[pair[1]]);
+        }
+    }
+    let mut group_of_source = vec![usize::MAX; w.sources.len()];
+    let mut root_group: HashMap<usize, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for s in 0..w.sources.len() {
+        let r = suf.find(s);
+        let gid = *root_group.entry(r).or_insert_with(|| {
+            groups.push(Group {
+                id: groups.len(),
+                classes: Vec::new(),
+                channels: 0,
+                sources: Vec::new(),
+                consumers: Vec::new(),
+                members: Vec::new(),
+                blocked: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        group_of_source[s] = gid;
+        groups[gid].sources.push(w.sources[s].clone());
+    }
+    let mut group_of_class = vec![0; class_atoms.len()];
+    for (c, atoms) in class_atoms.iter().enumerate() {
+        let gid = group_of_source[w.atom_source[atoms[0]]];
+        group_of_class[c] = gid;
+        groups[gid].classes.push(c);
+    }
+    for grp in &mut groups {
+        grp.channels = grp.classes.len();
+    }
+    let label = |n: NodeId| format!("{} ({})", g.node(n).name, g.node(n).op_type);
+    for (n, atoms) in &consumers {
+        let mut seen = Vec::new();
+        for a in atoms {
+            let gid = group_of_class[class_of[*a]];
+            if !seen.contains(&gid) {
+                seen.push(gid);
+                groups[gid].consumers.push(label(*n));
+            }
+        }
+    }
+    for m in &members {
+        let key = match m.slot.port {
+            Port::In(p) => g.node(m.node).input(p),
+            Port::Out(p) => g.node(m.node).output(p),
+        };
+        let Some(atoms) = key.and_then(|v| w.slots.get(&(v, m.slot.axis))) else {
+            continue;
+        };
+        let mut seen = Vec::new();
+        for a in atoms {
+            let gid = group_of_class[class_of[*a]];
+            if !seen.contains(&gid) {
+                seen.push(gid);
+                groups[gid].members.push(format!(
+                    "{} input {} axis {}",
+                    label(m.node),
+                    m.input,
+                    m.axis
+                ));
+            }
+        }
+    }
+    for (a, reason) in w.blocked.drain(..) {
+        let gid = group_of_class[class_of[a]];
+        if !groups[gid].blocked.contains(&reason) {
+            groups[gid].blocked.push(reason);
+        }
+    }
+    ChannelGroups {
+        groups,
+        class_of,
+        group_of_class,
+        class_atoms,
+        slots: w.slots,
+        links,
+        members,
+    }
+}

@@ -1,0 +1,184 @@
+//! The equivalence oracle: a pruned model must compute what the original computes with the
+//! removed channels silenced at their consumers.
+//!
+//! [`masked_original`] zeroes, in a copy of the original, the consumer weight slices (next
+//! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels; [`compare`] runs two
+//! models on the same seeded random inputs under each requested runtime and reports the
+//! largest relative output difference. The oracle does not judge accuracy on real data.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::analysis::channels::ChannelGroups;
+use crate::error::{Error, Result};
+use crate::ir::{DType, Dim, Fact, Model, Tensor};
+use crate::onnx::SaveOptions;
+use crate::ops::channel::{Link, Map, Port};
+use crate::runtime::{self, BackendKind};
+
+/// The original with the consumers' input slices of the removed classes set to zero.
+pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize]) -> Result<Model> {
+    let mut removed = vec![false; groups.class_atoms.len()];
+    for &c in classes {
+        if let Some(r) = removed.get_mut(c) {
+            *r = true;
+        }
+    }
+    let mut out = model.clone();
+    let g = &model.graph;
+    for (&n, links) in &groups.links {
+        let node = g.node(n);
+        for l in links {
+            let Link::Consume { from } = l else { continue };
+            let Port::In(p) = from.port else { continue };
+            let Some(v) = node.input(p) else { continue };
+            let Some(mask) = groups.keep_mask((v, from.axis), &removed) else { continue };
+            for m in links {
+                let Link::Member { input, axis, slot, map } = m else { continue };
+                if slot != from {
+                    continue;
+                }
+                let Some(w) = node.input(*input) else { continue };
+                let Some(t) = out.graph.init(w).cloned() else {
+                    return Err(Error::node(&node.name, &node.op_type, format!("input {input} is not a constant")));
+                };
+                let zero: Vec<usize> = mask
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| !**k)
+                    .filter_map(|(pos, _)| match map {
+                        Map::Identity => Some(pos),
+                        Map::Index(ix) => ix.get(pos).copied().flatten(),
+                    })
+                    .collect();
+                if zero.is_empty() {
+                    continue;
+                }
+                let t = t.zero_along(*axis, &zero)?;
+                // A fresh initializer: the same constant may feed other nodes unmasked.
+                let name = format!("{}_masked", out.graph.value(w).name);
+                let c = out.graph.add_initializer(&name, t);
+                out.graph.set_input(n, *input, Some(c));
+            }
+        }
+    }
+    crate::passes::eliminate_dead_code(&mut out)?;
+    Ok(out)
+}
+
+/// Seeded random runtime inputs: floats uniform in [-1, 1), integers 0, symbolic dims 1.
+pub fn random_inputs(model: &Model, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let g = &model.graph;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+    };
+    let mut out = Vec::new();
+    for &v in &g.inputs {
+        if g.init(v).is_some() {
+            continue;
+        }
+        let val = g.value(v);
+        let fact = val.decl.as_ref().and_then(|d| d.r#type.as_ref()).map(Fact::from_type).unwrap_or_default();
+        let (Some(dtype), Some(shape)) = (fact.dtype, fact.shape) else {
+            return Err(Error::Usage(format!("input '{}' has no declared type and shape", val.name)));
+        };
+        let dims: Vec<usize> = shape
+            .iter()
+            .map(|d| match d {
+                Dim::Known(k) => *k,
+                _ => 1,
+            })
+            .collect();
+        let n: usize = dims.iter().product();
+        let values: Vec<f64> = if dtype.is_float() { (0..n).map(|_| next()).collect() } else { vec![0.0; n] };
+        let t = match dtype {
+            DType::F32 => Tensor::from_f32(dims, &values.iter().map(|v| *v as f32).collect::<Vec<_>>()),
+            d => Tensor::from_f64_as(d, dims, &values)?,
+        };
+        out.push((val.name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// How two models compared.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// Per runtime: `(backend, max relative error)`.
+    pub errors: Vec<(String, f64)>,
+    /// Largest relative error over runtimes and samples.
+    pub max_rel_error: f64,
+}
+
+/// Runs `a` and `b` on `samples` seeded random inputs under each runtime and returns the largest
+/// relative error `max|a-b| / max|a|` over outputs.
+pub fn compare(a: &Model, b: &Model, backends: &[BackendKind], samples: usize, seed: u64) -> Result<Comparison> {
+    let dir = TempDir::new()?;
+    let pa = dir.0.join("a.onnx");
+    let pb = dir.0.join("b.onnx");
+    a.save(&pa, &SaveOptions::default())?;
+    b.save(&pb, &SaveOptions::default())?;
+    let mut errors = Vec::new();
+    let mut worst = 0f64;
+    for &kind in backends {
+        let mut sa = runtime::load(kind, &pa)?;
+        let mut sb = runtime::load(kind, &pb)?;
+        let mut err = 0f64;
+        for s in 0..samples.max(1) {
+            let inputs = random_inputs(a, seed + s as u64)?;
+            let ya = sa.run(&inputs)?;
+            let yb = sb.run(&inputs)?;
+            for ((name, ta), (_, tb)) in ya.iter().zip(&yb) {
+                err = err.max(rel_error(name, ta, tb)?);
+            }
+        }
+        worst = worst.max(err);
+        errors.push((sa.backend().to_string(), err));
+    }
+    Ok(Comparison { errors, max_rel_error: worst })
+}
+
+/// `max|a-b| / max(max|a|, 1e-6)`; infinite when shapes differ.
+pub fn rel_error(name: &str, a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.shape() != b.shape() {
+        return Err(Error::Graph(format!("output '{name}' has shape {:?} vs {:?}", a.shape(), b.shape())));
+    }
+    let (Some(x), Some(y)) = (a.to_f64_vec(), b.to_f64_vec()) else {
+        return Ok(if a.raw() == b.raw() { 0.0 } else { f64::INFINITY });
+    };
+    let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| if p.is_nan() != q.is_nan() { f64::INFINITY } else { m.max((p - q).abs()) });
+    Ok(diff / scale)
+}
+
+/// The runtimes the oracle can use here: tract always, ONNX Runtime when its library is found.
+pub fn available_backends() -> Vec<BackendKind> {
+    let mut v = vec![BackendKind::Tract];
+    if runtime::ort::find_library().is_some() {
+        v.insert(0, BackendKind::Ort);
+    }
+    v
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!("lopper-oracle-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+

@@ -1,0 +1,229 @@
+//! Structural channel removal: given the classes (channels of dependency groups) to remove,
+//! rewrites every member: slices constants along their declared axes (honouring index maps),
+//! lets each op rewrite its own attributes and shape constants ([`crate::ops::Op::rewrite_channels`]),
+//! updates declared value shapes, then re-infers shapes and checks that every tracked tensor
+//! has exactly the kept number of channels, and verifies the graph.
+//!
+//! It does not choose what to remove (criteria and budgets do), does not run the model (the
+//! equivalence oracle does), and refuses to remove channels of blocked groups or to empty a
+//! group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::analysis::channels::ChannelGroups;
+use crate::analysis::{infer_shapes, Shapes};
+use crate::error::{Error, Result};
+use crate::ir::{verify, Dim, Model, NodeId, Tensor, ValueId};
+use crate::ops::channel::{Link, Map, Port, RewriteCx, Slot};
+use crate::ops::{self};
+use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
+use crate::onnx::proto::type_proto;
+
+use super::eliminate_dead_code::eliminate_dead_code;
+
+/// Removes the given classes (indices into the analysis' classes). Returns whether anything
+/// changed. `groups` and `shapes` must have been computed on `model` as it is now.
+pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shapes, classes: &[usize]) -> Result<bool> {
+    let n_classes = groups.class_atoms.len();
+    let mut removed = vec![false; n_classes];
+    for &c in classes {
+        let Some(r) = removed.get_mut(c) else {
+            return Err(Error::Usage(format!("channel class {c} does not exist ({n_classes} classes)")));
+        };
+        *r = true;
+    }
+    for grp in &groups.groups {
+        let n_removed = grp.classes.iter().filter(|c| removed[**c]).count();
+        if n_removed == 0 {
+            continue;
+        }
+        if !grp.blocked.is_empty() {
+            return Err(Error::Usage(format!("group {} is blocked ({}); its channels cannot be removed", grp.id, grp.blocked[0])));
+        }
+        if n_removed == grp.classes.len() {
+            return Err(Error::Usage(format!("removing every channel of group {} would empty a layer", grp.id)));
+        }
+    }
+    if !removed.iter().any(|r| *r) {
+        return Ok(false);
+    }
+    let g = &model.graph;
+    let opset = model.opset();
+    // Keep-masks of every slot that loses channels.
+    let mut masks: HashMap<(ValueId, usize), Vec<bool>> = HashMap::new();
+    for (&key, _) in &groups.slots {
+        if let Some(m) = groups.keep_mask(key, &removed) {
+            if m.iter().any(|k| !k) {
+                masks.insert(key, m);
+            }
+        }
+    }
+    let slot_key = |n: NodeId, s: Slot| -> Option<(ValueId, usize)> {
+        let node = g.node(n);
+        let v = match s.port {
+            Port::In(p) => node.input(p)?,
+            Port::Out(p) => node.output(p)?,
+        };
+        Some((v, s.axis))
+    };
+
+    struct Edit {
+        slices: BTreeMap<usize, Vec<(usize, Vec<usize>)>>,
+        rewrite: crate::ops::channel::Rewrite,
+    }
+    let mut edits: BTreeMap<NodeId, Edit> = BTreeMap::new();
+    for (&n, links) in &groups.links {
+        let node = g.node(n);
+        let mut kept: Vec<(Slot, Vec<bool>)> = Vec::new();
+        for (p, v) in node.inputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for ((mv, a), m) in &masks {
+                if mv == v {
+                    kept.push((Slot::input(p, *a), m.clone()));
+                }
+            }
+        }
+        for (p, v) in node.outputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for ((mv, a), m) in &masks {
+                if mv == v {
+                    kept.push((Slot::output(p, *a), m.clone()));
+                }
+            }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        kept.sort_by_key(|(s, _)| *s);
+        let mut edit = Edit { slices: BTreeMap::new(), rewrite: Default::default() };
+        for l in links {
+            let Link::Member { input, axis, slot, map } = l else { continue };
+            let Some(mask) = slot_key(n, *slot).and_then(|k| masks.get(&k)) else { continue };
+            let Some(t) = node.input(*input).and_then(|v| g.init(v)) else {
+                return Err(Error::node(&node.name, &node.op_type, format!("input {input} must be a constant to remove channels")));
+            };
+            let len = t.shape().get(*axis).copied().unwrap_or(0);
+            let mut keep = vec![None::<bool>; len];
+            for (p, &k) in mask.iter().enumerate() {
+                let idx = match map {
+                    Map::Identity => Some(p),
+                    Map::Index(m) => m.get(p).copied().flatten(),
+                };
+                let Some(i) = idx.filter(|i| *i < len) else {
+                    return Err(Error::node(&node.name, &node.op_type, format!("channel map of input {input} is out of range")));
+                };
+                match keep[i] {
+                    Some(prev) if prev != k => {
+                        return Err(Error::node(&node.name, &node.op_type, format!(
+                            "input {input} axis {axis}: coupled channels are not removed together"
+                        )))
+                    }
+                    _ => keep[i] = Some(k),
+                }
+            }
+            let indices: Vec<usize> = (0..len).filter(|i| keep[*i] != Some(false)).collect();
+            if indices.len() < len {
+                edit.slices.entry(*input).or_default().push((*axis, indices));
+            }
+        }
+        if let Some(op) = ops::lookup(&node.domain, &node.op_type) {
+            let ins = shapes.inputs_of(g, n);
+            let outs = shapes.outputs_of(g, n);
+            edit.rewrite = op.rewrite_channels(&RewriteCx { node, inputs: &ins, outputs: &outs, kept: &kept, opset })?;
+        }
+        edits.insert(n, edit);
+    }
+
+    // Apply.
+    let g = &mut model.graph;
+    for (n, edit) in edits {
+        for (port, slices) in edit.slices {
+            let Some(v) = g.node(n).input(port) else { continue };
+            let Some(mut t) = g.init(v).cloned() else { continue };
+            for (axis, idx) in slices {
+                t = t.select(axis, &idx).map_err(|e| {
+                    let node = g.node(n);
+                    Error::node(&node.name, &node.op_type, format!("slicing input {port}: {e}"))
+                })?;
+            }
+            replace_const_input(g, n, port, t);
+        }
+        for (port, t) in edit.rewrite.inputs {
+            if port >= g.node(n).inputs.len() {
+                let name = format!("{}_arg{port}", g.node(n).name);
+                let c = g.add_initializer(&name, t);
+                while g.node(n).inputs.len() < port {
+                    g.push_input(n, None);
+                }
+                g.push_input(n, Some(c));
+            } else {
+                replace_const_input(g, n, port, t);
+            }
+        }
+        let node = g.node_mut(n);
+        for name in &edit.rewrite.remove_attrs {
+            node.remove_attr(name);
+        }
+        for a in edit.rewrite.attrs {
+            node.set_attr(a);
+        }
+    }
+    // Declared shapes of tensors that lost channels.
+    for (&(v, axis), m) in &masks {
+        let kept = m.iter().filter(|k| **k).count() as i64;
+        let Some(decl) = g.decl_mut(v) else { continue };
+        if let Some(type_proto::Value::TensorType(tt)) = decl.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            if let Some(d) = tt.shape.as_mut().and_then(|s| s.dim.get_mut(axis)) {
+                if matches!(d.value, Some(DimValue::DimValue(_))) {
+                    d.value = Some(DimValue::DimValue(kept));
+                }
+            }
+        }
+    }
+    let expected: Vec<(String, usize, usize)> = masks
+        .iter()
+        .map(|(&(v, axis), m)| (g.value(v).name.clone(), axis, m.iter().filter(|k| **k).count()))
+        .collect();
+    eliminate_dead_code(model)?;
+    verify(&model.graph)?;
+    check_widths(model, &expected)?;
+    Ok(true)
+}
+
+/// Replaces constant input `port` of node `n` by `t`: in place when nothing else reads the
+/// constant, else as a new initializer.
+fn replace_const_input(g: &mut crate::ir::Graph, n: NodeId, port: usize, t: Tensor) {
+    let Some(v) = g.node(n).input(port) else { return };
+    let sole = g.value(v).uses.iter().all(|(u, _)| *u == n) && !g.outputs.contains(&v) && g.init(v).is_some();
+    if sole && !g.inputs.contains(&v) {
+        g.set_init(v, t);
+    } else {
+        let name = g.value(v).name.clone();
+        let c = g.add_initializer(&name, t);
+        g.set_input(n, port, Some(c));
+    }
+}
+
+/// After removal, every tracked tensor that still exists must have exactly its kept width.
+fn check_widths(model: &Model, expected: &[(String, usize, usize)]) -> Result<()> {
+    let shapes = infer_shapes(model)?;
+    let g = &model.graph;
+    for (name, axis, want) in expected {
+        let (axis, want) = (*axis, *want);
+        let Some(v) = g.value_by_name(name) else { continue }; // removed as dead
+        let Some(d) = shapes.get(v).and_then(|f| f.shape.as_ref()).and_then(|s| s.get(axis)) else { continue };
+        if let Dim::Known(got) = d {
+            if *got != want {
+                let by = g.value(v).producer.map(|(p, _)| {
+                    let n = g.node(p);
+                    format!("node '{}' ({})", n.name, n.op_type)
+                });
+                return Err(Error::Graph(format!(
+                    "after channel removal '{name}' has {got} channels on axis {axis}, expected {want} (computed by {})",
+                    by.unwrap_or_else(|| "an input".into())
+                )));
+            }
+        }
+    }
+    Ok(())
+}
