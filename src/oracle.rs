@@ -11,14 +11,21 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::analysis::channels::ChannelGroups;
+use crate::analysis::constant_channels::channel_constants;
+use crate::analysis::infer_shapes;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Fact, Model, Tensor};
 use crate::onnx::SaveOptions;
-use crate::ops::channel::{Link, Map, Port};
+use crate::ops;
+use crate::ops::channel::{CompensateCx, Link, Map, Port};
 use crate::runtime::{self, BackendKind};
 
-/// The original with the consumers' input slices of the removed classes set to zero.
+/// The original with the consumers' input slices of the removed classes set to zero — except
+/// constant channels that the removal compensates exactly (their contribution stays, as in the
+/// pruned model).
 pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize]) -> Result<Model> {
+    let constants = channel_constants(model, groups);
+    let shapes = infer_shapes(model)?;
     let mut removed = vec![false; groups.class_atoms.len()];
     for &c in classes {
         if let Some(r) = removed.get_mut(c) {
@@ -33,15 +40,67 @@ pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize])
             let Link::Consume { from } = l else { continue };
             let Port::In(p) = from.port else { continue };
             let Some(v) = node.input(p) else { continue };
-            let Some(mask) = groups.keep_mask((v, from.axis), &removed) else { continue };
+            let Some(mut mask) = groups.keep_mask((v, from.axis), &removed) else {
+                continue;
+            };
+            // Positions the removal compensates keep their (constant) contribution.
+            let consts: Vec<(usize, f64)> = mask
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !**k)
+                .filter_map(|(p, _)| {
+                    constants
+                        .get((v, from.axis), p)
+                        .filter(|c| *c != 0.0)
+                        .map(|c| (p, c))
+                })
+                .collect();
+            if !consts.is_empty() {
+                if let Some(op) = ops::lookup(&node.domain, &node.op_type) {
+                    let ins = shapes.inputs_of(g, n);
+                    let outs = shapes.outputs_of(g, n);
+                    let tensors: Vec<Option<&Tensor>> = node
+                        .inputs
+                        .iter()
+                        .map(|v| v.and_then(|v| g.init(v)))
+                        .collect();
+                    let cx = CompensateCx {
+                        node,
+                        inputs: &ins,
+                        outputs: &outs,
+                        slot: *from,
+                        constants: &consts,
+                        consts: &tensors,
+                    };
+                    if op.channel_compensation(&cx)?.is_some() {
+                        for (p, _) in &consts {
+                            mask[*p] = true;
+                        }
+                    }
+                }
+            }
             for m in links {
-                let Link::Member { input, axis, slot, map } = m else { continue };
+                let Link::Member {
+                    input,
+                    axis,
+                    slot,
+                    map,
+                } = m
+                else {
+                    continue;
+                };
                 if slot != from {
                     continue;
                 }
-                let Some(w) = node.input(*input) else { continue };
+                let Some(w) = node.input(*input) else {
+                    continue;
+                };
                 let Some(t) = out.graph.init(w).cloned() else {
-                    return Err(Error::node(&node.name, &node.op_type, format!("input {input} is not a constant")));
+                    return Err(Error::node(
+                        &node.name,
+                        &node.op_type,
+                        format!("input {input} is not a constant"),
+                    ));
                 };
                 let zero: Vec<usize> = mask
                     .iter()
@@ -83,9 +142,17 @@ pub fn random_inputs(model: &Model, seed: u64) -> Result<Vec<(String, Tensor)>> 
             continue;
         }
         let val = g.value(v);
-        let fact = val.decl.as_ref().and_then(|d| d.r#type.as_ref()).map(Fact::from_type).unwrap_or_default();
+        let fact = val
+            .decl
+            .as_ref()
+            .and_then(|d| d.r#type.as_ref())
+            .map(Fact::from_type)
+            .unwrap_or_default();
         let (Some(dtype), Some(shape)) = (fact.dtype, fact.shape) else {
-            return Err(Error::Usage(format!("input '{}' has no declared type and shape", val.name)));
+            return Err(Error::Usage(format!(
+                "input '{}' has no declared type and shape",
+                val.name
+            )));
         };
         let dims: Vec<usize> = shape
             .iter()
@@ -95,9 +162,15 @@ pub fn random_inputs(model: &Model, seed: u64) -> Result<Vec<(String, Tensor)>> 
             })
             .collect();
         let n: usize = dims.iter().product();
-        let values: Vec<f64> = if dtype.is_float() { (0..n).map(|_| next()).collect() } else { vec![0.0; n] };
+        let values: Vec<f64> = if dtype.is_float() {
+            (0..n).map(|_| next()).collect()
+        } else {
+            vec![0.0; n]
+        };
         let t = match dtype {
-            DType::F32 => Tensor::from_f32(dims, &values.iter().map(|v| *v as f32).collect::<Vec<_>>()),
+            DType::F32 => {
+                Tensor::from_f32(dims, &values.iter().map(|v| *v as f32).collect::<Vec<_>>())
+            }
             d => Tensor::from_f64_as(d, dims, &values)?,
         };
         out.push((val.name.clone(), t));
@@ -116,7 +189,13 @@ pub struct Comparison {
 
 /// Runs `a` and `b` on `samples` seeded random inputs under each runtime and returns the largest
 /// relative error `max|a-b| / max|a|` over outputs.
-pub fn compare(a: &Model, b: &Model, backends: &[BackendKind], samples: usize, seed: u64) -> Result<Comparison> {
+pub fn compare(
+    a: &Model,
+    b: &Model,
+    backends: &[BackendKind],
+    samples: usize,
+    seed: u64,
+) -> Result<Comparison> {
     let dir = TempDir::new()?;
     let pa = dir.0.join("a.onnx");
     let pb = dir.0.join("b.onnx");
@@ -139,19 +218,36 @@ pub fn compare(a: &Model, b: &Model, backends: &[BackendKind], samples: usize, s
         worst = worst.max(err);
         errors.push((sa.backend().to_string(), err));
     }
-    Ok(Comparison { errors, max_rel_error: worst })
+    Ok(Comparison {
+        errors,
+        max_rel_error: worst,
+    })
 }
 
 /// `max|a-b| / max(max|a|, 1e-6)`; infinite when shapes differ.
 pub fn rel_error(name: &str, a: &Tensor, b: &Tensor) -> Result<f64> {
     if a.shape() != b.shape() {
-        return Err(Error::Graph(format!("output '{name}' has shape {:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::Graph(format!(
+            "output '{name}' has shape {:?} vs {:?}",
+            a.shape(),
+            b.shape()
+        )));
     }
     let (Some(x), Some(y)) = (a.to_f64_vec(), b.to_f64_vec()) else {
-        return Ok(if a.raw() == b.raw() { 0.0 } else { f64::INFINITY });
+        return Ok(if a.raw() == b.raw() {
+            0.0
+        } else {
+            f64::INFINITY
+        });
     };
     let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| if p.is_nan() != q.is_nan() { f64::INFINITY } else { m.max((p - q).abs()) });
+    let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| {
+        if p.is_nan() != q.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max((p - q).abs())
+        }
+    });
     Ok(diff / scale)
 }
 
@@ -170,7 +266,11 @@ impl TempDir {
     fn new() -> Result<TempDir> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!("lopper-oracle-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "lopper-oracle-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         Ok(TempDir(p))
     }
@@ -181,4 +281,3 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
-

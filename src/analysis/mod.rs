@@ -1,7 +1,9 @@
 //! Analyses: read the IR, return side tables indexed by id, never mutate the graph.
 
 pub mod channels;
+pub mod constant_channels;
 pub mod cost;
+pub mod importance;
 pub mod shapes;
 
 pub use channels::{channel_groups, ChannelGroups};

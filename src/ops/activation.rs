@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::ir::{Fact, Node, Tensor};
 
-use super::channel::{elementwise, Link, LinkCx};
+use super::channel::{elementwise, ConstCx, Link, LinkCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// An element-wise unary op, with an optional f64 evaluator for folding.
@@ -42,6 +42,10 @@ impl Op for Unary {
         elementwise(cx)
     }
 
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        Some((self.f?)(cx.inputs.first().copied().flatten()?))
+    }
+
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         let n = outputs
             .first()
@@ -76,7 +80,8 @@ unary!(PRELU, "PRelu");
 unary!(CLIP, "Clip");
 unary!(SIGMOID, "Sigmoid", |x| 1.0 / (1.0 + (-x).exp()));
 unary!(HARD_SIGMOID, "HardSigmoid");
-unary!(HARD_SWISH, "HardSwish");
+unary!(HARD_SWISH, "HardSwish", |x| x * (x + 3.0).clamp(0.0, 6.0)
+    / 6.0);
 unary!(TANH, "Tanh", f64::tanh);
 unary!(GELU, "Gelu");
 unary!(ELU, "Elu");

@@ -13,7 +13,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
-use super::channel::{Link, LinkCx, Map, Slot};
+use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// The channel count of X (`X[1]`), preferring a known parameter length when X's is not known.
@@ -104,6 +104,17 @@ impl Op for BatchNorm {
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         // scale, B, mean, var.
         norm_links(cx, 4)
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        // y = (x - mean) / sqrt(var + eps) · scale + B: constant when scale = 0 or x is constant.
+        let at = |p: usize| cx.inputs.get(p).copied().flatten();
+        let (scale, b) = (at(1)?, at(2)?);
+        if scale == 0.0 {
+            return Some(b);
+        }
+        let eps = cx.node.attr_f("epsilon").unwrap_or(1e-5) as f64;
+        Some((at(0)? - at(3)?) / (at(4)? + eps).sqrt() * scale + b)
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

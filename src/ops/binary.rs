@@ -10,7 +10,7 @@
 use crate::error::Result;
 use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor};
 
-use super::channel::{elementwise, Link, LinkCx};
+use super::channel::{elementwise, ConstCx, Link, LinkCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// What the op computes, for folding.
@@ -170,6 +170,16 @@ impl Op for Binary {
                     },
                 )
             }
+        }
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        let vals: Vec<f64> = cx.inputs.iter().copied().collect::<Option<_>>()?;
+        let first = *vals.first()?;
+        match self.kind {
+            Kind::Arith(_, ff) => Some(vals[1..].iter().fold(first, |acc, &b| ff(acc, b))),
+            Kind::Mean => Some(vals.iter().sum::<f64>() / vals.len() as f64),
+            _ => None,
         }
     }
 

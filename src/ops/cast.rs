@@ -5,10 +5,12 @@
 //! sub-byte targets or sources (a same-type cast still passes any tensor through), and the
 //! opset-19 `saturate` attribute (only meaningful for float8). An integer shape vector tracked
 //! element by element (`Fact::sym`) keeps its elements through a cast to another integer type.
+//! Channels pass through every axis.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
 
+use super::channel::{pass_all, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Cast` op.
@@ -95,6 +97,14 @@ impl Op for Cast {
         let t = inputs.first().copied().flatten()?;
         let to = DType::from_onnx(i32::try_from(node.attr_i("to")?).ok()?)?;
         cast(t, to).map(|r| r.map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        pass_all(cx)
     }
 }
 

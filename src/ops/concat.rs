@@ -5,10 +5,15 @@
 //! are tolerated when another input gives the rank. Folding works on raw bytes for any
 //! byte-addressable type (not strings or sub-byte types). 1-D shape vectors, constant or
 //! tracked element by element (`Fact::sym`), concatenate element-wise, symbols kept.
+//!
+//! Channels: the output's `axis` assembles the inputs' channels in order (an input whose
+//! channels are not tracked contributes fixed ones); any other tracked axis passes from every
+//! input (they are the same channels, so the analysis unites them).
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{pass, Link, LinkCx, Slot};
 use super::{util, Cx, Op};
 
 /// The `Concat` op.
@@ -155,6 +160,48 @@ impl Op for Concat {
             }
         }
         Some(Tensor::from_raw(first.dtype(), shape, out.into()).map(|t| vec![t]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let rank = (0..cx.node.inputs.len()).find_map(|p| cx.in_rank(p));
+        let Some(axis) = axis_attr(cx.node, cx.opset)
+            .zip(rank)
+            .and_then(|(a, r)| resolve(a, r))
+        else {
+            return cx.block_all("concat axis unknown");
+        };
+        let mut links: Vec<Link> = cx
+            .tracked
+            .iter()
+            .filter(|t| t.1 != axis)
+            .map(|&(p, a, _)| pass(p, a, 0, a))
+            .collect();
+        if cx.tracked.iter().any(|t| t.1 == axis) {
+            match Concat::assemble(cx, axis) {
+                Some(l) => links.push(l),
+                None => {
+                    return cx.block_all("concat of an input with an unknown length");
+                }
+            }
+        }
+        links
+    }
+}
+
+impl Concat {
+    /// The output's channels along the concatenation axis.
+    fn assemble(cx: &LinkCx, axis: usize) -> Option<Link> {
+        let mut parts = Vec::with_capacity(cx.node.inputs.len());
+        for p in 0..cx.node.inputs.len() {
+            match cx.tracked.iter().find(|t| t.0 == p && t.1 == axis) {
+                Some(&(_, _, len)) => parts.push((Some(Slot::input(p, axis)), len)),
+                None => parts.push((None, cx.in_shape(p)?.get(axis)?.known()?)),
+            }
+        }
+        Some(Link::Assemble {
+            to: Slot::output(0, axis),
+            parts,
+        })
     }
 }
 

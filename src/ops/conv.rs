@@ -9,10 +9,13 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
-use super::channel::{Link, LinkCx, Map, Rewrite, RewriteCx, Slot};
+use super::channel::{
+    CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
+};
 use super::util::Window;
 use super::{numel_or_one, Cost, Cx, Op};
 use crate::ir::graph::attr_int;
+use crate::ir::Tensor;
 
 /// `Conv`.
 pub struct Conv;
@@ -163,6 +166,109 @@ impl Op for Conv {
             }
         }
         Ok(rw)
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        // An all-zero filter outputs its bias everywhere (zero padding contributes nothing).
+        if cx.zero.get(1).copied().unwrap_or(false) {
+            return if cx.node.input(2).is_some() {
+                cx.inputs.get(2).copied().flatten()
+            } else {
+                Some(0.0)
+            };
+        }
+        None
+    }
+
+    fn channel_compensation(&self, cx: &CompensateCx) -> Result<Option<Compensation>> {
+        // Removed input channel k with constant value c contributes, at output (o, y, x),
+        // c · Σ W[o, k, kh, kw] over the taps that fall inside the input (zero padding).
+        let err =
+            |m: &str| crate::error::Error::node(&cx.node.name, &cx.node.op_type, m.to_string());
+        // Only the spatial sizes matter (the batch may be symbolic).
+        let spatial = |f: Option<&Fact>| -> Option<Vec<usize>> {
+            let s = f?.shape.as_ref()?;
+            let mut v = vec![0, 0];
+            for d in s.get(2..)? {
+                v.push(d.known()?);
+            }
+            Some(v)
+        };
+        let (Some(w), Some(x), Some(y)) = (
+            cx.consts.get(1).copied().flatten(),
+            spatial(cx.inputs.first().copied().flatten()),
+            spatial(cx.outputs.first().copied().flatten()),
+        ) else {
+            return Ok(None);
+        };
+        if x.len() != 4 || w.shape().len() != 4 || cx.slot != Slot::input(0, 1) {
+            return Ok(None);
+        }
+        let wv = w.to_f64_vec().ok_or_else(|| err("weight is not numeric"))?;
+        let (m, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+        let group = cx.node.attr_i("group").unwrap_or(1).max(1) as usize;
+        let (h, wd, ho, wo) = (x[2], x[3], y[2], y[3]);
+        let get = |name: &str, n: usize, d: i64| -> Vec<i64> {
+            cx.node
+                .attr_ints(name)
+                .map(|v| v.to_vec())
+                .filter(|v| v.len() == n)
+                .unwrap_or(vec![d; n])
+        };
+        let (s, dl) = (get("strides", 2, 1), get("dilations", 2, 1));
+        let mut pads = get("pads", 4, 0);
+        let auto = cx.node.attr_s("auto_pad").unwrap_or_default();
+        if auto.starts_with("SAME") {
+            for (i, (inp, out, k)) in [(h, ho, kh), (wd, wo, kw)].into_iter().enumerate() {
+                let total =
+                    ((out as i64 - 1) * s[i] + (k as i64 - 1) * dl[i] + 1 - inp as i64).max(0);
+                pads[i] = if auto == "SAME_UPPER" {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
+            }
+        }
+        let per_group = m / group;
+        let mut map = vec![0f64; m * ho * wo];
+        for &(ch, c) in cx.constants {
+            let (gi, k) = (ch / cg, ch % cg);
+            for o in gi * per_group..(gi + 1) * per_group {
+                for yy in 0..ho {
+                    for xx in 0..wo {
+                        let mut acc = 0f64;
+                        for a in 0..kh {
+                            let iy = yy as i64 * s[0] - pads[0] + a as i64 * dl[0];
+                            if iy < 0 || iy >= h as i64 {
+                                continue;
+                            }
+                            for b in 0..kw {
+                                let ix = xx as i64 * s[1] - pads[1] + b as i64 * dl[1];
+                                if ix < 0 || ix >= wd as i64 {
+                                    continue;
+                                }
+                                acc += wv[((o * cg + k) * kh + a) * kw + b];
+                            }
+                        }
+                        map[(o * ho + yy) * wo + xx] += c * acc;
+                    }
+                }
+            }
+        }
+        let uniform = (0..m).all(|o| {
+            let row = &map[o * ho * wo..(o + 1) * ho * wo];
+            row.iter()
+                .all(|v| (v - row[0]).abs() <= 1e-12 * row[0].abs().max(1.0))
+        });
+        Ok(Some(if uniform {
+            let bias: Vec<f64> = (0..m).map(|o| map[o * ho * wo]).collect();
+            Compensation::AddToInput {
+                port: 2,
+                tensor: Tensor::from_f64_as(w.dtype(), vec![m], &bias)?,
+            }
+        } else {
+            Compensation::AddToOutput(Tensor::from_f64_as(w.dtype(), vec![m, ho, wo], &map)?)
+        }))
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -2,10 +2,13 @@
 //! `[-r, r]`). A side that is a single dim keeps it as is (so `[N,C,H,W]` with axis 1 gives
 //! `[N, C·H·W]`); a product involving a symbolic or unknown dim is `Unknown`. With unknown
 //! input rank the output is still 2-D with unknown dims. Folding is a reshape (any type).
+//! Channels: as any reshape ([`reshape_links`]): `[N, C, H, W]` → `[N, C·H·W]` carries channel
+//! `c` at positions `c·H·W..(c+1)·H·W`.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{reshape_links, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Flatten` op.
@@ -54,6 +57,14 @@ impl Op for Flatten {
         };
         let shape = vec![s[..k].iter().product(), s[k..].iter().product()];
         Some(t.reshaped(shape).map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
     }
 }
 

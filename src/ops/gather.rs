@@ -5,10 +5,14 @@
 //! `Shape→Gather` step of shape arithmetic); not `GatherElements`/`GatherND`, nor strings or
 //! sub-byte types. On a 1-D shape vector tracked element by element (`Fact::sym`, a symbolic
 //! batch) constant scalar or 1-D indices pick the elements, symbols kept.
+//!
+//! Channels: axes of `data` other than `axis` pass (those after it shift by the indices' rank
+//! minus one); a channel slot on `axis`, or on the indices, blocks.
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Node, Tensor};
 
+use super::channel::{block, pass, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Gather` op.
@@ -121,6 +125,26 @@ impl Op for Gather {
             }
         }
         Some(Tensor::from_raw(data.dtype(), shape, out.into()).map(|t| vec![t]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let axis = cx.node.attr_i("axis").unwrap_or(0);
+        let (Some(ax), Some(irank)) = (
+            cx.in_rank(0)
+                .and_then(|r| super::channel::resolve_axis(axis, r)),
+            cx.in_rank(1),
+        ) else {
+            return cx.block_all("gather axis or indices rank unknown");
+        };
+        cx.tracked
+            .iter()
+            .map(|&(p, a, _)| match (p, a) {
+                (0, a) if a < ax => pass(0, a, 0, a),
+                (0, a) if a > ax => pass(0, a, 0, a + irank - 1),
+                (0, _) => block(0, a, "gather along the channel axis"),
+                _ => block(p, a, "channels on the gather indices"),
+            })
+            .collect()
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
-use super::channel::{Link, LinkCx, Map, Slot};
+use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// `Gemm`.
@@ -132,6 +132,60 @@ impl Op for Gemm {
             }
         }
         links
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        if cx.zero.get(1).copied().unwrap_or(false) {
+            let beta = cx.node.attr_f("beta").unwrap_or(1.0) as f64;
+            return if cx.node.input(2).is_some() {
+                cx.inputs.get(2).copied().flatten().map(|c| beta * c)
+            } else {
+                Some(0.0)
+            };
+        }
+        None
+    }
+
+    fn channel_compensation(&self, cx: &CompensateCx) -> Result<Option<Compensation>> {
+        // Removed input feature k with constant c adds alpha·c·B'[k, :] to every row.
+        let Some(b) = cx.consts.get(1).copied().flatten() else {
+            return Ok(None);
+        };
+        let (Some(bv), true) = (b.to_f64_vec(), b.shape().len() == 2) else {
+            return Ok(None);
+        };
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let alpha = cx.node.attr_f("alpha").unwrap_or(1.0) as f64;
+        let (rows, cols) = (b.shape()[0], b.shape()[1]);
+        let n = if trans_b { rows } else { cols };
+        let mut bias = vec![0f64; n];
+        for &(k, c) in cx.constants {
+            for (j, slot) in bias.iter_mut().enumerate() {
+                let w = if trans_b {
+                    bv[j * cols + k]
+                } else {
+                    bv[k * cols + j]
+                };
+                *slot += alpha * c * w;
+            }
+        }
+        // Added to C, which Gemm scales by beta.
+        let beta = cx.node.attr_f("beta").unwrap_or(1.0) as f64;
+        if beta == 0.0
+            || cx
+                .consts
+                .get(2)
+                .copied()
+                .flatten()
+                .is_some_and(|c| c.len() != n)
+        {
+            return Ok(None);
+        }
+        let bias: Vec<f64> = bias.iter().map(|v| v / beta).collect();
+        Ok(Some(Compensation::AddToInput {
+            port: 2,
+            tensor: crate::ir::Tensor::from_f64_as(b.dtype(), vec![n], &bias)?,
+        }))
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

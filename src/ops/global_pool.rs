@@ -2,10 +2,12 @@
 //! (same rank, every spatial dim 1), same type.
 //!
 //! Cost: one FLOP per input element. Not handled: `GlobalLpPool` (another op type) and folding.
+//! Channels: the batch and channel axes pass; a channel slot on a pooled axis blocks.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::channel::{pass_axes, ConstCx, Link, LinkCx};
 use super::{util, Cost, Cx, Op};
 
 /// A global pooling op.
@@ -41,6 +43,14 @@ impl Op for GlobalPool {
             shape,
             ..Default::default()
         }]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        pass_axes(cx, |a| a < 2, "pooling over a tracked axis")
     }
 
     fn cost(&self, cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {

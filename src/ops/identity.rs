@@ -1,10 +1,13 @@
 //! `Identity` and `Dropout` (inference: output 0 = input 0; the optional mask has the input's
 //! shape and type bool). Folding passes the constant through; a shape vector tracked element
 //! by element (`Fact::sym`) passes through too.
+//!
+//! Channels: every axis passes through, to Dropout's mask output too.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
 
+use super::channel::{pass, pass_all, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// `Identity`.
@@ -31,6 +34,14 @@ impl Op for Identity {
     ) -> Option<Result<Vec<Tensor>>> {
         Some(Ok(vec![inputs.first().copied().flatten()?.clone()]))
     }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        pass_all(cx)
+    }
 }
 
 /// `Dropout` (inference mode).
@@ -55,5 +66,17 @@ impl Op for Dropout {
             ..Default::default()
         };
         Ok(Some(vec![y, mask]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let mut links = pass_all(cx);
+        if cx.node.output(1).is_some() {
+            links.extend(cx.tracked_axes(0).map(|(a, _)| pass(0, a, 1, a)));
+        }
+        links
     }
 }

@@ -5,10 +5,14 @@
 //!
 //! Cost: ~5 FLOPs per element (mean, variance, normalise, scale, shift). Not handled: folding
 //! and the contrib/`SimplifiedLayerNormalization` variants (other domains or op types).
+//!
+//! Channels: axes before `axis` pass (to the statistics outputs too); a channel slot on a
+//! normalised axis blocks.
 
 use crate::error::Result;
 use crate::ir::{DType, Dim, Fact};
 
+use super::channel::{block, pass, resolve_axis, Link, LinkCx};
 use super::{util, Cost, Cx, Op};
 
 /// `LayerNormalization`.
@@ -71,6 +75,26 @@ impl Op for LayerNorm {
             });
         }
         Ok(Some(out))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let axis = cx.node.attr_i("axis").unwrap_or(-1);
+        let Some(axis) = cx.in_rank(0).and_then(|r| resolve_axis(axis, r)) else {
+            return cx.block_all("normalisation axis unknown");
+        };
+        let mut links = Vec::new();
+        for &(p, a, _) in cx.tracked {
+            if p != 0 || a >= axis {
+                links.push(block(p, a, "normalisation over the channel axis"));
+                continue;
+            }
+            for out in 0..cx.node.outputs.len() {
+                if cx.node.output(out).is_some() {
+                    links.push(pass(0, a, out, a));
+                }
+            }
+        }
+        links
     }
 
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -8,7 +8,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
-use super::channel::{Link, LinkCx, Map, Slot};
+use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::{util, Cost, Cx, Op};
 
 /// `MatMul`.
@@ -112,6 +112,30 @@ impl Op for MatMul {
             }
         }
         links
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.zero.get(1).copied().unwrap_or(false).then_some(0.0)
+    }
+
+    fn channel_compensation(&self, cx: &CompensateCx) -> Result<Option<Compensation>> {
+        // Removed input feature k with constant c adds c·W[k, :].
+        let Some(w) = cx.consts.get(1).copied().flatten() else {
+            return Ok(None);
+        };
+        let (Some(wv), true) = (w.to_f64_vec(), w.shape().len() == 2) else {
+            return Ok(None);
+        };
+        let n = w.shape()[1];
+        let mut bias = vec![0f64; n];
+        for &(k, c) in cx.constants {
+            for (j, slot) in bias.iter_mut().enumerate() {
+                *slot += c * wv[k * n + j];
+            }
+        }
+        Ok(Some(Compensation::AddToOutput(
+            crate::ir::Tensor::from_f64_as(w.dtype(), vec![n], &bias)?,
+        )))
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

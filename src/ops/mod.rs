@@ -150,6 +150,21 @@ pub trait Op: Sync {
         cx.block_all(&format!("{} has no channel rule", self.op_type()))
     }
 
+    /// The constant value of one output channel given what is constant at the inputs (see
+    /// [`channel::ConstCx`]), or `None` when the channel is not provably constant. Default: `None`.
+    fn channel_constant(&self, _cx: &channel::ConstCx) -> Option<f64> {
+        None
+    }
+
+    /// For a consumer: the exact contribution of removed constant channels, to be added to its
+    /// output. Default: `None` (the op cannot compensate; such channels are not removed as dead).
+    fn channel_compensation(
+        &self,
+        _cx: &channel::CompensateCx,
+    ) -> Result<Option<channel::Compensation>> {
+        Ok(None)
+    }
+
     /// Rewrites attributes and constant inputs (reshape targets, split sizes, ...) after
     /// channels were removed. Default: nothing to change.
     fn rewrite_channels(&self, _cx: &channel::RewriteCx) -> Result<channel::Rewrite> {

@@ -9,10 +9,19 @@
 //! Folding: `constant` mode only, on a constant numeric input (value from the `value` attribute
 //! or the `constant_value` input, default 0), up to 16 Mi output elements. Not folded:
 //! `reflect`, `edge` and `wrap` modes. Cost: none (data movement).
+//!
+//! Channels: an unpadded axis passes. A channel axis padded by constant pads `b` and `e` in
+//! `constant` mode passes with `b` and `e` fresh constant channels around it (removable, as
+//! ResNet's option-A shortcut needs); afterwards the pads count the kept fresh channels.
+//! Negative pads, other modes or non-constant pads on a channel axis block.
 
 use crate::error::{Error, Result};
+use crate::ir::graph::attr_ints;
 use crate::ir::{DType, Dim, Fact, Node, Tensor};
 
+use super::channel::{
+    block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
+};
 use super::{util, Cx, Op};
 
 /// Largest folded result, in elements.
@@ -106,6 +115,35 @@ fn pad_values<T: Copy>(
         }
     }
     out
+}
+
+/// The flat pads, where they come from, and the axes they apply to, when all are constant.
+struct Pads {
+    /// `[b1.., e1..]` over `axes`.
+    pads: Vec<i64>,
+    /// The attribute holding them (`None`: input 1).
+    attr: Option<&'static str>,
+    /// Padded axes (raw, possibly negative).
+    axes: Vec<i64>,
+}
+
+impl Pads {
+    /// Reads the pads of `node` given constant inputs `ints(port)`.
+    fn read(node: &Node, rank: usize, ints: impl Fn(usize) -> Option<Vec<i64>>) -> Option<Pads> {
+        let (pads, attr) = if node.input(1).is_some() {
+            (ints(1)?, None)
+        } else if let Some(p) = node.attr_ints("pads") {
+            (p.to_vec(), Some("pads"))
+        } else {
+            (node.attr_ints("paddings")?.to_vec(), Some("paddings"))
+        };
+        let axes = if node.input(3).is_some() {
+            ints(3)?
+        } else {
+            (0..rank as i64).collect()
+        };
+        Some(Pads { pads, attr, axes })
+    }
 }
 
 impl Op for Pad {
@@ -232,6 +270,101 @@ impl Op for Pad {
         }
         let out: Vec<f64> = out.into_iter().map(|v| v as f64).collect();
         Some(Tensor::from_f64_as(dtype, outs, &out).map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        // Fresh channels hold the pad value (constant mode); others keep their constant.
+        if !cx.fresh {
+            return cx.inputs.first().copied().flatten();
+        }
+        if cx.node.attr_s("mode").is_some_and(|m| m != "constant") {
+            return None;
+        }
+        match cx.node.attr_f("value") {
+            Some(v) => Some(v as f64),
+            None if cx.node.input(2).is_some() => cx.inputs.get(2).copied().flatten(),
+            None => Some(0.0),
+        }
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let Some(rank) = cx.in_rank(0) else {
+            return cx.block_all("input rank unknown");
+        };
+        let be = Pads::read(cx.node, rank, |p| cx.ints(p))
+            .and_then(|p| per_axis(&p.pads, &p.axes, rank).ok());
+        let constant = cx.node.attr_s("mode").is_none_or(|m| m == "constant");
+        cx.tracked
+            .iter()
+            .map(|&(p, a, len)| {
+                let Some(&(b, e)) = be.as_ref().and_then(|be| be.get(a)).filter(|_| p == 0) else {
+                    return block(p, a, "pads are not constant");
+                };
+                if b == 0 && e == 0 {
+                    pass(0, a, 0, a)
+                } else if b < 0 || e < 0 {
+                    block(0, a, "negative pads crop the channel axis")
+                } else if !constant {
+                    block(0, a, "non-constant padding of the channel axis")
+                } else {
+                    let (b, e) = (b as usize, e as usize);
+                    let map = std::iter::repeat_n(None, b)
+                        .chain((0..len).map(Some))
+                        .chain(std::iter::repeat_n(None, e))
+                        .collect();
+                    Link::Pass {
+                        from: Slot::input(0, a),
+                        to: Slot::output(0, a),
+                        map: Map::Index(map),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
+        let mut rw = Rewrite::default();
+        let Some(rank) = cx.inputs.first().copied().flatten().and_then(Fact::rank) else {
+            return Ok(rw);
+        };
+        let ints = |p: usize| cx.value(p).and_then(Tensor::to_i64_vec);
+        let Some(mut pads) = Pads::read(cx.node, rank, ints) else {
+            return Ok(rw);
+        };
+        let n = pads.axes.len();
+        let mut changed = false;
+        for j in 0..n {
+            let Some(a) = super::channel::resolve_axis(pads.axes[j], rank) else {
+                continue;
+            };
+            let (Some(&b), Some(&e)) = (pads.pads.get(j), pads.pads.get(j + n)) else {
+                continue;
+            };
+            let Some(m) = cx.mask(Slot::output(0, a)) else {
+                continue;
+            };
+            if b <= 0 && e <= 0 {
+                continue;
+            }
+            let (bu, eu) = (b.max(0) as usize, e.max(0) as usize);
+            let len = m.len().saturating_sub(bu + eu);
+            let kept = |r: std::ops::Range<usize>| {
+                m.get(r).map_or(0, |s| s.iter().filter(|k| **k).count()) as i64
+            };
+            pads.pads[j] = kept(0..bu);
+            pads.pads[j + n] = kept(bu + len..m.len());
+            changed = true;
+        }
+        if changed {
+            match pads.attr {
+                Some(name) => rw.attrs.push(attr_ints(name, &pads.pads)),
+                None => {
+                    let dtype = cx.value(1).map_or(DType::I64, Tensor::dtype);
+                    rw.inputs.push((1, int_vector(dtype, &pads.pads)?));
+                }
+            }
+        }
+        Ok(rw)
     }
 }
 

@@ -4,10 +4,14 @@
 //!
 //! Cost: output elements · Πkernel FLOPs. Not handled: `LpPool`/`MaxRoiPool`/`MaxUnpool`
 //! (other op types) and folding.
+//!
+//! Channels: the batch and channel axes pass; a channel slot on a pooled axis blocks, as does
+//! MaxPool's Indices output (flat indices depend on the channel count).
 
 use crate::error::Result;
 use crate::ir::{DType, Fact};
 
+use super::channel::{pass_axes, ConstCx, Link, LinkCx};
 use super::util::{self, Window};
 use super::{Cost, Cx, Op};
 
@@ -77,6 +81,33 @@ impl Op for Pool {
             out.push(Fact::new(Some(DType::I64), shape));
         }
         Ok(Some(out))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        // MaxPool pads with -inf; AveragePool averages only real inputs unless
+        // count_include_pad = 1 with non-zero pads.
+        let padded = cx
+            .node
+            .attr_ints("pads")
+            .is_some_and(|p| p.iter().any(|v| *v != 0))
+            || cx
+                .node
+                .attr_s("auto_pad")
+                .is_some_and(|a| a.starts_with("SAME"));
+        if self.op_type() == "AveragePool"
+            && padded
+            && cx.node.attr_i("count_include_pad").unwrap_or(0) != 0
+        {
+            return None;
+        }
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        if cx.node.output(1).is_some() {
+            return cx.block_all("MaxPool indices depend on the channel count");
+        }
+        pass_axes(cx, |a| a < 2, "pooling over a tracked axis")
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -10,10 +10,14 @@
 //! the square root), float inputs in f64; the result keeps the input type. Empty reductions are
 //! not folded for Mean/Max/Min. Cost: one FLOP per input element. Not handled: the other
 //! reductions (`ReduceL1`, `ReduceLogSum`, `ReduceLogSumExp`, `ReduceSumSquare`, `ArgMax`, ...).
+//!
+//! Channels: a kept axis passes (to its shifted position without `keepdims`); a channel slot on
+//! a reduced axis, or with axes not known, blocks.
 
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Fact, Node, Tensor};
 
+use super::channel::{block, pass, Link, LinkCx};
 use super::{util, Cost, Cx, Op};
 
 /// Which reduction.
@@ -245,6 +249,43 @@ impl Op for Reduce {
             ints.into_iter().map(|v| v as f64).collect()
         };
         Some(Tensor::from_f64_as(dtype, out_shape, &out).map(|t| vec![t]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let axes = if let Some(a) = cx.node.attr_ints("axes") {
+            Some(a.to_vec())
+        } else if cx.node.input(1).is_none() {
+            Some(Vec::new())
+        } else {
+            cx.ints(1)
+        };
+        let (Some(axes), Some(rank)) = (axes, cx.in_rank(0)) else {
+            return cx.block_all("reduction axes unknown");
+        };
+        let keep = cx.node.attr_i("keepdims").unwrap_or(1) != 0;
+        let noop = cx.node.attr_i("noop_with_empty_axes").unwrap_or(0) != 0;
+        let reduced = if axes.is_empty() {
+            vec![!noop; rank]
+        } else {
+            match mask(&axes, rank) {
+                Ok(m) => m,
+                Err(_) => return cx.block_all("reduction axes out of range"),
+            }
+        };
+        cx.tracked
+            .iter()
+            .map(|&(p, a, _)| {
+                if p != 0 || reduced.get(a).copied().unwrap_or(true) {
+                    return block(p, a, "reduction over the channel axis");
+                }
+                let shift = if keep {
+                    0
+                } else {
+                    reduced[..a].iter().filter(|r| **r).count()
+                };
+                pass(0, a, 0, a - shift)
+            })
+            .collect()
     }
 
     fn cost(&self, cx: &Cx, _outputs: &[Option<&Fact>]) -> Cost {

@@ -8,11 +8,16 @@
 //! `x.view(x.size(0), -1)`): a symbolic element is that dim, an unknown one an unknown dim.
 //! When nothing is known of the target's elements only the rank is known (from its length).
 //! Folding is a reshape, so any type.
+//!
+//! Channels: see [`reshape_links`]. After removal, a constant target's positive entries at
+//! channel axes become the new widths (`0` and `-1` entries adapt by themselves); a computed
+//! target is left alone (shape chains recompute it).
 
 use crate::error::{Error, Result};
 use crate::ir::fact::sym_string;
 use crate::ir::{Dim, Fact, Node, SymInt, Tensor};
 
+use super::channel::{reshape_links, ConstCx, Link, LinkCx, Rewrite, RewriteCx, Slot};
 use super::{util, Cx, Op};
 
 /// The `Reshape` op.
@@ -197,6 +202,43 @@ impl Op for Reshape {
             ))));
         };
         Some(x.reshaped(shape).map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
+    }
+
+    fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
+        let mut rw = Rewrite::default();
+        let target = if cx.opset < 5 {
+            cx.node.attr_ints("shape").map(<[i64]>::to_vec)
+        } else {
+            cx.value(1).and_then(Tensor::to_i64_vec)
+        };
+        let Some(mut t) = target else {
+            return Ok(rw);
+        };
+        let mut changed = false;
+        for (j, v) in t.iter_mut().enumerate() {
+            if *v > 0 && cx.mask(Slot::output(0, j)).is_some() {
+                if let Some(n) = cx.new_out_len(0, j) {
+                    *v = n as i64;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if cx.opset < 5 {
+                rw.attrs.push(crate::ir::graph::attr_ints("shape", &t));
+            } else {
+                rw.inputs.push((1, Tensor::from_i64(vec![t.len()], &t)));
+            }
+        }
+        Ok(rw)
     }
 }
 

@@ -10,10 +10,17 @@
 //! The product `in·scale` is computed in f32, like ONNX Runtime.
 //!
 //! Cost: one FLOP per output element. Not handled: folding; scales for non-known, non-1 cases.
+//!
+//! Channels: an axis that keeps its size (scale exactly 1, or a size equal to the input's)
+//! passes; a resized one blocks, as does `tf_crop_and_resize` or an aspect-ratio policy over a
+//! channel axis. A constant `sizes` entry of a channel axis follows the new width.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::channel::{
+    block, int_vector, pass, resolve_axis, ConstCx, Link, LinkCx, Rewrite, RewriteCx,
+};
 use super::{util, Cost, Cx, Op};
 
 /// `Resize` or `Upsample`.
@@ -210,6 +217,71 @@ impl Op for Resize {
             }
         }
         fact(Some(out))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let crop = cx.node.attr_s("coordinate_transformation_mode").as_deref()
+            == Some("tf_crop_and_resize");
+        let policy = cx
+            .node
+            .attr_s("keep_aspect_ratio_policy")
+            .unwrap_or_else(|| "stretch".into());
+        let by_sizes = self.name == "Resize"
+            && cx.opset > 10
+            && cx.node.input(3).is_some()
+            && cx.in_shape(3).is_some_and(|s| s != [Dim::Known(0)]);
+        let (ins, outs) = (cx.in_shape(0), cx.out_shape(0));
+        cx.tracked
+            .iter()
+            .map(|&(p, a, len)| {
+                let same = |s: Option<&[Dim]>| s.and_then(|s| s.get(a)) == Some(&Dim::Known(len));
+                if p != 0 || !same(ins) || !same(outs) {
+                    block(p, a, "resizing over the channel axis")
+                } else if crop || (by_sizes && policy != "stretch") {
+                    block(p, a, "crop or aspect-ratio resize over the channel axis")
+                } else {
+                    pass(0, a, 0, a)
+                }
+            })
+            .collect()
+    }
+
+    fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
+        let mut rw = Rewrite::default();
+        if self.name != "Resize" || cx.opset <= 10 || cx.node.input(3).is_none() {
+            return Ok(rw);
+        }
+        let (Some(t), Some(rank)) = (
+            cx.value(3),
+            cx.inputs.first().copied().flatten().and_then(Fact::rank),
+        ) else {
+            return Ok(rw);
+        };
+        let Some(mut sizes) = t.to_i64_vec().filter(|s| !s.is_empty()) else {
+            return Ok(rw);
+        };
+        let axes: Vec<Option<usize>> = match cx.node.attr_ints("axes") {
+            Some(a) => a.iter().map(|&a| resolve_axis(a, rank)).collect(),
+            None => (0..rank).map(Some).collect(),
+        };
+        let mut changed = false;
+        for (s, ax) in sizes.iter_mut().zip(axes) {
+            let Some(ax) = ax else { continue };
+            if cx.mask(super::channel::Slot::output(0, ax)).is_some() {
+                if let Some(n) = cx.new_out_len(0, ax) {
+                    *s = n as i64;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            rw.inputs.push((3, int_vector(t.dtype(), &sizes)?));
+        }
+        Ok(rw)
     }
 
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -3,10 +3,14 @@
 //! `[0, rank]`). The output fact carries the selected dims element by element (`sym`, symbols
 //! kept), and the value too when every one is known: this is what lets shape arithmetic
 //! (Shape→Gather→Unsqueeze→Concat→Reshape) resolve, also with a symbolic batch.
+//!
+//! Channels: the input is read only for its shape ([`Link::ShapeOnly`]); shape chains that
+//! depend on a channel count recompute it at run time.
 
 use crate::error::Result;
 use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor};
 
+use super::channel::{Link, LinkCx, Slot};
 use super::{util, Cx, Op};
 
 /// The `Shape` op.
@@ -48,6 +52,15 @@ impl Op for ShapeOp {
         let (start, end) = range(node, t.shape().len());
         let v: Vec<i64> = t.shape()[start..end].iter().map(|&d| d as i64).collect();
         Some(Ok(vec![Tensor::from_i64(vec![v.len()], &v)]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        cx.tracked
+            .iter()
+            .map(|&(p, a, _)| Link::ShapeOnly {
+                from: Slot::input(p, a),
+            })
+            .collect()
     }
 }
 

@@ -9,10 +9,18 @@
 //! are not known, all) dims `Unknown`. Folding works on raw bytes for any byte-addressable
 //! type and any rank (not strings or sub-byte types). A 1-D shape vector tracked element by
 //! element (`Fact::sym`, a symbolic batch) is sliced element-wise, symbols kept.
+//!
+//! Channels: an axis not sliced passes; a channel axis sliced with step 1 by constant bounds
+//! passes its window (afterwards the bounds count kept channels, in the same form: attributes
+//! or inputs of the same type); other steps or non-constant bounds on a channel axis block.
 
 use crate::error::{Error, Result};
+use crate::ir::graph::attr_ints;
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{
+    block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
+};
 use super::{util, Cx, Op};
 
 /// The `Slice` op.
@@ -224,6 +232,95 @@ impl Op for Slice {
             offset = 0;
         }
         Some(util::strided_copy(x, shape, offset, &strides)?.map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let Some(rank) = cx.in_rank(0) else {
+            return cx.block_all("input rank unknown");
+        };
+        let p = Params::read(cx.node, cx.opset, |port| {
+            cx.node.input(port).is_some().then(|| cx.ints(port))
+        });
+        let plan = p.plan(rank).and_then(std::result::Result::ok);
+        let axes = p.axes(rank).and_then(std::result::Result::ok);
+        cx.tracked
+            .iter()
+            .map(|&(port, a, len)| {
+                if port != 0 {
+                    return block(port, a, "channels on the slice bounds");
+                }
+                if let Some(plan) = &plan {
+                    return match plan.iter().find(|s| s.0 == a) {
+                        None => pass(0, a, 0, a),
+                        Some(&(_, s, e, 1)) => {
+                            let (start, n) = clamp(len, s, e, 1);
+                            Link::Pass {
+                                from: Slot::input(0, a),
+                                to: Slot::output(0, a),
+                                map: Map::Index((start..start + n).map(Some).collect()),
+                            }
+                        }
+                        Some(_) => block(0, a, "strided slice of the channel axis"),
+                    };
+                }
+                match &axes {
+                    Some(axes) if !axes.contains(&a) => pass(0, a, 0, a),
+                    _ => block(0, a, "slice bounds are not constant"),
+                }
+            })
+            .collect()
+    }
+
+    fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
+        let mut rw = Rewrite::default();
+        let Some(rank) = cx.inputs.first().copied().flatten().and_then(Fact::rank) else {
+            return Ok(rw);
+        };
+        let p = Params::read(cx.node, cx.opset, |port| {
+            cx.node
+                .input(port)
+                .is_some()
+                .then(|| cx.value(port).and_then(Tensor::to_i64_vec))
+        });
+        let (Some(Ok(plan)), Some(mut starts), Some(mut ends)) =
+            (p.plan(rank), p.starts.clone(), p.ends.clone())
+        else {
+            return Ok(rw);
+        };
+        let mut changed = false;
+        for (i, &(a, s, e, step)) in plan.iter().enumerate() {
+            let Some(m) = cx.mask(Slot::input(0, a)).filter(|_| step == 1) else {
+                continue;
+            };
+            let len = m.len();
+            let (start, n) = clamp(len, s, e, 1);
+            let count = |r: std::ops::Range<usize>| {
+                m.get(r).map_or(0, |x| x.iter().filter(|k| **k).count()) as i64
+            };
+            let new_start = count(0..start);
+            starts[i] = new_start;
+            if e < len as i64 {
+                ends[i] = new_start + count(start..start + n);
+            }
+            changed = true;
+        }
+        if !changed {
+            return Ok(rw);
+        }
+        if cx.opset < 10 {
+            rw.attrs.push(attr_ints("starts", &starts));
+            rw.attrs.push(attr_ints("ends", &ends));
+        } else {
+            for (port, v) in [(1, &starts), (2, &ends)] {
+                let dtype = cx.value(port).map_or(crate::ir::DType::I64, Tensor::dtype);
+                rw.inputs.push((port, int_vector(dtype, v)?));
+            }
+        }
+        Ok(rw)
     }
 }
 

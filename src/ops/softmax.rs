@@ -3,10 +3,14 @@
 //!
 //! Cost: ~3 FLOPs per element (exp, sum, divide). Not handled: folding; the pre-13 "coerce to
 //! 2-D" semantics do not change shapes, so they need nothing here.
+//!
+//! Channels: axes outside the normalisation pass; a channel slot on a normalised axis (`axis`,
+//! or every axis from `axis` on before opset 13) blocks.
 
 use crate::error::Result;
 use crate::ir::Fact;
 
+use super::channel::{pass_axes, resolve_axis, Link, LinkCx};
 use super::{util, Cost, Cx, Op};
 
 /// `Softmax` or `LogSoftmax`.
@@ -32,6 +36,20 @@ impl Op for Softmax {
             shape: x.shape.clone(),
             ..Default::default()
         }]))
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let default = if cx.opset < 13 { 1 } else { -1 };
+        let axis = cx.node.attr_i("axis").unwrap_or(default);
+        let Some(axis) = cx.in_rank(0).and_then(|r| resolve_axis(axis, r)) else {
+            return cx.block_all("softmax axis unknown");
+        };
+        let coerced = cx.opset < 13;
+        pass_axes(
+            cx,
+            |a| if coerced { a < axis } else { a != axis },
+            "softmax over the channel axis",
+        )
     }
 
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

@@ -5,10 +5,16 @@
 //! Explicit sizes are exact even on a symbolic axis; an equal split of a symbolic axis is
 //! `Unknown`, as is everything along the axis when the `split` input is not constant. Folding
 //! works on raw bytes for any byte-addressable type (not strings or sub-byte types).
+//!
+//! Channels: on the split axis each output takes its range of the input's channels; other
+//! axes pass to every output. After removal the sizes are written explicitly (the `split`
+//! attribute before opset 13, else input 1, dropping `num_outputs`).
 
 use crate::error::{Error, Result};
+use crate::ir::graph::attr_ints;
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{block, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot};
 use super::{util, Cx, Op};
 
 /// The `Split` op.
@@ -103,6 +109,21 @@ fn axis(node: &Node, rank: usize) -> std::result::Result<usize, String> {
     Ok(if a < 0 { a + r } else { a } as usize)
 }
 
+/// The split axis and the output sizes along it, for an axis of `len` channels.
+fn plan(
+    node: &Node,
+    rank: usize,
+    len: usize,
+    ints: impl Fn(usize) -> Option<Vec<i64>>,
+) -> Option<(usize, Vec<usize>)> {
+    let ax = axis(node, rank).ok()?;
+    let split_input = node.input(1).is_some().then(|| ints(1));
+    let s = sizes(node, split_input).ok()?;
+    let dims = resolve(&s, &Dim::Known(len)).ok()?;
+    let sizes: Vec<usize> = dims.iter().map(Dim::known).collect::<Option<_>>()?;
+    (sizes.len() == node.outputs.len()).then_some((ax, sizes))
+}
+
 impl Op for Split {
     fn op_type(&self) -> &'static str {
         self.name
@@ -174,6 +195,83 @@ impl Op for Split {
             start += len;
         }
         Some(Ok(outs))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let Some(rank) = cx.in_rank(0) else {
+            return cx.block_all("input rank unknown");
+        };
+        let ax = axis(cx.node, rank).ok();
+        let mut links = Vec::new();
+        for &(p, a, len) in cx.tracked {
+            if p != 0 {
+                links.push(block(p, a, "channels on the split sizes"));
+            } else if Some(a) != ax {
+                for out in 0..cx.node.outputs.len() {
+                    if cx.node.output(out).is_some() {
+                        links.push(pass(0, a, out, a));
+                    }
+                }
+            } else if let Some((_, sizes)) = plan(cx.node, rank, len, |q| cx.ints(q)) {
+                let mut start = 0;
+                for (out, n) in sizes.into_iter().enumerate() {
+                    if cx.node.output(out).is_some() {
+                        links.push(Link::Pass {
+                            from: Slot::input(0, a),
+                            to: Slot::output(out, a),
+                            map: Map::Index((start..start + n).map(Some).collect()),
+                        });
+                    }
+                    start += n;
+                }
+            } else {
+                links.push(block(0, a, "split sizes unknown"));
+            }
+        }
+        links
+    }
+
+    fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
+        let mut rw = Rewrite::default();
+        let Some(dims) = cx.in_dims(0) else {
+            return Ok(rw);
+        };
+        let ints = |p: usize| cx.value(p).and_then(Tensor::to_i64_vec);
+        let len = axis(cx.node, dims.len())
+            .ok()
+            .and_then(|a| dims.get(a).copied());
+        let Some((ax, sizes)) = len.and_then(|len| plan(cx.node, dims.len(), len, ints)) else {
+            return Ok(rw);
+        };
+        let Some(m) = cx.mask(Slot::input(0, ax)) else {
+            return Ok(rw);
+        };
+        let mut start = 0;
+        let mut new = Vec::with_capacity(sizes.len());
+        for n in sizes {
+            let kept = m
+                .get(start..start + n)
+                .map_or(n, |s| s.iter().filter(|k| **k).count());
+            new.push(kept as i64);
+            start += n;
+        }
+        if cx.opset < 13 {
+            rw.attrs.push(attr_ints("split", &new));
+        } else {
+            let port = if cx.node.inputs.len() > 1 {
+                1
+            } else {
+                cx.node.inputs.len()
+            };
+            rw.inputs
+                .push((port, Tensor::from_i64(vec![new.len()], &new)));
+            rw.remove_attrs.push("num_outputs".into());
+        }
+        Ok(rw)
     }
 }
 

@@ -4,10 +4,12 @@
 //! size-1 axis goes: when some dim is symbolic or unknown it may be 1 at run time, so the
 //! output rank is then left unknown rather than guessed. A 1-element vector tracked element
 //! by element (`Fact::sym`) keeps its element as a scalar. Folding is a reshape (any type).
+//! Channels: as any reshape ([`reshape_links`]).
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{reshape_links, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Squeeze` op.
@@ -129,6 +131,14 @@ impl Op for Squeeze {
         };
         let shape = out.iter().map(Dim::known).collect::<Option<Vec<_>>>()?;
         Some(x.reshaped(shape).map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
     }
 }
 

@@ -2,10 +2,12 @@
 //! `perm`: reversed). `perm` must be a permutation of `0..rank` (no negative values). Symbolic
 //! dims move with their axis; with unknown input rank the output rank is `perm`'s length.
 //! Folding works on raw bytes for any byte-addressable type (not strings or sub-byte types).
+//! Channels: input axis `a` passes to output axis `j` where `perm[j] = a`.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{pass, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Transpose` op.
@@ -77,6 +79,19 @@ impl Op for Transpose {
         let shape: Vec<usize> = p.iter().map(|&a| dims[a]).collect();
         let view: Vec<isize> = p.iter().map(|&a| strides[a] as isize).collect();
         Some(util::strided_copy(x, shape, 0, &view)?.map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let Some(p) = cx.in_rank(0).and_then(|r| perm(cx.node, r).ok()) else {
+            return cx.block_all("permutation unknown");
+        };
+        cx.tracked_axes(0)
+            .filter_map(|(a, _)| p.iter().position(|&x| x == a).map(|j| pass(0, a, 0, j)))
+            .collect()
     }
 }
 

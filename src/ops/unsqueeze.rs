@@ -3,10 +3,12 @@
 //! 13). Repeated or out-of-range axes are errors. When the axes are not constant only the
 //! output rank is known (from their count). A scalar tracked element by element (`Fact::sym`)
 //! keeps its element as a 1-element vector. Folding is a reshape (any type).
+//! Channels: as any reshape ([`reshape_links`]).
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
+use super::channel::{reshape_links, ConstCx, Link, LinkCx};
 use super::{util, Cx, Op};
 
 /// The `Unsqueeze` op.
@@ -104,6 +106,14 @@ impl Op for Unsqueeze {
         };
         let shape = out.iter().map(Dim::known).collect::<Option<Vec<_>>>()?;
         Some(x.reshaped(shape).map(|t| vec![t]))
+    }
+
+    fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
+        cx.inputs.first().copied().flatten()
+    }
+
+    fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
     }
 }
 

@@ -4,6 +4,12 @@
 //! updates declared value shapes, then re-infers shapes and checks that every tracked tensor
 //! has exactly the kept number of channels, and verifies the graph.
 //!
+//! Bias compensation: a removed channel that is a compile-time constant `c ≠ 0` (see
+//! [`crate::analysis::constant_channels`]; e.g. BN gamma = 0 gives ReLU(beta)) still
+//! contributed to its consumers; that exact contribution is added back (to the consumer's bias,
+//! or as a constant added after it where zero padding makes it vary), so removing it changes
+//! nothing.
+//!
 //! It does not choose what to remove (criteria and budgets do), does not run the model (the
 //! equivalence oracle does), and refuses to remove channels of blocked groups or to empty a
 //! group.
@@ -11,24 +17,32 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::analysis::channels::ChannelGroups;
+use crate::analysis::constant_channels::channel_constants;
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::{Error, Result};
 use crate::ir::{verify, Dim, Model, NodeId, Tensor, ValueId};
-use crate::ops::channel::{Link, Map, Port, RewriteCx, Slot};
-use crate::ops::{self};
 use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::onnx::proto::type_proto;
+use crate::ops::channel::{CompensateCx, Compensation, Link, Map, Port, RewriteCx, Slot};
+use crate::ops::{self};
 
 use super::eliminate_dead_code::eliminate_dead_code;
 
 /// Removes the given classes (indices into the analysis' classes). Returns whether anything
 /// changed. `groups` and `shapes` must have been computed on `model` as it is now.
-pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shapes, classes: &[usize]) -> Result<bool> {
+pub fn remove_channels(
+    model: &mut Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    classes: &[usize],
+) -> Result<bool> {
     let n_classes = groups.class_atoms.len();
     let mut removed = vec![false; n_classes];
     for &c in classes {
         let Some(r) = removed.get_mut(c) else {
-            return Err(Error::Usage(format!("channel class {c} does not exist ({n_classes} classes)")));
+            return Err(Error::Usage(format!(
+                "channel class {c} does not exist ({n_classes} classes)"
+            )));
         };
         *r = true;
     }
@@ -38,10 +52,16 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
             continue;
         }
         if !grp.blocked.is_empty() {
-            return Err(Error::Usage(format!("group {} is blocked ({}); its channels cannot be removed", grp.id, grp.blocked[0])));
+            return Err(Error::Usage(format!(
+                "group {} is blocked ({}); its channels cannot be removed",
+                grp.id, grp.blocked[0]
+            )));
         }
         if n_removed == grp.classes.len() {
-            return Err(Error::Usage(format!("removing every channel of group {} would empty a layer", grp.id)));
+            return Err(Error::Usage(format!(
+                "removing every channel of group {} would empty a layer",
+                grp.id
+            )));
         }
     }
     if !removed.iter().any(|r| *r) {
@@ -70,7 +90,9 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
     struct Edit {
         slices: BTreeMap<usize, Vec<(usize, Vec<usize>)>>,
         rewrite: crate::ops::channel::Rewrite,
+        compensations: Vec<Compensation>,
     }
+    let constants = channel_constants(model, groups);
     let mut edits: BTreeMap<NodeId, Edit> = BTreeMap::new();
     for (&n, links) in &groups.links {
         let node = g.node(n);
@@ -95,12 +117,67 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
             continue;
         }
         kept.sort_by_key(|(s, _)| *s);
-        let mut edit = Edit { slices: BTreeMap::new(), rewrite: Default::default() };
+        let mut edit = Edit {
+            slices: BTreeMap::new(),
+            rewrite: Default::default(),
+            compensations: Vec::new(),
+        };
+        let op = ops::lookup(&node.domain, &node.op_type);
         for l in links {
-            let Link::Member { input, axis, slot, map } = l else { continue };
-            let Some(mask) = slot_key(n, *slot).and_then(|k| masks.get(&k)) else { continue };
+            let Link::Consume { from } = l else { continue };
+            let (Some(key), Some(op)) = (slot_key(n, *from), op) else {
+                continue;
+            };
+            let Some(mask) = masks.get(&key) else {
+                continue;
+            };
+            let removed_consts: Vec<(usize, f64)> = mask
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !**k)
+                .filter_map(|(p, _)| constants.get(key, p).filter(|c| *c != 0.0).map(|c| (p, c)))
+                .collect();
+            if removed_consts.is_empty() {
+                continue;
+            }
+            let ins = shapes.inputs_of(g, n);
+            let outs = shapes.outputs_of(g, n);
+            let consts: Vec<Option<&Tensor>> = node
+                .inputs
+                .iter()
+                .map(|v| v.and_then(|v| g.init(v)))
+                .collect();
+            let cx = CompensateCx {
+                node,
+                inputs: &ins,
+                outputs: &outs,
+                slot: *from,
+                constants: &removed_consts,
+                consts: &consts,
+            };
+            if let Some(c) = op.channel_compensation(&cx)? {
+                edit.compensations.push(c);
+            }
+        }
+        for l in links {
+            let Link::Member {
+                input,
+                axis,
+                slot,
+                map,
+            } = l
+            else {
+                continue;
+            };
+            let Some(mask) = slot_key(n, *slot).and_then(|k| masks.get(&k)) else {
+                continue;
+            };
             let Some(t) = node.input(*input).and_then(|v| g.init(v)) else {
-                return Err(Error::node(&node.name, &node.op_type, format!("input {input} must be a constant to remove channels")));
+                return Err(Error::node(
+                    &node.name,
+                    &node.op_type,
+                    format!("input {input} must be a constant to remove channels"),
+                ));
             };
             let len = t.shape().get(*axis).copied().unwrap_or(0);
             let mut keep = vec![None::<bool>; len];
@@ -110,40 +187,83 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
                     Map::Index(m) => m.get(p).copied().flatten(),
                 };
                 let Some(i) = idx.filter(|i| *i < len) else {
-                    return Err(Error::node(&node.name, &node.op_type, format!("channel map of input {input} is out of range")));
+                    return Err(Error::node(
+                        &node.name,
+                        &node.op_type,
+                        format!("channel map of input {input} is out of range"),
+                    ));
                 };
                 match keep[i] {
                     Some(prev) if prev != k => {
-                        return Err(Error::node(&node.name, &node.op_type, format!(
+                        return Err(Error::node(
+                            &node.name,
+                            &node.op_type,
+                            format!(
                             "input {input} axis {axis}: coupled channels are not removed together"
-                        )))
+                        ),
+                        ))
                     }
                     _ => keep[i] = Some(k),
                 }
             }
             let indices: Vec<usize> = (0..len).filter(|i| keep[*i] != Some(false)).collect();
             if indices.len() < len {
-                edit.slices.entry(*input).or_default().push((*axis, indices));
+                edit.slices
+                    .entry(*input)
+                    .or_default()
+                    .push((*axis, indices));
             }
         }
-        if let Some(op) = ops::lookup(&node.domain, &node.op_type) {
+        if let Some(op) = op {
             let ins = shapes.inputs_of(g, n);
             let outs = shapes.outputs_of(g, n);
-            edit.rewrite = op.rewrite_channels(&RewriteCx { node, inputs: &ins, outputs: &outs, kept: &kept, opset })?;
+            edit.rewrite = op.rewrite_channels(&RewriteCx {
+                node,
+                inputs: &ins,
+                outputs: &outs,
+                kept: &kept,
+                opset,
+            })?;
         }
         edits.insert(n, edit);
     }
 
     // Apply.
+    // Output keep-masks of each edited node (to cut compensation tensors to the kept channels).
+    let out_masks: BTreeMap<NodeId, Vec<bool>> = edits
+        .keys()
+        .filter_map(|&n| {
+            let node = g.node(n);
+            let v = node.output(0)?;
+            masks
+                .iter()
+                .find(|((mv, _), _)| *mv == v)
+                .map(|(_, m)| (n, m.clone()))
+        })
+        .collect();
     let g = &mut model.graph;
+    for (n, edit) in &mut edits {
+        let n = *n;
+        for comp in std::mem::take(&mut edit.compensations) {
+            apply_compensation(g, n, comp, out_masks.get(&n))?;
+        }
+    }
     for (n, edit) in edits {
         for (port, slices) in edit.slices {
-            let Some(v) = g.node(n).input(port) else { continue };
-            let Some(mut t) = g.init(v).cloned() else { continue };
+            let Some(v) = g.node(n).input(port) else {
+                continue;
+            };
+            let Some(mut t) = g.init(v).cloned() else {
+                continue;
+            };
             for (axis, idx) in slices {
                 t = t.select(axis, &idx).map_err(|e| {
                     let node = g.node(n);
-                    Error::node(&node.name, &node.op_type, format!("slicing input {port}: {e}"))
+                    Error::node(
+                        &node.name,
+                        &node.op_type,
+                        format!("slicing input {port}: {e}"),
+                    )
                 })?;
             }
             replace_const_input(g, n, port, t);
@@ -172,7 +292,9 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
     for (&(v, axis), m) in &masks {
         let kept = m.iter().filter(|k| **k).count() as i64;
         let Some(decl) = g.decl_mut(v) else { continue };
-        if let Some(type_proto::Value::TensorType(tt)) = decl.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(type_proto::Value::TensorType(tt)) =
+            decl.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
             if let Some(d) = tt.shape.as_mut().and_then(|s| s.dim.get_mut(axis)) {
                 if matches!(d.value, Some(DimValue::DimValue(_))) {
                     d.value = Some(DimValue::DimValue(kept));
@@ -182,7 +304,13 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
     }
     let expected: Vec<(String, usize, usize)> = masks
         .iter()
-        .map(|(&(v, axis), m)| (g.value(v).name.clone(), axis, m.iter().filter(|k| **k).count()))
+        .map(|(&(v, axis), m)| {
+            (
+                g.value(v).name.clone(),
+                axis,
+                m.iter().filter(|k| **k).count(),
+            )
+        })
         .collect();
     eliminate_dead_code(model)?;
     verify(&model.graph)?;
@@ -190,11 +318,93 @@ pub fn remove_channels(model: &mut Model, groups: &ChannelGroups, shapes: &Shape
     Ok(true)
 }
 
+/// Adds a compensation tensor to node `n`: to its bias input (created if absent) or after it.
+/// `out_mask` cuts tensors that were not declared members (new ones) to the kept channels.
+fn apply_compensation(
+    g: &mut crate::ir::Graph,
+    n: NodeId,
+    comp: Compensation,
+    out_mask: Option<&Vec<bool>>,
+) -> Result<()> {
+    let cut = |t: Tensor| -> Result<Tensor> {
+        match out_mask {
+            Some(m) if m.len() == t.shape().first().copied().unwrap_or(0) => {
+                let keep: Vec<usize> = (0..m.len()).filter(|i| m[*i]).collect();
+                t.select(0, &keep)
+            }
+            _ => Ok(t),
+        }
+    };
+    let label = |g: &crate::ir::Graph| {
+        let node = g.node(n);
+        (node.name.clone(), node.op_type.clone())
+    };
+    match comp {
+        Compensation::AddToInput { port, tensor } => {
+            match g.node(n).input(port).and_then(|v| g.init(v).cloned()) {
+                Some(old) => {
+                    let (Some(a), Some(b)) = (old.to_f64_vec(), tensor.to_f64_vec()) else {
+                        let (nm, op) = label(g);
+                        return Err(Error::node(&nm, &op, "bias is not numeric"));
+                    };
+                    if a.len() != b.len() {
+                        let (nm, op) = label(g);
+                        return Err(Error::node(
+                            &nm,
+                            &op,
+                            format!("bias has {} entries, compensation {}", a.len(), b.len()),
+                        ));
+                    }
+                    let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+                    let t = Tensor::from_f64_as(old.dtype(), old.shape().to_vec(), &sum)?;
+                    replace_const_input(g, n, port, t);
+                }
+                None => {
+                    let name = format!("{}_bias", g.node(n).name);
+                    let c = g.add_initializer(&name, cut(tensor)?);
+                    while g.node(n).inputs.len() < port {
+                        g.push_input(n, None);
+                    }
+                    g.set_input(n, port, Some(c));
+                }
+            }
+        }
+        Compensation::AddToOutput(t) => {
+            // The consumer now writes a fresh value; an Add writes the original one, so readers
+            // and graph outputs keep their names.
+            let Some(y) = g.node(n).output(0) else {
+                return Ok(());
+            };
+            let name = g.node(n).name.clone();
+            let y_name = g.value(y).name.clone();
+            let c = g.add_initializer(&format!("{name}_compensation"), cut(t)?);
+            let pre = g.add_value(&format!("{y_name}_uncompensated"));
+            g.set_output(n, 0, pre);
+            let add = g.add_node(
+                &format!("{name}_compensate"),
+                "Add",
+                &[Some(pre), Some(c)],
+                &[&format!("{y_name}_tmp")],
+                vec![],
+            );
+            if let Some(tmp) = g.node(add).output(0) {
+                g.set_output(add, 0, y);
+                g.remove_value(tmp);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replaces constant input `port` of node `n` by `t`: in place when nothing else reads the
 /// constant, else as a new initializer.
 fn replace_const_input(g: &mut crate::ir::Graph, n: NodeId, port: usize, t: Tensor) {
-    let Some(v) = g.node(n).input(port) else { return };
-    let sole = g.value(v).uses.iter().all(|(u, _)| *u == n) && !g.outputs.contains(&v) && g.init(v).is_some();
+    let Some(v) = g.node(n).input(port) else {
+        return;
+    };
+    let sole = g.value(v).uses.iter().all(|(u, _)| *u == n)
+        && !g.outputs.contains(&v)
+        && g.init(v).is_some();
     if sole && !g.inputs.contains(&v) {
         g.set_init(v, t);
     } else {
@@ -210,8 +420,16 @@ fn check_widths(model: &Model, expected: &[(String, usize, usize)]) -> Result<()
     let g = &model.graph;
     for (name, axis, want) in expected {
         let (axis, want) = (*axis, *want);
-        let Some(v) = g.value_by_name(name) else { continue }; // removed as dead
-        let Some(d) = shapes.get(v).and_then(|f| f.shape.as_ref()).and_then(|s| s.get(axis)) else { continue };
+        let Some(v) = g.value_by_name(name) else {
+            continue;
+        }; // removed as dead
+        let Some(d) = shapes
+            .get(v)
+            .and_then(|f| f.shape.as_ref())
+            .and_then(|s| s.get(axis))
+        else {
+            continue;
+        };
         if let Dim::Known(got) = d {
             if *got != want {
                 let by = g.value(v).producer.map(|(p, _)| {

@@ -1,0 +1,75 @@
+//! `lopper groups`: the channel dependency groups of a model, with their producers, consumers,
+//! members, channel counts, and why a group is blocked.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use lopper::ir::Model;
+use lopper::prune::analyse;
+
+/// Arguments of `lopper groups`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Print JSON (every group with sources, consumers, members and blocking reasons).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let mut model = Model::load(&args.model)?;
+    lopper::ir::verify(&model.graph)?;
+    let groups = analyse(&mut model)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&groups.groups)?);
+        return Ok(());
+    }
+    let prunable = groups.groups.iter().filter(|g| g.prunable()).count();
+    println!(
+        "{}: {} groups, {} prunable, {} blocked",
+        args.model.display(),
+        groups.groups.len(),
+        prunable,
+        groups.groups.len() - prunable
+    );
+    for g in &groups.groups {
+        let srcs: Vec<String> = g
+            .sources
+            .iter()
+            .filter(|s| !s.constant)
+            .map(|s| format!("{} ({})", s.node_name, s.op))
+            .collect();
+        let status = if g.prunable() {
+            "prunable".to_string()
+        } else if g.blocked.is_empty() {
+            "single channel".to_string()
+        } else {
+            format!("blocked: {}", g.blocked.join("; "))
+        };
+        println!(
+            "group {:>3}  {:>5} ch  {:<60}  {status}",
+            g.id,
+            g.channels,
+            shorten(&srcs.join(", "), 60)
+        );
+        if !g.consumers.is_empty() {
+            println!(
+                "            consumers: {}",
+                shorten(&g.consumers.join(", "), 100)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn shorten(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(n - 1).collect();
+        format!("{head}…")
+    }
+}

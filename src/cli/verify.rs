@@ -1,0 +1,49 @@
+//! `lopper verify`: do two models compute the same outputs? Runs both on seeded random inputs
+//! under every available runtime and compares (e.g. a simplified model against its original).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use lopper::ir::Model;
+use lopper::oracle::{available_backends, compare};
+
+/// Arguments of `lopper verify`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The reference model.
+    reference: PathBuf,
+    /// The model to check against it.
+    candidate: PathBuf,
+    /// Largest relative output difference accepted.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    /// Random input samples.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let a = Model::load(&args.reference)?;
+    let b = Model::load(&args.candidate)?;
+    let cmp = compare(&a, &b, &available_backends(), args.samples, 1)?;
+    let per: Vec<String> = cmp
+        .errors
+        .iter()
+        .map(|(k, e)| format!("{k} {e:.2e}"))
+        .collect();
+    if cmp.max_rel_error > args.tolerance {
+        bail!(
+            "outputs differ: max relative error {} > {:.0e}",
+            per.join(", "),
+            args.tolerance
+        );
+    }
+    println!(
+        "equivalent: max relative error {} (tolerance {:.0e})",
+        per.join(", "),
+        args.tolerance
+    );
+    Ok(())
+}

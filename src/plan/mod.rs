@@ -1,0 +1,9 @@
+//! Plans: which channels to remove. A plan is a list of classes (see
+//! [`crate::analysis::channels`]) chosen from scores under a rule. This module chooses; it does
+//! not change the model ([`crate::passes::remove_channels`] does).
+
+pub mod dead;
+pub mod ratio;
+
+pub use dead::plan_dead;
+pub use ratio::plan_ratio;

@@ -1,0 +1,109 @@
+//! `--remove-dead`: channels zeroed by hand (BatchNormalization gamma = 0 with beta ≠ 0, as
+//! sparse training leaves them) are removed exactly: outputs equal the ORIGINAL's (not a
+//! masked copy) within 1e-5, and the parameter count is exactly the expected one.
+
+mod common;
+
+use lopper::analysis::{costs, infer_shapes};
+use lopper::ir::{Model, Tensor};
+use lopper::oracle::{available_backends, compare};
+use lopper::prune::{prune, PruneOptions, Selection};
+
+/// Sets gamma = 0 and beta = `betas[i]` for channels `chans[i]` of BN node `bn`.
+fn kill_channels(model: &mut Model, bn: &str, chans: &[usize], betas: &[f32]) {
+    let g = &mut model.graph;
+    let n = g
+        .node_ids()
+        .find(|n| g.node(*n).name == bn)
+        .unwrap_or_else(|| panic!("no node {bn}"));
+    let (gamma, beta) = (g.node(n).input(1).unwrap(), g.node(n).input(2).unwrap());
+    let mut gv = g.init(gamma).unwrap().to_f32_vec().unwrap();
+    let mut bv = g.init(beta).unwrap().to_f32_vec().unwrap();
+    for (&c, &b) in chans.iter().zip(betas) {
+        gv[c] = 0.0;
+        bv[c] = b;
+    }
+    let len = gv.len();
+    g.set_init(gamma, Tensor::from_f32(vec![len], &gv));
+    g.set_init(beta, Tensor::from_f32(vec![len], &bv));
+}
+
+fn params(m: &Model) -> u64 {
+    costs(m, &infer_shapes(m).unwrap()).unwrap().params
+}
+
+fn prune_dead(model: &Model) -> (Model, usize) {
+    let mut pruned = model.clone();
+    let opts = PruneOptions {
+        selection: Selection::Dead,
+        verify_with: vec![],
+        tolerance: 1e-5,
+    };
+    let report = prune(&mut pruned, &opts).expect("prune --remove-dead");
+    (pruned, report.removed)
+}
+
+#[test]
+fn dead_channels_before_the_classifier_are_removed_exactly() {
+    let path = common::shared_dir().join("models/zoo/cifar_vgg16_half.bn.onnx");
+    let mut model = Model::load(&path).unwrap();
+    let chans = [3usize, 17, 100, 255];
+    // Positive, negative (ReLU gives 0) and large betas.
+    kill_channels(
+        &mut model,
+        "/41/BatchNormalization",
+        &chans,
+        &[0.7, -0.3, 1.5, 0.05],
+    );
+    let before = params(&model);
+    let (pruned, removed) = prune_dead(&model);
+    assert_eq!(removed, chans.len(), "exactly the zeroed channels are dead");
+    // Per channel: conv /40 filter (256·3·3) and bias, BN's 4 parameters, the Gemm's 10 weights.
+    let per_channel = 256 * 9 + 1 + 4 + 10;
+    assert_eq!(params(&pruned), before - (chans.len() * per_channel) as u64);
+    let cmp = compare(&model, &pruned, &available_backends(), 3, 11).unwrap();
+    assert!(
+        cmp.max_rel_error <= 1e-5,
+        "outputs differ from the original: {:?}",
+        cmp.errors
+    );
+}
+
+#[test]
+fn dead_channels_inside_a_residual_network_are_compensated_at_the_borders() {
+    let path = common::shared_dir().join("models/zoo/cifar_resnet20.bn.onnx");
+    let mut model = Model::load(&path).unwrap();
+    // The BN after the first block's first conv: its consumer is a padded 3x3 conv, so the
+    // constant's contribution differs at the borders and is added back as a map.
+    let chans = [0usize, 3, 5, 7];
+    kill_channels(
+        &mut model,
+        "/layers/layers.0/b1/BatchNormalization",
+        &chans,
+        &[0.5, -0.2, 0.3, 1.0],
+    );
+    let before = params(&model);
+    let (pruned, removed) = prune_dead(&model);
+    assert_eq!(removed, chans.len());
+    // Removed: conv c1 filters (16·3·3, no bias), BN (4), conv c2 input slices (16·3·3);
+    // added: one [16, 32, 32] border map (3 channels with a non-zero constant; one is ReLU(-0.2) = 0).
+    let removed_params = chans.len() * (16 * 9 + 4 + 16 * 9);
+    assert_eq!(
+        params(&pruned),
+        before - removed_params as u64 + 16 * 32 * 32
+    );
+    let cmp = compare(&model, &pruned, &available_backends(), 3, 5).unwrap();
+    assert!(
+        cmp.max_rel_error <= 1e-5,
+        "outputs differ from the original: {:?}",
+        cmp.errors
+    );
+}
+
+#[test]
+fn a_model_without_dead_channels_is_unchanged() {
+    let path = common::shared_dir().join("models/zoo/cifar_resnet20.bn.onnx");
+    let model = Model::load(&path).unwrap();
+    let (_, removed) = prune_dead(&model);
+    assert_eq!(removed, 0);
+}
