@@ -110,6 +110,45 @@ pub struct ChannelGroups {
 }
 
 impl ChannelGroups {
+    /// A tracked tensor that would keep no channel if `removed` classes went, as
+    /// `(value, axis)`.
+    pub fn emptied_slot(&self, removed: &[bool]) -> Option<(ValueId, usize)> {
+        let mut keys: Vec<&(ValueId, usize)> = self.slots.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .find(|k| self.slots[*k].iter().all(|a| removed.get(self.class_of[*a]).copied().unwrap_or(false)))
+            .copied()
+    }
+
+    /// Greedily takes classes from `candidates` (in order) while no tracked tensor would be
+    /// left without channels; returns the taken ones.
+    pub fn take_without_emptying(&self, candidates: impl IntoIterator<Item = usize>) -> Vec<usize> {
+        let mut kept: HashMap<&(ValueId, usize), usize> = self.slots.iter().map(|(k, v)| (k, v.len())).collect();
+        let mut per_class: HashMap<usize, Vec<&(ValueId, usize)>> = HashMap::new();
+        for (k, atoms) in &self.slots {
+            for a in atoms {
+                per_class.entry(self.class_of[*a]).or_default().push(k);
+            }
+        }
+        let mut out = Vec::new();
+        for c in candidates {
+            let hits = per_class.get(&c).map(Vec::as_slice).unwrap_or(&[]);
+            let mut need: HashMap<&(ValueId, usize), usize> = HashMap::new();
+            for k in hits {
+                *need.entry(*k).or_default() += 1;
+            }
+            if need.iter().all(|(k, n)| kept[*k] > *n) {
+                for (k, n) in need {
+                    if let Some(v) = kept.get_mut(k) {
+                        *v -= n;
+                    }
+                }
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Keep-mask of a tracked slot when the given classes are removed.
     pub fn keep_mask(&self, slot: (ValueId, usize), removed: &[bool]) -> Option<Vec<bool>> {
         let atoms = self.slots.get(&slot)?;
@@ -402,16 +441,14 @@ pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
                     axis,
                     slot,
                     map,
-                } => {
-                    if slot_atoms(&w, *slot).is_some() {
-                        members.push(Member {
-                            node: n,
-                            input: *input,
-                            axis: *axis,
-                            slot: *slot,
-                            map: map.clone(),
-                        });
-                    }
+                } if slot_atoms(&w, *slot).is_some() => {
+                    members.push(Member {
+                        node: n,
+                        input: *input,
+                        axis: *axis,
+                        slot: *slot,
+                        map: map.clone(),
+                    });
                 }
                 _ => {}
             }
@@ -454,7 +491,7 @@ fn build_groups(
     let g = &model.graph;
     let n_atoms = w.atom_source.len();
     // Classes: atom roots, numbered in atom order (sources are in topological order).
-    let mut class_of = vec![usize::MAX; n_atoms];
+    let mut class_of = Vec::with_capacity(n_atoms);
     let mut root_class: HashMap<usize, usize> = HashMap::new();
     let mut class_atoms: Vec<Vec<AtomId>> = Vec::new();
     for a in 0..n_atoms {
@@ -463,7 +500,7 @@ fn build_groups(
             class_atoms.push(Vec::new());
             class_atoms.len() - 1
         });
-        class_of[a] = c;
+        class_of.push(c);
         class_atoms[c].push(a);
     }
     // Groups: sources connected through classes.
@@ -473,10 +510,10 @@ fn build_groups(
             suf.union(w.atom_source[pair[0]], w.atom_source[pair[1]]);
         }
     }
-    let mut group_of_source = vec![usize::MAX; w.sources.len()];
+    let mut group_of_source = Vec::with_capacity(w.sources.len());
     let mut root_group: HashMap<usize, usize> = HashMap::new();
     let mut groups: Vec<Group> = Vec::new();
-    for s in 0..w.sources.len() {
+    for (s, source) in w.sources.iter().enumerate() {
         let r = suf.find(s);
         let gid = *root_group.entry(r).or_insert_with(|| {
             groups.push(Group {
@@ -490,8 +527,8 @@ fn build_groups(
             });
             groups.len() - 1
         });
-        group_of_source[s] = gid;
-        groups[gid].sources.push(w.sources[s].clone());
+        group_of_source.push(gid);
+        groups[gid].sources.push(source.clone());
     }
     let mut group_of_class = vec![0; class_atoms.len()];
     for (c, atoms) in class_atoms.iter().enumerate() {

@@ -67,11 +67,17 @@ pub fn remove_channels(
     if !removed.iter().any(|r| *r) {
         return Ok(false);
     }
+    if let Some((v, axis)) = groups.emptied_slot(&removed) {
+        return Err(Error::Usage(format!(
+            "removing these channels would empty tensor '{}' (axis {axis}); keep at least one of its channels",
+            model.graph.value(v).name
+        )));
+    }
     let g = &model.graph;
     let opset = model.opset();
     // Keep-masks of every slot that loses channels.
     let mut masks: HashMap<(ValueId, usize), Vec<bool>> = HashMap::new();
-    for (&key, _) in &groups.slots {
+    for &key in groups.slots.keys() {
         if let Some(m) = groups.keep_mask(key, &removed) {
             if m.iter().any(|k| !k) {
                 masks.insert(key, m);

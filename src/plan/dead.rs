@@ -35,7 +35,7 @@ pub fn plan_dead(model: &Model, groups: &ChannelGroups, shapes: &Shapes) -> Resu
                 }
                 dead[class] = match constants.get((v, from.axis), pos) {
                     None => false,
-                    Some(c) if c == 0.0 => true,
+                    Some(0.0) => true,
                     Some(c) => *cache.entry(c.to_bits() ^ pos as u64).or_insert_with(|| {
                         let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
                             return false;
@@ -69,6 +69,7 @@ pub fn plan_dead(model: &Model, groups: &ChannelGroups, shapes: &Shapes) -> Resu
         }
         out.extend(d);
     }
+    let mut out = groups.take_without_emptying(out);
     out.sort_unstable();
     Ok(out)
 }

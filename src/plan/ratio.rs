@@ -1,5 +1,5 @@
 //! Uniform ratio: remove the fraction `ratio` of the lowest-scoring channels of every prunable
-//! group (rounded down), always keeping at least one channel per group. Ties go to the lower
+//! group (rounded down), always keeping at least one channel per group and per tensor. Ties go to the lower
 //! class index, so the same model and scores always give the same plan.
 
 use crate::analysis::channels::ChannelGroups;
@@ -20,6 +20,8 @@ pub fn plan_ratio(groups: &ChannelGroups, scores: &[f64], ratio: f64) -> Result<
         order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]).then(a.cmp(b)));
         out.extend(order.into_iter().take(k));
     }
+    // Never leave a tensor (e.g. one branch of a concat) without channels.
+    let mut out = groups.take_without_emptying(out);
     out.sort_unstable();
     Ok(out)
 }
