@@ -186,3 +186,23 @@ mod tests {
         assert_eq!(out[0].sym, None);
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn cast_passes_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let f = n.op("Cast", &[c], vec![attr_int("to", 1)]);
+        let y = n.conv(f, 6, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+}

@@ -451,7 +451,7 @@ pub fn int_vector(dtype: crate::ir::DType, values: &[i64]) -> crate::error::Resu
 }
 
 /// Longest index map [`reshape_links`] builds for a merged axis.
-const MAX_MAP_LEN: usize = 1 << 24;
+const MAX_MAP_LEN: usize = 1 << 22;
 
 /// Distinct large primes standing in for distinct symbolic dims when matching reshape
 /// segments (the same symbol gets the same prime on both sides).
@@ -635,10 +635,12 @@ pub fn reshape_links(
 /// Helpers for channel unit tests: tiny models analysed with [`crate::analysis::channel_groups`].
 #[cfg(test)]
 pub(crate) mod testing {
+    use crate::analysis::channels::Group;
     use crate::analysis::{channel_groups, infer_shapes, ChannelGroups};
     use crate::ir::{Graph, Model, Tensor, ValueId};
     use crate::onnx::proto::AttributeProto;
     use crate::passes::testutil;
+    use crate::runtime::BackendKind;
 
     /// A tiny model under construction.
     pub struct Net {
@@ -672,6 +674,22 @@ pub(crate) mod testing {
         pub fn input(&mut self, shape: &[usize]) -> ValueId {
             let name = self.name("x");
             testutil::input(&mut self.g, &name, shape)
+        }
+
+        /// A float graph input with a symbolic batch `N` before `shape`.
+        pub fn batch_input(&mut self, shape: &[usize]) -> ValueId {
+            let name = self.name("x");
+            let v = self.g.add_value(&name);
+            let mut dims = vec![crate::ir::Dim::Sym("N".into())];
+            dims.extend(shape.iter().map(|&d| crate::ir::Dim::Known(d)));
+            let fact = crate::ir::Fact::new(Some(crate::ir::DType::F32), dims);
+            self.g.values_mut(v).decl = Some(crate::onnx::proto::ValueInfoProto {
+                name: Some(name),
+                r#type: Some(fact.to_type()),
+                ..Default::default()
+            });
+            self.g.inputs.push(v);
+            v
         }
 
         /// A float initializer.
@@ -742,16 +760,6 @@ pub(crate) mod testing {
         channel_groups(m, &shapes).expect("groups")
     }
 
-    /// `(channels, blocked reasons)` of every group whose sources include a node named
-    /// `conv…` (weights, not constants), in order.
-    pub fn summary(cg: &ChannelGroups) -> Vec<(usize, Vec<String>)> {
-        cg.groups
-            .iter()
-            .filter(|g| g.sources.iter().any(|s| !s.constant))
-            .map(|g| (g.channels, g.blocked.clone()))
-            .collect()
-    }
-
     /// Whether a blocked reason containing `text` exists in some group.
     pub fn blocked_with(cg: &ChannelGroups, text: &str) -> bool {
         cg.groups
@@ -759,13 +767,48 @@ pub(crate) mod testing {
             .any(|g| g.blocked.iter().any(|r| r.contains(text)))
     }
 
-    /// The group that holds the output channels of the node producing `v`.
-    pub fn group_of(cg: &ChannelGroups, m: &Model, v: ValueId) -> usize {
+    /// The group that holds the channels created by the node producing `v`.
+    pub fn group<'a>(cg: &'a ChannelGroups, m: &Model, v: ValueId) -> &'a Group {
         let (n, _) = m.graph.value(v).producer.expect("producer");
         cg.groups
             .iter()
-            .find(|g| g.sources.iter().any(|s| s.node == n))
-            .map(|g| g.id)
+            .find(|g| g.sources.iter().any(|s| s.node == n && !s.constant))
             .expect("group")
+    }
+
+    /// Removes every third class (from the second) of every prunable group, checks that
+    /// something was removed, and returns the pruned model and the equivalence oracle's error
+    /// under tract (masked original vs pruned).
+    pub fn prune_check(m: &Model) -> (Model, f64) {
+        let shapes = infer_shapes(m).expect("shapes");
+        let cg = channel_groups(m, &shapes).expect("groups");
+        let classes: Vec<usize> = cg
+            .groups
+            .iter()
+            .filter(|g| g.prunable())
+            .flat_map(|g| g.classes.iter().copied().skip(1).step_by(3))
+            .collect();
+        assert!(!classes.is_empty(), "nothing to remove");
+        let mut pruned = m.clone();
+        crate::passes::remove_channels(&mut pruned, &cg, &shapes, &classes).expect("remove");
+        let masked = crate::oracle::masked_original(m, &cg, &classes).expect("masked");
+        let cmp =
+            crate::oracle::compare(&masked, &pruned, &[BackendKind::Tract], 1, 5).expect("compare");
+        (pruned, cmp.max_rel_error)
+    }
+
+    /// [`prune_check`], asserting a relative error below 1e-5.
+    pub fn prunes_exactly(m: &Model) -> Model {
+        let (pruned, err) = prune_check(m);
+        assert!(err < 1e-5, "oracle error {err}");
+        pruned
+    }
+
+    /// The inferred shape of the value named `name`, like `[N,3,4,4]`.
+    pub fn shape_of(m: &Model, name: &str) -> String {
+        let shapes = infer_shapes(m).expect("shapes");
+        let v = m.graph.value_by_name(name).expect("value");
+        let shape = shapes.get(v).and_then(|f| f.shape.as_ref()).expect("shape");
+        crate::ir::fact::shape_string(shape)
     }
 }

@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
-use super::channel::{pass, Link, LinkCx, Slot};
+use super::channel::{block, pass, Link, LinkCx, Slot};
 use super::{util, Cx, Op};
 
 /// The `Concat` op.
@@ -170,11 +170,21 @@ impl Op for Concat {
         else {
             return cx.block_all("concat axis unknown");
         };
+        // Another axis holds the same channels in every input: all must be tracked.
+        let everywhere = |a: usize| {
+            (0..cx.node.inputs.len()).all(|p| cx.tracked.iter().any(|t| t.0 == p && t.1 == a))
+        };
         let mut links: Vec<Link> = cx
             .tracked
             .iter()
             .filter(|t| t.1 != axis)
-            .map(|&(p, a, _)| pass(p, a, 0, a))
+            .map(|&(p, a, _)| {
+                if everywhere(a) {
+                    pass(p, a, 0, a)
+                } else {
+                    block(p, a, "concat with an input whose channels are not tracked")
+                }
+            })
             .collect();
         if cx.tracked.iter().any(|t| t.1 == axis) {
             match Concat::assemble(cx, axis) {
@@ -287,5 +297,64 @@ mod tests {
             .unwrap();
         assert_eq!(out[0].shape, Some(shape("2")));
         assert_eq!(out[0].sym, None);
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn concat_assembles_its_inputs_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let a = n.conv(x, 3, 4);
+        let b = n.conv(x, 3, 5);
+        // The raw input's channels are not tracked: fixed.
+        let cat = n.op("Concat", &[a, x, b], vec![attr_int("axis", 1)]);
+        let y = n.conv(cat, 12, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, a).prunable());
+        assert!(group(&cg, &m, b).prunable());
+        assert!(blocked_with(&cg, "joins channels of an untracked input"));
+        let pruned = prunes_exactly(&m);
+        // 4 → 3 and 5 → 3 channels, plus the input's 3.
+        let name = &m.graph.value(cat).name;
+        assert_eq!(shape_of(&pruned, name), "[1,9,4,4]");
+    }
+
+    #[test]
+    fn concat_along_another_axis_with_an_untracked_input_blocks() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let a = n.conv(x, 3, 4);
+        let other = n.input(&[1, 4, 2, 4]);
+        let cat = n.op("Concat", &[a, other], vec![attr_int("axis", 2)]);
+        n.output(cat);
+        let cg = analyse(&n.model(13));
+        assert!(blocked_with(
+            &cg,
+            "concat with an input whose channels are not tracked"
+        ));
+    }
+
+    #[test]
+    fn concat_along_another_axis_unites_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let a = n.conv(x, 3, 4);
+        let b = n.conv(x, 3, 4);
+        let cat = n.op("Concat", &[a, b], vec![attr_int("axis", 2)]);
+        let y = n.conv(cat, 4, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, a);
+        assert!(g.prunable());
+        assert_eq!(g.sources.len(), 2);
+        prunes_exactly(&m);
     }
 }

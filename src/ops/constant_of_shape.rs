@@ -4,6 +4,7 @@
 //! the input's length, dims `Unknown`). Folding
 //! repeats the value's raw bytes, so any byte-addressable type; results over
 //! [`util::MAX_EVAL_BYTES`] and sub-byte or string fill values are not folded.
+//! Channels: its input is a shape vector, never channels; the default rule (block) applies.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};

@@ -108,3 +108,25 @@ mod tests {
         assert_eq!(r[0].to_f64_vec().unwrap()[5], 6.0);
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn flatten_into_gemm_rows() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 2, 2]);
+        let c = n.conv(x, 3, 6);
+        let f = n.op("Flatten", &[c], vec![]);
+        let w = n.floats(&[24, 3]);
+        let y = n.op("Gemm", &[f, w], vec![]);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        let pruned = prunes_exactly(&m);
+        // Every third channel of 6 removed: 4 × 2 × 2.
+        assert_eq!(shape_of(&pruned, &m.graph.value(f).name), "[1,16]");
+    }
+}

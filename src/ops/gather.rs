@@ -238,3 +238,51 @@ mod tests {
         assert!(infer(&GATHER, &n, &[sym_fact("N,3"), i64_const(&[2])], 13).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_int;
+    use crate::ir::Tensor;
+    use crate::ops::channel::testing::*;
+
+    /// conv(6) on a batch of 3 → Gather along `axis` with indices of shape [2, 1].
+    fn gathered(axis: i64) -> crate::ir::Model {
+        let mut n = Net::new();
+        let x = n.input(&[3, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let idx =
+            n.g.add_initializer("idx", Tensor::from_i64(vec![2, 1], &[0, 2]));
+        let g = n.op("Gather", &[c, idx], vec![attr_int("axis", axis)]);
+        n.output(g);
+        n.model(13)
+    }
+
+    #[test]
+    fn gather_along_a_spatial_axis_passes_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let idx = n.ints(&[0, 2]);
+        let g = n.op("Gather", &[c, idx], vec![attr_int("axis", 2)]);
+        let y = n.conv(g, 6, 2);
+        n.output(y);
+        let m = n.model(13);
+        assert!(group(&analyse(&m), &m, c).prunable());
+        prunes_exactly(&m);
+        // Channels before the axis keep their position, those after shift by rank(indices)-1.
+        let m = gathered(0);
+        let cg = analyse(&m);
+        assert!(blocked_with(&cg, "graph output"), "{:?}", cg.groups);
+        let links = cg.links.values().flatten();
+        assert!(links.into_iter().any(|l| matches!(l,
+            crate::ops::channel::Link::Pass { to, .. } if to.axis == 2)));
+    }
+
+    #[test]
+    fn gather_along_the_channels_blocks() {
+        assert!(blocked_with(
+            &analyse(&gathered(1)),
+            "gather along the channel axis"
+        ));
+    }
+}

@@ -99,3 +99,25 @@ mod tests {
         assert!(infer(&GLOBAL_AVERAGE_POOL, &n, &[f32_fact("8")], 13).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn global_pool_then_flatten_and_gemm() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let p = n.op("GlobalAveragePool", &[c], vec![]);
+        let q = n.op("GlobalMaxPool", &[p], vec![]);
+        let f = n.op("Flatten", &[q], vec![]);
+        let w = n.floats(&[6, 3]);
+        let y = n.op("Gemm", &[f, w], vec![]);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+}

@@ -80,3 +80,25 @@ impl Op for Dropout {
         links
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn identity_and_dropout_pass_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 8);
+        let i = n.op("Identity", &[c], vec![]);
+        let d = n.op_n("Dropout", &[Some(i)], 2, vec![]);
+        let y = n.conv(d[0], 8, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, c);
+        assert!(g.prunable(), "{:?}", g.blocked);
+        assert_eq!(g.channels, 8);
+        prunes_exactly(&m);
+    }
+}

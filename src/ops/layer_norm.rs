@@ -142,3 +142,37 @@ mod tests {
         assert!(infer(&LAYER_NORM, &n, &[f32_fact("1,4,768")], 17).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn channels_before_the_normalised_axes_pass() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let (s, b) = (n.floats(&[4]), n.floats(&[4]));
+        let l = n.op("LayerNormalization", &[c, s, b], vec![]);
+        let y = n.conv(l, 6, 2);
+        n.output(y);
+        let m = n.model(17);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+
+    #[test]
+    fn normalising_the_channels_blocks() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let s = n.floats(&[6, 4, 4]);
+        let l = n.op("LayerNormalization", &[c, s], vec![attr_int("axis", 1)]);
+        n.output(l);
+        let m = n.model(17);
+        let cg = analyse(&m);
+        assert!(blocked_with(&cg, "normalisation over the channel axis"));
+    }
+}

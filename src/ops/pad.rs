@@ -445,3 +445,89 @@ mod tests {
         assert!(eval(&PAD, &n, &[Some(f)], 10).is_none());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ir::Model;
+    use crate::ops::channel::testing::*;
+    use crate::ops::util::test_extra::attr_str;
+
+    /// The CIFAR ResNet option-A shortcut: `x[:, :, ::2, ::2]` padded with zero channels on
+    /// both sides, added to a strided conv's output.
+    fn option_a(opset: i64, mode: &str, pads: [i64; 2]) -> Model {
+        let mut n = Net::new();
+        let x = n.batch_input(&[3, 8, 8]);
+        let a = n.conv(x, 3, 4);
+        let r = n.op("Relu", &[a], vec![]);
+        let sliced = if opset >= 10 {
+            let (s, e, ax, st) = (
+                n.ints(&[0, 0]),
+                n.ints(&[8, 8]),
+                n.ints(&[2, 3]),
+                n.ints(&[2, 2]),
+            );
+            n.op("Slice", &[r, s, e, ax, st], vec![])
+        } else {
+            // Opset 9 has no steps: pool instead.
+            let k = vec![
+                attr_ints("kernel_shape", &[1, 1]),
+                attr_ints("strides", &[2, 2]),
+            ];
+            n.op("MaxPool", &[r], k)
+        };
+        let [b, e] = pads;
+        let flat = [0, b, 0, 0, 0, e, 0, 0];
+        let mut attrs = vec![attr_str("mode", mode)];
+        let p = if opset >= 11 {
+            let pv = n.ints(&flat);
+            n.op("Pad", &[sliced, pv], attrs)
+        } else {
+            attrs.push(attr_ints("pads", &flat));
+            n.op("Pad", &[sliced], attrs)
+        };
+        let w = n.floats(&[(4 + b + e) as usize, 4, 3, 3]);
+        let conv = n.op(
+            "Conv",
+            &[r, w],
+            vec![
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+            ],
+        );
+        let sum = n.op("Add", &[conv, p], vec![]);
+        let y = n.conv(sum, (4 + b + e) as usize, 2);
+        n.output(y);
+        n.model(opset)
+    }
+
+    #[test]
+    fn option_a_shortcut_is_prunable() {
+        for opset in [9, 13] {
+            let m = option_a(opset, "constant", [2, 2]);
+            let cg = analyse(&m);
+            let prunable: Vec<_> = cg.groups.iter().filter(|g| g.prunable()).collect();
+            // One group: the block input's 4 channels united with the strided conv's middle
+            // ones, and its outer ones united with the fresh zero channels.
+            let sizes: Vec<usize> = prunable.iter().map(|g| g.channels).collect();
+            assert_eq!(sizes, [8], "opset {opset}");
+            assert_eq!(prunable[0].sources.iter().filter(|s| s.constant).count(), 1);
+            prunes_exactly(&m);
+        }
+    }
+
+    #[test]
+    fn asymmetric_and_input_pads() {
+        prunes_exactly(&option_a(13, "constant", [0, 3]));
+        prunes_exactly(&option_a(13, "constant", [1, 0]));
+    }
+
+    #[test]
+    fn reflect_padding_of_channels_blocks() {
+        let cg = analyse(&option_a(13, "reflect", [2, 2]));
+        assert!(blocked_with(
+            &cg,
+            "non-constant padding of the channel axis"
+        ));
+    }
+}

@@ -195,3 +195,43 @@ mod tests {
         assert!(infer(&MAX_POOL, &n, &[f32_fact("1,3,2,8")], 12).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ops::channel::testing::*;
+
+    fn pooled(outputs: usize) -> crate::ir::Model {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let attrs = vec![
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ];
+        let p = n.op_n("MaxPool", &[Some(c)], outputs, attrs);
+        let a = n.op(
+            "AveragePool",
+            &[p[0]],
+            vec![attr_ints("kernel_shape", &[1, 1])],
+        );
+        let y = n.conv(a, 6, 2);
+        n.output(y);
+        n.model(13)
+    }
+
+    #[test]
+    fn pooling_passes_channels() {
+        let m = pooled(1);
+        let cg = analyse(&m);
+        assert_eq!(cg.groups.iter().filter(|g| g.prunable()).count(), 1);
+        prunes_exactly(&m);
+    }
+
+    #[test]
+    fn max_pool_indices_block() {
+        let cg = analyse(&pooled(2));
+        assert!(blocked_with(&cg, "MaxPool indices"));
+        assert_eq!(cg.groups.iter().filter(|g| g.prunable()).count(), 0);
+    }
+}

@@ -416,3 +416,40 @@ mod tests {
         assert_eq!(c.flops, 6);
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::{attr_int, attr_ints};
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn spatial_reduction_passes_channels() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let attrs = vec![attr_ints("axes", &[2, 3]), attr_int("keepdims", 0)];
+        let r = n.op("ReduceMean", &[c], attrs);
+        let w = n.floats(&[6, 3]);
+        let y = n.op("Gemm", &[r, w], vec![]);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+
+    #[test]
+    fn channel_reduction_blocks() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        // Opset 18: axes as an input.
+        let axes = n.ints(&[1]);
+        let r = n.op("ReduceSum", &[c, axes], vec![]);
+        n.output(r);
+        let m = n.model(18);
+        let cg = analyse(&m);
+        assert!(blocked_with(&cg, "reduction over the channel axis"));
+        assert!(!group(&cg, &m, c).prunable());
+    }
+}

@@ -9,9 +9,12 @@
 //! When nothing is known of the target's elements only the rank is known (from its length).
 //! Folding is a reshape, so any type.
 //!
-//! Channels: see [`reshape_links`]. After removal, a constant target's positive entries at
-//! channel axes become the new widths (`0` and `-1` entries adapt by themselves); a computed
-//! target is left alone (shape chains recompute it).
+//! Channels: see [`reshape_links`]. After removal, the target's positive entries at channel
+//! axes become the new widths (`0` and `-1` entries adapt by themselves). A computed target
+//! whose elements are known (shape arithmetic with folded pieces, e.g. ShuffleNet's
+//! `view(N, 2, 24, H, W)` after the channel count was folded) is replaced by a constant one,
+//! its symbolic entries copying the input's dim (`0`) or inferred (`-1`); a channel entry
+//! of a computed target that cannot be so replaced blocks.
 
 use crate::error::{Error, Result};
 use crate::ir::fact::sym_string;
@@ -125,6 +128,43 @@ fn target_shape(
     Ok(out.into_iter().map(|d| d.unwrap_or(Dim::Unknown)).collect())
 }
 
+/// A constant target equivalent to `elems` for an input of shape `input`: a symbolic entry
+/// equal to the input's dim at the same position copies it (`0`), one other becomes `-1`.
+fn constant_target(elems: &[SymInt], input: &[Dim], allowzero: bool) -> Option<Vec<i64>> {
+    let mut hole = elems.contains(&SymInt::Int(-1));
+    let mut out = Vec::with_capacity(elems.len());
+    for (j, e) in elems.iter().enumerate() {
+        out.push(match e {
+            SymInt::Int(v) => *v,
+            SymInt::Sym(s) if !allowzero && input.get(j) == Some(&Dim::Sym(s.clone())) => 0,
+            SymInt::Sym(_) if !hole => {
+                hole = true;
+                -1
+            }
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// The target as a constant list (see [`constant_target`]), when it can be one.
+fn target_ints(
+    node: &Node,
+    opset: i64,
+    target: Option<&Fact>,
+    input: Option<&Fact>,
+) -> Option<Vec<i64>> {
+    if opset < 5 {
+        return node.attr_ints("shape").map(<[i64]>::to_vec);
+    }
+    let target = target?;
+    if let Some(v) = target.value.as_ref().and_then(Tensor::to_i64_vec) {
+        return Some(v);
+    }
+    let allowzero = node.attr_i("allowzero").unwrap_or(0) != 0;
+    constant_target(&target.sym_elems()?, input?.shape.as_deref()?, allowzero)
+}
+
 /// Known target elements.
 fn ints(v: &[i64]) -> Vec<SymInt> {
     v.iter().map(|&d| SymInt::Int(d)).collect()
@@ -209,17 +249,33 @@ impl Op for Reshape {
     }
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
+        let fact = |p: usize| cx.inputs.get(p).copied().flatten();
+        let target = target_ints(cx.node, cx.opset, fact(1), fact(0));
+        // Entries of a computed target we cannot rewrite: only `0`/`-1` adapt by themselves.
+        let elems = fact(1).and_then(Fact::sym_elems);
+        let adapts = |j: usize| {
+            target.is_some()
+                || elems
+                    .as_ref()
+                    .and_then(|e| e.get(j))
+                    .is_some_and(|e| matches!(e, SymInt::Int(0 | -1)))
+        };
         reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
+            .into_iter()
+            .map(|l| match l {
+                Link::Pass { from, to, .. } if !adapts(to.axis) => Link::Block {
+                    slot: from,
+                    reason: "a computed reshape target fixes the channel count".into(),
+                },
+                l => l,
+            })
+            .collect()
     }
 
     fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
         let mut rw = Rewrite::default();
-        let target = if cx.opset < 5 {
-            cx.node.attr_ints("shape").map(<[i64]>::to_vec)
-        } else {
-            cx.value(1).and_then(Tensor::to_i64_vec)
-        };
-        let Some(mut t) = target else {
+        let fact = |p: usize| cx.inputs.get(p).copied().flatten();
+        let Some(mut t) = target_ints(cx.node, cx.opset, fact(1), fact(0)) else {
             return Ok(rw);
         };
         let mut changed = false;
@@ -491,5 +547,76 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(out[0].shape, Some(shape("M,?")));
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::{attr_int, attr_ints};
+    use crate::ir::Tensor;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn channel_shuffle_couples_the_groups() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 8);
+        let t1 = n.ints(&[1, 2, 4, 4, 4]);
+        let v = n.op("Reshape", &[c, t1], vec![]);
+        let t = n.op("Transpose", &[v], vec![attr_ints("perm", &[0, 2, 1, 3, 4])]);
+        let t2 = n.ints(&[1, 8, 4, 4]);
+        let s = n.op("Reshape", &[t, t2], vec![]);
+        let y = n.conv(s, 8, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, c);
+        assert!(g.prunable(), "{:?}", g.blocked);
+        // Channels k and k + 4 go together.
+        assert_eq!(g.channels, 4);
+        let pruned = prunes_exactly(&m);
+        assert_eq!(shape_of(&pruned, &m.graph.value(v).name), "[1,2,3,4,4]");
+    }
+
+    #[test]
+    fn mixing_the_channels_with_other_axes_blocks() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let t = n.ints(&[1, 4, 24]);
+        let r = n.op("Reshape", &[c, t], vec![]);
+        n.output(r);
+        let cg = analyse(&n.model(13));
+        assert!(blocked_with(
+            &cg,
+            "reshape mixes the channel axis with others"
+        ));
+    }
+
+    #[test]
+    fn computed_targets_with_folded_channel_counts_become_constants() {
+        let mut n = Net::new();
+        let x = n.batch_input(&[3, 4, 4]);
+        let c = n.conv(x, 3, 8);
+        let shape = n.op("Shape", &[c], vec![]);
+        let zero = n.g.add_initializer("zero", Tensor::from_i64(vec![], &[0]));
+        let batch = n.op("Gather", &[shape, zero], vec![]);
+        let batch = n.op("Unsqueeze", &[batch], vec![attr_ints("axes", &[0])]);
+        let rest = n.ints(&[2, 4, 16]);
+        let t1 = n.op("Concat", &[batch, rest], vec![attr_int("axis", 0)]);
+        let v = n.op("Reshape", &[c, t1], vec![]);
+        let rest = n.ints(&[8, 4, 4]);
+        let t2 = n.op("Concat", &[batch, rest], vec![attr_int("axis", 0)]);
+        let s = n.op("Reshape", &[v, t2], vec![]);
+        let y = n.conv(s, 8, 2);
+        n.output(y);
+        let m = n.model(11);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, c);
+        assert!(g.prunable(), "{:?}", g.blocked);
+        assert_eq!(g.channels, 4);
+        let pruned = prunes_exactly(&m);
+        assert_eq!(shape_of(&pruned, &m.graph.value(v).name), "[N,2,3,16]");
+        assert_eq!(shape_of(&pruned, &m.graph.value(s).name), "[N,6,4,4]");
     }
 }

@@ -382,3 +382,55 @@ mod tests {
         assert!(infer(&RESIZE, &n, &ins, 13).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::{Tensor, ValueId};
+    use crate::ops::channel::testing::*;
+
+    /// conv(6) → Resize(scales or sizes) → conv.
+    fn resized(scales: &[f32], sizes: Option<&[i64]>) -> (crate::ir::Model, ValueId) {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let sc =
+            n.g.add_initializer("scales", Tensor::from_f32(vec![scales.len()], scales));
+        let sz = sizes.map(|s| n.ints(s));
+        let r = n.op_n("Resize", &[Some(c), None, Some(sc), sz], 1, vec![])[0];
+        let y = n.conv(r, 6, 2);
+        n.output(y);
+        (n.model(13), c)
+    }
+
+    #[test]
+    fn spatial_resize_passes_channels() {
+        let (m, c) = resized(&[1.0, 1.0, 2.0, 2.0], None);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+
+    #[test]
+    fn sizes_follow_the_new_width() {
+        let (m, c) = resized(&[], Some(&[1, 6, 8, 8]));
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+
+    #[test]
+    fn resizing_the_channels_blocks() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let scales = [1.0, 2.0, 1.0, 1.0];
+        let sc =
+            n.g.add_initializer("scales", Tensor::from_f32(vec![4], &scales));
+        let r = n.op_n("Resize", &[Some(c), None, Some(sc)], 1, vec![])[0];
+        n.output(r);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(!group(&cg, &m, c).prunable());
+        assert!(blocked_with(&cg, "resizing over the channel axis"));
+    }
+}

@@ -144,3 +144,24 @@ mod tests {
         assert!(infer(&SHAPE, &n, &[None], 13).is_err());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn shape_reads_only_the_shape() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let s = n.op("Shape", &[c], vec![]);
+        let y = n.conv(c, 6, 2);
+        n.output(y);
+        n.output(s);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, c);
+        assert!(g.prunable(), "{:?}", g.blocked);
+        assert_eq!(cg.groups.len(), 2);
+    }
+}

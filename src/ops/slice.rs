@@ -500,3 +500,58 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ir::Model;
+    use crate::ops::channel::testing::*;
+
+    /// conv(8) → Slice channels `start..end` (step `step`) → conv.
+    fn sliced(opset: i64, start: i64, end: i64, step: i64) -> (Model, usize) {
+        let mut n = Net::new();
+        let x = n.batch_input(&[3, 4, 4]);
+        let c = n.conv(x, 3, 8);
+        let s = if opset < 10 {
+            let attrs = vec![
+                attr_ints("starts", &[start]),
+                attr_ints("ends", &[end]),
+                attr_ints("axes", &[1]),
+            ];
+            n.op("Slice", &[c], attrs)
+        } else {
+            let ins = [
+                n.ints(&[start]),
+                n.ints(&[end]),
+                n.ints(&[1]),
+                n.ints(&[step]),
+            ];
+            n.op("Slice", &[c, ins[0], ins[1], ins[2], ins[3]], vec![])
+        };
+        let (_, width) = super::clamp(8, start, end, step);
+        let y = n.conv(s, width, 2);
+        n.output(y);
+        (n.model(opset), width)
+    }
+
+    #[test]
+    fn channel_windows_are_prunable() {
+        for (opset, start, end) in [(13, 2, 6), (13, -5, i64::MAX), (9, 1, -1), (13, 0, 3)] {
+            let (m, _) = sliced(opset, start, end, 1);
+            let cg = analyse(&m);
+            let g = cg.groups.iter().find(|g| g.channels == 8).unwrap();
+            assert!(g.prunable(), "{:?}", g.blocked);
+            prunes_exactly(&m);
+        }
+    }
+
+    #[test]
+    fn strided_channel_slices_block() {
+        let (m, width) = sliced(13, 0, 8, 2);
+        assert_eq!(width, 4);
+        assert!(blocked_with(
+            &analyse(&m),
+            "strided slice of the channel axis"
+        ));
+    }
+}

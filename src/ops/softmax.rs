@@ -94,3 +94,43 @@ mod tests {
         assert!(infer(&LOG_SOFTMAX, &n, &[f32_fact("10")], 13).is_ok());
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::*;
+
+    /// Whether the conv's channels stay prunable through a softmax over `axis` at `opset`.
+    fn prunable(axis: Option<i64>, opset: i64) -> bool {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let attrs = axis.map(|a| attr_int("axis", a)).into_iter().collect();
+        let s = n.op("Softmax", &[c], attrs);
+        let y = n.conv(s, 6, 2);
+        n.output(y);
+        let m = n.model(opset);
+        let cg = analyse(&m);
+        let g = group(&cg, &m, c);
+        assert!(
+            g.prunable()
+                || g.blocked
+                    .iter()
+                    .any(|r| r.contains("softmax over the channel axis")),
+            "{:?}",
+            g.blocked
+        );
+        g.prunable()
+    }
+
+    #[test]
+    fn softmax_blocks_only_its_axis() {
+        assert!(!prunable(Some(1), 13));
+        assert!(prunable(None, 13));
+        assert!(prunable(Some(3), 13));
+        // Before 13 the input is coerced to 2-D at `axis`: every axis from it on is mixed.
+        assert!(!prunable(None, 11));
+        assert!(!prunable(Some(1), 11));
+        assert!(prunable(Some(2), 11));
+    }
+}

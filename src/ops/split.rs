@@ -237,17 +237,17 @@ impl Op for Split {
 
     fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
         let mut rw = Rewrite::default();
-        let Some(dims) = cx.in_dims(0) else {
+        let Some(rank) = cx.inputs.first().copied().flatten().and_then(Fact::rank) else {
+            return Ok(rw);
+        };
+        let Some(m) = axis(cx.node, rank)
+            .ok()
+            .and_then(|a| cx.mask(Slot::input(0, a)))
+        else {
             return Ok(rw);
         };
         let ints = |p: usize| cx.value(p).and_then(Tensor::to_i64_vec);
-        let len = axis(cx.node, dims.len())
-            .ok()
-            .and_then(|a| dims.get(a).copied());
-        let Some((ax, sizes)) = len.and_then(|len| plan(cx.node, dims.len(), len, ints)) else {
-            return Ok(rw);
-        };
-        let Some(m) = cx.mask(Slot::input(0, ax)) else {
+        let Some((_, sizes)) = plan(cx.node, rank, m.len(), ints) else {
             return Ok(rw);
         };
         let mut start = 0;
@@ -345,5 +345,58 @@ mod tests {
         assert!(eval(&SPLIT, &n, &[i64s(&[1, 2, 3]), i64s(&[-1, 4])], 13)
             .unwrap()
             .is_err());
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::{attr_int, attr_ints};
+    use crate::ir::Model;
+    use crate::ops::channel::testing::*;
+
+    /// conv(8) → Split on the channels → two convs → Concat of their outputs.
+    fn split_net(opset: i64, sizes: Option<&[i64]>) -> Model {
+        let mut n = Net::new();
+        // A symbolic batch: the rewrite must not need every dim.
+        let x = n.batch_input(&[3, 4, 4]);
+        let c = n.conv(x, 3, 8);
+        let mut attrs = vec![attr_int("axis", 1)];
+        let mut ins = vec![Some(c)];
+        match sizes {
+            Some(s) if opset < 13 => attrs.push(attr_ints("split", s)),
+            Some(s) => ins.push(Some(n.ints(s))),
+            None if opset >= 18 => attrs.push(attr_int("num_outputs", 2)),
+            None => {}
+        }
+        let parts = n.op_n("Split", &ins, 2, attrs);
+        let sizes = sizes.map_or(vec![4, 4], |s| s.to_vec());
+        let a = n.conv(parts[0], sizes[0] as usize, 2);
+        let b = n.conv(parts[1], sizes[1] as usize, 2);
+        let y = n.op("Add", &[a, b], vec![]);
+        n.output(y);
+        n.model(opset)
+    }
+
+    #[test]
+    fn split_ranges_are_prunable_in_every_form() {
+        for (opset, sizes) in [
+            (11, Some(&[3i64, 5][..])),
+            (13, Some(&[3, 5][..])),
+            (13, None),
+            (18, None),
+        ] {
+            let m = split_net(opset, sizes);
+            let cg = analyse(&m);
+            let prunable: Vec<_> = cg.groups.iter().filter(|g| g.prunable()).collect();
+            assert_eq!(prunable.len(), 1, "opset {opset}");
+            assert_eq!(prunable[0].channels, 8);
+            let pruned = prunes_exactly(&m);
+            let node = pruned
+                .graph
+                .node_ids()
+                .find(|&i| pruned.graph.node(i).op_type == "Split");
+            let node = pruned.graph.node(node.unwrap());
+            assert!(node.attr("num_outputs").is_none());
+        }
     }
 }

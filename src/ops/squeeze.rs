@@ -224,3 +224,32 @@ mod tests {
         assert_eq!(out[0].sym, Some(syms("N")));
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn squeeze_keeps_channels() {
+        for opset in [11, 13] {
+            let mut n = Net::new();
+            let x = n.input(&[1, 3, 4, 4]);
+            let c = n.conv(x, 3, 6);
+            let p = n.op("GlobalAveragePool", &[c], vec![]);
+            let s = if opset < 13 {
+                n.op("Squeeze", &[p], vec![attr_ints("axes", &[2, 3])])
+            } else {
+                let axes = n.ints(&[2, 3]);
+                n.op("Squeeze", &[p, axes], vec![])
+            };
+            let w = n.floats(&[6, 3]);
+            let y = n.op("Gemm", &[s, w], vec![]);
+            n.output(y);
+            let m = n.model(opset);
+            let cg = analyse(&m);
+            assert!(group(&cg, &m, c).prunable(), "{:?}", cg.groups);
+            prunes_exactly(&m);
+        }
+    }
+}

@@ -156,3 +156,25 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn channels_follow_the_permutation() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let t = n.op("Transpose", &[c], vec![attr_ints("perm", &[0, 2, 3, 1])]);
+        let r = n.op("Relu", &[t], vec![]);
+        let back = n.op("Transpose", &[r], vec![attr_ints("perm", &[0, 3, 1, 2])]);
+        let y = n.conv(back, 6, 2);
+        n.output(y);
+        let m = n.model(13);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        prunes_exactly(&m);
+    }
+}

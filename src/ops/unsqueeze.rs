@@ -185,3 +185,29 @@ mod tests {
         assert_eq!(out[0].sym, Some(syms("N")));
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use crate::ir::graph::attr_ints;
+    use crate::ops::channel::testing::*;
+
+    #[test]
+    fn unsqueeze_moves_the_channel_axis() {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let c = n.conv(x, 3, 6);
+        let u = n.op("Unsqueeze", &[c], vec![attr_ints("axes", &[0])]);
+        let s = n.op("Squeeze", &[u], vec![attr_ints("axes", &[0])]);
+        let y = n.conv(s, 6, 2);
+        n.output(y);
+        let m = n.model(11);
+        let cg = analyse(&m);
+        assert!(group(&cg, &m, c).prunable());
+        let links = &cg.links;
+        let moved = links.values().flatten().any(|l| {
+            matches!(l, crate::ops::channel::Link::Pass { from, to, .. } if from.axis == 1 && to.axis == 2)
+        });
+        assert!(moved);
+        prunes_exactly(&m);
+    }
+}

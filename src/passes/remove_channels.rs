@@ -275,13 +275,18 @@ pub fn remove_channels(
             replace_const_input(g, n, port, t);
         }
         for (port, t) in edit.rewrite.inputs {
-            if port >= g.node(n).inputs.len() {
+            if port >= g.node(n).inputs.len() || g.node(n).input(port).is_none() {
+                // A new input, or one listed as omitted.
                 let name = format!("{}_arg{port}", g.node(n).name);
                 let c = g.add_initializer(&name, t);
                 while g.node(n).inputs.len() < port {
                     g.push_input(n, None);
                 }
-                g.push_input(n, Some(c));
+                if port < g.node(n).inputs.len() {
+                    g.set_input(n, port, Some(c));
+                } else {
+                    g.push_input(n, Some(c));
+                }
             } else {
                 replace_const_input(g, n, port, t);
             }
@@ -450,4 +455,93 @@ fn check_widths(model: &Model, expected: &[(String, usize, usize)]) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::channel_groups;
+    use crate::ir::graph::attr_ints;
+    use crate::ops::channel::testing::{group, shape_of, Net};
+    use crate::oracle::{compare, masked_original};
+    use crate::runtime::BackendKind;
+
+    /// `x → Conv(8) → BN → Relu → Concat(·, Conv(4)) → Conv(6) → MaxPool → Flatten → Gemm(5)`;
+    /// returns the model and the three convs' outputs.
+    fn chain() -> (Model, [ValueId; 3]) {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 4, 4]);
+        let a = n.conv_k(x, 3, 8, 3);
+        let stats: Vec<ValueId> = (0..3).map(|_| n.floats(&[8])).collect();
+        // Positive variances.
+        let var =
+            n.g.add_initializer("var", Tensor::from_f32(vec![8], &[0.5; 8]));
+        let bn = n.op(
+            "BatchNormalization",
+            &[a, stats[0], stats[1], stats[2], var],
+            vec![],
+        );
+        let r = n.op("Relu", &[bn], vec![]);
+        let b = n.conv(x, 3, 4);
+        let cat = n.op(
+            "Concat",
+            &[r, b],
+            vec![crate::ir::graph::attr_int("axis", 1)],
+        );
+        let c = n.conv_k(cat, 12, 6, 3);
+        let pool = vec![
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ];
+        let p = n.op("MaxPool", &[c], pool);
+        let f = n.op("Flatten", &[p], vec![]);
+        let (w, bias) = (n.floats(&[24, 5]), n.floats(&[5]));
+        let y = n.op("Gemm", &[f, w, bias], vec![]);
+        n.output(y);
+        (n.model(13), [a, b, c])
+    }
+
+    #[test]
+    fn removes_channels_through_concat_and_flatten() {
+        let (m, [a, b, c]) = chain();
+        let shapes = infer_shapes(&m).unwrap();
+        let cg = channel_groups(&m, &shapes).unwrap();
+        assert_eq!(cg.groups.iter().filter(|g| g.prunable()).count(), 3);
+        let (ga, gb, gc) = (group(&cg, &m, a), group(&cg, &m, b), group(&cg, &m, c));
+        assert_eq!((ga.channels, gb.channels, gc.channels), (8, 4, 6));
+        let classes: Vec<usize> = [ga.classes[0], ga.classes[3], ga.classes[7]]
+            .into_iter()
+            .chain([gb.classes[1], gc.classes[2], gc.classes[4]])
+            .collect();
+        let mut pruned = m.clone();
+        assert!(remove_channels(&mut pruned, &cg, &shapes, &classes).unwrap());
+        let name = |v: ValueId| m.graph.value(v).name.clone();
+        assert_eq!(shape_of(&pruned, &name(a)), "[1,5,4,4]");
+        assert_eq!(shape_of(&pruned, &name(b)), "[1,3,4,4]");
+        assert_eq!(shape_of(&pruned, &name(c)), "[1,4,4,4]");
+        let y = m.graph.outputs[0];
+        assert_eq!(shape_of(&pruned, &name(y)), "[1,5]");
+        let masked = masked_original(&m, &cg, &classes).unwrap();
+        let tract = [BackendKind::Tract];
+        let cmp = compare(&masked, &pruned, &tract, 2, 1).unwrap();
+        assert!(cmp.max_rel_error < 1e-5, "{cmp:?}");
+        // The oracle is not vacuous: the unmasked original differs.
+        let cmp = compare(&m, &pruned, &tract, 1, 1).unwrap();
+        assert!(cmp.max_rel_error > 1e-3, "{cmp:?}");
+    }
+
+    #[test]
+    fn refuses_blocked_groups_and_emptying_a_group() {
+        let (m, [a, ..]) = chain();
+        let shapes = infer_shapes(&m).unwrap();
+        let cg = channel_groups(&m, &shapes).unwrap();
+        let blocked = cg.groups.iter().find(|g| !g.prunable()).unwrap();
+        let mut copy = m.clone();
+        let e = remove_channels(&mut copy, &cg, &shapes, &blocked.classes[..1]).unwrap_err();
+        assert!(e.to_string().contains("blocked"), "{e}");
+        let all = group(&cg, &m, a).classes.clone();
+        let e = remove_channels(&mut copy, &cg, &shapes, &all).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        assert!(!remove_channels(&mut copy, &cg, &shapes, &[]).unwrap());
+    }
 }
