@@ -523,7 +523,7 @@ fn segments(iv: &[u128], ov: &[u128]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> {
 /// - several input axes (only `a` tracked) → one axis `b` (a merge, e.g. Flatten): output
 ///   position `q` is the coordinate of `a` in `q`'s row-major decomposition;
 /// - `{a}` → several axes (a split, e.g. a channel shuffle's `view(N, g, C/g, H, W)`): the
-///   slot moves to the largest output axis `b` (first on ties), position `k` being input
+///   slot moves to the largest output axis `b` (the innermost on ties), position `k` being input
 ///   position with coordinate `k` along `b` and 0 elsewhere, and the input positions sharing a
 ///   coordinate along `b` are coupled (removed together);
 /// - anything else blocks.
@@ -608,8 +608,10 @@ pub fn reshape_links(
                 }
                 let dims: Vec<usize> = so.iter().map(|&j| ov[j] as usize).collect();
                 let mut bi = 0;
+                // The largest factor carries the channels; on ties the inner one (a shuffle's
+                // `view(N, g, C/g, ..)` with g = C/g keeps the group count fixed).
                 for (i, &d) in dims.iter().enumerate() {
-                    if d > dims[bi] {
+                    if d >= dims[bi] {
                         bi = i;
                     }
                 }
