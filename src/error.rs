@@ -60,6 +60,15 @@ pub enum Error {
     /// A bad option or argument.
     #[error("{0}")]
     Usage(String),
+    /// A dataset that cannot be read or does not fit the model (`place`: the file, or file and
+    /// member, like `cifar.zip:test/cat/0001.jpg`).
+    #[error("{place}: {msg}")]
+    Data {
+        /// The file (and member) concerned.
+        place: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 impl Error {
@@ -76,6 +85,14 @@ impl Error {
     pub fn tensor(tensor: &str, msg: impl Into<String>) -> Self {
         Error::Tensor {
             tensor: tensor.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A dataset error at `place` (a path, or `archive:member`).
+    pub fn data(place: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+        Error::Data {
+            place: place.to_string(),
             msg: msg.into(),
         }
     }

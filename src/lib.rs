@@ -2,14 +2,22 @@
 //!
 //! Layers, bottom up: [`onnx`] (file format), [`ir`] (graph IR), [`ops`] (one file per op:
 //! shapes, costs), [`analysis`] (side tables: shapes, costs), [`passes`] (graph rewrites),
-//! [`runtime`] (ONNX Runtime and tract backends), and the `lopper` CLI on top.
+//! [`runtime`] (ONNX Runtime and tract backends), [`data`] (datasets and preprocessing),
+//! [`eval`] (accuracy against data or a reference) and [`bench`] (interleaved latency), and the
+//! `lopper` CLI on top.
 
 pub mod analysis;
+pub mod bench;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
+pub mod oracle;
 pub mod passes;
+pub mod plan;
+pub mod prune;
 pub mod runtime;
 
 pub use error::{Error, Result};

@@ -3,12 +3,16 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 mod cli;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => return usage_error(e),
+    };
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -38,4 +42,27 @@ fn main() -> ExitCode {
         }
         Err(_) => ExitCode::from(3),
     }
+}
+
+/// Help and version go to stdout as clap prints them; argument errors become one line on
+/// stderr with exit code 2, like every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = parts.join(" ");
+    eprintln!("lopper: {}", msg.strip_prefix("error: ").unwrap_or(&msg));
+    ExitCode::from(2)
 }

@@ -4,8 +4,16 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
+mod data_args;
+mod eval;
+mod groups;
 mod inspect;
+mod progress;
+mod prune;
+mod runtime_args;
 mod simplify;
+mod verify;
 
 /// lopper: structured channel pruning for ONNX models.
 #[derive(Parser, Debug)]
@@ -21,6 +29,16 @@ enum Command {
     Inspect(inspect::Args),
     /// Simplify a model: fold constants and BatchNormalization, drop Identity/Dropout and dead code.
     Simplify(simplify::Args),
+    /// Evaluate a classifier on a dataset: top-1/top-5, loss, throughput; --reference compares.
+    Eval(eval::Args),
+    /// Benchmark models' latency (interleaved runs), speedup vs the first, FLOPs.
+    Bench(bench::Args),
+    /// List the channel dependency groups: producers, consumers, channels, blocking reasons.
+    Groups(groups::Args),
+    /// Remove channels (--ratio R, --remove-dead) and write the smaller model, verified.
+    Prune(prune::Args),
+    /// Check that two models compute the same outputs on random inputs.
+    Verify(verify::Args),
 }
 
 /// Where tensor data goes when writing a model.
@@ -70,5 +88,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Simplify(a) => simplify::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Groups(a) => groups::run(a),
+        Command::Prune(a) => prune::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }

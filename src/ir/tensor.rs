@@ -159,11 +159,20 @@ impl Tensor {
     pub fn select(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
         let bits = self.dtype.bits();
         if bits < 8 || axis >= self.shape.len() {
-            return Err(Error::tensor("", format!("cannot select along axis {axis} of a {self:?}")));
+            return Err(Error::tensor(
+                "",
+                format!("cannot select along axis {axis} of a {self:?}"),
+            ));
         }
         let len = self.shape[axis];
         if let Some(bad) = indices.iter().find(|&&i| i >= len) {
-            return Err(Error::tensor("", format!("index {bad} out of range for axis {axis} of {:?}", self.shape)));
+            return Err(Error::tensor(
+                "",
+                format!(
+                    "index {bad} out of range for axis {axis} of {:?}",
+                    self.shape
+                ),
+            ));
         }
         let esize = bits / 8;
         let inner: usize = self.shape[axis + 1..].iter().product::<usize>() * esize;
@@ -177,14 +186,22 @@ impl Tensor {
         }
         let mut shape = self.shape.clone();
         shape[axis] = indices.len();
-        Ok(Tensor { dtype: self.dtype, shape, data: data.into(), strings: Vec::new() })
+        Ok(Tensor {
+            dtype: self.dtype,
+            shape,
+            data: data.into(),
+            strings: Vec::new(),
+        })
     }
 
     /// The same tensor with the entries at `indices` along `axis` set to zero.
     pub fn zero_along(&self, axis: usize, indices: &[usize]) -> Result<Tensor> {
         let bits = self.dtype.bits();
         if bits < 8 || axis >= self.shape.len() {
-            return Err(Error::tensor("", format!("cannot zero along axis {axis} of a {self:?}")));
+            return Err(Error::tensor(
+                "",
+                format!("cannot zero along axis {axis} of a {self:?}"),
+            ));
         }
         let len = self.shape[axis];
         let esize = bits / 8;
@@ -197,7 +214,10 @@ impl Tensor {
                 data[start..start + inner].fill(0);
             }
         }
-        Ok(Tensor { data: data.into(), ..self.clone() })
+        Ok(Tensor {
+            data: data.into(),
+            ..self.clone()
+        })
     }
 
     /// Values as f64 (any real numeric type); `None` for strings, complex and sub-byte types.
@@ -493,9 +513,15 @@ mod tests {
         let s = t.select(1, &[2, 0]).unwrap();
         assert_eq!(s.shape(), &[2, 2]);
         assert_eq!(s.to_f32_vec().unwrap(), vec![3.0, 1.0, 6.0, 4.0]);
-        assert_eq!(t.select(0, &[1]).unwrap().to_f32_vec().unwrap(), vec![4.0, 5.0, 6.0]);
+        assert_eq!(
+            t.select(0, &[1]).unwrap().to_f32_vec().unwrap(),
+            vec![4.0, 5.0, 6.0]
+        );
         assert!(t.select(1, &[3]).is_err());
-        assert_eq!(t.zero_along(1, &[1]).unwrap().to_f32_vec().unwrap(), vec![1.0, 0.0, 3.0, 4.0, 0.0, 6.0]);
+        assert_eq!(
+            t.zero_along(1, &[1]).unwrap().to_f32_vec().unwrap(),
+            vec![1.0, 0.0, 3.0, 4.0, 0.0, 6.0]
+        );
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! Runtimes that execute models: ONNX Runtime (`ort`, library loaded at run time) and tract
 //! (pure Rust, always available). Both take and return IR [`Tensor`]s by name.
 //!
-//! This module only runs models; it does not check or change them.
+//! This module only runs models; it does not check or change them. [`load`] uses each runtime's
+//! defaults; [`load_with`] takes [`RuntimeOptions`] (device, threads), and [`resolve`] turns the
+//! command line's `--backend ort|tract|auto` into a concrete [`BackendKind`].
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ir::Tensor;
 
+pub mod inputs;
 pub mod ort;
 pub mod tract;
+
+pub use inputs::{model_inputs, model_outputs, InputSpec};
 
 /// Which runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +23,62 @@ pub enum BackendKind {
     Ort,
     /// tract (embedded, pure Rust).
     Tract,
+}
+
+impl BackendKind {
+    /// The backend's name (`"ort"`, `"tract"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Ort => "ort",
+            BackendKind::Tract => "tract",
+        }
+    }
+}
+
+/// The runtime asked for: one backend, or `Auto` (ONNX Runtime when its library is found and
+/// loads, tract otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// ONNX Runtime; an error when its library is missing.
+    Ort,
+    /// tract.
+    Tract,
+    /// ONNX Runtime if available, else tract.
+    #[default]
+    Auto,
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU (every backend).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through ONNX Runtime's CUDA execution provider.
+    Cuda,
+}
+
+impl Device {
+    /// `"cpu"` or `"cuda"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// How a model is loaded into a runtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// The device (ONNX Runtime only; tract runs on the CPU).
+    pub device: Device,
+    /// Intra-op threads (ONNX Runtime; `None`: its default, one per core). tract runs
+    /// single-threaded and ignores it.
+    pub threads: Option<usize>,
+    /// Whether idle ONNX Runtime threads busy-wait for work (`None`: its default, on). Off
+    /// helps when other threads (a data loader) share the cores.
+    pub spinning: Option<bool>,
 }
 
 /// A model loaded into a runtime, ready to run.
@@ -29,10 +90,52 @@ pub trait Session {
     fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>>;
 }
 
-/// Loads a model file into a runtime.
+/// Loads a model file into a runtime with its default settings (CPU).
 pub fn load(kind: BackendKind, path: &Path) -> Result<Box<dyn Session>> {
+    load_with(kind, path, &RuntimeOptions::default())
+}
+
+/// Loads a model file into a runtime with the given device and threads.
+pub fn load_with(
+    kind: BackendKind,
+    path: &Path,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Session>> {
     match kind {
-        BackendKind::Ort => Ok(Box::new(ort::OrtSession::load(path)?)),
-        BackendKind::Tract => Ok(Box::new(tract::TractSession::load(path)?)),
+        BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_opts(path, opts)?)),
+        BackendKind::Tract => {
+            check_tract(opts)?;
+            Ok(Box::new(tract::TractSession::load(path)?))
+        }
     }
+}
+
+/// The backend to use for a choice: `Ort` needs ONNX Runtime's library (the error says what is
+/// missing); `Auto` takes ONNX Runtime when its library loads, else tract, except that
+/// `--device cuda` needs ONNX Runtime either way.
+pub fn resolve(choice: BackendChoice, opts: &RuntimeOptions) -> Result<BackendKind> {
+    match choice {
+        BackendChoice::Ort => {
+            ort::library()?;
+            Ok(BackendKind::Ort)
+        }
+        BackendChoice::Tract => {
+            check_tract(opts)?;
+            Ok(BackendKind::Tract)
+        }
+        BackendChoice::Auto => match ort::library() {
+            Ok(_) => Ok(BackendKind::Ort),
+            Err(e) if opts.device == Device::Cuda => Err(e),
+            Err(_) => Ok(BackendKind::Tract),
+        },
+    }
+}
+
+fn check_tract(opts: &RuntimeOptions) -> Result<()> {
+    if opts.device == Device::Cuda {
+        return Err(Error::Usage(
+            "tract runs on the CPU only: --device cuda needs --backend ort (or auto)".into(),
+        ));
+    }
+    Ok(())
 }

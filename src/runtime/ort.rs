@@ -15,7 +15,9 @@ use ort::memory::Allocator;
 use ort::session::Session as OrtInner;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
 
-use super::Session;
+use ort::ep::{ExecutionProvider, CUDA};
+
+use super::{Device, RuntimeOptions, Session};
 use crate::error::{Error, Result};
 use crate::ir::{DType, Tensor};
 
@@ -30,22 +32,37 @@ fn err(msg: impl Into<String>) -> Error {
     }
 }
 
-/// The process-wide ORT environment (created once; later failures repeat the first error).
-static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+/// The process-wide ORT environment and the library it came from (created once; later calls
+/// repeat the first error).
+static ENV: OnceLock<std::result::Result<(ort::environment::Environment, PathBuf), String>> =
+    OnceLock::new();
 
-fn environment() -> Result<&'static ort::environment::Environment> {
+fn environment() -> Result<&'static (ort::environment::Environment, PathBuf)> {
     ENV.get_or_init(|| {
         let lib = find_library().ok_or_else(|| NOT_FOUND.to_string())?;
+        if !lib.is_file() {
+            return Err(format!(
+                "ONNX Runtime library not found: {} does not exist (from ORT_DYLIB_PATH)",
+                lib.display()
+            ));
+        }
         let builder =
             ort::init_from(&lib).map_err(|e| format!("loading {}: {e}", lib.display()))?;
-        builder
+        let env = builder
             .with_name("lopper")
             .with_telemetry(false)
             .build()
-            .map_err(|e| format!("creating the environment ({}): {e}", lib.display()))
+            .map_err(|e| format!("creating the environment ({}): {e}", lib.display()))?;
+        Ok((env, lib))
     })
     .as_ref()
     .map_err(|e| err(e.clone()))
+}
+
+/// Loads ONNX Runtime's library (once per process) and returns its path; the error says what
+/// is missing.
+pub fn library() -> Result<&'static Path> {
+    environment().map(|(_, lib)| lib.as_path())
 }
 
 /// Finds `libonnxruntime.so*` (see the module documentation for the order).
@@ -92,7 +109,7 @@ fn lib_in(dir: &Path) -> Option<PathBuf> {
     libs.into_iter().next()
 }
 
-/// A model loaded into ONNX Runtime (CPU).
+/// A model loaded into ONNX Runtime.
 pub struct OrtSession {
     session: OrtInner,
     outputs: Vec<String>,
@@ -101,16 +118,48 @@ pub struct OrtSession {
 impl OrtSession {
     /// Loads a model file with ONNX Runtime's default threading.
     pub fn load(path: &Path) -> Result<OrtSession> {
-        OrtSession::load_with(path, None)
+        OrtSession::load_opts(path, &RuntimeOptions::default())
     }
 
     /// Loads a model file; `threads` sets the intra-op thread count (`None`: ORT's default).
     pub fn load_with(path: &Path, threads: Option<usize>) -> Result<OrtSession> {
-        let env = environment()?;
+        OrtSession::load_opts(
+            path,
+            &RuntimeOptions {
+                threads,
+                ..RuntimeOptions::default()
+            },
+        )
+    }
+
+    /// Loads a model file on a device with a thread count. `Device::Cuda` registers the CUDA
+    /// execution provider and fails, naming the library, when that provider is not available.
+    pub fn load_opts(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
+        let (env, lib) = environment()?;
         let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
         let mut builder = OrtInner::builder(env).map_err(|e| ctx(&e))?;
-        if let Some(n) = threads {
+        if let Some(n) = opts.threads {
             builder = builder.with_intra_threads(n).map_err(|e| ctx(&e))?;
+        }
+        if let Some(spin) = opts.spinning {
+            builder = builder.with_intra_op_spinning(spin).map_err(|e| ctx(&e))?;
+        }
+        if opts.device == Device::Cuda {
+            let available = CUDA::is_available().map_err(|e| ctx(&e))?;
+            if !available {
+                return Err(err(format!(
+                    "CUDA execution provider not available in {}: install onnxruntime-gpu \
+                     and point ORT_DYLIB_PATH at its libonnxruntime.so",
+                    lib.display()
+                )));
+            }
+            CUDA::default().register(&mut builder).map_err(|e| {
+                err(format!(
+                    "CUDA execution provider of {} failed to start (CUDA/cuDNN libraries, \
+                     driver): {e}",
+                    lib.display()
+                ))
+            })?;
         }
         let session = builder.commit_from_file(path).map_err(|e| ctx(&e))?;
         let outputs = session

@@ -6,6 +6,8 @@
 //! test prints a notice and skips that part.
 #![allow(dead_code)]
 
+pub mod arrays;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -229,4 +231,52 @@ pub fn diff_outputs(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Vec<Strin
         }
     }
     out
+}
+
+/// `fixtures/golden/<name>.txt`.
+pub fn golden_path(name: &str) -> PathBuf {
+    crate_dir()
+        .join("fixtures/golden")
+        .join(format!("{name}.txt"))
+}
+
+/// Compares `text` with the golden file `fixtures/golden/<name>.txt`, or (re)writes the file
+/// when `UPDATE_GOLDEN` is set. Panics with the first differing lines.
+pub fn check_golden(name: &str, text: &str) {
+    let path = golden_path(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    if want != text {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(text.lines())
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .map(|(a, b)| format!("- {a}\n+ {b}"))
+            .collect();
+        panic!(
+            "{name}: IR dump differs from {} ({} vs {} lines):\n{}",
+            path.display(),
+            want.lines().count(),
+            text.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+/// Saves `model` as `dir/<name>.onnx`, loads it back and runs the IR verifier on the loaded
+/// graph; returns the path and the loaded model. Panics naming the file on any failure.
+pub fn save_reload(model: &Model, dir: &Path, name: &str) -> (PathBuf, Model) {
+    let path = dir.join(format!("{name}.onnx"));
+    model
+        .save(&path, &lopper::onnx::SaveOptions::default())
+        .unwrap_or_else(|e| panic!("{}: saving: {e}", path.display()));
+    let back = Model::load(&path).unwrap_or_else(|e| panic!("{}: reloading: {e}", path.display()));
+    lopper::ir::verify(&back.graph)
+        .unwrap_or_else(|e| panic!("{}: reloaded graph fails the verifier: {e}", path.display()));
+    (path, back)
 }
