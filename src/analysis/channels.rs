@@ -116,14 +116,19 @@ impl ChannelGroups {
         let mut keys: Vec<&(ValueId, usize)> = self.slots.keys().collect();
         keys.sort();
         keys.into_iter()
-            .find(|k| self.slots[*k].iter().all(|a| removed.get(self.class_of[*a]).copied().unwrap_or(false)))
+            .find(|k| {
+                self.slots[*k]
+                    .iter()
+                    .all(|a| removed.get(self.class_of[*a]).copied().unwrap_or(false))
+            })
             .copied()
     }
 
     /// Greedily takes classes from `candidates` (in order) while no tracked tensor would be
     /// left without channels; returns the taken ones.
     pub fn take_without_emptying(&self, candidates: impl IntoIterator<Item = usize>) -> Vec<usize> {
-        let mut kept: HashMap<&(ValueId, usize), usize> = self.slots.iter().map(|(k, v)| (k, v.len())).collect();
+        let mut kept: HashMap<&(ValueId, usize), usize> =
+            self.slots.iter().map(|(k, v)| (k, v.len())).collect();
         let mut per_class: HashMap<usize, Vec<&(ValueId, usize)>> = HashMap::new();
         for (k, atoms) in &self.slots {
             for a in atoms {
