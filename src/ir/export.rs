@@ -4,14 +4,44 @@
 //! [`super::verify`] (the CLI does).
 
 use super::graph::{Graph, Model};
+use super::Fact;
 use crate::error::Result;
 use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 
 /// Builds the ModelProto of `model`.
 pub fn export(model: &Model) -> Result<ModelProto> {
     let mut m = model.rest.clone();
-    m.graph = Some(export_graph(&model.graph)?);
+    let mut g = export_graph(&model.graph)?;
+    if model.rest.ir_version() < 4 {
+        list_initializers_as_inputs(&model.graph, &mut g);
+    }
+    m.graph = Some(g);
     Ok(m)
+}
+
+/// IR < 4 requires every initializer to be a graph input too, declared with its own type: adds
+/// the missing ones (e.g. initializers created by passes) and refreshes declarations whose
+/// shape no longer matches the tensor (e.g. after channel removal).
+fn list_initializers_as_inputs(graph: &Graph, g: &mut GraphProto) {
+    for &v in &graph.initializers {
+        let (Some(t), name) = (graph.init(v), &graph.value(v).name) else {
+            continue;
+        };
+        let ty = Some(Fact::constant(t.clone()).to_type());
+        match g.input.iter_mut().find(|i| i.name() == name) {
+            Some(decl) => {
+                let declared = decl.r#type.as_ref().map(Fact::from_type);
+                if declared.and_then(|f| f.concrete()).as_deref() != Some(t.shape()) {
+                    decl.r#type = ty;
+                }
+            }
+            None => g.input.push(ValueInfoProto {
+                name: Some(name.clone()),
+                r#type: ty,
+                ..Default::default()
+            }),
+        }
+    }
 }
 
 fn declared(graph: &Graph, v: super::ValueId) -> ValueInfoProto {

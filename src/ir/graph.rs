@@ -327,11 +327,17 @@ impl Graph {
         id
     }
 
-    /// Replaces the contents of initializer `v` (its original encoding is dropped).
+    /// Replaces the contents of initializer `v` (its original encoding is dropped). A declared
+    /// type of the value (value_info, or a graph input in IR-3 models) follows the new tensor.
     pub fn set_init(&mut self, v: ValueId, t: Tensor) {
         let val = &mut self.values[v.index()];
         if val.init.is_none() {
             self.initializers.push(v);
+        }
+        if let Some(decl) = val.decl.as_mut() {
+            if decl.r#type.is_some() {
+                decl.r#type = Some(super::Fact::constant(t.clone()).to_type());
+            }
         }
         val.init = Some(t);
         val.init_proto = None;
