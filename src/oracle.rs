@@ -11,13 +11,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::analysis::channels::ChannelGroups;
-use crate::analysis::constant_channels::channel_constants;
+use crate::analysis::constant_channels::{channel_constants, compensation};
 use crate::analysis::infer_shapes;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Fact, Model, Tensor};
 use crate::onnx::SaveOptions;
-use crate::ops;
-use crate::ops::channel::{CompensateCx, Link, Map, Port};
+use crate::ops::channel::{Link, Map, Port};
 use crate::runtime::{self, BackendKind};
 
 /// The original with the consumers' input slices of the removed classes set to zero — except
@@ -56,23 +55,8 @@ pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize])
                 })
                 .collect();
             if !consts.is_empty() {
-                if let Some(op) = ops::lookup(&node.domain, &node.op_type) {
-                    let ins = shapes.inputs_of(g, n);
-                    let outs = shapes.outputs_of(g, n);
-                    let tensors: Vec<Option<&Tensor>> = node
-                        .inputs
-                        .iter()
-                        .map(|v| v.and_then(|v| g.init(v)))
-                        .collect();
-                    let cx = CompensateCx {
-                        node,
-                        inputs: &ins,
-                        outputs: &outs,
-                        slot: *from,
-                        constants: &consts,
-                        consts: &tensors,
-                    };
-                    if op.channel_compensation(&cx)?.is_some() {
+                {
+                    if compensation(g, &shapes, n, *from, &consts)?.is_some() {
                         for (p, _) in &consts {
                             mask[*p] = true;
                         }

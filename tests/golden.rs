@@ -1,6 +1,8 @@
 //! Golden IR text dumps: the import and each simplify stage of real models, compared with the
 //! files in `fixtures/golden/`. Regenerate after an intended change with `UPDATE_GOLDEN=1`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use lopper::analysis::infer_shapes;
@@ -13,30 +15,7 @@ fn root() -> PathBuf {
 
 fn check(name: &str, model: &Model) {
     let shapes = infer_shapes(model).expect("shapes");
-    let text = dump(&model.graph, Some(shapes.as_slice()));
-    let path = root().join("fixtures/golden").join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).expect("write golden");
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
-    if want != text {
-        let diff: Vec<String> = want
-            .lines()
-            .zip(text.lines())
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .map(|(a, b)| format!("- {a}\n+ {b}"))
-            .collect();
-        panic!(
-            "{name}: IR dump differs from {} ({} vs {} lines):\n{}",
-            path.display(),
-            want.lines().count(),
-            text.lines().count(),
-            diff.join("\n")
-        );
-    }
+    common::check_golden(name, &dump(&model.graph, Some(shapes.as_slice())));
 }
 
 #[test]

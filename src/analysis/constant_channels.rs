@@ -10,9 +10,11 @@
 use std::collections::HashMap;
 
 use super::channels::ChannelGroups;
-use crate::ir::{Model, Tensor, ValueId};
+use super::Shapes;
+use crate::error::Result;
+use crate::ir::{Graph, Model, NodeId, Tensor, ValueId};
 use crate::ops;
-use crate::ops::channel::{ConstCx, Link, Map, Port, Slot};
+use crate::ops::channel::{CompensateCx, Compensation, ConstCx, Link, Map, Port, Slot};
 
 /// Constant value (when provable) at each position of each tracked slot.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +28,36 @@ impl ChannelConstants {
     pub fn get(&self, key: (ValueId, usize), pos: usize) -> Option<f64> {
         self.slots.get(&key)?.get(pos).copied().flatten()
     }
+}
+
+/// What consumer `n` must add to its output to make up for removed constant channels
+/// `constants` (`(position, value)` of its input `slot`); `None` when its op cannot.
+pub fn compensation(
+    g: &Graph,
+    shapes: &Shapes,
+    n: NodeId,
+    slot: Slot,
+    constants: &[(usize, f64)],
+) -> Result<Option<Compensation>> {
+    let node = g.node(n);
+    let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
+        return Ok(None);
+    };
+    let ins = shapes.inputs_of(g, n);
+    let outs = shapes.outputs_of(g, n);
+    let consts: Vec<Option<&Tensor>> = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.init(v)))
+        .collect();
+    op.channel_compensation(&CompensateCx {
+        node,
+        inputs: &ins,
+        outputs: &outs,
+        slot,
+        constants,
+        consts: &consts,
+    })
 }
 
 /// The value of `t` (decoded as `vals`) along `axis` at `index` when that slice is uniform,

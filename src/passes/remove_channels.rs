@@ -17,13 +17,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::analysis::channels::ChannelGroups;
-use crate::analysis::constant_channels::channel_constants;
+use crate::analysis::constant_channels::{channel_constants, compensation};
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::{Error, Result};
 use crate::ir::{verify, Dim, Model, NodeId, Tensor, ValueId};
 use crate::onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::onnx::proto::type_proto;
-use crate::ops::channel::{CompensateCx, Compensation, Link, Map, Port, RewriteCx, Slot};
+use crate::ops::channel::{Compensation, Link, Map, Port, RewriteCx, Slot};
 use crate::ops::{self};
 
 use super::eliminate_dead_code::eliminate_dead_code;
@@ -131,7 +131,7 @@ pub fn remove_channels(
         let op = ops::lookup(&node.domain, &node.op_type);
         for l in links {
             let Link::Consume { from } = l else { continue };
-            let (Some(key), Some(op)) = (slot_key(n, *from), op) else {
+            let Some(key) = slot_key(n, *from) else {
                 continue;
             };
             let Some(mask) = masks.get(&key) else {
@@ -146,22 +146,7 @@ pub fn remove_channels(
             if removed_consts.is_empty() {
                 continue;
             }
-            let ins = shapes.inputs_of(g, n);
-            let outs = shapes.outputs_of(g, n);
-            let consts: Vec<Option<&Tensor>> = node
-                .inputs
-                .iter()
-                .map(|v| v.and_then(|v| g.init(v)))
-                .collect();
-            let cx = CompensateCx {
-                node,
-                inputs: &ins,
-                outputs: &outs,
-                slot: *from,
-                constants: &removed_consts,
-                consts: &consts,
-            };
-            if let Some(c) = op.channel_compensation(&cx)? {
+            if let Some(c) = compensation(g, shapes, n, *from, &removed_consts)? {
                 edit.compensations.push(c);
             }
         }

@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 
 use crate::analysis::channels::ChannelGroups;
-use crate::analysis::constant_channels::channel_constants;
+use crate::analysis::constant_channels::{channel_constants, compensation};
 use crate::analysis::Shapes;
 use crate::error::Result;
-use crate::ir::{Model, Tensor};
-use crate::ops;
-use crate::ops::channel::{CompensateCx, Link, Port};
+use crate::ir::Model;
+use crate::ops::channel::{Link, Port};
 
 /// Classes of prunable groups whose channels are dead.
 pub fn plan_dead(model: &Model, groups: &ChannelGroups, shapes: &Shapes) -> Result<Vec<usize>> {
@@ -37,25 +36,7 @@ pub fn plan_dead(model: &Model, groups: &ChannelGroups, shapes: &Shapes) -> Resu
                     None => false,
                     Some(0.0) => true,
                     Some(c) => *cache.entry(c.to_bits() ^ pos as u64).or_insert_with(|| {
-                        let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
-                            return false;
-                        };
-                        let ins = shapes.inputs_of(g, n);
-                        let outs = shapes.outputs_of(g, n);
-                        let consts: Vec<Option<&Tensor>> = node
-                            .inputs
-                            .iter()
-                            .map(|v| v.and_then(|v| g.init(v)))
-                            .collect();
-                        let cx = CompensateCx {
-                            node,
-                            inputs: &ins,
-                            outputs: &outs,
-                            slot: *from,
-                            constants: &[(pos, c)],
-                            consts: &consts,
-                        };
-                        matches!(op.channel_compensation(&cx), Ok(Some(_)))
+                        matches!(compensation(g, shapes, n, *from, &[(pos, c)]), Ok(Some(_)))
                     }),
                 };
             }
