@@ -169,10 +169,14 @@ pub struct Comparison {
     pub errors: Vec<(String, f64)>,
     /// Largest relative error over runtimes and samples.
     pub max_rel_error: f64,
+    /// Runtimes that could not run the reference model at all, with their message (skipped).
+    pub skipped: Vec<(String, String)>,
 }
 
 /// Runs `a` and `b` on `samples` seeded random inputs under each runtime and returns the largest
-/// relative error `max|a-b| / max|a|` over outputs.
+/// relative error `max|a-b| / max|a|` over outputs. A runtime that cannot run the reference `a`
+/// (e.g. an op it lacks) is skipped and reported; at least one runtime must compare, and one
+/// that runs `a` but not `b` is an error.
 pub fn compare(
     a: &Model,
     b: &Model,
@@ -186,24 +190,48 @@ pub fn compare(
     a.save(&pa, &SaveOptions::default())?;
     b.save(&pb, &SaveOptions::default())?;
     let mut errors = Vec::new();
+    let mut skipped = Vec::new();
     let mut worst = 0f64;
+    let inputs: Vec<Vec<(String, Tensor)>> = (0..samples.max(1))
+        .map(|s| random_inputs(a, seed + s as u64))
+        .collect::<Result<_>>()?;
     for &kind in backends {
-        let mut sa = runtime::load(kind, &pa)?;
+        // The reference first: if this runtime cannot run it, it cannot judge.
+        let reference = runtime::load(kind, &pa).and_then(|mut sa| {
+            inputs
+                .iter()
+                .map(|x| sa.run(x))
+                .collect::<Result<Vec<_>>>()
+                .map(|ys| (sa.backend(), ys))
+        });
+        let (name, ya) = match reference {
+            Ok(r) => r,
+            Err(e) => {
+                skipped.push((format!("{kind:?}").to_lowercase(), e.to_string()));
+                continue;
+            }
+        };
         let mut sb = runtime::load(kind, &pb)?;
         let mut err = 0f64;
-        for s in 0..samples.max(1) {
-            let inputs = random_inputs(a, seed + s as u64)?;
-            let ya = sa.run(&inputs)?;
-            let yb = sb.run(&inputs)?;
-            for ((name, ta), (_, tb)) in ya.iter().zip(&yb) {
-                err = err.max(rel_error(name, ta, tb)?);
+        for (x, ya) in inputs.iter().zip(&ya) {
+            let yb = sb.run(x)?;
+            for ((out, ta), (_, tb)) in ya.iter().zip(&yb) {
+                err = err.max(rel_error(out, ta, tb)?);
             }
         }
         worst = worst.max(err);
-        errors.push((sa.backend().to_string(), err));
+        errors.push((name.to_string(), err));
+    }
+    if errors.is_empty() {
+        let why: Vec<String> = skipped.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+        return Err(Error::Runtime {
+            backend: "oracle",
+            msg: format!("no runtime could run the model ({})", why.join("; ")),
+        });
     }
     Ok(Comparison {
         errors,
+        skipped,
         max_rel_error: worst,
     })
 }

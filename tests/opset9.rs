@@ -244,3 +244,34 @@ fn upsample_concat_flatten_prunes_and_runs_under_ort() {
     assert_eq!(scales, vec![1.0, 1.0, 2.0, 2.0]);
     check_saved(&original, &m, &backends);
 }
+
+/// tract cannot run `Upsample`: with both runtimes asked for, tract is skipped (and said so)
+/// while ONNX Runtime checks; with tract alone, pruning refuses to write an unchecked model.
+#[test]
+fn a_runtime_that_cannot_run_the_model_is_skipped_not_fatal() {
+    let original = upsample_concat_flatten();
+    let opts = |backends: Vec<BackendKind>| PruneOptions {
+        selection: Selection::Ratio(0.3),
+        verify_with: backends,
+        tolerance: 1e-4,
+    };
+    let mut m = original.clone();
+    let err = prune(&mut m, &opts(vec![BackendKind::Tract])).expect_err("no runtime could check");
+    assert!(
+        err.to_string().contains("no runtime could run the model"),
+        "{err}"
+    );
+    if common::require_ort() {
+        let mut m = original.clone();
+        let report = prune(&mut m, &opts(vec![BackendKind::Ort, BackendKind::Tract])).unwrap();
+        let oracle = report.oracle.expect("verified");
+        assert_eq!(oracle.errors.len(), 1, "ORT compared");
+        assert_eq!(oracle.skipped.len(), 1, "tract skipped");
+        assert!(
+            oracle.skipped[0].1.contains("Upsample"),
+            "{:?}",
+            oracle.skipped
+        );
+        assert!(oracle.max_rel_error <= 1e-4);
+    }
+}

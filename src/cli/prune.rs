@@ -88,6 +88,9 @@ pub fn run(args: Args) -> Result<()> {
     );
     match &report.oracle {
         Some(o) => {
+            for (k, why) in &o.skipped {
+                eprintln!("warning: {k} could not run the model, so it did not check it: {why}");
+            }
             let per: Vec<String> = o
                 .errors
                 .iter()

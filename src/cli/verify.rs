@@ -28,6 +28,9 @@ pub fn run(args: Args) -> Result<()> {
     let a = Model::load(&args.reference)?;
     let b = Model::load(&args.candidate)?;
     let cmp = compare(&a, &b, &available_backends(), args.samples, 1)?;
+    for (k, why) in &cmp.skipped {
+        eprintln!("warning: {k} could not run the reference model, so it did not compare: {why}");
+    }
     let per: Vec<String> = cmp
         .errors
         .iter()
