@@ -186,7 +186,18 @@ struct Walk {
     atom_source: Vec<usize>,
     sources: Vec<Source>,
     slots: HashMap<(ValueId, usize), Vec<AtomId>>,
+    /// Tracked axes of each value (an index into `slots`, kept in step by `put`).
+    axes: HashMap<ValueId, Vec<usize>>,
     blocked: Vec<(AtomId, String)>,
+}
+
+impl Walk {
+    /// Tracked slot keys of value `v`, in axis order.
+    fn keys_of(&self, v: ValueId) -> Vec<(ValueId, usize)> {
+        let mut axes = self.axes.get(&v).cloned().unwrap_or_default();
+        axes.sort_unstable();
+        axes.into_iter().map(|a| (v, a)).collect()
+    }
 }
 
 impl Walk {
@@ -202,6 +213,7 @@ impl Walk {
         match self.slots.get(&key) {
             None => {
                 self.slots.insert(key, atoms);
+                self.axes.entry(key.0).or_default().push(key.1);
             }
             Some(old) if old.len() == atoms.len() => {
                 for (a, b) in old.clone().into_iter().zip(atoms) {
@@ -228,6 +240,7 @@ pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
         atom_source: Vec::new(),
         sources: Vec::new(),
         slots: HashMap::new(),
+        axes: HashMap::new(),
         blocked: Vec::new(),
     };
     let mut links_of: BTreeMap<NodeId, Vec<Link>> = BTreeMap::new();
@@ -240,17 +253,14 @@ pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
         let mut tracked = Vec::new();
         for (p, v) in node.inputs.iter().enumerate() {
             let Some(v) = v else { continue };
-            for (&(sv, a), atoms) in &w.slots {
-                if sv == *v {
-                    tracked.push((p, a, atoms.len()));
-                }
+            for key in w.keys_of(*v) {
+                tracked.push((p, key.1, w.slots[&key].len()));
             }
         }
         tracked.sort_unstable();
         // Subgraph captures of channel-carrying values: the body may use them in any way.
         for c in &node.captures {
-            let keys: Vec<(ValueId, usize)> =
-                w.slots.keys().filter(|k| k.0 == *c).copied().collect();
+            let keys = w.keys_of(*c);
             for k in keys {
                 for &a in &w.slots[&k] {
                     w.blocked
@@ -469,7 +479,7 @@ pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
         links_of.insert(n, links);
     }
     for &o in &g.outputs {
-        let keys: Vec<(ValueId, usize)> = w.slots.keys().filter(|k| k.0 == o).copied().collect();
+        let keys = w.keys_of(o);
         for k in keys {
             for &a in &w.slots[&k] {
                 w.blocked.push((
