@@ -339,7 +339,10 @@ impl Graph {
                 decl.r#type = Some(super::Fact::constant(t.clone()).to_type());
             }
         }
-        val.init = Some(t);
+        if let Some(old) = val.init.replace(t) {
+            // The old bytes are usually a slice of the mapped input file: give its pages back.
+            old.release_pages();
+        }
         val.init_proto = None;
     }
 

@@ -27,6 +27,13 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
+    /// Hints that this tensor's bytes will not be read soon (see [`crate::onnx::mapped`]): when
+    /// they are a slice of a mapped file their pages leave the resident set; reading them
+    /// again still gives the same bytes.
+    pub fn release_pages(&self) {
+        crate::onnx::mapped::release(&self.data);
+    }
+
     /// Builds a tensor from raw little-endian bytes, checking the length against the shape.
     pub fn from_raw(dtype: DType, shape: Vec<usize>, data: Bytes) -> Result<Tensor> {
         let n =

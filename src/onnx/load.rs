@@ -1,6 +1,6 @@
 //! Reading ONNX files: one protobuf file, plus external-data files next to it.
 //!
-//! The whole model file is read into one buffer and decoded with `raw_data` as `Bytes` slices of
+//! The whole model file is read (or mapped, see [`super::mapped`]) into one buffer and decoded with `raw_data` as `Bytes` slices of
 //! that buffer (no copy). External data files are read once each and sliced the same way.
 //! Paths in `external_data.location` are resolved relative to the model's folder; a path that
 //! is absolute or leaves that folder is refused. This module does not validate the graph: see
@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// `raw_data` and keeps its `external_data` entries (so a writer can reproduce the layout).
 pub fn load_model(path: impl AsRef<Path>) -> Result<ModelProto> {
     let path = path.as_ref();
-    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let buf = super::mapped::read_file(path).map_err(|e| Error::io(path, e))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut model = decode(Bytes::from(buf), path)?;
+    let mut model = decode(buf, path)?;
     resolve_external(&mut model, &dir)?;
     Ok(model)
 }
@@ -209,10 +209,10 @@ fn resolve_external(model: &mut ModelProto, dir: &Path) -> Result<()> {
         let (location, offset, length) = external_location(t)?;
         let file = safe_join(dir, &location, &name)?;
         if !files.contains_key(&file) {
-            let data = std::fs::read(&file).map_err(|e| {
+            let data = super::mapped::read_file(&file).map_err(|e| {
                 Error::tensor(&name, format!("external data file {}: {e}", file.display()))
             })?;
-            files.insert(file.clone(), Bytes::from(data));
+            files.insert(file.clone(), data);
         }
         let data = &files[&file];
         let end = match length {
