@@ -1,5 +1,6 @@
 //! Analyses: read the IR, return side tables indexed by id, never mutate the graph.
 
+pub mod activation_stats;
 pub mod channels;
 pub mod constant_channels;
 pub mod cost;
