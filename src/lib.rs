@@ -3,8 +3,8 @@
 //! Layers, bottom up: [`onnx`] (file format), [`ir`] (graph IR), [`ops`] (one file per op:
 //! shapes, costs), [`analysis`] (side tables: shapes, costs), [`passes`] (graph rewrites),
 //! [`runtime`] (ONNX Runtime and tract backends), [`data`] (datasets and preprocessing),
-//! [`eval`] (accuracy against data or a reference) and [`bench`] (interleaved latency), and the
-//! `lopper` CLI on top.
+//! [`eval`] (accuracy against data or a reference), [`bench`] (interleaved latency) and
+//! [`report`] (before/after tables, charts, JSON), and the `lopper` CLI on top.
 
 pub mod analysis;
 pub mod bench;
@@ -18,6 +18,7 @@ pub mod oracle;
 pub mod passes;
 pub mod plan;
 pub mod prune;
+pub mod report;
 pub mod runtime;
 
 pub use error::{Error, Result};

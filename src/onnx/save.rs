@@ -172,6 +172,23 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
     out
 }
 
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed, so
+/// the file appears only when complete and an existing one is replaced whole. Used for the
+/// small side files (plans, reports, plots); it does not create missing folders.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let res = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
