@@ -14,7 +14,18 @@ use crate::analysis::Shapes;
 use crate::error::{Error, Result};
 use crate::ir::Model;
 
+pub mod activation;
+pub mod apoz;
+pub mod bn_scale;
+pub mod epruner;
+pub mod filters;
+pub mod fpgm;
 pub mod l1;
+pub mod l2;
+pub mod lamp;
+pub mod multi;
+pub mod random;
+pub mod taylor;
 
 pub use l1::l1_scores;
 
@@ -242,4 +253,42 @@ pub fn normalize(groups: &ChannelGroups, values: &mut [f64], how: Normalize) {
             }
         }
     }
+}
+
+/// The criterion `kind` names, ready to run.
+pub fn criterion(kind: &CriterionKind) -> Box<dyn Criterion> {
+    match kind {
+        CriterionKind::L1 => Box::new(l1::L1),
+        CriterionKind::L2 => Box::new(l2::L2),
+        CriterionKind::BnScale => Box::new(bn_scale::BnScale),
+        CriterionKind::Fpgm => Box::new(fpgm::Fpgm),
+        CriterionKind::Lamp => Box::new(lamp::Lamp),
+        CriterionKind::Random => Box::new(random::Random),
+        CriterionKind::Activation => Box::new(activation::Activation),
+        CriterionKind::Apoz => Box::new(apoz::Apoz),
+        CriterionKind::Taylor => Box::new(taylor::Taylor),
+        CriterionKind::Epruner => Box::new(epruner::Epruner),
+        CriterionKind::Multi(parts) => Box::new(multi::Multi {
+            parts: parts.clone(),
+        }),
+    }
+}
+
+/// Runs criterion `kind` and normalises its scores per group with `how`, except LAMP, whose
+/// scores are already comparable across groups (each group's best scores 1) and are returned
+/// as computed. Errors when the criterion does (e.g. missing calibration data) or returns a
+/// score count other than the number of classes. It does not choose channels.
+pub fn score(kind: &CriterionKind, cx: &ScoreCx, how: Normalize) -> Result<Scores> {
+    let mut scores = criterion(kind).score(cx)?;
+    let n = cx.groups.class_atoms.len();
+    if scores.values.len() != n {
+        return Err(Error::Graph(format!(
+            "criterion '{kind}' returned {} scores for {n} channels",
+            scores.values.len()
+        )));
+    }
+    if *kind != CriterionKind::Lamp {
+        normalize(cx.groups, &mut scores.values, how);
+    }
+    Ok(scores)
 }
