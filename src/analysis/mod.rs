@@ -5,8 +5,10 @@ pub mod channels;
 pub mod constant_channels;
 pub mod cost;
 pub mod importance;
+pub mod masked_cost;
 pub mod shapes;
 
 pub use channels::{channel_groups, ChannelGroups};
 pub use cost::{costs, Costs};
+pub use masked_cost::MaskedCost;
 pub use shapes::{infer_shapes, Shapes};

@@ -1,0 +1,814 @@
+//! Budget allocation: how many channels each group loses, and which, from per-class scores
+//! (higher = more important, normalised per group) under a budget and constraints.
+//!
+//! Every mode reduces to per-group removal *counts*; within a group the lowest-scoring
+//! classes go (ties by class index), skipping any whose removal would leave a tracked tensor
+//! without channels. Counts always respect the [`Constraints`] (rounding included), also
+//! inside a search, so its estimates already include rounding.
+//!
+//! - [`Amount::Ratio`]: [`Scope::Local`] removes `floor(r·n)` per group; [`Scope::Global`]
+//!   removes the `floor(r·N)` lowest scores over all eligible channels (one threshold).
+//! - [`Amount::Threshold`]: removes every class scoring below `t` (always global).
+//! - [`Amount::Target`]: bisection on a one-parameter family — the global threshold
+//!   (Global), the per-group ratio (Local) or the width multiplier α (Block) — with the exact
+//!   cost model ([`MaskedCost`]) until the bracket closes on two neighbouring allocations;
+//!   the one within `target ± tolerance` (the closer) is kept. Where channels are too coarse
+//!   for that (one channel of mnist-8's first conv is ~12 % of its MACs), a greedy *fix-up*
+//!   walks from the allocation just above the target: repeatedly the group whose next channel
+//!   to go scores lowest loses its next allowed step if the estimate stays ≥ `target − tol`
+//!   (else that group is closed), until the estimate is ≤ `target + tol`; failing that, it
+//!   walks from the allocation just below, restoring the highest-scoring removed steps while
+//!   the estimate stays ≤ `target + tol` (Block walks by block importance instead of channel
+//!   score). Failing both, a best-first search over allocations one step apart in any group
+//!   (nearest estimate first, a few thousand estimates at most) finds exchanges such as
+//!   "three channels more here, two fewer there". A target below what the constraints allow
+//!   is an error naming the smallest ratio reachable; a window no search reaches gives the
+//!   closest allocation found and a note.
+//! - With a `measure` callback the bisection uses measurements instead (latency: slow and
+//!   noisy): it starts where the cost model puts the same target (MACs for latency), then
+//!   bisects, at most [`AllocateOptions::max_measurements`] calls, no fix-up.
+//! - [`Amount::Own`]: removes the classes the criterion marked as not kept (EPruner), under
+//!   the constraints.
+//! - [`Granularity::Block`] (AdaPruner): a group keeps the fraction
+//!   `min(1, α · imp_g / max imp)` (then the constraints), with `imp_g` the mean |gamma| of its
+//!   BatchNormalization members (groups without: the mean of their scores, noted); α is
+//!   bisected to meet the target, or to remove the fraction `r` of channels for a ratio.
+//!
+//! Deterministic: the same inputs give the same allocation. This module does not change the
+//! model ([`crate::passes::remove_channels()`] does) and does not score channels.
+
+use crate::analysis::channels::ChannelGroups;
+use crate::analysis::{MaskedCost, Shapes};
+use crate::error::{Error, Result};
+use crate::ir::Model;
+use crate::ops::channel::{Map, Port};
+
+use super::search::{bisect, bisect_measured, Evaluator, Found, Metric};
+use super::space::Space;
+
+/// How removal is spread over groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// The same ratio in every group.
+    Local,
+    /// One threshold over all (normalised) scores.
+    #[default]
+    Global,
+}
+
+/// The unit a budget is spread over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    /// Individual channels ranked by score.
+    #[default]
+    Channel,
+    /// Whole groups sized by their BatchNormalization importance (AdaPruner).
+    Block,
+}
+
+/// A resource budget: the fraction of the original to keep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// MACs (FLOPs = 2·MACs) kept.
+    Flops(f64),
+    /// Parameters kept.
+    Params(f64),
+    /// Latency kept, as reported by the `measure` callback (required).
+    Latency(f64),
+}
+
+/// How much to remove.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Amount {
+    /// A fraction of channels, in `[0, 1)`.
+    Ratio(f64),
+    /// Every class scoring below this (global).
+    Threshold(f64),
+    /// A resource budget met within the tolerance.
+    Target(Budget),
+    /// The criterion's own choice (`keep_hint`).
+    Own,
+}
+
+/// Limits every mode respects. A group keeps at least
+/// `max(ceil(min_keep_fraction·n), min_keep_count, 1)` channels and loses at most
+/// `floor(max_ratio·n)`; with `round_to = k > 1` its kept count is a multiple of `k` (the
+/// nearest that satisfies the other limits; a group with fewer than `k` channels, or with no
+/// such multiple, is left intact). Groups touching a node whose name matches an `ignore` glob
+/// (`*`, `?`) as producer, consumer or member are left intact; blocked groups always are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraints {
+    /// Smallest fraction of a group's channels kept, in `[0, 1]`.
+    pub min_keep_fraction: f64,
+    /// Smallest number of channels kept per group.
+    pub min_keep_count: usize,
+    /// Largest fraction of a group's channels removed, in `[0, 1]`.
+    pub max_ratio: f64,
+    /// Kept counts are multiples of this (0 or 1: no rounding).
+    pub round_to: usize,
+    /// Globs on node names whose groups are not pruned.
+    pub ignore: Vec<String>,
+}
+
+impl Default for Constraints {
+    fn default() -> Self {
+        Constraints {
+            min_keep_fraction: 0.0,
+            min_keep_count: 1,
+            max_ratio: 1.0,
+            round_to: 1,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl Constraints {
+    /// Errors on fractions outside `[0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("min keep fraction", self.min_keep_fraction),
+            ("max ratio", self.max_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::Usage(format!("{name} must be in [0, 1], got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of [`allocate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllocateOptions {
+    /// Local or global ranking.
+    pub scope: Scope,
+    /// Channels or blocks.
+    pub granularity: Granularity,
+    /// How much.
+    pub amount: Amount,
+    /// Limits.
+    pub constraints: Constraints,
+    /// Absolute tolerance on a target ratio (0.005: 0.495–0.505 for 0.5).
+    pub tolerance: f64,
+    /// Most `measure` calls of a measured search.
+    pub max_measurements: usize,
+}
+
+impl Default for AllocateOptions {
+    fn default() -> Self {
+        AllocateOptions {
+            scope: Scope::Global,
+            granularity: Granularity::Channel,
+            amount: Amount::Ratio(0.0),
+            constraints: Constraints::default(),
+            tolerance: 0.005,
+            max_measurements: 10,
+        }
+    }
+}
+
+/// The chosen removal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Allocation {
+    /// Classes to remove, sorted.
+    pub classes: Vec<usize>,
+    /// The global score threshold used (Global ratio/target, Threshold): channels scoring
+    /// up to it were candidates; `None` for other modes.
+    pub threshold: Option<f64>,
+    /// Estimated MACs and parameters after removal (cost model: MACs exact; parameters
+    /// without the compensation constants removing constant channels may add).
+    pub estimate: (u64, u64),
+    /// Cost-model estimates plus measurements made.
+    pub evaluations: usize,
+    /// What the user should know (constraints that bit, fix-ups, a missed target).
+    pub notes: Vec<String>,
+}
+
+/// A measurement of a candidate removal (its classes): the ratio after / before of the
+/// budgeted resource, e.g. latency timed on a runtime.
+pub type Measure<'a> = &'a mut dyn FnMut(&[usize]) -> Result<f64>;
+
+/// Chooses the classes to remove; see the module documentation. `scores` has one entry per
+/// class (`groups.class_atoms`); `keep_hint` (for [`Amount::Own`]) marks classes to keep;
+/// `measure` returns the measured ratio of a candidate removal (required for
+/// [`Budget::Latency`]). `groups` and `shapes` must be computed on `model` as it is.
+pub fn allocate(
+    model: &Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    scores: &[f64],
+    keep_hint: Option<&[bool]>,
+    opts: &AllocateOptions,
+    measure: Option<Measure>,
+) -> Result<Allocation> {
+    let tol = opts.tolerance;
+    if !tol.is_finite() || tol < 0.0 {
+        return Err(Error::Usage(format!(
+            "tolerance must be a finite number ≥ 0, got {tol}"
+        )));
+    }
+    let own_first = match (&opts.amount, keep_hint) {
+        (Amount::Own, None) => {
+            return Err(Error::Usage(
+                "this criterion makes no choice of its own: give a ratio, threshold or target"
+                    .into(),
+            ))
+        }
+        (Amount::Own, Some(k)) if k.len() != groups.class_atoms.len() => {
+            return Err(Error::Usage(format!(
+                "{} keep flags for {} channel classes",
+                k.len(),
+                groups.class_atoms.len()
+            )))
+        }
+        (Amount::Own, Some(k)) => Some(k),
+        _ => None,
+    };
+    let space = Space::new(model, groups, scores, own_first, &opts.constraints)?;
+    let cost = MaskedCost::new(model, groups, shapes)?;
+    let mut notes = space.notes.clone();
+    let mut evaluations = 0;
+    let mut threshold = None;
+    let block = (opts.granularity == Granularity::Block).then(|| Block::new(model, groups, &space));
+    if let Some(b) = &block {
+        notes.extend(b.note.clone());
+    }
+    let global = GlobalOrder::new(&space);
+    let space_ref = &space;
+    let family: Box<dyn Fn(f64) -> Vec<usize> + '_> = match (&block, opts.scope) {
+        (Some(b), _) => Box::new(move |p| b.counts(space_ref, p)),
+        (None, Scope::Global) => Box::new(|p| global.counts(&space, p).0),
+        (None, Scope::Local) => Box::new(|p| local_counts(&space, p)),
+    };
+    let global_threshold = |p: f64| -> Option<f64> {
+        (block.is_none() && opts.scope == Scope::Global).then(|| global.counts(&space, p).1)?
+    };
+
+    let counts = match &opts.amount {
+        Amount::Ratio(r) => {
+            if !(0.0..1.0).contains(r) {
+                return Err(Error::Usage(format!("ratio must be in [0, 1), got {r}")));
+            }
+            match &block {
+                Some(_) => {
+                    let n = space.channels().max(1) as f64;
+                    let frac = |p: f64| family(p).iter().sum::<usize>() as f64 / n;
+                    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+                    while hi - lo > 1e-12 {
+                        let mid = 0.5 * (lo + hi);
+                        if frac(mid) <= *r {
+                            lo = mid;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    family(lo)
+                }
+                None => {
+                    threshold = global_threshold(*r);
+                    family(*r)
+                }
+            }
+        }
+        Amount::Threshold(t) => {
+            if block.is_some() {
+                return Err(Error::Usage(
+                    "a score threshold does not apply to block granularity".into(),
+                ));
+            }
+            if t.is_nan() {
+                return Err(Error::Usage("threshold must be a number".into()));
+            }
+            threshold = Some(*t);
+            (0..space.order.len())
+                .map(|i| space.fit(i, space.scores[i].iter().filter(|s| **s < *t).count()))
+                .collect()
+        }
+        Amount::Own => (0..space.order.len())
+            .map(|i| {
+                let marked = space.order[i]
+                    .iter()
+                    .filter(|c| own_first.is_some_and(|k| !k[**c]))
+                    .count();
+                space.fit(i, marked)
+            })
+            .collect(),
+        Amount::Target(budget) => {
+            let (target, metric) = match *budget {
+                Budget::Flops(t) => (t, Metric::Macs),
+                Budget::Params(t) => (t, Metric::Params),
+                Budget::Latency(t) => (t, Metric::Macs),
+            };
+            if !(target > 0.0 && target <= 1.0) {
+                return Err(Error::Usage(format!(
+                    "a budget target is the fraction to keep, in (0, 1]; got {target}"
+                )));
+            }
+            let what = match budget {
+                Budget::Flops(_) => "FLOPs",
+                Budget::Params(_) => "parameter",
+                Budget::Latency(_) => "latency",
+            };
+            let priority = block.as_ref().map(|b| b.imp.as_slice());
+            let found = match measure {
+                None if matches!(budget, Budget::Latency(_)) => {
+                    return Err(Error::Usage(
+                        "a latency target needs a measurement (a runtime to time candidates)"
+                            .into(),
+                    ))
+                }
+                None => {
+                    let mut eval = Evaluator::new(&space, &cost, metric)?;
+                    let found = bisect(&space, &mut eval, &*family, priority, target, tol, what)?;
+                    evaluations += eval.evaluations;
+                    found
+                }
+                Some(m) => {
+                    // Where the cost model puts the target: the first candidate to measure
+                    // (the middle of the family when the model cannot say).
+                    let p0 = match Evaluator::new(&space, &cost, metric) {
+                        Ok(mut eval) => {
+                            let p0 =
+                                bisect(&space, &mut eval, &*family, priority, target, tol, what)
+                                    .map_or(0.5, |f| f.p);
+                            evaluations += eval.evaluations;
+                            p0
+                        }
+                        Err(_) => 0.5,
+                    };
+                    let (found, calls) = bisect_measured(
+                        &space,
+                        &*family,
+                        m,
+                        p0,
+                        target,
+                        tol,
+                        opts.max_measurements,
+                    )?;
+                    evaluations += calls;
+                    notes.push(format!(
+                        "{what} target {target}: measured {:.4} after {calls} measurement(s)",
+                        found.ratio
+                    ));
+                    found
+                }
+            };
+            describe(&found, what, target, &mut notes);
+            threshold = global_threshold(found.p);
+            found.counts
+        }
+    };
+
+    let chosen = space.select(&counts);
+    let classes = {
+        let mut c = groups.take_without_emptying(chosen.iter().copied());
+        c.sort_unstable();
+        if c.len() != chosen.len() {
+            notes.push(format!(
+                "{} class(es) kept to leave no tensor without channels",
+                chosen.len() - c.len()
+            ));
+        }
+        c
+    };
+    evaluations += 1;
+    let estimate = cost.estimate_classes(&classes);
+    Ok(Allocation {
+        classes,
+        threshold,
+        estimate,
+        evaluations,
+        notes,
+    })
+}
+
+/// Notes about how a target search ended.
+fn describe(found: &Found, what: &str, target: f64, notes: &mut Vec<String>) {
+    if found.moves > 0 {
+        notes.push(format!(
+            "{what} target {target}: channels too coarse for the bisection alone; {} fix-up step(s) applied",
+            found.moves
+        ));
+    }
+    if !found.met {
+        notes.push(format!(
+            "{what} target {target} missed: the closest allocation found has ratio {:.4}",
+            found.ratio
+        ));
+    }
+}
+
+/// All eligible channels in global removal order: `(score, class, group index)` by score,
+/// ties by class index.
+struct GlobalOrder(Vec<(f64, usize, usize)>);
+
+impl GlobalOrder {
+    fn new(space: &Space) -> GlobalOrder {
+        let mut all: Vec<(f64, usize, usize)> = Vec::with_capacity(space.channels());
+        for (i, (order, scores)) in space.order.iter().zip(&space.scores).enumerate() {
+            all.extend(order.iter().zip(scores).map(|(c, s)| (*s, *c, i)));
+        }
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        GlobalOrder(all)
+    }
+
+    /// Global family: the `floor(p·N)` first channels are candidates; each group's count is
+    /// its number of candidates, fitted to its constraints. Also returns the score of the last
+    /// candidate (the threshold).
+    fn counts(&self, space: &Space, p: f64) -> (Vec<usize>, Option<f64>) {
+        let all = &self.0;
+        let m = ((p.clamp(0.0, 1.0) * all.len() as f64) + 1e-9).floor() as usize;
+        let m = m.min(all.len());
+        let mut raw = vec![0usize; space.order.len()];
+        for x in &all[..m] {
+            raw[x.2] += 1;
+        }
+        let counts = raw
+            .iter()
+            .enumerate()
+            .map(|(i, r)| space.fit(i, *r))
+            .collect();
+        (counts, m.checked_sub(1).map(|k| all[k].0))
+    }
+}
+
+/// Local family: `floor(p·n)` per group, fitted.
+fn local_counts(space: &Space, p: f64) -> Vec<usize> {
+    space
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            space.fit(
+                i,
+                ((p.clamp(0.0, 1.0) * o.len() as f64) + 1e-9).floor() as usize,
+            )
+        })
+        .collect()
+}
+
+/// Block (AdaPruner) sizing: the importance of every eligible group.
+struct Block {
+    imp: Vec<f64>,
+    max: f64,
+    /// α at which every group keeps everything.
+    alpha_max: f64,
+    note: Option<String>,
+}
+
+impl Block {
+    fn new(model: &Model, groups: &ChannelGroups, space: &Space) -> Block {
+        let g = &model.graph;
+        let index_of: std::collections::HashMap<usize, usize> = space
+            .eligible
+            .iter()
+            .enumerate()
+            .map(|(i, gid)| (*gid, i))
+            .collect();
+        let mut sum = vec![0f64; space.eligible.len()];
+        let mut count = vec![0usize; space.eligible.len()];
+        for m in &groups.members {
+            let node = g.node(m.node);
+            if node.op_type != "BatchNormalization" || m.input != 1 {
+                continue;
+            }
+            let Some(gamma) = node
+                .input(1)
+                .and_then(|v| g.init(v))
+                .and_then(|t| t.to_f64_vec())
+            else {
+                continue;
+            };
+            let v = match m.slot.port {
+                Port::In(p) => node.input(p),
+                Port::Out(p) => node.output(p),
+            };
+            let Some(atoms) = v.and_then(|v| groups.slots.get(&(v, m.slot.axis))) else {
+                continue;
+            };
+            let mut seen = vec![false; gamma.len()];
+            for (pos, a) in atoms.iter().enumerate() {
+                let idx = match &m.map {
+                    Map::Identity => Some(pos),
+                    Map::Index(ix) => ix.get(pos).copied().flatten(),
+                };
+                let Some(idx) = idx.filter(|i| *i < gamma.len() && !seen[*i]) else {
+                    continue;
+                };
+                seen[idx] = true;
+                let gid = groups.group_of_class[groups.class_of[*a]];
+                if let Some(&i) = index_of.get(&gid) {
+                    sum[i] += gamma[idx].abs();
+                    count[i] += 1;
+                }
+            }
+        }
+        let mut without = Vec::new();
+        let imp: Vec<f64> = (0..space.eligible.len())
+            .map(|i| {
+                if count[i] > 0 {
+                    sum[i] / count[i] as f64
+                } else {
+                    without.push(space.eligible[i]);
+                    let s = &space.scores[i];
+                    s.iter().sum::<f64>() / s.len().max(1) as f64
+                }
+            })
+            .collect();
+        let max = imp.iter().copied().fold(0f64, f64::max);
+        let min_pos = imp
+            .iter()
+            .copied()
+            .filter(|v| *v > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let alpha_max = if max > 0.0 && min_pos.is_finite() {
+            (max / min_pos).min(1e9)
+        } else {
+            1.0
+        };
+        let note = (!without.is_empty()).then(|| {
+            format!(
+                "block importance: {} group(s) without BatchNormalization use the mean of their scores: {:?}",
+                without.len(),
+                without
+            )
+        });
+        Block {
+            imp,
+            max,
+            alpha_max,
+            note,
+        }
+    }
+
+    /// Counts at family parameter `p`: α = (1 − p)·α_max; group `i` keeps
+    /// `round(min(1, α·imp_i/max)·n)`, fitted to its constraints (at `p = 0` every group
+    /// keeps everything, zero-importance ones included).
+    fn counts(&self, space: &Space, p: f64) -> Vec<usize> {
+        if p <= 0.0 {
+            return vec![0; space.order.len()];
+        }
+        let alpha = (1.0 - p.clamp(0.0, 1.0)) * self.alpha_max;
+        space
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let n = o.len();
+                let rel = if self.max > 0.0 {
+                    self.imp[i] / self.max
+                } else {
+                    1.0
+                };
+                let keep = ((alpha * rel).min(1.0) * n as f64).round() as usize;
+                space.fit(i, n - keep.min(n))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{channel_groups, importance, infer_shapes};
+    use crate::ir::graph::attr_ints;
+    use crate::ir::{Tensor, ValueId};
+    use crate::ops::channel::testing::Net;
+
+    /// `x → Conv5×5(c1) → BN(γ = g1) → Relu → Conv5×5(2·c1) → BN(γ = g2) → Relu → MaxPool →
+    /// Conv1×1(4)`: two prunable groups with coarse channels, like mnist-8 (c1 = 8).
+    fn net(c1: usize, g1: f32, g2: f32) -> Model {
+        let mut n = Net::new();
+        let x = n.input(&[1, 1, 12, 12]);
+        let mut h = x;
+        let layers = [(1, c1, g1), (c1, 2 * c1, g2)];
+        for (i, (cin, cout, gamma)) in layers.into_iter().enumerate() {
+            let c = n.conv_k(h, cin, cout, 5);
+            let scale = n.g.add_initializer(
+                &format!("gamma{i}"),
+                Tensor::from_f32(vec![cout], &vec![gamma; cout]),
+            );
+            let (b, mean) = (n.floats(&[cout]), n.floats(&[cout]));
+            let var = n.g.add_initializer(
+                &format!("var{i}"),
+                Tensor::from_f32(vec![cout], &vec![0.5; cout]),
+            );
+            let bn = n.op("BatchNormalization", &[c, scale, b, mean, var], vec![]);
+            h = n.op("Relu", &[bn], vec![]);
+        }
+        let pool = vec![attr_ints("kernel_shape", &[2, 2])];
+        let h = n.op("MaxPool", &[h], pool);
+        let y: ValueId = n.conv(h, 2 * c1, 4);
+        n.output(y);
+        n.model(13)
+    }
+
+    struct Fixture {
+        m: Model,
+        cg: ChannelGroups,
+        shapes: Shapes,
+        scores: Vec<f64>,
+    }
+
+    fn fixture(c1: usize, g1: f32, g2: f32) -> Fixture {
+        let m = net(c1, g1, g2);
+        let shapes = infer_shapes(&m).unwrap();
+        let cg = channel_groups(&m, &shapes).unwrap();
+        let scores = importance::l1_scores(&m, &cg);
+        Fixture {
+            m,
+            cg,
+            shapes,
+            scores,
+        }
+    }
+
+    fn run(f: &Fixture, opts: &AllocateOptions) -> Result<Allocation> {
+        allocate(&f.m, &f.cg, &f.shapes, &f.scores, None, opts, None)
+    }
+
+    fn target(budget: Budget) -> AllocateOptions {
+        AllocateOptions {
+            amount: Amount::Target(budget),
+            ..Default::default()
+        }
+    }
+
+    /// Removed channels per prunable group, in group order.
+    fn removed(f: &Fixture, a: &Allocation) -> Vec<usize> {
+        f.cg.groups
+            .iter()
+            .filter(|g| g.prunable())
+            .map(|g| g.classes.iter().filter(|c| a.classes.contains(c)).count())
+            .collect()
+    }
+
+    #[test]
+    fn coarse_channels_meet_every_target_some_allocation_meets() {
+        let f = fixture(8, 1.0, 1.0);
+        let cost = MaskedCost::new(&f.m, &f.cg, &f.shapes).unwrap();
+        let (m0, p0) = cost.original();
+        // Every allocation the lowest-score rule can make: (a, b) channels of the two groups.
+        let orders: Vec<Vec<usize>> =
+            f.cg.groups
+                .iter()
+                .filter(|g| g.prunable())
+                .map(|g| {
+                    let mut o = g.classes.clone();
+                    o.sort_by(|x, y| f.scores[*x].total_cmp(&f.scores[*y]).then(x.cmp(y)));
+                    o
+                })
+                .collect();
+        let mut grid = Vec::new();
+        for a in 0..orders[0].len() {
+            for b in 0..orders[1].len() {
+                let cl: Vec<usize> = orders[0][..a]
+                    .iter()
+                    .chain(&orders[1][..b])
+                    .copied()
+                    .collect();
+                let (m, p) = cost.estimate_classes(&cl);
+                grid.push((m as f64 / m0 as f64, p as f64 / p0 as f64));
+            }
+        }
+        let (mut reachable, mut fixed) = (0, 0);
+        for t in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
+            for params in [false, true] {
+                let budget = if params {
+                    Budget::Params(t)
+                } else {
+                    Budget::Flops(t)
+                };
+                let exists = grid
+                    .iter()
+                    .any(|(m, p)| ((if params { *p } else { *m }) - t).abs() <= 0.005);
+                let a = run(&f, &target(budget)).unwrap();
+                let r = if params {
+                    a.estimate.1 as f64 / p0 as f64
+                } else {
+                    a.estimate.0 as f64 / m0 as f64
+                };
+                let met = (r - t).abs() <= 0.005;
+                assert_eq!(met, exists, "{budget:?}: {r} {:?}", a.notes);
+                assert_eq!(met, !a.notes.iter().any(|n| n.contains("missed")));
+                reachable += usize::from(exists);
+                fixed += usize::from(exists && a.notes.iter().any(|n| n.contains("fix-up")));
+            }
+        }
+        assert!(
+            reachable >= 4 && fixed >= 2,
+            "{reachable} reachable, {fixed} fixed up"
+        );
+    }
+
+    #[test]
+    fn block_importance_sizes_groups_by_batch_norm_scale() {
+        // The second block's BN scales are ten times smaller: it loses more of its channels.
+        let f = fixture(16, 1.0, 0.1);
+        let opts = AllocateOptions {
+            granularity: Granularity::Block,
+            ..target(Budget::Flops(0.6))
+        };
+        let a = run(&f, &opts).unwrap();
+        let r = removed(&f, &a);
+        assert!(
+            r[1] as f64 / 32.0 > r[0] as f64 / 16.0,
+            "removed {r:?} of [16, 32]; {:?}",
+            a.notes
+        );
+        // Block ratio: the fraction of channels removed, at most r.
+        let opts = AllocateOptions {
+            granularity: Granularity::Block,
+            amount: Amount::Ratio(0.5),
+            ..Default::default()
+        };
+        let a = run(&f, &opts).unwrap();
+        let r = removed(&f, &a);
+        assert!(r.iter().sum::<usize>() <= 24 && r[1] > r[0], "{r:?}");
+    }
+
+    #[test]
+    fn rounding_and_limits_shape_every_count() {
+        let f = fixture(8, 1.0, 1.0);
+        let mut opts = AllocateOptions {
+            amount: Amount::Ratio(0.7),
+            ..Default::default()
+        };
+        opts.constraints.round_to = 4;
+        let a = run(&f, &opts).unwrap();
+        for (r, n) in removed(&f, &a).into_iter().zip([8, 16]) {
+            assert_eq!((n - r) % 4, 0, "kept {} of {n}", n - r);
+        }
+        opts.constraints = Constraints {
+            max_ratio: 0.25,
+            ..Default::default()
+        };
+        let a = run(&f, &opts).unwrap();
+        assert_eq!(removed(&f, &a), vec![2, 4]);
+    }
+
+    #[test]
+    fn bad_inputs_are_usage_errors() {
+        let f = fixture(8, 1.0, 1.0);
+        let short = &f.scores[1..];
+        let e = allocate(
+            &f.m,
+            &f.cg,
+            &f.shapes,
+            short,
+            None,
+            &target(Budget::Flops(0.5)),
+            None,
+        );
+        assert!(e.unwrap_err().to_string().contains("scores"));
+        let mut nan = f.scores.clone();
+        nan[0] = f64::NAN;
+        let e = allocate(
+            &f.m,
+            &f.cg,
+            &f.shapes,
+            &nan,
+            None,
+            &target(Budget::Flops(0.5)),
+            None,
+        );
+        assert!(e.unwrap_err().to_string().contains("NaN"));
+        for amount in [
+            Amount::Ratio(1.0),
+            Amount::Target(Budget::Flops(0.0)),
+            Amount::Target(Budget::Params(1.5)),
+            Amount::Own,
+        ] {
+            let opts = AllocateOptions {
+                amount,
+                ..Default::default()
+            };
+            assert!(run(&f, &opts).is_err(), "{:?}", opts.amount);
+        }
+        let opts = AllocateOptions {
+            tolerance: -1.0,
+            ..target(Budget::Flops(0.5))
+        };
+        assert!(run(&f, &opts).is_err());
+        let opts = AllocateOptions {
+            granularity: Granularity::Block,
+            amount: Amount::Threshold(0.5),
+            ..Default::default()
+        };
+        assert!(run(&f, &opts).is_err());
+        let mut opts = target(Budget::Flops(0.5));
+        opts.constraints.max_ratio = 2.0;
+        assert!(run(&f, &opts).is_err());
+    }
+
+    #[test]
+    fn a_target_of_one_removes_nothing() {
+        let f = fixture(8, 1.0, 1.0);
+        let a = run(&f, &target(Budget::Flops(1.0))).unwrap();
+        assert!(a.classes.is_empty());
+        assert_eq!(
+            a.estimate,
+            MaskedCost::new(&f.m, &f.cg, &f.shapes).unwrap().original()
+        );
+    }
+}
