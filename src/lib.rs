@@ -20,5 +20,6 @@ pub mod plan;
 pub mod prune;
 pub mod report;
 pub mod runtime;
+pub mod temp_dir;
 
 pub use error::{Error, Result};

@@ -6,8 +6,6 @@
 //! models on the same seeded random inputs under each requested runtime and reports the
 //! largest relative output difference. The oracle does not judge accuracy on real data.
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use crate::analysis::channels::ChannelGroups;
@@ -18,6 +16,7 @@ use crate::ir::{DType, Dim, Fact, Model, Tensor};
 use crate::onnx::SaveOptions;
 use crate::ops::channel::{Link, Map, Port};
 use crate::runtime::{self, BackendKind};
+use crate::temp_dir::TempDir;
 
 /// The original with the consumers' input slices of the removed classes set to zero — except
 /// constant channels that the removal compensates exactly (their contribution stays, as in the
@@ -184,9 +183,9 @@ pub fn compare(
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
-    let dir = TempDir::new()?;
-    let pa = dir.0.join("a.onnx");
-    let pb = dir.0.join("b.onnx");
+    let dir = TempDir::new("oracle")?;
+    let pa = dir.path().join("a.onnx");
+    let pb = dir.path().join("b.onnx");
     a.save(&pa, &SaveOptions::default())?;
     b.save(&pb, &SaveOptions::default())?;
     let mut errors = Vec::new();
@@ -270,26 +269,4 @@ pub fn available_backends() -> Vec<BackendKind> {
         v.insert(0, BackendKind::Ort);
     }
     v
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "lopper-oracle-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

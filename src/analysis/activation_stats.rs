@@ -13,7 +13,6 @@
 //! picks channels (see [`crate::analysis::importance`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use crate::analysis::channels::ChannelGroups;
 use crate::analysis::importance::ActivationStats;
@@ -25,6 +24,7 @@ use crate::onnx::proto::ValueInfoProto;
 use crate::onnx::SaveOptions;
 use crate::ops::channel::{Link, Port};
 use crate::runtime::{self, model_inputs, BackendKind, InputSpec, RuntimeOptions};
+use crate::temp_dir::TempDir;
 
 /// One calibration batch: the model's runtime inputs by name, as [`runtime::Session::run`]
 /// takes them. The batch size is read from the first dim of the first input.
@@ -52,8 +52,8 @@ pub fn activation_stats(
     let mut probes = probes(model, groups);
     let inputs = model_inputs(model)?;
     let instrumented = with_outputs(model, &probes)?;
-    let dir = TempDir::new()?;
-    let path = dir.0.join("activations.onnx");
+    let dir = TempDir::new("activations")?;
+    let path = dir.path().join("activations.onnx");
     instrumented.save(&path, &SaveOptions::default())?;
     let mut session = runtime::load_with(backend, &path, opts)?;
     let mut samples = 0usize;
@@ -452,27 +452,4 @@ fn finish(groups: &ChannelGroups, probes: &[Probe], samples: usize) -> Result<Ac
         }
     }
     Ok(stats)
-}
-
-/// A temporary folder for the instrumented model, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "lopper-activations-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -35,8 +35,9 @@ enum Command {
     Bench(bench::Args),
     /// List the channel dependency groups: producers, consumers, channels, blocking reasons.
     Groups(groups::Args),
-    /// Remove channels (--ratio R, --remove-dead) and write the smaller model, verified.
-    Prune(prune::Args),
+    /// Remove channels (--ratio, --target flops=R, --threshold, --remove-dead, --plan) ranked
+    /// by a criterion, and write the smaller model, verified.
+    Prune(Box<prune::Args>),
     /// Check that two models compute the same outputs on random inputs.
     Verify(verify::Args),
 }
@@ -91,7 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Groups(a) => groups::run(a),
-        Command::Prune(a) => prune::run(a),
+        Command::Prune(a) => prune::run(*a),
         Command::Verify(a) => verify::run(a),
     }
 }

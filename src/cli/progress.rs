@@ -18,3 +18,18 @@ pub fn bar(unit: &str) -> ProgressBar {
     }
     pb
 }
+
+/// A spinner with a message (the current stage); hidden when stderr is not a terminal.
+pub fn spinner() -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let pb = ProgressBar::with_draw_target(None, target);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+        pb.set_style(style);
+    }
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

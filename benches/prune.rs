@@ -1,0 +1,179 @@
+//! Pruning a ≥ 100 MB model file to file: a generated torchvision ResNet-50 (102 MB of float32
+//! weights) pruned to half its MACs (`--target flops=0.5`, L1, global), against references
+//! measured in the same run: a plain `fs::read` + `fs::write` of the file, and lopper's own
+//! load + save. Goal: ≤ 0.5 s wall and peak RSS ≤ 1.5× the file.
+//!
+//! The timed pipeline is the CLI's: load, verify the graph, simplify, analyse, score, bisect
+//! to the budget, remove channels, save. The equivalence oracle is timed once, separately
+//! (it runs the 4-GFLOP model twice on each runtime and dominates when on).
+//!
+//! Each measurement runs in a fresh child process (this binary re-executed) so that peak RSS
+//! (`VmHWM`) is that of one run alone. Run with `cargo bench --bench prune`; under
+//! `cargo test` it only checks that it builds.
+
+#[path = "../fixtures/resnet50.rs"]
+mod resnet50;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
+use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints};
+use lopper::prune::{prune, PruneOptions, Scored, Selection};
+
+const RUNS: usize = 7;
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn options(verify: bool) -> PruneOptions {
+    PruneOptions {
+        selection: Selection::Scored(Scored {
+            criterion: CriterionKind::L1,
+            reduce: Reduce::Sum,
+            normalize: Normalize::Max,
+            seed: 0,
+            allocate: AllocateOptions {
+                amount: Amount::Target(Budget::Flops(0.5)),
+                constraints: Constraints {
+                    min_keep_fraction: 0.1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            steps: 1,
+        }),
+        verify_with: if verify {
+            lopper::oracle::available_backends()
+        } else {
+            vec![]
+        },
+        tolerance: 1e-4,
+    }
+}
+
+/// Child: one measurement. Prints `seconds peak_kib macs_ratio`.
+fn child(mode: &str, input: &Path, output: &Path) {
+    let t = Instant::now();
+    let mut ratio = 1.0;
+    match mode {
+        "prune" | "prune+verify" => {
+            let mut m = lopper::ir::Model::load(input).expect("load");
+            lopper::ir::verify(&m.graph).expect("verify graph");
+            let r = prune(&mut m, &options(mode == "prune+verify")).expect("prune");
+            m.save(output, &lopper::onnx::SaveOptions::default())
+                .expect("save");
+            ratio = r.macs.1 as f64 / r.macs.0 as f64;
+        }
+        "load+save" => {
+            let m = lopper::ir::Model::load(input).expect("load");
+            m.save(output, &lopper::onnx::SaveOptions::default())
+                .expect("save");
+        }
+        _ => {
+            let bytes = std::fs::read(input).expect("read");
+            std::fs::write(output, &bytes).expect("write");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("{secs} {} {ratio}", vm_hwm_kib());
+}
+
+fn measure(exe: &Path, mode: &str, input: &Path, output: &Path) -> (f64, f64, f64) {
+    let out = Command::new(exe)
+        .env("LOPPER_BENCH_CHILD", mode)
+        .env("LOPPER_BENCH_IN", input)
+        .env("LOPPER_BENCH_OUT", output)
+        .output()
+        .expect("spawn child");
+    let s = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(
+        v.len() == 3,
+        "child {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (v[0], v[1], v[2])
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("LOPPER_BENCH_CHILD") {
+        let input = PathBuf::from(std::env::var("LOPPER_BENCH_IN").expect("input"));
+        let output = PathBuf::from(std::env::var("LOPPER_BENCH_OUT").expect("output"));
+        child(&mode, &input, &output);
+        return;
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("prune: run with `cargo bench --bench prune`");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-fixtures");
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let input = dir.join("resnet50.onnx");
+    if !input.exists() {
+        eprintln!("generating {}", input.display());
+        resnet50::resnet50(1)
+            .save(&input, &Default::default())
+            .expect("write fixture");
+    }
+    let size = std::fs::metadata(&input).expect("fixture").len() as f64;
+    let output = dir.join("resnet50.pruned.onnx");
+    let exe = std::env::current_exe().expect("own path");
+    let modes = ["fs::read + fs::write", "load+save", "prune"];
+    let mut results: Vec<(Vec<f64>, Vec<f64>, f64)> = vec![(vec![], vec![], 1.0); modes.len()];
+    // Interleave so that machine drift affects every mode equally.
+    for _ in 0..RUNS {
+        for (k, mode) in modes.iter().enumerate() {
+            let (t, r, ratio) = measure(&exe, mode, &input, &output);
+            results[k].0.push(t);
+            results[k].1.push(r * 1024.0);
+            results[k].2 = ratio;
+        }
+    }
+    let (tv, rv, _) = measure(&exe, "prune+verify", &input, &output);
+    println!(
+        "model: generated ResNet-50, {:.1} MB; target flops=0.5 (l1, global); {RUNS} runs each, medians",
+        size / 1e6
+    );
+    println!(
+        "{:<24} {:>9} {:>14} {:>9} {:>11}",
+        "", "time (s)", "peak RSS (MB)", "RSS/file", "MACs ratio"
+    );
+    let reference = median(results[0].0.clone());
+    for (k, mode) in modes.iter().enumerate() {
+        let (t, r) = (median(results[k].0.clone()), median(results[k].1.clone()));
+        println!(
+            "{:<24} {:>9.3} {:>14.1} {:>9.2} {:>11.4}",
+            mode,
+            t,
+            r / 1e6,
+            r / size,
+            results[k].2
+        );
+    }
+    let pt = median(results[2].0.clone());
+    println!("prune time / fs copy: {:.2}", pt / reference);
+    println!(
+        "prune with the oracle (once): {tv:.2} s, peak RSS {:.1} MB ({:.2}× file)",
+        rv * 1024.0 / 1e6,
+        rv * 1024.0 / size
+    );
+    let _ = std::fs::remove_file(&output);
+}
