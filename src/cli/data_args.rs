@@ -58,9 +58,9 @@ fn floats(s: &str) -> Result<Floats, String> {
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
     /// Dataset: mnist:DIR, npz:FILE, npy:FILE, images:DIR|FILE.zip (or a path whose format
-    /// is recognised).
+    /// is recognised). Required by `eval`; gives `prune` calibration data.
     #[arg(long, value_parser = |s: &str| s.parse::<DataSpec>())]
-    pub data: DataSpec,
+    pub data: Option<DataSpec>,
     /// Split: MNIST train/test, .npz key suffix (x_test), image-folder subfolder
     /// [default: test where the dataset has one].
     #[arg(long)]
@@ -114,7 +114,13 @@ impl DataArgs {
                 DataLayoutArg::Chw => ImageLayout::Chw,
             }),
         };
-        let ds = data::open(&self.data, &opts)?;
+        let Some(spec) = &self.data else {
+            return Err(lopper::Error::Usage(
+                "no dataset: pass --data (mnist:DIR, npz:FILE, npy:FILE or images:DIR|FILE.zip)"
+                    .into(),
+            ));
+        };
+        let ds = data::open(spec, &opts)?;
         let pre = Preprocess {
             scale: self.scale,
             mean: self.mean.clone().map(|f| f.0).unwrap_or_default(),

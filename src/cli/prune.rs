@@ -122,7 +122,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
     target_tolerance: f64,
     #[command(flatten)]
-    data: Option<Box<DataArgs>>,
+    data: DataArgs,
     /// Calibration samples for data-driven criteria (spread evenly over the dataset).
     #[arg(long, default_value_t = 256, help_heading = "Calibration")]
     calibration_samples: usize,
@@ -306,12 +306,13 @@ pub fn run(args: Args) -> Result<()> {
     let status = progress::spinner();
     let mut say = |msg: &str| status.set_message(msg.to_string());
     let mut gather = |m: &Model, groups: &lopper::analysis::ChannelGroups| {
-        let Some(data) = args.data.as_ref() else {
+        if args.data.data.is_none() {
             return Err(lopper::Error::Usage(format!(
                 "criterion '{}' needs calibration data: pass --data",
                 args.criterion
             )));
-        };
+        }
+        let data = &args.data;
         let Some((backend, rt)) = runtime else {
             return Err(lopper::Error::Usage("no runtime".into()));
         };
