@@ -274,6 +274,7 @@ pub fn prune_with(
         _ => 1,
     };
     if let Selection::Scored(s) = &opts.selection {
+        s.criterion.check_available()?;
         if s.criterion.needs_data() && hooks.activations.is_none() {
             // Let the criterion say what it needs.
             importance::score(

@@ -195,6 +195,7 @@ fn parse_min_keep(s: &str) -> std::result::Result<(f64, usize), String> {
 
 impl Args {
     fn selection(&self) -> Result<Selection> {
+        self.criterion.check_available()?;
         let amounts = [
             self.ratio.is_some(),
             self.target.is_some(),

@@ -201,6 +201,15 @@ impl CriterionKind {
         Ok(CriterionKind::Multi(parts))
     }
 
+    /// Errors for criteria this build cannot compute (before any data is read).
+    pub fn check_available(&self) -> Result<()> {
+        match self {
+            CriterionKind::Taylor => Err(Error::Usage(taylor::UNAVAILABLE.into())),
+            CriterionKind::Multi(parts) => parts.iter().try_for_each(|(k, _)| k.check_available()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether scoring needs activation statistics (`--data`).
     pub fn needs_data(&self) -> bool {
         match self {

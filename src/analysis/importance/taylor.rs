@@ -9,10 +9,11 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Taylor;
 
+/// Why `taylor` cannot run yet.
+pub const UNAVAILABLE: &str = "criterion 'taylor' needs gradients from the training compiler, which is not built yet; use activation or l1";
+
 impl Criterion for Taylor {
     fn score(&self, _cx: &ScoreCx) -> Result<Scores> {
-        Err(Error::Usage(
-            "criterion 'taylor' needs gradients from the training compiler, which is not built yet; use activation or l1".into(),
-        ))
+        Err(Error::Usage(UNAVAILABLE.into()))
     }
 }
