@@ -3,7 +3,7 @@
 //! Layers, bottom up: [`onnx`] (file format), [`ir`] (graph IR), [`ops`] (one file per op:
 //! shapes, costs), [`analysis`] (side tables: shapes, costs), [`passes`] (graph rewrites),
 //! [`runtime`] (ONNX Runtime and tract backends), [`data`] (datasets and preprocessing),
-//! [`eval`] (accuracy against data or a reference), [`bench`] (interleaved latency) and
+//! [`eval`] (accuracy against data or a reference), [`mod@bench`] (interleaved latency) and
 //! [`report`] (before/after tables, charts, JSON), and the `lopper` CLI on top.
 
 pub mod analysis;

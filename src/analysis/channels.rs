@@ -13,7 +13,7 @@
 //!
 //! Fail closed: a tracked slot reaching a node that declares nothing for it, a [`Link::Block`],
 //! or a graph output blocks its atoms' group, with a reason naming the node and op. This
-//! analysis never mutates the IR; [`crate::passes::remove_channels`] applies removals.
+//! analysis never mutates the IR; [`crate::passes::remove_channels()`] applies removals.
 
 use std::collections::{BTreeMap, HashMap};
 

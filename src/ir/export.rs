@@ -1,7 +1,7 @@
 //! IR → ModelProto. Nodes go out in a topological order that keeps the original order where
 //! possible; every proto part the IR carries verbatim (node/graph/model rest, unchanged
 //! initializers, declarations) is written back as read. Does not verify the graph first: call
-//! [`super::verify`] (the CLI does).
+//! [`super::verify()`] (the CLI does).
 
 use super::graph::{Graph, Model};
 use super::Fact;

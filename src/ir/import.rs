@@ -1,7 +1,7 @@
 //! ModelProto → IR. Resolves names to ids, decodes initializers, gives unnamed nodes names,
 //! and records outer-scope captures of subgraph attributes. Fails with a message naming the
 //! node or value on dangling references and double definitions. Does not check that the graph
-//! is acyclic or well-typed: that is [`super::verify`] and the shape analysis.
+//! is acyclic or well-typed: that is [`super::verify()`] and the shape analysis.
 
 use std::collections::HashSet;
 

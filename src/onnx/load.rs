@@ -4,7 +4,7 @@
 //! that buffer (no copy). External data files are read once each and sliced the same way.
 //! Paths in `external_data.location` are resolved relative to the model's folder; a path that
 //! is absolute or leaves that folder is refused. This module does not validate the graph: see
-//! [`crate::ir::verify`].
+//! [`crate::ir::verify()`].
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
