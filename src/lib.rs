@@ -21,5 +21,6 @@ pub mod prune;
 pub mod report;
 pub mod runtime;
 pub mod temp_dir;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -39,6 +39,7 @@ mod squeeze;
 mod transpose;
 mod unsqueeze;
 pub mod util;
+pub mod vjp;
 
 /// Everything an op may read when inferring or costing one node.
 pub struct Cx<'a> {
@@ -169,6 +170,19 @@ pub trait Op: Sync {
     /// channels were removed. Default: nothing to change.
     fn rewrite_channels(&self, _cx: &channel::RewriteCx) -> Result<channel::Rewrite> {
         Ok(channel::Rewrite::default())
+    }
+
+    /// Backward rule (vector-Jacobian product): given the gradient of each output (`None`:
+    /// the output does not reach the loss), emits nodes computing the gradient of every input
+    /// `p` with `needs[p]` and returns them by port. Default: not differentiable (an error
+    /// naming the node).
+    fn vjp(
+        &self,
+        cx: &mut vjp::VjpCx,
+        _grads: &[Option<crate::ir::ValueId>],
+        _needs: &[bool],
+    ) -> Result<Vec<Option<crate::ir::ValueId>>> {
+        Err(cx.err("has no backward rule, so the loss cannot be differentiated through it"))
     }
 }
 

@@ -1,0 +1,154 @@
+//! The vocabulary of backward rules: what an op's [`Op::vjp`](super::Op::vjp) sees and the
+//! builder it emits backward nodes with. A rule receives the gradient of each output (or `None`
+//! when that output does not reach the loss) and returns the gradient of each input it was asked
+//! for (`needs[port]`), as new values in the same graph, built from standard ONNX ops only.
+//!
+//! Shapes are static here: the train-step compiler fixes the batch size, so every forward value
+//! has a known shape ([`VjpCx::shape`]). Rules do not run anything and do not simplify what
+//! they emit.
+
+use crate::analysis::Shapes;
+use crate::error::{Error, Result};
+use crate::ir::graph::{attr_int, attr_ints};
+use crate::ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
+use crate::onnx::proto::AttributeProto;
+
+/// The context of one backward rule.
+pub struct VjpCx<'a> {
+    /// The graph being extended (forward nodes are in it).
+    pub g: &'a mut Graph,
+    /// Facts of the forward values.
+    pub shapes: &'a Shapes,
+    /// The forward node.
+    pub node: NodeId,
+    /// Opset of the default domain.
+    pub opset: i64,
+}
+
+impl VjpCx<'_> {
+    /// The forward node.
+    pub fn fwd(&self) -> &Node {
+        self.g.node(self.node)
+    }
+
+    /// An error naming the forward node.
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        let n = self.fwd();
+        Error::node(&n.name, &n.op_type, msg)
+    }
+
+    /// Forward input `port` (an error when absent).
+    pub fn input(&self, port: usize) -> Result<ValueId> {
+        self.fwd()
+            .input(port)
+            .ok_or_else(|| self.err(format!("input {port} is missing")))
+    }
+
+    /// Forward output `port` (an error when absent).
+    pub fn output(&self, port: usize) -> Result<ValueId> {
+        self.fwd()
+            .output(port)
+            .ok_or_else(|| self.err(format!("output {port} is missing")))
+    }
+
+    /// Static shape of a forward value (an error when not fully known).
+    pub fn shape(&self, v: ValueId) -> Result<Vec<usize>> {
+        self.shapes
+            .get(v)
+            .and_then(|f| f.shape.as_ref())
+            .and_then(|s| s.iter().map(|d| d.known()).collect::<Option<Vec<usize>>>())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "the shape of '{}' must be static to differentiate",
+                    self.g.value(v).name
+                ))
+            })
+    }
+
+    /// Element type of a forward value (f32 when unknown).
+    pub fn dtype(&self, v: ValueId) -> DType {
+        self.shapes
+            .get(v)
+            .and_then(|f| f.dtype)
+            .unwrap_or(DType::F32)
+    }
+
+    /// Integer attribute of the forward node, or `default`.
+    pub fn attr_i(&self, name: &str, default: i64) -> i64 {
+        self.fwd().attr_i(name).unwrap_or(default)
+    }
+
+    /// Float attribute of the forward node, or `default`.
+    pub fn attr_f(&self, name: &str, default: f32) -> f32 {
+        self.fwd().attr_f(name).unwrap_or(default)
+    }
+
+    /// Ints attribute of the forward node.
+    pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.fwd().attr_ints(name).map(<[i64]>::to_vec)
+    }
+
+    /// Adds a one-output node named after the forward node; returns its output.
+    pub fn op(&mut self, op_type: &str, inputs: &[ValueId], attrs: Vec<AttributeProto>) -> ValueId {
+        let ins: Vec<Option<ValueId>> = inputs.iter().map(|v| Some(*v)).collect();
+        self.op_n(op_type, &ins, 1, attrs)[0]
+    }
+
+    /// Adds a node with `n` outputs (inputs may be absent); returns its outputs.
+    pub fn op_n(
+        &mut self,
+        op_type: &str,
+        inputs: &[Option<ValueId>],
+        n: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<ValueId> {
+        let base = format!("grad/{}/{op_type}", self.fwd().name);
+        let outs: Vec<String> = (0..n).map(|i| format!("{base}:{i}")).collect();
+        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        let id = self.g.add_node(&base, op_type, inputs, &refs, attrs);
+        self.g.node(id).outputs.iter().flatten().copied().collect()
+    }
+
+    /// A constant tensor (an initializer of the train-step graph).
+    pub fn constant(&mut self, t: Tensor) -> ValueId {
+        let name = format!("grad/{}/const", self.fwd().name);
+        self.g.add_initializer(&name, t)
+    }
+
+    /// A 1-D int64 constant (axes, shapes, pads).
+    pub fn ints(&mut self, v: &[i64]) -> ValueId {
+        self.constant(Tensor::from_i64(vec![v.len()], v))
+    }
+
+    /// A float32 scalar constant.
+    pub fn scalar(&mut self, v: f32) -> ValueId {
+        self.constant(Tensor::from_f32(vec![], &[v]))
+    }
+
+    /// `grad` (shaped like a broadcast result `from`) summed back to `to` (numpy broadcasting):
+    /// leading axes and axes where `to` has 1 are summed, then reshaped to `to`.
+    pub fn unbroadcast(&mut self, grad: ValueId, from: &[usize], to: &[usize]) -> ValueId {
+        if from == to {
+            return grad;
+        }
+        let lead = from.len().saturating_sub(to.len());
+        let axes: Vec<i64> = (0..from.len())
+            .filter(|&i| i < lead || (to[i - lead] == 1 && from[i] != 1))
+            .map(|i| i as i64)
+            .collect();
+        let summed = if axes.is_empty() {
+            grad
+        } else {
+            let a = self.ints(&axes);
+            self.op("ReduceSum", &[grad, a], vec![attr_int("keepdims", 1)])
+        };
+        let shape: Vec<i64> = to.iter().map(|&d| d as i64).collect();
+        let s = self.ints(&shape);
+        self.op("Reshape", &[summed, s], vec![])
+    }
+
+    /// `Transpose` with a permutation.
+    pub fn transpose(&mut self, v: ValueId, perm: &[i64]) -> ValueId {
+        self.op("Transpose", &[v], vec![attr_ints("perm", perm)])
+    }
+}
