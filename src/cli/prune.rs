@@ -121,15 +121,19 @@ pub struct Args {
     /// Accepted distance of the reached flops/params/latency ratio from the target.
     #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
     target_tolerance: f64,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Calibration data (data-driven criteria)")]
     data: DataArgs,
     /// Calibration samples for data-driven criteria (spread evenly over the dataset).
-    #[arg(long, default_value_t = 256, help_heading = "Calibration")]
+    #[arg(
+        long,
+        default_value_t = 256,
+        help_heading = "Calibration data (data-driven criteria)"
+    )]
     calibration_samples: usize,
     /// Samples per calibration batch [default: 32, or the model's fixed batch].
-    #[arg(long, help_heading = "Calibration")]
+    #[arg(long, help_heading = "Calibration data (data-driven criteria)")]
     batch_size: Option<usize>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Runtime (calibration, latency targets)")]
     runtime: RuntimeArgs,
     /// Skip the equivalence check before writing.
     #[arg(long, help_heading = "Checks")]
