@@ -1,8 +1,17 @@
 //! The training compiler: turns an inference graph into an ONNX *train-step* graph (forward,
 //! loss, backward, optimizer update) that ONNX Runtime runs. This module holds the pieces:
-//! [`autodiff`] (reverse-mode differentiation through the ops' backward rules).
+//! [`autodiff`] (reverse-mode differentiation through the ops' backward rules), [`bn_train`]
+//! (BatchNormalization in training mode), [`loss`], [`regularize`], [`optim`], and [`step`]
+//! (which assembles them into one graph).
 
 pub mod autodiff;
+pub mod bn_train;
 pub mod check;
+pub(crate) mod emit;
+pub mod loss;
+pub mod optim;
+pub mod regularize;
+pub mod step;
 
 pub use autodiff::gradients;
+pub use step::{compile_train_step, StepOptions, TrainStep};

@@ -1,0 +1,300 @@
+//! Rewrites BatchNormalization into *training mode* out of primitive ops, so that autodiff only
+//! needs element-wise and reduction rules, and emits the running-statistic updates.
+//!
+//! For `X: [N, C, D1..]` with axes `A = {0, 2, ..}` and `n = N·ΠDi` values per channel:
+//!
+//! ```text
+//! μ  = ReduceMean(X, A, keepdims)            σ² = ReduceMean((X − μ)², A, keepdims)
+//! Y  = (X − μ) · (Reshape(γ, [1,C,1..]) / Sqrt(σ² + ε)) + Reshape(β, [1,C,1..])
+//! running_mean' = m·running_mean + (1 − m)·μ
+//! running_var'  = m·running_var  + (1 − m)·σ²·n/(n − 1)      (ONNX momentum `m`)
+//! ```
+//!
+//! The batch variance used to normalise is the biased one (like PyTorch); the running variance
+//! gets the unbiased one. Shapes must be static (the train-step compiler fixes the batch). It
+//! does not handle the pre-opset-9 `spatial=0` form, and it does not make the running
+//! statistics graph inputs or outputs (see [`super::step`]).
+
+use crate::analysis::Shapes;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, ValueId};
+
+use super::emit::{dtype_of, static_shape, Emit};
+
+/// One rewritten BatchNormalization.
+#[derive(Clone, Debug)]
+pub struct BnUpdate {
+    /// Name of the original node.
+    pub node: String,
+    /// The scale (γ) input.
+    pub gamma: ValueId,
+    /// The bias (β) input.
+    pub beta: ValueId,
+    /// The running-mean input.
+    pub mean: ValueId,
+    /// The running-variance input.
+    pub var: ValueId,
+    /// The updated running mean (`[C]`).
+    pub new_mean: ValueId,
+    /// The updated running variance (`[C]`).
+    pub new_var: ValueId,
+    /// Channels.
+    pub channels: usize,
+}
+
+/// Rewrites every BatchNormalization of `g` (facts `shapes`) into training mode; returns one
+/// [`BnUpdate`] per node, in graph order.
+pub fn to_training_mode(g: &mut Graph, shapes: &Shapes, opset: i64) -> Result<Vec<BnUpdate>> {
+    let bns: Vec<NodeId> = g
+        .topo_order()?
+        .into_iter()
+        .filter(|&n| {
+            let node = g.node(n);
+            node.op_type == "BatchNormalization"
+                && (node.domain.is_empty() || node.domain == "ai.onnx")
+        })
+        .collect();
+    let mut out = Vec::with_capacity(bns.len());
+    for n in bns {
+        out.push(rewrite_one(g, shapes, opset, n)?);
+    }
+    Ok(out)
+}
+
+fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<BnUpdate> {
+    let node = g.node(n).clone();
+    let err = |msg: String| Error::node(&node.name, &node.op_type, msg);
+    let input = |p: usize| {
+        node.input(p)
+            .ok_or_else(|| err(format!("input {p} is missing")))
+    };
+    let (x, gamma, beta, mean, var) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
+    let y = node
+        .output(0)
+        .ok_or_else(|| err("output 0 is missing".into()))?;
+    for (p, o) in node.outputs.iter().enumerate().skip(1) {
+        if let Some(o) = o {
+            if !g.value(*o).uses.is_empty() || g.outputs.contains(o) {
+                return Err(err(format!(
+                    "output {p} is used; only inference-mode BatchNormalization can be rewritten"
+                )));
+            }
+        }
+    }
+    if node.attr_i("spatial") == Some(0) {
+        return Err(err("spatial=0 is not supported".into()));
+    }
+    let xs = static_shape(g, shapes, x)?;
+    if xs.len() < 2 {
+        return Err(err(format!(
+            "input has rank {}, expected [N, C, ...]",
+            xs.len()
+        )));
+    }
+    let c = xs[1];
+    let count: usize = xs[0] * xs[2..].iter().product::<usize>();
+    if count < 2 {
+        return Err(err(format!(
+            "a training batch needs more than one value per channel (has {count})"
+        )));
+    }
+    let dt = dtype_of(shapes, x);
+    let eps = node.attr_f("epsilon").map_or(1e-5, f64::from);
+    let m = node.attr_f("momentum").map_or(0.9, f64::from);
+    let axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
+    let mut bshape = vec![1usize; xs.len()];
+    bshape[1] = c;
+
+    let mut e = Emit::new(g, format!("train_bn/{}", node.name), opset);
+    let mu = e.reduce("ReduceMean", x, &axes, true);
+    let d = e.op("Sub", &[x, mu], vec![]);
+    let d2 = e.op("Mul", &[d, d], vec![]);
+    let bvar = e.reduce("ReduceMean", d2, &axes, true);
+    let epsv = e.scalar(dt, eps)?;
+    let ve = e.op("Add", &[bvar, epsv], vec![]);
+    let sd = e.op("Sqrt", &[ve], vec![]);
+    let gr = e.reshape(gamma, &bshape);
+    let k = e.op("Div", &[gr, sd], vec![]);
+    let dk = e.op("Mul", &[d, k], vec![]);
+    let br = e.reshape(beta, &bshape);
+    let new_y = e.op("Add", &[dk, br], vec![]);
+
+    let mv = e.scalar(dt, m)?;
+    let one_m = e.scalar(dt, 1.0 - m)?;
+    let unbias = e.scalar(dt, (1.0 - m) * count as f64 / (count as f64 - 1.0))?;
+    let bm = e.reshape(mu, &[c]);
+    let bv = e.reshape(bvar, &[c]);
+    let a = e.op("Mul", &[mean, mv], vec![]);
+    let b = e.op("Mul", &[bm, one_m], vec![]);
+    let new_mean = e.op("Add", &[a, b], vec![]);
+    let a = e.op("Mul", &[var, mv], vec![]);
+    let b = e.op("Mul", &[bv, unbias], vec![]);
+    let new_var = e.op("Add", &[a, b], vec![]);
+
+    g.replace_uses(y, new_y);
+    g.remove_node(n);
+    for o in node.outputs.iter().flatten() {
+        if g.value(*o).uses.is_empty() && !g.outputs.contains(o) {
+            g.remove_value(*o);
+        }
+    }
+    Ok(BnUpdate {
+        node: node.name.clone(),
+        gamma,
+        beta,
+        mean,
+        var,
+        new_mean,
+        new_var,
+        channels: c,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::infer_shapes;
+    use crate::ir::graph::attr_float;
+    use crate::ir::{DType, Model, Tensor};
+    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::runtime::{self, BackendKind};
+    use crate::train::emit::{add_input, declare};
+
+    fn lcg(s: &mut u64) -> f64 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    fn model(g: Graph, opset: i64) -> Model {
+        Model {
+            graph: g,
+            rest: ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(opset),
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The decomposed forward and running updates against a float64 reference, in ORT, for
+    /// both ReduceMean forms (opset 17: attribute; 18: input).
+    #[test]
+    fn training_mode_matches_reference() {
+        if crate::runtime::ort::find_library().is_none() {
+            eprintln!("NOTICE: skipping: ONNX Runtime's library is missing");
+            return;
+        }
+        for opset in [17, 18] {
+            let (nb, c, h, w) = (3usize, 4usize, 5usize, 2usize);
+            let (eps, mom) = (1e-3f64, 0.8f64);
+            let mut g = Graph::new();
+            let x = add_input(&mut g, "x", DType::F32, &[nb, c, h, w]);
+            let mut s = 7u64;
+            let mut rnd = |k: usize, sc: f64, off: f64| -> Vec<f64> {
+                (0..k).map(|_| off + sc * lcg(&mut s)).collect()
+            };
+            let xv = rnd(nb * c * h * w, 2.0, 0.5);
+            let (gv, bv, mv, vv) = (
+                rnd(c, 1.0, 0.0),
+                rnd(c, 1.0, 0.0),
+                rnd(c, 1.0, 0.0),
+                rnd(c, 0.5, 1.0),
+            );
+            let t = |v: &[f64]| Tensor::from_f64_as(DType::F32, vec![c], v).unwrap();
+            let gi = g.add_initializer("gamma", t(&gv));
+            let bi = g.add_initializer("beta", t(&bv));
+            let mi = g.add_initializer("mean", t(&mv));
+            let vi = g.add_initializer("var", t(&vv));
+            let bn = g.add_node(
+                "bn",
+                "BatchNormalization",
+                &[Some(x), Some(gi), Some(bi), Some(mi), Some(vi)],
+                &["y"],
+                vec![
+                    attr_float("epsilon", eps as f32),
+                    attr_float("momentum", mom as f32),
+                ],
+            );
+            let y = g.node(bn).outputs[0].unwrap();
+            let r = g.add_node("relu", "Relu", &[Some(y)], &["z"], vec![]);
+            let z = g.node(r).outputs[0].unwrap();
+            g.outputs = vec![z];
+            let mut m = model(g, opset);
+            let shapes = infer_shapes(&m).unwrap();
+            let ups = to_training_mode(&mut m.graph, &shapes, opset).unwrap();
+            assert_eq!(ups.len(), 1);
+            assert!(m
+                .graph
+                .node_ids()
+                .all(|n| m.graph.node(n).op_type != "BatchNormalization"));
+            let g = &mut m.graph;
+            declare(g, z, DType::F32, &[nb, c, h, w]);
+            declare(g, ups[0].new_mean, DType::F32, &[c]);
+            declare(g, ups[0].new_var, DType::F32, &[c]);
+            g.outputs = vec![z, ups[0].new_mean, ups[0].new_var];
+
+            let dir = crate::temp_dir::TempDir::new("bn_train").unwrap();
+            let path = dir.path().join("bn.onnx");
+            m.save(&path, &Default::default()).unwrap();
+            let mut sess = runtime::load(BackendKind::Ort, &path).unwrap();
+            let xt = Tensor::from_f64_as(DType::F32, vec![nb, c, h, w], &xv).unwrap();
+            let out = sess.run(&[("x".into(), xt)]).unwrap();
+            let got: Vec<Vec<f64>> = out.iter().map(|(_, t)| t.to_f64_vec().unwrap()).collect();
+
+            let hw = h * w;
+            let n = (nb * hw) as f64;
+            let mut worst = 0f64;
+            for ch in 0..c {
+                let vals: Vec<f64> = (0..nb)
+                    .flat_map(|b| (0..hw).map(move |i| (b * c + ch) * hw + i))
+                    .map(|i| xv[i])
+                    .collect();
+                let mu = vals.iter().sum::<f64>() / n;
+                let var = vals.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / n;
+                for b in 0..nb {
+                    for i in 0..hw {
+                        let idx = (b * c + ch) * hw + i;
+                        let want = ((xv[idx] - mu) / (var + eps).sqrt() * gv[ch] + bv[ch]).max(0.0);
+                        worst = worst.max((got[0][idx] - want).abs());
+                    }
+                }
+                let want_m = mom * mv[ch] + (1.0 - mom) * mu;
+                let want_v = mom * vv[ch] + (1.0 - mom) * var * n / (n - 1.0);
+                worst = worst.max((got[1][ch] - want_m).abs());
+                worst = worst.max((got[2][ch] - want_v).abs());
+            }
+            assert!(worst < 1e-5, "opset {opset}: max abs error {worst}");
+        }
+    }
+
+    #[test]
+    fn single_value_per_channel_is_an_error() {
+        let mut g = Graph::new();
+        let x = add_input(&mut g, "x", DType::F32, &[1, 2]);
+        let p: Vec<ValueId> = (0..4)
+            .map(|i| g.add_initializer(&format!("p{i}"), Tensor::from_f32(vec![2], &[1.0, 1.0])))
+            .collect();
+        let bn = g.add_node(
+            "bn",
+            "BatchNormalization",
+            &[Some(x), Some(p[0]), Some(p[1]), Some(p[2]), Some(p[3])],
+            &["y"],
+            vec![],
+        );
+        g.outputs = vec![g.node(bn).outputs[0].unwrap()];
+        let mut m = model(g, 17);
+        let shapes = infer_shapes(&m).unwrap();
+        let e = to_training_mode(&mut m.graph, &shapes, 17)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'bn'") && e.contains("more than one value"),
+            "{e}"
+        );
+    }
+}
