@@ -6,11 +6,16 @@
 //! `Add`/`Sub`/`Mul`/`Div` also compute on integer shape vectors tracked element by element
 //! (`Fact::sym`): known op known is known (integer semantics, `Div` truncating), a symbol plus
 //! or minus 0, times 1 or divided by 1 stays that symbol, anything else is unknown.
+//!
+//! Backward rules: `Add`, `Sub`, `Mul`, `Div` and `Sum`, each operand's gradient summed back
+//! over the axes it was broadcast along ([`VjpCx::unbroadcast`]). Others have none.
 
 use crate::error::Result;
-use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor};
+use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor, ValueId};
 
 use super::channel::{elementwise, ConstCx, Link, LinkCx};
+use super::grad_util::out_grad;
+use super::vjp::VjpCx;
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// What the op computes, for folding.
@@ -197,6 +202,52 @@ impl Op for Binary {
             .and_then(|f| f.shape.as_ref())
             .map_or(0, |s| numel_or_one(s));
         Cost { macs: 0, flops: n }
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        if !matches!(self.name, "Add" | "Sub" | "Mul" | "Div" | "Sum") {
+            return Err(
+                cx.err("has no backward rule, so the loss cannot be differentiated through it")
+            );
+        }
+        let g = out_grad(cx, grads)?;
+        let y = cx.output(0)?;
+        let ys = cx.shape(y)?;
+        let mut out = vec![None; needs.len()];
+        for (p, &need) in needs.iter().enumerate() {
+            if !need {
+                continue;
+            }
+            let x = cx.input(p)?;
+            let xs = cx.shape(x)?;
+            // The gradient at full (broadcast) shape.
+            let full = match (self.name, p) {
+                ("Add" | "Sum", _) | ("Sub", 0) => g,
+                ("Sub", _) => cx.op("Neg", &[g], vec![]),
+                ("Mul", _) => {
+                    let other = cx.input(usize::from(p == 0))?;
+                    cx.op("Mul", &[g, other], vec![])
+                }
+                ("Div", 0) => {
+                    let b = cx.input(1)?;
+                    cx.op("Div", &[g, b], vec![])
+                }
+                // d(a/b)/db = −a/b² = −y/b.
+                _ => {
+                    let b = cx.input(1)?;
+                    let q = cx.op("Div", &[y, b], vec![]);
+                    let t = cx.op("Mul", &[g, q], vec![]);
+                    cx.op("Neg", &[t], vec![])
+                }
+            };
+            out[p] = Some(cx.unbroadcast(full, &ys, &xs));
+        }
+        Ok(out)
     }
 }
 

@@ -9,12 +9,17 @@
 //! Channels: the output's `axis` assembles the inputs' channels in order (an input whose
 //! channels are not tracked contributes fixed ones); any other tracked axis passes from every
 //! input (they are the same channels, so the analysis unites them).
+//!
+//! Backward: the output gradient is `Split` along `axis` into the inputs' sizes.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, Link, LinkCx, Slot};
+use super::grad_util::{out_grad, split};
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
 
 /// The `Concat` op.
 pub struct Concat {
@@ -195,6 +200,30 @@ impl Op for Concat {
             }
         }
         links
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let g = out_grad(cx, grads)?;
+        let ys = cx.shape(cx.output(0)?)?;
+        let axis = axis_attr(cx.fwd(), cx.opset)
+            .and_then(|a| resolve(a, ys.len()))
+            .ok_or_else(|| cx.err("the axis is missing or out of range"))?;
+        let mut sizes = Vec::with_capacity(needs.len());
+        for p in 0..needs.len() {
+            let s = cx.shape(cx.input(p)?)?;
+            sizes.push(s.get(axis).copied().unwrap_or(0));
+        }
+        let parts = split(cx, g, axis, &sizes);
+        Ok(parts
+            .into_iter()
+            .zip(needs)
+            .map(|(v, &n)| n.then_some(v))
+            .collect())
     }
 }
 

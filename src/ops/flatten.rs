@@ -4,6 +4,7 @@
 //! input rank the output is still 2-D with unknown dims. Folding is a reshape (any type).
 //! Channels: as any reshape ([`reshape_links`]): `[N, C, H, W]` → `[N, C·H·W]` carries channel
 //! `c` at positions `c·H·W..(c+1)·H·W`.
+//! Backward: the gradient reshaped back to the input shape.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -65,6 +66,15 @@ impl Op for Flatten {
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut super::vjp::VjpCx,
+        grads: &[Option<crate::ir::ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<crate::ir::ValueId>>> {
+        super::grad_util::reshape_back(cx, grads, needs)
     }
 }
 

@@ -3,12 +3,34 @@
 //! by element (`Fact::sym`) passes through too.
 //!
 //! Channels: every axis passes through, to Dropout's mask output too.
+//!
+//! Backward: the gradient passes through. A Dropout in training mode (opset 12+, a constant
+//! true `training_mode`) scales it by `mask / (1 − ratio)` and needs its mask output.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
 
 use super::channel::{pass, pass_all, ConstCx, Link, LinkCx};
+use super::grad_util::{const_ints, out_grad, scalar};
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
+
+/// The output gradient for input 0 (the other inputs are parameters with no gradient).
+fn pass_grad(
+    cx: &VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    if needs.iter().skip(1).any(|&n| n) {
+        return Err(cx.err("only input 0 can be differentiated"));
+    }
+    let mut out = vec![None; needs.len()];
+    if needs.first() == Some(&true) {
+        out[0] = Some(out_grad(cx, grads)?);
+    }
+    Ok(out)
+}
 
 /// `Identity`.
 pub struct Identity;
@@ -41,6 +63,15 @@ impl Op for Identity {
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         pass_all(cx)
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        pass_grad(cx, grads, needs)
     }
 }
 
@@ -78,6 +109,58 @@ impl Op for Dropout {
             links.extend(cx.tracked_axes(0).map(|(a, _)| pass(0, a, 1, a)));
         }
         links
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let training = match (cx.opset >= 12).then(|| const_ints(cx, 2)).flatten() {
+            None => false,
+            Some(Some(t)) => t.first().is_some_and(|&t| t != 0),
+            Some(None) => {
+                return Err(cx.err("training_mode must be a constant to differentiate"));
+            }
+        };
+        let mut out = pass_grad(cx, grads, needs)?;
+        let Some(g) = out.first().copied().flatten().filter(|_| training) else {
+            return Ok(out);
+        };
+        let mask = cx.fwd().output(1).ok_or_else(|| {
+            cx.err("a training-mode Dropout needs its mask output to differentiate")
+        })?;
+        let ratio = match cx.fwd().input(1) {
+            None => 0.5,
+            Some(r) => cx
+                .shapes
+                .get(r)
+                .and_then(|f| f.value.as_ref())
+                .or_else(|| cx.g.init(r))
+                .and_then(Tensor::to_f64_vec)
+                .and_then(|v| v.first().copied())
+                .ok_or_else(|| cx.err("the ratio must be a constant to differentiate"))?,
+        };
+        let x = cx.input(0)?;
+        let dt = cx.dtype(x);
+        let keep = cx.op(
+            "Cast",
+            &[mask],
+            vec![crate::ir::graph::attr_int("to", i64::from(dt.to_onnx()))],
+        );
+        let scale = scalar(
+            cx,
+            if ratio < 1.0 {
+                1.0 / (1.0 - ratio)
+            } else {
+                0.0
+            },
+            dt,
+        )?;
+        let m = cx.op("Mul", &[g, keep], vec![]);
+        out[0] = Some(cx.op("Mul", &[m, scale], vec![]));
+        Ok(out)
     }
 }
 

@@ -14,6 +14,9 @@
 //! `constant` mode passes with `b` and `e` fresh constant channels around it (removable, as
 //! ResNet's option-A shortcut needs); afterwards the pads count the kept fresh channels.
 //! Negative pads, other modes or non-constant pads on a channel axis block.
+//!
+//! Backward (`constant` mode only): the gradient sliced back to the input window (and
+//! zero-padded where negative pads cropped).
 
 use crate::error::{Error, Result};
 use crate::ir::graph::attr_ints;
@@ -22,7 +25,10 @@ use crate::ir::{DType, Dim, Fact, Node, Tensor};
 use super::channel::{
     block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
+use super::grad_util::{const_ints, out_grad, pad_zeros, slice};
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
 
 /// Largest folded result, in elements.
 const MAX_FOLD_ELEMS: usize = 1 << 24;
@@ -365,6 +371,54 @@ impl Op for Pad {
             }
         }
         Ok(rw)
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        if needs.iter().skip(1).any(|&n| n) {
+            return Err(cx.err("only the data input can be differentiated"));
+        }
+        let mut out = vec![None; needs.len()];
+        if needs.first() != Some(&true) {
+            return Ok(out);
+        }
+        let mode = cx.fwd().attr_s("mode").unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return Err(cx.err(format!(
+                "differentiating mode '{mode}' is not supported (constant mode only)"
+            )));
+        }
+        let g = out_grad(cx, grads)?;
+        let ys = cx.shape(cx.output(0)?)?;
+        let rank = ys.len();
+        let pads = Pads::read(cx.fwd(), rank, |p| const_ints(cx, p).flatten())
+            .ok_or_else(|| cx.err("the pads must be constant to differentiate"))?;
+        let be = per_axis(&pads.pads, &pads.axes, rank).map_err(|e| cx.err(e))?;
+        // Positive pads: slice them off; negative pads (crops): pad the gradient back.
+        let (mut starts, mut ends, mut axes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut crop = vec![0i64; 2 * rank];
+        for (a, &(b, e)) in be.iter().enumerate() {
+            if b > 0 || e > 0 {
+                starts.push(b.max(0));
+                ends.push(ys[a] as i64 - e.max(0));
+                axes.push(a as i64);
+            }
+            crop[a] = (-b).max(0);
+            crop[rank + a] = (-e).max(0);
+        }
+        let mut v = g;
+        if !axes.is_empty() {
+            v = slice(cx, v, &starts, &ends, &axes);
+        }
+        if crop.iter().any(|&c| c != 0) {
+            v = pad_zeros(cx, v, &crop);
+        }
+        out[0] = Some(v);
+        Ok(out)
     }
 }
 

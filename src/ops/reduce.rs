@@ -13,12 +13,18 @@
 //!
 //! Channels: a kept axis passes (to its shifted position without `keepdims`); a channel slot on
 //! a reduced axis, or with axes not known, blocks.
+//!
+//! Backward (`ReduceSum`, `ReduceMean`): the gradient reshaped to keep the reduced axes as 1 and
+//! `Expand`ed back to the input shape (divided by the reduced count for the mean).
 
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, Link, LinkCx};
+use super::grad_util::{const_ints, out_grad, reshape, scalar};
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
+use crate::ir::ValueId;
 
 /// Which reduction.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,6 +299,74 @@ impl Op for Reduce {
             macs: 0,
             flops: util::input_numel(cx, 0),
         }
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        if !matches!(self.kind, Kind::Sum | Kind::Mean) {
+            return Err(
+                cx.err("has no backward rule, so the loss cannot be differentiated through it")
+            );
+        }
+        let mut out = vec![None; needs.len()];
+        if needs.first() != Some(&true) {
+            return Ok(out);
+        }
+        let g = out_grad(cx, grads)?;
+        let x = cx.input(0)?;
+        let xs = cx.shape(x)?;
+        let axes = match cx.fwd().attr_ints("axes") {
+            Some(a) => a.to_vec(),
+            None => match const_ints(cx, 1) {
+                None => Vec::new(),
+                Some(Some(a)) => a,
+                Some(None) => {
+                    return Err(cx.err("the axes must be constant to differentiate"));
+                }
+            },
+        };
+        let noop = cx.attr_i("noop_with_empty_axes", 0) != 0;
+        if axes.is_empty() && noop {
+            out[0] = Some(g);
+            return Ok(out);
+        }
+        let m = if axes.is_empty() {
+            vec![true; xs.len()]
+        } else {
+            mask(&axes, xs.len()).map_err(|e| cx.err(e))?
+        };
+        let kept: Vec<usize> = xs
+            .iter()
+            .zip(&m)
+            .map(|(&d, &r)| if r { 1 } else { d })
+            .collect();
+        let mut v = if cx.attr_i("keepdims", 1) != 0 {
+            g
+        } else {
+            reshape(cx, g, &kept)
+        };
+        if self.kind == Kind::Mean {
+            let count: usize = xs
+                .iter()
+                .zip(&m)
+                .filter(|(_, &r)| r)
+                .map(|(&d, _)| d)
+                .product();
+            let dt = cx.dtype(x);
+            let k = scalar(cx, 1.0 / count.max(1) as f64, dt)?;
+            v = cx.op("Mul", &[v, k], vec![]);
+        }
+        if kept != xs {
+            let s: Vec<i64> = xs.iter().map(|&d| d as i64).collect();
+            let s = cx.ints(&s);
+            v = cx.op("Expand", &[v, s], vec![]);
+        }
+        out[0] = Some(v);
+        Ok(out)
     }
 }
 

@@ -15,6 +15,8 @@
 //! `view(N, 2, 24, H, W)` after the channel count was folded) is replaced by a constant one,
 //! its symbolic entries copying the input's dim (`0`) or inferred (`-1`); a channel entry
 //! of a computed target that cannot be so replaced blocks.
+//!
+//! Backward: the gradient reshaped back to the input shape.
 
 use crate::error::{Error, Result};
 use crate::ir::fact::sym_string;
@@ -295,6 +297,15 @@ impl Op for Reshape {
             }
         }
         Ok(rw)
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut super::vjp::VjpCx,
+        grads: &[Option<crate::ir::ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<crate::ir::ValueId>>> {
+        super::grad_util::reshape_back(cx, grads, needs)
     }
 }
 

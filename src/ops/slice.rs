@@ -13,6 +13,8 @@
 //! Channels: an axis not sliced passes; a channel axis sliced with step 1 by constant bounds
 //! passes its window (afterwards the bounds count kept channels, in the same form: attributes
 //! or inputs of the same type); other steps or non-constant bounds on a channel axis block.
+//!
+//! Backward (step 1 only): the gradient zero-padded back to the input shape.
 
 use crate::error::{Error, Result};
 use crate::ir::graph::attr_ints;
@@ -21,7 +23,10 @@ use crate::ir::{Dim, Fact, Node, Tensor};
 use super::channel::{
     block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
+use super::grad_util::{const_ints, out_grad, pad_zeros};
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
 
 /// The `Slice` op.
 pub struct Slice {
@@ -321,6 +326,44 @@ impl Op for Slice {
             }
         }
         Ok(rw)
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let mut out = vec![None; needs.len()];
+        if needs.first() != Some(&true) {
+            return Ok(out);
+        }
+        let g = out_grad(cx, grads)?;
+        let xs = cx.shape(cx.input(0)?)?;
+        let params = Params::read(cx.fwd(), cx.opset, |p| const_ints(cx, p));
+        let plan = params
+            .plan(xs.len())
+            .ok_or_else(|| cx.err("the slice parameters must be constant to differentiate"))?
+            .map_err(|e| cx.err(e))?;
+        let r = xs.len();
+        let mut pads = vec![0i64; 2 * r];
+        for (axis, start, end, step) in plan {
+            if step != 1 {
+                return Err(cx.err(format!(
+                    "differentiating a slice with step {step} is not supported (step 1 only)"
+                )));
+            }
+            let d = xs[axis];
+            let (s, len) = clamp(d, start, end, step);
+            pads[axis] = s as i64;
+            pads[r + axis] = d.saturating_sub(s + len) as i64;
+        }
+        out[0] = Some(if pads.iter().all(|&p| p == 0) {
+            g
+        } else {
+            pad_zeros(cx, g, &pads)
+        });
+        Ok(out)
     }
 }
 

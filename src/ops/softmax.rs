@@ -6,12 +6,18 @@
 //!
 //! Channels: axes outside the normalisation pass; a channel slot on a normalised axis (`axis`,
 //! or every axis from `axis` on before opset 13) blocks.
+//!
+//! Backward: Softmax `y·(g − Σ g·y)`, LogSoftmax `g − exp(y)·Σ g`, the sums over the normalised
+//! axes (kept as 1).
 
 use crate::error::Result;
 use crate::ir::Fact;
 
 use super::channel::{pass_axes, resolve_axis, Link, LinkCx};
+use super::grad_util::{out_grad, reduce_sum};
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
+use crate::ir::ValueId;
 
 /// `Softmax` or `LogSoftmax`.
 pub struct Softmax {
@@ -57,6 +63,42 @@ impl Op for Softmax {
             macs: 0,
             flops: 3 * util::output_numel(outputs, 0),
         }
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let mut out = vec![None; needs.len()];
+        if needs.first() != Some(&true) {
+            return Ok(out);
+        }
+        let g = out_grad(cx, grads)?;
+        let y = cx.output(0)?;
+        let rank = cx.shape(y)?.len();
+        let default = if cx.opset < 13 { 1 } else { -1 };
+        let axis = resolve_axis(cx.attr_i("axis", default), rank)
+            .ok_or_else(|| cx.err(format!("axis is out of range for rank {rank}")))?;
+        // Before opset 13 the input is coerced to 2-D at `axis`: every later axis is normalised.
+        let axes: Vec<i64> = if cx.opset < 13 {
+            (axis as i64..rank as i64).collect()
+        } else {
+            vec![axis as i64]
+        };
+        out[0] = Some(if self.name == "Softmax" {
+            let gy = cx.op("Mul", &[g, y], vec![]);
+            let s = reduce_sum(cx, gy, &axes, true);
+            let d = cx.op("Sub", &[g, s], vec![]);
+            cx.op("Mul", &[y, d], vec![])
+        } else {
+            let s = reduce_sum(cx, g, &axes, true);
+            let p = cx.op("Exp", &[y], vec![]);
+            let t = cx.op("Mul", &[p, s], vec![]);
+            cx.op("Sub", &[g, t], vec![])
+        });
+        Ok(out)
     }
 }
 

@@ -9,13 +9,19 @@
 //! Channels: on the split axis each output takes its range of the input's channels; other
 //! axes pass to every output. After removal the sizes are written explicitly (the `split`
 //! attribute before opset 13, else input 1, dropping `num_outputs`).
+//!
+//! Backward: `Concat` of the outputs' gradients along `axis`, zeros for outputs that do not
+//! reach the loss.
 
 use crate::error::{Error, Result};
 use crate::ir::graph::attr_ints;
 use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot};
+use super::grad_util::zeros;
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
 
 /// The `Split` op.
 pub struct Split {
@@ -272,6 +278,40 @@ impl Op for Split {
             rw.remove_attrs.push("num_outputs".into());
         }
         Ok(rw)
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let mut out = vec![None; needs.len()];
+        if needs.first() != Some(&true) {
+            return Ok(out);
+        }
+        let x = cx.input(0)?;
+        let rank = cx.shape(x)?.len();
+        let dtype = cx.dtype(x);
+        let ax = axis(cx.fwd(), rank).map_err(|e| cx.err(e))?;
+        let n = cx.fwd().outputs.len();
+        let mut parts = Vec::with_capacity(n);
+        for p in 0..n {
+            let part = match grads.get(p).copied().flatten() {
+                Some(g) => g,
+                None => {
+                    let s = cx.shape(cx.output(p)?)?;
+                    zeros(cx, &s, dtype)?
+                }
+            };
+            parts.push(part);
+        }
+        out[0] = Some(cx.op(
+            "Concat",
+            &parts,
+            vec![crate::ir::graph::attr_int("axis", ax as i64)],
+        ));
+        Ok(out)
     }
 }
 

@@ -3,12 +3,16 @@
 //! dims move with their axis; with unknown input rank the output rank is `perm`'s length.
 //! Folding works on raw bytes for any byte-addressable type (not strings or sub-byte types).
 //! Channels: input axis `a` passes to output axis `j` where `perm[j] = a`.
+//! Backward: `Transpose` of the gradient by the inverse permutation.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{pass, ConstCx, Link, LinkCx};
+use super::grad_util::out_grad;
+use super::vjp::VjpCx;
 use super::{util, Cx, Op};
+use crate::ir::ValueId;
 
 /// The `Transpose` op.
 pub struct Transpose {
@@ -92,6 +96,26 @@ impl Op for Transpose {
         cx.tracked_axes(0)
             .filter_map(|(a, _)| p.iter().position(|&x| x == a).map(|j| pass(0, a, 0, j)))
             .collect()
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let mut out = vec![None; needs.len()];
+        if needs.first() == Some(&true) {
+            let g = out_grad(cx, grads)?;
+            let rank = cx.shape(cx.input(0)?)?.len();
+            let p = perm(cx.fwd(), rank).map_err(|e| cx.err(e))?;
+            let mut inv = vec![0i64; rank];
+            for (j, &a) in p.iter().enumerate() {
+                inv[a] = j as i64;
+            }
+            out[0] = Some(cx.transpose(g, &inv));
+        }
+        Ok(out)
     }
 }
 

@@ -4,6 +4,7 @@
 //! output rank is known (from their count). A scalar tracked element by element (`Fact::sym`)
 //! keeps its element as a 1-element vector. Folding is a reshape (any type).
 //! Channels: as any reshape ([`reshape_links`]).
+//! Backward: the gradient reshaped back to the input shape.
 
 use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
@@ -114,6 +115,15 @@ impl Op for Unsqueeze {
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         reshape_links(cx, cx.in_shape(0), cx.out_shape(0))
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut super::vjp::VjpCx,
+        grads: &[Option<crate::ir::ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<crate::ir::ValueId>>> {
+        super::grad_util::reshape_back(cx, grads, needs)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::analysis::Shapes;
 use crate::error::{Error, Result};
-use crate::ir::graph::{attr_int, attr_ints};
+use crate::ir::graph::attr_ints;
 use crate::ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
 use crate::onnx::proto::AttributeProto;
 
@@ -139,8 +139,7 @@ impl VjpCx<'_> {
         let summed = if axes.is_empty() {
             grad
         } else {
-            let a = self.ints(&axes);
-            self.op("ReduceSum", &[grad, a], vec![attr_int("keepdims", 1)])
+            super::grad_util::reduce_sum(self, grad, &axes, true)
         };
         let shape: Vec<i64> = to.iter().map(|&d| d as i64).collect();
         let s = self.ints(&shape);
