@@ -23,6 +23,7 @@ mod flatten;
 mod gather;
 mod gemm;
 mod global_pool;
+mod grad_util;
 mod identity;
 mod layer_norm;
 mod matmul;

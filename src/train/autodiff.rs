@@ -62,7 +62,12 @@ pub fn gradients(
         .and_then(|s| s.iter().map(|d| d.known()).collect())
         .ok_or_else(|| Error::Graph("the loss must have a static shape".into()))?;
     let n: usize = loss_shape.iter().product();
-    let seed = g.add_initializer("grad/seed", Tensor::from_f32(loss_shape, &vec![1.0; n]));
+    // Ones typed like the loss (a float64 model differentiates in float64).
+    let dtype = shapes.get(loss).and_then(|f| f.dtype).unwrap_or(DType::F32);
+    let seed = g.add_initializer(
+        "grad/seed",
+        Tensor::from_f64_as(dtype, loss_shape, &vec![1.0; n])?,
+    );
     let mut grads: HashMap<ValueId, Vec<ValueId>> = HashMap::from([(loss, vec![seed])]);
     for &n in order.iter().rev() {
         let node = g.node(n);
