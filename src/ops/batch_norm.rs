@@ -11,9 +11,11 @@
 //! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
 
 use crate::error::Result;
-use crate::ir::{Dim, Fact};
+use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
+use super::grad_util::{fconst, reduce_sum, reshape};
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
 /// The channel count of X (`X[1]`), preferring a known parameter length when X's is not known.
@@ -152,6 +154,97 @@ impl Op for BatchNorm {
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         two_per_element(outputs)
     }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        batch_norm_vjp(cx, grads, needs)
+    }
+}
+
+/// Backward rule of inference-mode `BatchNormalization` (fixed statistics), with
+/// r = 1/√(var+ε) per channel and sums over every axis but the channel:
+/// dX = dY·γ·r, dγ = Σ dY·(X−mean)·r, dβ = Σ dY, dmean = −γ·r·Σ dY,
+/// dvar = −½·γ·r³·Σ dY·(X−mean). Training mode is an error (the training compiler rewrites it).
+fn batch_norm_vjp(
+    cx: &mut VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    if cx.attr_i("training_mode", 0) != 0 || grads.iter().skip(1).any(Option::is_some) {
+        return Err(cx.err(
+            "training-mode statistics are not differentiated here (the training compiler rewrites them)",
+        ));
+    }
+    let Some(dy) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    if !needs.contains(&true) {
+        return Ok(out);
+    }
+    if cx.attr_i("spatial", 1) == 0 {
+        return Err(cx.err("spatial=0 has no backward rule"));
+    }
+    let x = cx.input(0)?;
+    let xs = cx.shape(x)?;
+    if xs.len() < 2 {
+        return Err(cx.err(format!("input rank {} is below 2", xs.len())));
+    }
+    let c = xs[1];
+    let (scale, mean, var) = (cx.input(1)?, cx.input(3)?, cx.input(4)?);
+    for p in 1..=4 {
+        let s = cx.shape(cx.input(p)?)?;
+        if s != [c] {
+            return Err(cx.err(format!(
+                "parameter input {p} has shape {s:?}, expected [{c}]"
+            )));
+        }
+    }
+    let dtype = cx.dtype(x);
+    let mut bshape = vec![1; xs.len()];
+    bshape[1] = c;
+    let axes: Vec<i64> = (0..xs.len() as i64).filter(|&a| a != 1).collect();
+    let eps = fconst(cx, dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
+    let ve = cx.op("Add", &[var, eps], vec![]);
+    let sd = cx.op("Sqrt", &[ve], vec![]);
+    let r = cx.op("Reciprocal", &[sd], vec![]);
+    let gr = cx.op("Mul", &[scale, r], vec![]);
+    if need(0) {
+        let k = reshape(cx, gr, &bshape);
+        out[0] = Some(cx.op("Mul", &[dy, k], vec![]));
+    }
+    let sum_dy = (need(2) || need(3)).then(|| reduce_sum(cx, dy, &axes, false));
+    let sum_dy_xm = if need(1) || need(4) {
+        let m = reshape(cx, mean, &bshape);
+        let xm = cx.op("Sub", &[x, m], vec![]);
+        let p = cx.op("Mul", &[dy, xm], vec![]);
+        Some(reduce_sum(cx, p, &axes, false))
+    } else {
+        None
+    };
+    if let (true, Some(s)) = (need(1), sum_dy_xm) {
+        out[1] = Some(cx.op("Mul", &[s, r], vec![]));
+    }
+    if let (true, Some(s)) = (need(2), sum_dy) {
+        out[2] = Some(s);
+    }
+    if let (true, Some(s)) = (need(3), sum_dy) {
+        let t = cx.op("Mul", &[s, gr], vec![]);
+        out[3] = Some(cx.op("Neg", &[t], vec![]));
+    }
+    if let (true, Some(s)) = (need(4), sum_dy_xm) {
+        let half = fconst(cx, dtype, vec![], &[-0.5])?;
+        let r2 = cx.op("Mul", &[r, r], vec![]);
+        let t = cx.op("Mul", &[gr, r2], vec![]);
+        let t = cx.op("Mul", &[t, half], vec![]);
+        out[4] = Some(cx.op("Mul", &[s, t], vec![]));
+    }
+    Ok(out)
 }
 
 /// `InstanceNormalization`: Y like X; `scale` and `B` are `[C]`.

@@ -12,15 +12,149 @@ use crate::ir::{Dim, Fact};
 use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
+use super::grad_util::{reduce_sum, reshape, Geometry};
 use super::util::Window;
+use super::vjp::VjpCx;
 use super::{numel_or_one, Cost, Cx, Op};
-use crate::ir::graph::attr_int;
-use crate::ir::Tensor;
+use crate::ir::graph::{attr_int, attr_ints};
+use crate::ir::{Tensor, ValueId};
 
 /// `Conv`.
 pub struct Conv;
 /// `Conv`.
 pub static CONV: Conv = Conv;
+
+/// Backward rule of `Conv`: dX = `ConvTranspose(dY, W)` with the forward geometry (sized to X
+/// exactly); dW = a `Conv` of X over dY with batch and channel axes swapped (stride and dilation
+/// exchange roles), grouped by regrouping the batch into the channel axis; dB = Σ dY over every
+/// axis but the channel.
+fn conv_vjp(
+    cx: &mut VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    let Some(dy) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    let (x, w, y) = (cx.input(0)?, cx.input(1)?, cx.output(0)?);
+    let (xs, ws, ys) = (cx.shape(x)?, cx.shape(w)?, cx.shape(y)?);
+    let r = xs.len();
+    if r < 3 || ws.len() != r || ys.len() != r {
+        return Err(cx.err(format!(
+            "input rank {r}, weight rank {} and output rank {} do not fit a convolution",
+            ws.len(),
+            ys.len()
+        )));
+    }
+    let group = usize::try_from(cx.attr_i("group", 1))
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| cx.err("group must be positive"))?;
+    let (c, m, cg) = (xs[1], ws[0], ws[1]);
+    if c != cg * group || m % group != 0 || ys[0] != xs[0] || ys[1] != m {
+        return Err(cx.err(format!(
+            "shapes {xs:?} * {ws:?} -> {ys:?} do not fit group {group}"
+        )));
+    }
+    if let Some(k) = cx.attr_ints("kernel_shape") {
+        if k.iter().map(|&v| v as usize).ne(ws[2..].iter().copied()) {
+            return Err(cx.err(format!(
+                "kernel_shape {k:?} differs from the weight's {:?}",
+                &ws[2..]
+            )));
+        }
+    }
+    let geom = Geometry::read(cx, ws[2..].to_vec(), xs[2..].to_vec(), ys[2..].to_vec())?;
+    for i in 0..geom.rank() {
+        let padded = geom.input[i] + geom.begin[i] + geom.end[i];
+        let eff = geom.dilations[i] * (geom.kernel[i] - 1) + 1;
+        if padded < eff || (padded - eff) / geom.strides[i] + 1 != geom.output[i] {
+            return Err(cx.err(format!(
+                "output size {} on spatial axis {i} does not follow from the window",
+                geom.output[i]
+            )));
+        }
+    }
+    if need(0) {
+        out[0] = Some(geom.scatter(cx, dy, w, group));
+    }
+    if need(1) {
+        out[1] = Some(conv_weight_grad(cx, x, dy, &xs, &ys, &geom, group)?);
+    }
+    if need(2) {
+        let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
+        out[2] = Some(reduce_sum(cx, dy, &axes, false));
+    }
+    Ok(out)
+}
+
+/// dW `[M, C/g, k..]` of a convolution: `Conv(X', dY')` with X' = X as `[C/g, g·N, D..]` and dY'
+/// = dY as `[M, N, O..]`, grouped `g`, stride = forward dilation, dilation = forward stride;
+/// the result `[C/g, M, k'..]` is cut to the kernel and transposed.
+fn conv_weight_grad(
+    cx: &mut VjpCx,
+    x: ValueId,
+    dy: ValueId,
+    xs: &[usize],
+    ys: &[usize],
+    geom: &Geometry,
+    group: usize,
+) -> Result<ValueId> {
+    let r = xs.len();
+    let (n, c, m) = (xs[0], xs[1], ys[1]);
+    let (cg, mg) = (c / group, m / group);
+    let rest =
+        |first: &[i64]| -> Vec<i64> { first.iter().copied().chain(3..r as i64 + 1).collect() };
+    let swap: Vec<i64> = [1, 0].into_iter().chain(2..r as i64).collect();
+    let (xt, dyt) = if group == 1 {
+        (cx.transpose(x, &swap), cx.transpose(dy, &swap))
+    } else {
+        let split = |lead: [usize; 3], tail: &[usize]| -> Vec<usize> {
+            lead.iter().chain(tail).copied().collect()
+        };
+        let x5 = reshape(cx, x, &split([n, group, cg], &xs[2..]));
+        let x5 = cx.transpose(x5, &rest(&[2, 1, 0]));
+        let mut s = vec![cg, group * n];
+        s.extend_from_slice(&xs[2..]);
+        let xt = reshape(cx, x5, &s);
+        let d5 = reshape(cx, dy, &split([n, group, mg], &ys[2..]));
+        let d5 = cx.transpose(d5, &rest(&[1, 2, 0]));
+        let mut s = vec![m, n];
+        s.extend_from_slice(&ys[2..]);
+        (xt, reshape(cx, d5, &s))
+    };
+    let k = geom.rank();
+    let mut pads = vec![0i64; 2 * k];
+    let mut cut = false;
+    for i in 0..k {
+        pads[i] = geom.begin[i] as i64;
+        let reach = geom.span(i) as i64 - (geom.input[i] + geom.begin[i]) as i64;
+        pads[k + i] = reach.max(0);
+        let padded = (geom.input[i] + geom.begin[i]) as i64 + pads[k + i];
+        let taps = (padded - (geom.strides[i] * (geom.output[i] - 1) + 1) as i64)
+            / geom.dilations[i] as i64
+            + 1;
+        cut |= taps != geom.kernel[i] as i64;
+    }
+    let to_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    let attrs = vec![
+        attr_ints("kernel_shape", &to_i64(&ys[2..])),
+        attr_ints("strides", &to_i64(&geom.dilations)),
+        attr_ints("dilations", &to_i64(&geom.strides)),
+        attr_ints("pads", &pads),
+        attr_int("group", group as i64),
+    ];
+    let mut dw = cx.op("Conv", &[xt, dyt], attrs);
+    if cut {
+        let starts = cx.ints(&vec![0; k]);
+        let ends = cx.ints(&to_i64(&geom.kernel));
+        let axes = cx.ints(&(2..r as i64).collect::<Vec<_>>());
+        dw = cx.op("Slice", &[dw, starts, ends, axes], vec![]);
+    }
+    Ok(cx.transpose(dw, &swap))
+}
 
 impl Op for Conv {
     fn op_type(&self) -> &'static str {
@@ -269,6 +403,15 @@ impl Op for Conv {
         } else {
             Compensation::AddToOutput(Tensor::from_f64_as(w.dtype(), vec![m, ho, wo], &map)?)
         }))
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        conv_vjp(cx, grads, needs)
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {

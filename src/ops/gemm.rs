@@ -6,9 +6,12 @@
 //! regardless) and folding.
 
 use crate::error::Result;
-use crate::ir::{Dim, Fact};
+use crate::ir::graph::{attr_float, attr_int};
+use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
+use super::grad_util::fconst;
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
 /// `Gemm`.
@@ -188,6 +191,15 @@ impl Op for Gemm {
         }))
     }
 
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        gemm_vjp(cx, grads, needs)
+    }
+
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         let shape = |p: usize| {
             cx.inputs
@@ -226,6 +238,71 @@ impl Op for Gemm {
 
 /// `Gemm`.
 pub static GEMM: Gemm = Gemm { name: "Gemm" };
+
+/// Backward rule of `Gemm` (G = dY `[M, N]`): dA = α·G·op(B)ᵀ and dB = α·op(A)ᵀ·G, each one
+/// `Gemm` whose transpose flags put the result in the orientation A or B is stored in; dC = β·G
+/// summed back to C's broadcast shape.
+fn gemm_vjp(
+    cx: &mut VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    let Some(g) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    let (a, b, y) = (cx.input(0)?, cx.input(1)?, cx.output(0)?);
+    let (sa, sb, sy) = (cx.shape(a)?, cx.shape(b)?, cx.shape(y)?);
+    if sa.len() != 2 || sb.len() != 2 || sy.len() != 2 {
+        return Err(cx.err(format!(
+            "A {sa:?}, B {sb:?} and Y {sy:?} must all have rank 2"
+        )));
+    }
+    let ta = cx.attr_i("transA", 0) != 0;
+    let tb = cx.attr_i("transB", 0) != 0;
+    let (alpha, beta) = (cx.attr_f("alpha", 1.0), cx.attr_f("beta", 1.0));
+    // `alpha·op(p)·op(q)` as a Gemm without C (a zero C before opset 11, where C is required).
+    let product = |cx: &mut VjpCx, p: ValueId, q: ValueId, tp: bool, tq: bool| -> Result<ValueId> {
+        let attrs = vec![
+            attr_int("transA", i64::from(tp)),
+            attr_int("transB", i64::from(tq)),
+            attr_float("alpha", alpha),
+        ];
+        if cx.opset >= 11 {
+            Ok(cx.op("Gemm", &[p, q], attrs))
+        } else {
+            let zero = fconst(cx, cx.dtype(y), vec![1], &[0.0])?;
+            Ok(cx.op("Gemm", &[p, q, zero], attrs))
+        }
+    };
+    if need(0) {
+        out[0] = Some(if ta {
+            product(cx, b, g, tb, true)?
+        } else {
+            product(cx, g, b, false, !tb)?
+        });
+    }
+    if need(1) {
+        out[1] = Some(if tb {
+            product(cx, g, a, true, ta)?
+        } else {
+            product(cx, a, g, !ta, false)?
+        });
+    }
+    if need(2) {
+        let c = cx.input(2)?;
+        let sc = cx.shape(c)?;
+        let scaled = if beta == 1.0 {
+            g
+        } else {
+            let k = fconst(cx, cx.dtype(y), vec![], &[f64::from(beta)])?;
+            cx.op("Mul", &[g, k], vec![])
+        };
+        out[2] = Some(cx.unbroadcast(scaled, &sy, &sc));
+    }
+    Ok(out)
+}
 
 #[cfg(test)]
 mod tests {

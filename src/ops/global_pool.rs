@@ -5,9 +5,11 @@
 //! Channels: the batch and channel axes pass; a channel slot on a pooled axis blocks.
 
 use crate::error::Result;
-use crate::ir::{Dim, Fact};
+use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{pass_axes, ConstCx, Link, LinkCx};
+use super::grad_util::fconst;
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
 /// A global pooling op.
@@ -58,6 +60,36 @@ impl Op for GlobalPool {
             macs: 0,
             flops: util::input_numel(cx, 0),
         }
+    }
+
+    /// GlobalAveragePool: dX = dY / ΠD expanded over the spatial axes. GlobalMaxPool has no
+    /// rule (the default error).
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        if self.name != "GlobalAveragePool" {
+            return Err(
+                cx.err("has no backward rule, so the loss cannot be differentiated through it")
+            );
+        }
+        let (Some(dy), Some(true)) = (grads.first().copied().flatten(), needs.first().copied())
+        else {
+            return Ok(vec![None; needs.len()]);
+        };
+        let x = cx.input(0)?;
+        let xs = cx.shape(x)?;
+        if xs.len() < 2 {
+            return Err(cx.err(format!("input rank {} is below 2", xs.len())));
+        }
+        let area: usize = xs[2..].iter().product();
+        let k = fconst(cx, cx.dtype(x), vec![], &[1.0 / area.max(1) as f64])?;
+        let scaled = cx.op("Mul", &[dy, k], vec![]);
+        let to: Vec<i64> = xs.iter().map(|&d| d as i64).collect();
+        let to = cx.ints(&to);
+        Ok(vec![Some(cx.op("Expand", &[scaled, to], vec![]))])
     }
 }
 

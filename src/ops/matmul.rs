@@ -6,9 +6,11 @@
 //! `MatMulInteger`/`QLinearMatMul` (other op types).
 
 use crate::error::Result;
-use crate::ir::{Dim, Fact};
+use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
+use super::grad_util::reshape;
+use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
 /// `MatMul`.
@@ -138,6 +140,15 @@ impl Op for MatMul {
         )))
     }
 
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        matmul_vjp(cx, grads, needs)
+    }
+
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         let Some(sa) = cx
             .inputs
@@ -162,6 +173,87 @@ impl Op for MatMul {
 
 /// `MatMul`.
 pub static MATMUL: MatMul = MatMul { name: "MatMul" };
+
+/// Backward rule of `MatMul` (1-D operands promoted as in the forward, G = dY with the promoted
+/// axes restored): dA = G·Bᵀ and dB = Aᵀ·G, each summed over the batch axes its operand was
+/// broadcast along and reshaped back to the operand's shape.
+fn matmul_vjp(
+    cx: &mut VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    let Some(g) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    let (a, b, y) = (cx.input(0)?, cx.input(1)?, cx.output(0)?);
+    let (sa, sb, sy) = (cx.shape(a)?, cx.shape(b)?, cx.shape(y)?);
+    if sa.is_empty() || sb.is_empty() {
+        return Err(cx.err("operands must have rank 1 or more"));
+    }
+    let pa = if sa.len() == 1 {
+        vec![1, sa[0]]
+    } else {
+        sa.clone()
+    };
+    let pb = if sb.len() == 1 {
+        vec![sb[0], 1]
+    } else {
+        sb.clone()
+    };
+    let (ra, rb) = (pa.len(), pb.len());
+    if pa[ra - 1] != pb[rb - 2] {
+        return Err(cx.err(format!("inner dimensions of {sa:?} and {sb:?} differ")));
+    }
+    // Broadcast batch dims, then the full (promoted) output shape.
+    let rank = ra.max(rb);
+    let mut full = Vec::with_capacity(rank);
+    for i in 0..rank - 2 {
+        let da = if i + ra >= rank { pa[i + ra - rank] } else { 1 };
+        let db = if i + rb >= rank { pb[i + rb - rank] } else { 1 };
+        if da != db && da != 1 && db != 1 {
+            return Err(cx.err(format!("batch dims of {sa:?} and {sb:?} do not broadcast")));
+        }
+        full.push(da.max(db));
+    }
+    full.extend([pa[ra - 2], pb[rb - 1]]);
+    if full.iter().product::<usize>() != sy.iter().product::<usize>() {
+        return Err(cx.err(format!("output {sy:?} does not match {full:?}")));
+    }
+    let g = if full == sy { g } else { reshape(cx, g, &full) };
+    let promote = |cx: &mut VjpCx, v: ValueId, s: &[usize], p: &[usize]| {
+        if s.len() == p.len() {
+            v
+        } else {
+            reshape(cx, v, p)
+        }
+    };
+    let swap = |r: usize| -> Vec<i64> {
+        let mut p: Vec<i64> = (0..r as i64).collect();
+        p.swap(r - 2, r - 1);
+        p
+    };
+    if need(0) {
+        let b2 = promote(cx, b, &sb, &pb);
+        let bt = cx.transpose(b2, &swap(rb));
+        let da = cx.op("MatMul", &[g, bt], vec![]);
+        let mut from = full.clone();
+        from[rank - 1] = pa[ra - 1];
+        let da = cx.unbroadcast(da, &from, &pa);
+        out[0] = Some(promote(cx, da, &pa, &sa));
+    }
+    if need(1) {
+        let a2 = promote(cx, a, &sa, &pa);
+        let at = cx.transpose(a2, &swap(ra));
+        let db = cx.op("MatMul", &[at, g], vec![]);
+        let mut from = full.clone();
+        from[rank - 2] = pb[rb - 2];
+        let db = cx.unbroadcast(db, &from, &pb);
+        out[1] = Some(promote(cx, db, &pb, &sb));
+    }
+    Ok(out)
+}
 
 #[cfg(test)]
 mod tests {

@@ -9,10 +9,13 @@
 //! MaxPool's Indices output (flat indices depend on the channel count).
 
 use crate::error::Result;
-use crate::ir::{DType, Fact};
+use crate::ir::graph::{attr_int, attr_ints};
+use crate::ir::{DType, Fact, Tensor, ValueId};
 
 use super::channel::{pass_axes, ConstCx, Link, LinkCx};
+use super::grad_util::{fconst, reshape, Geometry};
 use super::util::{self, Window};
+use super::vjp::VjpCx;
 use super::{Cost, Cx, Op};
 
 /// A windowed pooling op.
@@ -110,6 +113,27 @@ impl Op for Pool {
         pass_axes(cx, |a| a < 2, "pooling over a tracked axis")
     }
 
+    fn vjp(
+        &self,
+        cx: &mut VjpCx,
+        grads: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>> {
+        let Some(dy) = grads.first().copied().flatten() else {
+            return Ok(vec![None; needs.len()]);
+        };
+        if !needs.first().copied().unwrap_or(false) {
+            return Ok(vec![None; needs.len()]);
+        }
+        let geom = pool_geometry(cx)?;
+        let dx = if self.name == "MaxPool" {
+            max_pool_vjp(cx, dy, &geom)?
+        } else {
+            average_pool_vjp(cx, dy, &geom)?
+        };
+        Ok(vec![Some(dx)])
+    }
+
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         let window: u64 = cx
             .node
@@ -129,6 +153,175 @@ pub static MAX_POOL: Pool = Pool { name: "MaxPool" };
 pub static AVERAGE_POOL: Pool = Pool {
     name: "AveragePool",
 };
+
+/// Geometry of the forward pooling node from static shapes (X `[N, C, D..]`, Y `[N, C, O..]`).
+fn pool_geometry(cx: &VjpCx) -> Result<Geometry> {
+    let (x, y) = (cx.input(0)?, cx.output(0)?);
+    let (xs, ys) = (cx.shape(x)?, cx.shape(y)?);
+    let k: Vec<usize> = cx
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| cx.err("the kernel_shape attribute is missing"))?
+        .iter()
+        .map(|&v| usize::try_from(v).map_err(|_| cx.err("negative kernel size")))
+        .collect::<Result<_>>()?;
+    if xs.len() != k.len() + 2 || ys.len() != xs.len() || xs[..2] != ys[..2] {
+        return Err(cx.err(format!(
+            "input {xs:?} and output {ys:?} do not fit a {}-D window",
+            k.len()
+        )));
+    }
+    Geometry::read(cx, k, xs[2..].to_vec(), ys[2..].to_vec())
+}
+
+/// `[N, C, 1, S..]`: a size-1 axis inserted after the channels (for per-tap broadcasting).
+fn with_tap_axis(shape: &[usize], taps: usize) -> Vec<usize> {
+    let mut s = shape[..2].to_vec();
+    s.push(taps);
+    s.extend_from_slice(&shape[2..]);
+    s
+}
+
+/// MaxPool: each output's gradient goes to the input element it took (the argmax, as the
+/// forward's own `Indices` output reports it: a second `MaxPool` with two outputs). The flat
+/// index becomes the tap of the window (integer arithmetic on constants of the geometry); a
+/// one-hot mask over the taps, `[N, C·K, O..]`, is scattered back by a depthwise
+/// `ConvTranspose` whose kernel for tap j is the unit tap j, so overlapping windows add.
+fn max_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<ValueId> {
+    let x = cx.input(0)?;
+    let (xs, ys) = (cx.shape(x)?, cx.shape(cx.output(0)?)?);
+    let dtype = cx.dtype(x);
+    let n = geom.rank();
+    let to_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    let mut attrs = vec![
+        attr_ints("kernel_shape", &to_i64(&geom.kernel)),
+        attr_ints("strides", &to_i64(&geom.strides)),
+        attr_ints("pads", &geom.pads()),
+        attr_int("ceil_mode", cx.attr_i("ceil_mode", 0)),
+    ];
+    if geom.dilations.iter().any(|&d| d != 1) {
+        attrs.push(attr_ints("dilations", &to_i64(&geom.dilations)));
+    }
+    let idx = cx.op_n("MaxPool", &[Some(x)], 2, attrs)[1];
+    // The spatial part of the flat index (runtimes may or may not include N and C).
+    let plane: usize = geom.input.iter().product();
+    let plane = cx.ints(&[plane as i64]);
+    let spatial = cx.op("Mod", &[idx, plane], vec![]);
+    let taps = geom.taps();
+    let mut tap: Option<ValueId> = None;
+    let mut in_stride: usize = geom.input.iter().product();
+    let mut k_stride = taps;
+    for i in 0..n {
+        in_stride /= geom.input[i];
+        k_stride /= geom.kernel[i];
+        // Position along axis i, then its offset from the window start, in taps.
+        let s = cx.ints(&[in_stride as i64]);
+        let pos = cx.op("Div", &[spatial, s], vec![]);
+        let d = cx.ints(&[geom.input[i] as i64]);
+        let pos = cx.op("Mod", &[pos, d], vec![]);
+        let starts: Vec<i64> = (0..geom.output[i])
+            .map(|o| (o * geom.strides[i]) as i64 - geom.begin[i] as i64)
+            .collect();
+        let mut bshape = vec![1usize; n + 2];
+        bshape[2 + i] = geom.output[i];
+        let starts = cx.constant(Tensor::from_i64(bshape, &starts));
+        let mut off = cx.op("Sub", &[pos, starts], vec![]);
+        if geom.dilations[i] != 1 {
+            let dl = cx.ints(&[geom.dilations[i] as i64]);
+            off = cx.op("Div", &[off, dl], vec![]);
+        }
+        if k_stride != 1 {
+            let ks = cx.ints(&[k_stride as i64]);
+            off = cx.op("Mul", &[off, ks], vec![]);
+        }
+        tap = Some(match tap {
+            None => off,
+            Some(t) => cx.op("Add", &[t, off], vec![]),
+        });
+    }
+    let tap = tap.ok_or_else(|| cx.err("no spatial axes"))?;
+    let tap = reshape(cx, tap, &with_tap_axis(&ys, 1));
+    let mut kshape = vec![1usize; n + 3];
+    kshape[2] = taps;
+    let ids: Vec<i64> = (0..taps as i64).collect();
+    let ids = cx.constant(Tensor::from_i64(kshape, &ids));
+    let hit = cx.op("Equal", &[tap, ids], vec![]);
+    let hit = cx.op(
+        "Cast",
+        &[hit],
+        vec![attr_int("to", i64::from(dtype.to_onnx()))],
+    );
+    let g = reshape(cx, dy, &with_tap_axis(&ys, 1));
+    let routed = cx.op("Mul", &[hit, g], vec![]);
+    let c = xs[1];
+    let mut flat = vec![ys[0], c * taps];
+    flat.extend_from_slice(&ys[2..]);
+    let routed = reshape(cx, routed, &flat);
+    // Kernel [C·K, 1, k..]: filter c·K + j is the unit tap j.
+    let mut w = vec![0f64; c * taps * taps];
+    for ch in 0..c {
+        for j in 0..taps {
+            w[(ch * taps + j) * taps + j] = 1.0;
+        }
+    }
+    let mut ws = vec![c * taps, 1];
+    ws.extend_from_slice(&geom.kernel);
+    let w = fconst(cx, dtype, ws, &w)?;
+    Ok(geom.scatter(cx, routed, w, c))
+}
+
+/// AveragePool: dY divided by each window's divisor (the taps inside the input, or inside the
+/// padded input with `count_include_pad`), scattered back with a depthwise `ConvTranspose` of
+/// ones.
+fn average_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<ValueId> {
+    let x = cx.input(0)?;
+    let xs = cx.shape(x)?;
+    let dtype = cx.dtype(x);
+    let include = cx.attr_i("count_include_pad", 0) != 0;
+    let n = geom.rank();
+    // Per axis: for each output position, how many taps fall in the counted range.
+    let counts: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let (lo, hi) = if include {
+                (
+                    -(geom.begin[i] as i64),
+                    (geom.input[i] + geom.end[i]) as i64,
+                )
+            } else {
+                (0, geom.input[i] as i64)
+            };
+            (0..geom.output[i])
+                .map(|o| {
+                    let start = (o * geom.strides[i]) as i64 - geom.begin[i] as i64;
+                    (0..geom.kernel[i])
+                        .map(|t| start + (t * geom.dilations[i]) as i64)
+                        .filter(|&p| p >= lo && p < hi)
+                        .count() as f64
+                })
+                .collect()
+        })
+        .collect();
+    let total: usize = geom.output.iter().product();
+    let mut inv = vec![0f64; total];
+    for (flat, v) in inv.iter_mut().enumerate() {
+        let mut rest = flat;
+        let mut count = 1.0;
+        for i in (0..n).rev() {
+            count *= counts[i][rest % geom.output[i]];
+            rest /= geom.output[i];
+        }
+        *v = if count > 0.0 { 1.0 / count } else { 0.0 };
+    }
+    let mut ishape = vec![1, 1];
+    ishape.extend_from_slice(&geom.output);
+    let inv = fconst(cx, dtype, ishape, &inv)?;
+    let scaled = cx.op("Mul", &[dy, inv], vec![]);
+    let c = xs[1];
+    let mut ws = vec![c, 1];
+    ws.extend_from_slice(&geom.kernel);
+    let ones = vec![1.0; c * geom.taps()];
+    let w = fconst(cx, dtype, ws, &ones)?;
+    Ok(geom.scatter(cx, scaled, w, c))
+}
 
 #[cfg(test)]
 mod tests {

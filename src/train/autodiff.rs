@@ -62,6 +62,7 @@ pub fn gradients(
         .and_then(|s| s.iter().map(|d| d.known()).collect())
         .ok_or_else(|| Error::Graph("the loss must have a static shape".into()))?;
     let n: usize = loss_shape.iter().product();
+    // Ones typed like the loss (a float64 model differentiates in float64).
     let dtype = shapes.get(loss).and_then(|f| f.dtype).unwrap_or(DType::F32);
     let seed = g.add_initializer(
         "grad/seed",
