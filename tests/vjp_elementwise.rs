@@ -430,6 +430,15 @@ fn concat_split_slice_pad() {
     let ax = net.ints("axes", &[1, 2]);
     let y = net.node("Slice", &[x, st, en, ax], vec![]);
     net.check(y, "Slice");
+    // Strided slices: ResNet option-A shortcuts (x[:, :, ::2, ::2]), a step 3 that ends early.
+    let mut net = Net::new(13, DType::F64, 62);
+    let x = net.input("x", &[2, 3, 7, 6], -1.0, 1.0);
+    let st = net.ints("starts", &[0, 1, 1]);
+    let en = net.ints("ends", &[i64::MAX, i64::MAX, 5]);
+    let ax = net.ints("axes", &[2, 3, 1]);
+    let sp = net.ints("steps", &[2, 3, 1]);
+    let y = net.node("Slice", &[x, st, en, ax, sp], vec![]);
+    net.check(y, "Slice steps 2 and 3");
     let mut net = Net::new(9, DType::F64, 61);
     let x = net.input("x", &[4, 5], -1.0, 1.0);
     let y = net.node(

@@ -134,7 +134,12 @@ pub(crate) fn slice(
 }
 
 /// A constant of element type `dtype` (the type of the values it combines with).
-pub(crate) fn fconst(cx: &mut VjpCx, dtype: DType, shape: Vec<usize>, vals: &[f64]) -> Result<ValueId> {
+pub(crate) fn fconst(
+    cx: &mut VjpCx,
+    dtype: DType,
+    shape: Vec<usize>,
+    vals: &[f64],
+) -> Result<ValueId> {
     let t = Tensor::from_f64_as(dtype, shape, vals).map_err(|e| cx.err(e.to_string()))?;
     Ok(cx.constant(t))
 }

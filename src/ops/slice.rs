@@ -23,7 +23,7 @@ use crate::ir::{Dim, Fact, Node, Tensor};
 use super::channel::{
     block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
-use super::grad_util::{const_ints, out_grad, pad_zeros};
+use super::grad_util::{const_ints, out_grad, pad_zeros, reshape};
 use super::vjp::VjpCx;
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
@@ -347,16 +347,32 @@ impl Op for Slice {
             .map_err(|e| cx.err(e))?;
         let r = xs.len();
         let mut pads = vec![0i64; 2 * r];
+        let mut g = g;
+        let mut cur = cx.shape(cx.output(0)?)?;
         for (axis, start, end, step) in plan {
-            if step != 1 {
+            if step < 1 {
                 return Err(cx.err(format!(
-                    "differentiating a slice with step {step} is not supported (step 1 only)"
+                    "differentiating a slice with step {step} is not supported (positive steps only)"
                 )));
             }
             let d = xs[axis];
             let (s, len) = clamp(d, start, end, step);
+            let step = step as usize;
+            if step > 1 && len > 0 {
+                // Interleave step−1 zeros after every element: [.., n, ..] → [.., n·step, ..].
+                let mut wide = cur[..=axis].to_vec();
+                wide.push(1);
+                wide.extend_from_slice(&cur[axis + 1..]);
+                let w = reshape(cx, g, &wide);
+                let mut p = vec![0i64; 2 * wide.len()];
+                p[wide.len() + axis + 1] = step as i64 - 1;
+                let w = pad_zeros(cx, w, &p);
+                cur[axis] *= step;
+                g = reshape(cx, w, &cur);
+            }
+            let covered = if step > 1 { len * step } else { len };
             pads[axis] = s as i64;
-            pads[r + axis] = d.saturating_sub(s + len) as i64;
+            pads[r + axis] = d as i64 - (s + covered) as i64;
         }
         out[0] = Some(if pads.iter().all(|&p| p == 0) {
             g
