@@ -12,7 +12,7 @@ use crate::ir::{Dim, Fact};
 use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
-use super::grad_util::{reduce_sum, reshape, Geometry};
+use super::grad_util::{pad_zeros, reduce_sum, reshape, Geometry};
 use super::util::Window;
 use super::vjp::VjpCx;
 use super::{numel_or_one, Cost, Cx, Op};
@@ -25,9 +25,9 @@ pub struct Conv;
 pub static CONV: Conv = Conv;
 
 /// Backward rule of `Conv`: dX = `ConvTranspose(dY, W)` with the forward geometry (sized to X
-/// exactly); dW = a `Conv` of X over dY with batch and channel axes swapped (stride and dilation
-/// exchange roles), grouped by regrouping the batch into the channel axis; dB = Σ dY over every
-/// axis but the channel.
+/// exactly); dW = one batched `MatMul` per kernel tap when ungrouped, else a `Conv` of
+/// X over dY with batch and channel axes swapped (stride and dilation exchange roles), grouped
+/// by regrouping the batch into the channel axis; dB = Σ dY over every axis but the channel.
 fn conv_vjp(
     cx: &mut VjpCx,
     grads: &[Option<ValueId>],
@@ -81,13 +81,94 @@ fn conv_vjp(
         out[0] = Some(geom.scatter(cx, dy, w, group));
     }
     if need(1) {
-        out[1] = Some(conv_weight_grad(cx, x, dy, &xs, &ys, &geom, group)?);
+        let fast = if group == 1 {
+            conv_weight_grad_taps(cx, x, dy, &xs, &ys, &geom)
+        } else {
+            None
+        };
+        out[1] = match fast {
+            Some(dw) => Some(dw),
+            None => Some(conv_weight_grad(cx, x, dy, &xs, &ys, &geom, group)?),
+        };
     }
     if need(2) {
         let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
         out[2] = Some(reduce_sum(cx, dy, &axes, false));
     }
     Ok(out)
+}
+
+/// dW `[M, C, k..]` of an ungrouped convolution as one batched `MatMul` per kernel tap:
+/// `dW[:, :, t] = (Σₙ Slice(Pad(X), tap t) · dYᵀ)ᵀ` with the slice as `[N, C, P]` and dY as
+/// `[N, P, M]` (P output positions), batched over the N images so that both threads get work.
+/// Nothing bigger than X is materialised; the `Conv` form of [`conv_weight_grad`] runs as C
+/// convolutions with a kernel as large as the output, which ONNX Runtime's im2col handles
+/// poorly. `None` before opset 10 (no stepped `Slice`).
+fn conv_weight_grad_taps(
+    cx: &mut VjpCx,
+    x: ValueId,
+    dy: ValueId,
+    xs: &[usize],
+    ys: &[usize],
+    geom: &Geometry,
+) -> Option<ValueId> {
+    if cx.opset < 10 {
+        return None;
+    }
+    let r = xs.len();
+    let (n, c, m) = (xs[0], xs[1], ys[1]);
+    let (k, taps, positions) = (geom.rank(), geom.taps(), ys[2..].iter().product::<usize>());
+    let pads: Vec<i64> = [0, 0]
+        .into_iter()
+        .chain(geom.begin.iter().map(|&p| p as i64))
+        .chain([0, 0])
+        .chain(geom.end.iter().map(|&p| p as i64))
+        .collect();
+    let xp = if pads.iter().any(|&p| p != 0) {
+        pad_zeros(cx, x, &pads)
+    } else {
+        x
+    };
+    let last: Vec<i64> = [0].into_iter().chain(2..r as i64).chain([1]).collect();
+    let dyt = cx.transpose(dy, &last);
+    let dyt = reshape(cx, dyt, &[n, positions, m]);
+    // With one tap and unit strides the padded input is exactly the window.
+    let whole = taps == 1 && geom.strides.iter().all(|&s| s == 1);
+    let axes = cx.ints(&(2..r as i64).collect::<Vec<_>>());
+    let steps = cx.ints(&geom.strides.iter().map(|&s| s as i64).collect::<Vec<_>>());
+    let flat = cx.ints(&[n as i64, c as i64, positions as i64]);
+    let one = cx.ints(&[1, n as i64, c as i64, m as i64]);
+    let mut per_tap = Vec::with_capacity(taps);
+    for t in 0..taps {
+        let window = if whole {
+            xp
+        } else {
+            // Tap t as a multi-index over the kernel (last axis fastest, like W's layout).
+            let mut rest = t;
+            let mut starts = vec![0i64; k];
+            for i in (0..k).rev() {
+                starts[i] = ((rest % geom.kernel[i]) * geom.dilations[i]) as i64;
+                rest /= geom.kernel[i];
+            }
+            let ends: Vec<i64> = (0..k)
+                .map(|i| starts[i] + (geom.strides[i] * (geom.output[i] - 1) + 1) as i64)
+                .collect();
+            let (st, en) = (cx.ints(&starts), cx.ints(&ends));
+            cx.op("Slice", &[xp, st, en, axes, steps], vec![])
+        };
+        let cols = cx.op("Reshape", &[window, flat], vec![]);
+        let prod = cx.op("MatMul", &[cols, dyt], vec![]);
+        per_tap.push(cx.op("Reshape", &[prod, one], vec![]));
+    }
+    let stacked = match per_tap[..] {
+        [one] => one,
+        _ => cx.op("Concat", &per_tap, vec![attr_int("axis", 0)]),
+    };
+    let dw = reduce_sum(cx, stacked, &[1], false);
+    let dw = cx.transpose(dw, &[2, 1, 0]);
+    let mut shape = vec![m, c];
+    shape.extend_from_slice(&geom.kernel);
+    Some(reshape(cx, dw, &shape))
 }
 
 /// dW `[M, C/g, k..]` of a convolution: `Conv(X', dY')` with X' = X as `[C/g, g·N, D..]` and dY'
