@@ -55,7 +55,7 @@ fn floats(s: &str) -> Result<Floats, String> {
 }
 
 /// Where the samples come from and how they are preprocessed.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct DataArgs {
     /// Dataset: mnist:DIR, npz:FILE, npy:FILE, images:DIR|FILE.zip (or a path whose format
     /// is recognised). Required by `eval`; gives `prune` calibration data.

@@ -13,6 +13,7 @@ mod progress;
 mod prune;
 mod runtime_args;
 mod simplify;
+mod train;
 mod verify;
 
 /// lopper: structured channel pruning for ONNX models.
@@ -40,6 +41,12 @@ enum Command {
     Prune(Box<prune::Args>),
     /// Check that two models compute the same outputs on random inputs.
     Verify(verify::Args),
+    /// Train a classifier with a compiled train step in ONNX Runtime: schedules, augmentation,
+    /// sparsity regularizers, per-epoch evaluation and resumable checkpoints.
+    Train(Box<train::Args>),
+    /// Fine-tune a pruned model (train with fine-tuning defaults), optionally distilling from
+    /// the original with --teacher.
+    Finetune(Box<train::Args>),
 }
 
 /// Where tensor data goes when writing a model.
@@ -94,5 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Groups(a) => groups::run(a),
         Command::Prune(a) => prune::run(*a),
         Command::Verify(a) => verify::run(a),
+        Command::Train(a) => train::run(*a, false),
+        Command::Finetune(a) => train::run(*a, true),
     }
 }

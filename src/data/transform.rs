@@ -358,6 +358,15 @@ impl Transform {
         self.scale
     }
 
+    /// The target image `(height, width, channels, layout)` when the model input is a rank-4
+    /// image (`None` for planes, flattened and array inputs).
+    pub fn image_geometry(&self) -> Option<(usize, usize, usize, Layout)> {
+        match self.target {
+            Target::Image(l) => Some((self.h, self.w, self.c, l)),
+            _ => None,
+        }
+    }
+
     /// Whether image samples need decoding-time geometry (resize/crop).
     pub fn reshapes(&self) -> bool {
         self.resize.is_some() || self.crop.is_some()

@@ -2,7 +2,8 @@
 //! loss, backward, optimizer update) that ONNX Runtime runs. This module holds the pieces:
 //! [`autodiff`] (reverse-mode differentiation through the ops' backward rules), [`bn_train`]
 //! (BatchNormalization in training mode), [`loss`], [`regularize`], [`optim`], and [`step`]
-//! (which assembles them into one graph).
+//! (which assembles them into one graph); [`runner`] is the training loop that drives a step
+//! in ONNX Runtime.
 
 pub mod autodiff;
 pub mod bn_train;
@@ -11,6 +12,7 @@ pub(crate) mod emit;
 pub mod loss;
 pub mod optim;
 pub mod regularize;
+pub mod runner;
 pub mod step;
 
 pub use autodiff::gradients;

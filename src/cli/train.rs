@@ -1,0 +1,354 @@
+//! `lopper train` and `lopper finetune`: train a classifier with a compiled train step in ONNX
+//! Runtime (see `lopper::train::runner`). `finetune` is `train` with defaults suited to a
+//! pruned or pretrained model (lower rate, a few epochs) and optional distillation from the
+//! original model.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+
+use lopper::ir::Model;
+use lopper::plan::file::PlanFile;
+use lopper::runtime::{Device, RuntimeOptions};
+use lopper::train::loss::Loss;
+use lopper::train::optim::Optimizer;
+use lopper::train::regularize::Regularizer;
+use lopper::train::runner::{
+    masks_from_plan, train, Augment, Event, LambdaSchedule, Schedule, TrainOptions,
+};
+
+use super::data_args::DataArgs;
+use super::progress;
+use super::runtime_args::DeviceArg;
+
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OptimizerArg {
+    /// SGD with (optional) momentum and L2 weight decay.
+    Sgd,
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// `--schedule`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScheduleArg {
+    /// Cosine decay to 0.
+    Cosine,
+    /// ×0.1 at 50% and 75% of training.
+    Step,
+    /// Constant.
+    Constant,
+}
+
+/// Arguments of `lopper train` and `lopper finetune`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The ONNX classifier to train (BatchNormalization kept; one data input).
+    model: PathBuf,
+    #[command(flatten)]
+    data: Box<DataArgs>,
+    /// Held-out split evaluated after each epoch ("none": no evaluation) [default: test].
+    #[arg(long)]
+    eval_split: Option<String>,
+    /// Epochs [default: train 10, finetune 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: Option<u32>,
+    /// Base learning rate [default: train 0.1 (SGD) or 1e-3 (AdamW), finetune a tenth].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Samples per step (an epoch's last partial batch is dropped).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay (SGD: L2 on the gradient; AdamW: decoupled).
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f32,
+    /// Learning-rate schedule after the warm-up.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleArg,
+    /// Epochs of linear learning-rate warm-up (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    warmup_epochs: f64,
+    /// Label smoothing ε.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Sparsity regularizer: l1-bn=W, l1-bn-augmented=W (strength growing linearly from 0),
+    /// masked-l1=PLAN.json:W (only the channels the plan removes), group-lasso=W.
+    #[arg(long)]
+    sparsity: Option<String>,
+    /// Keep initializers matching this glob constant (repeatable; `*`, `?`).
+    #[arg(long)]
+    freeze: Vec<String>,
+    /// No weight decay on parameters matching this glob (repeatable).
+    #[arg(long)]
+    no_decay: Vec<String>,
+    /// Re-initialise every trainable weight (Kaiming-normal, zero biases, BN γ=1 β=0).
+    #[arg(long)]
+    from_scratch: bool,
+    /// No augmentation (default for images: random crop with padding 4 and horizontal flip).
+    #[arg(long)]
+    no_augment: bool,
+    /// Random crops but no horizontal flips (digits, text).
+    #[arg(long)]
+    no_flip: bool,
+    /// Seed of shuffling, augmentation and re-initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Intra-op threads of ONNX Runtime (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Device (cuda: ONNX Runtime's CUDA execution provider, needs onnxruntime-gpu).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Continue from a checkpoint (OUT.onnx or its OUT.onnx.train.json sidecar).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Train on N samples spread evenly over the split.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Evaluate on N samples spread evenly over the held-out split.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_limit: Option<u64>,
+    /// Distil from this teacher (its logits per batch, from a second ONNX Runtime session).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f32,
+    /// Weight of the distillation term (1 − alpha on the labels' cross-entropy).
+    #[arg(long, default_value_t = 0.7)]
+    alpha: f32,
+    /// The trained inference model (checkpoints: OUT.train.json and OUT.state-eN.onnx).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `--sparsity` into regularizers and the strength schedule (`model`: for plan masks).
+fn parse_sparsity(spec: &str, model: &Model) -> Result<(Vec<Regularizer>, LambdaSchedule)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "bad --sparsity '{spec}': expected l1-bn=W, l1-bn-augmented=W, \
+             masked-l1=PLAN.json:W or group-lasso=W (W a number > 0)"
+        )
+    };
+    let (kind, value) = spec.split_once('=').ok_or_else(bad)?;
+    let weight = |s: &str| -> Result<f32> {
+        let w: f32 = s.trim().parse().map_err(|_| bad())?;
+        if !(w.is_finite() && w > 0.0) {
+            return Err(bad());
+        }
+        Ok(w)
+    };
+    Ok(match kind {
+        "l1-bn" => (
+            vec![Regularizer::L1Gamma {
+                weight: weight(value)?,
+            }],
+            LambdaSchedule::Constant,
+        ),
+        "l1-bn-augmented" => (
+            vec![Regularizer::L1Gamma {
+                weight: weight(value)?,
+            }],
+            LambdaSchedule::Augmented,
+        ),
+        "group-lasso" => (
+            vec![Regularizer::GroupLasso {
+                weight: weight(value)?,
+                eps: 1e-8,
+            }],
+            LambdaSchedule::Constant,
+        ),
+        "masked-l1" => {
+            let (plan, w) = value.rsplit_once(':').ok_or_else(bad)?;
+            let w = weight(w)?;
+            let plan = PlanFile::load(plan)?;
+            let masks = masks_from_plan(model, &plan)?;
+            (
+                vec![Regularizer::MaskedL1Gamma { weight: w, masks }],
+                LambdaSchedule::Constant,
+            )
+        }
+        _ => return Err(bad()),
+    })
+}
+
+/// Runs `train` (`finetune` false) or `finetune`.
+pub fn run(args: Args, finetune: bool) -> Result<()> {
+    let model = Model::load(&args.model)?;
+    let (regularizers, lambda) = match &args.sparsity {
+        Some(s) => parse_sparsity(s, &model)?,
+        None => (Vec::new(), LambdaSchedule::Constant),
+    };
+    let optimizer = match args.optimizer {
+        OptimizerArg::Sgd => Optimizer::Sgd {
+            momentum: args.momentum,
+            nesterov: args.nesterov,
+            weight_decay: args.weight_decay,
+        },
+        OptimizerArg::Adamw => Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: args.weight_decay,
+        },
+    };
+    let base_lr = match args.optimizer {
+        OptimizerArg::Sgd => 0.1,
+        OptimizerArg::Adamw => 1e-3,
+    };
+    let lr = args
+        .lr
+        .unwrap_or(if finetune { base_lr / 10.0 } else { base_lr });
+    let loss = match &args.teacher {
+        Some(_) => Loss::Distill {
+            label_smoothing: args.label_smoothing,
+            temperature: args.temperature,
+            alpha: args.alpha,
+        },
+        None => Loss::CrossEntropy {
+            label_smoothing: args.label_smoothing,
+        },
+    };
+    if args.data.data.is_none() {
+        bail!("no dataset: pass --data (mnist:DIR, npz:FILE, npy:FILE or images:DIR|FILE.zip)");
+    }
+    let mut train_args: DataArgs = (*args.data).clone();
+    train_args.split = Some(args.data.split.clone().unwrap_or_else(|| "train".into()));
+    let (train_ds, pre) = train_args.open()?;
+    let eval_split = args.eval_split.clone().unwrap_or_else(|| "test".into());
+    let eval_args = (eval_split != "none").then(|| DataArgs {
+        split: Some(eval_split.clone()),
+        ..(*args.data).clone()
+    });
+    let opts = TrainOptions {
+        epochs: args.epochs.unwrap_or(if finetune { 5 } else { 10 }) as usize,
+        batch: args.batch_size as usize,
+        lr,
+        schedule: match args.schedule {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Step => Schedule::Step,
+            ScheduleArg::Constant => Schedule::Constant,
+        },
+        warmup_epochs: args.warmup_epochs,
+        optimizer,
+        loss,
+        regularizers,
+        lambda,
+        freeze: args.freeze.clone(),
+        no_decay: args.no_decay.clone(),
+        from_scratch: args.from_scratch,
+        augment: Augment {
+            crop: !args.no_augment,
+            flip: !args.no_augment && !args.no_flip,
+        },
+        seed: args.seed,
+        runtime: RuntimeOptions {
+            device: match args.device {
+                DeviceArg::Cpu => Device::Cpu,
+                DeviceArg::Cuda => Device::Cuda,
+            },
+            threads: args.threads.map(usize::from),
+            spinning: None,
+        },
+        limit: args.limit.map(|l| l as usize),
+        eval_limit: args.eval_limit.map(|l| l as usize),
+        preprocess: pre,
+        output: args.output.clone(),
+        resume: args.resume.clone(),
+        teacher: args.teacher.clone(),
+    };
+    let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
+        match &eval_args {
+            Some(a) => a.open().map(|(d, _)| d),
+            None => Err(lopper::Error::Usage("no held-out split".into())),
+        }
+    };
+    let eval_data: Option<lopper::train::runner::EvalData<'_>> = if eval_args.is_some() {
+        Some(&mut open_eval)
+    } else {
+        None
+    };
+    let pb = progress::bar("steps");
+    let epochs_total = opts.epochs;
+    let json = args.json;
+    let report = train(&model, &opts, train_ds, eval_data, &mut |ev| match ev {
+        Event::EpochStart { epoch, steps } => {
+            pb.reset();
+            pb.set_length(steps as u64);
+            pb.set_message(format!("epoch {epoch}/{epochs_total}"));
+        }
+        Event::Step {
+            done,
+            loss,
+            accuracy,
+            images_per_second,
+        } => {
+            pb.set_position(done as u64);
+            pb.set_message(format!(
+                "loss {loss:.4} acc {:.2}% {images_per_second:.0} img/s",
+                accuracy * 100.0
+            ));
+        }
+        Event::Eval(..) => pb.set_message("evaluating"),
+        Event::EpochEnd(r) => {
+            pb.suspend(|| {
+                if !json {
+                    let eval = r
+                        .eval_top1
+                        .map(|t| format!(", test top-1 {:.2}%", t * 100.0))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "epoch {}/{epochs_total}: loss {:.4}, train acc {:.2}%{eval}, lr {:.3e}, \
+                         {:.1} s, {:.0} img/s",
+                        r.epoch,
+                        r.loss,
+                        r.accuracy * 100.0,
+                        r.lr,
+                        r.train_seconds,
+                        r.images_per_second
+                    );
+                }
+            });
+        }
+    });
+    pb.finish_and_clear();
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let last = report.epochs.last();
+        println!("model       {}", report.output.display());
+        println!("data        {}", report.data);
+        println!(
+            "trained     {} epochs ({} resumed), {} samples/epoch, {} params in {} tensors",
+            report.epochs.len(),
+            report.resumed_from,
+            report.samples_per_epoch,
+            report.params.1,
+            report.params.0
+        );
+        if let Some(t) = last.and_then(|e| e.eval_top1) {
+            println!("accuracy    top-1 {:.2}% (held-out split)", t * 100.0);
+        }
+        println!(
+            "time        {:.1} s wall; checkpoint {}",
+            report.wall_seconds,
+            report.checkpoint.display()
+        );
+    }
+    Ok(())
+}

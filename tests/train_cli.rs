@@ -1,0 +1,340 @@
+//! `lopper train` end to end on real data (MNIST, CIFAR-10 subset) in ONNX Runtime: learning
+//! from scratch, determinism, exact resume, the L1 sparsity regularizer, and usage errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use lopper::ir::Model;
+
+fn lopper(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(args)
+        .output()
+        .expect("run lopper");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mnist8() -> String {
+    shared_dir()
+        .join("models/pretrained/mnist-8.onnx")
+        .display()
+        .to_string()
+}
+
+fn mnist_data() -> String {
+    format!("mnist:{}", shared_dir().join("data/mnist").display())
+}
+
+/// A from-scratch MNIST run on `limit` samples: returns (stdout, stderr).
+fn mnist_run(out: &Path, extra: &[&str]) -> (String, String) {
+    let (mnist, data, o) = (mnist8(), mnist_data(), out.display().to_string());
+    let mut args = vec![
+        "train",
+        mnist.as_str(),
+        "--from-scratch",
+        "--data",
+        data.as_str(),
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "2e-3",
+        "--schedule",
+        "constant",
+        "--limit",
+        "3200",
+        "--eval-limit",
+        "500",
+        "--no-flip",
+        "--threads",
+        "1",
+        "-o",
+        o.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let (rc, so, se) = lopper(&args);
+    assert_eq!(rc, 0, "stdout {so}\nstderr {se}");
+    (so, se)
+}
+
+fn top1(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("accuracy"))
+        .unwrap_or_else(|| panic!("no accuracy line in {stdout}"));
+    let pct = line
+        .split_whitespace()
+        .find(|w| w.ends_with('%'))
+        .unwrap()
+        .trim_end_matches('%');
+    pct.parse::<f64>().unwrap() / 100.0
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn mnist_from_scratch_learns_and_is_deterministic() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    let (so, se) = mnist_run(&a, &["--epochs", "1", "--seed", "3"]);
+    let acc = top1(&so);
+    assert!(
+        acc > 0.6,
+        "top-1 {acc} after one epoch on 3200 digits\n{so}{se}"
+    );
+    assert!(se.contains("epoch 1/1: loss"), "{se}");
+    mnist_run(&b, &["--epochs", "1", "--seed", "3"]);
+    assert!(bytes(&a) == bytes(&b), "same seed, different models");
+    // The trained model is a plain inference model with a free batch, runnable as it is.
+    let m = Model::load(&a).unwrap();
+    assert!(m
+        .graph
+        .node_ids()
+        .all(|n| m.graph.node(n).op_type != "Sign"));
+    let (rc, so, se) = lopper(&[
+        "eval",
+        a.to_str().unwrap(),
+        "--data",
+        &mnist_data(),
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+        "--limit",
+        "500",
+        "--batch-size",
+        "50",
+    ]);
+    assert_eq!(rc, 0, "{se}");
+    assert!(so.contains(&format!("{:.2}%", acc * 100.0)), "{so}");
+    // Another seed gives another model.
+    let c = dir.path().join("c.onnx");
+    mnist_run(&c, &["--epochs", "1", "--seed", "4"]);
+    assert!(bytes(&a) != bytes(&c));
+}
+
+#[test]
+fn resume_continues_exactly() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (full, part) = (dir.path().join("full.onnx"), dir.path().join("part.onnx"));
+    let with = |e: &'static str| -> Vec<&str> { vec!["--epochs", e] };
+    mnist_run(&full, &with("2"));
+    mnist_run(&part, &with("1"));
+    let side: PathBuf = dir.path().join("part.onnx.train.json");
+    let json: serde_json::Value = serde_json::from_slice(&bytes(&side)).unwrap();
+    assert_eq!(json["epoch"], 1);
+    assert!(dir.path().join("part.onnx.state-e1.onnx").is_file());
+    let p = part.display().to_string();
+    let mut args = with("2");
+    args.extend(["--resume", p.as_str()]);
+    let (so, _) = mnist_run(&part, &args);
+    assert!(so.contains("(1 resumed)"), "{so}");
+    assert!(bytes(&full) == bytes(&part), "2 epochs != 1 epoch + resume");
+    // The old state file went once the new sidecar was written.
+    assert!(!dir.path().join("part.onnx.state-e1.onnx").exists());
+    assert!(dir.path().join("part.onnx.state-e2.onnx").is_file());
+    // Resuming a finished run is refused with a reason.
+    let (rc, _, se) = lopper(&[
+        "train",
+        &mnist8(),
+        "--data",
+        &mnist_data(),
+        "--epochs",
+        "2",
+        "--resume",
+        &p,
+        "-o",
+        &p,
+    ]);
+    assert_ne!(rc, 0);
+    assert!(se.contains("epoch 2"), "{se}");
+}
+
+/// Mean |γ| of every BatchNormalization scale of a model.
+fn mean_abs_gamma(path: &Path) -> f64 {
+    let m = Model::load(path).unwrap();
+    let g = &m.graph;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for id in g.node_ids() {
+        let node = g.node(id);
+        if node.op_type == "BatchNormalization" {
+            let v = g
+                .init(node.input(1).unwrap())
+                .unwrap()
+                .to_f64_vec()
+                .unwrap();
+            n += v.len();
+            sum += v.iter().map(|x| x.abs()).sum::<f64>();
+        }
+    }
+    sum / n as f64
+}
+
+#[test]
+fn l1_on_bn_scales_pulls_gammas_down() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let data = format!(
+        "npz:{}",
+        shared_dir()
+            .join("data/cifar10/lossless-subset.npz")
+            .display()
+    );
+    let run = |out: &Path, extra: &[&str]| {
+        let o = out.display().to_string();
+        let mut args = vec![
+            "train",
+            model.to_str().unwrap(),
+            "--data",
+            data.as_str(),
+            "--mean",
+            "0.485,0.456,0.406",
+            "--std",
+            "0.229,0.224,0.225",
+            "--eval-split",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "64",
+            "--lr",
+            "0.01",
+            "--schedule",
+            "constant",
+            "--threads",
+            "2",
+            "-o",
+            o.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let (rc, so, se) = lopper(&args);
+        assert_eq!(rc, 0, "{so}{se}");
+    };
+    let (plain, sparse) = (dir.path().join("plain.onnx"), dir.path().join("l1.onnx"));
+    run(&plain, &[]);
+    run(&sparse, &["--sparsity", "l1-bn=1"]);
+    let before = mean_abs_gamma(&model);
+    let (p, s) = (mean_abs_gamma(&plain), mean_abs_gamma(&sparse));
+    // 4 steps of lr·λ = 0.01 each: about 0.04 lower, on top of what the data does.
+    assert!(
+        s < p - 0.03,
+        "mean |γ|: start {before:.4}, plain {p:.4}, l1 {s:.4}"
+    );
+    // Masked L1 from a pruning plan pushes only the planned channels: between the two.
+    let plan = dir.path().join("plan.json");
+    let (rc, _, se) = lopper(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--ratio",
+        "0.3",
+        "--save-plan",
+        plan.to_str().unwrap(),
+        "-o",
+        dir.path().join("pruned.onnx").to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{se}");
+    let masked = dir.path().join("masked.onnx");
+    run(
+        &masked,
+        &["--sparsity", &format!("masked-l1={}:1", plan.display())],
+    );
+    let m = mean_abs_gamma(&masked);
+    assert!(
+        s < m - 0.01 && m < p - 0.005,
+        "plain {p:.4}, masked {m:.4}, l1 {s:.4}"
+    );
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.onnx").display().to_string();
+    let model = mnist8();
+    let data = mnist_data();
+    let cases: [(&[&str], &str); 5] = [
+        (&["train", &model, "--epochs", "1", "-o", &o], "--data"),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "l2=1",
+                "-o",
+                &o,
+            ],
+            "bad --sparsity 'l2=1'",
+        ),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "l1-bn=-3",
+                "-o",
+                &o,
+            ],
+            "bad --sparsity",
+        ),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--optimizer",
+                "lion",
+                "-o",
+                &o,
+            ],
+            "invalid value 'lion'",
+        ),
+        (
+            &[
+                "finetune",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "masked-l1=/nonexistent/plan.json:1e-4",
+                "-o",
+                &o,
+            ],
+            "plan.json",
+        ),
+    ];
+    for (args, want) in cases {
+        let (rc, _, se) = lopper(args);
+        assert_ne!(rc, 0, "{args:?}");
+        assert!(se.contains(want), "{args:?}: {se}");
+    }
+    assert!(!Path::new(&o).exists());
+}
