@@ -44,6 +44,11 @@ pub enum Selection {
     Ratio(f64),
     /// Channels that contribute nothing or a constant (compensated exactly).
     Dead,
+    /// Like `Dead` after setting every BatchNormalization gamma with |gamma| below this to
+    /// zero (what sparse training leaves near zero): those channels then output the constant
+    /// activation of their beta, which is folded into the consumers. The model changes by at
+    /// most the dropped gammas' contribution; the oracle checks the rest.
+    DeadBelow(f64),
     /// Exactly these classes (indices of the analysis' classes).
     Classes(Vec<usize>),
     /// Ranked by a criterion, allocated under a rule or budget.
@@ -183,6 +188,10 @@ fn meta_of(selection: &Selection) -> PlanMeta {
             "l1".to_string()
         }
         Selection::Dead => "dead".into(),
+        Selection::DeadBelow(t) => {
+            opt("gamma_below", (*t).into());
+            "dead".into()
+        }
         Selection::Classes(_) => "classes".into(),
         Selection::Plan(p) => p.meta.criterion.clone(),
         Selection::Scored(s) => {
@@ -338,6 +347,15 @@ pub fn prune_with(
                 )
             }
             Selection::Dead => (plan::plan_dead(model, &groups, &shapes)?, None, None, 0),
+            Selection::DeadBelow(t) => {
+                let snapped = snap_small_gammas(model, *t);
+                if snapped > 0 {
+                    notes.push(format!(
+                        "{snapped} BatchNormalization gamma(s) with |gamma| < {t:e} set to 0 before removing dead channels"
+                    ));
+                }
+                (plan::plan_dead(model, &groups, &shapes)?, None, None, 0)
+            }
             Selection::Classes(c) => (c.clone(), None, None, 0),
             Selection::Plan(p) => (p.step_classes(step, &groups)?, None, None, 0),
             Selection::Scored(s) => {
@@ -462,6 +480,37 @@ pub fn prune_with(
         plan: record,
         before: Some(before_model),
     })
+}
+
+/// Sets every BatchNormalization scale element with |γ| < `t` to 0; returns how many.
+fn snap_small_gammas(model: &mut Model, t: f64) -> usize {
+    let g = &mut model.graph;
+    let scales: Vec<_> = g
+        .node_ids()
+        .filter(|&n| g.node(n).op_type == "BatchNormalization")
+        .filter_map(|n| g.node(n).input(1))
+        .collect();
+    let mut count = 0;
+    for v in scales {
+        let Some(tensor) = g.init(v) else { continue };
+        let Some(mut vals) = tensor.to_f64_vec() else {
+            continue;
+        };
+        let small = vals.iter().filter(|x| x.abs() < t && **x != 0.0).count();
+        if small == 0 {
+            continue;
+        }
+        for x in vals.iter_mut().filter(|x| x.abs() < t) {
+            *x = 0.0;
+        }
+        if let Ok(new) =
+            crate::ir::Tensor::from_f64_as(tensor.dtype(), tensor.shape().to_vec(), &vals)
+        {
+            g.set_init(v, new);
+            count += small;
+        }
+    }
+    count
 }
 
 fn hooks_say(progress: &mut Option<&mut dyn FnMut(&str)>, msg: &str) {

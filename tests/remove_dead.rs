@@ -107,3 +107,52 @@ fn a_model_without_dead_channels_is_unchanged() {
     let (_, removed) = prune_dead(&model);
     assert_eq!(removed, 0);
 }
+
+#[test]
+fn near_zero_gammas_are_snapped_and_removed_with_their_constant_folded_in() {
+    let path = common::shared_dir().join("models/zoo/cifar_resnet20.bn.onnx");
+    let mut model = Model::load(&path).unwrap();
+    let chans = [1usize, 2, 9];
+    kill_channels(
+        &mut model,
+        "/layers/layers.0/b1/BatchNormalization",
+        &chans,
+        &[0.4, 0.8, -0.5],
+    );
+    // Not exactly zero: what sparse training leaves behind.
+    {
+        let g = &mut model.graph;
+        let n = g
+            .node_ids()
+            .find(|n| g.node(*n).name == "/layers/layers.0/b1/BatchNormalization")
+            .unwrap();
+        let gamma = g.node(n).input(1).unwrap();
+        let mut gv = g.init(gamma).unwrap().to_f32_vec().unwrap();
+        for (&c, s) in chans.iter().zip([1e-5f32, -3e-5, 2e-5]) {
+            gv[c] = s;
+        }
+        let len = gv.len();
+        g.set_init(gamma, Tensor::from_f32(vec![len], &gv));
+    }
+    // Plain --remove-dead sees no exactly-dead channel.
+    assert_eq!(prune_dead(&model).1, 0);
+    let mut pruned = model.clone();
+    let opts = PruneOptions {
+        selection: Selection::DeadBelow(1e-3),
+        verify_with: available_backends(),
+        tolerance: 1e-4,
+    };
+    let report = prune(&mut pruned, &opts).unwrap();
+    assert_eq!(report.removed, chans.len());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("3 BatchNormalization gamma")),
+        "{:?}",
+        report.notes
+    );
+    // Against the original (not a masked copy): only the dropped gammas' tiny contribution differs.
+    let cmp = compare(&model, &pruned, &available_backends(), 3, 5).unwrap();
+    assert!(cmp.max_rel_error <= 1e-3, "{:?}", cmp.errors);
+}

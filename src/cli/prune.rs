@@ -75,6 +75,10 @@ pub struct Args {
     /// BatchNormalization gamma = 0), compensating constants in the consumers' biases.
     #[arg(long, help_heading = "What to remove")]
     remove_dead: bool,
+    /// With --remove-dead: first set BatchNormalization gammas with |gamma| below this to 0
+    /// (after sparse training), so those channels are removed with their constant folded in.
+    #[arg(long, requires = "remove_dead", help_heading = "What to remove")]
+    gamma_below: Option<f64>,
     /// Replay a plan written by --save-plan (same model ⇒ byte-identical output).
     #[arg(long, help_heading = "What to remove")]
     plan: Option<PathBuf>,
@@ -214,7 +218,11 @@ impl Args {
             bail!("give one of --ratio, --target, --threshold, --remove-dead, --plan");
         }
         if self.remove_dead {
-            return Ok(Selection::Dead);
+            return Ok(match self.gamma_below {
+                Some(t) if t.is_finite() && t > 0.0 => Selection::DeadBelow(t),
+                Some(t) => bail!("--gamma-below must be a positive number, got {t}"),
+                None => Selection::Dead,
+            });
         }
         if let Some(p) = &self.plan {
             return Ok(Selection::Plan(PlanFile::load(p)?));
