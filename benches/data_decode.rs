@@ -6,6 +6,10 @@
 //!
 //! Run with `cargo bench --bench data_decode`; under `cargo test` it only checks that it builds.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -90,11 +94,6 @@ fn pipeline(path: &Path, split: &str) -> (usize, f64) {
         seen += b.expect("batch").n;
     }
     (seen, start.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

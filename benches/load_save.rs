@@ -6,6 +6,10 @@
 //! (`VmHWM`) is that of one load+save alone. Run with `cargo bench --bench load_save`; under
 //! `cargo test` it only checks that it builds.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 #[path = "../fixtures/resnet50.rs"]
 mod resnet50;
 
@@ -14,17 +18,6 @@ use std::process::Command;
 use std::time::Instant;
 
 const RUNS: usize = 7;
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 /// Child: one measurement. Prints `seconds peak_kib`.
 fn child(mode: &str, input: &Path, output: &Path) {
@@ -56,11 +49,6 @@ fn measure(exe: &Path, mode: &str, input: &Path, output: &Path) -> (f64, u64) {
     let secs: f64 = it.next().and_then(|v| v.parse().ok()).expect("child time");
     let kib: u64 = it.next().and_then(|v| v.parse().ok()).expect("child rss");
     (secs, kib)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

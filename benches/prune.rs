@@ -11,6 +11,10 @@
 //! (`VmHWM`) is that of one run alone. Run with `cargo bench --bench prune`; under
 //! `cargo test` it only checks that it builds.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 #[path = "../fixtures/resnet50.rs"]
 mod resnet50;
 
@@ -23,17 +27,6 @@ use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints};
 use lopper::prune::{prune, PruneOptions, Scored, Selection};
 
 const RUNS: usize = 7;
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 fn options(verify: bool) -> PruneOptions {
     PruneOptions {
@@ -106,11 +99,6 @@ fn measure(exe: &Path, mode: &str, input: &Path, output: &Path) -> (f64, f64, f6
         String::from_utf8_lossy(&out.stderr)
     );
     (v[0], v[1], v[2])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

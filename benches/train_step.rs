@@ -16,6 +16,10 @@
 //! Run with `cargo bench --bench train_step`; under `cargo test` it only checks that it
 //! builds. Needs ONNX Runtime (`ORT_DYLIB_PATH`) and the shared models.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,11 +43,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A compiled step loaded in ORT with its feed, carried from step to step.
