@@ -32,6 +32,11 @@ impl Op for Unary {
         self.name
     }
 
+    fn weight_input(&self, port: usize) -> bool {
+        // PRelu's slope.
+        self.name == "PRelu" && port == 1
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         util::like_input(cx, 0)
     }

@@ -103,6 +103,11 @@ impl Op for BatchNorm {
         self.name
     }
 
+    fn weight_input(&self, port: usize) -> bool {
+        // Scale and bias (not the running statistics).
+        port == 1 || port == 2
+    }
+
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         // scale, B, mean, var.
         norm_links(cx, 4)
@@ -255,6 +260,11 @@ pub struct InstanceNorm {
 impl Op for InstanceNorm {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn weight_input(&self, port: usize) -> bool {
+        // Scale and bias.
+        port == 1 || port == 2
     }
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {

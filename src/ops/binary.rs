@@ -106,6 +106,11 @@ impl Op for Binary {
         self.name
     }
 
+    fn weight_input(&self, _port: usize) -> bool {
+        // A constant operand of an affine element-wise op is a learned scale or offset.
+        matches!(self.name, "Add" | "Sub" | "Mul" | "Div")
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let facts: Vec<&Fact> = (0..cx.inputs.len())
             .map(|i| cx.input(i))

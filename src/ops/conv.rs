@@ -242,6 +242,11 @@ impl Op for Conv {
         "Conv"
     }
 
+    fn weight_input(&self, port: usize) -> bool {
+        // Weight and bias.
+        port == 1 || port == 2
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         let w = cx.input(1)?;

@@ -110,6 +110,11 @@ impl Op for ConvTranspose {
         self.name
     }
 
+    fn weight_input(&self, port: usize) -> bool {
+        // Weight and bias.
+        port == 1 || port == 2
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let (Some(x), Some(w)) = (util::required_input(cx, 0)?, util::required_input(cx, 1)?)
         else {

@@ -33,6 +33,11 @@ impl Op for Gemm {
         self.name
     }
 
+    fn weight_input(&self, _port: usize) -> bool {
+        // Either operand may be a learned matrix (or bias).
+        true
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let a = util::required_input(cx, 0)?;
         let b = util::required_input(cx, 1)?;

@@ -25,6 +25,11 @@ impl Op for LayerNorm {
         self.name
     }
 
+    fn weight_input(&self, port: usize) -> bool {
+        // Scale and bias.
+        port == 1 || port == 2
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);

@@ -23,6 +23,11 @@ impl Op for MatMul {
         self.name
     }
 
+    fn weight_input(&self, _port: usize) -> bool {
+        // Either operand may be a learned matrix (or bias).
+        true
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let a = util::required_input(cx, 0)?;
         let b = util::required_input(cx, 1)?;

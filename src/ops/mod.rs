@@ -173,6 +173,12 @@ pub trait Op: Sync {
         Ok(channel::Rewrite::default())
     }
 
+    /// Whether input `port` is a weight operand (a trainable parameter when it is a float
+    /// initializer). Default: no.
+    fn weight_input(&self, _port: usize) -> bool {
+        false
+    }
+
     /// Backward rule (vector-Jacobian product): given the gradient of each output (`None`:
     /// the output does not reach the loss), emits nodes computing the gradient of every input
     /// `p` with `needs[p]` and returns them by port. Default: not differentiable (an error

@@ -18,3 +18,4 @@ pub use allocate::{
 pub use dead::plan_dead;
 pub use file::{fingerprint, PlanFile, PlanGroup, PlanMeta, PlanStep, PLAN_FORMAT};
 pub use ratio::plan_ratio;
+pub(crate) use space::glob_match;

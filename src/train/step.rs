@@ -2,8 +2,8 @@
 //! training mode, loss, backward ([`super::gradients`]), regularizer terms and optimizer
 //! update, all standard ops (opset ≥ 17) that ONNX Runtime runs.
 //!
-//! **Parameters** are the float32 initializers of rank ≥ 1 whose every use is a weight port
-//! (Conv/ConvTranspose W and B, Gemm and MatMul operands, normalisation scale and bias, operands
+//! **Parameters** are the float32 initializers of rank ≥ 1 whose every use is a weight input as
+//! its op declares it ([`crate::ops::Op::weight_input`]: Conv/ConvTranspose W and B, Gemm and MatMul operands, normalisation scale and bias, operands
 //! of Add/Sub/Mul/Div, PRelu slope), minus those matched by [`StepOptions::freeze`] globs; other
 //! initializers (Resize scales, Pad values, shapes) stay constants. Parameters, optimizer state
 //! and BatchNormalization running statistics become graph inputs; their updated values are
@@ -22,6 +22,9 @@ use crate::ir::{DType, Dim, Graph, Model, Tensor, ValueId};
 
 use super::bn_train;
 use super::emit::{add_input, declare, initializer_to_input, Emit};
+use crate::ops;
+use crate::plan::glob_match;
+
 use super::loss::{self, Loss};
 use super::optim::{self, Optimizer};
 use super::regularize::{self, Regularizer};
@@ -170,35 +173,6 @@ pub fn compile_train_step(model: &Model, opts: &StepOptions) -> Result<TrainStep
     compile_with(model, opts, super::gradients)
 }
 
-/// Whether `name` matches the glob `pat` (`*`: any run, `?`: one character, whole name).
-fn glob_match(pat: &str, name: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            Some((c, rest)) => match t.split_first() {
-                Some((d, trest)) if *c == '?' || c == d => go(rest, trest),
-                _ => false,
-            },
-        }
-    }
-    let (p, t): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
-    go(&p, &t)
-}
-
-/// Whether port `port` of an `op` node is a weight operand.
-fn weight_port(op: &str, port: usize) -> bool {
-    match op {
-        "Conv" | "ConvTranspose" | "InstanceNormalization" | "LayerNormalization" => {
-            port == 1 || port == 2
-        }
-        "BatchNormalization" => port == 1 || port == 2,
-        "Gemm" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" => true,
-        "PRelu" => port == 1,
-        _ => false,
-    }
-}
-
 /// [`compile_train_step`] with the gradient pass given (tests substitute fed gradients).
 pub(crate) fn compile_with<F>(model: &Model, opts: &StepOptions, grad_fn: F) -> Result<TrainStep>
 where
@@ -279,10 +253,10 @@ where
             && !running.contains(&v)
             && !val.uses.is_empty()
             && !g.outputs.contains(&v)
-            && val
-                .uses
-                .iter()
-                .all(|&(n, p)| weight_port(&g.node(n).op_type, p));
+            && val.uses.iter().all(|&(n, p)| {
+                let node = g.node(n);
+                ops::lookup(&node.domain, &node.op_type).is_some_and(|op| op.weight_input(p))
+            });
         if !weightlike {
             continue;
         }
