@@ -5,10 +5,11 @@
 //! Backward rules (input 0 only; Clip's min/max and PRelu's slope get none) are built from
 //! the forward input `x` and output `y`: Relu, LeakyRelu, Clip (inclusive bounds, like
 //! `torch.clamp`), HardSigmoid (`alpha` where the output is strictly inside (0, 1)) and
-//! HardSwish mask or scale the gradient with `Where`; Sigmoid `y(1−y)`, Tanh `1−y²`, Exp `y`,
+//! HardSwish mask or scale the gradient (`Where`, or a multiply by the cast mask); Sigmoid `y(1−y)`, Tanh `1−y²`, Exp `y`,
 //! Log `1/x`, Sqrt `1/(2y)`, Reciprocal `−y²`, Abs `sign(x)`, Neg `−1`.
 
 use crate::error::Result;
+use crate::ir::graph::attr_int;
 use crate::ir::{Fact, Node, Tensor, ValueId};
 
 use super::channel::{elementwise, ConstCx, Link, LinkCx};
@@ -161,10 +162,12 @@ fn k(cx: &mut VjpCx, v: f64) -> Result<ValueId> {
     scalar(cx, v, dt)
 }
 
-/// `g` where `cond`, else 0.
+/// `g` where `cond`, else 0, as `g · Cast(cond)`: in ONNX Runtime a cast and a multiply take
+/// about half the time of `Where` with a broadcast zero (measured on ResNet activations).
 fn keep_where(cx: &mut VjpCx, cond: ValueId, g: ValueId) -> Result<ValueId> {
-    let zero = k(cx, 0.0)?;
-    Ok(cx.op("Where", &[cond, g, zero], vec![]))
+    let dt = cx.dtype(cx.input(0)?);
+    let mask = cx.op("Cast", &[cond], vec![attr_int("to", i64::from(dt.to_onnx()))]);
+    Ok(cx.op("Mul", &[g, mask], vec![]))
 }
 
 /// 0 where `cond`, else `g`.
