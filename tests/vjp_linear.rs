@@ -23,6 +23,8 @@ use lopper::train::check::{check_gradients, CheckOptions};
 struct Net {
     g: Graph,
     dtype: DType,
+    /// Default-domain opset of the model (13 unless a case needs newer ops).
+    opset: i64,
     state: u64,
     feed: Vec<(String, Tensor)>,
 }
@@ -32,6 +34,7 @@ impl Net {
         Net {
             g: Graph::new(),
             dtype,
+            opset: 13,
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             feed: Vec::new(),
         }
@@ -92,13 +95,28 @@ impl Net {
         self.g.node(n).outputs[0].unwrap()
     }
 
+    /// A node with `n` outputs; returns them.
+    fn node_n(
+        &mut self,
+        op: &str,
+        ins: &[ValueId],
+        n: usize,
+        attrs: Vec<AttributeProto>,
+    ) -> Vec<ValueId> {
+        let ins: Vec<Option<ValueId>> = ins.iter().map(|v| Some(*v)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("y{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let id = self.g.add_node(op, op, &ins, &refs, attrs);
+        self.g.node(id).outputs.iter().flatten().copied().collect()
+    }
+
     fn finish(mut self, out: ValueId) -> (Model, Vec<(String, Tensor)>) {
         self.g.outputs.push(out);
         let rest = ModelProto {
             ir_version: Some(8),
             opset_import: vec![OperatorSetIdProto {
                 domain: Some(String::new()),
-                version: Some(13),
+                version: Some(self.opset),
             }],
             ..Default::default()
         };
@@ -565,6 +583,48 @@ fn batch_norm_gradients() {
             &wrt,
             &f32_opts(),
             1e-2,
+        );
+    }
+}
+
+/// Training-mode BatchNormalization (batch statistics; momentum 0 so outputs 1 and 2 are the
+/// batch mean and variance, as the train-step compiler emits it): the closed-form rule
+/// against finite differences through the statistics, for X, scale and bias, in float64.
+#[test]
+fn batch_norm_training_gradients() {
+    if !common::require_ort() {
+        return;
+    }
+    for (i, xs) in [vec![4, 3, 3, 3], vec![6, 5], vec![3, 2, 5]]
+        .into_iter()
+        .enumerate()
+    {
+        let c = xs[1];
+        let mut net = Net::new(DType::F64, 650 + i as u64);
+        net.opset = 15;
+        let x = net.input("x", &xs);
+        let scale = net.input("scale", &[c]);
+        let bias = net.input("bias", &[c]);
+        let mean = net.input("mean", &[c]);
+        let var: Vec<f64> = (0..c).map(|_| 0.75 + 0.5 * net.uniform()).collect();
+        let var = net.input_with("var", &[c], var);
+        let outs = net.node_n(
+            "BatchNormalization",
+            &[x, scale, bias, mean, var],
+            3,
+            vec![
+                attr_float("epsilon", 1e-3),
+                attr_float("momentum", 0.0),
+                attr_int("training_mode", 1),
+            ],
+        );
+        check(
+            &format!("BatchNormalization training {xs:?}"),
+            net,
+            outs[0],
+            &["x", "scale", "bias"],
+            &f64_opts(),
+            1e-6,
         );
     }
 }

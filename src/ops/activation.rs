@@ -166,7 +166,11 @@ fn k(cx: &mut VjpCx, v: f64) -> Result<ValueId> {
 /// about half the time of `Where` with a broadcast zero (measured on ResNet activations).
 fn keep_where(cx: &mut VjpCx, cond: ValueId, g: ValueId) -> Result<ValueId> {
     let dt = cx.dtype(cx.input(0)?);
-    let mask = cx.op("Cast", &[cond], vec![attr_int("to", i64::from(dt.to_onnx()))]);
+    let mask = cx.op(
+        "Cast",
+        &[cond],
+        vec![attr_int("to", i64::from(dt.to_onnx()))],
+    );
     Ok(cx.op("Mul", &[g, mask], vec![]))
 }
 

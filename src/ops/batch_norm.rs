@@ -11,6 +11,7 @@
 //! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
 
 use crate::error::Result;
+use crate::ir::graph::attr_float;
 use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
@@ -173,7 +174,7 @@ impl Op for BatchNorm {
 /// Backward rule of inference-mode `BatchNormalization` (fixed statistics), with
 /// r = 1/√(var+ε) per channel and sums over every axis but the channel:
 /// dX = dY·γ·r, dγ = Σ dY·(X−mean)·r, dβ = Σ dY, dmean = −γ·r·Σ dY,
-/// dvar = −½·γ·r³·Σ dY·(X−mean). Training mode is an error (the training compiler rewrites it).
+/// dvar = −½·γ·r³·Σ dY·(X−mean). Training mode goes to [`batch_norm_training_vjp`].
 fn batch_norm_vjp(
     cx: &mut VjpCx,
     grads: &[Option<ValueId>],
@@ -181,10 +182,13 @@ fn batch_norm_vjp(
 ) -> Result<Vec<Option<ValueId>>> {
     let need = |p: usize| needs.get(p).copied().unwrap_or(false);
     let mut out = vec![None; needs.len()];
-    if cx.attr_i("training_mode", 0) != 0 || grads.iter().skip(1).any(Option::is_some) {
-        return Err(cx.err(
-            "training-mode statistics are not differentiated here (the training compiler rewrites them)",
-        ));
+    if grads.iter().skip(1).any(Option::is_some) {
+        return Err(
+            cx.err("the loss depends on the statistics outputs, which have no backward rule")
+        );
+    }
+    if cx.attr_i("training_mode", 0) != 0 {
+        return batch_norm_training_vjp(cx, grads, needs);
     }
     let Some(dy) = grads.first().copied().flatten() else {
         return Ok(out);
@@ -248,6 +252,114 @@ fn batch_norm_vjp(
         let t = cx.op("Mul", &[gr, r2], vec![]);
         let t = cx.op("Mul", &[t, half], vec![]);
         out[4] = Some(cx.op("Mul", &[s, t], vec![]));
+    }
+    Ok(out)
+}
+
+/// Backward rule of training-mode `BatchNormalization` (opset 14+, `training_mode=1`), in
+/// closed form. The batch statistics must be the node's outputs 1 and 2, which holds with
+/// `momentum=0` (the running outputs are then the batch mean μ and biased variance σ²): the
+/// training compiler emits it so and keeps its own running averages. With r = 1/√(σ²+ε),
+/// a = γ·r, n values per channel and sums over every axis but the channel,
+/// S = Σ dY·(X−μ) = Σ dY·X − μ·Σ dY:
+///
+/// ```text
+/// dγ = r·S          dβ = Σ dY
+/// dX = a·dY − (c·X + e),   c = a·r²·S/n,   e = a·Σ dY/n − μ·c
+/// ```
+///
+/// The per-channel affine `c·X + e` is itself a `BatchNormalization` (mean 0, variance 1,
+/// ε = 0), one pass over X. Six passes over the activations in all, against about twelve for
+/// the rule chain of the decomposed form. S loses precision when |μ| ≫ σ (cancellation).
+/// Not handled: gradients of the statistics outputs, a non-zero momentum, `spatial=0`.
+fn batch_norm_training_vjp(
+    cx: &mut VjpCx,
+    grads: &[Option<ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    let Some(dy) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    if need(3) || need(4) {
+        return Err(cx.err(
+            "the running statistics of a training-mode BatchNormalization carry no gradient",
+        ));
+    }
+    if !(need(0) || need(1) || need(2)) {
+        return Ok(out);
+    }
+    if cx.attr_f("momentum", 0.9) != 0.0 {
+        return Err(cx.err(
+            "a training-mode BatchNormalization is differentiated only with momentum 0 \
+             (its outputs 1 and 2 are then the batch statistics)",
+        ));
+    }
+    if cx.attr_i("spatial", 1) == 0 {
+        return Err(cx.err("spatial=0 has no backward rule"));
+    }
+    let (x, scale) = (cx.input(0)?, cx.input(1)?);
+    let (mu, var) = (cx.output(1)?, cx.output(2)?);
+    let xs = cx.shape(x)?;
+    if xs.len() < 2 {
+        return Err(cx.err(format!("input rank {} is below 2", xs.len())));
+    }
+    let c = xs[1];
+    for v in [scale, mu, var] {
+        let s = cx.shape(v)?;
+        if s != [c] {
+            return Err(cx.err(format!(
+                "'{}' has shape {s:?}, expected [{c}]",
+                cx.g.value(v).name
+            )));
+        }
+    }
+    let n = xs.iter().product::<usize>() / c.max(1);
+    let dtype = cx.dtype(x);
+    let mut bshape = vec![1; xs.len()];
+    bshape[1] = c;
+    let axes: Vec<i64> = (0..xs.len() as i64).filter(|&a| a != 1).collect();
+    let eps = fconst(cx, dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
+    let inv_n = fconst(cx, dtype, vec![], &[1.0 / n as f64])?;
+    let ve = cx.op("Add", &[var, eps], vec![]);
+    let sd = cx.op("Sqrt", &[ve], vec![]);
+    let r = cx.op("Reciprocal", &[sd], vec![]);
+    let sum_dy = reduce_sum(cx, dy, &axes, false);
+    if need(2) {
+        out[2] = Some(sum_dy);
+    }
+    if !(need(0) || need(1)) {
+        return Ok(out);
+    }
+    let dyx = cx.op("Mul", &[dy, x], vec![]);
+    let sum_dyx = reduce_sum(cx, dyx, &axes, false);
+    let mu_sdy = cx.op("Mul", &[mu, sum_dy], vec![]);
+    let s = cx.op("Sub", &[sum_dyx, mu_sdy], vec![]);
+    if need(1) {
+        out[1] = Some(cx.op("Mul", &[s, r], vec![]));
+    }
+    if need(0) {
+        let a = cx.op("Mul", &[scale, r], vec![]);
+        // c = a·r²·S/n, e = a·ΣdY/n − μ·c.
+        let r2 = cx.op("Mul", &[r, r], vec![]);
+        let ar2 = cx.op("Mul", &[a, r2], vec![]);
+        let sn = cx.op("Mul", &[s, inv_n], vec![]);
+        let cc = cx.op("Mul", &[ar2, sn], vec![]);
+        let dyn_ = cx.op("Mul", &[sum_dy, inv_n], vec![]);
+        let e1 = cx.op("Mul", &[a, dyn_], vec![]);
+        let muc = cx.op("Mul", &[mu, cc], vec![]);
+        let e = cx.op("Sub", &[e1, muc], vec![]);
+        let zeros = fconst(cx, dtype, vec![c], &vec![0.0; c])?;
+        let ones = fconst(cx, dtype, vec![c], &vec![1.0; c])?;
+        let affine = cx.op(
+            "BatchNormalization",
+            &[x, cc, e, zeros, ones],
+            vec![attr_float("epsilon", 0.0)],
+        );
+        let ak = reshape(cx, a, &bshape);
+        let scaled = cx.op("Mul", &[dy, ak], vec![]);
+        out[0] = Some(cx.op("Sub", &[scaled, affine], vec![]));
     }
     Ok(out)
 }

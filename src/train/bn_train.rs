@@ -1,23 +1,34 @@
-//! Rewrites BatchNormalization into *training mode* out of primitive ops, so that autodiff only
-//! needs element-wise and reduction rules, and emits the running-statistic updates.
+//! Rewrites BatchNormalization into *training mode* (batch statistics) and emits the
+//! running-statistic updates.
 //!
-//! For `X: [N, C, D1..]` with axes `A = {0, 2, ..}` and `n = N·ΠDi` values per channel:
+//! [`to_training_mode`] turns each node into one standard `BatchNormalization` with
+//! `training_mode=1` and `momentum=0`, whose outputs 1 and 2 are then the batch mean μ and the
+//! biased batch variance σ² over axes `{0, 2, ..}` (`n = N·ΠDi` values per channel). Autodiff
+//! differentiates that node as a whole with the op's closed-form rule (`ops/batch_norm.rs`).
+//! [`lower`] then replaces it, after autodiff, by what every runtime computes the same way:
 //!
 //! ```text
-//! μ  = ReduceMean(X, A, keepdims)            σ² = ReduceMean((X − μ)², A, keepdims)
-//! Y  = (X − μ) · (Reshape(γ, [1,C,1..]) / Sqrt(σ² + ε)) + Reshape(β, [1,C,1..])
-//! running_mean' = m·running_mean + (1 − m)·μ
-//! running_var'  = m·running_var  + (1 − m)·σ²·n/(n − 1)      (ONNX momentum `m`)
+//! μ  = ReduceMean(X)       σ² = ReduceSumSquare(X − μ)/n
+//! Y  = BatchNormalization(X, γ, β, μ, σ²)            (inference mode)
 //! ```
 //!
-//! The batch variance used to normalise is the biased one (like PyTorch); the running variance
-//! gets the unbiased one. Shapes must be static (the train-step compiler fixes the batch). It
-//! does not handle the pre-opset-9 `spatial=0` form, and it does not make the running
-//! statistics graph inputs or outputs (see [`super::step`]).
+//! (ONNX Runtime's own training-mode kernel aliases outputs 1 and 2 to the running-statistic
+//! inputs, which would clobber them for every other reader, hence the lowering.) The running
+//! statistics are updated as PyTorch does (ONNX momentum `m`):
+//!
+//! ```text
+//! running_mean' = m·running_mean + (1 − m)·μ
+//! running_var'  = m·running_var  + (1 − m)·σ²·n/(n − 1)
+//! ```
+//!
+//! Shapes must be static (the train-step compiler fixes the batch). It does not handle the
+//! pre-opset-9 `spatial=0` form, needs opset ≥ 14 (the train step uses ≥ 17), and does not
+//! make the running statistics graph inputs or outputs (see [`super::step`]).
 
 use crate::analysis::Shapes;
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, ValueId};
+use crate::ir::graph::{attr_float, attr_int};
+use crate::ir::{DType, Graph, NodeId, ValueId};
 
 use super::emit::{dtype_of, static_shape, Emit};
 
@@ -40,6 +51,14 @@ pub struct BnUpdate {
     pub new_var: ValueId,
     /// Channels.
     pub channels: usize,
+    /// The training-mode node, until [`lower`] replaces it.
+    fwd: NodeId,
+    /// Rank of X.
+    rank: usize,
+    /// Values per channel (`n`).
+    count: usize,
+    /// Element type of X.
+    dtype: DType,
 }
 
 /// Rewrites every BatchNormalization of `g` (facts `shapes`) into training mode; returns one
@@ -98,32 +117,42 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
             "a training batch needs more than one value per channel (has {count})"
         )));
     }
+    if opset < 14 {
+        return Err(err(format!(
+            "training mode needs opset 14 or later (the model has {opset})"
+        )));
+    }
     let dt = dtype_of(shapes, x);
-    let eps = node.attr_f("epsilon").map_or(1e-5, f64::from);
+    let eps = node.attr_f("epsilon").unwrap_or(1e-5);
     let m = node.attr_f("momentum").map_or(0.9, f64::from);
-    let axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
-    let mut bshape = vec![1usize; xs.len()];
-    bshape[1] = c;
 
-    let mut e = Emit::new(g, format!("train_bn/{}", node.name), opset);
-    let mu = e.reduce("ReduceMean", x, &axes, true);
-    let d = e.op("Sub", &[x, mu], vec![]);
-    let d2 = e.op("Mul", &[d, d], vec![]);
-    let bvar = e.reduce("ReduceMean", d2, &axes, true);
-    let epsv = e.scalar(dt, eps)?;
-    let ve = e.op("Add", &[bvar, epsv], vec![]);
-    let sd = e.op("Sqrt", &[ve], vec![]);
-    let gr = e.reshape(gamma, &bshape);
-    let k = e.op("Div", &[gr, sd], vec![]);
-    let dk = e.op("Mul", &[d, k], vec![]);
-    let br = e.reshape(beta, &bshape);
-    let new_y = e.op("Add", &[dk, br], vec![]);
+    let base = format!("train_bn/{}", node.name);
+    let outs = [
+        format!("{base}/y"),
+        format!("{base}/batch_mean"),
+        format!("{base}/batch_var"),
+    ];
+    let out_refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+    let bn = g.add_node(
+        &format!("{base}/BatchNormalization"),
+        "BatchNormalization",
+        &[Some(x), Some(gamma), Some(beta), Some(mean), Some(var)],
+        &out_refs,
+        vec![
+            attr_float("epsilon", eps),
+            attr_float("momentum", 0.0),
+            attr_int("training_mode", 1),
+        ],
+    );
+    let (new_y, bm, bv) = match g.node(bn).outputs[..] {
+        [Some(y), Some(bm), Some(bv)] => (y, bm, bv),
+        _ => return Err(err("the training-mode node lost an output".into())),
+    };
 
+    let mut e = Emit::new(g, base, opset);
     let mv = e.scalar(dt, m)?;
     let one_m = e.scalar(dt, 1.0 - m)?;
     let unbias = e.scalar(dt, (1.0 - m) * count as f64 / (count as f64 - 1.0))?;
-    let bm = e.reshape(mu, &[c]);
-    let bv = e.reshape(bvar, &[c]);
     let a = e.op("Mul", &[mean, mv], vec![]);
     let b = e.op("Mul", &[bm, one_m], vec![]);
     let new_mean = e.op("Add", &[a, b], vec![]);
@@ -147,7 +176,60 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
         new_mean,
         new_var,
         channels: c,
+        fwd: bn,
+        rank: xs.len(),
+        count,
+        dtype: dt,
     })
+}
+
+/// Replaces each training-mode node of `bns` (after autodiff) by batch statistics and an
+/// inference-mode BatchNormalization; readers of the node's outputs read the new values.
+pub fn lower(g: &mut Graph, bns: &[BnUpdate], opset: i64) -> Result<()> {
+    for b in bns {
+        let node = g.node(b.fwd).clone();
+        let err = |msg: &str| Error::node(&node.name, &node.op_type, msg);
+        if node.op_type != "BatchNormalization" || node.attr_i("training_mode") != Some(1) {
+            return Err(err("is not the training-mode node this pass emitted"));
+        }
+        let (Some(x), [Some(y), Some(bm), Some(bv)]) = (node.input(0), &node.outputs[..]) else {
+            return Err(err("lost an input or output before lowering"));
+        };
+        let (y, bm, bv) = (*y, *bm, *bv);
+        let eps = node.attr_f("epsilon").unwrap_or(1e-5);
+        let dt = b.dtype;
+        let axes: Vec<i64> = std::iter::once(0).chain(2..b.rank as i64).collect();
+        let mut e = Emit::new(g, node.name.clone(), opset);
+        // Two passes (centre, then square-sum): the one-pass E[X²] − μ² lost enough precision
+        // in float32 to double the finite-difference error of MobileNetV2's step.
+        let muk = e.reduce("ReduceMean", x, &axes, true);
+        let d = e.op("Sub", &[x, muk], vec![]);
+        let var = e.reduce("ReduceSumSquare", d, &axes, false);
+        let inv_n = e.scalar(dt, 1.0 / b.count as f64)?;
+        let var = e.op("Mul", &[var, inv_n], vec![]);
+        let cs = e.ints(&[b.channels as i64]);
+        let mu = e.op("Reshape", &[muk, cs], vec![]);
+        let ins: Vec<Option<ValueId>> = node.inputs.clone();
+        let (gamma, beta) = match ins[..] {
+            [_, Some(gm), Some(bt), ..] => (gm, bt),
+            _ => return Err(err("lost its scale or bias before lowering")),
+        };
+        let new_y = e.op(
+            "BatchNormalization",
+            &[x, gamma, beta, mu, var],
+            vec![attr_float("epsilon", eps)],
+        );
+        g.replace_uses(y, new_y);
+        g.replace_uses(bm, mu);
+        g.replace_uses(bv, var);
+        g.remove_node(b.fwd);
+        for v in [y, bm, bv] {
+            if g.value(v).uses.is_empty() && !g.outputs.contains(&v) {
+                g.remove_value(v);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,15 +263,15 @@ mod tests {
         }
     }
 
-    /// The decomposed forward and running updates against a float64 reference, in ORT, for
-    /// both ReduceMean forms (opset 17: attribute; 18: input).
+    /// The lowered training-mode forward and running updates against a float64 reference, in
+    /// ORT, for both axes forms (opset 14/17: attribute; 18: input).
     #[test]
     fn training_mode_matches_reference() {
         if crate::runtime::ort::find_library().is_none() {
             eprintln!("NOTICE: skipping: ONNX Runtime's library is missing");
             return;
         }
-        for opset in [17, 18] {
+        for opset in [14, 17, 18] {
             let (nb, c, h, w) = (3usize, 4usize, 5usize, 2usize);
             let (eps, mom) = (1e-3f64, 0.8f64);
             let mut g = Graph::new();
@@ -228,10 +310,15 @@ mod tests {
             let shapes = infer_shapes(&m).unwrap();
             let ups = to_training_mode(&mut m.graph, &shapes, opset).unwrap();
             assert_eq!(ups.len(), 1);
-            assert!(m
-                .graph
-                .node_ids()
-                .all(|n| m.graph.node(n).op_type != "BatchNormalization"));
+            let training = |g: &Graph| -> Vec<Option<i64>> {
+                g.node_ids()
+                    .filter(|&n| g.node(n).op_type == "BatchNormalization")
+                    .map(|n| g.node(n).attr_i("training_mode"))
+                    .collect()
+            };
+            assert_eq!(training(&m.graph), [Some(1)]);
+            lower(&mut m.graph, &ups, opset).unwrap();
+            assert_eq!(training(&m.graph), [None]);
             let g = &mut m.graph;
             declare(g, z, DType::F32, &[nb, c, h, w]);
             declare(g, ups[0].new_mean, DType::F32, &[c]);

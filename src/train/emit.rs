@@ -75,13 +75,6 @@ impl<'a> Emit<'a> {
             self.op(op_type, &[x], vec![attr_ints("axes", axes), keep])
         }
     }
-
-    /// `Reshape` to a static shape.
-    pub fn reshape(&mut self, x: ValueId, shape: &[usize]) -> ValueId {
-        let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let s = self.ints(&s);
-        self.op("Reshape", &[x, s], vec![])
-    }
 }
 
 /// A tensor type with a static shape.
