@@ -1,212 +1,19 @@
 //! Backward rules of the element-wise, shape and normalisation ops, checked against central
-//! finite differences run by ONNX Runtime ([`check_gradients`]). Float64 where ORT has double
+//! finite differences run by ONNX Runtime ([`Net::check`]). Float64 where ORT has double
 //! kernels (tolerance 1e-6 relative); float32 for LeakyRelu, HardSigmoid, HardSwish and
 //! opset-10 Clip, which ORT runs in float only (eps 1e-2, tolerance 1e-2). Inputs of
-//! piecewise-linear ops stay at least 0.1 away from their kinks, more than the step.
+//! piecewise-linear ops stay at least 0.1 away from their kinks, more than the step. More
+//! rules (activations, Pow, Max/Min/Mean, reductions, GlobalMaxPool, negative-step Slice) are
+//! checked in `vjp_more.rs`.
 
 mod common;
 
+use common::grad_net::{shape, Net};
 use lopper::analysis::infer_shapes;
 use lopper::ir::graph::{attr_float, attr_int, attr_ints};
-use lopper::ir::{DType, Fact, Graph, Model, Tensor, ValueId};
-use lopper::onnx::proto::{AttributeProto, ModelProto, OperatorSetIdProto, ValueInfoProto};
+use lopper::ir::{DType, Tensor, ValueId};
+use lopper::onnx::proto::AttributeProto;
 use lopper::runtime::{self, BackendKind};
-use lopper::train::check::{check_gradients, CheckOptions};
-
-/// A small graph under construction with its random feed.
-struct Net {
-    g: Graph,
-    opset: i64,
-    dtype: DType,
-    feed: Vec<(String, Tensor)>,
-    state: u64,
-    nodes: usize,
-}
-
-impl Net {
-    fn new(opset: i64, dtype: DType, seed: u64) -> Net {
-        Net {
-            g: Graph::new(),
-            opset,
-            dtype,
-            feed: Vec::new(),
-            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            nodes: 0,
-        }
-    }
-
-    /// Uniform in [0, 1).
-    fn u(&mut self) -> f64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        (self.state >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A random dim in 1..=max.
-    fn dim(&mut self, max: usize) -> usize {
-        1 + (self.u() * max as f64) as usize % max
-    }
-
-    fn declare(&mut self, v: ValueId, name: &str, dtype: DType, shape: &[usize]) {
-        let fact = Fact {
-            dtype: Some(dtype),
-            shape: Some(shape.iter().map(|&d| lopper::ir::Dim::Known(d)).collect()),
-            ..Fact::default()
-        };
-        self.g.set_decl(
-            v,
-            ValueInfoProto {
-                name: Some(name.into()),
-                r#type: Some(fact.to_type()),
-                ..Default::default()
-            },
-        );
-        self.g.value_info.retain(|x| *x != v);
-    }
-
-    /// A graph input fed with `vals`.
-    fn input_vals(&mut self, name: &str, shape: &[usize], vals: &[f64]) -> ValueId {
-        let v = self.g.add_value(name);
-        self.declare(v, name, self.dtype, shape);
-        self.g.inputs.push(v);
-        let t = Tensor::from_f64_as(self.dtype, shape.to_vec(), vals).unwrap();
-        self.feed.push((name.into(), t));
-        v
-    }
-
-    /// A graph input uniform in [lo, hi).
-    fn input(&mut self, name: &str, shape: &[usize], lo: f64, hi: f64) -> ValueId {
-        let n: usize = shape.iter().product();
-        let vals: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * self.u()).collect();
-        self.input_vals(name, shape, &vals)
-    }
-
-    /// A graph input with |x| in [0.1, 1): away from the kink at 0.
-    fn input_away0(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        let n: usize = shape.iter().product();
-        let vals: Vec<f64> = (0..n)
-            .map(|i| {
-                let m = 0.1 + 0.9 * self.u();
-                if i % 2 == 0 {
-                    m
-                } else {
-                    -m
-                }
-            })
-            .collect();
-        self.input_vals(name, shape, &vals)
-    }
-
-    /// A float constant of the net's type.
-    fn constant(&mut self, name: &str, shape: &[usize], vals: &[f64]) -> ValueId {
-        let t = Tensor::from_f64_as(self.dtype, shape.to_vec(), vals).unwrap();
-        self.g.add_initializer(name, t)
-    }
-
-    fn ints(&mut self, name: &str, v: &[i64]) -> ValueId {
-        self.g
-            .add_initializer(name, Tensor::from_i64(vec![v.len()], v))
-    }
-
-    /// A node with optional inputs and `n` outputs, named `op{k}`.
-    fn node_n(
-        &mut self,
-        op: &str,
-        inputs: &[Option<ValueId>],
-        n: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<ValueId> {
-        self.nodes += 1;
-        let name = format!("{op}{}", self.nodes);
-        let outs: Vec<String> = (0..n).map(|i| format!("{name}:{i}")).collect();
-        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        let id = self.g.add_node(&name, op, inputs, &refs, attrs);
-        self.g.node(id).outputs.iter().flatten().copied().collect()
-    }
-
-    fn node(&mut self, op: &str, inputs: &[ValueId], attrs: Vec<AttributeProto>) -> ValueId {
-        let ins: Vec<Option<ValueId>> = inputs.iter().map(|v| Some(*v)).collect();
-        self.node_n(op, &ins, 1, attrs)[0]
-    }
-
-    /// The model with `out` as its only output.
-    fn model(mut self, out: ValueId) -> (Model, Vec<(String, Tensor)>) {
-        self.g.outputs.push(out);
-        let rest = ModelProto {
-            ir_version: Some(8),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(self.opset),
-            }],
-            ..Default::default()
-        };
-        let mut model = Model {
-            graph: self.g,
-            rest,
-        };
-        let shapes = infer_shapes(&model).unwrap();
-        let fact = shapes.get(out).cloned().unwrap();
-        let dims: Vec<usize> = fact
-            .shape
-            .unwrap()
-            .iter()
-            .map(|d| d.known().unwrap())
-            .collect();
-        let name = model.graph.value(out).name.clone();
-        let dtype = fact.dtype.unwrap();
-        let mut net = Net::new(0, dtype, 0);
-        net.g = model.graph;
-        net.declare(out, &name, dtype, &dims);
-        model.graph = net.g;
-        (model, self.feed)
-    }
-
-    /// Checks the gradients of every input; returns the worst relative error.
-    fn check(self, out: ValueId, what: &str) -> f64 {
-        let (tol, eps) = match self.dtype {
-            DType::F64 => (1e-6, 1e-4),
-            _ => (1e-2, 1e-2),
-        };
-        let (model, feed) = self.model(out);
-        let names: Vec<String> = feed.iter().map(|(n, _)| n.clone()).collect();
-        let wrt: Vec<&str> = names.iter().map(String::as_str).collect();
-        let opts = CheckOptions {
-            eps,
-            max_elements: 64,
-            ..CheckOptions::default()
-        };
-        let report =
-            check_gradients(&model, &feed, &wrt, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let worst = report.iter().map(|r| r.max_rel_error).fold(0.0, f64::max);
-        println!(
-            "{what}: max rel error {worst:.2e} ({} elements)",
-            report.iter().map(|r| r.checked).sum::<usize>()
-        );
-        assert!(
-            report.iter().all(|r| r.checked > 0),
-            "{what}: nothing checked"
-        );
-        assert!(worst < tol, "{what}: {report:?}");
-        worst
-    }
-
-    /// The error `check_gradients` gives.
-    fn check_err(self, out: ValueId) -> String {
-        let (model, feed) = self.model(out);
-        let names: Vec<String> = feed.iter().map(|(n, _)| n.clone()).collect();
-        let wrt: Vec<&str> = names.iter().map(String::as_str).collect();
-        match check_gradients(&model, &feed, &wrt, &CheckOptions::default()) {
-            Ok(r) => panic!("expected an error, got {r:?}"),
-            Err(e) => e.to_string(),
-        }
-    }
-}
-
-/// A random shape of `rank` dims in 2..=5.
-fn shape(net: &mut Net, rank: usize) -> Vec<usize> {
-    (0..rank).map(|_| 1 + net.dim(4)).collect()
-}
 
 #[test]
 fn unary_float64() {
@@ -629,16 +436,6 @@ fn unsupported_ops_name_the_node() {
     m.declare(f, "MyOp1:0", DType::F64, &[2, 3]);
     let e = m.check_err(y);
     assert!(e.contains("MyOp1") && e.contains("not a known op"), "{e}");
-
-    let mut net = Net::new(13, DType::F64, 112);
-    let x = net.input("x", &[6, 3], -1.0, 1.0);
-    let st = net.ints("starts", &[5]);
-    let en = net.ints("ends", &[0]);
-    let ax = net.ints("axes", &[0]);
-    let sp = net.ints("steps", &[-1]);
-    let y = net.node("Slice", &[x, st, en, ax, sp], vec![]);
-    let e = net.check_err(y);
-    assert!(e.contains("Slice1") && e.contains("step -1"), "{e}");
 
     let mut net = Net::new(13, DType::F64, 113);
     let x = net.input("x", &[2, 3], -1.0, 1.0);

@@ -7,14 +7,19 @@
 //! (`Fact::sym`): known op known is known (integer semantics, `Div` truncating), a symbol plus
 //! or minus 0, times 1 or divided by 1 stays that symbol, anything else is unknown.
 //!
-//! Backward rules: `Add`, `Sub`, `Mul`, `Div` and `Sum`, each operand's gradient summed back
-//! over the axes it was broadcast along ([`VjpCx::unbroadcast`]). Others have none.
+//! Backward rules: `Add`, `Sub`, `Mul`, `Div`, `Sum`, `Mean`, `Pow`, `Max` and `Min`, each
+//! operand's gradient summed back over the axes it was broadcast along
+//! ([`VjpCx::unbroadcast`]). `Pow(a, b)`: `a` gets `g·b·a^(b−1)`; `b` gets `g·y·ln(a)` where
+//! `a > 0` and 0 where `a ≤ 0` (the real power is not differentiable in `b` there; an integer
+//! exponent gets no gradient). `Max`/`Min`: the gradient goes to the inputs equal to the
+//! result, split evenly among them at ties (like `torch.maximum`). Others have none.
 
 use crate::error::Result;
+use crate::ir::graph::attr_int;
 use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor, ValueId};
 
 use super::channel::{elementwise, ConstCx, Link, LinkCx};
-use super::grad_util::out_grad;
+use super::grad_util::{out_grad, scalar};
 use super::vjp::VjpCx;
 use super::{numel_or_one, util, Cost, Cx, Op};
 
@@ -215,15 +220,27 @@ impl Op for Binary {
         grads: &[Option<ValueId>],
         needs: &[bool],
     ) -> Result<Vec<Option<ValueId>>> {
-        if !matches!(self.name, "Add" | "Sub" | "Mul" | "Div" | "Sum") {
+        if !matches!(
+            self.name,
+            "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Mean" | "Pow" | "Max" | "Min"
+        ) {
             return Err(
                 cx.err("has no backward rule, so the loss cannot be differentiated through it")
             );
         }
+        let mut out = vec![None; needs.len()];
+        if !needs.iter().any(|&n| n) {
+            return Ok(out);
+        }
         let g = out_grad(cx, grads)?;
         let y = cx.output(0)?;
         let ys = cx.shape(y)?;
-        let mut out = vec![None; needs.len()];
+        match self.name {
+            "Mean" => return mean_vjp(cx, g, &ys, needs),
+            "Max" | "Min" => return extremum_vjp(cx, g, &ys, needs),
+            "Pow" => return pow_vjp(cx, g, &ys, needs),
+            _ => {}
+        }
         for (p, &need) in needs.iter().enumerate() {
             if !need {
                 continue;
@@ -254,6 +271,103 @@ impl Op for Binary {
         }
         Ok(out)
     }
+}
+
+/// Mean of n inputs: each gets `g/n`.
+fn mean_vjp(
+    cx: &mut VjpCx,
+    g: ValueId,
+    ys: &[usize],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let n = cx.fwd().inputs.len().max(1);
+    let dt = cx.dtype(cx.output(0)?);
+    let inv = scalar(cx, 1.0 / n as f64, dt)?;
+    let scaled = cx.op("Mul", &[g, inv], vec![]);
+    let mut out = vec![None; needs.len()];
+    for (p, &need) in needs.iter().enumerate() {
+        if need {
+            let xs = cx.shape(cx.input(p)?)?;
+            out[p] = Some(cx.unbroadcast(scaled, ys, &xs));
+        }
+    }
+    Ok(out)
+}
+
+/// Max/Min of n inputs: input p gets `g·[x_p = y] / #{q : x_q = y}` (ties split evenly).
+fn extremum_vjp(
+    cx: &mut VjpCx,
+    g: ValueId,
+    ys: &[usize],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let mut out = vec![None; needs.len()];
+    let n = cx.fwd().inputs.len();
+    if n == 1 {
+        // The identity.
+        out[0] = needs.first().copied().unwrap_or(false).then_some(g);
+        return Ok(out);
+    }
+    let y = cx.output(0)?;
+    let dt = cx.dtype(y);
+    let to = attr_int("to", i64::from(dt.to_onnx()));
+    let mut masks = Vec::with_capacity(n);
+    for p in 0..n {
+        let x = cx.input(p)?;
+        let eq = cx.op("Equal", &[x, y], vec![]);
+        masks.push(cx.op("Cast", &[eq], vec![to.clone()]));
+    }
+    let count = cx.op("Sum", &masks, vec![]);
+    let share = cx.op("Div", &[g, count], vec![]);
+    for (p, &need) in needs.iter().enumerate() {
+        if need {
+            let full = cx.op("Mul", &[share, masks[p]], vec![]);
+            let xs = cx.shape(cx.input(p)?)?;
+            out[p] = Some(cx.unbroadcast(full, ys, &xs));
+        }
+    }
+    Ok(out)
+}
+
+/// Pow(a, b) = y: `da = g·b·a^(b−1)`, `db = g·y·ln(a)` where `a > 0`, 0 elsewhere.
+fn pow_vjp(
+    cx: &mut VjpCx,
+    g: ValueId,
+    ys: &[usize],
+    needs: &[bool],
+) -> Result<Vec<Option<ValueId>>> {
+    let mut out = vec![None; needs.len()];
+    let (a, b, y) = (cx.input(0)?, cx.input(1)?, cx.output(0)?);
+    let dt = cx.dtype(a);
+    if needs.first() == Some(&true) {
+        // The exponent may be of another (integer) type: compute in the base's type.
+        let bf = if cx.dtype(b) == dt {
+            b
+        } else {
+            let to = attr_int("to", i64::from(dt.to_onnx()));
+            cx.op("Cast", &[b], vec![to])
+        };
+        let one = scalar(cx, 1.0, dt)?;
+        let bm1 = cx.op("Sub", &[bf, one], vec![]);
+        let p = cx.op("Pow", &[a, bm1], vec![]);
+        let d = cx.op("Mul", &[p, bf], vec![]);
+        let full = cx.op("Mul", &[g, d], vec![]);
+        let xs = cx.shape(a)?;
+        out[0] = Some(cx.unbroadcast(full, ys, &xs));
+    }
+    if needs.get(1) == Some(&true) {
+        // ln(a) is NaN or −∞ for a ≤ 0: those positions are replaced by 0 after the product,
+        // so no NaN escapes.
+        let zero = scalar(cx, 0.0, dt)?;
+        let pos = cx.op("Greater", &[a, zero], vec![]);
+        let ln = cx.op("Log", &[a], vec![]);
+        let gy = cx.op("Mul", &[g, y], vec![]);
+        let prod = cx.op("Mul", &[gy, ln], vec![]);
+        let full = cx.op("Where", &[pos, prod, zero], vec![]);
+        let bs = cx.shape(b)?;
+        out[1] = Some(cx.unbroadcast(full, ys, &bs));
+    }
+    Ok(out)
 }
 
 fn int_div(a: i64, b: i64) -> i64 {

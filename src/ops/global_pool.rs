@@ -3,12 +3,16 @@
 //!
 //! Cost: one FLOP per input element. Not handled: `GlobalLpPool` (another op type) and folding.
 //! Channels: the batch and channel axes pass; a channel slot on a pooled axis blocks.
+//!
+//! Backward: GlobalAveragePool spreads `dY/ΠD` over the spatial axes; GlobalMaxPool sends `dY`
+//! to the elements equal to the maximum, split evenly among them at ties.
 
 use crate::error::Result;
+use crate::ir::graph::attr_int;
 use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{pass_axes, ConstCx, Link, LinkCx};
-use super::grad_util::fconst;
+use super::grad_util::{fconst, reduce_sum};
 use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
@@ -62,19 +66,14 @@ impl Op for GlobalPool {
         }
     }
 
-    /// GlobalAveragePool: dX = dY / ΠD expanded over the spatial axes. GlobalMaxPool has no
-    /// rule (the default error).
+    /// GlobalAveragePool: dX = dY / ΠD expanded over the spatial axes. GlobalMaxPool:
+    /// dX = dY·[X = Y] / #{X = Y} per (n, c) (ties split evenly).
     fn vjp(
         &self,
         cx: &mut VjpCx,
         grads: &[Option<ValueId>],
         needs: &[bool],
     ) -> Result<Vec<Option<ValueId>>> {
-        if self.name != "GlobalAveragePool" {
-            return Err(
-                cx.err("has no backward rule, so the loss cannot be differentiated through it")
-            );
-        }
         let (Some(dy), Some(true)) = (grads.first().copied().flatten(), needs.first().copied())
         else {
             return Ok(vec![None; needs.len()]);
@@ -83,6 +82,21 @@ impl Op for GlobalPool {
         let xs = cx.shape(x)?;
         if xs.len() < 2 {
             return Err(cx.err(format!("input rank {} is below 2", xs.len())));
+        }
+        if self.name == "GlobalMaxPool" {
+            let y = cx.output(0)?;
+            let dt = cx.dtype(x);
+            let eq = cx.op("Equal", &[x, y], vec![]);
+            let to = attr_int("to", i64::from(dt.to_onnx()));
+            let hit = cx.op("Cast", &[eq], vec![to]);
+            let axes: Vec<i64> = (2..xs.len() as i64).collect();
+            let count = if axes.is_empty() {
+                hit
+            } else {
+                reduce_sum(cx, hit, &axes, true)
+            };
+            let share = cx.op("Div", &[dy, count], vec![]);
+            return Ok(vec![Some(cx.op("Mul", &[hit, share], vec![]))]);
         }
         let area: usize = xs[2..].iter().product();
         let k = fconst(cx, cx.dtype(x), vec![], &[1.0 / area.max(1) as f64])?;

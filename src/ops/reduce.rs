@@ -1,27 +1,35 @@
-//! Reductions: `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceMin`, `ReduceProd`, `ReduceL2`.
+//! Reductions: `ReduceMean`, `ReduceSum`, `ReduceMax`, `ReduceMin`, `ReduceProd`, `ReduceL2`,
+//! `ReduceL1`, `ReduceSumSquare`, `ReduceLogSumExp`.
 //!
 //! Axes come from the `axes` attribute (ReduceSum before opset 13, the others before 18) or the
 //! constant second input (later opsets); negative axes count from the back. No axes reduces
-//! every axis, unless `noop_with_empty_axes=1` (then the op is the identity). `keepdims`
-//! (default 1) keeps reduced axes as 1. Axes given by a non-constant input leave the reduced
-//! dims unknown (same rank with keepdims, unknown rank without).
+//! every axis, unless `noop_with_empty_axes=1`: then nothing is reduced and each element is
+//! its own group (the identity for Sum/Mean/Max/Min/Prod/LogSumExp, `|x|` for L1/L2, `x²` for
+//! SumSquare, as ONNX Runtime computes it). `keepdims` (default 1) keeps reduced axes as 1.
+//! Axes given by a non-constant input leave the reduced dims unknown (same rank with keepdims,
+//! unknown rank without).
 //!
 //! Folding: integer inputs are reduced exactly in i64 (wrapping; Mean truncates, L2 truncates
-//! the square root), float inputs in f64; the result keeps the input type. Empty reductions are
-//! not folded for Mean/Max/Min. Cost: one FLOP per input element. Not handled: the other
-//! reductions (`ReduceL1`, `ReduceLogSum`, `ReduceLogSumExp`, `ReduceSumSquare`, `ArgMax`, ...).
+//! the square root; LogSumExp is not folded), float inputs in f64; the result keeps the input
+//! type. Empty reductions are not folded for Mean/Max/Min. Cost: one FLOP per input element.
+//! Not handled: `ReduceLogSum`, `ArgMax`/`ArgMin`.
 //!
 //! Channels: a kept axis passes (to its shifted position without `keepdims`); a channel slot on
 //! a reduced axis, or with axes not known, blocks.
 //!
-//! Backward (`ReduceSum`, `ReduceMean`): the gradient reshaped to keep the reduced axes as 1 and
-//! `Expand`ed back to the input shape (divided by the reduced count for the mean).
+//! Backward (every kind; `g` and `y` reshaped to keep the reduced axes as 1, then broadcast
+//! back to the input shape): Sum `g`, Mean `g/n`, Max/Min `g·[x = y] / #{x = y}` (ties in a
+//! group split the gradient evenly), Prod the product of the other elements (exact with zeros:
+//! one zero in a group gets the product of the rest, every other element 0), L2 `g·x/y` (0
+//! for an all-zero group), L1 `g·sign(x)` (0 at x = 0), SumSquare `2g·x`, LogSumExp
+//! `g·e^(x−y)`.
 
 use crate::error::{Error, Result};
+use crate::ir::graph::{attr_int, attr_ints};
 use crate::ir::{DType, Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, Link, LinkCx};
-use super::grad_util::{const_ints, out_grad, reshape, scalar};
+use super::grad_util::{const_ints, out_grad, reduce_sum, reshape, scalar};
 use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 use crate::ir::ValueId;
@@ -35,6 +43,20 @@ enum Kind {
     Min,
     Prod,
     L2,
+    L1,
+    SumSquare,
+    LogSumExp,
+}
+
+/// `ln(eᵃ + eᵇ)` without overflow (`a` may be −∞, the empty sum).
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    if b == f64::NEG_INFINITY {
+        return a;
+    }
+    a.max(b) + (-(a - b).abs()).exp().ln_1p()
 }
 
 /// A reduction op.
@@ -184,12 +206,11 @@ impl Op for Reduce {
             None => Vec::new(),
         };
         let keep = node.attr_i("keepdims").unwrap_or(1) != 0;
-        if axes.is_empty() && node.attr_i("noop_with_empty_axes").unwrap_or(0) != 0 {
-            return Some(Ok(vec![x.clone()]));
-        }
+        let noop = node.attr_i("noop_with_empty_axes").unwrap_or(0) != 0;
         let shape = x.shape();
         let m = if axes.is_empty() {
-            vec![true; shape.len()]
+            // With noop_with_empty_axes nothing is reduced: each element is its own group.
+            vec![!noop; shape.len()]
         } else {
             match mask(&axes, shape.len()) {
                 Ok(m) => m,
@@ -231,6 +252,9 @@ impl Op for Reduce {
                     .into_iter()
                     .map(f64::sqrt)
                     .collect(),
+                Kind::L1 => Self::fold(&v, shape, &m, 0.0, |a, b| a + b.abs()),
+                Kind::SumSquare => Self::fold(&v, shape, &m, 0.0, |a, b| a + b * b),
+                Kind::LogSumExp => Self::fold(&v, shape, &m, f64::NEG_INFINITY, log_add_exp),
             }
         } else {
             let v = x.to_i64_vec()?;
@@ -248,6 +272,11 @@ impl Op for Reduce {
                     .into_iter()
                     .map(|s| (s as f64).sqrt() as i64)
                     .collect(),
+                Kind::L1 => Self::fold(&v, shape, &m, 0, |a, b| a.wrapping_add(b.wrapping_abs())),
+                Kind::SumSquare => {
+                    Self::fold(&v, shape, &m, 0, |a, b| a.wrapping_add(b.wrapping_mul(b)))
+                }
+                Kind::LogSumExp => return None,
             };
             if dtype == DType::I64 {
                 return Some(Ok(vec![Tensor::from_i64(out_shape, &ints)]));
@@ -307,11 +336,6 @@ impl Op for Reduce {
         grads: &[Option<ValueId>],
         needs: &[bool],
     ) -> Result<Vec<Option<ValueId>>> {
-        if !matches!(self.kind, Kind::Sum | Kind::Mean) {
-            return Err(
-                cx.err("has no backward rule, so the loss cannot be differentiated through it")
-            );
-        }
         let mut out = vec![None; needs.len()];
         if needs.first() != Some(&true) {
             return Ok(out);
@@ -330,12 +354,8 @@ impl Op for Reduce {
             },
         };
         let noop = cx.attr_i("noop_with_empty_axes", 0) != 0;
-        if axes.is_empty() && noop {
-            out[0] = Some(g);
-            return Ok(out);
-        }
         let m = if axes.is_empty() {
-            vec![true; xs.len()]
+            vec![!noop; xs.len()]
         } else {
             mask(&axes, xs.len()).map_err(|e| cx.err(e))?
         };
@@ -344,30 +364,126 @@ impl Op for Reduce {
             .zip(&m)
             .map(|(&d, &r)| if r { 1 } else { d })
             .collect();
-        let mut v = if cx.attr_i("keepdims", 1) != 0 {
-            g
-        } else {
-            reshape(cx, g, &kept)
+        let keepdims = cx.attr_i("keepdims", 1) != 0;
+        // Output-shaped values with the reduced axes kept as 1 (broadcastable onto x).
+        let as_kept = |cx: &mut VjpCx, v: ValueId| {
+            if keepdims || kept == xs {
+                v
+            } else {
+                reshape(cx, v, &kept)
+            }
         };
-        if self.kind == Kind::Mean {
-            let count: usize = xs
-                .iter()
-                .zip(&m)
-                .filter(|(_, &r)| r)
-                .map(|(&d, _)| d)
-                .product();
-            let dt = cx.dtype(x);
-            let k = scalar(cx, 1.0 / count.max(1) as f64, dt)?;
-            v = cx.op("Mul", &[v, k], vec![]);
-        }
-        if kept != xs {
+        let gk = as_kept(cx, g);
+        let red: Vec<i64> = (0..xs.len()).filter(|&i| m[i]).map(|i| i as i64).collect();
+        let dt = cx.dtype(x);
+        let v = match self.kind {
+            Kind::Sum => gk,
+            Kind::Mean => {
+                let count: usize = red.iter().map(|&i| xs[i as usize]).product();
+                if count <= 1 {
+                    gk
+                } else {
+                    let k = scalar(cx, 1.0 / count as f64, dt)?;
+                    cx.op("Mul", &[gk, k], vec![])
+                }
+            }
+            Kind::Max | Kind::Min => {
+                let y = cx.output(0)?;
+                let yk = as_kept(cx, y);
+                let eq = cx.op("Equal", &[x, yk], vec![]);
+                let hit = cast_to(cx, eq, dt);
+                let count = reduce_kept(cx, "ReduceSum", hit, &red);
+                let share = cx.op("Div", &[gk, count], vec![]);
+                cx.op("Mul", &[hit, share], vec![])
+            }
+            Kind::Prod => prod_vjp(cx, x, gk, &red, dt)?,
+            Kind::L2 => {
+                // x·g/y, with 0 where y = 0 (an all-zero group).
+                let y = cx.output(0)?;
+                let yk = as_kept(cx, y);
+                let zero = scalar(cx, 0.0, dt)?;
+                let is0 = cx.op("Equal", &[yk, zero], vec![]);
+                let one = scalar(cx, 1.0, dt)?;
+                let den = cx.op("Where", &[is0, one, yk], vec![]);
+                let q = cx.op("Div", &[gk, den], vec![]);
+                let q = cx.op("Where", &[is0, zero, q], vec![]);
+                cx.op("Mul", &[x, q], vec![])
+            }
+            Kind::L1 => {
+                let s = cx.op("Sign", &[x], vec![]);
+                cx.op("Mul", &[s, gk], vec![])
+            }
+            Kind::SumSquare => {
+                let two = scalar(cx, 2.0, dt)?;
+                let g2 = cx.op("Mul", &[gk, two], vec![]);
+                cx.op("Mul", &[x, g2], vec![])
+            }
+            Kind::LogSumExp => {
+                let y = cx.output(0)?;
+                let yk = as_kept(cx, y);
+                let d = cx.op("Sub", &[x, yk], vec![]);
+                let e = cx.op("Exp", &[d], vec![]);
+                cx.op("Mul", &[e, gk], vec![])
+            }
+        };
+        // Sum and Mean are still shaped like the kept output: broadcast them back.
+        let v = if matches!(self.kind, Kind::Sum | Kind::Mean) && kept != xs {
             let s: Vec<i64> = xs.iter().map(|&d| d as i64).collect();
             let s = cx.ints(&s);
-            v = cx.op("Expand", &[v, s], vec![]);
-        }
+            cx.op("Expand", &[v, s], vec![])
+        } else {
+            v
+        };
         out[0] = Some(v);
         Ok(out)
     }
+}
+
+/// `v` cast to `dtype`.
+fn cast_to(cx: &mut VjpCx, v: ValueId, dtype: DType) -> ValueId {
+    cx.op(
+        "Cast",
+        &[v],
+        vec![attr_int("to", i64::from(dtype.to_onnx()))],
+    )
+}
+
+/// Reduction `op` of `v` over `axes` keeping them as 1 (axes as an input from opset 18, 13
+/// for ReduceSum); `v` itself when no axis is reduced.
+fn reduce_kept(cx: &mut VjpCx, op: &str, v: ValueId, axes: &[i64]) -> ValueId {
+    if axes.is_empty() {
+        return v;
+    }
+    if op == "ReduceSum" {
+        return reduce_sum(cx, v, axes, true);
+    }
+    let keep = attr_int("keepdims", 1);
+    if cx.opset >= 18 {
+        let a = cx.ints(axes);
+        cx.op(op, &[v, a], vec![keep])
+    } else {
+        cx.op(op, &[v], vec![keep, attr_ints("axes", axes)])
+    }
+}
+
+/// ReduceProd: each element gets `g` times the product of the others in its group. With `z`
+/// zeros in the group: `z = 0` gives `P/x` (P the product of the group), `z = 1` gives the
+/// product of the non-zero elements at the zero and 0 elsewhere, `z ≥ 2` gives 0.
+fn prod_vjp(cx: &mut VjpCx, x: ValueId, gk: ValueId, red: &[i64], dt: DType) -> Result<ValueId> {
+    let (zero, one) = (scalar(cx, 0.0, dt)?, scalar(cx, 1.0, dt)?);
+    let is0 = cx.op("Equal", &[x, zero], vec![]);
+    let safe = cx.op("Where", &[is0, one, x], vec![]);
+    // Product of the non-zero elements, and the zero count, per group.
+    let p = reduce_kept(cx, "ReduceProd", safe, red);
+    let zf = cast_to(cx, is0, dt);
+    let zc = reduce_kept(cx, "ReduceSum", zf, red);
+    let none = cx.op("Equal", &[zc, zero], vec![]);
+    let single = cx.op("Equal", &[zc, one], vec![]);
+    let others = cx.op("Div", &[p, safe], vec![]);
+    let at_zero = cx.op("Where", &[is0, p, zero], vec![]);
+    let one_zero = cx.op("Where", &[single, at_zero, zero], vec![]);
+    let d = cx.op("Where", &[none, others, one_zero], vec![]);
+    Ok(cx.op("Mul", &[d, gk], vec![]))
 }
 
 /// `ReduceMean`.
@@ -404,6 +520,24 @@ pub static REDUCE_PROD: Reduce = Reduce {
 pub static REDUCE_L2: Reduce = Reduce {
     name: "ReduceL2",
     kind: Kind::L2,
+};
+
+/// `ReduceL1`.
+pub static REDUCE_L1: Reduce = Reduce {
+    name: "ReduceL1",
+    kind: Kind::L1,
+};
+
+/// `ReduceSumSquare`.
+pub static REDUCE_SUM_SQUARE: Reduce = Reduce {
+    name: "ReduceSumSquare",
+    kind: Kind::SumSquare,
+};
+
+/// `ReduceLogSumExp`.
+pub static REDUCE_LOG_SUM_EXP: Reduce = Reduce {
+    name: "ReduceLogSumExp",
+    kind: Kind::LogSumExp,
 };
 
 #[cfg(test)]
@@ -488,6 +622,62 @@ mod tests {
         assert_eq!(r[0].to_i64_vec(), Some(vec![1, 2, 3]));
         let c = cost(&REDUCE_MIN, &n, &[f32_fact("2,3")], &[f32_fact("1,3")]);
         assert_eq!(c.flops, 6);
+    }
+
+    #[test]
+    fn folds_l1_sum_square_and_log_sum_exp() {
+        let f = Tensor::from_f64_as(DType::F64, vec![2, 2], &[3.0, -4.0, 1000.0, 1000.0]).unwrap();
+        let n = node("ReduceL1", 1, vec![attr_ints("axes", &[1])]);
+        let r = eval(&REDUCE_L1, &n, &[Some(f.clone())], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_f64_vec(), Some(vec![7.0, 2000.0]));
+        let n = node(
+            "ReduceSumSquare",
+            1,
+            vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)],
+        );
+        let r = eval(&REDUCE_SUM_SQUARE, &n, &[Some(f.clone())], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].shape(), &[2]);
+        assert_eq!(r[0].to_f64_vec(), Some(vec![1_000_009.0, 1_000_016.0]));
+        // No overflow for large inputs.
+        let n = node("ReduceLogSumExp", 1, vec![attr_ints("axes", &[1])]);
+        let r = eval(&REDUCE_LOG_SUM_EXP, &n, &[Some(f)], 13)
+            .unwrap()
+            .unwrap();
+        let v = r[0].to_f64_vec().unwrap();
+        assert!((v[0] - (3f64.exp() + (-4f64).exp()).ln()).abs() < 1e-12);
+        assert!((v[1] - (1000.0 + 2f64.ln())).abs() < 1e-9);
+        let x = Tensor::from_i64(vec![3], &[-2, 3, 1]);
+        let n = node("ReduceL1", 1, vec![]);
+        let r = eval(&REDUCE_L1, &n, &[Some(x.clone())], 13)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[0].to_i64_vec(), Some(vec![6]));
+        let n = node("ReduceLogSumExp", 1, vec![]);
+        assert!(eval(&REDUCE_LOG_SUM_EXP, &n, &[Some(x)], 13).is_none());
+    }
+
+    #[test]
+    fn noop_with_empty_axes_reduces_each_element_alone() {
+        // ONNX Runtime: L1/L2 give |x|, SumSquare x², the others x.
+        let x = Tensor::from_f32(vec![2], &[-3.0, 2.0]);
+        let n = node("ReduceL2", 1, vec![attr_int("noop_with_empty_axes", 1)]);
+        for (op, want) in [
+            (&REDUCE_L2, [3.0, 2.0]),
+            (&REDUCE_L1, [3.0, 2.0]),
+            (&REDUCE_SUM_SQUARE, [9.0, 4.0]),
+            (&REDUCE_MAX, [-3.0, 2.0]),
+            (&REDUCE_LOG_SUM_EXP, [-3.0, 2.0]),
+        ] {
+            let r = eval(op, &n, &[Some(x.clone())], 18).unwrap().unwrap();
+            assert_eq!(r[0].shape(), &[2]);
+            assert_eq!(r[0].to_f32_vec(), Some(want.to_vec()), "{}", op.name);
+        }
+        let r = infer(&REDUCE_L1, &n, &[f32_fact("N,3")], 18).unwrap();
+        assert_eq!(r.unwrap()[0].shape, Some(shape("N,3")));
     }
 }
 

@@ -14,7 +14,10 @@
 //! passes its window (afterwards the bounds count kept channels, in the same form: attributes
 //! or inputs of the same type); other steps or non-constant bounds on a channel axis block.
 //!
-//! Backward (step 1 only): the gradient zero-padded back to the input shape.
+//! Backward (any non-zero step): along an axis with a negative step the gradient is reversed
+//! first (the elements it took, in ascending order, form a positive-step slice from the
+//! lowest); with a step k > 1, k − 1 zeros are interleaved after every element; then the
+//! gradient is zero-padded (or cropped) back to the input shape.
 
 use crate::error::{Error, Result};
 use crate::ir::graph::attr_ints;
@@ -350,29 +353,39 @@ impl Op for Slice {
         let mut g = g;
         let mut cur = cx.shape(cx.output(0)?)?;
         for (axis, start, end, step) in plan {
-            if step < 1 {
-                return Err(cx.err(format!(
-                    "differentiating a slice with step {step} is not supported (positive steps only)"
-                )));
-            }
             let d = xs[axis];
             let (s, len) = clamp(d, start, end, step);
-            let step = step as usize;
-            if step > 1 && len > 0 {
-                // Interleave step−1 zeros after every element: [.., n, ..] → [.., n·step, ..].
+            // The lowest element taken: along a negative step, the last one.
+            let mut low = s;
+            if step < 0 && len > 0 {
+                let back = ((len - 1) as u64).saturating_mul(step.unsigned_abs());
+                low = s.saturating_sub(usize::try_from(back).unwrap_or(usize::MAX));
+                if len > 1 {
+                    g = reverse(cx, g, axis, cur[axis]);
+                }
+            }
+            // A single element needs no interleaving (whatever the step).
+            let stride = if len > 1 {
+                usize::try_from(step.unsigned_abs())
+                    .map_err(|_| cx.err(format!("step {step} is too large")))?
+            } else {
+                1
+            };
+            if stride > 1 {
+                // Interleave stride−1 zeros after every element: [.., n, ..] → [.., n·stride, ..].
                 let mut wide = cur[..=axis].to_vec();
                 wide.push(1);
                 wide.extend_from_slice(&cur[axis + 1..]);
                 let w = reshape(cx, g, &wide);
                 let mut p = vec![0i64; 2 * wide.len()];
-                p[wide.len() + axis + 1] = step as i64 - 1;
+                p[wide.len() + axis + 1] = stride as i64 - 1;
                 let w = pad_zeros(cx, w, &p);
-                cur[axis] *= step;
+                cur[axis] *= stride;
                 g = reshape(cx, w, &cur);
             }
-            let covered = if step > 1 { len * step } else { len };
-            pads[axis] = s as i64;
-            pads[r + axis] = d as i64 - (s + covered) as i64;
+            let covered = len * stride;
+            pads[axis] = low as i64;
+            pads[r + axis] = d as i64 - (low + covered) as i64;
         }
         out[0] = Some(if pads.iter().all(|&p| p == 0) {
             g
@@ -381,6 +394,17 @@ impl Op for Slice {
         });
         Ok(out)
     }
+}
+
+/// `v` reversed along `axis` (of length `len`): a `Slice` with step −1.
+fn reverse(cx: &mut VjpCx, v: ValueId, axis: usize, len: usize) -> ValueId {
+    let (st, en, ax, sp) = (
+        cx.ints(&[-1]),
+        cx.ints(&[-(len as i64) - 1]),
+        cx.ints(&[axis as i64]),
+        cx.ints(&[-1]),
+    );
+    cx.op("Slice", &[v, st, en, ax, sp], vec![])
 }
 
 /// `Slice`.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod arrays;
+pub mod grad_net;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
