@@ -297,6 +297,53 @@ fn conv_gradients() {
             },
         ),
         (
+            "2x3 stride 1, group 2, asymmetric pads (flipped-kernel dX)",
+            ConvCase {
+                x: vec![2, 4, 6, 7],
+                m: 6,
+                kernel: vec![2, 3],
+                group: 2,
+                bias: true,
+                attrs: vec![attr_ints("pads", &[0, 1, 1, 2])],
+            },
+        ),
+        (
+            "3-D 3x1x2 stride 1, pad 1 on depth",
+            ConvCase {
+                x: vec![1, 2, 4, 3, 3],
+                m: 3,
+                kernel: vec![3, 1, 2],
+                group: 1,
+                bias: false,
+                attrs: vec![attr_ints("pads", &[1, 0, 0, 1, 0, 1])],
+            },
+        ),
+        (
+            "2x3 stride 1, dilations (2, 1), asymmetric pads (shifted dW)",
+            ConvCase {
+                x: vec![2, 3, 7, 6],
+                m: 4,
+                kernel: vec![2, 3],
+                group: 1,
+                bias: false,
+                attrs: vec![
+                    attr_ints("dilations", &[2, 1]),
+                    attr_ints("pads", &[1, 0, 0, 2]),
+                ],
+            },
+        ),
+        (
+            "1-D k3 stride 1, dilation 2, pads wider than the kernel's reach",
+            ConvCase {
+                x: vec![2, 3, 9],
+                m: 2,
+                kernel: vec![3],
+                group: 1,
+                bias: true,
+                attrs: vec![attr_ints("dilations", &[2]), attr_ints("pads", &[5, 1])],
+            },
+        ),
+        (
             "SAME_UPPER stride 2",
             ConvCase {
                 x: vec![1, 2, 6, 6],
