@@ -2,7 +2,8 @@
 //! SGD step (momentum 0.9, weight decay 5e-4, cross-entropy) at batch 128 with 2 intra-op
 //! threads, for the pretrained CIFAR-10 ResNet-20 and ResNet-56, carrying parameters, momentum
 //! and BatchNormalization running statistics from each step's outputs to the next step's
-//! inputs. Goal: ≥ 1.5× the reference (PyTorch eager, same machine type and setup).
+//! inputs (and feeding fresh Dropout noise, for models with Dropout). Goal: ≥ 1.5× the
+//! reference (PyTorch eager, same machine type and setup).
 //!
 //! Warm-up steps first, then rounds that alternate between the models (so that load from
 //! other processes hits both alike); the reported time is the median step. Environment:
@@ -56,6 +57,10 @@ struct Runner {
     carry: BTreeMap<String, usize>,
     /// Feed slot of the step counter.
     step_slot: usize,
+    /// Feed slots of the Dropout noise inputs (redrawn after every step).
+    noise_slots: Vec<usize>,
+    /// xorshift64 state of the noise.
+    noise_rng: u64,
     times: Vec<f64>,
     losses: Vec<f64>,
 }
@@ -134,6 +139,8 @@ impl Runner {
         }
         feed.push((step.lr.clone(), Tensor::from_f32(vec![], &[0.01])));
         feed.push((step.step.clone(), Tensor::from_f32(vec![], &[1.0])));
+        let mut noise_rng = 0x2545_f491_4f6c_dd1du64;
+        feed.extend(step.noise_feed(&mut || xorshift_f32(&mut noise_rng)));
         let slot = |input: &str| feed.iter().position(|(n, _)| n == input);
         let mut carry = BTreeMap::new();
         for c in step
@@ -145,8 +152,15 @@ impl Runner {
             carry.insert(c.output.clone(), slot(&c.input).expect("carried input"));
         }
         let step_slot = slot(&step.step).expect("step input");
+        let noise_slots = step
+            .noise
+            .iter()
+            .map(|d| slot(&d.input).expect("noise input"))
+            .collect();
         Runner {
             step_slot,
+            noise_slots,
+            noise_rng,
             name,
             reference,
             step,
@@ -174,8 +188,22 @@ impl Runner {
         // The step counter counts from 1.
         let count = self.losses.len() as f32 + 1.0;
         self.feed[self.step_slot].1 = Tensor::from_f32(vec![], &[count]);
+        // Fresh Dropout masks for the next step (untimed, as the runner draws them on the host).
+        let rng = &mut self.noise_rng;
+        let fresh = self.step.noise_feed(&mut || xorshift_f32(rng));
+        for (&i, (_, t)) in self.noise_slots.iter().zip(fresh) {
+            self.feed[i].1 = t;
+        }
         secs
     }
+}
+
+/// xorshift64, as a float32 uniform in `[0, 1)`.
+fn xorshift_f32(s: &mut u64) -> f32 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    (*s >> 40) as f32 / (1u32 << 24) as f32
 }
 
 fn op_counts(m: &Model) -> BTreeMap<String, usize> {

@@ -37,6 +37,34 @@ pub struct Scored {
     pub steps: usize,
 }
 
+impl Scored {
+    /// `criterion` removing `amount` with `lopper prune`'s defaults: summed member scores,
+    /// normalised by each group's largest, seed 0, local scope for a ratio and global
+    /// otherwise, every group keeping at least 10% of its channels and at least one, one round.
+    pub fn new(criterion: CriterionKind, amount: Amount) -> Scored {
+        let scope = match amount {
+            Amount::Ratio(_) => crate::plan::allocate::Scope::Local,
+            _ => crate::plan::allocate::Scope::Global,
+        };
+        Scored {
+            criterion,
+            reduce: Reduce::Sum,
+            normalize: Normalize::Max,
+            seed: 0,
+            allocate: AllocateOptions {
+                scope,
+                amount,
+                constraints: crate::plan::allocate::Constraints {
+                    min_keep_fraction: 0.1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            steps: 1,
+        }
+    }
+}
+
 /// Which channels to remove.
 #[derive(Clone, Debug)]
 pub enum Selection {

@@ -28,6 +28,7 @@ fn prune_model(file: &str, allowed: &[&str]) {
     let opts = SimplifyOptions {
         keep_batch_norm: true,
         verify: true,
+        ..Default::default()
     };
     simplify(&mut model, &opts).unwrap_or_else(|e| panic!("{name}: simplify: {e}"));
     let shapes = infer_shapes(&model).unwrap_or_else(|e| panic!("{name}: shapes: {e}"));

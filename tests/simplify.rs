@@ -81,6 +81,7 @@ fn simplify_and_save(path: &Path, dir: &Path) -> (PathBuf, String) {
     let opts = SimplifyOptions {
         keep_batch_norm: false,
         verify: true,
+        ..Default::default()
     };
     simplify(&mut model, &opts).unwrap_or_else(|e| panic!("{name}: simplify: {e}"));
     let g = &model.graph;
@@ -162,6 +163,7 @@ fn keep_batch_norm_keeps_them() {
         let opts = SimplifyOptions {
             keep_batch_norm: true,
             verify: true,
+            ..Default::default()
         };
         simplify(&mut model, &opts).unwrap_or_else(|e| panic!("{name}: simplify: {e}"));
         assert_eq!(bn_count(&model.graph), bns, "{name}");

@@ -1,5 +1,6 @@
 //! `lopper train` end to end on real data (MNIST, CIFAR-10 subset) in ONNX Runtime: learning
-//! from scratch, determinism, exact resume, the L1 sparsity regularizer, and usage errors.
+//! from scratch, determinism, exact resume, Dropout masks from the seeded stream, the L1
+//! sparsity regularizers (plain, masked by a plan or by a criterion), and usage errors.
 
 mod common;
 
@@ -7,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use lopper::analysis::importance::CriterionKind;
 use lopper::ir::Model;
+use lopper::plan::allocate::Amount;
+use lopper::prune::Scored;
+use lopper::train::runner::masks_from_criterion;
 
 fn lopper(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
@@ -32,13 +37,20 @@ fn mnist_data() -> String {
     format!("mnist:{}", shared_dir().join("data/mnist").display())
 }
 
-/// A from-scratch MNIST run on `limit` samples: returns (stdout, stderr).
+/// A from-scratch run of mnist-8 on 3200 MNIST samples: returns (stdout, stderr).
 fn mnist_run(out: &Path, extra: &[&str]) -> (String, String) {
-    let (mnist, data, o) = (mnist8(), mnist_data(), out.display().to_string());
+    let mut args = vec!["--from-scratch", "--limit", "3200"];
+    args.extend_from_slice(extra);
+    mnist_train(&mnist8(), out, &args)
+}
+
+/// `lopper train MODEL` on MNIST (AdamW, constant rate, no flips, one thread, `--limit` from
+/// `extra`): returns (stdout, stderr).
+fn mnist_train(model: &str, out: &Path, extra: &[&str]) -> (String, String) {
+    let (data, o) = (mnist_data(), out.display().to_string());
     let mut args = vec![
         "train",
-        mnist.as_str(),
-        "--from-scratch",
+        model,
         "--data",
         data.as_str(),
         "--mean",
@@ -53,8 +65,6 @@ fn mnist_run(out: &Path, extra: &[&str]) -> (String, String) {
         "2e-3",
         "--schedule",
         "constant",
-        "--limit",
-        "3200",
         "--eval-limit",
         "500",
         "--no-flip",
@@ -170,6 +180,65 @@ fn resume_continues_exactly() {
     assert!(se.contains("epoch 2"), "{se}");
 }
 
+/// Dropout in `lopper train`: its masks come from the run's seeded stream, so the same seed
+/// gives the same model and a resumed run is byte-identical; the masks matter (a twin with
+/// ratio 0 trains to other weights); the written model keeps its Dropout.
+#[test]
+fn dropout_training_is_seeded_and_resumable() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let save = |ratio: f32, name: &str| {
+        let path = dir.path().join(name);
+        dropout_mlp(13, &[1, 28, 28], 32, 10, ratio, false, 4)
+            .save(&path, &Default::default())
+            .unwrap();
+        path.display().to_string()
+    };
+    let (drop, plain) = (save(0.5, "drop.onnx"), save(0.0, "plain.onnx"));
+    let out = |n: &str| dir.path().join(n);
+    let run = |model: &str, o: &str, extra: &[&str]| {
+        let mut args = vec!["--limit", "640", "--seed", "3", "--no-augment"];
+        args.extend_from_slice(extra);
+        mnist_train(model, &out(o), &args)
+    };
+    let (so, _) = run(&drop, "a.onnx", &["--epochs", "1"]);
+    let acc = top1(&so);
+    run(&drop, "b.onnx", &["--epochs", "1"]);
+    assert!(
+        bytes(&out("a.onnx")) == bytes(&out("b.onnx")),
+        "same seed, different models"
+    );
+    run(&drop, "full.onnx", &["--epochs", "2"]);
+    let a = out("a.onnx").display().to_string();
+    let (so, _) = run(&drop, "a.onnx", &["--epochs", "2", "--resume", &a]);
+    assert!(so.contains("(1 resumed)"), "{so}");
+    assert!(
+        bytes(&out("full.onnx")) == bytes(&out("a.onnx")),
+        "2 epochs != 1 epoch + resume"
+    );
+    run(&plain, "plain.onnx", &["--epochs", "1"]);
+    let weight = |p: &Path, name: &str| {
+        let m = Model::load(p).unwrap();
+        let v = m.graph.value_by_name(name).unwrap();
+        m.graph.init(v).unwrap().to_f64_vec().unwrap()
+    };
+    let (wd, wp) = (
+        weight(&out("b.onnx"), "fc1.weight"),
+        weight(&out("plain.onnx"), "fc1.weight"),
+    );
+    assert_ne!(wd, wp, "dropout changed nothing");
+    let m = Model::load(out("b.onnx")).unwrap();
+    let g = &m.graph;
+    let d = g.node_ids().find(|&n| g.node(n).name == "drop").unwrap();
+    assert_eq!(g.node(d).op_type, "Dropout");
+    let r = g.init(g.node(d).input(1).unwrap()).unwrap();
+    assert_eq!(r.to_f64_vec().unwrap(), [0.5]);
+    eprintln!("dropout MLP, one epoch on 640 digits: top-1 {acc:.3}");
+    assert!(acc > 0.5, "top-1 {acc}");
+}
+
 /// Mean |γ| of every BatchNormalization scale of a model.
 fn mean_abs_gamma(path: &Path) -> f64 {
     let m = Model::load(path).unwrap();
@@ -245,11 +314,14 @@ fn l1_on_bn_scales_pulls_gammas_down() {
         s < p - 0.03,
         "mean |γ|: start {before:.4}, plain {p:.4}, l1 {s:.4}"
     );
-    // Masked L1 from a pruning plan pushes only the planned channels: between the two.
+    // Masked L1 from a pruning plan (of two rounds: the second round's channels are traced
+    // back to the model's) pushes only the planned channels: between the two.
     let plan = dir.path().join("plan.json");
     let (rc, _, se) = lopper(&[
         "prune",
         model.to_str().unwrap(),
+        "--steps",
+        "2",
         "--ratio",
         "0.3",
         "--save-plan",
@@ -268,6 +340,53 @@ fn l1_on_bn_scales_pulls_gammas_down() {
         s < m - 0.01 && m < p - 0.005,
         "plain {p:.4}, masked {m:.4}, l1 {s:.4}"
     );
+
+    // Masked L1 with the mask chosen by a criterion on the model itself (nothing removed):
+    // the masked gammas fall about as far as under plain L1, the others stay where the run
+    // without a regularizer left them (up to the small indirect effect through the loss).
+    let crit = dir.path().join("criterion.onnx");
+    run(&crit, &["--sparsity", "masked-l1=l1@0.3:1"]);
+    let scored = Scored::new(CriterionKind::L1, Amount::Ratio(0.3));
+    let masks = masks_from_criterion(&Model::load(&model).unwrap(), &scored).unwrap();
+    let (plain_g, crit_g) = (gammas(&plain), gammas(&crit));
+    let (mut fall, mut n_masked, mut moved, mut n_free) = (0.0, 0usize, 0.0, 0usize);
+    for (name, c) in &crit_g {
+        let p = &plain_g[name];
+        let mask = masks.get(name);
+        for i in 0..c.len() {
+            if mask.is_some_and(|m| m[i] > 0.0) {
+                fall += p[i].abs() - c[i].abs();
+                n_masked += 1;
+            } else {
+                moved += (p[i] - c[i]).abs();
+                n_free += 1;
+            }
+        }
+    }
+    let (fall, moved) = (fall / n_masked as f64, moved / n_free as f64);
+    eprintln!(
+        "masked-l1=l1@0.3: {n_masked} masked gammas fell by {fall:.4} on average, \
+         {n_free} others moved by {moved:.5}"
+    );
+    assert!(n_masked > 0 && n_free > 0);
+    assert!(fall > 0.03, "masked gammas fell by {fall:.4} only");
+    assert!(moved < 0.1 * fall, "unmasked gammas moved by {moved:.5}");
+}
+
+/// Every BatchNormalization scale of a model, by name.
+fn gammas(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
+    let m = Model::load(path).unwrap();
+    let g = &m.graph;
+    g.node_ids()
+        .filter(|&n| g.node(n).op_type == "BatchNormalization")
+        .map(|n| {
+            let v = g.node(n).input(1).unwrap();
+            (
+                g.value(v).name.clone(),
+                g.init(v).unwrap().to_f64_vec().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -276,7 +395,7 @@ fn usage_errors_are_clear() {
     let o = dir.path().join("o.onnx").display().to_string();
     let model = mnist8();
     let data = mnist_data();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["train", &model, "--epochs", "1", "-o", &o], "--data"),
         (
             &[
@@ -329,6 +448,45 @@ fn usage_errors_are_clear() {
                 &o,
             ],
             "plan.json",
+        ),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "masked-l1=activation@0.5:1",
+                "-o",
+                &o,
+            ],
+            "needs calibration data",
+        ),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "masked-l1=l1@1.5:1",
+                "-o",
+                &o,
+            ],
+            "ratio must be in (0, 1)",
+        ),
+        (
+            &[
+                "train",
+                &model,
+                "--data",
+                &data,
+                "--sparsity",
+                "masked-l1=l1@0.5:1",
+                "-o",
+                &o,
+            ],
+            "no channel of any BatchNormalization scale",
         ),
     ];
     for (args, want) in cases {

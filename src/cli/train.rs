@@ -3,19 +3,23 @@
 //! pruned or pretrained model (lower rate, a few epochs) and optional distillation from the
 //! original model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
+use lopper::analysis::importance::CriterionKind;
 use lopper::ir::Model;
+use lopper::plan::allocate::{Amount, Budget};
 use lopper::plan::file::PlanFile;
+use lopper::prune::Scored;
 use lopper::runtime::{Device, RuntimeOptions};
 use lopper::train::loss::Loss;
 use lopper::train::optim::Optimizer;
 use lopper::train::regularize::Regularizer;
 use lopper::train::runner::{
-    masks_from_plan, train, Augment, Event, LambdaSchedule, Schedule, TrainOptions,
+    masks_from_criterion, masks_from_plan, train, Augment, Event, LambdaSchedule, Schedule,
+    TrainOptions,
 };
 
 use super::data_args::DataArgs;
@@ -83,7 +87,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
     /// Sparsity regularizer: l1-bn=W, l1-bn-augmented=W (strength growing linearly from 0),
-    /// masked-l1=PLAN.json:W (only the channels the plan removes), group-lasso=W.
+    /// group-lasso=W, or masked L1 on the BN scales of the channels pruning would remove:
+    /// masked-l1=PLAN.json:W (a `lopper prune --save-plan` plan, any number of --steps) or
+    /// masked-l1=CRITERION@AMOUNT:W (chosen on the model as `lopper prune --criterion
+    /// CRITERION` does, nothing removed; AMOUNT: a ratio like 0.5, or flops=R, params=R,
+    /// threshold=T; data-free criteria only). An existing file is read as a plan even when its
+    /// name has an '@'.
     #[arg(long)]
     sparsity: Option<String>,
     /// Keep initializers matching this glob constant (repeatable; `*`, `?`).
@@ -101,7 +110,7 @@ pub struct Args {
     /// Random crops but no horizontal flips (digits, text).
     #[arg(long)]
     no_flip: bool,
-    /// Seed of shuffling, augmentation and re-initialisation.
+    /// Seed of shuffling, augmentation, Dropout masks and re-initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Intra-op threads of ONNX Runtime (default: one per core).
@@ -136,12 +145,13 @@ pub struct Args {
     json: bool,
 }
 
-/// Parses `--sparsity` into regularizers and the strength schedule (`model`: for plan masks).
+/// Parses `--sparsity` into regularizers and the strength schedule (`model`: for the masks of
+/// masked L1, which it reports on stderr).
 fn parse_sparsity(spec: &str, model: &Model) -> Result<(Vec<Regularizer>, LambdaSchedule)> {
     let bad = || {
         anyhow::anyhow!(
-            "bad --sparsity '{spec}': expected l1-bn=W, l1-bn-augmented=W, \
-             masked-l1=PLAN.json:W or group-lasso=W (W a number > 0)"
+            "bad --sparsity '{spec}': expected l1-bn=W, l1-bn-augmented=W, group-lasso=W, \
+             masked-l1=PLAN.json:W or masked-l1=CRITERION@AMOUNT:W (W a number > 0)"
         )
     };
     let (kind, value) = spec.split_once('=').ok_or_else(bad)?;
@@ -173,16 +183,76 @@ fn parse_sparsity(spec: &str, model: &Model) -> Result<(Vec<Regularizer>, Lambda
             LambdaSchedule::Constant,
         ),
         "masked-l1" => {
-            let (plan, w) = value.rsplit_once(':').ok_or_else(bad)?;
+            let (source, w) = value.rsplit_once(':').ok_or_else(bad)?;
             let w = weight(w)?;
-            let plan = PlanFile::load(plan)?;
-            let masks = masks_from_plan(model, &plan)?;
+            let masks = match source.rsplit_once('@') {
+                Some((criterion, amount)) if !Path::new(source).is_file() => {
+                    let scored = Scored::new(
+                        CriterionKind::parse(criterion.trim())?,
+                        parse_mask_amount(amount)?,
+                    );
+                    masks_from_criterion(model, &scored)?
+                }
+                _ => masks_from_plan(model, &PlanFile::load(source)?)?,
+            };
+            let channels: usize = masks
+                .values()
+                .map(|m| m.iter().filter(|&&v| v > 0.0).count())
+                .sum();
+            eprintln!(
+                "masked L1 ({source}): {channels} channels of {} BatchNormalization scales",
+                masks.len()
+            );
             (
                 vec![Regularizer::MaskedL1Gamma { weight: w, masks }],
                 LambdaSchedule::Constant,
             )
         }
         _ => return Err(bad()),
+    })
+}
+
+/// The AMOUNT of `masked-l1=CRITERION@AMOUNT:W`: a ratio of channels per group (`0.5`), a
+/// fraction of FLOPs or parameters kept (`flops=R`, `params=R`), or a score threshold
+/// (`threshold=T`).
+fn parse_mask_amount(s: &str) -> Result<Amount> {
+    let s = s.trim();
+    let number = |v: &str| -> Result<f64> {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| anyhow::anyhow!("masked-l1: '{v}' in amount '{s}' is not a number"))
+    };
+    let Some((kind, v)) = s.split_once('=') else {
+        let r = number(s)?;
+        if !(r > 0.0 && r < 1.0) {
+            bail!("masked-l1: the ratio must be in (0, 1), got {r}");
+        }
+        return Ok(Amount::Ratio(r));
+    };
+    let v = number(v)?;
+    let fraction = || {
+        if v > 0.0 && v <= 1.0 {
+            Ok(v)
+        } else {
+            Err(anyhow::anyhow!(
+                "masked-l1: the fraction to keep must be in (0, 1], got {v}"
+            ))
+        }
+    };
+    Ok(match kind.trim() {
+        "flops" | "macs" => Amount::Target(Budget::Flops(fraction()?)),
+        "params" => Amount::Target(Budget::Params(fraction()?)),
+        "threshold" => Amount::Threshold(v),
+        "latency" => bail!(
+            "masked-l1: a latency target needs timing runs; make a plan with `lopper prune \
+             --target latency=R --save-plan PLAN.json` and pass masked-l1=PLAN.json:W"
+        ),
+        k => bail!(
+            "masked-l1: unknown amount '{k}=' (expected a ratio like 0.5, flops=R, params=R or \
+             threshold=T)"
+        ),
     })
 }
 

@@ -109,6 +109,19 @@ impl Op for BatchNorm {
         port == 1 || port == 2
     }
 
+    fn fresh_init(
+        &self,
+        _node: &crate::ir::Node,
+        weights: &[Option<&[usize]>],
+    ) -> Vec<(usize, super::FreshInit)> {
+        // γ = 1, β = 0, running mean 0, running variance 1.
+        [(1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)]
+            .into_iter()
+            .filter(|&(p, _)| weights.get(p).copied().flatten().is_some())
+            .map(|(p, v)| (p, super::FreshInit::Fill(v)))
+            .collect()
+    }
+
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
         // scale, B, mean, var.
         norm_links(cx, 4)

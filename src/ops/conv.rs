@@ -389,6 +389,14 @@ impl Op for Conv {
         port == 1 || port == 2
     }
 
+    fn fresh_init(
+        &self,
+        _node: &crate::ir::Node,
+        weights: &[Option<&[usize]>],
+    ) -> Vec<(usize, super::FreshInit)> {
+        super::util::conv_fresh_init(weights)
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         let w = cx.input(1)?;

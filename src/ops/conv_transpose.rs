@@ -115,6 +115,14 @@ impl Op for ConvTranspose {
         port == 1 || port == 2
     }
 
+    fn fresh_init(
+        &self,
+        _node: &crate::ir::Node,
+        weights: &[Option<&[usize]>],
+    ) -> Vec<(usize, super::FreshInit)> {
+        util::conv_fresh_init(weights)
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let (Some(x), Some(w)) = (util::required_input(cx, 0)?, util::required_input(cx, 1)?)
         else {

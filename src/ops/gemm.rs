@@ -7,12 +7,12 @@
 
 use crate::error::Result;
 use crate::ir::graph::{attr_float, attr_int};
-use crate::ir::{Dim, Fact, ValueId};
+use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::fconst;
 use super::vjp::VjpCx;
-use super::{util, Cost, Cx, Op};
+use super::{util, Cost, Cx, FreshInit, Op};
 
 /// `Gemm`.
 pub struct Gemm {
@@ -36,6 +36,26 @@ impl Op for Gemm {
     fn weight_input(&self, _port: usize) -> bool {
         // Either operand may be a learned matrix (or bias).
         true
+    }
+
+    fn fresh_init(&self, node: &Node, weights: &[Option<&[usize]>]) -> Vec<(usize, FreshInit)> {
+        // A constant B is the weight (fan-in K), a constant C its bias.
+        let mut out = Vec::new();
+        if let Some(&[rows, cols]) = weights.get(1).copied().flatten() {
+            let trans_b = node.attr_i("transB").unwrap_or(0) != 0;
+            let fan_in = if trans_b { cols } else { rows };
+            out.push((
+                1,
+                FreshInit::Kaiming {
+                    fan_in,
+                    dense: true,
+                },
+            ));
+        }
+        if weights.get(2).copied().flatten().is_some() {
+            out.push((2, FreshInit::Fill(0.0)));
+        }
+        out
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

@@ -6,12 +6,12 @@
 //! `MatMulInteger`/`QLinearMatMul` (other op types).
 
 use crate::error::Result;
-use crate::ir::{Dim, Fact, ValueId};
+use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::reshape;
 use super::vjp::VjpCx;
-use super::{util, Cost, Cx, Op};
+use super::{util, Cost, Cx, FreshInit, Op};
 
 /// `MatMul`.
 pub struct MatMul {
@@ -26,6 +26,28 @@ impl Op for MatMul {
     fn weight_input(&self, _port: usize) -> bool {
         // Either operand may be a learned matrix (or bias).
         true
+    }
+
+    fn fresh_init(&self, _node: &Node, weights: &[Option<&[usize]>]) -> Vec<(usize, FreshInit)> {
+        // A constant 2-D B `[K, N]` is the weight; failing that a constant 2-D A `[M, K]`.
+        let w = |p: usize| weights.get(p).copied().flatten();
+        match (w(0), w(1)) {
+            (_, Some(&[k, _])) => vec![(
+                1,
+                FreshInit::Kaiming {
+                    fan_in: k,
+                    dense: true,
+                },
+            )],
+            (Some(&[_, k]), _) => vec![(
+                0,
+                FreshInit::Kaiming {
+                    fan_in: k,
+                    dense: true,
+                },
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

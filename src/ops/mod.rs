@@ -120,6 +120,22 @@ pub struct Cost {
     pub flops: u64,
 }
 
+/// A re-initialisation rule for one weight input (see [`Op::fresh_init`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FreshInit {
+    /// Kaiming-normal, `N(0, 2 / fan_in)`. `dense` marks fully connected weights (Gemm,
+    /// MatMul): when the model's last Kaiming weight is dense it is the classifier, which no
+    /// ReLU follows, and gets `N(0, 1 / fan_in)` instead.
+    Kaiming {
+        /// Inputs feeding one output element.
+        fan_in: usize,
+        /// A fully connected weight.
+        dense: bool,
+    },
+    /// Every element set to this value.
+    Fill(f32),
+}
+
 /// One operator's behaviour. All methods have conservative defaults.
 pub trait Op: Sync {
     /// The ONNX op type (default domain).
@@ -177,6 +193,14 @@ pub trait Op: Sync {
     /// initializer). Default: no.
     fn weight_input(&self, _port: usize) -> bool {
         false
+    }
+
+    /// How `lopper train --from-scratch` re-initialises this node's inputs: `(port, rule)`
+    /// pairs, in the order the values are drawn. `weights[p]` is the shape of input `p` when it
+    /// is a float32 initializer (`None` otherwise); only such inputs may be named. Default: no
+    /// opinion (the inputs keep their values).
+    fn fresh_init(&self, _node: &Node, _weights: &[Option<&[usize]>]) -> Vec<(usize, FreshInit)> {
+        Vec::new()
     }
 
     /// Backward rule (vector-Jacobian product): given the gradient of each output (`None`:

@@ -535,3 +535,24 @@ pub(crate) mod test_extra {
         )
     }
 }
+
+/// The `--from-scratch` rule ([`super::Op::fresh_init`]) of Conv and ConvTranspose: a weight
+/// `W: [_, C/groups, k…]` of rank ≥ 2 gets Kaiming-normal with fan-in `C/groups · Πk`, a
+/// bias `B` zeros.
+pub fn conv_fresh_init(weights: &[Option<&[usize]>]) -> Vec<(usize, super::FreshInit)> {
+    let mut out = Vec::new();
+    if let Some(w) = weights.get(1).copied().flatten().filter(|w| w.len() >= 2) {
+        let fan_in = w[1..].iter().product();
+        out.push((
+            1,
+            super::FreshInit::Kaiming {
+                fan_in,
+                dense: false,
+            },
+        ));
+    }
+    if weights.get(2).copied().flatten().is_some() {
+        out.push((2, super::FreshInit::Fill(0.0)));
+    }
+    out
+}

@@ -22,6 +22,9 @@ use crate::onnx::proto::ValueInfoProto;
 pub struct SimplifyOptions {
     /// Keep `BatchNormalization` nodes instead of folding them into the preceding Conv/Gemm.
     pub keep_batch_norm: bool,
+    /// Keep inference-mode `Dropout` nodes (the training compiler turns them into masks)
+    /// instead of removing them with the Identity nodes.
+    pub keep_dropout: bool,
     /// Run the IR verifier after every pass (always done in debug builds).
     pub verify: bool,
 }
@@ -31,7 +34,13 @@ type Pass = fn(&mut Model, &SimplifyOptions) -> Result<bool>;
 
 /// The simplification pipeline, in order.
 const PIPELINE: &[(&str, Pass)] = &[
-    ("remove_identity", |m, _| remove_identity(m)),
+    ("remove_identity", |m, o| {
+        if o.keep_dropout {
+            remove_identity::remove_identity_keep_dropout(m)
+        } else {
+            remove_identity(m)
+        }
+    }),
     ("fold_constants", |m, _| fold_constants(m)),
     ("fold_batch_norm", |m, o| {
         if o.keep_batch_norm {
@@ -46,10 +55,11 @@ const PIPELINE: &[(&str, Pass)] = &[
 /// Most rounds of [`PIPELINE`] that [`simplify`] runs before giving up on a fixed point.
 const MAX_ROUNDS: usize = 8;
 
-/// Simplifies the model: removes Identity/inference Dropout, folds constant subgraphs and
-/// (unless `keep_batch_norm`) BatchNormalization into the preceding Conv/ConvTranspose/Gemm,
-/// and removes dead code, repeating until nothing changes (at most 8 rounds). Returns whether
-/// anything changed. The verifier runs after each pass in debug builds or with `opts.verify`.
+/// Simplifies the model: removes Identity and (unless `keep_dropout`) inference Dropout, folds
+/// constant subgraphs and (unless `keep_batch_norm`) BatchNormalization into the preceding
+/// Conv/ConvTranspose/Gemm, and removes dead code, repeating until nothing changes (at most 8
+/// rounds). Returns whether anything changed. The verifier runs after each pass in debug
+/// builds or with `opts.verify`.
 pub fn simplify(model: &mut Model, opts: &SimplifyOptions) -> Result<bool> {
     let check = opts.verify || cfg!(debug_assertions);
     let mut changed = false;
@@ -199,6 +209,7 @@ mod tests {
         let opts = SimplifyOptions {
             keep_batch_norm: true,
             verify: true,
+            ..Default::default()
         };
         assert!(simplify(&mut m, &opts).unwrap());
         assert_eq!(ops(&m), ["Conv", "BatchNormalization"]);

@@ -16,10 +16,19 @@ use crate::ir::{Graph, Model, NodeId};
 
 /// Removes Identity and inference Dropout nodes; returns whether any was removed.
 pub fn remove_identity(model: &mut Model) -> Result<bool> {
+    remove_no_ops(model, true)
+}
+
+/// Removes Identity nodes only (every Dropout stays); returns whether any was removed.
+pub fn remove_identity_keep_dropout(model: &mut Model) -> Result<bool> {
+    remove_no_ops(model, false)
+}
+
+fn remove_no_ops(model: &mut Model, dropout: bool) -> Result<bool> {
     let g = &mut model.graph;
     let mut changed = false;
     for n in g.topo_order()? {
-        if !is_removable(g, n) {
+        if !is_removable(g, n) || (!dropout && g.node(n).op_type == "Dropout") {
             continue;
         }
         let node = g.node(n);
@@ -117,6 +126,26 @@ mod tests {
         let b = g.node_ids().last().unwrap();
         assert_eq!(g.node(b).inputs[0], g.value_by_name("a"));
         assert!(!remove_identity(&mut m).unwrap());
+    }
+
+    #[test]
+    fn keep_dropout_variant_removes_identity_only() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let i = g.add_node("i", "Identity", &[Some(x)], &["i"], vec![]);
+        let i = g.node(i).outputs[0];
+        let d = g.add_node("d", "Dropout", &[i], &["d"], vec![]);
+        let d = g.node(d).outputs[0];
+        let b = g.add_node("b", "Relu", &[d], &["y"], vec![]);
+        g.outputs.push(g.node(b).outputs[0].unwrap());
+        let mut m = model(g, 13);
+
+        assert!(remove_identity_keep_dropout(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        assert_eq!(ops(&m), ["Dropout", "Relu"]);
+        assert!(!remove_identity_keep_dropout(&mut m).unwrap());
+        assert!(remove_identity(&mut m).unwrap());
+        assert_eq!(ops(&m), ["Relu"]);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! held in memory as float32 (60k MNIST digits: 188 MB; 50k CIFAR images: 614 MB); each epoch
 //! shuffles it with a seeded splitmix64 stream and drops the last partial batch; image batches
 //! are augmented (random crop from a 4-pixel padding, whose pixels are raw zeros, and a
-//! horizontal flip); the learning rate (linear warm-up, then cosine, step or constant) and the
-//! regularizer strength (constant, or growing linearly from 0) are computed per step and fed
-//! as scalars. Parameters, optimizer state and BatchNormalization running statistics are
+//! horizontal flip); Dropout masks come from the same stream (uniform noise fed to the step,
+//! see [`super::dropout`]); the learning rate (linear warm-up, then cosine, step or constant)
+//! and the regularizer strength (constant, or growing linearly from 0) are computed per step
+//! and fed as scalars. Parameters, optimizer state and BatchNormalization running statistics are
 //! carried from one step's outputs to the next step's inputs.
 //!
 //! After each epoch the weights go back into the inference model
@@ -258,6 +259,11 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Uniform in `[0, 1)` as float32 (24 bits: every value exact, never 1).
+    pub fn uniform_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32
+    }
+
     /// Uniform in `0..n` (`n` > 0; multiply-shift, negligible bias).
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
@@ -296,15 +302,16 @@ pub fn lr_at(base: f64, schedule: Schedule, t: usize, total: usize, warmup: usiz
 }
 
 /// Makes `model` trainable by the step compiler: folds constant subgraphs (so that reshaped
-/// weights become initializers; BatchNormalization is kept) and frees a fixed batch size of
-/// the data input. It does not rewrite shapes hard-coded in the graph: models with those fail
-/// later, in the step compiler's shape inference.
+/// weights become initializers; BatchNormalization and Dropout are kept) and frees a fixed
+/// batch size of the data input. It does not rewrite shapes hard-coded in the graph: models
+/// with those fail later, in the step compiler's shape inference.
 pub fn prepare_model(model: &Model) -> Result<Model> {
     let mut m = model.clone();
     crate::passes::simplify(
         &mut m,
         &crate::passes::SimplifyOptions {
             keep_batch_norm: true,
+            keep_dropout: true,
             verify: false,
         },
     )?;
@@ -347,114 +354,73 @@ pub fn prepare_model(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// Re-initialises every weight a step would train, seeded: Kaiming-normal (fan-in, gain √2)
-/// for Conv/ConvTranspose/Gemm/MatMul weights (gain 1 for the last Gemm/MatMul when it is the
-/// last weight layer: the classifier), zeros for their biases (Conv/Gemm bias inputs
-/// and initializers added to their outputs), γ = 1, β = 0, mean 0 and variance 1 for
-/// BatchNormalization. Float32 initializers only; anything else is left as it is.
+/// Re-initialises every weight a step would train, seeded, as each op asks
+/// ([`crate::ops::Op::fresh_init`]): Kaiming-normal (fan-in, gain √2) for Conv/ConvTranspose/
+/// Gemm/MatMul weights (gain 1 for the last weight when it is fully connected: the classifier),
+/// zeros for their biases, γ = 1, β = 0, mean 0 and variance 1 for BatchNormalization; and
+/// zeros for initializers added (`Add`) to the output of a Conv, Gemm or MatMul. Nodes are
+/// visited in topological order and an initializer keeps the first rule it gets. Float32
+/// initializers only; anything else, and inputs of ops with no opinion, is left as it is.
 pub fn reinitialize(model: &mut Model, seed: u64) -> Result<()> {
+    use crate::ops::FreshInit;
     let g = &mut model.graph;
     let mut rng = SplitMix64(seed ^ 0x5EED_1A17_0000_0001);
     let mut done = std::collections::HashSet::new();
     let order = g.topo_order()?;
-    enum Init {
-        Kaiming(usize),
-        Lecun(usize),
-        Fill(f32),
-    }
-    let mut plan = Vec::new();
-    let mut linear = std::collections::HashSet::new();
+    let mut plan: Vec<(crate::ir::ValueId, FreshInit)> = Vec::new();
     for n in order {
         let node = g.node(n);
-        let shape_of = |port: usize| {
+        let weight = |port: usize| {
             node.input(port)
                 .and_then(|v| g.init(v).map(|t| (v, t)))
                 .filter(|(_, t)| t.dtype() == DType::F32)
-                .map(|(v, t)| (v, t.shape().to_vec()))
         };
-        let rest = |s: &[usize]| s.iter().skip(2).product::<usize>();
-        match node.op_type.as_str() {
-            "Conv" | "ConvTranspose" => {
-                if let Some((v, s)) = shape_of(1).filter(|(_, s)| s.len() >= 2) {
-                    plan.push((v, Init::Kaiming(s[1] * rest(&s))));
-                }
-                if let Some((v, _)) = shape_of(2) {
-                    plan.push((v, Init::Fill(0.0)));
-                }
-            }
-            "Gemm" => {
-                if let Some((v, s)) = shape_of(1).filter(|(_, s)| s.len() == 2) {
-                    let fan = if node.attr_i("transB") == Some(1) {
-                        s[1]
-                    } else {
-                        s[0]
-                    };
-                    plan.push((v, Init::Kaiming(fan)));
-                    linear.insert(v);
-                }
-                if let Some((v, _)) = shape_of(2) {
-                    plan.push((v, Init::Fill(0.0)));
+        if node.op_type == "Add" {
+            // A bias added to a linear layer's output.
+            for port in [0, 1] {
+                let other = node.input(1 - port);
+                let after_linear = other
+                    .and_then(|o| g.value(o).producer)
+                    .is_some_and(|(p, _)| {
+                        matches!(g.node(p).op_type.as_str(), "Conv" | "Gemm" | "MatMul")
+                    });
+                if let Some((v, _)) = weight(port).filter(|_| after_linear) {
+                    plan.push((v, FreshInit::Fill(0.0)));
                 }
             }
-            "MatMul" => {
-                if let Some((v, s)) = shape_of(1).filter(|(_, s)| s.len() == 2) {
-                    plan.push((v, Init::Kaiming(s[0])));
-                    linear.insert(v);
-                } else if let Some((v, s)) = shape_of(0).filter(|(_, s)| s.len() == 2) {
-                    plan.push((v, Init::Kaiming(s[1])));
-                    linear.insert(v);
-                }
+            continue;
+        }
+        let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        let shapes: Vec<Option<&[usize]>> = (0..node.inputs.len())
+            .map(|p| weight(p).map(|(_, t)| t.shape()))
+            .collect();
+        for (port, rule) in op.fresh_init(node, &shapes) {
+            // Ops may only name float32 initializers.
+            if let Some((v, _)) = weight(port) {
+                plan.push((v, rule));
             }
-            "Add" => {
-                for port in [0, 1] {
-                    let other = node.input(1 - port);
-                    let after_linear =
-                        other
-                            .and_then(|o| g.value(o).producer)
-                            .is_some_and(|(p, _)| {
-                                matches!(g.node(p).op_type.as_str(), "Conv" | "Gemm" | "MatMul")
-                            });
-                    if let Some((v, _)) = shape_of(port).filter(|_| after_linear) {
-                        plan.push((v, Init::Fill(0.0)));
-                    }
-                }
-            }
-            "BatchNormalization" => {
-                for (port, val) in [(1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)] {
-                    if let Some((v, _)) = shape_of(port) {
-                        plan.push((v, Init::Fill(val)));
-                    }
-                }
-            }
-            _ => {}
         }
     }
-    // The classifier (the last Gemm/MatMul weight) gets gain 1: no ReLU follows it.
-    if let Some(last) = plan
+    // The classifier (the last Kaiming weight, when fully connected) gets gain 1: no ReLU
+    // follows it.
+    let last = plan
         .iter()
-        .rposition(|(_, i)| matches!(i, Init::Kaiming(_)))
-        .filter(|&k| linear.contains(&plan[k].0))
-    {
-        if let Init::Kaiming(fan) = plan[last].1 {
-            plan[last].1 = Init::Lecun(fan);
-        }
-    }
-    for (v, init) in plan {
+        .rposition(|(_, r)| matches!(r, FreshInit::Kaiming { .. }))
+        .filter(|&k| matches!(plan[k].1, FreshInit::Kaiming { dense: true, .. }));
+    for (k, (v, rule)) in plan.into_iter().enumerate() {
         if !done.insert(v) {
             continue;
         }
         let Some(old) = g.init(v) else { continue };
         let shape = old.shape().to_vec();
         let n = old.len();
-        let values: Vec<f32> = match init {
-            Init::Fill(x) => vec![x; n],
-            Init::Kaiming(fan) | Init::Lecun(fan) => {
-                let gain = if matches!(init, Init::Kaiming(_)) {
-                    2.0
-                } else {
-                    1.0
-                };
-                let std = (gain / fan.max(1) as f64).sqrt();
+        let values: Vec<f32> = match rule {
+            FreshInit::Fill(x) => vec![x; n],
+            FreshInit::Kaiming { fan_in, .. } => {
+                let gain = if Some(k) == last { 1.0 } else { 2.0 };
+                let std = (gain / fan_in.max(1) as f64).sqrt();
                 (0..n).map(|_| (rng.normal() * std) as f32).collect()
             }
         };
@@ -463,28 +429,136 @@ pub fn reinitialize(model: &mut Model, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Per-gamma masks for [`Regularizer::MaskedL1Gamma`] from a one-step plan file made for
-/// `model`: entry `c` of a BatchNormalization scale is 1 when its channel belongs to a class
-/// the plan removes, else 0. Scales with no removed channel get no entry. Multi-step plans
-/// (iterative pruning) are refused: their later steps describe models this one is not.
-pub fn masks_from_plan(
-    model: &Model,
-    plan: &crate::plan::file::PlanFile,
-) -> Result<std::collections::BTreeMap<String, Vec<f32>>> {
-    use crate::ops::channel::{Map, Port};
-    if plan.steps.len() != 1 {
+/// Per-scale masks for [`Regularizer::MaskedL1Gamma`]: BatchNormalization scale name → one
+/// 0/1 entry per channel.
+pub type ScaleMasks = std::collections::BTreeMap<String, Vec<f32>>;
+
+/// Masks for [`Regularizer::MaskedL1Gamma`] from a plan file made for `model`: entry `c` of a
+/// BatchNormalization scale is 1 when the plan removes channel `c` of the model, in any of
+/// its steps, else 0; scales losing no channel get no entry. The plan is replayed on a copy of
+/// `model` the way `lopper prune --plan` does (simplified with BatchNormalization kept,
+/// re-analysed before every step); the channels a later step removes are traced back to the
+/// model's own through the earlier steps' removals (which keep the order of the channels
+/// left). `model` itself is not changed. Errors when the plan was made for another model or
+/// does not fit it, when a scale cannot be followed through a step, or when no scale loses a
+/// channel.
+pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Result<ScaleMasks> {
+    plan.check_model(model)?;
+    let mut m = model.clone();
+    let steps = plan.steps.len();
+    // Per scale: its current positions → the model's channels, and its mask.
+    let mut origin: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    let mut masks = ScaleMasks::new();
+    for step in 0..steps {
+        let groups = crate::prune::analyse(&mut m)?;
+        if step == 0 {
+            for (name, len) in bn_scales(&m) {
+                origin.insert(name.clone(), (0..len).collect());
+                masks.insert(name, vec![0.0; len]);
+            }
+        }
+        let classes = plan.step_classes(step, &groups)?;
+        let removed = removed_scale_channels(&m, &groups, &classes);
+        for (name, flags) in &removed {
+            let (Some(orig), Some(mask)) = (origin.get(name), masks.get_mut(name)) else {
+                continue;
+            };
+            for (&o, _) in orig.iter().zip(flags).filter(|(_, r)| **r) {
+                if let Some(x) = mask.get_mut(o) {
+                    *x = 1.0;
+                }
+            }
+        }
+        if step + 1 == steps {
+            break;
+        }
+        let shapes = crate::analysis::infer_shapes(&m)?;
+        crate::passes::remove_channels(&mut m, &groups, &shapes, &classes)?;
+        let now = bn_scales(&m);
+        for (name, orig) in origin.iter_mut() {
+            if let Some(flags) = removed.get(name) {
+                let kept = orig.iter().zip(flags).filter(|(_, r)| !**r);
+                *orig = kept.map(|(o, _)| *o).collect();
+            }
+            if now.get(name) != Some(&orig.len()) {
+                return Err(Error::Usage(format!(
+                    "plan step {}: BatchNormalization scale '{name}' cannot be followed \
+                     through the removal (it is gone or has an unexpected size)",
+                    step + 1
+                )));
+            }
+        }
+    }
+    masks.retain(|_, m| m.iter().any(|&v| v > 0.0));
+    if masks.is_empty() {
+        return Err(Error::Usage(
+            "the plan removes no channel of any BatchNormalization scale: masked L1 would do \
+             nothing"
+                .into(),
+        ));
+    }
+    Ok(masks)
+}
+
+/// Masks for [`Regularizer::MaskedL1Gamma`] on the channels `lopper prune` would remove with
+/// `scored` (criterion, allocation, rounds; see [`crate::prune::Scored::new`] for its
+/// defaults): the pruning pipeline runs on a copy of `model`, without the equivalence check,
+/// and its plan goes through [`masks_from_plan`]. `model` keeps every channel. Criteria that
+/// need calibration data and latency targets are refused: make a plan with `lopper prune
+/// --save-plan` for those.
+pub fn masks_from_criterion(model: &Model, scored: &crate::prune::Scored) -> Result<ScaleMasks> {
+    use crate::plan::allocate::{Amount, Budget};
+    if scored.criterion.needs_data() {
         return Err(Error::Usage(format!(
-            "masked L1 needs a plan of one step, this one has {}",
-            plan.steps.len()
+            "masked L1: criterion '{}' needs calibration data; make a plan with `lopper prune \
+             --criterion {} --data ... --save-plan PLAN.json` and pass masked-l1=PLAN.json:W",
+            scored.criterion, scored.criterion
         )));
     }
-    plan.check_model(model)?;
-    let shapes = crate::analysis::infer_shapes(model)?;
-    let groups = crate::analysis::channel_groups(model, &shapes)?;
-    let removed: std::collections::HashSet<usize> =
-        plan.step_classes(0, &groups)?.into_iter().collect();
+    if matches!(scored.allocate.amount, Amount::Target(Budget::Latency(_))) {
+        return Err(Error::Usage(
+            "masked L1: a latency target needs timing runs; make a plan with `lopper prune \
+             --target latency=R --save-plan PLAN.json` and pass masked-l1=PLAN.json:W"
+                .into(),
+        ));
+    }
+    let mut copy = model.clone();
+    let opts = crate::prune::PruneOptions {
+        selection: crate::prune::Selection::Scored(scored.clone()),
+        verify_with: Vec::new(),
+        tolerance: 0.0,
+    };
+    let report = crate::prune::prune(&mut copy, &opts)?;
+    if report.removed == 0 {
+        return Err(Error::Usage(format!(
+            "masked L1: criterion '{}' with this amount removes no channel",
+            scored.criterion
+        )));
+    }
+    masks_from_plan(model, &report.plan)
+}
+
+/// Every BatchNormalization scale held in an initializer: name → channels.
+fn bn_scales(model: &Model) -> std::collections::BTreeMap<String, usize> {
     let g = &model.graph;
-    let mut masks = std::collections::BTreeMap::new();
+    g.node_ids()
+        .filter(|&n| g.node(n).op_type == "BatchNormalization")
+        .filter_map(|n| g.node(n).input(1))
+        .filter_map(|v| g.init(v).map(|t| (g.value(v).name.clone(), t.len())))
+        .collect()
+}
+
+/// Per BatchNormalization scale (by name), which of its entries belong to the `classes` of
+/// `groups` (an analysis of `model`). Scales without such entries are left out.
+fn removed_scale_channels(
+    model: &Model,
+    groups: &crate::analysis::ChannelGroups,
+    classes: &[usize],
+) -> std::collections::BTreeMap<String, Vec<bool>> {
+    use crate::ops::channel::{Map, Port};
+    let removed: std::collections::HashSet<usize> = classes.iter().copied().collect();
+    let g = &model.graph;
+    let mut out = std::collections::BTreeMap::new();
     for m in &groups.members {
         let node = g.node(m.node);
         if node.op_type != "BatchNormalization" || m.input != 1 || m.axis != 0 {
@@ -501,7 +575,9 @@ pub fn masks_from_plan(
         let Some(atoms) = slot_value.and_then(|v| groups.slots.get(&(v, m.slot.axis))) else {
             continue;
         };
-        let mut mask = vec![0f32; len];
+        let flags = out
+            .entry(g.value(gamma).name.clone())
+            .or_insert_with(|| vec![false; len]);
         for (pos, &atom) in atoms.iter().enumerate() {
             let idx = match &m.map {
                 Map::Identity => Some(pos),
@@ -509,23 +585,14 @@ pub fn masks_from_plan(
             };
             let class = groups.class_of.get(atom).copied();
             if let (Some(i), Some(c)) = (idx, class) {
-                if i < len && removed.contains(&c) {
-                    mask[i] = 1.0;
+                if let (Some(f), true) = (flags.get_mut(i), removed.contains(&c)) {
+                    *f = true;
                 }
             }
         }
-        if mask.iter().any(|&v| v > 0.0) {
-            masks.insert(g.value(gamma).name.clone(), mask);
-        }
     }
-    if masks.is_empty() {
-        return Err(Error::Usage(
-            "the plan removes no channel of any BatchNormalization scale: masked L1 would do \
-             nothing"
-                .into(),
-        ));
-    }
-    Ok(masks)
+    out.retain(|_, f: &mut Vec<bool>| f.iter().any(|&x| x));
+    out
 }
 
 /// The training split, preprocessed, in memory.
@@ -903,6 +970,7 @@ pub fn train(
             feed.push((labels_in.clone(), Tensor::from_i64(vec![opts.batch], &ybuf)));
             feed.push((ts.lr.clone(), scalar(lr)));
             feed.push((ts.step.clone(), scalar((step + 1) as f64)));
+            feed.extend(ts.noise_feed(&mut || rng.uniform_f32()));
             if let Some(l) = &ts.l1_lambda {
                 let v = match opts.lambda {
                     LambdaSchedule::Constant => 1.0,
@@ -1024,6 +1092,77 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
         assert_ne!(v, sorted);
+    }
+
+    /// The masks of a plan, one round or several, are exactly the scale channels pruning
+    /// removes: replaying the plan leaves every scale with its unmasked entries, in order. The
+    /// criterion masks are those of the plan `lopper prune` makes with the same selection.
+    #[test]
+    fn masks_are_the_channels_pruning_removes() {
+        use crate::analysis::importance::CriterionKind;
+        use crate::plan::allocate::{Amount, Budget};
+        use crate::prune::{prune, PruneOptions, Scored, Selection};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models/pretrained/resnet20_cifar10.bn.onnx");
+        if !path.is_file() {
+            eprintln!("NOTICE: skipping: no shared models");
+            return;
+        }
+        let model = Model::load(&path).unwrap();
+        let mut three_rounds = Scored::new(CriterionKind::L1, Amount::Ratio(0.5));
+        three_rounds.steps = 3;
+        let cases = [
+            Scored::new(CriterionKind::L1, Amount::Ratio(0.3)),
+            three_rounds,
+            Scored::new(CriterionKind::BnScale, Amount::Target(Budget::Flops(0.5))),
+        ];
+        for scored in cases {
+            let mut pruned = model.clone();
+            let opts = PruneOptions {
+                selection: Selection::Scored(scored.clone()),
+                verify_with: Vec::new(),
+                tolerance: 0.0,
+            };
+            let report = prune(&mut pruned, &opts).unwrap();
+            assert_eq!(report.plan.steps.len(), scored.steps);
+            let masks = masks_from_plan(&model, &report.plan).unwrap();
+            let value = |m: &Model, name: &str| {
+                let v = m.graph.value_by_name(name).unwrap();
+                m.graph.init(v).unwrap().to_f64_vec().unwrap()
+            };
+            let scales = bn_scales(&pruned);
+            assert_eq!(scales.len(), 19);
+            let mut masked = 0;
+            for name in scales.keys() {
+                let before = value(&model, name);
+                let mask = masks.get(name).cloned().unwrap_or(vec![0.0; before.len()]);
+                assert_eq!(mask.len(), before.len(), "{name}");
+                masked += mask.iter().filter(|&&m| m > 0.0).count();
+                let kept: Vec<f64> = before
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, &m)| m == 0.0)
+                    .map(|(v, _)| *v)
+                    .collect();
+                assert_eq!(value(&pruned, name), kept, "{name}, {scored:?}");
+            }
+            eprintln!(
+                "{} {:?}, {} round(s): {masked} scale entries in {} scales masked",
+                scored.criterion,
+                scored.allocate.amount,
+                scored.steps,
+                masks.len()
+            );
+            assert!(masked > 0);
+            assert_eq!(masks_from_criterion(&model, &scored).unwrap(), masks);
+        }
+        // A model without BatchNormalization: nothing to mask, said so.
+        let mnist = path.with_file_name("mnist-8.onnx");
+        let scored = Scored::new(CriterionKind::L1, Amount::Ratio(0.5));
+        let err = masks_from_criterion(&Model::load(&mnist).unwrap(), &scored).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("no channel of any BatchNormalization"));
     }
 
     #[test]

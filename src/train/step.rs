@@ -9,7 +9,9 @@
 //! and BatchNormalization running statistics become graph inputs; their updated values are
 //! graph outputs named `{input}.next`. The host keeps the tensors between steps and feeds the
 //! per-step scalars `lr`, `step` (float, 1 at the first step) and, with regularizers,
-//! `l1_lambda`. The loss is built on the model's first output.
+//! `l1_lambda`, and one uniform-noise tensor per Dropout on the loss path
+//! ([`TrainStep::noise`], see [`super::dropout`]). The loss is built on the model's first
+//! output.
 //!
 //! Not done here: data loading, schedules, mixed precision, gradient clipping; the data input
 //! must be the model's only runtime input.
@@ -21,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Graph, Model, Tensor, ValueId};
 
 use super::bn_train;
+use super::dropout::{self, DropoutNoise};
 use super::emit::{add_input, declare, initializer_to_input, Emit};
 use crate::ops;
 use crate::plan::glob_match;
@@ -101,6 +104,9 @@ pub struct TrainStep {
     pub accuracy: Option<String>,
     /// Initializers left constant: frozen by glob, or not reaching the loss.
     pub frozen: Vec<String>,
+    /// The noise inputs of the Dropouts lowered to fed masks, fresh uniform `[0, 1)` values
+    /// every step ([`TrainStep::noise_feed`]).
+    pub noise: Vec<DropoutNoise>,
     /// The batch size.
     pub batch: usize,
     original: Model,
@@ -117,10 +123,25 @@ impl TrainStep {
             .collect()
     }
 
+    /// Fresh noise for every lowered Dropout, drawn tensor after tensor, element by element,
+    /// from `uniform` (which must return values in `[0, 1)`): the feed entries to add to a
+    /// step. Empty when the model has no Dropout on the loss path.
+    pub fn noise_feed(&self, uniform: &mut dyn FnMut() -> f32) -> Vec<(String, Tensor)> {
+        self.noise
+            .iter()
+            .map(|d| {
+                let n: usize = d.shape.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| uniform()).collect();
+                (d.input.clone(), Tensor::from_f32(d.shape.clone(), &v))
+            })
+            .collect()
+    }
+
     /// The original inference model with trained parameters and running statistics written
-    /// back (BatchNormalization stays in inference mode). `trained` entries are named by input
-    /// or output name; optimizer state, loss and accuracy entries are ignored; anything else,
-    /// or a shape/type that differs from the original, is an error.
+    /// back (BatchNormalization stays in inference mode, Dropout nodes stay as they were).
+    /// `trained` entries are named by input or output name; optimizer state, noise, loss and
+    /// accuracy entries are ignored; anything else, or a shape/type that differs from the
+    /// original, is an error.
     pub fn inference_model(&self, trained: &[(String, Tensor)]) -> Result<Model> {
         let mut m = self.original.clone();
         let mut by_name: HashMap<&str, &str> = HashMap::new();
@@ -132,6 +153,7 @@ impl TrainStep {
             .state
             .iter()
             .flat_map(|(_, _, c)| [c.input.as_str(), c.output.as_str()])
+            .chain(self.noise.iter().map(|d| d.input.as_str()))
             .chain(std::iter::once(self.loss.as_str()))
             .chain(self.accuracy.as_deref())
             .collect();
@@ -279,11 +301,20 @@ where
     let shapes = infer_shapes(&m)?;
     let bns = bn_train::to_training_mode(&mut m.graph, &shapes, opset)?;
     let shapes = infer_shapes(&m)?;
-    let out = *m
-        .graph
-        .outputs
-        .first()
-        .ok_or_else(|| Error::Graph("the model has no output".into()))?;
+    let first_output = |g: &Graph| {
+        g.outputs
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Graph("the model has no output".into()))
+    };
+    let root = first_output(&m.graph)?;
+    let noise = dropout::lower_dropouts(&mut m.graph, &shapes, model.opset(), opset, root)?;
+    let shapes = if noise.is_empty() {
+        shapes
+    } else {
+        infer_shapes(&m)?
+    };
+    let out = first_output(&m.graph)?;
     let lg = loss::add_loss(&mut m.graph, &shapes, opset, out, &opts.loss)?;
     let g = &mut m.graph;
     let lr = add_input(g, "lr", DType::F32, &[]);
@@ -455,6 +486,7 @@ where
         loss: names[loss_idx].clone(),
         accuracy: acc_idx.map(|i| names[i].clone()),
         frozen,
+        noise,
         batch: opts.batch,
         original: model.clone(),
         model: m,

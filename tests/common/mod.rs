@@ -281,3 +281,120 @@ pub fn save_reload(model: &Model, dir: &Path, name: &str) -> (PathBuf, Model) {
         .unwrap_or_else(|e| panic!("{}: reloaded graph fails the verifier: {e}", path.display()));
     (path, back)
 }
+
+/// A small classifier with Dropout, `x[N, input…] → Flatten → Gemm (hidden) → Relu →
+/// Dropout(ratio) → Gemm (classes) → logits`, and when `side` a second output `side =
+/// Dropout(Relu)` (default ratio) that the loss does not read. The ratio is input 1 from
+/// opset 12, the `ratio` attribute before. Weights are seeded (`seed`), scaled by 1/√fan-in.
+pub fn dropout_mlp(
+    opset: i64,
+    input: &[usize],
+    hidden: usize,
+    classes: usize,
+    ratio: f32,
+    side: bool,
+    seed: u64,
+) -> Model {
+    use lopper::ir::graph::{attr_float, attr_int};
+    use lopper::ir::Graph;
+    use lopper::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
+
+    let mut g = Graph::new();
+    let mut rng = Rng::new(seed);
+    let declare = |g: &mut Graph, v, name: &str, dims: Vec<Dim>| {
+        g.set_decl(
+            v,
+            ValueInfoProto {
+                name: Some(name.into()),
+                r#type: Some(Fact::new(Some(DType::F32), dims).to_type()),
+                ..Default::default()
+            },
+        );
+        g.value_info.retain(|x| *x != v);
+    };
+    let x = g.add_value("x");
+    let mut dims = vec![Dim::Sym("N".into())];
+    dims.extend(input.iter().map(|&d| Dim::Known(d)));
+    declare(&mut g, x, "x", dims);
+    g.inputs.push(x);
+    let fan: usize = input.iter().product();
+    let mut weights = |g: &mut Graph, name: &str, shape: Vec<usize>, scale: f64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.uniform() * scale).collect();
+        g.add_initializer(name, Tensor::from_f64_as(DType::F32, shape, &v).unwrap())
+    };
+    let w1 = weights(
+        &mut g,
+        "fc1.weight",
+        vec![hidden, fan],
+        1.0 / (fan as f64).sqrt(),
+    );
+    let b1 = weights(&mut g, "fc1.bias", vec![hidden], 0.1);
+    let w2 = weights(
+        &mut g,
+        "fc2.weight",
+        vec![classes, hidden],
+        1.0 / (hidden as f64).sqrt(),
+    );
+    let b2 = weights(&mut g, "fc2.bias", vec![classes], 0.1);
+    let one = |g: &mut Graph, name: &str, op: &str, ins: &[Option<lopper::ir::ValueId>], attrs| {
+        let id = g.add_node(name, op, ins, &[name], attrs);
+        g.node(id).outputs[0].unwrap()
+    };
+    let f = one(&mut g, "flatten", "Flatten", &[Some(x)], vec![]);
+    let h = one(
+        &mut g,
+        "fc1",
+        "Gemm",
+        &[Some(f), Some(w1), Some(b1)],
+        vec![attr_int("transB", 1)],
+    );
+    let h = one(&mut g, "relu", "Relu", &[Some(h)], vec![]);
+    let d = if opset >= 12 {
+        let r = g.add_initializer("drop.ratio", Tensor::from_f32(vec![], &[ratio]));
+        one(&mut g, "drop", "Dropout", &[Some(h), Some(r)], vec![])
+    } else {
+        one(
+            &mut g,
+            "drop",
+            "Dropout",
+            &[Some(h)],
+            vec![attr_float("ratio", ratio)],
+        )
+    };
+    let y = one(
+        &mut g,
+        "logits",
+        "Gemm",
+        &[Some(d), Some(w2), Some(b2)],
+        vec![attr_int("transB", 1)],
+    );
+    declare(
+        &mut g,
+        y,
+        "logits",
+        vec![Dim::Sym("N".into()), Dim::Known(classes)],
+    );
+    g.outputs.push(y);
+    if side {
+        let s = one(&mut g, "side", "Dropout", &[Some(h)], vec![]);
+        declare(
+            &mut g,
+            s,
+            "side",
+            vec![Dim::Sym("N".into()), Dim::Known(hidden)],
+        );
+        g.outputs.push(s);
+    }
+    Model {
+        graph: g,
+        rest: ModelProto {
+            ir_version: Some(7),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(opset),
+            }],
+            ..Default::default()
+        },
+    }
+}
