@@ -8,7 +8,7 @@
 //! [`lower`] then replaces it, after autodiff, by what every runtime computes the same way:
 //!
 //! ```text
-//! μ  = ReduceMean(X)       σ² = ReduceSumSquare(X − μ)/n
+//! μ  = ReduceSum(X)/n      σ² = ReduceSumSquare(X − μ)/n
 //! Y  = BatchNormalization(X, γ, β, μ, σ²)            (inference mode)
 //! ```
 //!
@@ -202,13 +202,22 @@ pub fn lower(g: &mut Graph, bns: &[BnUpdate], opset: i64) -> Result<()> {
         let mut e = Emit::new(g, node.name.clone(), opset);
         // Two passes (centre, then square-sum): the one-pass E[X²] − μ² lost enough precision
         // in float32 to double the finite-difference error of MobileNetV2's step.
-        let muk = e.reduce("ReduceMean", x, &axes, true);
-        let d = e.op("Sub", &[x, muk], vec![]);
-        let var = e.reduce("ReduceSumSquare", d, &axes, false);
+        // X − μ as a BatchNormalization (scale 1, variance 1, ε 0): in ONNX Runtime that pass
+        // takes half the time of a Sub broadcasting [1, C, 1, ..], and ReduceSum then a
+        // [C]-sized scale beats ReduceMean over the same axes.
         let inv_n = e.scalar(dt, 1.0 / b.count as f64)?;
-        let var = e.op("Mul", &[var, inv_n], vec![]);
-        let cs = e.ints(&[b.channels as i64]);
-        let mu = e.op("Reshape", &[muk, cs], vec![]);
+        let sum = e.reduce("ReduceSum", x, &axes, false);
+        let mu = e.op("Mul", &[sum, inv_n], vec![]);
+        let c = b.channels;
+        let ones = e.constant(dt, vec![c], &vec![1.0; c])?;
+        let zeros = e.constant(dt, vec![c], &vec![0.0; c])?;
+        let d = e.op(
+            "BatchNormalization",
+            &[x, ones, zeros, mu, ones],
+            vec![attr_float("epsilon", 0.0)],
+        );
+        let ss = e.reduce("ReduceSumSquare", d, &axes, false);
+        let var = e.op("Mul", &[ss, inv_n], vec![]);
         let ins: Vec<Option<ValueId>> = node.inputs.clone();
         let (gamma, beta) = match ins[..] {
             [_, Some(gm), Some(bt), ..] => (gm, bt),
@@ -318,7 +327,8 @@ mod tests {
             };
             assert_eq!(training(&m.graph), [Some(1)]);
             lower(&mut m.graph, &ups, opset).unwrap();
-            assert_eq!(training(&m.graph), [None]);
+            let after = training(&m.graph);
+            assert!(!after.is_empty() && after.iter().all(Option::is_none), "{after:?}");
             let g = &mut m.graph;
             declare(g, z, DType::F32, &[nb, c, h, w]);
             declare(g, ups[0].new_mean, DType::F32, &[c]);
