@@ -397,6 +397,12 @@ impl Op for Conv {
         super::util::conv_fresh_init(weights)
     }
 
+    fn layer_channels(&self, node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {
+        // W = [M, C/group, k..].
+        let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+        (w.len() >= 2).then(|| (w[0], w[1] * group))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         let w = cx.input(1)?;

@@ -123,6 +123,12 @@ impl Op for ConvTranspose {
         util::conv_fresh_init(weights)
     }
 
+    fn layer_channels(&self, node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {
+        // W = [C, M/group, k..].
+        let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+        (w.len() >= 2).then(|| (w[1] * group, w[0]))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let (Some(x), Some(w)) = (util::required_input(cx, 0)?, util::required_input(cx, 1)?)
         else {

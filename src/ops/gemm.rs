@@ -58,6 +58,15 @@ impl Op for Gemm {
         out
     }
 
+    fn layer_channels(&self, node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {
+        // B = [K, N], or [N, K] with transB.
+        match w {
+            [a, b] if node.attr_i("transB").unwrap_or(0) != 0 => Some((*a, *b)),
+            [a, b] => Some((*b, *a)),
+            _ => None,
+        }
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let a = util::required_input(cx, 0)?;
         let b = util::required_input(cx, 1)?;

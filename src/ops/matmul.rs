@@ -50,6 +50,12 @@ impl Op for MatMul {
         }
     }
 
+    fn layer_channels(&self, _node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {
+        // B = [.., K, N].
+        let r = w.len();
+        (r >= 2).then(|| (w[r - 1], w[r - 2]))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let a = util::required_input(cx, 0)?;
         let b = util::required_input(cx, 1)?;

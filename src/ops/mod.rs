@@ -203,6 +203,13 @@ pub trait Op: Sync {
         Vec::new()
     }
 
+    /// `(out, in)` channels of a weight layer whose weight (input 1) has shape `weight`, for
+    /// per-layer reports; `None` when the op is not a weight layer or the shape does not fit.
+    /// Default: not a weight layer.
+    fn layer_channels(&self, _node: &Node, _weight: &[usize]) -> Option<(usize, usize)> {
+        None
+    }
+
     /// Backward rule (vector-Jacobian product): given the gradient of each output (`None`:
     /// the output does not reach the loss), emits nodes computing the gradient of every input
     /// `p` with `needs[p]` and returns them by port. Default: not differentiable (an error

@@ -120,40 +120,12 @@ fn constant_shape(g: &Graph, shapes: &Shapes, node: &Node, port: usize) -> Optio
     shapes.get(v)?.concrete()
 }
 
-/// `(out, in)` channels of a weight layer, or `None` when `node` is not one (or its weight is
-/// not constant, or has an unexpected rank).
+/// `(out, in)` channels of a weight layer (as its op declares, [`crate::ops::Op::layer_channels`]),
+/// or `None` when `node` is not one or its weight is not constant.
 fn layer_channels(g: &Graph, shapes: &Shapes, node: &Node) -> Option<(usize, usize)> {
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-        return None;
-    }
-    let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
-    match node.op_type.as_str() {
-        "Conv" => {
-            let w = constant_shape(g, shapes, node, 1)?;
-            (w.len() >= 2).then(|| (w[0], w[1] * group))
-        }
-        "ConvTranspose" => {
-            let w = constant_shape(g, shapes, node, 1)?;
-            (w.len() >= 2).then(|| (w[1] * group, w[0]))
-        }
-        "Gemm" => {
-            let w = constant_shape(g, shapes, node, 1)?;
-            if w.len() != 2 {
-                return None;
-            }
-            Some(if node.attr_i("transB").unwrap_or(0) != 0 {
-                (w[0], w[1])
-            } else {
-                (w[1], w[0])
-            })
-        }
-        "MatMul" => {
-            let w = constant_shape(g, shapes, node, 1)?;
-            let r = w.len();
-            (r >= 2).then(|| (w[r - 1], w[r - 2]))
-        }
-        _ => None,
-    }
+    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
+    let w = constant_shape(g, shapes, node, 1)?;
+    op.layer_channels(node, &w)
 }
 
 /// Rows and totals comparing `before` with `after` (the pruned model). A layer of `before`
