@@ -515,8 +515,10 @@ fn snap_small_gammas(model: &mut Model, t: f64) -> usize {
     let g = &mut model.graph;
     let scales: Vec<_> = g
         .node_ids()
-        .filter(|&n| g.node(n).op_type == "BatchNormalization")
-        .filter_map(|n| g.node(n).input(1))
+        .filter_map(|n| {
+            let node = g.node(n);
+            node.input(crate::ops::channel_scale_input(node)?)
+        })
         .collect();
     let mut count = 0;
     for v in scales {

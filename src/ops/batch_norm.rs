@@ -109,6 +109,10 @@ impl Op for BatchNorm {
         port == 1 || port == 2
     }
 
+    fn channel_scale_input(&self) -> Option<usize> {
+        Some(1)
+    }
+
     fn fresh_init(
         &self,
         _node: &crate::ir::Node,

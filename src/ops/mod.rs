@@ -203,6 +203,12 @@ pub trait Op: Sync {
         Vec::new()
     }
 
+    /// The input holding a per-channel output scale (BatchNormalization's γ), which network
+    /// slimming penalises and the `bn-scale` criterion ranks by. Default: none.
+    fn channel_scale_input(&self) -> Option<usize> {
+        None
+    }
+
     /// `(out, in)` channels of a weight layer whose weight (input 1) has shape `weight`, for
     /// per-layer reports; `None` when the op is not a weight layer or the shape does not fit.
     /// Default: not a weight layer.
@@ -304,6 +310,12 @@ pub static REGISTRY: &[&dyn Op] = &[
     &transpose::TRANSPOSE,
     &unsqueeze::UNSQUEEZE,
 ];
+
+/// The port of `node`'s per-channel output scale, when its op has one
+/// ([`Op::channel_scale_input`]).
+pub fn channel_scale_input(node: &Node) -> Option<usize> {
+    lookup(&node.domain, &node.op_type)?.channel_scale_input()
+}
 
 /// The op implementing `(domain, op_type)`, if lopper knows it.
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static dyn Op> {

@@ -469,11 +469,11 @@ impl Block {
         let mut count = vec![0usize; space.eligible.len()];
         for m in &groups.members {
             let node = g.node(m.node);
-            if node.op_type != "BatchNormalization" || m.input != 1 {
+            if crate::ops::channel_scale_input(node) != Some(m.input) {
                 continue;
             }
             let Some(gamma) = node
-                .input(1)
+                .input(m.input)
                 .and_then(|v| g.init(v))
                 .and_then(|t| t.to_f64_vec())
             else {

@@ -328,7 +328,10 @@ mod tests {
             assert_eq!(training(&m.graph), [Some(1)]);
             lower(&mut m.graph, &ups, opset).unwrap();
             let after = training(&m.graph);
-            assert!(!after.is_empty() && after.iter().all(Option::is_none), "{after:?}");
+            assert!(
+                !after.is_empty() && after.iter().all(Option::is_none),
+                "{after:?}"
+            );
             let g = &mut m.graph;
             declare(g, z, DType::F32, &[nb, c, h, w]);
             declare(g, ups[0].new_mean, DType::F32, &[c]);

@@ -542,8 +542,10 @@ pub fn masks_from_criterion(model: &Model, scored: &crate::prune::Scored) -> Res
 fn bn_scales(model: &Model) -> std::collections::BTreeMap<String, usize> {
     let g = &model.graph;
     g.node_ids()
-        .filter(|&n| g.node(n).op_type == "BatchNormalization")
-        .filter_map(|n| g.node(n).input(1))
+        .filter_map(|n| {
+            let node = g.node(n);
+            node.input(crate::ops::channel_scale_input(node)?)
+        })
         .filter_map(|v| g.init(v).map(|t| (g.value(v).name.clone(), t.len())))
         .collect()
 }
@@ -561,10 +563,12 @@ fn removed_scale_channels(
     let mut out = std::collections::BTreeMap::new();
     for m in &groups.members {
         let node = g.node(m.node);
-        if node.op_type != "BatchNormalization" || m.input != 1 || m.axis != 0 {
+        if crate::ops::channel_scale_input(node) != Some(m.input) || m.axis != 0 {
             continue;
         }
-        let Some(gamma) = node.input(1) else { continue };
+        let Some(gamma) = node.input(m.input) else {
+            continue;
+        };
         let Some(len) = g.init(gamma).map(Tensor::len) else {
             continue;
         };

@@ -23,7 +23,7 @@ impl Criterion for BnScale {
         let mut gammas: Vec<Vec<f64>> = vec![Vec::new(); classes];
         for m in &groups.members {
             let node = g.node(m.node);
-            if node.op_type != "BatchNormalization" || !node.domain.is_empty() || m.input != 1 {
+            if crate::ops::channel_scale_input(node) != Some(m.input) {
                 continue;
             }
             let Some(scale) = node
