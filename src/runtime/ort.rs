@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ort::memory::Allocator;
-use ort::session::Session as OrtInner;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session as OrtInner};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
 
 use ort::ep::{ExecutionProvider, CUDA};
@@ -135,6 +135,19 @@ impl OrtSession {
     /// Loads a model file on a device with a thread count. `Device::Cuda` registers the CUDA
     /// execution provider and fails, naming the library, when that provider is not available.
     pub fn load_opts(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
+        let session = build(path, opts)?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(OrtSession { session, outputs })
+    }
+}
+
+/// An ORT session for `path` with `opts` (threads, spinning, device).
+fn build(path: &Path, opts: &RuntimeOptions) -> Result<OrtInner> {
+    {
         let (env, lib) = environment()?;
         let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
         let mut builder = OrtInner::builder(env).map_err(|e| ctx(&e))?;
@@ -161,13 +174,167 @@ impl OrtSession {
                 ))
             })?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| ctx(&e))?;
-        let outputs = session
+        builder.commit_from_file(path).map_err(|e| ctx(&e))
+    }
+}
+
+/// A session whose *carried* tensors (each input fed, from the second run on, by one output
+/// of the run before: weights, optimizer state, running statistics of a train step) stay in
+/// ONNX Runtime's memory between runs, on the session's device (the GPU with
+/// `Device::Cuda`). Two buffer sets are bound alternately through an I/O binding: a run reads
+/// set *k* and writes set *1−k*, so nothing crosses to the host unless [`Self::fetch`] asks.
+/// Per-run inputs (the batch, scalars) are copied in each run; the other outputs come back to
+/// the host. It does not check that a carried output has its input's shape and type (the
+/// train-step compiler guarantees it).
+pub struct CarriedSession {
+    session: OrtInner,
+    binding: IoBinding,
+    /// `(input, output)` names per carried tensor.
+    pairs: Vec<(String, String)>,
+    /// The two buffer sets, one tensor per pair; `sets[current]` holds the latest values.
+    sets: [Vec<DynTensor>; 2],
+    current: usize,
+    /// Outputs returned to the host, in graph order.
+    returned: Vec<String>,
+    cpu: MemoryInfo<'static>,
+    on_device: bool,
+}
+
+impl CarriedSession {
+    /// Loads `path` with `opts`; `carried` lists `(input, output, initial value)`.
+    pub fn new(
+        path: &Path,
+        opts: &RuntimeOptions,
+        carried: &[(String, String, Tensor)],
+    ) -> Result<CarriedSession> {
+        let session = build(path, opts)?;
+        let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
+        let outputs: Vec<String> = session
             .outputs()
             .iter()
             .map(|o| o.name().to_string())
             .collect();
-        Ok(OrtSession { session, outputs })
+        for (i, o, _) in carried {
+            if !outputs.contains(o) {
+                return Err(err(format!(
+                    "{}: carried input '{i}' names output '{o}', which the model lacks",
+                    path.display()
+                )));
+            }
+        }
+        let returned = outputs
+            .into_iter()
+            .filter(|o| !carried.iter().any(|(_, c, _)| c == o))
+            .collect();
+        let on_device = opts.device == Device::Cuda;
+        let device_alloc = if on_device {
+            let info = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(|e| ctx(&e))?;
+            Some(Allocator::new(&session, info).map_err(|e| ctx(&e))?)
+        } else {
+            None
+        };
+        let mut sets: [Vec<DynTensor>; 2] = [Vec::new(), Vec::new()];
+        for (name, _, t) in carried {
+            let host = to_ort(name, t)?;
+            match &device_alloc {
+                None => {
+                    sets[1].push(to_ort(name, t)?);
+                    sets[0].push(host);
+                }
+                Some(alloc) => {
+                    for set in sets.iter_mut() {
+                        let mut dev =
+                            DynTensor::new(alloc, *host.data_type(), host.shape().clone())
+                                .map_err(|e| err(format!("'{name}' on the device: {e}")))?;
+                        host.copy_into(&mut dev)
+                            .map_err(|e| err(format!("'{name}' to the device: {e}")))?;
+                        set.push(dev);
+                    }
+                }
+            }
+        }
+        let binding = session.create_binding().map_err(|e| ctx(&e))?;
+        let cpu = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| ctx(&e))?;
+        Ok(CarriedSession {
+            session,
+            binding,
+            pairs: carried
+                .iter()
+                .map(|(i, o, _)| (i.clone(), o.clone()))
+                .collect(),
+            sets,
+            current: 0,
+            returned,
+            cpu,
+            on_device,
+        })
+    }
+
+    /// One run with the per-run `inputs`; returns the outputs that are not carried, by name, in
+    /// graph order. The carried tensors advance to this run's outputs.
+    pub fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let (cur, next) = (self.current, 1 - self.current);
+        let b = &mut self.binding;
+        b.clear();
+        for (name, t) in inputs {
+            let v = to_ort(name, t)?;
+            b.bind_input(name.as_str(), &v)
+                .map_err(|e| err(format!("binding '{name}': {e}")))?;
+        }
+        let [s0, s1] = &mut self.sets;
+        let (read, write) = if cur == 0 { (s0, s1) } else { (s1, s0) };
+        for (((input, output), r), w) in self.pairs.iter().zip(read.iter()).zip(write.iter_mut()) {
+            b.bind_input(input.as_str(), r)
+                .map_err(|e| err(format!("binding '{input}': {e}")))?;
+            b.bind_output(output.as_str(), w)
+                .map_err(|e| err(format!("binding '{output}': {e}")))?;
+        }
+        for o in &self.returned {
+            b.bind_output_to_device(o.as_str(), &self.cpu)
+                .map_err(|e| err(format!("binding '{o}': {e}")))?;
+        }
+        let mut outs = self
+            .session
+            .run_binding(&self.binding)
+            .map_err(|e| err(format!("run: {e}")))?;
+        let mut result = Vec::with_capacity(self.returned.len());
+        for name in &self.returned {
+            let v = outs
+                .remove(name.as_str())
+                .ok_or_else(|| err(format!("output '{name}' missing from the results")))?;
+            result.push((name.clone(), from_ort(name, v)?));
+        }
+        self.current = next;
+        Ok(result)
+    }
+
+    /// The latest value of every carried tensor, by input name, copied to the host.
+    pub fn fetch(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(self.pairs.len());
+        for ((input, _), v) in self.pairs.iter().zip(&self.sets[self.current]) {
+            let t = if self.on_device {
+                let host = v
+                    .to(AllocationDevice::CPU, 0)
+                    .map_err(|e| err(format!("'{input}' to the host: {e}")))?;
+                from_ort(input, host.into_dyn())?
+            } else {
+                from_ort(input, v.clone().into_dyn())?
+            };
+            out.push((input.clone(), t));
+        }
+        Ok(out)
     }
 }
 
@@ -309,4 +476,73 @@ fn from_ort(name: &str, v: DynValue) -> Result<Tensor> {
         unsafe { std::ptr::copy_nonoverlapping(src, data.as_mut_ptr(), len) };
     }
     Tensor::from_raw(dtype, shape, data.into()).map_err(|e| err(format!("output '{name}': {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Graph, Model};
+    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::train::emit::{add_input, declare};
+
+    /// `acc.next = acc + inc` carried over three runs, with `total = Σ acc.next` returned:
+    /// the buffer sets alternate and `fetch` sees the latest values.
+    #[test]
+    fn carried_tensors_advance_between_runs() {
+        if find_library().is_none() {
+            eprintln!("NOTICE: skipping: ONNX Runtime's library is missing");
+            return;
+        }
+        let mut g = Graph::new();
+        let acc = add_input(&mut g, "acc", DType::F32, &[3]);
+        let inc = add_input(&mut g, "inc", DType::F32, &[3]);
+        let n = g.add_node("add", "Add", &[Some(acc), Some(inc)], &["acc.next"], vec![]);
+        let next = g.node(n).outputs[0].unwrap();
+        let n = g.add_node(
+            "sum",
+            "ReduceSum",
+            &[Some(next)],
+            &["total"],
+            vec![crate::ir::graph::attr_int("keepdims", 0)],
+        );
+        let total = g.node(n).outputs[0].unwrap();
+        declare(&mut g, next, DType::F32, &[3]);
+        declare(&mut g, total, DType::F32, &[]);
+        g.outputs = vec![next, total];
+        let m = Model {
+            graph: g,
+            rest: ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(13),
+                }],
+                ..Default::default()
+            },
+        };
+        let dir = crate::temp_dir::TempDir::new("carried").unwrap();
+        let path = dir.path().join("acc.onnx");
+        m.save(&path, &Default::default()).unwrap();
+        let init = Tensor::from_f32(vec![3], &[0.0, 10.0, 20.0]);
+        let carried = [("acc".to_string(), "acc.next".to_string(), init)];
+        let mut s = CarriedSession::new(&path, &RuntimeOptions::default(), &carried).unwrap();
+        let inc = Tensor::from_f32(vec![3], &[1.0, 2.0, 3.0]);
+        let mut totals = Vec::new();
+        for _ in 0..3 {
+            let out = s.run(&[("inc".to_string(), inc.clone())]).unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].0, "total");
+            totals.push(out[0].1.to_f64_vec().unwrap()[0]);
+        }
+        assert_eq!(totals, [36.0, 42.0, 48.0]);
+        let now = s.fetch().unwrap();
+        assert_eq!(now[0].0, "acc");
+        assert_eq!(now[0].1.to_f64_vec().unwrap(), [3.0, 16.0, 29.0]);
+        let bad = [("acc".to_string(), "nope".to_string(), carried[0].2.clone())];
+        let e = CarriedSession::new(&path, &RuntimeOptions::default(), &bad)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("'nope'"), "{e}");
+    }
 }

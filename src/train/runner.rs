@@ -841,7 +841,6 @@ pub fn train(
     let dir = crate::temp_dir::TempDir::new("train")?;
     let step_path = dir.path().join("step.onnx");
     ts.model.save(&step_path, &Default::default())?;
-    let mut sess = runtime::load_with(BackendKind::Ort, &step_path, &opts.runtime)?;
     let mut teacher = match &opts.teacher {
         Some(p) => {
             let tm = Model::load(p)?;
@@ -900,13 +899,27 @@ pub fn train(
         .enumerate()
         .map(|(i, (n, _))| (n.clone(), i))
         .collect();
-    let outputs_to_inputs: Vec<(String, usize)> = ts
+    // Weights, optimizer state and running statistics stay in the runtime between steps.
+    let mut pairs: Vec<(String, String, Tensor)> = Vec::with_capacity(carried.len());
+    for c in ts
         .params
         .iter()
         .chain(ts.state.iter().map(|(_, _, c)| c))
         .chain(&ts.running)
-        .filter_map(|c| index.get(&c.input).map(|&i| (c.output.clone(), i)))
-        .collect();
+    {
+        if let Some(&i) = index.get(&c.input) {
+            pairs.push((c.input.clone(), c.output.clone(), carried[i].1.clone()));
+        }
+    }
+    if pairs.len() != carried.len() {
+        return Err(Error::Graph(format!(
+            "{} carried tensors, {} with an update output",
+            carried.len(),
+            pairs.len()
+        )));
+    }
+    let mut sess = crate::runtime::ort::CarriedSession::new(&step_path, &opts.runtime, &pairs)?;
+    drop(pairs);
 
     let total_steps = steps_per_epoch * opts.epochs;
     let warmup = (opts.warmup_epochs * steps_per_epoch as f64).round() as usize;
@@ -960,7 +973,7 @@ pub fn train(
             }
             let x = t.tensor(&xbuf, opts.batch)?;
             lr = lr_at(opts.lr, opts.schedule, step, total_steps, warmup);
-            let mut feed = std::mem::take(&mut carried);
+            let mut feed: Vec<(String, Tensor)> = Vec::with_capacity(8);
             if let (Some((tsess, tin)), Some(tname)) = (&mut teacher, &ts.teacher) {
                 let out = tsess.run(&[(tin.clone(), x.clone())])?;
                 let logits = out
@@ -983,8 +996,6 @@ pub fn train(
                 feed.push((l.clone(), scalar(v)));
             }
             let outs = sess.run(&feed)?;
-            feed.truncate(index.len());
-            carried = feed;
             let loss = first_f64(&outs, &ts.loss)?;
             if !loss.is_finite() {
                 return Err(Error::Usage(format!(
@@ -995,14 +1006,6 @@ pub fn train(
             loss_sum += loss;
             if let Some(a) = &acc_out {
                 acc_sum += first_f64(&outs, a)?;
-            }
-            let by_name: HashMap<&str, &Tensor> =
-                outs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            for (out, i) in &outputs_to_inputs {
-                let v = by_name
-                    .get(out.as_str())
-                    .ok_or_else(|| Error::Graph(format!("the step returned no '{out}'")))?;
-                carried[*i].1 = (*v).clone();
             }
             step += 1;
             let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -1016,6 +1019,7 @@ pub fn train(
         let train_seconds = t0.elapsed().as_secs_f64();
 
         // Inference model, evaluation, checkpoint.
+        carried = sess.fetch()?;
         let inf = ts.inference_model(&carried)?;
         inf.save(&opts.output, &Default::default())?;
         let (mut eval_top1, mut eval_samples) = (None, 0);
