@@ -1,8 +1,9 @@
 //! Training throughput of the compiled train step in ONNX Runtime on the CPU: images/s of one
 //! SGD step (momentum 0.9, weight decay 5e-4, cross-entropy) at batch 128 with 2 intra-op
-//! threads, for the pretrained CIFAR-10 ResNet-20 and ResNet-56, carrying parameters, momentum
-//! and BatchNormalization running statistics from each step's outputs to the next step's
-//! inputs (and feeding fresh Dropout noise, for models with Dropout). Goal: ≥ 1.5× the
+//! threads, for the pretrained CIFAR-10 ResNet-20 and ResNet-56, with parameters, momentum
+//! and BatchNormalization running statistics kept in ORT from step to step (two alternating
+//! buffer sets, as `lopper train` does: `CarriedSession`), and fresh Dropout noise fed for
+//! models with Dropout. Goal: ≥ 1.5× the
 //! reference (PyTorch eager, same machine type and setup).
 //!
 //! Warm-up steps first, then rounds that alternate between the models (so that load from
@@ -26,7 +27,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lopper::ir::{Model, Tensor};
-use lopper::runtime::{self, BackendKind, RuntimeOptions, Session};
+use lopper::runtime::ort::CarriedSession;
+use lopper::runtime::RuntimeOptions;
 use lopper::train::loss::Loss;
 use lopper::train::optim::Optimizer;
 use lopper::train::{compile_train_step, StepOptions, TrainStep};
@@ -51,10 +53,8 @@ struct Runner {
     name: &'static str,
     reference: f64,
     step: TrainStep,
-    session: Box<dyn Session>,
+    session: CarriedSession,
     feed: Vec<(String, Tensor)>,
-    /// Output name → feed slot it carries into.
-    carry: BTreeMap<String, usize>,
     /// Feed slot of the step counter.
     step_slot: usize,
     /// Feed slots of the Dropout noise inputs (redrawn after every step).
@@ -97,7 +97,16 @@ impl Runner {
             .save(&file, &Default::default())
             .expect("save the step");
         let t = Instant::now();
-        let session = runtime::load_with(BackendKind::Ort, &file, ropts).expect("load in ORT");
+        // Weights, optimizer state and running statistics stay in ORT between steps, as in
+        // `lopper train`.
+        let pairs: Vec<(String, String, Tensor)> = step
+            .params
+            .iter()
+            .chain(step.state.iter().map(|(_, _, c)| c))
+            .chain(&step.running)
+            .map(|c| (c.input.clone(), c.output.clone(), c.init.clone()))
+            .collect();
+        let session = CarriedSession::new(&file, ropts, &pairs).expect("load in ORT");
         let load_s = t.elapsed().as_secs_f64();
         if std::env::var_os("LOPPER_BENCH_SAVE").is_none() {
             let _ = std::fs::remove_file(&file);
@@ -120,7 +129,7 @@ impl Runner {
             top.join(", ")
         );
 
-        let mut feed = step.initial_feed();
+        let mut feed: Vec<(String, Tensor)> = Vec::new();
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             s ^= s << 13;
@@ -142,15 +151,6 @@ impl Runner {
         let mut noise_rng = 0x2545_f491_4f6c_dd1du64;
         feed.extend(step.noise_feed(&mut || xorshift_f32(&mut noise_rng)));
         let slot = |input: &str| feed.iter().position(|(n, _)| n == input);
-        let mut carry = BTreeMap::new();
-        for c in step
-            .params
-            .iter()
-            .chain(step.state.iter().map(|(_, _, c)| c))
-            .chain(&step.running)
-        {
-            carry.insert(c.output.clone(), slot(&c.input).expect("carried input"));
-        }
         let step_slot = slot(&step.step).expect("step input");
         let noise_slots = step
             .noise
@@ -166,7 +166,6 @@ impl Runner {
             step,
             session,
             feed,
-            carry,
             times: Vec::new(),
             losses: Vec::new(),
         }
@@ -181,8 +180,6 @@ impl Runner {
             if name == self.step.loss {
                 self.losses
                     .push(value.to_f64_vec().map_or(f64::NAN, |v| v[0]));
-            } else if let Some(&i) = self.carry.get(&name) {
-                self.feed[i].1 = value;
             }
         }
         // The step counter counts from 1.
