@@ -10,133 +10,15 @@
 //! with a step of 1e-4 and pass at 1e-6.
 
 mod common;
+use common::grad_net::Net;
 
 use lopper::analysis::infer_shapes;
 use lopper::ir::graph::{attr_float, attr_int, attr_ints};
-use lopper::ir::{DType, Dim, Fact, Graph, Model, Tensor, ValueId};
+use lopper::ir::{DType, ValueId};
 use lopper::onnx::proto::attribute_proto::AttributeType;
-use lopper::onnx::proto::{AttributeProto, ModelProto, OperatorSetIdProto, ValueInfoProto};
+use lopper::onnx::proto::AttributeProto;
 use lopper::ops::vjp::VjpCx;
 use lopper::train::check::{check_gradients, CheckOptions};
-
-/// A one-node-at-a-time graph builder with seeded random inputs.
-struct Net {
-    g: Graph,
-    dtype: DType,
-    /// Default-domain opset of the model (13 unless a case needs newer ops).
-    opset: i64,
-    state: u64,
-    feed: Vec<(String, Tensor)>,
-}
-
-impl Net {
-    fn new(dtype: DType, seed: u64) -> Net {
-        Net {
-            g: Graph::new(),
-            dtype,
-            opset: 13,
-            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            feed: Vec::new(),
-        }
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        (self.state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-
-    /// A graph input with the given values.
-    fn input_with(&mut self, name: &str, shape: &[usize], vals: Vec<f64>) -> ValueId {
-        let v = self.g.add_value(name);
-        let fact = Fact::new(
-            Some(self.dtype),
-            shape.iter().map(|&d| Dim::Known(d)).collect(),
-        );
-        self.g.set_decl(
-            v,
-            ValueInfoProto {
-                name: Some(name.into()),
-                r#type: Some(fact.to_type()),
-                ..Default::default()
-            },
-        );
-        self.g.value_info.retain(|x| *x != v);
-        self.g.inputs.push(v);
-        let t = Tensor::from_f64_as(self.dtype, shape.to_vec(), &vals).unwrap();
-        self.feed.push((name.into(), t));
-        v
-    }
-
-    /// A graph input with values uniform in [-1, 1).
-    fn input(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        let n: usize = shape.iter().product();
-        let vals = (0..n).map(|_| self.uniform()).collect();
-        self.input_with(name, shape, vals)
-    }
-
-    /// A graph input whose values are distinct, at least 0.05 apart (no ties within a step).
-    fn distinct(&mut self, name: &str, shape: &[usize]) -> ValueId {
-        let n: usize = shape.iter().product();
-        let mut order: Vec<(f64, usize)> = (0..n).map(|i| (self.uniform(), i)).collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut vals = vec![0.0; n];
-        for (rank, (_, i)) in order.into_iter().enumerate() {
-            vals[i] = (rank as f64 - n as f64 / 2.0) * 0.05;
-        }
-        self.input_with(name, shape, vals)
-    }
-
-    fn node(&mut self, op: &str, ins: &[ValueId], attrs: Vec<AttributeProto>) -> ValueId {
-        let ins: Vec<Option<ValueId>> = ins.iter().map(|v| Some(*v)).collect();
-        let n = self.g.add_node(op, op, &ins, &["y"], attrs);
-        self.g.node(n).outputs[0].unwrap()
-    }
-
-    /// A node with `n` outputs; returns them.
-    fn node_n(
-        &mut self,
-        op: &str,
-        ins: &[ValueId],
-        n: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<ValueId> {
-        let ins: Vec<Option<ValueId>> = ins.iter().map(|v| Some(*v)).collect();
-        let names: Vec<String> = (0..n).map(|i| format!("y{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let id = self.g.add_node(op, op, &ins, &refs, attrs);
-        self.g.node(id).outputs.iter().flatten().copied().collect()
-    }
-
-    fn finish(mut self, out: ValueId) -> (Model, Vec<(String, Tensor)>) {
-        self.g.outputs.push(out);
-        let rest = ModelProto {
-            ir_version: Some(8),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(self.opset),
-            }],
-            ..Default::default()
-        };
-        let mut model = Model {
-            graph: self.g,
-            rest,
-        };
-        let f = infer_shapes(&model).unwrap().get(out).cloned().unwrap();
-        let name = model.graph.value(out).name.clone();
-        model.graph.set_decl(
-            out,
-            ValueInfoProto {
-                name: Some(name),
-                r#type: Some(f.to_type()),
-                ..Default::default()
-            },
-        );
-        (model, self.feed)
-    }
-}
 
 fn attr_str(name: &str, v: &str) -> AttributeProto {
     AttributeProto {
@@ -167,7 +49,7 @@ fn f64_opts() -> CheckOptions {
 
 /// Checks the gradients of every name in `wrt`; returns the largest relative error.
 fn check(label: &str, net: Net, out: ValueId, wrt: &[&str], opts: &CheckOptions, tol: f64) -> f64 {
-    let (model, feed) = net.finish(out);
+    let (model, feed) = net.model(out);
     let report =
         check_gradients(&model, &feed, wrt, opts).unwrap_or_else(|e| panic!("{label}: {e}"));
     let mut worst = 0f64;
@@ -197,15 +79,15 @@ struct ConvCase {
 }
 
 fn conv_case(label: &str, seed: u64, c: ConvCase) {
-    let mut net = Net::new(DType::F32, seed);
-    let x = net.input("x", &c.x);
+    let mut net = Net::new(13, DType::F32, seed);
+    let x = net.input_unit("x", &c.x);
     let mut ws = vec![c.m, c.x[1] / c.group];
     ws.extend_from_slice(&c.kernel);
-    let w = net.input("w", &ws);
+    let w = net.input_unit("w", &ws);
     let mut ins = vec![x, w];
     let mut wrt = vec!["x", "w"];
     if c.bias {
-        ins.push(net.input("b", &[c.m]));
+        ins.push(net.input_unit("b", &[c.m]));
         wrt.push("b");
     }
     let mut attrs = c.attrs;
@@ -399,13 +281,13 @@ fn gemm_gradients() {
         (4, 3, 2, false, true, 1.0, 1.0, None),
     ];
     for (i, (m, k, n, ta, tb, alpha, beta, c)) in cases.into_iter().enumerate() {
-        let mut net = Net::new(DType::F64, 100 + i as u64);
-        let a = net.input("a", &if ta { [k, m] } else { [m, k] });
-        let b = net.input("b", &if tb { [n, k] } else { [k, n] });
+        let mut net = Net::new(13, DType::F64, 100 + i as u64);
+        let a = net.input_unit("a", &if ta { [k, m] } else { [m, k] });
+        let b = net.input_unit("b", &if tb { [n, k] } else { [k, n] });
         let mut ins = vec![a, b];
         let mut wrt = vec!["a", "b"];
         if let Some(cs) = &c {
-            ins.push(net.input("c", cs));
+            ins.push(net.input_unit("c", cs));
             wrt.push("c");
         }
         let attrs = vec![
@@ -436,9 +318,9 @@ fn matmul_gradients() {
         (&[4], &[4]),
     ];
     for (i, (sa, sb)) in cases.into_iter().enumerate() {
-        let mut net = Net::new(DType::F64, 200 + i as u64);
-        let a = net.input("a", sa);
-        let b = net.input("b", sb);
+        let mut net = Net::new(13, DType::F64, 200 + i as u64);
+        let a = net.input_unit("a", sa);
+        let b = net.input_unit("b", sb);
         let y = net.node("MatMul", &[a, b], vec![]);
         let label = format!("MatMul {sa:?} x {sb:?}");
         check(&label, net, y, &["a", "b"], &f64_opts(), 1e-6);
@@ -505,7 +387,7 @@ fn max_pool_gradients() {
         ),
     ];
     for (i, (label, xs, attrs)) in cases.into_iter().enumerate() {
-        let mut net = Net::new(DType::F32, 300 + i as u64);
+        let mut net = Net::new(13, DType::F32, 300 + i as u64);
         let x = net.distinct("x", &xs);
         let y = net.node("MaxPool", &[x], attrs);
         let opts = CheckOptions {
@@ -569,8 +451,8 @@ fn average_pool_gradients() {
         ),
     ];
     for (i, (label, xs, attrs)) in cases.into_iter().enumerate() {
-        let mut net = Net::new(DType::F32, 400 + i as u64);
-        let x = net.input("x", &xs);
+        let mut net = Net::new(13, DType::F32, 400 + i as u64);
+        let x = net.input_unit("x", &xs);
         let y = net.node("AveragePool", &[x], attrs);
         let opts = CheckOptions {
             max_elements: 64,
@@ -586,8 +468,8 @@ fn global_average_pool_gradients() {
         return;
     }
     for (i, xs) in [vec![2, 3, 5, 4], vec![2, 4, 6]].into_iter().enumerate() {
-        let mut net = Net::new(DType::F32, 500 + i as u64);
-        let x = net.input("x", &xs);
+        let mut net = Net::new(13, DType::F32, 500 + i as u64);
+        let x = net.input_unit("x", &xs);
         let y = net.node("GlobalAveragePool", &[x], vec![]);
         check(
             &format!("GlobalAveragePool {xs:?}"),
@@ -610,13 +492,13 @@ fn batch_norm_gradients() {
         .enumerate()
     {
         let c = xs[1];
-        let mut net = Net::new(DType::F32, 600 + i as u64);
-        let x = net.input("x", &xs);
-        let scale = net.input("scale", &[c]);
-        let bias = net.input("bias", &[c]);
-        let mean = net.input("mean", &[c]);
-        let var: Vec<f64> = (0..c).map(|_| 0.75 + 0.5 * net.uniform()).collect();
-        let var = net.input_with("var", &[c], var);
+        let mut net = Net::new(13, DType::F32, 600 + i as u64);
+        let x = net.input_unit("x", &xs);
+        let scale = net.input_unit("scale", &[c]);
+        let bias = net.input_unit("bias", &[c]);
+        let mean = net.input_unit("mean", &[c]);
+        let var: Vec<f64> = (0..c).map(|_| 0.75 + 0.5 * net.signed()).collect();
+        let var = net.input_vals("var", &[c], &var);
         let y = net.node(
             "BatchNormalization",
             &[x, scale, bias, mean, var],
@@ -647,17 +529,17 @@ fn batch_norm_training_gradients() {
         .enumerate()
     {
         let c = xs[1];
-        let mut net = Net::new(DType::F64, 650 + i as u64);
+        let mut net = Net::new(13, DType::F64, 650 + i as u64);
         net.opset = 15;
-        let x = net.input("x", &xs);
-        let scale = net.input("scale", &[c]);
-        let bias = net.input("bias", &[c]);
-        let mean = net.input("mean", &[c]);
-        let var: Vec<f64> = (0..c).map(|_| 0.75 + 0.5 * net.uniform()).collect();
-        let var = net.input_with("var", &[c], var);
+        let x = net.input_unit("x", &xs);
+        let scale = net.input_unit("scale", &[c]);
+        let bias = net.input_unit("bias", &[c]);
+        let mean = net.input_unit("mean", &[c]);
+        let var: Vec<f64> = (0..c).map(|_| 0.75 + 0.5 * net.signed()).collect();
+        let var = net.input_vals("var", &[c], &var);
         let outs = net.node_n(
             "BatchNormalization",
-            &[x, scale, bias, mean, var],
+            &[Some(x), Some(scale), Some(bias), Some(mean), Some(var)],
             3,
             vec![
                 attr_float("epsilon", 1e-3),
@@ -680,19 +562,19 @@ fn batch_norm_training_gradients() {
 #[test]
 fn gradients_only_where_needed() {
     let mut cases: Vec<(Net, ValueId, usize)> = Vec::new();
-    let mut net = Net::new(DType::F32, 700);
+    let mut net = Net::new(13, DType::F32, 700);
     let ins = [
-        net.input("x", &[1, 4, 6, 6]),
-        net.input("w", &[6, 2, 3, 3]),
-        net.input("b", &[6]),
+        net.input_unit("x", &[1, 4, 6, 6]),
+        net.input_unit("w", &[6, 2, 3, 3]),
+        net.input_unit("b", &[6]),
     ];
     let y = net.node("Conv", &ins, vec![attr_int("group", 2)]);
     cases.push((net, y, 3));
-    let mut net = Net::new(DType::F32, 701);
+    let mut net = Net::new(13, DType::F32, 701);
     let ins = [
-        net.input("a", &[4, 3]),
-        net.input("b", &[5, 4]),
-        net.input("c", &[5]),
+        net.input_unit("a", &[4, 3]),
+        net.input_unit("b", &[5, 4]),
+        net.input_unit("c", &[5]),
     ];
     let y = net.node(
         "Gemm",
@@ -700,31 +582,34 @@ fn gradients_only_where_needed() {
         vec![attr_int("transA", 1), attr_int("transB", 1)],
     );
     cases.push((net, y, 3));
-    let mut net = Net::new(DType::F32, 702);
-    let ins = [net.input("a", &[2, 3, 4]), net.input("b", &[4, 5])];
+    let mut net = Net::new(13, DType::F32, 702);
+    let ins = [
+        net.input_unit("a", &[2, 3, 4]),
+        net.input_unit("b", &[4, 5]),
+    ];
     let y = net.node("MatMul", &ins, vec![]);
     cases.push((net, y, 2));
-    let mut net = Net::new(DType::F32, 703);
+    let mut net = Net::new(13, DType::F32, 703);
     let ins: Vec<ValueId> = ["x", "s", "b", "m", "v"]
         .iter()
         .enumerate()
-        .map(|(i, n)| net.input(n, if i == 0 { &[2, 3, 4, 4][..] } else { &[3][..] }))
+        .map(|(i, n)| net.input_unit(n, if i == 0 { &[2, 3, 4, 4][..] } else { &[3][..] }))
         .collect();
     let y = net.node("BatchNormalization", &ins, vec![]);
     cases.push((net, y, 5));
     for op in ["MaxPool", "AveragePool"] {
-        let mut net = Net::new(DType::F32, 704);
-        let x = net.input("x", &[1, 2, 5, 5]);
+        let mut net = Net::new(13, DType::F32, 704);
+        let x = net.input_unit("x", &[1, 2, 5, 5]);
         let y = net.node(op, &[x], vec![attr_ints("kernel_shape", &[3, 3])]);
         cases.push((net, y, 1));
     }
-    let mut net = Net::new(DType::F32, 705);
-    let x = net.input("x", &[1, 2, 5, 5]);
+    let mut net = Net::new(13, DType::F32, 705);
+    let x = net.input_unit("x", &[1, 2, 5, 5]);
     let y = net.node("GlobalAveragePool", &[x], vec![]);
     cases.push((net, y, 1));
 
     for (net, y, n_in) in cases {
-        let (model, _) = net.finish(y);
+        let (model, _) = net.model(y);
         let shapes = infer_shapes(&model).unwrap();
         for mask in 0u32..(1 << n_in) {
             let needs: Vec<bool> = (0..n_in).map(|p| mask & (1 << p) != 0).collect();

@@ -1,4 +1,5 @@
-//! A small graph builder for the backward-rule tests (`vjp_elementwise`, `vjp_more`): graph
+//! A small graph builder for the backward-rule tests (`vjp_elementwise`, `vjp_more`,
+//! `vjp_linear`): graph
 //! inputs with seeded random values, nodes, and [`Net::check`], which compares every input's
 //! compiled gradient with central finite differences run by ONNX Runtime.
 
@@ -73,6 +74,28 @@ impl Net {
     pub fn input(&mut self, name: &str, shape: &[usize], lo: f64, hi: f64) -> ValueId {
         let n: usize = shape.iter().product();
         let vals: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * self.u()).collect();
+        self.input_vals(name, shape, &vals)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn signed(&mut self) -> f64 {
+        self.u() * 2.0 - 1.0
+    }
+
+    /// A graph input uniform in [-1, 1).
+    pub fn input_unit(&mut self, name: &str, shape: &[usize]) -> ValueId {
+        self.input(name, shape, -1.0, 1.0)
+    }
+
+    /// A graph input whose values are distinct, 0.05 apart (no ties within a step).
+    pub fn distinct(&mut self, name: &str, shape: &[usize]) -> ValueId {
+        let n: usize = shape.iter().product();
+        let mut order: Vec<(f64, usize)> = (0..n).map(|i| (self.u(), i)).collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut vals = vec![0.0; n];
+        for (rank, (_, i)) in order.into_iter().enumerate() {
+            vals[i] = (rank as f64 - n as f64 / 2.0) * 0.05;
+        }
         self.input_vals(name, shape, &vals)
     }
 
