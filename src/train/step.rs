@@ -335,7 +335,8 @@ where
             params.len()
         )));
     }
-    // The closed-form BatchNormalization rule has run: lower the training-mode nodes.
+    // The closed-form BatchNormalization rule has run: give the training-mode nodes their own
+    // statistics inputs (ORT writes the batch statistics into them).
     bn_train::lower(&mut m.graph, &bns, opset)?;
     let g = &mut m.graph;
     let conv_weights: HashSet<ValueId> = g
@@ -726,11 +727,11 @@ mod tests {
         assert_eq!(rn, ["bn.mean", "bn.var"]);
         assert_eq!(ts.state.len(), 5);
         assert!(ts.state.iter().all(|(_, slot, _)| *slot == "momentum"));
-        // The training-mode node is lowered to statistics and an inference-mode normalisation.
+        // BatchNormalization runs in training mode.
         assert!(g
             .node_ids()
             .filter(|&n| g.node(n).op_type == "BatchNormalization")
-            .all(|n| g.node(n).attr_i("training_mode").unwrap_or(0) == 0));
+            .all(|n| g.node(n).attr_i("training_mode") == Some(1)));
         assert_eq!(ts.model.opset(), 17);
         let xv = g.value_by_name(&ts.x).unwrap();
         let xf = Fact::from_type(g.value(xv).decl.as_ref().unwrap().r#type.as_ref().unwrap());
