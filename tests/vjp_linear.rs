@@ -226,6 +226,17 @@ fn conv_gradients() {
             },
         ),
         (
+            "5x5 on a 2x2 input, pads 3 (shifts would crop whole axes: windowed dW)",
+            ConvCase {
+                x: vec![1, 2, 2, 2],
+                m: 2,
+                kernel: vec![5, 5],
+                group: 1,
+                bias: false,
+                attrs: vec![attr_ints("pads", &[3, 3, 0, 0])],
+            },
+        ),
+        (
             "SAME_UPPER stride 2",
             ConvCase {
                 x: vec![1, 2, 6, 6],

@@ -88,7 +88,7 @@ fn conv_vjp(
     if need(1) {
         let fast = if group != 1 {
             None
-        } else if geom.strides.iter().all(|&s| s == 1) && cx.opset >= 11 {
+        } else if geom.strides.iter().all(|&s| s == 1) && cx.opset >= 11 && shifts_fit(&geom) {
             Some(conv_weight_grad_shifts(cx, x, dy, &xs, &ys, &geom))
         } else {
             conv_weight_grad_taps(cx, x, dy, &xs, &ys, &geom)
@@ -163,6 +163,27 @@ fn conv_input_grad_flipped(
     Some(cx.op("Conv", &[dy, flipped], attrs))
 }
 
+/// Whether every shift of [`conv_weight_grad_shifts`] crops less than the axis it shifts
+/// (false only for kernels wider than the padded input leaves room for, with large pads).
+fn shifts_fit(geom: &Geometry) -> bool {
+    let k = geom.rank();
+    (0..k).all(|a| {
+        let (inp, out) = (geom.input[a] as i64, geom.output[a] as i64);
+        (0..geom.kernel[a]).all(|i| {
+            let off = (i * geom.dilations[a]) as i64 - geom.begin[a] as i64;
+            if a + 1 == k {
+                // dY shifted by −off to the input's width.
+                let (front, back) = (off, inp - out - off);
+                (-front).max(0) + (-back).max(0) <= out
+            } else {
+                // X shifted by off to the output's height.
+                let (front, back) = (-off, out - inp + off);
+                (-front).max(0) + (-back).max(0) <= inp
+            }
+        })
+    })
+}
+
 /// dW `[M, C, k..]` of an ungrouped unit-stride convolution without materialising windows:
 /// for a kernel tap (i.., j) (j on the last spatial axis),
 /// `dW[:, :, i.., j] = Σₙ X(i..) · dY(j)ᵀ` where X(i..) is X shifted along the leading spatial
@@ -190,18 +211,21 @@ fn conv_weight_grad_shifts(
     // dY as [N, O.., M], then one copy per last-axis tap shifted to the input width.
     let perm: Vec<i64> = [0].into_iter().chain(2..r as i64).chain([1]).collect();
     let dyt = cx.transpose(dy, &perm);
-    let dy_flat = cx.ints(&[n as i64, kk as i64, m as i64]);
+    // Shifts along the last spatial axis run on dYt viewed as [N·O.., Ow·M] (one long run per
+    // row: ORT pads that about 20% faster than the 4-D form).
+    let rows = (n * geom.output[..last].iter().product::<usize>()) as i64;
+    let mw = m as i64;
+    let dy_rows = cx.ints(&[rows, out_w as i64 * mw]);
+    let dy_rows = cx.op("Reshape", &[dyt, dy_rows], vec![]);
+    let dy_flat = cx.ints(&[n as i64, kk as i64, mw]);
     let mut dy_taps = Vec::with_capacity(geom.kernel[last]);
     for j in 0..geom.kernel[last] {
         let shift = geom.begin[last] as i64 - (j * geom.dilations[last]) as i64;
-        let mut pads = vec![0i64; 2 * r];
-        // dYt axes: 0 = N, 1..=k spatial, k+1 = M; the last spatial axis is k.
-        pads[k] = -shift;
-        pads[r + k] = in_w as i64 - out_w as i64 + shift;
+        let pads = [0, -shift * mw, 0, (in_w as i64 - out_w as i64 + shift) * mw];
         let shifted = if pads.iter().all(|&p| p == 0) {
-            dyt
+            dy_rows
         } else {
-            pad_zeros(cx, dyt, &pads)
+            pad_zeros(cx, dy_rows, &pads)
         };
         dy_taps.push(cx.op("Reshape", &[shifted, dy_flat], vec![]));
     }
