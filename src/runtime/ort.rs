@@ -481,8 +481,7 @@ fn from_ort(name: &str, v: DynValue) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Graph, Model};
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::ir::Graph;
     use crate::train::emit::{add_input, declare};
 
     /// `acc.next = acc + inc` carried over three runs, with `total = Σ acc.next` returned:
@@ -509,17 +508,7 @@ mod tests {
         declare(&mut g, next, DType::F32, &[3]);
         declare(&mut g, total, DType::F32, &[]);
         g.outputs = vec![next, total];
-        let m = Model {
-            graph: g,
-            rest: ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(13),
-                }],
-                ..Default::default()
-            },
-        };
+        let m = crate::passes::testutil::model(g, 13);
         let dir = crate::temp_dir::TempDir::new("carried").unwrap();
         let path = dir.path().join("acc.onnx");
         m.save(&path, &Default::default()).unwrap();

@@ -204,8 +204,7 @@ mod tests {
     use super::*;
     use crate::analysis::infer_shapes;
     use crate::ir::graph::attr_float;
-    use crate::ir::{DType, Model, Tensor};
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::ir::{DType, Tensor};
     use crate::runtime::{self, BackendKind};
     use crate::train::emit::{add_input, declare};
 
@@ -214,20 +213,6 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-
-    fn model(g: Graph, opset: i64) -> Model {
-        Model {
-            graph: g,
-            rest: ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(opset),
-                }],
-                ..Default::default()
-            },
-        }
     }
 
     /// The training-mode forward and running updates against a float64 reference, in ORT, at
@@ -273,7 +258,7 @@ mod tests {
             let r = g.add_node("relu", "Relu", &[Some(y)], &["z"], vec![]);
             let z = g.node(r).outputs[0].unwrap();
             g.outputs = vec![z];
-            let mut m = model(g, opset);
+            let mut m = crate::passes::testutil::model(g, opset);
             let shapes = infer_shapes(&m).unwrap();
             let ups = to_training_mode(&mut m.graph, &shapes, opset).unwrap();
             assert_eq!(ups.len(), 1);
@@ -352,7 +337,7 @@ mod tests {
             vec![],
         );
         g.outputs = vec![g.node(bn).outputs[0].unwrap()];
-        let mut m = model(g, 17);
+        let mut m = crate::passes::testutil::model(g, 17);
         let shapes = infer_shapes(&m).unwrap();
         let e = to_training_mode(&mut m.graph, &shapes, 17)
             .unwrap_err()

@@ -196,7 +196,7 @@ mod tests {
     use super::*;
     use crate::analysis::infer_shapes;
     use crate::ir::{Model, Tensor};
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::onnx::proto::ModelProto;
     use crate::runtime::{self, BackendKind};
 
     fn lcg(s: &mut u64) -> f64 {
@@ -216,17 +216,7 @@ mod tests {
     fn run(loss: &Loss, b: usize, k: usize, opset: i64) -> (Vec<f64>, Vec<Vec<f64>>, Vec<i64>) {
         let mut g = Graph::new();
         let z = add_input(&mut g, "logits", DType::F32, &[b, k]);
-        let mut m = Model {
-            graph: g,
-            rest: ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(opset),
-                }],
-                ..Default::default()
-            },
-        };
+        let mut m = crate::passes::testutil::model(g, opset);
         let shapes = infer_shapes(&m).unwrap();
         let lg = add_loss(&mut m.graph, &shapes, opset, z, loss).unwrap();
         declare(&mut m.graph, lg.loss, DType::F32, &[]);

@@ -244,8 +244,7 @@ pub fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Model, Tensor};
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::ir::Tensor;
     use crate::runtime::{self, BackendKind};
     use crate::train::emit::{add_input, declare};
 
@@ -365,17 +364,7 @@ mod tests {
                     declare(&mut g, o, f, &shape);
                     g.outputs.push(o);
                 }
-                let m = Model {
-                    graph: g,
-                    rest: ModelProto {
-                        ir_version: Some(8),
-                        opset_import: vec![OperatorSetIdProto {
-                            domain: Some(String::new()),
-                            version: Some(17),
-                        }],
-                        ..Default::default()
-                    },
-                };
+                let m = crate::passes::testutil::model(g, 17);
                 let dir = crate::temp_dir::TempDir::new("optim").unwrap();
                 let path = dir.path().join("opt.onnx");
                 m.save(&path, &Default::default()).unwrap();

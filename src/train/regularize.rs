@@ -107,8 +107,7 @@ pub fn group_lasso_term(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Model, Tensor};
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+    use crate::ir::Tensor;
     use crate::runtime::{self, BackendKind};
     use crate::train::emit::{add_input, declare};
 
@@ -132,17 +131,7 @@ mod tests {
             declare(&mut g, t, f, &s);
             g.outputs.push(t);
         }
-        let m = Model {
-            graph: g,
-            rest: ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(17),
-                }],
-                ..Default::default()
-            },
-        };
+        let m = crate::passes::testutil::model(g, 17);
         let dir = crate::temp_dir::TempDir::new("reg").unwrap();
         let path = dir.path().join("reg.onnx");
         m.save(&path, &Default::default()).unwrap();
