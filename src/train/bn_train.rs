@@ -8,9 +8,9 @@
 //! ONNX Runtime runs it as one kernel, which is faster than any composition of standard ops
 //! and computes σ² more precisely than ReduceSum-based statistics (relative error 3e-7
 //! against 3e-5 on a [128, 16, 32, 32] activation). That kernel writes outputs 1 and 2 into the
-//! buffers of inputs 3 and 4, so after autodiff [`lower`] gives every node running-statistic
-//! inputs of its own that nothing else reads. The running statistics are updated here, as
-//! PyTorch does (ONNX momentum `m`):
+//! buffers of inputs 3 and 4, so after autodiff [`isolate_statistics`] gives every node
+//! running-statistic inputs of its own that nothing else reads. The running statistics are
+//! updated here, as PyTorch does (ONNX momentum `m`):
 //!
 //! ```text
 //! running_mean' = m·running_mean + (1 − m)·μ
@@ -178,7 +178,7 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
 /// Runtime: its running-statistic inputs become constants of its own (distinct values, so no
 /// optimizer merges them), because ORT's kernel writes outputs 1 and 2 into the buffers of
 /// inputs 3 and 4. With momentum 0 their values do not enter any output.
-pub fn lower(g: &mut Graph, bns: &[BnUpdate], _opset: i64) -> Result<()> {
+pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
     for (k, b) in bns.iter().enumerate() {
         let node = g.node(b.fwd).clone();
         if node.op_type != "BatchNormalization" || node.attr_i("training_mode") != Some(1) {
@@ -269,7 +269,7 @@ mod tests {
                     .collect()
             };
             assert_eq!(training(&m.graph), [Some(1)]);
-            lower(&mut m.graph, &ups, opset).unwrap();
+            isolate_statistics(&mut m.graph, &ups).unwrap();
             // Still one training-mode node, now reading statistics inputs of its own.
             assert_eq!(training(&m.graph), [Some(1)]);
             let bn = m

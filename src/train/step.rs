@@ -337,7 +337,7 @@ where
     }
     // The closed-form BatchNormalization rule has run: give the training-mode nodes their own
     // statistics inputs (ORT writes the batch statistics into them).
-    bn_train::lower(&mut m.graph, &bns, opset)?;
+    bn_train::isolate_statistics(&mut m.graph, &bns)?;
     let g = &mut m.graph;
     let conv_weights: HashSet<ValueId> = g
         .node_ids()
