@@ -175,11 +175,20 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
 }
 
 /// Prepares each training-mode node of `bns` (after autodiff) to run as it is in ONNX
-/// Runtime: its running-statistic inputs become constants of its own (distinct values, so no
-/// optimizer merges them), because ORT's kernel writes outputs 1 and 2 into the buffers of
-/// inputs 3 and 4. With momentum 0 their values do not enter any output.
+/// Runtime: its running-statistic inputs become constants of its own, because ORT's kernel
+/// writes outputs 1 and 2 into the buffers of inputs 3 and 4. With momentum 0 their values do
+/// not enter any output.
+///
+/// The constants must equal no other constant of the step: ORT merges equal small
+/// initializers (its constant sharing), and the kernel would then overwrite the merged
+/// tensor for every other node reading it. A uniform fill did collide: a 7-channel BN's
+/// `ones(7)` statistics were merged with the `ones(7)` variance of its own backward pass, so
+/// the backward read the batch mean as a variance (NaN after the first step of any model
+/// pruned to a layer of ≤ 8 channels). The values here ([`private_statistic`]) are chosen
+/// to equal nothing else in the step.
 pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
-    for (k, b) in bns.iter().enumerate() {
+    let mut next = 0usize;
+    for b in bns {
         let node = g.node(b.fwd).clone();
         if node.op_type != "BatchNormalization" || node.attr_i("training_mode") != Some(1) {
             return Err(Error::node(
@@ -190,13 +199,34 @@ pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
         }
         let c = b.channels;
         let base = format!("train_bn/{}", b.node);
-        let fill = |v: f64| Tensor::from_f64_as(b.dtype, vec![c], &vec![v; c]);
-        let m = g.add_initializer(&format!("{base}/stats_mean_in"), fill(k as f64)?);
-        let v = g.add_initializer(&format!("{base}/stats_var_in"), fill(1.0 + k as f64)?);
+        let mut distinct = || -> Vec<f64> {
+            let v = (next..next + c).map(private_statistic).collect();
+            next += c;
+            v
+        };
+        let (mv, vv) = (distinct(), distinct());
+        let m = g.add_initializer(
+            &format!("{base}/stats_mean_in"),
+            Tensor::from_f64_as(b.dtype, vec![c], &mv)?,
+        );
+        let v = g.add_initializer(
+            &format!("{base}/stats_var_in"),
+            Tensor::from_f64_as(b.dtype, vec![c], &vv)?,
+        );
         g.set_input(b.fwd, 3, Some(m));
         g.set_input(b.fwd, 4, Some(v));
     }
     Ok(())
+}
+
+/// The `i`-th private statistic value: `2 + (i mod 63 + 1) / 64`, in (2, 3] and exact in
+/// bfloat16, float16, float32 and float64. Neighbours differ, so a vector of two or more
+/// never equals a fill, and no value is one lopper emits as a constant (0, 1, ε, a momentum).
+/// Two nodes' statistics may still coincide (same width, offsets equal mod 63); ORT merging
+/// those is harmless, since with momentum 0 what one kernel writes enters no output of the
+/// other.
+fn private_statistic(i: usize) -> f64 {
+    2.0 + ((i % 63) + 1) as f64 / 64.0
 }
 
 #[cfg(test)]
