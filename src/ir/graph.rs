@@ -182,13 +182,18 @@ pub struct Model {
     pub rest: ModelProto,
 }
 
+/// Whether `domain` names the default ONNX operator set (`""` or `ai.onnx`).
+pub fn is_default_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
 impl Model {
     /// The opset version of the default ONNX domain (`""` or `ai.onnx`).
     pub fn opset(&self) -> i64 {
         self.rest
             .opset_import
             .iter()
-            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .find(|o| is_default_domain(o.domain()))
             .map_or(1, |o| o.version())
     }
 }

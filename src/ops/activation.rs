@@ -39,6 +39,17 @@ impl Op for Unary {
         self.name
     }
 
+    /// Clip: opset 11 made `min` and `max` inputs.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let u = super::Upgrade::default();
+        Ok(if self.name == "Clip" && from < 11 && to >= 11 {
+            u.float_to_input(node, "min", 1)
+                .float_to_input(node, "max", 2)
+        } else {
+            u
+        })
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // PRelu's slope.
         self.name == "PRelu" && port == 1

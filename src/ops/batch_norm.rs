@@ -10,9 +10,9 @@
 //! into a per-channel scale and shift). Not handled: the pre-opset-9 `spatial=0` mode, whose
 //! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ir::graph::attr_float;
-use crate::ir::{Dim, Fact, ValueId};
+use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::{fconst, reduce_sum, reshape};
@@ -102,6 +102,33 @@ pub struct BatchNorm {
 impl Op for BatchNorm {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    /// Opset 9 dropped `spatial` (only the per-channel form, `spatial = 1`, remains); opset
+    /// 7 dropped `is_test` and opset 6 `consumed_inputs`.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let mut u = super::Upgrade::default();
+        if self.name != "BatchNormalization" {
+            return Ok(u);
+        }
+        if from < 9 && to >= 9 {
+            if node.attr_i("spatial") == Some(0) {
+                return Err(Error::node(
+                    &node.name,
+                    &node.op_type,
+                    format!("spatial = 0 has no equivalent at opset {to}"),
+                ));
+            }
+            if node.attr("spatial").is_some() {
+                u.drop.push("spatial");
+            }
+        }
+        for (old, attr) in [(7, "is_test"), (6, "consumed_inputs")] {
+            if from < old && to >= old && node.attr(attr).is_some() {
+                u.drop.push(attr);
+            }
+        }
+        Ok(u)
     }
 
     fn weight_input(&self, port: usize) -> bool {

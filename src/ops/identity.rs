@@ -84,6 +84,18 @@ impl Op for Dropout {
     fn op_type(&self) -> &'static str {
         "Dropout"
     }
+
+    /// Opset 12 made `ratio` an input; opset 7 dropped `is_test` (inference is the default).
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let mut u = super::Upgrade::default();
+        if from < 12 && to >= 12 {
+            u = u.float_to_input(node, "ratio", 1);
+        }
+        if from < 7 && to >= 7 && node.attr("is_test").is_some() {
+            u.drop.push("is_test");
+        }
+        Ok(u)
+    }
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         let y = Fact {

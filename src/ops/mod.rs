@@ -136,6 +136,42 @@ pub enum FreshInit {
     Fill(f32),
 }
 
+/// What [`Op::upgrade`] changes in one node.
+#[derive(Clone, Debug, Default)]
+pub struct Upgrade {
+    /// Attributes that became inputs: `(attribute, input port, value)`.
+    pub to_inputs: Vec<(&'static str, usize, Tensor)>,
+    /// Attributes removed without replacement.
+    pub drop: Vec<&'static str>,
+    /// Attributes set (an old default made explicit where the default changed).
+    pub set: Vec<crate::onnx::proto::AttributeProto>,
+}
+
+impl Upgrade {
+    /// Moves integer-list attribute `attr`, when present, to input `port` (int64, 1-D).
+    pub fn ints_to_input(mut self, node: &Node, attr: &'static str, port: usize) -> Upgrade {
+        if let Some(v) = node.attr_ints(attr) {
+            self.to_inputs
+                .push((attr, port, Tensor::from_i64(vec![v.len()], v)));
+        }
+        self
+    }
+
+    /// Moves float attribute `attr`, when present, to input `port` (a float32 scalar).
+    pub fn float_to_input(mut self, node: &Node, attr: &'static str, port: usize) -> Upgrade {
+        if let Some(v) = node.attr_f(attr) {
+            self.to_inputs
+                .push((attr, port, Tensor::from_f32(vec![], &[v])));
+        }
+        self
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.to_inputs.is_empty() && self.drop.is_empty() && self.set.is_empty()
+    }
+}
+
 /// One operator's behaviour. All methods have conservative defaults.
 pub trait Op: Sync {
     /// The ONNX op type (default domain).
@@ -187,6 +223,14 @@ pub trait Op: Sync {
     /// channels were removed. Default: nothing to change.
     fn rewrite_channels(&self, _cx: &channel::RewriteCx) -> Result<channel::Rewrite> {
         Ok(channel::Rewrite::default())
+    }
+
+    /// How a node written for opset `from` is written for opset `to` (`from < to`) when the
+    /// op's signature changed in between (attributes that became inputs, defaults that
+    /// changed). Default: the op reads the same at every opset lopper handles. `Err`: the
+    /// node uses a form that has no equivalent at `to`.
+    fn upgrade(&self, _node: &Node, _from: i64, _to: i64) -> Result<Upgrade> {
+        Ok(Upgrade::default())
     }
 
     /// Whether input `port` is a weight operand (a trainable parameter when it is a float
@@ -319,7 +363,7 @@ pub fn channel_scale_input(node: &Node) -> Option<usize> {
 
 /// The op implementing `(domain, op_type)`, if lopper knows it.
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static dyn Op> {
-    if !(domain.is_empty() || domain == "ai.onnx") {
+    if !crate::ir::graph::is_default_domain(domain) {
         return None;
     }
     REGISTRY.iter().copied().find(|op| op.op_type() == op_type)

@@ -153,6 +153,18 @@ impl Pads {
 }
 
 impl Op for Pad {
+    /// Opset 11 made `pads` and the constant `value` inputs (opset 1 called them `paddings`).
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let mut u = super::Upgrade::default();
+        if from < 11 && to >= 11 {
+            u = u
+                .ints_to_input(node, "pads", 1)
+                .ints_to_input(node, "paddings", 1)
+                .float_to_input(node, "value", 2);
+        }
+        Ok(u)
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

@@ -140,6 +140,17 @@ impl Reduce {
 }
 
 impl Op for Reduce {
+    /// `axes` became an input: at opset 13 for ReduceSum, at 18 for the others.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let at = if self.name == "ReduceSum" { 13 } else { 18 };
+        let u = super::Upgrade::default();
+        Ok(if from < at && to >= at {
+            u.ints_to_input(node, "axes", 1)
+        } else {
+            u
+        })
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

@@ -160,6 +160,18 @@ fn sliced_dim(d: &Dim, start: i64, end: i64, step: i64) -> Dim {
 }
 
 impl Op for Slice {
+    /// Opset 10 made `starts`, `ends` and `axes` inputs.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let u = super::Upgrade::default();
+        Ok(if from < 10 && to >= 10 {
+            u.ints_to_input(node, "starts", 1)
+                .ints_to_input(node, "ends", 2)
+                .ints_to_input(node, "axes", 3)
+        } else {
+            u
+        })
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

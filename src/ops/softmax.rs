@@ -25,6 +25,19 @@ pub struct Softmax {
 }
 
 impl Op for Softmax {
+    /// Before opset 13 the op flattened the input to 2-D at `axis` (default 1); from 13 it
+    /// works along `axis` alone (default -1). The old axis is written explicitly; the two
+    /// agree when it is the last axis (class scores `[N, C]`), which is the form lopper
+    /// trains; a higher-rank input with an inner axis is not rewritten and keeps the new
+    /// meaning.
+    fn upgrade(&self, node: &crate::ir::Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let mut u = super::Upgrade::default();
+        if from < 13 && to >= 13 && node.attr_i("axis").is_none() {
+            u.set.push(crate::ir::graph::attr_int("axis", 1));
+        }
+        Ok(u)
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

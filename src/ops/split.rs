@@ -131,6 +131,16 @@ fn plan(
 }
 
 impl Op for Split {
+    /// Opset 13 made `split` an input.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let u = super::Upgrade::default();
+        Ok(if from < 13 && to >= 13 {
+            u.ints_to_input(node, "split", 1)
+        } else {
+            u
+        })
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

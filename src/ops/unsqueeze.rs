@@ -54,6 +54,16 @@ fn axes_of(node: &Node, opset: i64, input: Option<Vec<i64>>) -> Option<Vec<i64>>
 }
 
 impl Op for Unsqueeze {
+    /// Opset 13 made `axes` an input.
+    fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
+        let u = super::Upgrade::default();
+        Ok(if from < 13 && to >= 13 {
+            u.ints_to_input(node, "axes", 1)
+        } else {
+            u
+        })
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

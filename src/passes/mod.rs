@@ -6,12 +6,14 @@ pub mod fold_batch_norm;
 pub mod fold_constants;
 pub mod remove_channels;
 pub mod remove_identity;
+pub mod upgrade_opset;
 
 pub use eliminate_dead_code::eliminate_dead_code;
 pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::fold_constants;
 pub use remove_channels::remove_channels;
 pub use remove_identity::remove_identity;
+pub use upgrade_opset::upgrade_opset;
 
 use crate::error::{Error, Result};
 use crate::ir::{Fact, Model, Tensor, ValueId};

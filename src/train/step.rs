@@ -204,16 +204,7 @@ where
         return Err(Error::Usage("the batch size must be at least 1".into()));
     }
     let mut m = model.clone();
-    if m.opset() < 17 {
-        for o in &mut m.rest.opset_import {
-            if o.domain().is_empty() || o.domain() == "ai.onnx" {
-                o.version = Some(17);
-            }
-        }
-        if m.rest.ir_version() < 8 {
-            m.rest.ir_version = Some(8);
-        }
-    }
+    crate::passes::upgrade_opset(&mut m, 17)?;
     let opset = m.opset();
     let g = &mut m.graph;
 
