@@ -496,3 +496,70 @@ fn usage_errors_are_clear() {
     }
     assert!(!Path::new(&o).exists());
 }
+
+/// The user's workflow on a globally pruned model: `lopper prune --target flops=0.5` (global
+/// allocation leaves layers of a few channels), then `lopper finetune` for 50 steps on the
+/// lossless CIFAR-10 subset. The loss is finite and falls, and the fine-tuned model beats the
+/// pruned one on the held-out images. (Before the BN statistics fix this was NaN at step 2.)
+#[test]
+fn globally_pruned_resnet20_finetunes() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let pruned = dir.path().join("p.onnx");
+    let tuned = dir.path().join("p.ft.onnx");
+    let (m, p, t) = (
+        model.display().to_string(),
+        pruned.display().to_string(),
+        tuned.display().to_string(),
+    );
+    let (code, _, err) = lopper(&["prune", &m, "--target", "flops=0.5", "-o", &p]);
+    assert_eq!(code, 0, "{err}");
+    let data = format!(
+        "npz:{}",
+        shared_dir()
+            .join("data/cifar10/lossless-subset.npz")
+            .display()
+    );
+    let norm = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
+    let mut args = vec!["finetune", &p, "--data", &data, "--split", "train"];
+    args.extend_from_slice(&norm);
+    args.extend_from_slice(&[
+        "--epochs",
+        "2",
+        "--limit",
+        "1600",
+        "--batch-size",
+        "64",
+        "--eval-split",
+        "none",
+        "--json",
+        "-o",
+        &t,
+    ]);
+    let (code, out, err) = lopper(&args);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let epochs = report["epochs"].as_array().unwrap();
+    let losses: Vec<f64> = epochs.iter().map(|e| e["loss"].as_f64().unwrap()).collect();
+    let steps: u64 = epochs.iter().map(|e| e["steps"].as_u64().unwrap()).sum();
+    assert_eq!(steps, 50);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[1] < losses[0], "loss did not fall: {losses:?}");
+    let top1_of = |path: &str| {
+        let mut args = vec!["eval", path, "--data", &data, "--x-key", "x_test"];
+        args.extend_from_slice(&["--y-key", "y_test", "--limit", "500"]);
+        args.extend_from_slice(&norm);
+        let (code, out, err) = lopper(&args);
+        assert_eq!(code, 0, "{err}");
+        top1(&out)
+    };
+    let (before, after) = (top1_of(&p), top1_of(&t));
+    eprintln!("pruned top-1 {before:.3}, after 50 steps {after:.3}, losses {losses:?}");
+    assert!(
+        after > before + 0.1,
+        "fine-tuning did not recover: {before} -> {after}"
+    );
+}
