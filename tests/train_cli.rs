@@ -563,3 +563,44 @@ fn globally_pruned_resnet20_finetunes() {
         "fine-tuning did not recover: {before} -> {after}"
     );
 }
+
+/// A diverging run stops at the first non-finite step with one line that names the first
+/// node whose output went non-finite (found by re-running the step with every intermediate
+/// exposed) and, since that node is in the forward pass, advises a lower rate; nothing is
+/// written.
+#[test]
+fn divergence_names_the_first_non_finite_node() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let (m, data, o) = (mnist8(), mnist_data(), out.display().to_string());
+    let args = [
+        "train",
+        &m,
+        "--data",
+        &data,
+        "--split",
+        "train",
+        "--limit",
+        "640",
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--eval-split",
+        "none",
+        "-o",
+        &o,
+    ];
+    let (code, _, err) = lopper(&args);
+    assert_eq!(code, 2, "{err}");
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(line.contains("first non-finite value in the"), "{err}");
+    assert!(line.contains("lower --lr"), "{err}");
+    assert!(!out.exists(), "a diverged run wrote {o}");
+}

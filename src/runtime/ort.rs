@@ -322,8 +322,18 @@ impl CarriedSession {
 
     /// The latest value of every carried tensor, by input name, copied to the host.
     pub fn fetch(&self) -> Result<Vec<(String, Tensor)>> {
+        self.fetch_set(self.current)
+    }
+
+    /// The carried values the last run read (before its update), by input name, copied to
+    /// the host: with the run's other inputs, what reproduces that run.
+    pub fn fetch_previous(&self) -> Result<Vec<(String, Tensor)>> {
+        self.fetch_set(1 - self.current)
+    }
+
+    fn fetch_set(&self, set: usize) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(self.pairs.len());
-        for ((input, _), v) in self.pairs.iter().zip(&self.sets[self.current]) {
+        for ((input, _), v) in self.pairs.iter().zip(&self.sets[set]) {
             let t = if self.on_device {
                 let host = v
                     .to(AllocationDevice::CPU, 0)

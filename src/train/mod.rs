@@ -3,11 +3,13 @@
 //! [`autodiff`] (reverse-mode differentiation through the ops' backward rules), [`bn_train`]
 //! (BatchNormalization in training mode), [`dropout`] (Dropout with host-fed noise),
 //! [`loss`], [`regularize`], [`optim`], and [`step`] (which assembles them into one graph);
-//! [`runner`] is the training loop that drives a step in ONNX Runtime.
+//! [`runner`] is the training loop that drives a step in ONNX Runtime, [`diagnose`] finds
+//! where a step first goes non-finite.
 
 pub mod autodiff;
 pub mod bn_train;
 pub mod check;
+pub mod diagnose;
 pub mod dropout;
 pub(crate) mod emit;
 pub mod loss;

@@ -997,11 +997,21 @@ pub fn train(
             }
             let outs = sess.run(&feed)?;
             let loss = first_f64(&outs, &ts.loss)?;
-            if !loss.is_finite() {
-                return Err(Error::Usage(format!(
-                    "the loss is {loss} at epoch {epoch}, step {}: lower --lr",
-                    step + 1
-                )));
+            let updates = match &ts.update_check {
+                Some(c) => first_f64(&outs, c)?,
+                None => 0.0,
+            };
+            if !loss.is_finite() || !updates.is_finite() {
+                let what = if loss.is_finite() {
+                    "an update is not finite".to_string()
+                } else {
+                    format!("the loss is {loss}")
+                };
+                let mut all = sess.fetch_previous()?;
+                all.extend(feed);
+                let found = super::diagnose::first_non_finite(&ts.model, &all, &opts.runtime)?;
+                let msg = super::diagnose::message(&what, epoch, step + 1, found.as_ref());
+                return Err(Error::Usage(msg));
             }
             loss_sum += loss;
             if let Some(a) = &acc_out {

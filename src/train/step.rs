@@ -102,6 +102,9 @@ pub struct TrainStep {
     pub loss: String,
     /// Scalar accuracy output (classification losses).
     pub accuracy: Option<String>,
+    /// Scalar output: 0 when every parameter's new value is finite, NaN otherwise (`None`
+    /// without trainable parameters).
+    pub update_check: Option<String>,
     /// Initializers left constant: frozen by glob, or not reaching the loss.
     pub frozen: Vec<String>,
     /// The noise inputs of the Dropouts lowered to fed masks, fresh uniform `[0, 1)` values
@@ -139,9 +142,9 @@ impl TrainStep {
 
     /// The original inference model with trained parameters and running statistics written
     /// back (BatchNormalization stays in inference mode, Dropout nodes stay as they were).
-    /// `trained` entries are named by input or output name; optimizer state, noise, loss and
-    /// accuracy entries are ignored; anything else, or a shape/type that differs from the
-    /// original, is an error.
+    /// `trained` entries are named by input or output name; optimizer state, noise, loss,
+    /// accuracy and update-check entries are ignored; anything else, or a shape/type that
+    /// differs from the original, is an error.
     pub fn inference_model(&self, trained: &[(String, Tensor)]) -> Result<Model> {
         let mut m = self.original.clone();
         let mut by_name: HashMap<&str, &str> = HashMap::new();
@@ -156,6 +159,7 @@ impl TrainStep {
             .chain(self.noise.iter().map(|d| d.input.as_str()))
             .chain(std::iter::once(self.loss.as_str()))
             .chain(self.accuracy.as_deref())
+            .chain(self.update_check.as_deref())
             .collect();
         for (name, t) in trained {
             if ignored.contains(name.as_str()) {
@@ -410,6 +414,33 @@ where
             outputs.push((sout, format!("{in_name}.next"), shape.clone()));
         }
     }
+    // One scalar, finite exactly when every parameter's new value is: the host checks it
+    // each step (a finite loss over NaN updates would only show one step later). It sums
+    // `w·0` (0 for finite w, NaN for NaN or ±inf), which no magnitude can overflow.
+    let news: Vec<(ValueId, usize)> = carried
+        .iter()
+        .filter(|c| matches!(c.0, Kind::Param))
+        .map(|c| (outputs[c.3].0, outputs[c.3].2.len()))
+        .collect();
+    let mut e = Emit::new(g, "update_check", opset);
+    let squares: Vec<ValueId> = news
+        .iter()
+        .map(|&(v, rank)| {
+            let axes: Vec<i64> = (0..rank as i64).collect();
+            let zero = e.scalar(DType::F32, 0.0)?;
+            let z = e.op("Mul", &[v, zero], vec![]);
+            Ok(e.reduce("ReduceSum", z, &axes, false))
+        })
+        .collect::<Result<_>>()?;
+    let check = match squares[..] {
+        [] => None,
+        [one] => Some(one),
+        _ => Some(e.op("Sum", &squares, vec![])),
+    };
+    let check_idx = check.map(|c| {
+        outputs.push((c, "update_check".into(), vec![]));
+        outputs.len() - 1
+    });
     let mut updated: HashMap<ValueId, ValueId> = HashMap::new();
     for b in &bns {
         for (old, new) in [(b.mean, b.new_mean), (b.var, b.new_var)] {
@@ -477,6 +508,7 @@ where
         l1_lambda: name_of(lambda),
         loss: names[loss_idx].clone(),
         accuracy: acc_idx.map(|i| names[i].clone()),
+        update_check: check_idx.map(|i| names[i].clone()),
         frozen,
         noise,
         batch: opts.batch,
