@@ -18,6 +18,11 @@ use crate::onnx::proto::{
 /// attribute (an outer-scope capture), rather than through an input.
 pub const CAPTURE_PORT: usize = usize::MAX;
 
+/// Whether `domain` names the default ONNX operator set (`""` or `ai.onnx`).
+pub fn is_default_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
 /// An operator invocation.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -188,7 +193,7 @@ impl Model {
         self.rest
             .opset_import
             .iter()
-            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .find(|o| is_default_domain(o.domain()))
             .map_or(1, |o| o.version())
     }
 }

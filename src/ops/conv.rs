@@ -13,6 +13,7 @@ use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
 use super::grad_util::{pad_zeros, reduce_sum, reshape, Geometry};
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::Window;
 use super::vjp::VjpCx;
 use super::{numel_or_one, Cost, Cx, Op};
@@ -425,6 +426,19 @@ impl Op for Conv {
         // W = [M, C/group, k..].
         let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
         (w.len() >= 2).then(|| (w[0], w[1] * group))
+    }
+
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // W = [M, C/group, k..]: output channel = axis 0.
+        let channels = cx.channels();
+        let Some(w) = cx.float_const(1) else {
+            return Ok(None);
+        };
+        if w.shape().len() < 2 || w.shape()[0] != channels {
+            return Ok(None);
+        }
+        let inner = (w.len() / channels.max(1)).max(1);
+        cx.fold(1, 2, BiasRule::PerChannel, |i| i / inner)
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

@@ -10,6 +10,7 @@
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::{self, Window};
 use super::{numel_or_one, Cost, Cx, Op};
 
@@ -127,6 +128,31 @@ impl Op for ConvTranspose {
         // W = [C, M/group, k..].
         let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
         (w.len() >= 2).then(|| (w[1] * group, w[0]))
+    }
+
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // W = [C, M/group, k..]: output channel o = g·(M/group) + m is W[c, m] for every
+        // input channel c of group g.
+        let group = cx.node.attr_i("group").unwrap_or(1);
+        let Some(w) = cx.float_const(1) else {
+            return Ok(None);
+        };
+        let shape = w.shape();
+        if shape.len() < 2 || group < 1 {
+            return Ok(None);
+        }
+        let group = group as usize;
+        let (cin, per) = (shape[0], shape[1]);
+        if cin % group != 0 || per * group != cx.channels() {
+            return Ok(None);
+        }
+        let inner: usize = shape[2..].iter().product();
+        let cin_per_group = cin / group;
+        cx.fold(1, 2, BiasRule::PerChannel, |i| {
+            let c = i / (per * inner).max(1);
+            let m = (i / inner.max(1)) % per.max(1);
+            (c / cin_per_group.max(1)) * per + m
+        })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

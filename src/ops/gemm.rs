@@ -11,6 +11,7 @@ use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::fconst;
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::vjp::VjpCx;
 use super::{util, Cost, Cx, FreshInit, Op};
 
@@ -65,6 +66,42 @@ impl Op for Gemm {
             [a, b] => Some((*b, *a)),
             _ => None,
         }
+    }
+
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // Output channel j = row j of B with transB, column j without; C (times beta) goes
+        // into the new bias, so beta becomes 1. Opsets < 7 need the `broadcast` attribute.
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let Some(w) = cx.float_const(1).filter(|_| cx.opset >= 7) else {
+            return Ok(None);
+        };
+        let shape = w.shape().to_vec();
+        let cols = match shape[..] {
+            [rows, cols] => {
+                if trans_b {
+                    rows
+                } else {
+                    cols
+                }
+            }
+            _ => return Ok(None),
+        };
+        if cols != cx.channels() {
+            return Ok(None);
+        }
+        let beta = f64::from(cx.node.attr_f("beta").unwrap_or(1.0));
+        let rule = BiasRule::Broadcast { beta };
+        let fold = cx.fold(1, 2, rule, |i| {
+            if trans_b {
+                i / shape[1]
+            } else {
+                i % shape[1]
+            }
+        })?;
+        Ok(fold.map(|f| AffineFold {
+            attrs: vec![attr_float("beta", 1.0)],
+            ..f
+        }))
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

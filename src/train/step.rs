@@ -206,7 +206,7 @@ where
     let mut m = model.clone();
     if m.opset() < 17 {
         for o in &mut m.rest.opset_import {
-            if o.domain().is_empty() || o.domain() == "ai.onnx" {
+            if crate::ir::is_default_domain(o.domain()) {
                 o.version = Some(17);
             }
         }
