@@ -709,3 +709,25 @@ impl Op for Conv {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::Net;
+    use crate::ops::simplify::testing::{bn, folds_exactly};
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        // Grouped with bias, then without bias.
+        let mut n = Net::new();
+        let x = n.input(&[1, 4, 5, 5]);
+        let (w, b) = (n.floats(&[6, 2, 3, 3]), n.floats(&[6]));
+        let y = n.op("Conv", &[x, w, b], vec![attr_int("group", 2)]);
+        let y = bn(&mut n, y, 6);
+        let w = n.floats(&[3, 6, 1, 1]);
+        let y = n.op("Conv", &[y, w], vec![]);
+        let y = bn(&mut n, y, 3);
+        n.output(y);
+        folds_exactly(&n.model(13));
+    }
+}

@@ -293,4 +293,22 @@ mod tests {
         assert_eq!(c.macs, 2 * 8 * 16 * 4 * 9);
         assert_eq!(c.flops, 2 * c.macs);
     }
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        use crate::ops::channel::testing::Net;
+        use crate::ops::simplify::testing::{bn, folds_exactly};
+        // Grouped with bias and stride 2, then ungrouped without bias.
+        let mut n = Net::new();
+        let x = n.input(&[1, 4, 3, 3]);
+        let (w, b) = (n.floats(&[4, 3, 2, 2]), n.floats(&[6]));
+        let attrs = vec![attr_int("group", 2), attr_ints("strides", &[2, 2])];
+        let y = n.op("ConvTranspose", &[x, w, b], attrs);
+        let y = bn(&mut n, y, 6);
+        let w = n.floats(&[6, 5, 3, 3]);
+        let y = n.op("ConvTranspose", &[y, w], vec![]);
+        let y = bn(&mut n, y, 5);
+        n.output(y);
+        folds_exactly(&n.model(13));
+    }
 }

@@ -412,4 +412,26 @@ mod tests {
         let e = infer(&GEMM, &n, &ins, 13).unwrap_err();
         assert!(e.to_string().contains("C does not broadcast"), "{e}");
     }
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        use crate::ir::graph::attr_float;
+        use crate::ops::channel::testing::Net;
+        use crate::ops::simplify::testing::{bn, folds_exactly};
+        // transB with a row C and beta; plain with a scalar C; no C.
+        let mut n = Net::new();
+        let x = n.input(&[2, 3]);
+        let (w, c) = (n.floats(&[4, 3]), n.floats(&[1, 4]));
+        let attrs = vec![attr_int("transB", 1), attr_float("beta", 0.5)];
+        let y = n.op("Gemm", &[x, w, c], attrs);
+        let y = bn(&mut n, y, 4);
+        let (w, c) = (n.floats(&[4, 5]), n.floats(&[]));
+        let y = n.op("Gemm", &[y, w, c], vec![attr_float("alpha", 2.0)]);
+        let y = bn(&mut n, y, 5);
+        let w = n.floats(&[5, 2]);
+        let y = n.op("Gemm", &[y, w], vec![]);
+        let y = bn(&mut n, y, 2);
+        n.output(y);
+        folds_exactly(&n.model(13));
+    }
 }

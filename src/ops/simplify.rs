@@ -166,3 +166,42 @@ impl FoldCx<'_> {
 fn is_float(d: DType) -> bool {
     matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
 }
+
+/// Test helpers: a BatchNormalization after a node, and the check that folding it changes
+/// nothing numerically.
+#[cfg(test)]
+pub mod testing {
+    use crate::ir::{Model, Tensor, ValueId};
+    use crate::ops::channel::testing::{values, Net};
+    use crate::runtime::BackendKind;
+
+    /// An inference BatchNormalization of `c` channels after `x`, with distinct non-trivial
+    /// scale, bias, mean and (positive) variance.
+    pub fn bn(n: &mut Net, x: ValueId, c: usize) -> ValueId {
+        let var: Vec<f32> = values(c, 7).iter().map(|v| v.abs() + 0.25).collect();
+        let mut ins = vec![x];
+        for (i, vals) in [values(c, 3), values(c, 4), values(c, 5), var]
+            .into_iter()
+            .enumerate()
+        {
+            let t = Tensor::from_f32(vec![c], &vals);
+            ins.push(n.g.add_initializer(&format!("bn_{i}_{}", ins.len()), t));
+        }
+        let eps = crate::ir::graph::attr_float("epsilon", 1e-3);
+        n.op("BatchNormalization", &ins, vec![eps])
+    }
+
+    /// Folds every BatchNormalization of `m` (asserting that one folded and none is left) and
+    /// checks under tract that the result computes what `m` does.
+    pub fn folds_exactly(m: &Model) {
+        let mut folded = m.clone();
+        assert!(crate::passes::fold_batch_norm(&mut folded).expect("fold"));
+        crate::ir::verify(&folded.graph).expect("verify");
+        let g = &folded.graph;
+        assert!(g
+            .node_ids()
+            .all(|n| g.node(n).op_type != "BatchNormalization"));
+        let cmp = crate::oracle::compare(m, &folded, &[BackendKind::Tract], 2, 5).expect("compare");
+        assert!(cmp.max_rel_error < 1e-5, "error {}", cmp.max_rel_error);
+    }
+}
