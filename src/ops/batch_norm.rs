@@ -8,7 +8,10 @@
 //!
 //! Cost: 2 FLOPs per output element (one multiply and one add once the statistics are folded
 //! into a per-channel scale and shift). Not handled: the pre-opset-9 `spatial=0` mode, whose
-//! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
+//! parameters are `[C, D1..Dn]` (they are not checked then), and constant folding.
+//!
+//! At inference with constant 1-D parameters, BatchNormalization is a per-channel affine map
+//! (`Op::channel_affine`), which `fold_batch_norm` folds into the producing Conv/Gemm.
 
 use crate::error::Result;
 use crate::ir::graph::attr_float;

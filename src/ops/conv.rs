@@ -5,6 +5,9 @@
 //! consumed by W axis 1. Depthwise (group = C = M) passes channels through instead, and its
 //! `group` attribute follows the new width. Other group counts keep `group` and remove channels
 //! uniformly in every group (coupled positions). Weights that are not constants block.
+//!
+//! A following per-channel affine map (an inference BatchNormalization) folds into W along
+//! axis 0 and into B.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};

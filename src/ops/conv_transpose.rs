@@ -5,7 +5,10 @@
 //! is accepted too), else `SAME_*` auto padding gives `D·stride`, else
 //! `O = stride·(D−1) + output_padding + ((k−1)·dilation+1) − pad_begin − pad_end`
 //! (`VALID`: no pads). MACs = N·C·ΠD·(M/group)·Πk: every input element scatters into
-//! `(M/group)·Πk` outputs. Not handled: folding; unknown kernel sizes give unknown spatial dims.
+//! `(M/group)·Πk` outputs. A following per-channel affine map (an inference BatchNormalization)
+//! folds into W along output channel `o = g·(M/group) + m` = `W[c, m]` for every input channel
+//! `c` of group `g`, and into B. Not handled: constant folding; unknown kernel sizes give
+//! unknown spatial dims.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};

@@ -3,7 +3,9 @@
 //!
 //! Checks that both K agree when known and that C broadcasts to `[M, N]`. MACs = M·N·K.
 //! Not handled: the opset-1..6 `broadcast` attribute (C is checked with numpy broadcasting
-//! regardless) and folding.
+//! regardless) and constant folding. A following per-channel affine map (an inference
+//! BatchNormalization) folds into row `j` of B with `transB`, column `j` without, and into C
+//! (times `beta`, which becomes 1), in opset 7+.
 
 use crate::error::Result;
 use crate::ir::graph::{attr_float, attr_int};

@@ -4,6 +4,10 @@
 //!
 //! Channels: every axis passes through, to Dropout's mask output too.
 //!
+//! Both are no-ops (`Op::no_op`, for `remove_identity`): Identity always (with one output),
+//! Dropout at inference only (no `training_mode` input or a constant false one, the mask output
+//! absent or unread), so a model kept for training keeps its Dropouts.
+//!
 //! Backward: the gradient passes through. A Dropout in training mode (opset 12+, a constant
 //! true `training_mode`) scales it by `mask / (1 − ratio)` and needs its mask output.
 

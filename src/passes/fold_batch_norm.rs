@@ -28,8 +28,8 @@
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Model, Node, NodeId, Tensor, ValueId};
+use crate::ops;
 use crate::ops::simplify::{AffineFold, FoldCx};
-use crate::ops::{self};
 
 use super::{add_initializer, eliminate_dead_code};
 

@@ -20,7 +20,8 @@ pub fn remove_identity(model: &mut Model) -> Result<bool> {
     remove_no_ops(model, true)
 }
 
-/// Removes Identity nodes only (every Dropout stays); returns whether any was removed.
+/// Removes the nodes that are no-ops in every mode (Identity); those that are no-ops at
+/// inference only (Dropout) stay for the training compiler. Returns whether any was removed.
 pub fn remove_identity_keep_dropout(model: &mut Model) -> Result<bool> {
     remove_no_ops(model, false)
 }
