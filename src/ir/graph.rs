@@ -18,6 +18,11 @@ use crate::onnx::proto::{
 /// attribute (an outer-scope capture), rather than through an input.
 pub const CAPTURE_PORT: usize = usize::MAX;
 
+/// Whether `domain` names the default ONNX operator set (`""` or `ai.onnx`).
+pub fn is_default_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
 /// An operator invocation.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -180,11 +185,6 @@ pub struct Model {
     pub graph: Graph,
     /// The ModelProto without its graph (opset imports, producer, metadata, functions, ...).
     pub rest: ModelProto,
-}
-
-/// Whether `domain` names the default ONNX operator set (`""` or `ai.onnx`).
-pub fn is_default_domain(domain: &str) -> bool {
-    domain.is_empty() || domain == "ai.onnx"
 }
 
 impl Model {

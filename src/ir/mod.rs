@@ -13,7 +13,7 @@ pub mod verify;
 
 pub use dtype::DType;
 pub use fact::{Dim, Fact, Shape, SymInt};
-pub use graph::{Graph, Model, Node, Value};
+pub use graph::{is_default_domain, Graph, Model, Node, Value};
 pub use ids::{NodeId, ValueId};
 pub use tensor::Tensor;
 pub use verify::verify;

@@ -8,14 +8,18 @@
 //!
 //! Cost: 2 FLOPs per output element (one multiply and one add once the statistics are folded
 //! into a per-channel scale and shift). Not handled: the pre-opset-9 `spatial=0` mode, whose
-//! parameters are `[C, D1..Dn]` (they are not checked then), and folding.
+//! parameters are `[C, D1..Dn]` (they are not checked then), and constant folding.
+//!
+//! At inference with constant 1-D parameters, BatchNormalization is a per-channel affine map
+//! (`Op::channel_affine`), which `fold_batch_norm` folds into the producing Conv/Gemm.
 
 use crate::error::{Error, Result};
 use crate::ir::graph::attr_float;
-use crate::ir::{Dim, Fact, Node, ValueId};
+use crate::ir::{Dim, Fact, Node, Tensor, ValueId};
 
 use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::{fconst, reduce_sum, reshape};
+use super::simplify::ChannelAffine;
 use super::vjp::VjpCx;
 use super::{util, Cost, Cx, Op};
 
@@ -167,6 +171,36 @@ impl Op for BatchNorm {
         }
         let eps = cx.node.attr_f("epsilon").unwrap_or(1e-5) as f64;
         Some((at(0)? - at(3)?) / (at(4)? + eps).sqrt() * scale + b)
+    }
+
+    fn channel_affine(&self, node: &Node, consts: &[Option<&Tensor>]) -> Option<ChannelAffine> {
+        // Inference with constant 1-D scale, B, mean, var of one value per channel:
+        // s = scale / sqrt(var + eps), shift = B − mean·s.
+        if node.attr_i("training_mode").unwrap_or(0) != 0
+            || node.attr_i("spatial").unwrap_or(1) != 1
+        {
+            return None;
+        }
+        let mut params = Vec::with_capacity(4);
+        for port in 1..=4 {
+            let t = consts.get(port).copied().flatten()?;
+            let (Some(vals), 1) = (t.to_f64_vec(), t.shape().len()) else {
+                return None;
+            };
+            params.push(vals);
+        }
+        let channels = params[0].len();
+        if params.iter().any(|p| p.len() != channels) {
+            return None;
+        }
+        let eps = f64::from(node.attr_f("epsilon").unwrap_or(1e-5));
+        let scale: Vec<f64> = (0..channels)
+            .map(|c| params[0][c] / (params[3][c] + eps).sqrt())
+            .collect();
+        let shift: Vec<f64> = (0..channels)
+            .map(|c| params[1][c] - params[2][c] * scale[c])
+            .collect();
+        Some(ChannelAffine { scale, shift })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

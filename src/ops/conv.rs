@@ -5,6 +5,9 @@
 //! consumed by W axis 1. Depthwise (group = C = M) passes channels through instead, and its
 //! `group` attribute follows the new width. Other group counts keep `group` and remove channels
 //! uniformly in every group (coupled positions). Weights that are not constants block.
+//!
+//! A following per-channel affine map (an inference BatchNormalization) folds into W along
+//! axis 0 and into B.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
@@ -13,6 +16,7 @@ use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
 use super::grad_util::{pad_zeros, reduce_sum, reshape, Geometry};
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::Window;
 use super::vjp::VjpCx;
 use super::{numel_or_one, Cost, Cx, Op};
@@ -427,6 +431,19 @@ impl Op for Conv {
         (w.len() >= 2).then(|| (w[0], w[1] * group))
     }
 
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // W = [M, C/group, k..]: output channel = axis 0.
+        let channels = cx.channels();
+        let Some(w) = cx.float_const(1) else {
+            return Ok(None);
+        };
+        if w.shape().len() < 2 || w.shape()[0] != channels {
+            return Ok(None);
+        }
+        let inner = (w.len() / channels.max(1)).max(1);
+        cx.fold(1, 2, BiasRule::PerChannel, |i| i / inner)
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         let w = cx.input(1)?;
@@ -693,5 +710,27 @@ impl Op for Conv {
             macs,
             flops: 2 * macs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::graph::attr_int;
+    use crate::ops::channel::testing::Net;
+    use crate::ops::simplify::testing::{bn, folds_exactly};
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        // Grouped with bias, then without bias.
+        let mut n = Net::new();
+        let x = n.input(&[1, 4, 5, 5]);
+        let (w, b) = (n.floats(&[6, 2, 3, 3]), n.floats(&[6]));
+        let y = n.op("Conv", &[x, w, b], vec![attr_int("group", 2)]);
+        let y = bn(&mut n, y, 6);
+        let w = n.floats(&[3, 6, 1, 1]);
+        let y = n.op("Conv", &[y, w], vec![]);
+        let y = bn(&mut n, y, 3);
+        n.output(y);
+        folds_exactly(&n.model(13));
     }
 }

@@ -5,11 +5,15 @@
 //! is accepted too), else `SAME_*` auto padding gives `D·stride`, else
 //! `O = stride·(D−1) + output_padding + ((k−1)·dilation+1) − pad_begin − pad_end`
 //! (`VALID`: no pads). MACs = N·C·ΠD·(M/group)·Πk: every input element scatters into
-//! `(M/group)·Πk` outputs. Not handled: folding; unknown kernel sizes give unknown spatial dims.
+//! `(M/group)·Πk` outputs. A following per-channel affine map (an inference BatchNormalization)
+//! folds into W along output channel `o = g·(M/group) + m` = `W[c, m]` for every input channel
+//! `c` of group `g`, and into B. Not handled: constant folding; unknown kernel sizes give
+//! unknown spatial dims.
 
 use crate::error::Result;
 use crate::ir::{Dim, Fact};
 
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::{self, Window};
 use super::{numel_or_one, Cost, Cx, Op};
 
@@ -127,6 +131,31 @@ impl Op for ConvTranspose {
         // W = [C, M/group, k..].
         let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
         (w.len() >= 2).then(|| (w[1] * group, w[0]))
+    }
+
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // W = [C, M/group, k..]: output channel o = g·(M/group) + m is W[c, m] for every
+        // input channel c of group g.
+        let group = cx.node.attr_i("group").unwrap_or(1);
+        let Some(w) = cx.float_const(1) else {
+            return Ok(None);
+        };
+        let shape = w.shape();
+        if shape.len() < 2 || group < 1 {
+            return Ok(None);
+        }
+        let group = group as usize;
+        let (cin, per) = (shape[0], shape[1]);
+        if cin % group != 0 || per * group != cx.channels() {
+            return Ok(None);
+        }
+        let inner: usize = shape[2..].iter().product();
+        let cin_per_group = cin / group;
+        cx.fold(1, 2, BiasRule::PerChannel, |i| {
+            let c = i / (per * inner).max(1);
+            let m = (i / inner.max(1)) % per.max(1);
+            (c / cin_per_group.max(1)) * per + m
+        })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
@@ -266,5 +295,23 @@ mod tests {
         let c = cost(&CONV_TRANSPOSE, &n, &ins, &[f32_fact("2,4,6,6")]);
         assert_eq!(c.macs, 2 * 8 * 16 * 4 * 9);
         assert_eq!(c.flops, 2 * c.macs);
+    }
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        use crate::ops::channel::testing::Net;
+        use crate::ops::simplify::testing::{bn, folds_exactly};
+        // Grouped with bias and stride 2, then ungrouped without bias.
+        let mut n = Net::new();
+        let x = n.input(&[1, 4, 3, 3]);
+        let (w, b) = (n.floats(&[4, 3, 2, 2]), n.floats(&[6]));
+        let attrs = vec![attr_int("group", 2), attr_ints("strides", &[2, 2])];
+        let y = n.op("ConvTranspose", &[x, w, b], attrs);
+        let y = bn(&mut n, y, 6);
+        let w = n.floats(&[6, 5, 3, 3]);
+        let y = n.op("ConvTranspose", &[y, w], vec![]);
+        let y = bn(&mut n, y, 5);
+        n.output(y);
+        folds_exactly(&n.model(13));
     }
 }

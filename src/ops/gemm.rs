@@ -3,7 +3,9 @@
 //!
 //! Checks that both K agree when known and that C broadcasts to `[M, N]`. MACs = M·N·K.
 //! Not handled: the opset-1..6 `broadcast` attribute (C is checked with numpy broadcasting
-//! regardless) and folding.
+//! regardless) and constant folding. A following per-channel affine map (an inference
+//! BatchNormalization) folds into row `j` of B with `transB`, column `j` without, and into C
+//! (times `beta`, which becomes 1), in opset 7+.
 
 use crate::error::Result;
 use crate::ir::graph::{attr_float, attr_int};
@@ -11,6 +13,7 @@ use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
 use super::grad_util::fconst;
+use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::vjp::VjpCx;
 use super::{util, Cost, Cx, FreshInit, Op};
 
@@ -65,6 +68,42 @@ impl Op for Gemm {
             [a, b] => Some((*b, *a)),
             _ => None,
         }
+    }
+
+    fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {
+        // Output channel j = row j of B with transB, column j without; C (times beta) goes
+        // into the new bias, so beta becomes 1. Opsets < 7 need the `broadcast` attribute.
+        let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let Some(w) = cx.float_const(1).filter(|_| cx.opset >= 7) else {
+            return Ok(None);
+        };
+        let shape = w.shape().to_vec();
+        let cols = match shape[..] {
+            [rows, cols] => {
+                if trans_b {
+                    rows
+                } else {
+                    cols
+                }
+            }
+            _ => return Ok(None),
+        };
+        if cols != cx.channels() {
+            return Ok(None);
+        }
+        let beta = f64::from(cx.node.attr_f("beta").unwrap_or(1.0));
+        let rule = BiasRule::Broadcast { beta };
+        let fold = cx.fold(1, 2, rule, |i| {
+            if trans_b {
+                i / shape[1]
+            } else {
+                i % shape[1]
+            }
+        })?;
+        Ok(fold.map(|f| AffineFold {
+            attrs: vec![attr_float("beta", 1.0)],
+            ..f
+        }))
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
@@ -374,5 +413,27 @@ mod tests {
         let ins = vec![f32_fact("1,4"), f32_fact("4,10"), f32_fact("9")];
         let e = infer(&GEMM, &n, &ins, 13).unwrap_err();
         assert!(e.to_string().contains("C does not broadcast"), "{e}");
+    }
+
+    #[test]
+    fn folding_a_following_batch_norm_is_exact() {
+        use crate::ir::graph::attr_float;
+        use crate::ops::channel::testing::Net;
+        use crate::ops::simplify::testing::{bn, folds_exactly};
+        // transB with a row C and beta; plain with a scalar C; no C.
+        let mut n = Net::new();
+        let x = n.input(&[2, 3]);
+        let (w, c) = (n.floats(&[4, 3]), n.floats(&[1, 4]));
+        let attrs = vec![attr_int("transB", 1), attr_float("beta", 0.5)];
+        let y = n.op("Gemm", &[x, w, c], attrs);
+        let y = bn(&mut n, y, 4);
+        let (w, c) = (n.floats(&[4, 5]), n.floats(&[]));
+        let y = n.op("Gemm", &[y, w, c], vec![attr_float("alpha", 2.0)]);
+        let y = bn(&mut n, y, 5);
+        let w = n.floats(&[5, 2]);
+        let y = n.op("Gemm", &[y, w], vec![]);
+        let y = bn(&mut n, y, 2);
+        n.output(y);
+        folds_exactly(&n.model(13));
     }
 }

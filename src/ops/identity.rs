@@ -4,6 +4,10 @@
 //!
 //! Channels: every axis passes through, to Dropout's mask output too.
 //!
+//! Both are no-ops (`Op::no_op`, for `remove_identity`): Identity always (with one output),
+//! Dropout at inference only (no `training_mode` input or a constant false one, the mask output
+//! absent or unread), so a model kept for training keeps its Dropouts.
+//!
 //! Backward: the gradient passes through. A Dropout in training mode (opset 12+, a constant
 //! true `training_mode`) scales it by `mask / (1 − ratio)` and needs its mask output.
 
@@ -12,6 +16,7 @@ use crate::ir::{DType, Fact, Node, Tensor};
 
 use super::channel::{pass, pass_all, ConstCx, Link, LinkCx};
 use super::grad_util::{const_ints, out_grad, scalar};
+use super::simplify::{NoOp, NoOpCx};
 use super::vjp::VjpCx;
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
@@ -59,6 +64,10 @@ impl Op for Identity {
 
     fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
         cx.inputs.first().copied().flatten()
+    }
+
+    fn no_op(&self, cx: &NoOpCx) -> Option<NoOp> {
+        (cx.node.outputs.len() == 1).then_some(NoOp::Always)
     }
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {
@@ -113,6 +122,24 @@ impl Op for Dropout {
 
     fn channel_constant(&self, cx: &ConstCx) -> Option<f64> {
         cx.inputs.first().copied().flatten()
+    }
+
+    fn no_op(&self, cx: &NoOpCx) -> Option<NoOp> {
+        // Inference form: no training_mode input, or a constant false one (the ratio input and
+        // old opsets' is_test do not matter then), and the mask output absent or unread.
+        let node = cx.node;
+        let mask_unused = !cx.used.get(1).copied().unwrap_or(false);
+        let inference = match node.input(2) {
+            None => true,
+            Some(_) => cx
+                .consts
+                .get(2)
+                .copied()
+                .flatten()
+                .and_then(Tensor::to_i64_vec)
+                .is_some_and(|v| v.iter().all(|&b| b == 0)),
+        };
+        (mask_unused && inference && node.outputs.len() <= 2).then_some(NoOp::Inference)
     }
 
     fn channel_links(&self, cx: &LinkCx) -> Vec<Link> {

@@ -33,6 +33,7 @@ mod reduce;
 mod reshape;
 mod resize;
 mod shape;
+pub mod simplify;
 mod slice;
 mod softmax;
 mod split;
@@ -247,6 +248,32 @@ pub trait Op: Sync {
         Vec::new()
     }
 
+    // What the simplification passes ask (see [`simplify`]).
+
+    /// Whether this node is a no-op: output 0 is input 0 (always, or at inference only) and
+    /// nothing reads its other outputs, so `remove_identity` may bypass it. Default: `None`.
+    fn no_op(&self, _cx: &simplify::NoOpCx) -> Option<simplify::NoOp> {
+        None
+    }
+
+    /// The per-channel affine map (channel axis 1, input 0 → output 0) this node computes at
+    /// inference, given its constant inputs by port; `None` when it is not one (training mode,
+    /// computed parameters). `fold_batch_norm` folds it into the producer. Default: `None`.
+    fn channel_affine(
+        &self,
+        _node: &Node,
+        _consts: &[Option<&Tensor>],
+    ) -> Option<simplify::ChannelAffine> {
+        None
+    }
+
+    /// Folds a per-channel affine map applied to output 0 into this node's constant weight and
+    /// bias (see [`simplify::FoldCx::fold`]). `Ok(None)`: the node cannot absorb it (computed
+    /// weights, a layout that does not fit). Default: `Ok(None)`.
+    fn fold_output_affine(&self, _cx: &simplify::FoldCx) -> Result<Option<simplify::AffineFold>> {
+        Ok(None)
+    }
+
     /// The input holding a per-channel output scale (BatchNormalization's γ), which network
     /// slimming penalises and the `bn-scale` criterion ranks by. Default: none.
     fn channel_scale_input(&self) -> Option<usize> {
@@ -363,7 +390,7 @@ pub fn channel_scale_input(node: &Node) -> Option<usize> {
 
 /// The op implementing `(domain, op_type)`, if lopper knows it.
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static dyn Op> {
-    if !crate::ir::graph::is_default_domain(domain) {
+    if !crate::ir::is_default_domain(domain) {
         return None;
     }
     REGISTRY.iter().copied().find(|op| op.op_type() == op_type)

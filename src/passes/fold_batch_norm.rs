@@ -2,46 +2,52 @@
 //! that computes its input: with `s = scale / sqrt(var + epsilon)` per output channel, the
 //! weight becomes `W·s` along the output-channel axis and the bias `(b − mean)·s + B`.
 //!
-//! The BatchNormalization folds when its statistics and affine parameters are constant 1-D
-//! tensors of one value per channel, its extra (training) outputs are absent or unused, and its
-//! input is output 0 of a Conv/ConvTranspose/Gemm with a constant float weight (and constant
-//! bias, if any) that nothing else reads (no other node, graph output or subgraph). The
-//! arithmetic is done in f64 and stored in the weight's element type. A weight or bias that
-//! another node also reads is not changed in place: the folded node gets a new initializer.
-//! The producer then writes the BatchNormalization's output value, so its name (and a graph
-//! output's name) is kept. Parameters left unused are removed by dead-code elimination.
+//! The pass knows no op: a node folds when its op declares the per-channel affine map it
+//! computes at inference ([`Op::channel_affine`]: BatchNormalization with constant 1-D
+//! statistics and affine parameters of one value per channel, not in training mode nor with
+//! `spatial = 0`), its extra (training) outputs are absent or unused, and its input is output 0
+//! of a node whose op folds such a map into its constant weight and bias
+//! ([`Op::fold_output_affine`]: Conv, ConvTranspose, Gemm) and that nothing else reads (no other
+//! node, graph output or subgraph). The arithmetic is done in f64 and stored in the weight's
+//! element type. A weight or bias that another node also reads is not changed in place: the
+//! folded node gets a new initializer. The producer then writes the BatchNormalization's output
+//! value, so its name (and a graph output's name) is kept. Parameters left unused are removed by
+//! dead-code elimination.
 //!
-//! Channel axes: Conv weight `[M, C/g, k..]` → axis 0; ConvTranspose weight `[C, M/g, k..]` →
-//! output channel `o = g·(M/g) + m` is `W[c, m]` for every input channel `c` of group `g`;
-//! Gemm → row `j` of `B` when `transB = 1`, column `j` otherwise (and `beta` becomes 1, with
-//! `beta·C` folded into the new bias).
+//! Channel axes (see each op): Conv weight `[M, C/g, k..]` → axis 0; ConvTranspose weight
+//! `[C, M/g, k..]` → output channel `o = g·(M/g) + m` is `W[c, m]` for every input channel `c`
+//! of group `g`; Gemm → row `j` of `B` when `transB = 1`, column `j` otherwise (and `beta`
+//! becomes 1, with `beta·C` folded into the new bias).
 //!
 //! It does NOT fold a BatchNormalization that follows anything else (an activation, an Add, a
-//! graph input), that runs in training mode, or with `spatial = 0` (opset < 9); nor a Gemm whose
-//! `C` varies along rows, or in opset < 7 (where `C` needs the `broadcast` attribute).
+//! graph input), nor a Gemm whose `C` varies along rows, or in opset < 7 (where `C` needs the
+//! `broadcast` attribute).
+//!
+//! [`Op::channel_affine`]: crate::ops::Op::channel_affine
+//! [`Op::fold_output_affine`]: crate::ops::Op::fold_output_affine
 
 use crate::error::{Error, Result};
-use crate::ir::graph::attr_float;
-use crate::ir::{DType, Model, NodeId, Tensor, ValueId};
+use crate::ir::{Graph, Model, Node, NodeId, Tensor, ValueId};
+use crate::ops;
+use crate::ops::simplify::{AffineFold, FoldCx};
 
 use super::{add_initializer, eliminate_dead_code};
 
-/// Folds every foldable BatchNormalization into its producer, then removes dead code.
-/// Returns whether anything was folded.
+/// Folds every foldable BatchNormalization (every node computing a constant per-channel
+/// affine map) into its producer, then removes dead code. Returns whether anything was folded.
 pub fn fold_batch_norm(model: &mut Model) -> Result<bool> {
-    let bns: Vec<NodeId> = model
+    let candidates: Vec<NodeId> = model
         .graph
         .topo_order()?
         .into_iter()
         .filter(|&n| {
             let node = model.graph.node(n);
-            node.op_type == "BatchNormalization"
-                && (node.domain.is_empty() || node.domain == "ai.onnx")
+            ops::lookup(&node.domain, &node.op_type).is_some()
         })
         .collect();
     let mut changed = false;
-    for bn in bns {
-        if let Some(fold) = plan(model, bn)? {
+    for n in candidates {
+        if let Some(fold) = plan(model, n)? {
             apply(model, fold);
             changed = true;
         }
@@ -52,30 +58,32 @@ pub fn fold_batch_norm(model: &mut Model) -> Result<bool> {
     Ok(changed)
 }
 
-/// The producer kinds a BatchNormalization folds into.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Kind {
-    Conv,
-    ConvTranspose,
-    Gemm,
-}
-
 /// A fold to perform.
 struct Fold {
     bn: NodeId,
     producer: NodeId,
-    kind: Kind,
-    weight: Tensor,
-    bias: Tensor,
+    fold: AffineFold,
 }
 
-/// Checks that `bn` folds and computes the new weight and bias; `None` if it does not fold.
+/// The constant (initializer) inputs of `node`, by port.
+fn consts<'a>(g: &'a Graph, node: &Node) -> Vec<Option<&'a Tensor>> {
+    node.inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.init(v)))
+        .collect()
+}
+
+/// Checks that `bn` folds and computes the producer's new weight and bias; `None` if it does
+/// not fold.
 fn plan(model: &Model, bn: NodeId) -> Result<Option<Fold>> {
     let g = &model.graph;
     let node = g.node(bn);
-    if node.attr_i("training_mode").unwrap_or(0) != 0 || node.attr_i("spatial").unwrap_or(1) != 1 {
+    let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
         return Ok(None);
-    }
+    };
+    let Some(affine) = op.channel_affine(node, &consts(g, node)) else {
+        return Ok(None);
+    };
     let extra_used = node
         .outputs
         .iter()
@@ -94,155 +102,36 @@ fn plan(model: &Model, bn: NodeId) -> Result<Option<Fold>> {
     if g.value(x).uses.len() != 1 || g.outputs.contains(&x) || g.is_captured(x) {
         return Ok(None);
     }
-    // scale, B, mean, var: constant 1-D, one value per channel.
-    let mut params = Vec::with_capacity(4);
-    for port in 1..=4 {
-        let Some(t) = node.input(port).and_then(|v| g.init(v)) else {
-            return Ok(None);
-        };
-        let (Some(vals), 1) = (t.to_f64_vec(), t.shape().len()) else {
-            return Ok(None);
-        };
-        params.push(vals);
-    }
-    let channels = params[0].len();
-    if params.iter().any(|p| p.len() != channels) {
-        return Ok(None);
-    }
-    let eps = f64::from(node.attr_f("epsilon").unwrap_or(1e-5));
-    let scale: Vec<f64> = (0..channels)
-        .map(|c| params[0][c] / (params[3][c] + eps).sqrt())
-        .collect();
-    let shift: Vec<f64> = (0..channels)
-        .map(|c| params[1][c] - params[2][c] * scale[c])
-        .collect();
-
     let p = g.node(producer);
-    if !(p.domain.is_empty() || p.domain == "ai.onnx") {
-        return Ok(None);
-    }
-    let kind = match p.op_type.as_str() {
-        "Conv" => Kind::Conv,
-        "ConvTranspose" => Kind::ConvTranspose,
-        "Gemm" if model.opset() >= 7 => Kind::Gemm,
-        _ => return Ok(None),
-    };
-    let Some(w) = p.input(1).and_then(|v| g.init(v)) else {
+    let Some(p_op) = ops::lookup(&p.domain, &p.op_type) else {
         return Ok(None);
     };
-    let bias = match p.input(2) {
-        None => None,
-        Some(b) => match g.init(b) {
-            Some(t) => Some(t),
-            None => return Ok(None),
-        },
+    let cx = FoldCx {
+        node: p,
+        consts: &consts(g, p),
+        opset: model.opset(),
+        affine: &affine,
     };
-    let dtype = w.dtype();
-    if !is_float(dtype) || bias.is_some_and(|b| !is_float(b.dtype())) {
-        return Ok(None);
-    }
-    let Some(mut wv) = w.to_f64_vec() else {
-        return Ok(None);
-    };
-    let shape = w.shape();
-    // Output channel of every weight element, via (outer, channel, inner) blocks.
-    match kind {
-        Kind::Conv => {
-            if shape.len() < 2 || shape[0] != channels {
-                return Ok(None);
-            }
-            let inner = wv.len() / channels.max(1);
-            for (i, v) in wv.iter_mut().enumerate() {
-                *v *= scale[i / inner.max(1)];
-            }
-        }
-        Kind::ConvTranspose => {
-            let group = p.attr_i("group").unwrap_or(1);
-            if shape.len() < 2 || group < 1 {
-                return Ok(None);
-            }
-            let group = group as usize;
-            let (cin, per) = (shape[0], shape[1]);
-            if cin % group != 0 || per * group != channels {
-                return Ok(None);
-            }
-            let inner: usize = shape[2..].iter().product();
-            let cin_per_group = cin / group;
-            for (i, v) in wv.iter_mut().enumerate() {
-                let c = i / (per * inner).max(1);
-                let m = (i / inner.max(1)) % per.max(1);
-                *v *= scale[(c / cin_per_group.max(1)) * per + m];
-            }
-        }
-        Kind::Gemm => {
-            let trans_b = p.attr_i("transB").unwrap_or(0) != 0;
-            if shape.len() != 2 {
-                return Ok(None);
-            }
-            let cols = if trans_b { shape[0] } else { shape[1] };
-            if cols != channels {
-                return Ok(None);
-            }
-            for (i, v) in wv.iter_mut().enumerate() {
-                let j = if trans_b { i / shape[1] } else { i % shape[1] };
-                *v *= scale[j];
-            }
-        }
-    }
-    // Per-channel bias before the BatchNormalization.
-    let old_bias: Vec<f64> = match bias {
-        None => vec![0.0; channels],
-        Some(b) => {
-            let Some(bv) = b.to_f64_vec() else {
-                return Ok(None);
-            };
-            let beta = if kind == Kind::Gemm {
-                f64::from(p.attr_f("beta").unwrap_or(1.0))
-            } else {
-                1.0
-            };
-            let per_channel = match b.shape() {
-                [] | [1] | [1, 1] => true,
-                [n] | [1, n] => *n == channels,
-                _ => false,
-            };
-            if !per_channel || (kind != Kind::Gemm && b.shape() != [channels]) {
-                return Ok(None);
-            }
-            (0..channels)
-                .map(|c| beta * bv[if bv.len() == 1 { 0 } else { c }])
-                .collect()
-        }
-    };
-    let new_bias: Vec<f64> = (0..channels)
-        .map(|c| old_bias[c] * scale[c] + shift[c])
-        .collect();
     let err = |e: Error| Error::node(&node.name, &node.op_type, e.to_string());
-    let weight = Tensor::from_f64_as(dtype, shape.to_vec(), &wv).map_err(err)?;
-    let bias_dtype = bias.map_or(dtype, Tensor::dtype);
-    let bias = Tensor::from_f64_as(bias_dtype, vec![channels], &new_bias).map_err(err)?;
-    Ok(Some(Fold {
-        bn,
-        producer,
-        kind,
-        weight,
-        bias,
-    }))
-}
-
-fn is_float(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+    Ok(p_op
+        .fold_output_affine(&cx)
+        .map_err(err)?
+        .map(|fold| Fold { bn, producer, fold }))
 }
 
 /// Rewrites the producer's weight and bias, then makes it write the BatchNormalization's
 /// output in place of the BatchNormalization.
 fn apply(model: &mut Model, f: Fold) {
-    for (port, t, suffix) in [(1, f.weight, "bn_folded"), (2, f.bias, "bn_bias")] {
-        replace_constant(model, f.producer, port, t, suffix);
-    }
+    let AffineFold {
+        weight: (w_port, weight),
+        bias: (b_port, bias),
+        attrs,
+    } = f.fold;
+    replace_constant(model, f.producer, w_port, weight, "bn_folded");
+    replace_constant(model, f.producer, b_port, bias, "bn_bias");
     let g = &mut model.graph;
-    if f.kind == Kind::Gemm {
-        g.node_mut(f.producer).set_attr(attr_float("beta", 1.0));
+    for a in attrs {
+        g.node_mut(f.producer).set_attr(a);
     }
     let bn = g.node(f.bn);
     let (x, y) = (bn.input(0), bn.output(0));

@@ -1,7 +1,7 @@
-//! Removes no-op nodes: `Identity`, and `Dropout` in inference form (no `training_mode`
-//! input, or a constant false one; the `ratio` input and the `is_test` attribute of old opsets
-//! do not matter at inference) whose mask output is absent or unused. Readers of the removed
-//! node's output read its input instead.
+//! Removes no-op nodes, as their ops declare ([`crate::ops::Op::no_op`]): `Identity`, and
+//! `Dropout` in inference form (no `training_mode` input, or a constant false one; the `ratio`
+//! input and the `is_test` attribute of old opsets do not matter at inference) whose mask output
+//! is absent or unused. Readers of the removed node's output read its input instead.
 //!
 //! Graph outputs keep their names: when the output is a graph output, the node is removed only
 //! if its input is computed by a node, is not itself a graph output and is not read by a
@@ -13,23 +13,29 @@
 
 use crate::error::Result;
 use crate::ir::{Graph, Model, NodeId};
+use crate::ops::simplify::{NoOp, NoOpCx};
 
 /// Removes Identity and inference Dropout nodes; returns whether any was removed.
 pub fn remove_identity(model: &mut Model) -> Result<bool> {
     remove_no_ops(model, true)
 }
 
-/// Removes Identity nodes only (every Dropout stays); returns whether any was removed.
+/// Removes the nodes that are no-ops in every mode (Identity); those that are no-ops at
+/// inference only (Dropout) stay for the training compiler. Returns whether any was removed.
 pub fn remove_identity_keep_dropout(model: &mut Model) -> Result<bool> {
     remove_no_ops(model, false)
 }
 
-fn remove_no_ops(model: &mut Model, dropout: bool) -> Result<bool> {
+/// Removes the nodes whose op says they are no-ops ([`crate::ops::Op::no_op`]); those that
+/// are no-ops at inference only ([`NoOp::Inference`]: Dropout) only when `inference`.
+fn remove_no_ops(model: &mut Model, inference: bool) -> Result<bool> {
     let g = &mut model.graph;
     let mut changed = false;
     for n in g.topo_order()? {
-        if !is_removable(g, n) || (!dropout && g.node(n).op_type == "Dropout") {
-            continue;
+        match no_op(g, n) {
+            Some(NoOp::Always) => {}
+            Some(NoOp::Inference) if inference => {}
+            _ => continue,
         }
         let node = g.node(n);
         let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
@@ -67,29 +73,25 @@ fn remove_no_ops(model: &mut Model, dropout: bool) -> Result<bool> {
     Ok(changed)
 }
 
-/// Whether `n` is an Identity, or a Dropout in inference mode with an unused mask.
-fn is_removable(g: &Graph, n: NodeId) -> bool {
+/// How `n` is a no-op, as its op says (`None`: it is not one, or lopper does not know it).
+fn no_op(g: &Graph, n: NodeId) -> Option<NoOp> {
     let node = g.node(n);
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-        return false;
-    }
-    match node.op_type.as_str() {
-        "Identity" => node.outputs.len() == 1,
-        "Dropout" => {
-            let mask_unused = node
-                .output(1)
-                .is_none_or(|m| g.value(m).uses.is_empty() && !g.outputs.contains(&m));
-            let inference = match node.input(2) {
-                None => true,
-                Some(t) => g
-                    .init(t)
-                    .and_then(|t| t.to_i64_vec())
-                    .is_some_and(|v| v.iter().all(|&b| b == 0)),
-            };
-            mask_unused && inference && node.outputs.len() <= 2
-        }
-        _ => false,
-    }
+    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
+    let consts: Vec<_> = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.init(v)))
+        .collect();
+    let used: Vec<bool> = node
+        .outputs
+        .iter()
+        .map(|o| o.is_some_and(|v| !g.value(v).uses.is_empty() || g.outputs.contains(&v)))
+        .collect();
+    op.no_op(&NoOpCx {
+        node,
+        consts: &consts,
+        used: &used,
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! file for (they are kept as they are), and never lowers an opset.
 
 use crate::error::{Error, Result};
-use crate::ir::graph::is_default_domain;
+use crate::ir::is_default_domain;
 use crate::ir::{Model, NodeId};
 use crate::ops;
 

@@ -62,8 +62,7 @@ pub fn to_training_mode(g: &mut Graph, shapes: &Shapes, opset: i64) -> Result<Ve
         .into_iter()
         .filter(|&n| {
             let node = g.node(n);
-            node.op_type == "BatchNormalization"
-                && (node.domain.is_empty() || node.domain == "ai.onnx")
+            node.op_type == "BatchNormalization" && crate::ir::is_default_domain(&node.domain)
         })
         .collect();
     let mut out = Vec::with_capacity(bns.len());

@@ -61,7 +61,7 @@ pub(crate) fn lower_dropouts(
     let mut out = Vec::new();
     for n in order {
         let node = g.node(n);
-        if node.op_type != "Dropout" || !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        if node.op_type != "Dropout" || !crate::ir::is_default_domain(&node.domain) {
             continue;
         }
         let ratio = ratio_of(g, shapes, n, model_opset)?;
