@@ -74,11 +74,10 @@ pub fn gather(
     model: &Model,
     groups: &ChannelGroups,
     reporter: &mut dyn Reporter,
-    tag: &str,
 ) -> Result<Option<ActivationStats>> {
     match calibration {
         Some(c) if scoring.needs_data() => {
-            reporter.stage(&format!("{tag}gathering activations"));
+            reporter.stage("gathering activations");
             Ok(Some(c.gather(model, groups, reporter)?))
         }
         _ => Ok(None),

@@ -14,7 +14,7 @@ use super::reporter::Reporter;
 use super::Progress;
 
 /// The stage: `selector`'s choice for `model` this round. `latency` measures candidates
-/// when it has timed the original (latency targets). The reporter is told `{tag}allocating`
+/// when it has timed the original (latency targets). The reporter is told `allocating`
 /// when there are scores to allocate by.
 pub fn allocate(
     selector: &mut dyn Selector,
@@ -26,7 +26,7 @@ pub fn allocate(
     reporter: &mut dyn Reporter,
 ) -> Result<Choice> {
     if scores.is_some() {
-        reporter.stage(&format!("{}allocating", progress.tag()));
+        reporter.stage("allocating");
     }
     let (groups, shapes) = (&analysis.groups, &analysis.shapes);
     let mut measure = latency

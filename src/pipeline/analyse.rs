@@ -32,10 +32,9 @@ pub struct Analysis {
     pub shapes: Shapes,
 }
 
-/// The stage: [`analyse`] `model` in place, then its shapes. The reporter is told
-/// `{tag}analysing`.
-pub fn stage(model: &mut Model, reporter: &mut dyn Reporter, tag: &str) -> Result<Analysis> {
-    reporter.stage(&format!("{tag}analysing"));
+/// The stage: [`analyse`] `model` in place, then its shapes.
+pub fn stage(model: &mut Model, reporter: &mut dyn Reporter) -> Result<Analysis> {
+    reporter.stage("analysing");
     let groups = analyse(model)?;
     let shapes = infer_shapes(model)?;
     Ok(Analysis { groups, shapes })

@@ -1,28 +1,27 @@
 //! The pruning pipeline: a run is a list of named stages over one model, one file each, each
-//! taking and returning explicit values. [`prune_with`] is that list:
+//! taking and returning explicit values. [`prune_with`] is that list; per round:
 //!
-//! 1. **analyse** ([`analyse`](mod@analyse)): simplify (BatchNormalization kept), shapes,
-//!    channel groups.
-//! 2. **snap** (only `--gamma-below`): small BatchNormalization gammas set to zero
+//! 1. **analyse** ([`mod@analyse`]): simplify (BatchNormalization kept), shapes, channel
+//!    groups. Before the first round it runs once, followed by the run's checks (the
+//!    criterion is available, a latency target's original is timed).
+//! 2. **snap** (only [`Selection::DeadBelow`]): small BatchNormalization gammas set to zero
 //!    ([`crate::passes::snap_small_gammas`]).
-//! 3. **activations** ([`activations`], data-driven criteria only): calibration data run
-//!    through the model.
-//! 4. **score** ([`score`](mod@score)): one score per channel class, by the criterion.
-//! 5. **allocate** ([`allocate`](mod@allocate)): the selection's [`Selector`] (in
-//!    [`crate::plan`]) picks the classes to remove, under a rule or budget; latency targets
-//!    time candidates with the [`LatencyEvaluator`].
-//! 6. **remove** ([`remove`](mod@remove)): the channels leave the model.
-//! 7. **verify** ([`verify`](mod@verify)): the equivalence oracle against the masked
-//!    original.
+//! 3. **score** ([`mod@score`]): one score per channel class, by the criterion; data-driven
+//!    criteria first gather activation statistics ([`activations`], [`Calibration`]).
+//! 4. **allocate** ([`mod@allocate`]): the selection's [`Selector`](crate::plan::Selector)
+//!    (in [`crate::plan`]) picks the classes to remove, under a rule or budget; latency
+//!    targets time candidates with the [`LatencyEvaluator`].
+//! 5. **remove** ([`mod@remove`]): the channels leave the model.
+//! 6. **verify** ([`mod@verify`]): the equivalence oracle against the masked original.
 //!
-//! Stages 1–7 repeat for `--steps` rounds (each re-analyses and re-scores the pruned model);
-//! the first analysis happens once before the rounds. Every round is recorded in a
-//! [`PlanFile`](crate::plan::PlanFile) inside the [`PruneReport`], which
-//! [`Selection::Plan`] replays exactly. Stages tell one [`Reporter`] what they do.
+//! Rounds repeat for `steps` (each re-analyses and re-scores the pruned model). Every round
+//! is recorded ([`report::Tally`]) in a [`PlanFile`](crate::plan::PlanFile) inside the
+//! [`PruneReport`], which [`Selection::Plan`] replays exactly. Stages tell one [`Reporter`]
+//! what they do.
 //!
 //! **write** is the caller's: the library returns the pruned model and the report (with the
 //! plan, and the model before removal for [`crate::report::layer_report`]); the CLI saves
-//! them. The pipeline does not fine-tune and opens no files except through [`Calibration`]
+//! them. The pipeline does not fine-tune, and touches no files except through [`Calibration`]
 //! and the [`LatencyEvaluator`]'s scratch folder.
 
 pub mod activations;
@@ -41,13 +40,13 @@ pub use analyse::{analyse, Analysis};
 pub use latency::LatencyEvaluator;
 pub use options::{PruneOptions, Scored, Selection};
 pub use report::{GroupReport, PruneReport, StepReport};
-pub use reporter::{Reporter, Silent};
+pub use reporter::{Reporter, Silent, Tagged};
 
 use crate::analysis::{costs, infer_shapes, Costs};
 use crate::error::Result;
 use crate::ir::Model;
 use crate::passes::snap_small_gammas::snap_small_gammas;
-use crate::plan::{self, Selector};
+use crate::plan;
 use report::Tally;
 use score::Scoring;
 
@@ -109,67 +108,36 @@ pub fn prune_with(
     opts: &PruneOptions,
     tools: &mut Tools,
 ) -> Result<PruneReport> {
-    let Tools {
-        calibration,
-        latency,
-        reporter,
-    } = tools;
-    let reporter: &mut dyn Reporter = &mut **reporter;
     let selection = &opts.selection;
     let fingerprint = plan::fingerprint(model);
     if let Selection::Plan(p) = selection {
         p.check_model(model)?;
     }
-    let mut analysis = analyse::stage(model, reporter, "")?;
+    let mut analysis = analyse::stage(model, &mut *tools.reporter)?;
     let mut tally = Tally::new(fingerprint, selection, model.clone(), model_costs(model)?);
     let scoring = Scoring::of(selection);
-    scoring.check(model, &analysis, calibration.is_some())?;
-    latency::time_original(selection.is_latency_target(), latency.as_mut(), model)?;
-    let mut selector: Box<dyn Selector> = selection.selector();
+    scoring.check(model, &analysis, tools.calibration.is_some())?;
+    latency::time_original(selection.is_latency_target(), tools.latency.as_mut(), model)?;
+    let mut selector = selection.selector();
     let steps = selection.steps();
     for step in 0..steps {
-        let at = Progress {
-            step,
-            steps,
-            kept: tally.kept(),
-        };
-        let tag = at.tag();
+        let at = tally.progress(step, steps);
+        let say = &mut Tagged::new(&mut *tools.reporter, at.tag());
         if step > 0 {
-            analysis = analyse::stage(model, reporter, &tag)?;
+            analysis = analyse::stage(model, say)?;
         }
         if let Some(t) = selection.snap_below() {
             snap(model, t, &mut tally);
         }
-        let stats = activations::gather(
-            &scoring,
-            calibration.as_ref(),
-            model,
-            &analysis.groups,
-            reporter,
-            &tag,
-        )?;
-        let scores = score::score(&scoring, model, &analysis, stats.as_ref(), reporter, &tag)?;
-        let choice = allocate::allocate(
-            selector.as_mut(),
-            model,
-            &analysis,
-            scores.as_ref(),
-            at,
-            latency.as_mut(),
-            reporter,
-        )?;
-        tally.choose(step, &analysis.groups, scores.as_ref(), &choice, &tag)?;
+        let calibration = tools.calibration.as_ref();
+        let scores = score::score(&scoring, model, &analysis, calibration, say)?;
+        let (scores, latency) = (scores.as_ref(), tools.latency.as_mut());
+        let choice =
+            allocate::allocate(&mut *selector, model, &analysis, scores, at, latency, say)?;
+        tally.choose(&at, &analysis.groups, scores, &choice)?;
         let original = verify::snapshot(model, opts, &choice.classes);
-        let now = remove::remove(model, &analysis, &choice.classes, reporter, &tag)?;
-        let oracle = verify::verify(
-            original,
-            &analysis.groups,
-            &choice.classes,
-            model,
-            opts,
-            reporter,
-            &tag,
-        )?;
+        let now = remove::remove(model, &analysis, &choice.classes, say)?;
+        let oracle = verify::verify(original, &analysis, &choice.classes, model, opts, say)?;
         tally.removed(&choice, now, oracle);
     }
     Ok(tally.finish())

@@ -18,9 +18,8 @@ pub fn remove(
     analysis: &Analysis,
     classes: &[usize],
     reporter: &mut dyn Reporter,
-    tag: &str,
 ) -> Result<Costs> {
-    reporter.stage(&format!("{tag}removing {} channels", classes.len()));
+    reporter.stage(&format!("removing {} channels", classes.len()));
     remove_channels(model, &analysis.groups, &analysis.shapes, classes)?;
     costs(model, &infer_shapes(model)?)
 }

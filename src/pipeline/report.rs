@@ -12,6 +12,7 @@ use crate::oracle::Comparison;
 use crate::plan::{Choice, PlanFile};
 
 use super::options::Selection;
+use super::Progress;
 
 /// Per-group line of the report (of the first round).
 #[derive(Clone, Debug, Serialize)]
@@ -117,16 +118,25 @@ impl Tally {
         self.notes.push(note);
     }
 
-    /// Records round `step`'s choice on `groups` in the plan (with the scores, if any), the
-    /// criterion's notes (once each) and the choice's notes (prefixed with `tag`).
+    /// Where round `step` of `steps` starts.
+    pub fn progress(&self, step: usize, steps: usize) -> Progress {
+        Progress {
+            step,
+            steps,
+            kept: self.kept(),
+        }
+    }
+
+    /// Records round `at`'s choice on `groups` in the plan (with the scores, if any), the
+    /// criterion's notes (once each) and the choice's notes (prefixed with the round's tag).
     pub fn choose(
         &mut self,
-        step: usize,
+        at: &Progress,
         groups: &ChannelGroups,
         scores: Option<&Scores>,
         choice: &Choice,
-        tag: &str,
     ) -> Result<()> {
+        let tag = at.tag();
         for n in scores.iter().flat_map(|s| &s.notes) {
             if !self.notes.contains(n) {
                 self.notes.push(n.clone());
@@ -137,7 +147,7 @@ impl Tally {
         }
         self.record
             .push_step(groups, &choice.classes, scores.map(|s| &s.values[..]))?;
-        if step == 0 {
+        if at.step == 0 {
             self.per_group = group_reports(groups, &choice.classes);
         }
         Ok(())

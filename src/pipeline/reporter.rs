@@ -27,3 +27,26 @@ impl<F: FnMut(&str)> Reporter for F {
         self(what)
     }
 }
+
+/// Passes lines on to another reporter with a prefix (a round's `round i/n: `).
+pub struct Tagged<'r> {
+    inner: &'r mut dyn Reporter,
+    tag: String,
+}
+
+impl<'r> Tagged<'r> {
+    /// Lines to `inner`, each starting with `tag`.
+    pub fn new(inner: &'r mut dyn Reporter, tag: String) -> Self {
+        Tagged { inner, tag }
+    }
+}
+
+impl Reporter for Tagged<'_> {
+    fn stage(&mut self, what: &str) {
+        self.inner.stage(&format!("{}{what}", self.tag))
+    }
+
+    fn count(&mut self, done: usize, total: usize) {
+        self.inner.count(done, total)
+    }
+}

@@ -2,13 +2,14 @@
 //! ([`crate::analysis::importance`]). What to score with is fixed for the run by the
 //! selection ([`Scoring`]); selections that do not rank (dead channels, explicit classes, a
 //! replayed plan) get no scores. This stage does not choose channels (the selector does) and
-//! does not gather data (the activation stage does).
+//! gathers data only through [`Calibration`].
 
 use crate::analysis::importance::{self, ActivationStats, CriterionKind, Normalize, Reduce};
 use crate::analysis::importance::{ScoreCx, Scores};
 use crate::error::Result;
 use crate::ir::Model;
 
+use super::activations::{self, Calibration};
 use super::analyse::Analysis;
 use super::options::Selection;
 use super::reporter::Reporter;
@@ -61,20 +62,33 @@ impl Scoring {
         };
         kind.check_available()?;
         if kind.needs_data() && !has_data {
-            score(self, model, analysis, None, &mut super::Silent, "")?;
+            score_with(self, model, analysis, None, &mut super::Silent)?;
         }
         Ok(())
     }
 }
 
-/// The stage: scores of every class of `analysis` (computed on `model`), or `None`.
+/// The stage: scores of every class of `analysis` (computed on `model`), or `None`. A
+/// data-driven criterion first gets activation statistics from `calibration`
+/// ([`activations::gather`]).
 pub fn score(
+    scoring: &Scoring,
+    model: &Model,
+    analysis: &Analysis,
+    calibration: Option<&Calibration>,
+    reporter: &mut dyn Reporter,
+) -> Result<Option<Scores>> {
+    let stats = activations::gather(scoring, calibration, model, &analysis.groups, reporter)?;
+    score_with(scoring, model, analysis, stats.as_ref(), reporter)
+}
+
+/// Scores with the given activation statistics (`None`: none gathered).
+fn score_with(
     scoring: &Scoring,
     model: &Model,
     analysis: &Analysis,
     activations: Option<&ActivationStats>,
     reporter: &mut dyn Reporter,
-    tag: &str,
 ) -> Result<Option<Scores>> {
     match scoring {
         Scoring::None => Ok(None),
@@ -89,7 +103,7 @@ pub fn score(
             normalize,
             seed,
         } => {
-            reporter.stage(&format!("{tag}scoring ({kind})"));
+            reporter.stage(&format!("scoring ({kind})"));
             let cx = ScoreCx {
                 model,
                 groups: &analysis.groups,

@@ -4,11 +4,11 @@
 //! It needs a copy of the model from before the removal ([`snapshot`]). It does not check
 //! accuracy (the masked original is itself changed by the removal).
 
-use crate::analysis::channels::ChannelGroups;
 use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::oracle::{self, Comparison};
 
+use super::analyse::Analysis;
 use super::options::PruneOptions;
 use super::reporter::Reporter;
 
@@ -19,22 +19,21 @@ pub fn snapshot(model: &Model, opts: &PruneOptions, classes: &[usize]) -> Option
 }
 
 /// The stage: compares `pruned` with `original` (its [`snapshot`]) masked by `classes` of
-/// `groups`; `None` when there is no snapshot. Errors when the largest relative error
+/// `analysis` (computed on `original`); `None` when there is no snapshot. Errors when the largest relative error
 /// exceeds `opts.tolerance`.
 pub fn verify(
     original: Option<Model>,
-    groups: &ChannelGroups,
+    analysis: &Analysis,
     classes: &[usize],
     pruned: &Model,
     opts: &PruneOptions,
     reporter: &mut dyn Reporter,
-    tag: &str,
 ) -> Result<Option<Comparison>> {
     let Some(original) = original else {
         return Ok(None);
     };
-    reporter.stage(&format!("{tag}verifying"));
-    let masked = oracle::masked_original(&original, groups, classes)?;
+    reporter.stage("verifying");
+    let masked = oracle::masked_original(&original, &analysis.groups, classes)?;
     let cmp = oracle::compare(&masked, pruned, &opts.verify_with, 2, 7)?;
     if cmp.max_rel_error > opts.tolerance {
         return Err(Error::Graph(format!(
