@@ -16,6 +16,7 @@ pub mod onnx;
 pub mod ops;
 pub mod oracle;
 pub mod passes;
+pub mod pipeline;
 pub mod plan;
 pub mod prune;
 pub mod report;

@@ -1,22 +1,23 @@
-//! `lopper prune`: scores channels with a criterion, allocates removals under a rule or budget,
-//! removes them, checks the result with the equivalence oracle (unless `--no-verify`), writes
-//! the smaller model, and reports what changed (table, JSON, SVG, replayable plan).
+//! `lopper prune`: parses the options into a [`Selection`], runs the library's pruning
+//! pipeline ([`lopper::pipeline`]: analyse, score, allocate, remove, verify) with calibration
+//! data and a latency evaluator when the options need them, writes the smaller model, and
+//! reports what changed (table, JSON, SVG, replayable plan).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
 
-use lopper::analysis::activation_stats::{activation_stats, calibration_batches};
 use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
-use lopper::bench::{bench, BenchOptions};
 use lopper::ir::Model;
 use lopper::oracle::available_backends;
+use lopper::pipeline::{
+    prune_with, Calibration, LatencyEvaluator, PruneOptions, PruneReport, Reporter, Scored,
+    Selection, Tools,
+};
 use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Granularity, Scope};
 use lopper::plan::PlanFile;
-use lopper::prune::{prune_with, Hooks, PruneOptions, PruneReport, Scored, Selection};
 use lopper::report::{self, layer_report, Report};
-use lopper::runtime::RuntimeOptions;
-use lopper::temp_dir::TempDir;
 
 use super::data_args::DataArgs;
 use super::inspect::si;
@@ -278,19 +279,38 @@ impl Args {
     }
 }
 
-/// Times a model: saved to a scratch folder, then median latency over interleaved runs.
-fn time_model(
-    model: &Model,
-    dir: &Path,
-    opts: &BenchOptions,
-    n: &mut usize,
-) -> lopper::Result<f64> {
-    *n += 1;
-    let path = dir.join(format!("candidate-{n}.onnx"));
-    model.save(&path, &Default::default())?;
-    let r = bench(std::slice::from_ref(&path), opts, &mut |_, _| {});
-    let _ = std::fs::remove_file(&path);
-    Ok(r?.models[0].latency.median)
+/// The command's reporter: a spinner showing the current stage and, while calibration data
+/// runs, a bar counting samples (both hidden when stderr is not a terminal).
+struct Status {
+    spinner: ProgressBar,
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter for Status {
+    fn stage(&mut self, what: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.spinner.set_message(what.to_string());
+    }
+
+    fn count(&mut self, done: usize, total: usize) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = progress::bar("samples");
+            bar.set_length(total as u64);
+            bar
+        });
+        bar.set_position(done as u64);
+    }
+}
+
+impl Drop for Status {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.spinner.finish_and_clear();
+    }
 }
 
 /// Runs the command.
@@ -307,74 +327,46 @@ pub fn run(args: Args) -> Result<()> {
         },
         tolerance: args.tolerance,
     };
-    let needs_data = matches!(&opts.selection, Selection::Scored(s) if s.criterion.needs_data());
-    let needs_timing = matches!(&opts.selection, Selection::Scored(s)
-        if matches!(s.allocate.amount, Amount::Target(Budget::Latency(_))));
+    let needs_data = opts.selection.needs_data();
+    let needs_timing = opts.selection.is_latency_target();
     let runtime = if needs_data || needs_timing {
         Some(args.runtime.resolve()?)
     } else {
         None
     };
-
-    let status = progress::spinner();
-    let mut say = |msg: &str| status.set_message(msg.to_string());
-    let mut gather = |m: &Model, groups: &lopper::analysis::ChannelGroups| {
+    let open = || {
         if args.data.data.is_none() {
             return Err(lopper::Error::Usage(format!(
                 "criterion '{}' needs calibration data: pass --data",
                 args.criterion
             )));
         }
-        let data = &args.data;
-        let Some((backend, rt)) = runtime else {
-            return Err(lopper::Error::Usage("no runtime".into()));
-        };
-        let (dataset, pre) = data.open()?;
-        let mut batches = calibration_batches(
-            m,
-            dataset,
-            &pre,
-            args.batch_size,
-            Some(args.calibration_samples),
-        )?;
-        let pb = progress::bar("samples");
-        pb.set_length(batches.samples() as u64);
-        let rt = RuntimeOptions {
-            spinning: Some(false),
-            ..rt
-        };
-        let r = activation_stats(m, groups, backend, &rt, &mut batches, &mut |n| {
-            pb.set_position(n as u64)
-        });
-        pb.finish_and_clear();
-        r
+        args.data.open()
     };
-    let scratch = if needs_timing {
-        Some(TempDir::new("latency")?)
-    } else {
-        None
+    let mut tools = Tools {
+        calibration: match runtime {
+            Some((backend, runtime)) if needs_data => Some(Calibration {
+                data: &open,
+                backend,
+                runtime,
+                batch_size: args.batch_size,
+                samples: args.calibration_samples,
+            }),
+            _ => None,
+        },
+        latency: match runtime {
+            Some((backend, runtime)) if needs_timing => {
+                Some(LatencyEvaluator::new(backend, runtime)?)
+            }
+            _ => None,
+        },
+        reporter: Box::new(Status {
+            spinner: progress::spinner(),
+            bar: None,
+        }),
     };
-    let mut timed = 0usize;
-    let mut time = |m: &Model| -> lopper::Result<f64> {
-        let (Some((backend, rt)), Some(dir)) = (runtime, scratch.as_ref()) else {
-            return Err(lopper::Error::Usage("no runtime to time the model".into()));
-        };
-        let bo = BenchOptions {
-            backend,
-            runtime: rt,
-            batch: 1,
-            warmup: 5,
-            runs: 30,
-        };
-        time_model(m, dir.path(), &bo, &mut timed)
-    };
-    let mut hooks = Hooks {
-        activations: if needs_data { Some(&mut gather) } else { None },
-        latency: if needs_timing { Some(&mut time) } else { None },
-        progress: Some(&mut say),
-    };
-    let result = prune_with(&mut model, &opts, &mut hooks);
-    status.finish_and_clear();
+    let result = prune_with(&mut model, &opts, &mut tools);
+    drop(tools);
     let report = result?;
     if report.removed == 0 {
         let why = if report.blocked == report.groups {

@@ -6,6 +6,7 @@ pub mod fold_batch_norm;
 pub mod fold_constants;
 pub mod remove_channels;
 pub mod remove_identity;
+pub mod snap_small_gammas;
 pub mod upgrade_opset;
 
 pub use eliminate_dead_code::eliminate_dead_code;

@@ -207,23 +207,7 @@ pub fn allocate(
             "tolerance must be a finite number ≥ 0, got {tol}"
         )));
     }
-    let own_first = match (&opts.amount, keep_hint) {
-        (Amount::Own, None) => {
-            return Err(Error::Usage(
-                "this criterion makes no choice of its own: give a ratio, threshold or target"
-                    .into(),
-            ))
-        }
-        (Amount::Own, Some(k)) if k.len() != groups.class_atoms.len() => {
-            return Err(Error::Usage(format!(
-                "{} keep flags for {} channel classes",
-                k.len(),
-                groups.class_atoms.len()
-            )))
-        }
-        (Amount::Own, Some(k)) => Some(k),
-        _ => None,
-    };
+    let own_first = own_choice(&opts.amount, keep_hint, groups)?;
     let space = Space::new(model, groups, scores, own_first, &opts.constraints)?;
     let cost = MaskedCost::new(model, groups, shapes)?;
     let mut notes = space.notes.clone();
@@ -250,20 +234,7 @@ pub fn allocate(
                 return Err(Error::Usage(format!("ratio must be in [0, 1), got {r}")));
             }
             match &block {
-                Some(_) => {
-                    let n = space.channels().max(1) as f64;
-                    let frac = |p: f64| family(p).iter().sum::<usize>() as f64 / n;
-                    let (mut lo, mut hi) = (0.0f64, 1.0f64);
-                    while hi - lo > 1e-12 {
-                        let mid = 0.5 * (lo + hi);
-                        if frac(mid) <= *r {
-                            lo = mid;
-                        } else {
-                            hi = mid;
-                        }
-                    }
-                    family(lo)
-                }
+                Some(_) => block_ratio_counts(&space, &*family, *r),
                 None => {
                     threshold = global_threshold(*r);
                     family(*r)
@@ -294,66 +265,15 @@ pub fn allocate(
             })
             .collect(),
         Amount::Target(budget) => {
-            let (target, metric) = match *budget {
-                Budget::Flops(t) => (t, Metric::Macs),
-                Budget::Params(t) => (t, Metric::Params),
-                Budget::Latency(t) => (t, Metric::Macs),
-            };
-            if !(target > 0.0 && target <= 1.0) {
-                return Err(Error::Usage(format!(
-                    "a budget target is the fraction to keep, in (0, 1]; got {target}"
-                )));
-            }
-            let what = match budget {
-                Budget::Flops(_) => "FLOPs",
-                Budget::Params(_) => "parameter",
-                Budget::Latency(_) => "latency",
-            };
             let priority = block.as_ref().map(|b| b.imp.as_slice());
-            let found = match measure {
-                None if matches!(budget, Budget::Latency(_)) => {
-                    return Err(Error::Usage(
-                        "a latency target needs a measurement (a runtime to time candidates)"
-                            .into(),
-                    ))
-                }
-                None => {
-                    let mut eval = Evaluator::new(&space, &cost, metric)?;
-                    let found = bisect(&space, &mut eval, &*family, priority, target, tol, what)?;
-                    evaluations += eval.evaluations;
-                    found
-                }
-                Some(m) => {
-                    // Where the cost model puts the target: the first candidate to measure
-                    // (the middle of the family when the model cannot say).
-                    let p0 = match Evaluator::new(&space, &cost, metric) {
-                        Ok(mut eval) => {
-                            let p0 =
-                                bisect(&space, &mut eval, &*family, priority, target, tol, what)
-                                    .map_or(0.5, |f| f.p);
-                            evaluations += eval.evaluations;
-                            p0
-                        }
-                        Err(_) => 0.5,
-                    };
-                    let (found, calls) = bisect_measured(
-                        &space,
-                        &*family,
-                        m,
-                        p0,
-                        target,
-                        tol,
-                        opts.max_measurements,
-                    )?;
-                    evaluations += calls;
-                    notes.push(format!(
-                        "{what} target {target}: measured {:.4} after {calls} measurement(s)",
-                        found.ratio
-                    ));
-                    found
-                }
+            let search = Search {
+                space: &space,
+                cost: &cost,
+                family: &*family,
+                priority,
             };
-            describe(&found, what, target, &mut notes);
+            let (found, evals) = meet_target(search, *budget, opts, measure, &mut notes)?;
+            evaluations += evals;
             threshold = global_threshold(found.p);
             found.counts
         }
@@ -380,6 +300,125 @@ pub fn allocate(
         evaluations,
         notes,
     })
+}
+
+/// What a target search walks: the allocation space, the cost model, the one-parameter family
+/// of per-group counts, and (block granularity) the group priority of fix-ups.
+struct Search<'s> {
+    space: &'s Space,
+    cost: &'s MaskedCost<'s>,
+    family: &'s dyn Fn(f64) -> Vec<usize>,
+    priority: Option<&'s [f64]>,
+}
+
+/// Meets a resource `budget`: bisection on the family with the cost model, or with `measure`
+/// (starting where the cost model puts the target). Returns the search's result and the
+/// estimates and measurements it made; notes how it ended.
+fn meet_target(
+    Search {
+        space,
+        cost,
+        family,
+        priority,
+    }: Search,
+    budget: Budget,
+    opts: &AllocateOptions,
+    measure: Option<Measure>,
+    notes: &mut Vec<String>,
+) -> Result<(Found, usize)> {
+    let tol = opts.tolerance;
+    let mut evaluations = 0;
+    let (target, metric) = match budget {
+        Budget::Flops(t) => (t, Metric::Macs),
+        Budget::Params(t) => (t, Metric::Params),
+        Budget::Latency(t) => (t, Metric::Macs),
+    };
+    if !(target > 0.0 && target <= 1.0) {
+        return Err(Error::Usage(format!(
+            "a budget target is the fraction to keep, in (0, 1]; got {target}"
+        )));
+    }
+    let what = match budget {
+        Budget::Flops(_) => "FLOPs",
+        Budget::Params(_) => "parameter",
+        Budget::Latency(_) => "latency",
+    };
+    let found = match measure {
+        None if matches!(budget, Budget::Latency(_)) => {
+            return Err(Error::Usage(
+                "a latency target needs a measurement (a runtime to time candidates)".into(),
+            ))
+        }
+        None => {
+            let mut eval = Evaluator::new(space, cost, metric)?;
+            let found = bisect(space, &mut eval, family, priority, target, tol, what)?;
+            evaluations += eval.evaluations;
+            found
+        }
+        Some(m) => {
+            // Where the cost model puts the target: the first candidate to measure
+            // (the middle of the family when the model cannot say).
+            let p0 = match Evaluator::new(space, cost, metric) {
+                Ok(mut eval) => {
+                    let p0 = bisect(space, &mut eval, family, priority, target, tol, what)
+                        .map_or(0.5, |f| f.p);
+                    evaluations += eval.evaluations;
+                    p0
+                }
+                Err(_) => 0.5,
+            };
+            let (found, calls) =
+                bisect_measured(space, family, m, p0, target, tol, opts.max_measurements)?;
+            evaluations += calls;
+            notes.push(format!(
+                "{what} target {target}: measured {:.4} after {calls} measurement(s)",
+                found.ratio
+            ));
+            found
+        }
+    };
+    describe(&found, what, target, notes);
+    Ok((found, evaluations))
+}
+
+/// The keep flags of [`Amount::Own`] (errors when missing or of the wrong length); `None`
+/// for other amounts.
+fn own_choice<'k>(
+    amount: &Amount,
+    keep_hint: Option<&'k [bool]>,
+    groups: &ChannelGroups,
+) -> Result<Option<&'k [bool]>> {
+    match (amount, keep_hint) {
+        (Amount::Own, None) => Err(Error::Usage(
+            "this criterion makes no choice of its own: give a ratio, threshold or target".into(),
+        )),
+        (Amount::Own, Some(k)) if k.len() != groups.class_atoms.len() => {
+            Err(Error::Usage(format!(
+                "{} keep flags for {} channel classes",
+                k.len(),
+                groups.class_atoms.len()
+            )))
+        }
+        (Amount::Own, Some(k)) => Ok(Some(k)),
+        _ => Ok(None),
+    }
+}
+
+/// Block granularity under a ratio: the family member removing the fraction `r` of the
+/// channels (bisection on its parameter).
+fn block_ratio_counts(space: &Space, family: &dyn Fn(f64) -> Vec<usize>, r: f64) -> Vec<usize> {
+    let n = space.channels().max(1) as f64;
+    let frac = |p: f64| family(p).iter().sum::<usize>() as f64 / n;
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while hi - lo > 1e-12 {
+        let mid = 0.5 * (lo + hi);
+        if frac(mid) <= r {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    family(lo)
 }
 
 /// Notes about how a target search ended.

@@ -54,3 +54,17 @@ pub fn plan_dead(model: &Model, groups: &ChannelGroups, shapes: &Shapes) -> Resu
     out.sort_unstable();
     Ok(out)
 }
+
+/// The [`plan_dead`] selector: dead channels of the model as it is.
+#[derive(Clone, Copy, Debug)]
+pub struct Dead;
+
+impl super::Selector for Dead {
+    fn select(&mut self, round: super::Round) -> Result<super::Choice> {
+        Ok(super::Choice::classes(plan_dead(
+            round.model,
+            round.groups,
+            round.shapes,
+        )?))
+    }
+}

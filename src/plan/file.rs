@@ -368,3 +368,16 @@ pub fn fingerprint(model: &Model) -> String {
     let _ = write!(out, "{:016x}", h.0);
     out
 }
+
+/// The replay selector: round `i` removes what step `i` of the plan recorded
+/// ([`PlanFile::step_classes`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Replay<'a>(pub &'a PlanFile);
+
+impl super::Selector for Replay<'_> {
+    fn select(&mut self, round: super::Round) -> Result<super::Choice> {
+        Ok(super::Choice::classes(
+            self.0.step_classes(round.step, round.groups)?,
+        ))
+    }
+}

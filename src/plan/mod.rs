@@ -2,20 +2,27 @@
 //! [`crate::analysis::channels`]) chosen from scores under a rule: a uniform ratio
 //! ([`plan_ratio`]), dead channels ([`plan_dead`]), or a budget allocation ([`allocate()`]:
 //! ratio, threshold or resource target, local/global/block, under constraints). Choices are
-//! recorded in plan files ([`mod@file`]) to replay. This module chooses; it does not change
-//! the model ([`crate::passes::remove_channels()`] does).
+//! recorded in plan files ([`mod@file`]) to replay. Each way of choosing is also a
+//! [`Selector`] (one round's classes from the model, its groups and scores), which the
+//! pruning pipeline ([`crate::pipeline`]) calls once per round: [`UniformRatio`], [`Dead`],
+//! [`Explicit`], [`Replay`] and [`Budgeted`]. This module chooses; it does not score, and it
+//! does not change the model ([`crate::passes::remove_channels()`] does).
 
 pub mod allocate;
+pub mod budget;
 pub mod dead;
 pub mod file;
 pub mod ratio;
 mod search;
+pub mod select;
 mod space;
 
 pub use allocate::{
     allocate, AllocateOptions, Allocation, Amount, Budget, Constraints, Granularity, Measure, Scope,
 };
-pub use dead::plan_dead;
-pub use file::{fingerprint, PlanFile, PlanGroup, PlanMeta, PlanStep, PLAN_FORMAT};
-pub use ratio::plan_ratio;
+pub use budget::Budgeted;
+pub use dead::{plan_dead, Dead};
+pub use file::{fingerprint, PlanFile, PlanGroup, PlanMeta, PlanStep, Replay, PLAN_FORMAT};
+pub use ratio::{plan_ratio, UniformRatio};
+pub use select::{Choice, Explicit, Round, Selector};
 pub(crate) use space::glob_match;

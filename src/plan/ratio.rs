@@ -25,3 +25,19 @@ pub fn plan_ratio(groups: &ChannelGroups, scores: &[f64], ratio: f64) -> Result<
     out.sort_unstable();
     Ok(out)
 }
+
+/// The [`plan_ratio`] selector: the lowest-scoring fraction of every prunable group, by the
+/// round's scores (the pipeline gives it L1 scores).
+#[derive(Clone, Copy, Debug)]
+pub struct UniformRatio(pub f64);
+
+impl super::Selector for UniformRatio {
+    fn select(&mut self, round: super::Round) -> Result<super::Choice> {
+        let scores = round.scores("a uniform ratio")?;
+        Ok(super::Choice::classes(plan_ratio(
+            round.groups,
+            &scores.values,
+            self.0,
+        )?))
+    }
+}

@@ -142,23 +142,8 @@ pub(crate) fn bisect(
         }
     }
     let inside = |r: f64| (r - target).abs() <= tol;
-    let mut best: Option<Found> = None;
-    for (c, r, p) in [(&c_lo, r_lo, lo), (&c_hi, r_hi, hi)] {
-        if inside(r)
-            && best
-                .as_ref()
-                .is_none_or(|b| (r - target).abs() < (b.ratio - target).abs())
-        {
-            best = Some(Found {
-                counts: c.clone(),
-                ratio: r,
-                p,
-                moves: 0,
-                met: true,
-            });
-        }
-    }
-    if let Some(b) = best {
+    let ends = [(&c_lo, r_lo, lo), (&c_hi, r_hi, hi)];
+    if let Some(b) = closer_inside(ends, target, tol) {
         return Ok(b);
     }
     // Fix-up: from above (remove more), then from below (restore some).
@@ -214,6 +199,28 @@ pub(crate) fn bisect(
         moves: moves + moves2 + steps,
         met: inside(ratio),
     })
+}
+
+/// Of the bisection's two bracket ends (counts, ratio, parameter), the one within
+/// `target ± tol` that is closer to the target (the lower end on a tie); `None` when neither is.
+fn closer_inside(ends: [(&Vec<usize>, f64, f64); 2], target: f64, tol: f64) -> Option<Found> {
+    let mut best: Option<Found> = None;
+    for (c, r, p) in ends {
+        if (r - target).abs() <= tol
+            && best
+                .as_ref()
+                .is_none_or(|b| (r - target).abs() < (b.ratio - target).abs())
+        {
+            best = Some(Found {
+                counts: c.clone(),
+                ratio: r,
+                p,
+                moves: 0,
+                met: true,
+            });
+        }
+    }
+    best
 }
 
 /// Best-first search over allocations one allowed step (up or down, in any group) apart,

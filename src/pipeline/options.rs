@@ -1,0 +1,186 @@
+//! What a pruning run is asked to do: [`PruneOptions`] with its [`Selection`], and what each
+//! selection implies for the stages (rounds, scoring, the selector, the plan's metadata).
+//! Nothing here runs a stage.
+
+use crate::analysis::importance::{CriterionKind, Normalize, Reduce};
+use crate::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Scope};
+use crate::plan::{self, PlanFile, PlanMeta, Selector};
+use crate::runtime::BackendKind;
+
+/// Channels chosen by a criterion under an allocation rule.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    /// The importance criterion.
+    pub criterion: CriterionKind,
+    /// How a channel's member scores combine.
+    pub reduce: Reduce,
+    /// Per-group normalisation of scores.
+    pub normalize: Normalize,
+    /// Seed of random criteria.
+    pub seed: u64,
+    /// How much to remove and under which constraints.
+    pub allocate: AllocateOptions,
+    /// Rounds of prune → re-analyse → re-score (≥ 1).
+    pub steps: usize,
+}
+
+impl Scored {
+    /// `criterion` removing `amount` with `lopper prune`'s defaults: summed member scores,
+    /// normalised by each group's largest, seed 0, local scope for a ratio and global
+    /// otherwise, every group keeping at least 10% of its channels and at least one, one round.
+    pub fn new(criterion: CriterionKind, amount: Amount) -> Scored {
+        let scope = match amount {
+            Amount::Ratio(_) => Scope::Local,
+            _ => Scope::Global,
+        };
+        Scored {
+            criterion,
+            reduce: Reduce::Sum,
+            normalize: Normalize::Max,
+            seed: 0,
+            allocate: AllocateOptions {
+                scope,
+                amount,
+                constraints: Constraints {
+                    min_keep_fraction: 0.1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            steps: 1,
+        }
+    }
+}
+
+/// Which channels to remove.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    /// The lowest-L1 fraction of every prunable group (same as a local `Scored` ratio with L1).
+    Ratio(f64),
+    /// Channels that contribute nothing or a constant (compensated exactly).
+    Dead,
+    /// Like `Dead` after setting every BatchNormalization gamma with |gamma| below this to
+    /// zero (what sparse training leaves near zero): those channels then output the constant
+    /// activation of their beta, which is folded into the consumers. The model changes by at
+    /// most the dropped gammas' contribution; the oracle checks the rest.
+    DeadBelow(f64),
+    /// Exactly these classes (indices of the analysis' classes).
+    Classes(Vec<usize>),
+    /// Ranked by a criterion, allocated under a rule or budget.
+    Scored(Scored),
+    /// Replay a recorded plan.
+    Plan(PlanFile),
+}
+
+/// Options of [`prune`](super::prune).
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// What to remove.
+    pub selection: Selection,
+    /// Runtimes for the equivalence oracle (empty: do not verify).
+    pub verify_with: Vec<BackendKind>,
+    /// Largest relative output error the oracle accepts.
+    pub tolerance: f64,
+}
+
+impl Selection {
+    /// Rounds of the run: `steps` of a scored selection, the recorded steps of a plan, else 1.
+    pub fn steps(&self) -> usize {
+        match self {
+            Selection::Scored(s) => s.steps.max(1),
+            Selection::Plan(p) => p.steps.len(),
+            _ => 1,
+        }
+    }
+
+    /// The selector that chooses each round's classes (see [`crate::plan::select`]).
+    pub fn selector(&self) -> Box<dyn Selector + '_> {
+        match self {
+            Selection::Ratio(r) => Box::new(plan::UniformRatio(*r)),
+            Selection::Dead | Selection::DeadBelow(_) => Box::new(plan::Dead),
+            Selection::Classes(c) => Box::new(plan::Explicit(c.clone())),
+            Selection::Scored(s) => Box::new(plan::Budgeted(s.allocate.clone())),
+            Selection::Plan(p) => Box::new(plan::Replay(p)),
+        }
+    }
+
+    /// The threshold below which channel scales are snapped to zero before each round's
+    /// selection ([`Selection::DeadBelow`]).
+    pub fn snap_below(&self) -> Option<f64> {
+        match self {
+            Selection::DeadBelow(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Whether the amount is a latency target (the run needs a latency evaluator).
+    pub fn is_latency_target(&self) -> bool {
+        matches!(self, Selection::Scored(s)
+            if matches!(s.allocate.amount, Amount::Target(Budget::Latency(_))))
+    }
+
+    /// Whether the criterion reads activation statistics (the run needs calibration data).
+    pub fn needs_data(&self) -> bool {
+        matches!(self, Selection::Scored(s) if s.criterion.needs_data())
+    }
+
+    /// The plan file's metadata: the criterion's name (`dead`, `classes`, a plan's own) and
+    /// the options that shaped the choice.
+    pub fn meta(&self) -> PlanMeta {
+        let mut meta = PlanMeta::default();
+        let mut opt = |k: &str, v: serde_json::Value| {
+            meta.options.insert(k.to_string(), v);
+        };
+        let criterion = match self {
+            Selection::Ratio(r) => {
+                opt("ratio", (*r).into());
+                opt("scope", "local".into());
+                "l1".to_string()
+            }
+            Selection::Dead => "dead".into(),
+            Selection::DeadBelow(t) => {
+                opt("gamma_below", (*t).into());
+                "dead".into()
+            }
+            Selection::Classes(_) => "classes".into(),
+            Selection::Plan(p) => p.meta.criterion.clone(),
+            Selection::Scored(s) => {
+                let a = &s.allocate;
+                match &a.amount {
+                    Amount::Ratio(r) => opt("ratio", (*r).into()),
+                    Amount::Threshold(t) => opt("threshold", (*t).into()),
+                    Amount::Own => opt("amount", "own".into()),
+                    Amount::Target(b) => {
+                        let (k, v) = match b {
+                            Budget::Flops(v) => ("flops", v),
+                            Budget::Params(v) => ("params", v),
+                            Budget::Latency(v) => ("latency", v),
+                        };
+                        opt("target", format!("{k}={v}").into());
+                    }
+                }
+                opt("scope", format!("{:?}", a.scope).to_lowercase().into());
+                opt(
+                    "allocation",
+                    format!("{:?}", a.granularity).to_lowercase().into(),
+                );
+                opt("reduce", format!("{:?}", s.reduce).to_lowercase().into());
+                opt(
+                    "normalize",
+                    format!("{:?}", s.normalize).to_lowercase().into(),
+                );
+                opt("steps", s.steps.into());
+                opt("seed", s.seed.into());
+                let c = &a.constraints;
+                opt("min_keep_fraction", c.min_keep_fraction.into());
+                opt("min_keep_count", c.min_keep_count.into());
+                opt("max_ratio", c.max_ratio.into());
+                opt("round_to", c.round_to.into());
+                opt("ignore", c.ignore.clone().into());
+                s.criterion.to_string()
+            }
+        };
+        meta.criterion = criterion;
+        meta
+    }
+}
