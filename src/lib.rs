@@ -19,6 +19,7 @@ pub mod passes;
 pub mod plan;
 pub mod prune;
 pub mod report;
+pub mod rng;
 pub mod runtime;
 pub mod temp_dir;
 pub mod train;

@@ -52,6 +52,16 @@ impl Default for Optimizer {
 }
 
 impl Optimizer {
+    /// AdamW with the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and decoupled `weight_decay`.
+    pub fn adamw(weight_decay: f32) -> Optimizer {
+        Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
     /// Names of the per-parameter state tensors (shaped like the parameter, zeros at first).
     pub fn state_slots(&self) -> &'static [&'static str] {
         match self {
