@@ -199,6 +199,16 @@ impl Op for ConvTranspose {
             flops: 2 * macs,
         }
     }
+
+    fn layer(&self, node: &crate::ir::Node) -> Option<super::training::Layer> {
+        // W = [C, M/group, k..]: one group's filters along axis 1.
+        let grouped = node.attr_i("group").unwrap_or(1) != 1;
+        Some(super::training::Layer {
+            weight: 1,
+            bias: Some(2),
+            filter_axis: (!grouped).then_some(1),
+        })
+    }
 }
 
 /// `ConvTranspose`.

@@ -63,7 +63,8 @@ pub fn prepare_model(model: &Model) -> Result<Model> {
 /// ([`crate::ops::Op::fresh_init`]): Kaiming-normal (fan-in, gain √2) for Conv/ConvTranspose/
 /// Gemm/MatMul weights (gain 1 for the last weight when it is fully connected: the classifier),
 /// zeros for their biases, γ = 1, β = 0, mean 0 and variance 1 for BatchNormalization; and
-/// zeros for initializers added (`Add`) to the output of a Conv, Gemm or MatMul. Nodes are
+/// zeros for initializers added (`Add`) to the output of a weight layer
+/// ([`crate::ops::Op::layer`]: Conv, ConvTranspose, Gemm, MatMul). Nodes are
 /// visited in topological order and an initializer keeps the first rule it gets. Float32
 /// initializers only; anything else, and inputs of ops with no opinion, is left as it is.
 pub fn reinitialize(model: &mut Model, seed: u64) -> Result<()> {
@@ -87,7 +88,9 @@ pub fn reinitialize(model: &mut Model, seed: u64) -> Result<()> {
                 let after_linear = other
                     .and_then(|o| g.value(o).producer)
                     .is_some_and(|(p, _)| {
-                        matches!(g.node(p).op_type.as_str(), "Conv" | "Gemm" | "MatMul")
+                        let pn = g.node(p);
+                        crate::ops::lookup(&pn.domain, &pn.op_type)
+                            .is_some_and(|op| op.layer(pn).is_some())
                     });
                 if let Some((v, _)) = weight(port).filter(|_| after_linear) {
                     plan.push((v, FreshInit::Fill(0.0)));

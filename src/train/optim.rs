@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, ValueId};
 
-use super::emit::Emit;
+use crate::ops::build::{Build, Builder};
 
 /// Which optimizer updates the parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +144,7 @@ pub fn prepare(
         ..
     } = *opt
     {
-        let mut e = Emit::new(g, "optim/adamw", opset);
+        let mut e = Builder::new(g, "optim/adamw", opset);
         let f = DType::F32;
         let one = e.scalar(f, 1.0)?;
         let b1 = e.scalar(f, f64::from(beta1))?;
@@ -181,7 +181,7 @@ pub fn update(
         )));
     }
     let f = DType::F32;
-    let mut e = Emit::new(g, format!("optim/{name}"), sh.opset);
+    let mut e = Builder::new(g, format!("optim/{name}"), sh.opset);
     match sh.opt {
         Optimizer::Sgd {
             momentum,

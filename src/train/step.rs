@@ -3,10 +3,12 @@
 //! update, all standard ops (opset ≥ 17) that ONNX Runtime runs.
 //!
 //! **Parameters** are the float32 initializers of rank ≥ 1 whose every use is a weight input as
-//! its op declares it ([`crate::ops::Op::weight_input`]: Conv/ConvTranspose W and B, Gemm and MatMul operands, normalisation scale and bias, operands
-//! of Add/Sub/Mul/Div, PRelu slope), minus those matched by [`StepOptions::freeze`] globs; other
-//! initializers (Resize scales, Pad values, shapes) stay constants. Parameters, optimizer state
-//! and BatchNormalization running statistics become graph inputs; their updated values are
+//! its op declares it ([`crate::ops::Op::weight_input`]: Conv/ConvTranspose W and B, Gemm and
+//! MatMul operands, normalisation scale and bias, operands of Add/Sub/Mul/Div, PRelu slope),
+//! minus those matched by [`StepOptions::freeze`] globs; other initializers (Resize scales, Pad
+//! values, shapes) stay constants. Parameters, optimizer state and the running statistics of
+//! ops with a training mode ([`crate::ops::Op::training_mode`]: BatchNormalization) become
+//! graph inputs; their updated values are
 //! graph outputs named `{input}.next`. The host keeps the tensors between steps and feeds the
 //! per-step scalars `lr`, `step` (float, 1 at the first step) and, with regularizers,
 //! `l1_lambda`, and one uniform-noise tensor per Dropout on the loss path
@@ -24,8 +26,9 @@ use crate::ir::{DType, Dim, Graph, Model, Tensor, ValueId};
 
 use super::bn_train;
 use super::dropout::{self, DropoutNoise};
-use super::emit::{add_input, declare, initializer_to_input, Emit};
+use super::emit::{add_input, declare, initializer_to_input};
 use crate::ops;
+use crate::ops::build::{Build, Builder};
 use crate::plan::glob_match;
 
 use super::loss::{self, Loss};
@@ -195,7 +198,11 @@ pub fn compile_train_step(model: &Model, opts: &StepOptions) -> Result<TrainStep
     compile_with(model, opts, super::gradients)
 }
 
-/// [`compile_train_step`] with the gradient pass given (tests substitute fed gradients).
+/// [`compile_train_step`] with the gradient pass given (tests substitute fed gradients). The
+/// steps: the data input with the batch fixed; running statistics and parameters become
+/// inputs; forward in training mode and the loss; the step's scalars; backward; per
+/// parameter, regularizer terms and the optimizer update; running-statistic updates; the
+/// outputs named.
 pub(crate) fn compile_with<F>(model: &Model, opts: &StepOptions, grad_fn: F) -> Result<TrainStep>
 where
     F: FnOnce(&mut Graph, &Shapes, i64, ValueId, &[ValueId]) -> Result<Vec<Option<ValueId>>>,
@@ -203,6 +210,108 @@ where
     if opts.batch == 0 {
         return Err(Error::Usage("the batch size must be at least 1".into()));
     }
+    let mut m = at_least_opset_17(model);
+    let opset = m.opset();
+    let x = data_input(&m.graph)?;
+    fix_batch(&mut m.graph, x, opts.batch)?;
+    let stats = statistics(&m.graph, opset)?;
+    let (params, mut frozen) = parameters(&m.graph, &stats.running, &opts.freeze);
+    let mut param_init = Vec::with_capacity(params.len());
+    for &p in &params {
+        param_init.push(initializer_to_input(&mut m.graph, p)?);
+    }
+    let mut running_init = Vec::with_capacity(stats.running.len());
+    for &r in &stats.running {
+        running_init.push(initializer_to_input(&mut m.graph, r)?);
+    }
+    let fwd = forward(&mut m, model.opset(), &opts.loss)?;
+    let filters = filter_axes(&m.graph);
+    let g = &mut m.graph;
+    let scalars = Scalars {
+        lr: add_input(g, "lr", DType::F32, &[]),
+        step: add_input(g, "step", DType::F32, &[]),
+        lambda: (!opts.regularizers.is_empty()).then(|| add_input(g, "l1_lambda", DType::F32, &[])),
+    };
+
+    // Backward.
+    let shapes = infer_shapes(&m)?;
+    let grads = grad_fn(&mut m.graph, &shapes, opset, fwd.loss.loss, &params)?;
+    if grads.len() != params.len() {
+        return Err(Error::Graph(format!(
+            "the gradient pass returned {} gradients for {} parameters",
+            grads.len(),
+            params.len()
+        )));
+    }
+    // The closed-form BatchNormalization rule has run: give the training-mode nodes their own
+    // statistics inputs (ORT writes the batch statistics into them).
+    bn_train::isolate_statistics(&mut m.graph, &fwd.bns)?;
+
+    let mut outs = Outputs::default();
+    let trained = Trained {
+        params: &params,
+        init: &param_init,
+        grads,
+        gammas: &stats.gammas,
+        filters: &filters,
+    };
+    updates(
+        &mut m.graph,
+        opset,
+        opts,
+        &scalars,
+        trained,
+        &mut outs,
+        &mut frozen,
+    )?;
+    running_updates(&m.graph, &fwd.bns, &stats.running, &running_init, &mut outs)?;
+    let loss_idx = outs.list.len();
+    outs.list.push((fwd.loss.loss, "loss".into(), vec![]));
+    let acc_idx = fwd.loss.accuracy.map(|a| {
+        outs.list.push((a, "accuracy".into(), vec![]));
+        outs.list.len() - 1
+    });
+    let names = name_outputs(&mut m.graph, std::mem::take(&mut outs.list));
+    crate::ir::verify(&m.graph)?;
+
+    let name_of = |v: Option<ValueId>| v.map(|v| m.graph.value(v).name.clone());
+    let lg = &fwd.loss;
+    let mut ts = TrainStep {
+        params: Vec::new(),
+        state: Vec::new(),
+        running: Vec::new(),
+        x: m.graph.value(x).name.clone(),
+        labels: name_of(lg.labels),
+        teacher: name_of(lg.teacher),
+        targets: name_of(lg.targets),
+        lr: m.graph.value(scalars.lr).name.clone(),
+        step: m.graph.value(scalars.step).name.clone(),
+        l1_lambda: name_of(scalars.lambda),
+        loss: names[loss_idx].clone(),
+        accuracy: acc_idx.map(|i| names[i].clone()),
+        frozen,
+        noise: fwd.noise,
+        batch: opts.batch,
+        original: model.clone(),
+        model: m,
+    };
+    for (kind, input, init, idx) in outs.carried {
+        let c = Carried {
+            input,
+            output: names[idx].clone(),
+            init,
+        };
+        match kind {
+            Kind::Param => ts.params.push(c),
+            Kind::State(p, slot) => ts.state.push((p, slot, c)),
+            Kind::Running => ts.running.push(c),
+        }
+    }
+    Ok(ts)
+}
+
+/// `model` at opset 17 or later (IR 8 or later when raised): the train step's ops need it.
+fn at_least_opset_17(model: &Model) -> Model {
     let mut m = model.clone();
     if m.opset() < 17 {
         for o in &mut m.rest.opset_import {
@@ -214,37 +323,49 @@ where
             m.rest.ir_version = Some(8);
         }
     }
-    let opset = m.opset();
-    let g = &mut m.graph;
+    m
+}
 
-    // The data input, with the batch fixed.
+/// The model's one runtime input.
+fn data_input(g: &Graph) -> Result<ValueId> {
     let data: Vec<ValueId> = g
         .inputs
         .iter()
         .copied()
         .filter(|v| g.is_runtime_input(*v))
         .collect();
-    let x = match data[..] {
-        [x] => x,
-        [] => return Err(Error::Usage("the model has no data input".into())),
-        _ => {
-            return Err(Error::Usage(format!(
-                "the model has {} runtime inputs; training needs exactly one data input",
-                data.len()
-            )))
-        }
-    };
-    fix_batch(g, x, opts.batch)?;
+    match data[..] {
+        [x] => Ok(x),
+        [] => Err(Error::Usage("the model has no data input".into())),
+        _ => Err(Error::Usage(format!(
+            "the model has {} runtime inputs; training needs exactly one data input",
+            data.len()
+        ))),
+    }
+}
 
-    // BatchNormalization scales and running statistics.
-    let mut gammas: HashMap<ValueId, usize> = HashMap::new();
-    let mut running: Vec<ValueId> = Vec::new();
+/// What the nodes with a training mode ([`ops::Op::training_mode`]: BatchNormalization) hold.
+struct Statistics {
+    /// Their running statistics (initializers, carried by the step), in graph order.
+    running: Vec<ValueId>,
+    /// Their per-channel scales ([`ops::Op::channel_scale_input`]): the L1 regularizers' γ.
+    gammas: HashSet<ValueId>,
+}
+
+fn statistics(g: &Graph, opset: i64) -> Result<Statistics> {
+    let mut out = Statistics {
+        running: Vec::new(),
+        gammas: HashSet::new(),
+    };
     for n in g.topo_order()? {
         let node = g.node(n);
-        if node.op_type != "BatchNormalization" {
+        let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
             continue;
-        }
-        for p in [3, 4] {
+        };
+        let Some(mode) = op.training_mode(node, opset)? else {
+            continue;
+        };
+        for p in [mode.mean.0, mode.var.0] {
             let v = node
                 .input(p)
                 .filter(|v| g.init(*v).is_some())
@@ -255,19 +376,22 @@ where
                         "running statistics must be initializers to train",
                     )
                 })?;
-            if !running.contains(&v) {
-                running.push(v);
+            if !out.running.contains(&v) {
+                out.running.push(v);
             }
         }
-        if let Some(s) = node.input(1) {
-            gammas.insert(s, g.init(s).map_or(0, Tensor::len));
+        if let Some(s) = op.channel_scale_input().and_then(|p| node.input(p)) {
+            out.gammas.insert(s);
         }
     }
+    Ok(out)
+}
 
-    // Parameters.
+/// The trainable parameters (see the module docs) and the names of those frozen by glob.
+fn parameters(g: &Graph, running: &[ValueId], freeze: &[String]) -> (Vec<ValueId>, Vec<String>) {
     let mut params = Vec::new();
     let mut frozen = Vec::new();
-    for v in g.initializers.clone() {
+    for &v in &g.initializers {
         let Some(t) = g.init(v) else { continue };
         let val = g.value(v);
         let weightlike = t.dtype() == DType::F32
@@ -282,25 +406,30 @@ where
         if !weightlike {
             continue;
         }
-        if opts.freeze.iter().any(|p| glob_match(p, &val.name)) {
+        if freeze.iter().any(|p| glob_match(p, &val.name)) {
             frozen.push(val.name.clone());
         } else {
             params.push(v);
         }
     }
-    let mut param_init = Vec::with_capacity(params.len());
-    for &p in &params {
-        param_init.push(initializer_to_input(g, p)?);
-    }
-    let mut running_init = Vec::with_capacity(running.len());
-    for &r in &running {
-        running_init.push(initializer_to_input(g, r)?);
-    }
+    (params, frozen)
+}
 
-    // Forward in training mode, and the loss.
-    let shapes = infer_shapes(&m)?;
+/// The forward pass in training mode and the loss.
+struct Forward {
+    bns: Vec<bn_train::BnUpdate>,
+    noise: Vec<DropoutNoise>,
+    loss: loss::LossGraph,
+}
+
+/// Puts the nodes with a training mode into it, lowers random nodes on the loss path to fed
+/// noise (`model_opset`: the opset they were written for) and adds the loss on the first
+/// output.
+fn forward(m: &mut Model, model_opset: i64, loss: &Loss) -> Result<Forward> {
+    let opset = m.opset();
+    let shapes = infer_shapes(m)?;
     let bns = bn_train::to_training_mode(&mut m.graph, &shapes, opset)?;
-    let shapes = infer_shapes(&m)?;
+    let shapes = infer_shapes(m)?;
     let first_output = |g: &Graph| {
         g.outputs
             .first()
@@ -308,92 +437,93 @@ where
             .ok_or_else(|| Error::Graph("the model has no output".into()))
     };
     let root = first_output(&m.graph)?;
-    let noise = dropout::lower_dropouts(&mut m.graph, &shapes, model.opset(), opset, root)?;
+    let noise = dropout::lower_dropouts(&mut m.graph, &shapes, model_opset, opset, root)?;
     let shapes = if noise.is_empty() {
         shapes
     } else {
-        infer_shapes(&m)?
+        infer_shapes(m)?
     };
     let out = first_output(&m.graph)?;
-    let lg = loss::add_loss(&mut m.graph, &shapes, opset, out, &opts.loss)?;
-    let g = &mut m.graph;
-    let lr = add_input(g, "lr", DType::F32, &[]);
-    let step = add_input(g, "step", DType::F32, &[]);
-    let lambda = if opts.regularizers.is_empty() {
-        None
-    } else {
-        Some(add_input(g, "l1_lambda", DType::F32, &[]))
-    };
+    let loss = loss::add_loss(&mut m.graph, &shapes, opset, out, loss)?;
+    Ok(Forward { bns, noise, loss })
+}
 
-    // Backward.
-    let shapes = infer_shapes(&m)?;
-    let grads = grad_fn(&mut m.graph, &shapes, opset, lg.loss, &params)?;
-    if grads.len() != params.len() {
-        return Err(Error::Graph(format!(
-            "the gradient pass returned {} gradients for {} parameters",
-            grads.len(),
-            params.len()
-        )));
+/// Convolution filter banks ([`ops::training::Layer::filter_axis`]) of the forward graph:
+/// weight → the axis of its filters.
+fn filter_axes(g: &Graph) -> HashMap<ValueId, usize> {
+    let mut out = HashMap::new();
+    for n in g.node_ids() {
+        let node = g.node(n);
+        let Some(layer) = ops::lookup(&node.domain, &node.op_type).and_then(|op| op.layer(node))
+        else {
+            continue;
+        };
+        if let (Some(axis), Some(w)) = (layer.filter_axis, node.input(layer.weight)) {
+            out.insert(w, axis);
+        }
     }
-    // The closed-form BatchNormalization rule has run: give the training-mode nodes their own
-    // statistics inputs (ORT writes the batch statistics into them).
-    bn_train::isolate_statistics(&mut m.graph, &bns)?;
-    let g = &mut m.graph;
-    let conv_weights: HashSet<ValueId> = g
-        .node_ids()
-        .filter(|&n| g.node(n).op_type == "Conv")
-        .filter_map(|n| g.node(n).input(1))
-        .collect();
+    out
+}
 
-    // Regularizers, optimizer, outputs.
-    let sh = optim::prepare(g, opset, &opts.optimizer, lr, step)?;
-    // (value, wanted output name, shape) of every output, and what each carried input is.
-    let mut outputs: Vec<(ValueId, String, Vec<usize>)> = Vec::new();
-    let mut carried: Vec<(Kind, String, Tensor, usize)> = Vec::new();
-    for (k, (&p, grad)) in params.iter().zip(grads).enumerate() {
+/// The step's scalar inputs.
+struct Scalars {
+    lr: ValueId,
+    step: ValueId,
+    lambda: Option<ValueId>,
+}
+
+/// The parameters, their initial values and gradients, and which are scales and filters.
+struct Trained<'a> {
+    params: &'a [ValueId],
+    init: &'a [Tensor],
+    grads: Vec<Option<ValueId>>,
+    gammas: &'a HashSet<ValueId>,
+    filters: &'a HashMap<ValueId, usize>,
+}
+
+/// The step's outputs so far: (value, wanted output name, shape), and what each carried input
+/// is (with the index of its output).
+#[derive(Default)]
+struct Outputs {
+    list: Vec<(ValueId, String, Vec<usize>)>,
+    carried: Vec<(Kind, String, Tensor, usize)>,
+}
+
+/// Per parameter: its regularizer terms added to its gradient and the optimizer update, as
+/// carried outputs. Parameters no gradient reaches go back to constants (into `frozen`).
+fn updates(
+    g: &mut Graph,
+    opset: i64,
+    opts: &StepOptions,
+    scalars: &Scalars,
+    trained: Trained,
+    outs: &mut Outputs,
+    frozen: &mut Vec<String>,
+) -> Result<()> {
+    let sh = optim::prepare(g, opset, &opts.optimizer, scalars.lr, scalars.step)?;
+    for (k, (&p, grad)) in trained.params.iter().zip(trained.grads).enumerate() {
         let name = g.value(p).name.clone();
-        let shape = param_init[k].shape().to_vec();
+        let init = &trained.init[k];
+        let shape = init.shape().to_vec();
         let mut terms = Vec::new();
-        if let Some(lambda) = lambda {
+        if let Some(lambda) = scalars.lambda {
             for r in &opts.regularizers {
-                match r {
-                    Regularizer::L1Gamma { weight } if gammas.contains_key(&p) => {
-                        let c = shape.iter().product();
-                        terms.push(regularize::l1_term(g, opset, p, c, lambda, *weight, None)?);
-                    }
-                    Regularizer::MaskedL1Gamma { weight, masks } if gammas.contains_key(&p) => {
-                        if let Some(mask) = masks.get(&name) {
-                            let c = shape.iter().product();
-                            terms.push(regularize::l1_term(
-                                g,
-                                opset,
-                                p,
-                                c,
-                                lambda,
-                                *weight,
-                                Some(mask),
-                            )?);
-                        }
-                    }
-                    Regularizer::GroupLasso { weight, eps } if conv_weights.contains(&p) => {
-                        terms.push(regularize::group_lasso_term(
-                            g, opset, p, &shape, lambda, *weight, *eps,
-                        )?);
-                    }
-                    _ => {}
-                }
+                let gamma = trained.gammas.contains(&p);
+                let filters = trained.filters.get(&p).copied();
+                terms.extend(regularizer_term(
+                    g, opset, r, p, &shape, lambda, gamma, filters,
+                )?);
             }
         }
         let total = grad.into_iter().chain(terms).reduce(|a, b| {
-            let mut e = Emit::new(g, format!("grad_total/{name}"), opset);
+            let mut e = Builder::new(g, format!("grad_total/{name}"), opset);
             e.op("Add", &[a, b], vec![])
         });
         let Some(total) = total else {
             // Does not reach the loss: back to a constant.
-            let t = param_init[k].clone();
             g.inputs.retain(|v| *v != p);
             g.value_info.retain(|v| *v != p);
-            g.set_init(p, t);
+            g.set_init(p, init.clone());
             frozen.push(name);
             continue;
         };
@@ -404,49 +534,99 @@ where
             .collect();
         let decay = !opts.no_decay.iter().any(|pat| glob_match(pat, &name));
         let (np, ns) = optim::update(g, &sh, &name, p, total, &st_in, decay)?;
-        carried.push((
-            Kind::Param,
-            name.clone(),
-            param_init[k].clone(),
-            outputs.len(),
-        ));
-        outputs.push((np, format!("{name}.next"), shape.clone()));
+        outs.carried
+            .push((Kind::Param, name.clone(), init.clone(), outs.list.len()));
+        outs.list.push((np, format!("{name}.next"), shape.clone()));
         for ((slot, sin), sout) in slots.iter().zip(&st_in).zip(ns) {
             let in_name = g.value(*sin).name.clone();
             let zeros = Tensor::from_f32(shape.clone(), &vec![0.0; shape.iter().product()]);
             let kind = Kind::State(name.clone(), slot);
-            carried.push((kind, in_name.clone(), zeros, outputs.len()));
-            outputs.push((sout, format!("{in_name}.next"), shape.clone()));
+            outs.carried
+                .push((kind, in_name.clone(), zeros, outs.list.len()));
+            outs.list
+                .push((sout, format!("{in_name}.next"), shape.clone()));
         }
     }
+    Ok(())
+}
+
+/// Regularizer `r`'s term for parameter `p` of `shape`, when it applies: the L1 terms to
+/// scales (`gamma`), group lasso to filter banks (`filters`: the axis of the filters).
+#[allow(clippy::too_many_arguments)]
+fn regularizer_term(
+    g: &mut Graph,
+    opset: i64,
+    r: &Regularizer,
+    p: ValueId,
+    shape: &[usize],
+    lambda: ValueId,
+    gamma: bool,
+    filters: Option<usize>,
+) -> Result<Option<ValueId>> {
+    let channels = shape.iter().product();
+    Ok(match r {
+        Regularizer::L1Gamma { weight } if gamma => Some(regularize::l1_term(
+            g, opset, p, channels, lambda, *weight, None,
+        )?),
+        Regularizer::MaskedL1Gamma { weight, masks } if gamma => {
+            match masks.get(&g.value(p).name).cloned() {
+                Some(mask) => Some(regularize::l1_term(
+                    g,
+                    opset,
+                    p,
+                    channels,
+                    lambda,
+                    *weight,
+                    Some(&mask),
+                )?),
+                None => None,
+            }
+        }
+        Regularizer::GroupLasso { weight, eps } => match filters {
+            Some(axis) => Some(regularize::group_lasso_term(
+                g, opset, p, shape, axis, lambda, *weight, *eps,
+            )?),
+            None => None,
+        },
+        _ => None,
+    })
+}
+
+/// The running statistics' updates of `bns` as carried outputs, in the order of `running`.
+fn running_updates(
+    g: &Graph,
+    bns: &[bn_train::BnUpdate],
+    running: &[ValueId],
+    init: &[Tensor],
+    outs: &mut Outputs,
+) -> Result<()> {
     let mut updated: HashMap<ValueId, ValueId> = HashMap::new();
-    for b in &bns {
+    for b in bns {
         for (old, new) in [(b.mean, b.new_mean), (b.var, b.new_var)] {
             if updated.insert(old, new).is_some() {
                 return Err(Error::node(
                     &b.node,
-                    "BatchNormalization",
-                    "shares its running statistics with another BatchNormalization",
+                    &b.op_type,
+                    format!("shares its running statistics with another {}", b.op_type),
                 ));
             }
         }
     }
-    for (r, t) in running.iter().zip(&running_init) {
+    for (r, t) in running.iter().zip(init) {
         let new = *updated
             .get(r)
             .ok_or_else(|| Error::tensor(&g.value(*r).name, "running statistic not rewritten"))?;
         let name = g.value(*r).name.clone();
-        carried.push((Kind::Running, name.clone(), t.clone(), outputs.len()));
-        outputs.push((new, format!("{name}.next"), t.shape().to_vec()));
+        outs.carried
+            .push((Kind::Running, name.clone(), t.clone(), outs.list.len()));
+        outs.list
+            .push((new, format!("{name}.next"), t.shape().to_vec()));
     }
-    let loss_idx = outputs.len();
-    outputs.push((lg.loss, "loss".into(), vec![]));
-    let acc_idx = lg.accuracy.map(|a| {
-        outputs.push((a, "accuracy".into(), vec![]));
-        outputs.len() - 1
-    });
+    Ok(())
+}
 
-    // Name every output with an Identity so the host sees stable names.
+/// Names every output with an Identity so the host sees stable names; returns the names.
+fn name_outputs(g: &mut Graph, outputs: Vec<(ValueId, String, Vec<usize>)>) -> Vec<String> {
     let mut names = Vec::with_capacity(outputs.len());
     let mut graph_outputs = Vec::with_capacity(outputs.len());
     for (v, want, shape) in outputs {
@@ -470,41 +650,7 @@ where
         graph_outputs.push(o);
     }
     g.outputs = graph_outputs;
-    crate::ir::verify(g)?;
-
-    let name_of = |v: Option<ValueId>| v.map(|v| m.graph.value(v).name.clone());
-    let mut ts = TrainStep {
-        params: Vec::new(),
-        state: Vec::new(),
-        running: Vec::new(),
-        x: m.graph.value(x).name.clone(),
-        labels: name_of(lg.labels),
-        teacher: name_of(lg.teacher),
-        targets: name_of(lg.targets),
-        lr: m.graph.value(lr).name.clone(),
-        step: m.graph.value(step).name.clone(),
-        l1_lambda: name_of(lambda),
-        loss: names[loss_idx].clone(),
-        accuracy: acc_idx.map(|i| names[i].clone()),
-        frozen,
-        noise,
-        batch: opts.batch,
-        original: model.clone(),
-        model: m,
-    };
-    for (kind, input, init, idx) in carried {
-        let c = Carried {
-            input,
-            output: names[idx].clone(),
-            init,
-        };
-        match kind {
-            Kind::Param => ts.params.push(c),
-            Kind::State(p, slot) => ts.state.push((p, slot, c)),
-            Kind::Running => ts.running.push(c),
-        }
-    }
-    Ok(ts)
+    names
 }
 
 /// What a carried graph input is.
