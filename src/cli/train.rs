@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
+use lopper::data::Preprocess;
 use lopper::ir::Model;
 use lopper::runtime::{Device, RuntimeOptions};
 use lopper::train::optim::Optimizer;
-use lopper::train::options::{Augment, Event, Recipe, Schedule, TrainOptions};
+use lopper::train::options::{Augment, Event, Recipe, Schedule, TrainOptions, TrainReport};
 use lopper::train::runner::train;
 use lopper::train::sparsity::{parse_sparsity, Sparsity};
 
@@ -153,21 +154,6 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
     if let Some(line) = sparsity.summary() {
         eprintln!("{line}");
     }
-    let optimizer = match args.optimizer {
-        OptimizerArg::Sgd => Optimizer::Sgd {
-            momentum: args.momentum,
-            nesterov: args.nesterov,
-            weight_decay: args.weight_decay,
-        },
-        OptimizerArg::Adamw => Optimizer::adamw(args.weight_decay),
-    };
-    let lr = args.lr.unwrap_or_else(|| recipe.lr(&optimizer));
-    let loss = Recipe::loss(
-        args.teacher.is_some(),
-        args.label_smoothing,
-        args.temperature,
-        args.alpha,
-    );
     if args.data.data.is_none() {
         bail!("no dataset: pass --data (mnist:DIR, npz:FILE, npy:FILE or images:DIR|FILE.zip)");
     }
@@ -179,43 +165,7 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         split: Some(eval_split.clone()),
         ..(*args.data).clone()
     });
-    let opts = TrainOptions {
-        epochs: args.epochs.map_or_else(|| recipe.epochs(), |e| e as usize),
-        batch: args.batch_size as usize,
-        lr,
-        schedule: match args.schedule {
-            ScheduleArg::Cosine => Schedule::Cosine,
-            ScheduleArg::Step => Schedule::Step,
-            ScheduleArg::Constant => Schedule::Constant,
-        },
-        warmup_epochs: args.warmup_epochs,
-        optimizer,
-        loss,
-        regularizers: sparsity.regularizers,
-        lambda: sparsity.lambda,
-        freeze: args.freeze.clone(),
-        no_decay: args.no_decay.clone(),
-        from_scratch: args.from_scratch,
-        augment: Augment {
-            crop: !args.no_augment,
-            flip: !args.no_augment && !args.no_flip,
-        },
-        seed: args.seed,
-        runtime: RuntimeOptions {
-            device: match args.device {
-                DeviceArg::Cpu => Device::Cpu,
-                DeviceArg::Cuda => Device::Cuda,
-            },
-            threads: args.threads.map(usize::from),
-            spinning: None,
-        },
-        limit: args.limit.map(|l| l as usize),
-        eval_limit: args.eval_limit.map(|l| l as usize),
-        preprocess: pre,
-        output: args.output.clone(),
-        resume: args.resume.clone(),
-        teacher: args.teacher.clone(),
-    };
+    let opts = options(&args, recipe, sparsity, pre);
     let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
         match &eval_args {
             Some(a) => a.open().map(|(d, _)| d),
@@ -271,9 +221,69 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         }
     });
     pb.finish_and_clear();
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(&report?, args.json)
+}
+
+/// The run's options from the flags, the command's defaults and the parsed `--sparsity`.
+fn options(args: &Args, recipe: Recipe, sparsity: Sparsity, pre: Preprocess) -> TrainOptions {
+    let optimizer = match args.optimizer {
+        OptimizerArg::Sgd => Optimizer::Sgd {
+            momentum: args.momentum,
+            nesterov: args.nesterov,
+            weight_decay: args.weight_decay,
+        },
+        OptimizerArg::Adamw => Optimizer::adamw(args.weight_decay),
+    };
+    let lr = args.lr.unwrap_or_else(|| recipe.lr(&optimizer));
+    let loss = Recipe::loss(
+        args.teacher.is_some(),
+        args.label_smoothing,
+        args.temperature,
+        args.alpha,
+    );
+    TrainOptions {
+        epochs: args.epochs.map_or_else(|| recipe.epochs(), |e| e as usize),
+        batch: args.batch_size as usize,
+        lr,
+        schedule: match args.schedule {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Step => Schedule::Step,
+            ScheduleArg::Constant => Schedule::Constant,
+        },
+        warmup_epochs: args.warmup_epochs,
+        optimizer,
+        loss,
+        regularizers: sparsity.regularizers,
+        lambda: sparsity.lambda,
+        freeze: args.freeze.clone(),
+        no_decay: args.no_decay.clone(),
+        from_scratch: args.from_scratch,
+        augment: Augment {
+            crop: !args.no_augment,
+            flip: !args.no_augment && !args.no_flip,
+        },
+        seed: args.seed,
+        runtime: RuntimeOptions {
+            device: match args.device {
+                DeviceArg::Cpu => Device::Cpu,
+                DeviceArg::Cuda => Device::Cuda,
+            },
+            threads: args.threads.map(usize::from),
+            spinning: None,
+        },
+        limit: args.limit.map(|l| l as usize),
+        eval_limit: args.eval_limit.map(|l| l as usize),
+        preprocess: pre,
+        output: args.output.clone(),
+        resume: args.resume.clone(),
+        teacher: args.teacher.clone(),
+    }
+}
+
+/// Prints the report (as JSON with `json`).
+fn print_report(report: &TrainReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         let last = report.epochs.last();
         println!("model       {}", report.output.display());

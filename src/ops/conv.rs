@@ -340,7 +340,7 @@ fn conv_weight_grad_taps(
 /// dW `[M, C/g, k..]` of a convolution: `Conv(X', dY')` with X' = X as `[C/g, g·N, D..]` and dY'
 /// = dY as `[M, N, O..]`, grouped `g`, stride = forward dilation, dilation = forward stride;
 /// the result `[C/g, M, k'..]` is cut to the kernel and transposed.
-fn conv_weight_grad(
+pub(super) fn conv_weight_grad(
     cx: &mut VjpCx,
     x: ValueId,
     dy: ValueId,

@@ -533,7 +533,7 @@ pub static REDUCE_LOG_SUM_EXP: Reduce = Reduce {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::graph::attr_int;
+    use crate::ir::graph::{attr_int, attr_ints};
     use crate::ops::util::test_extra::{cost, wire};
     use crate::ops::util::testing::{eval, f32_fact, i64_const, i64s, infer, node, shape};
 
@@ -673,7 +673,7 @@ mod tests {
 
 #[cfg(test)]
 mod channel_tests {
-    use crate::ir::graph::attr_int;
+    use crate::ir::graph::{attr_int, attr_ints};
     use crate::ops::channel::testing::*;
 
     #[test]

@@ -152,21 +152,9 @@ pub fn add_loss(
 
     let total = match (distill, teacher) {
         (Some((t, a)), Some(teacher)) => {
-            let t = f64::from(t);
-            let a = f64::from(a);
+            let kd = distillation(g, opset, dt, output, teacher, b, t, a)?;
             let mut e = Builder::new(g, "loss/kd", opset);
-            let inv_t = e.scalar(dt, 1.0 / t)?;
-            let zs = e.op("Mul", &[output, inv_t], vec![]);
-            let ls_s = e.op("LogSoftmax", &[zs], vec![attr_int("axis", 1)]);
-            let zt = e.op("Mul", &[teacher, inv_t], vec![]);
-            let ls_t = e.op("LogSoftmax", &[zt], vec![attr_int("axis", 1)]);
-            let pt = e.op("Exp", &[ls_t], vec![]);
-            let diff = e.op("Sub", &[ls_t, ls_s], vec![]);
-            let kl = e.op("Mul", &[pt, diff], vec![]);
-            let ks = e.reduce("ReduceSum", kl, &[0, 1], false);
-            let kscale = e.scalar(dt, a * t * t / bf)?;
-            let kd = e.op("Mul", &[ks, kscale], vec![]);
-            let cscale = e.scalar(dt, 1.0 - a)?;
+            let cscale = e.scalar(dt, 1.0 - f64::from(a))?;
             let cw = e.op("Mul", &[ce, cscale], vec![]);
             e.op("Add", &[kd, cw], vec![])
         }
@@ -190,6 +178,33 @@ pub fn add_loss(
         teacher,
         targets: None,
     })
+}
+
+/// `alpha·T²·KL(softmax(teacher/T) ‖ softmax(output/T))` averaged over the batch of `b`.
+#[allow(clippy::too_many_arguments)]
+fn distillation(
+    g: &mut Graph,
+    opset: i64,
+    dt: DType,
+    output: ValueId,
+    teacher: ValueId,
+    b: usize,
+    t: f32,
+    a: f32,
+) -> Result<ValueId> {
+    let (t, a) = (f64::from(t), f64::from(a));
+    let mut e = Builder::new(g, "loss/kd", opset);
+    let inv_t = e.scalar(dt, 1.0 / t)?;
+    let zs = e.op("Mul", &[output, inv_t], vec![]);
+    let ls_s = e.op("LogSoftmax", &[zs], vec![attr_int("axis", 1)]);
+    let zt = e.op("Mul", &[teacher, inv_t], vec![]);
+    let ls_t = e.op("LogSoftmax", &[zt], vec![attr_int("axis", 1)]);
+    let pt = e.op("Exp", &[ls_t], vec![]);
+    let diff = e.op("Sub", &[ls_t, ls_s], vec![]);
+    let kl = e.op("Mul", &[pt, diff], vec![]);
+    let ks = e.reduce("ReduceSum", kl, &[0, 1], false);
+    let kscale = e.scalar(dt, a * t * t / b as f64)?;
+    Ok(e.op("Mul", &[ks, kscale], vec![]))
 }
 
 #[cfg(test)]
