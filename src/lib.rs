@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod prune;
 pub mod report;
+pub mod rng;
 pub mod runtime;
 pub mod temp_dir;
 pub mod train;

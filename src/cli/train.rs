@@ -1,26 +1,20 @@
 //! `lopper train` and `lopper finetune`: train a classifier with a compiled train step in ONNX
-//! Runtime (see `lopper::train::runner`). `finetune` is `train` with defaults suited to a
+//! Runtime (see `lopper::train`). `finetune` is `train` with defaults suited to a
 //! pruned or pretrained model (lower rate, a few epochs) and optional distillation from the
 //! original model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
-use lopper::analysis::importance::CriterionKind;
+use lopper::data::Preprocess;
 use lopper::ir::Model;
-use lopper::plan::allocate::{Amount, Budget};
-use lopper::plan::file::PlanFile;
-use lopper::prune::Scored;
 use lopper::runtime::{Device, RuntimeOptions};
-use lopper::train::loss::Loss;
 use lopper::train::optim::Optimizer;
-use lopper::train::regularize::Regularizer;
-use lopper::train::runner::{
-    masks_from_criterion, masks_from_plan, train, Augment, Event, LambdaSchedule, Schedule,
-    TrainOptions,
-};
+use lopper::train::options::{Augment, Event, Recipe, Schedule, TrainOptions, TrainReport};
+use lopper::train::runner::train;
+use lopper::train::sparsity::{parse_sparsity, Sparsity};
 
 use super::data_args::DataArgs;
 use super::progress;
@@ -145,154 +139,21 @@ pub struct Args {
     json: bool,
 }
 
-/// Parses `--sparsity` into regularizers and the strength schedule (`model`: for the masks of
-/// masked L1, which it reports on stderr).
-fn parse_sparsity(spec: &str, model: &Model) -> Result<(Vec<Regularizer>, LambdaSchedule)> {
-    let bad = || {
-        anyhow::anyhow!(
-            "bad --sparsity '{spec}': expected l1-bn=W, l1-bn-augmented=W, group-lasso=W, \
-             masked-l1=PLAN.json:W or masked-l1=CRITERION@AMOUNT:W (W a number > 0)"
-        )
-    };
-    let (kind, value) = spec.split_once('=').ok_or_else(bad)?;
-    let weight = |s: &str| -> Result<f32> {
-        let w: f32 = s.trim().parse().map_err(|_| bad())?;
-        if !(w.is_finite() && w > 0.0) {
-            return Err(bad());
-        }
-        Ok(w)
-    };
-    Ok(match kind {
-        "l1-bn" => (
-            vec![Regularizer::L1Gamma {
-                weight: weight(value)?,
-            }],
-            LambdaSchedule::Constant,
-        ),
-        "l1-bn-augmented" => (
-            vec![Regularizer::L1Gamma {
-                weight: weight(value)?,
-            }],
-            LambdaSchedule::Augmented,
-        ),
-        "group-lasso" => (
-            vec![Regularizer::GroupLasso {
-                weight: weight(value)?,
-                eps: 1e-8,
-            }],
-            LambdaSchedule::Constant,
-        ),
-        "masked-l1" => {
-            let (source, w) = value.rsplit_once(':').ok_or_else(bad)?;
-            let w = weight(w)?;
-            let masks = match source.rsplit_once('@') {
-                Some((criterion, amount)) if !Path::new(source).is_file() => {
-                    let scored = Scored::new(
-                        CriterionKind::parse(criterion.trim())?,
-                        parse_mask_amount(amount)?,
-                    );
-                    masks_from_criterion(model, &scored)?
-                }
-                _ => masks_from_plan(model, &PlanFile::load(source)?)?,
-            };
-            let channels: usize = masks
-                .values()
-                .map(|m| m.iter().filter(|&&v| v > 0.0).count())
-                .sum();
-            eprintln!(
-                "masked L1 ({source}): {channels} channels of {} BatchNormalization scales",
-                masks.len()
-            );
-            (
-                vec![Regularizer::MaskedL1Gamma { weight: w, masks }],
-                LambdaSchedule::Constant,
-            )
-        }
-        _ => return Err(bad()),
-    })
-}
-
-/// The AMOUNT of `masked-l1=CRITERION@AMOUNT:W`: a ratio of channels per group (`0.5`), a
-/// fraction of FLOPs or parameters kept (`flops=R`, `params=R`), or a score threshold
-/// (`threshold=T`).
-fn parse_mask_amount(s: &str) -> Result<Amount> {
-    let s = s.trim();
-    let number = |v: &str| -> Result<f64> {
-        v.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| anyhow::anyhow!("masked-l1: '{v}' in amount '{s}' is not a number"))
-    };
-    let Some((kind, v)) = s.split_once('=') else {
-        let r = number(s)?;
-        if !(r > 0.0 && r < 1.0) {
-            bail!("masked-l1: the ratio must be in (0, 1), got {r}");
-        }
-        return Ok(Amount::Ratio(r));
-    };
-    let v = number(v)?;
-    let fraction = || {
-        if v > 0.0 && v <= 1.0 {
-            Ok(v)
-        } else {
-            Err(anyhow::anyhow!(
-                "masked-l1: the fraction to keep must be in (0, 1], got {v}"
-            ))
-        }
-    };
-    Ok(match kind.trim() {
-        "flops" | "macs" => Amount::Target(Budget::Flops(fraction()?)),
-        "params" => Amount::Target(Budget::Params(fraction()?)),
-        "threshold" => Amount::Threshold(v),
-        "latency" => bail!(
-            "masked-l1: a latency target needs timing runs; make a plan with `lopper prune \
-             --target latency=R --save-plan PLAN.json` and pass masked-l1=PLAN.json:W"
-        ),
-        k => bail!(
-            "masked-l1: unknown amount '{k}=' (expected a ratio like 0.5, flops=R, params=R or \
-             threshold=T)"
-        ),
-    })
-}
-
 /// Runs `train` (`finetune` false) or `finetune`.
 pub fn run(args: Args, finetune: bool) -> Result<()> {
     let model = Model::load(&args.model)?;
-    let (regularizers, lambda) = match &args.sparsity {
+    let recipe = if finetune {
+        Recipe::Finetune
+    } else {
+        Recipe::Train
+    };
+    let sparsity = match &args.sparsity {
         Some(s) => parse_sparsity(s, &model)?,
-        None => (Vec::new(), LambdaSchedule::Constant),
+        None => Sparsity::default(),
     };
-    let optimizer = match args.optimizer {
-        OptimizerArg::Sgd => Optimizer::Sgd {
-            momentum: args.momentum,
-            nesterov: args.nesterov,
-            weight_decay: args.weight_decay,
-        },
-        OptimizerArg::Adamw => Optimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: args.weight_decay,
-        },
-    };
-    let base_lr = match args.optimizer {
-        OptimizerArg::Sgd => 0.1,
-        OptimizerArg::Adamw => 1e-3,
-    };
-    let lr = args
-        .lr
-        .unwrap_or(if finetune { base_lr / 10.0 } else { base_lr });
-    let loss = match &args.teacher {
-        Some(_) => Loss::Distill {
-            label_smoothing: args.label_smoothing,
-            temperature: args.temperature,
-            alpha: args.alpha,
-        },
-        None => Loss::CrossEntropy {
-            label_smoothing: args.label_smoothing,
-        },
-    };
+    if let Some(line) = sparsity.summary() {
+        eprintln!("{line}");
+    }
     if args.data.data.is_none() {
         bail!("no dataset: pass --data (mnist:DIR, npz:FILE, npy:FILE or images:DIR|FILE.zip)");
     }
@@ -304,50 +165,14 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         split: Some(eval_split.clone()),
         ..(*args.data).clone()
     });
-    let opts = TrainOptions {
-        epochs: args.epochs.unwrap_or(if finetune { 5 } else { 10 }) as usize,
-        batch: args.batch_size as usize,
-        lr,
-        schedule: match args.schedule {
-            ScheduleArg::Cosine => Schedule::Cosine,
-            ScheduleArg::Step => Schedule::Step,
-            ScheduleArg::Constant => Schedule::Constant,
-        },
-        warmup_epochs: args.warmup_epochs,
-        optimizer,
-        loss,
-        regularizers,
-        lambda,
-        freeze: args.freeze.clone(),
-        no_decay: args.no_decay.clone(),
-        from_scratch: args.from_scratch,
-        augment: Augment {
-            crop: !args.no_augment,
-            flip: !args.no_augment && !args.no_flip,
-        },
-        seed: args.seed,
-        runtime: RuntimeOptions {
-            device: match args.device {
-                DeviceArg::Cpu => Device::Cpu,
-                DeviceArg::Cuda => Device::Cuda,
-            },
-            threads: args.threads.map(usize::from),
-            spinning: None,
-        },
-        limit: args.limit.map(|l| l as usize),
-        eval_limit: args.eval_limit.map(|l| l as usize),
-        preprocess: pre,
-        output: args.output.clone(),
-        resume: args.resume.clone(),
-        teacher: args.teacher.clone(),
-    };
+    let opts = options(&args, recipe, sparsity, pre);
     let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
         match &eval_args {
             Some(a) => a.open().map(|(d, _)| d),
             None => Err(lopper::Error::Usage("no held-out split".into())),
         }
     };
-    let eval_data: Option<lopper::train::runner::EvalData<'_>> = if eval_args.is_some() {
+    let eval_data: Option<lopper::train::options::EvalData<'_>> = if eval_args.is_some() {
         Some(&mut open_eval)
     } else {
         None
@@ -396,9 +221,69 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         }
     });
     pb.finish_and_clear();
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(&report?, args.json)
+}
+
+/// The run's options from the flags, the command's defaults and the parsed `--sparsity`.
+fn options(args: &Args, recipe: Recipe, sparsity: Sparsity, pre: Preprocess) -> TrainOptions {
+    let optimizer = match args.optimizer {
+        OptimizerArg::Sgd => Optimizer::Sgd {
+            momentum: args.momentum,
+            nesterov: args.nesterov,
+            weight_decay: args.weight_decay,
+        },
+        OptimizerArg::Adamw => Optimizer::adamw(args.weight_decay),
+    };
+    let lr = args.lr.unwrap_or_else(|| recipe.lr(&optimizer));
+    let loss = Recipe::loss(
+        args.teacher.is_some(),
+        args.label_smoothing,
+        args.temperature,
+        args.alpha,
+    );
+    TrainOptions {
+        epochs: args.epochs.map_or_else(|| recipe.epochs(), |e| e as usize),
+        batch: args.batch_size as usize,
+        lr,
+        schedule: match args.schedule {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Step => Schedule::Step,
+            ScheduleArg::Constant => Schedule::Constant,
+        },
+        warmup_epochs: args.warmup_epochs,
+        optimizer,
+        loss,
+        regularizers: sparsity.regularizers,
+        lambda: sparsity.lambda,
+        freeze: args.freeze.clone(),
+        no_decay: args.no_decay.clone(),
+        from_scratch: args.from_scratch,
+        augment: Augment {
+            crop: !args.no_augment,
+            flip: !args.no_augment && !args.no_flip,
+        },
+        seed: args.seed,
+        runtime: RuntimeOptions {
+            device: match args.device {
+                DeviceArg::Cpu => Device::Cpu,
+                DeviceArg::Cuda => Device::Cuda,
+            },
+            threads: args.threads.map(usize::from),
+            spinning: None,
+        },
+        limit: args.limit.map(|l| l as usize),
+        eval_limit: args.eval_limit.map(|l| l as usize),
+        preprocess: pre,
+        output: args.output.clone(),
+        resume: args.resume.clone(),
+        teacher: args.teacher.clone(),
+    }
+}
+
+/// Prints the report (as JSON with `json`).
+fn print_report(report: &TrainReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         let last = report.epochs.last();
         println!("model       {}", report.output.display());

@@ -19,8 +19,8 @@ use crate::ir::graph::attr_int;
 use crate::ir::{Fact, Node, Tensor, ValueId};
 
 use super::channel::{elementwise, ConstCx, Link, LinkCx};
-use super::grad_util::{out_grad, scalar};
-use super::vjp::VjpCx;
+use super::grad_util::out_grad;
+use super::vjp::{Build, VjpCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// A backward rule: the gradient of input 0 from the output gradient `g`.
@@ -186,7 +186,7 @@ fn xy(cx: &VjpCx) -> Result<(ValueId, ValueId)> {
 /// A scalar in the element type of forward input 0.
 fn k(cx: &mut VjpCx, v: f64) -> Result<ValueId> {
     let dt = cx.dtype(cx.input(0)?);
-    scalar(cx, v, dt)
+    cx.scalar(dt, v)
 }
 
 /// `g` where `cond`, else 0, as `g · Cast(cond)`: in ONNX Runtime a cast and a multiply take

@@ -18,9 +18,8 @@ use crate::ir::graph::attr_float;
 use crate::ir::{Dim, Fact, Node, Tensor, ValueId};
 
 use super::channel::{ConstCx, Link, LinkCx, Map, Slot};
-use super::grad_util::{fconst, reduce_sum, reshape};
 use super::simplify::ChannelAffine;
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, Op};
 
 /// The channel count of X (`X[1]`), preferring a known parameter length when X's is not known.
@@ -247,6 +246,35 @@ impl Op for BatchNorm {
     ) -> Result<Vec<Option<ValueId>>> {
         batch_norm_vjp(cx, grads, needs)
     }
+
+    fn training_mode(
+        &self,
+        node: &crate::ir::Node,
+        opset: i64,
+    ) -> Result<Option<super::training::TrainingMode>> {
+        // One training-mode node with momentum 0: outputs 1 and 2 are the batch mean and
+        // (biased) variance, and the running statistics are inputs 3 and 4.
+        let err = |msg: String| crate::error::Error::node(&node.name, &node.op_type, msg);
+        if node.attr_i("spatial") == Some(0) {
+            return Err(err("spatial=0 is not supported".into()));
+        }
+        if opset < 14 {
+            return Err(err(format!(
+                "training mode needs opset 14 or later (the model has {opset})"
+            )));
+        }
+        let eps = node.attr_f("epsilon").unwrap_or(1e-5);
+        Ok(Some(super::training::TrainingMode {
+            attrs: vec![
+                attr_float("epsilon", eps),
+                attr_float("momentum", 0.0),
+                crate::ir::graph::attr_int("training_mode", 1),
+            ],
+            mean: (3, 1),
+            var: (4, 2),
+            momentum: node.attr_f("momentum").map_or(0.9, f64::from),
+        }))
+    }
 }
 
 /// Backward rule of inference-mode `BatchNormalization` (fixed statistics), with
@@ -296,21 +324,21 @@ fn batch_norm_vjp(
     let mut bshape = vec![1; xs.len()];
     bshape[1] = c;
     let axes: Vec<i64> = (0..xs.len() as i64).filter(|&a| a != 1).collect();
-    let eps = fconst(cx, dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
+    let eps = cx.fconst(dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
     let ve = cx.op("Add", &[var, eps], vec![]);
     let sd = cx.op("Sqrt", &[ve], vec![]);
     let r = cx.op("Reciprocal", &[sd], vec![]);
     let gr = cx.op("Mul", &[scale, r], vec![]);
     if need(0) {
-        let k = reshape(cx, gr, &bshape);
+        let k = cx.reshape(gr, &bshape);
         out[0] = Some(cx.op("Mul", &[dy, k], vec![]));
     }
-    let sum_dy = (need(2) || need(3)).then(|| reduce_sum(cx, dy, &axes, false));
+    let sum_dy = (need(2) || need(3)).then(|| cx.reduce_sum(dy, &axes, false));
     let sum_dy_xm = if need(1) || need(4) {
-        let m = reshape(cx, mean, &bshape);
+        let m = cx.reshape(mean, &bshape);
         let xm = cx.op("Sub", &[x, m], vec![]);
         let p = cx.op("Mul", &[dy, xm], vec![]);
-        Some(reduce_sum(cx, p, &axes, false))
+        Some(cx.reduce_sum(p, &axes, false))
     } else {
         None
     };
@@ -325,7 +353,7 @@ fn batch_norm_vjp(
         out[3] = Some(cx.op("Neg", &[t], vec![]));
     }
     if let (true, Some(s)) = (need(4), sum_dy_xm) {
-        let half = fconst(cx, dtype, vec![], &[-0.5])?;
+        let half = cx.fconst(dtype, vec![], &[-0.5])?;
         let r2 = cx.op("Mul", &[r, r], vec![]);
         let t = cx.op("Mul", &[gr, r2], vec![]);
         let t = cx.op("Mul", &[t, half], vec![]);
@@ -398,12 +426,12 @@ fn batch_norm_training_vjp(
     let mut bshape = vec![1; xs.len()];
     bshape[1] = c;
     let axes: Vec<i64> = (0..xs.len() as i64).filter(|&a| a != 1).collect();
-    let eps = fconst(cx, dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
-    let inv_n = fconst(cx, dtype, vec![], &[1.0 / n as f64])?;
+    let eps = cx.fconst(dtype, vec![], &[f64::from(cx.attr_f("epsilon", 1e-5))])?;
+    let inv_n = cx.fconst(dtype, vec![], &[1.0 / n as f64])?;
     let ve = cx.op("Add", &[var, eps], vec![]);
     let sd = cx.op("Sqrt", &[ve], vec![]);
     let r = cx.op("Reciprocal", &[sd], vec![]);
-    let sum_dy = reduce_sum(cx, dy, &axes, false);
+    let sum_dy = cx.reduce_sum(dy, &axes, false);
     if need(2) {
         out[2] = Some(sum_dy);
     }
@@ -411,7 +439,7 @@ fn batch_norm_training_vjp(
         return Ok(out);
     }
     let dyx = cx.op("Mul", &[dy, x], vec![]);
-    let sum_dyx = reduce_sum(cx, dyx, &axes, false);
+    let sum_dyx = cx.reduce_sum(dyx, &axes, false);
     let mu_sdy = cx.op("Mul", &[mu, sum_dy], vec![]);
     let s = cx.op("Sub", &[sum_dyx, mu_sdy], vec![]);
     if need(1) {
@@ -428,14 +456,14 @@ fn batch_norm_training_vjp(
         let e1 = cx.op("Mul", &[a, dyn_], vec![]);
         let muc = cx.op("Mul", &[mu, cc], vec![]);
         let e = cx.op("Sub", &[e1, muc], vec![]);
-        let zeros = fconst(cx, dtype, vec![c], &vec![0.0; c])?;
-        let ones = fconst(cx, dtype, vec![c], &vec![1.0; c])?;
+        let zeros = cx.fconst(dtype, vec![c], &vec![0.0; c])?;
+        let ones = cx.fconst(dtype, vec![c], &vec![1.0; c])?;
         let affine = cx.op(
             "BatchNormalization",
             &[x, cc, e, zeros, ones],
             vec![attr_float("epsilon", 0.0)],
         );
-        let ak = reshape(cx, a, &bshape);
+        let ak = cx.reshape(a, &bshape);
         let scaled = cx.op("Mul", &[dy, ak], vec![]);
         out[0] = Some(cx.op("Sub", &[scaled, affine], vec![]));
     }

@@ -19,8 +19,8 @@ use crate::ir::graph::attr_int;
 use crate::ir::{DType, Dim, Fact, Node, SymInt, Tensor, ValueId};
 
 use super::channel::{elementwise, ConstCx, Link, LinkCx};
-use super::grad_util::{out_grad, scalar};
-use super::vjp::VjpCx;
+use super::grad_util::out_grad;
+use super::vjp::{Build, VjpCx};
 use super::{numel_or_one, util, Cost, Cx, Op};
 
 /// What the op computes, for folding.
@@ -282,7 +282,7 @@ fn mean_vjp(
 ) -> Result<Vec<Option<ValueId>>> {
     let n = cx.fwd().inputs.len().max(1);
     let dt = cx.dtype(cx.output(0)?);
-    let inv = scalar(cx, 1.0 / n as f64, dt)?;
+    let inv = cx.scalar(dt, 1.0 / n as f64)?;
     let scaled = cx.op("Mul", &[g, inv], vec![]);
     let mut out = vec![None; needs.len()];
     for (p, &need) in needs.iter().enumerate() {
@@ -347,7 +347,7 @@ fn pow_vjp(
             let to = attr_int("to", i64::from(dt.to_onnx()));
             cx.op("Cast", &[b], vec![to])
         };
-        let one = scalar(cx, 1.0, dt)?;
+        let one = cx.scalar(dt, 1.0)?;
         let bm1 = cx.op("Sub", &[bf, one], vec![]);
         let p = cx.op("Pow", &[a, bm1], vec![]);
         let d = cx.op("Mul", &[p, bf], vec![]);
@@ -358,7 +358,7 @@ fn pow_vjp(
     if needs.get(1) == Some(&true) {
         // ln(a) is NaN or −∞ for a ≤ 0: those positions are replaced by 0 after the product,
         // so no NaN escapes.
-        let zero = scalar(cx, 0.0, dt)?;
+        let zero = cx.scalar(dt, 0.0)?;
         let pos = cx.op("Greater", &[a, zero], vec![]);
         let ln = cx.op("Log", &[a], vec![]);
         let gy = cx.op("Mul", &[g, y], vec![]);

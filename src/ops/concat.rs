@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, Link, LinkCx, Slot};
-use super::grad_util::{out_grad, split};
-use super::vjp::VjpCx;
+use super::grad_util::out_grad;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
 
@@ -218,7 +218,7 @@ impl Op for Concat {
             let s = cx.shape(cx.input(p)?)?;
             sizes.push(s.get(axis).copied().unwrap_or(0));
         }
-        let parts = split(cx, g, axis, &sizes);
+        let parts = cx.split(g, axis, &sizes);
         Ok(parts
             .into_iter()
             .zip(needs)

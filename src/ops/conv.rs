@@ -15,10 +15,10 @@ use crate::ir::{Dim, Fact};
 use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
-use super::grad_util::{pad_zeros, reduce_sum, reshape, Geometry};
+use super::grad_util::Geometry;
 use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::Window;
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{numel_or_one, Cost, Cx, Op};
 use crate::ir::graph::{attr_int, attr_ints};
 use crate::ir::{Tensor, ValueId};
@@ -104,7 +104,7 @@ fn conv_vjp(
     }
     if need(2) {
         let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
-        out[2] = Some(reduce_sum(cx, dy, &axes, false));
+        out[2] = Some(cx.reduce_sum(dy, &axes, false));
     }
     Ok(out)
 }
@@ -144,12 +144,12 @@ fn conv_input_grad_flipped(
     } else {
         let mut split = vec![group, mg, cg];
         split.extend_from_slice(&geom.kernel);
-        let w5 = reshape(cx, w, &split);
+        let w5 = cx.reshape(w, &split);
         let perm: Vec<i64> = [0, 2, 1].into_iter().chain(spatial).collect();
         let w5 = cx.transpose(w5, &perm);
         let mut merged = vec![group * cg, mg];
         merged.extend_from_slice(&geom.kernel);
-        reshape(cx, w5, &merged)
+        cx.reshape(w5, &merged)
     };
     let starts = cx.ints(&vec![-1; k]);
     let ends: Vec<i64> = geom.kernel.iter().map(|&d| -(d as i64) - 1).collect();
@@ -229,7 +229,7 @@ fn conv_weight_grad_shifts(
         let shifted = if pads.iter().all(|&p| p == 0) {
             dy_rows
         } else {
-            pad_zeros(cx, dy_rows, &pads)
+            cx.pad_zeros(dy_rows, &pads)
         };
         dy_taps.push(cx.op("Reshape", &[shifted, dy_flat], vec![]));
     }
@@ -250,12 +250,12 @@ fn conv_weight_grad_shifts(
         let shifted = if pads.iter().all(|&p| p == 0) {
             x
         } else {
-            pad_zeros(cx, x, &pads)
+            cx.pad_zeros(x, &pads)
         };
         let cols = cx.op("Reshape", &[shifted, x_flat], vec![]);
         for &d in &dy_taps {
             let prod = cx.op("MatMul", &[cols, d], vec![]);
-            per_tap.push(reduce_sum(cx, prod, &[0], true));
+            per_tap.push(cx.reduce_sum(prod, &[0], true));
         }
     }
     let stacked = match per_tap[..] {
@@ -265,7 +265,7 @@ fn conv_weight_grad_shifts(
     let dw = cx.transpose(stacked, &[2, 1, 0]);
     let mut shape = vec![m, c];
     shape.extend_from_slice(&geom.kernel);
-    reshape(cx, dw, &shape)
+    cx.reshape(dw, &shape)
 }
 
 /// dW `[M, C, k..]` of an ungrouped convolution as one batched `MatMul` per kernel tap:
@@ -295,13 +295,13 @@ fn conv_weight_grad_taps(
         .chain(geom.end.iter().map(|&p| p as i64))
         .collect();
     let xp = if pads.iter().any(|&p| p != 0) {
-        pad_zeros(cx, x, &pads)
+        cx.pad_zeros(x, &pads)
     } else {
         x
     };
     let last: Vec<i64> = [0].into_iter().chain(2..r as i64).chain([1]).collect();
     let dyt = cx.transpose(dy, &last);
-    let dyt = reshape(cx, dyt, &[n, positions, m]);
+    let dyt = cx.reshape(dyt, &[n, positions, m]);
     // With one tap and unit strides the padded input is exactly the window.
     let whole = taps == 1 && geom.strides.iter().all(|&s| s == 1);
     let axes = cx.ints(&(2..r as i64).collect::<Vec<_>>());
@@ -334,17 +334,17 @@ fn conv_weight_grad_taps(
         [one] => one,
         _ => cx.op("Concat", &per_tap, vec![attr_int("axis", 0)]),
     };
-    let dw = reduce_sum(cx, stacked, &[1], false);
+    let dw = cx.reduce_sum(stacked, &[1], false);
     let dw = cx.transpose(dw, &[2, 1, 0]);
     let mut shape = vec![m, c];
     shape.extend_from_slice(&geom.kernel);
-    Some(reshape(cx, dw, &shape))
+    Some(cx.reshape(dw, &shape))
 }
 
 /// dW `[M, C/g, k..]` of a convolution: `Conv(X', dY')` with X' = X as `[C/g, g·N, D..]` and dY'
 /// = dY as `[M, N, O..]`, grouped `g`, stride = forward dilation, dilation = forward stride;
 /// the result `[C/g, M, k'..]` is cut to the kernel and transposed.
-fn conv_weight_grad(
+pub(super) fn conv_weight_grad(
     cx: &mut VjpCx,
     x: ValueId,
     dy: ValueId,
@@ -365,16 +365,16 @@ fn conv_weight_grad(
         let split = |lead: [usize; 3], tail: &[usize]| -> Vec<usize> {
             lead.iter().chain(tail).copied().collect()
         };
-        let x5 = reshape(cx, x, &split([n, group, cg], &xs[2..]));
+        let x5 = cx.reshape(x, &split([n, group, cg], &xs[2..]));
         let x5 = cx.transpose(x5, &rest(&[2, 1, 0]));
         let mut s = vec![cg, group * n];
         s.extend_from_slice(&xs[2..]);
-        let xt = reshape(cx, x5, &s);
-        let d5 = reshape(cx, dy, &split([n, group, mg], &ys[2..]));
+        let xt = cx.reshape(x5, &s);
+        let d5 = cx.reshape(dy, &split([n, group, mg], &ys[2..]));
         let d5 = cx.transpose(d5, &rest(&[1, 2, 0]));
         let mut s = vec![m, n];
         s.extend_from_slice(&ys[2..]);
-        (xt, reshape(cx, d5, &s))
+        (xt, cx.reshape(d5, &s))
     };
     let k = geom.rank();
     let mut pads = vec![0i64; 2 * k];
@@ -710,6 +710,15 @@ impl Op for Conv {
             macs,
             flops: 2 * macs,
         }
+    }
+
+    fn layer(&self, _node: &crate::ir::Node) -> Option<super::training::Layer> {
+        // W = [M, C/group, k..]: filters along axis 0.
+        Some(super::training::Layer {
+            weight: 1,
+            bias: Some(2),
+            filter_axis: Some(0),
+        })
     }
 }
 

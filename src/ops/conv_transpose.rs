@@ -109,6 +109,65 @@ impl ConvTranspose {
     }
 }
 
+/// Backward rule of `ConvTranspose` with explicit pads (no `auto_pad`, no `output_shape`): it is
+/// the adjoint of a `Conv` with the same strides, pads, dilations and group reading Y to give
+/// X, so dX = that `Conv` of dY with W (as a `[C, M/g, k..]` Conv weight), dW = that Conv's
+/// weight gradient with dY as its input and X as its output gradient, dB = Σ dY over every
+/// axis but the channel.
+fn conv_transpose_vjp(
+    cx: &mut super::vjp::VjpCx,
+    grads: &[Option<crate::ir::ValueId>],
+    needs: &[bool],
+) -> Result<Vec<Option<crate::ir::ValueId>>> {
+    use super::vjp::Build;
+    use crate::ir::graph::{attr_int, attr_ints};
+    let need = |p: usize| needs.get(p).copied().unwrap_or(false);
+    let mut out = vec![None; needs.len()];
+    let Some(dy) = grads.first().copied().flatten() else {
+        return Ok(out);
+    };
+    let auto = cx.fwd().attr_s("auto_pad").unwrap_or_default();
+    if !(auto.is_empty() || auto == "NOTSET") || cx.attr_ints("output_shape").is_some() {
+        return Err(cx.err("only explicit pads can be differentiated (no auto_pad, output_shape)"));
+    }
+    let (x, w, y) = (cx.input(0)?, cx.input(1)?, cx.output(0)?);
+    let (xs, ws, ys) = (cx.shape(x)?, cx.shape(w)?, cx.shape(y)?);
+    let r = xs.len();
+    let group = usize::try_from(cx.attr_i("group", 1))
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| cx.err("group must be positive"))?;
+    if r < 3 || ws.len() != r || ys.len() != r || ws[0] != xs[1] || ys[1] != ws[1] * group {
+        return Err(cx.err(format!(
+            "shapes {xs:?} * {ws:?} -> {ys:?} do not fit a transposed convolution of group {group}"
+        )));
+    }
+    // The adjoint Conv reads Y's spatial dims and gives X's.
+    let geom =
+        super::grad_util::Geometry::read(cx, ws[2..].to_vec(), ys[2..].to_vec(), xs[2..].to_vec())?;
+    if need(0) {
+        let to_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        let attrs = vec![
+            attr_ints("kernel_shape", &to_i64(&geom.kernel)),
+            attr_ints("strides", &to_i64(&geom.strides)),
+            attr_ints("dilations", &to_i64(&geom.dilations)),
+            attr_ints("pads", &geom.pads()),
+            attr_int("group", group as i64),
+        ];
+        out[0] = Some(cx.op("Conv", &[dy, w], attrs));
+    }
+    if need(1) {
+        out[1] = Some(super::conv::conv_weight_grad(
+            cx, dy, x, &ys, &xs, &geom, group,
+        )?);
+    }
+    if need(2) {
+        let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
+        out[2] = Some(cx.reduce_sum(dy, &axes, false));
+    }
+    Ok(out)
+}
+
 impl Op for ConvTranspose {
     fn op_type(&self) -> &'static str {
         self.name
@@ -227,6 +286,25 @@ impl Op for ConvTranspose {
             macs,
             flops: 2 * macs,
         }
+    }
+
+    fn layer(&self, node: &crate::ir::Node) -> Option<super::training::Layer> {
+        // W = [C, M/group, k..]: one group's filters along axis 1.
+        let grouped = node.attr_i("group").unwrap_or(1) != 1;
+        Some(super::training::Layer {
+            weight: 1,
+            bias: Some(2),
+            filter_axis: (!grouped).then_some(1),
+        })
+    }
+
+    fn vjp(
+        &self,
+        cx: &mut super::vjp::VjpCx,
+        grads: &[Option<crate::ir::ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<crate::ir::ValueId>>> {
+        conv_transpose_vjp(cx, grads, needs)
     }
 }
 

@@ -12,9 +12,8 @@ use crate::ir::graph::{attr_float, attr_int};
 use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
-use super::grad_util::fconst;
 use super::simplify::{AffineFold, BiasRule, FoldCx};
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, FreshInit, Op};
 
 /// `Gemm`.
@@ -307,6 +306,15 @@ impl Op for Gemm {
             flops: 2 * macs,
         }
     }
+
+    fn layer(&self, _node: &Node) -> Option<super::training::Layer> {
+        // Fully connected: B and C.
+        Some(super::training::Layer {
+            weight: 1,
+            bias: Some(2),
+            filter_axis: None,
+        })
+    }
 }
 
 /// `Gemm`.
@@ -345,7 +353,7 @@ fn gemm_vjp(
         if cx.opset >= 11 {
             Ok(cx.op("Gemm", &[p, q], attrs))
         } else {
-            let zero = fconst(cx, cx.dtype(y), vec![1], &[0.0])?;
+            let zero = cx.fconst(cx.dtype(y), vec![1], &[0.0])?;
             Ok(cx.op("Gemm", &[p, q, zero], attrs))
         }
     };
@@ -369,7 +377,7 @@ fn gemm_vjp(
         let scaled = if beta == 1.0 {
             g
         } else {
-            let k = fconst(cx, cx.dtype(y), vec![], &[f64::from(beta)])?;
+            let k = cx.fconst(cx.dtype(y), vec![], &[f64::from(beta)])?;
             cx.op("Mul", &[g, k], vec![])
         };
         out[2] = Some(cx.unbroadcast(scaled, &sy, &sc));

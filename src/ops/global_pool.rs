@@ -12,8 +12,7 @@ use crate::ir::graph::attr_int;
 use crate::ir::{Dim, Fact, ValueId};
 
 use super::channel::{pass_axes, ConstCx, Link, LinkCx};
-use super::grad_util::{fconst, reduce_sum};
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, Op};
 
 /// A global pooling op.
@@ -93,13 +92,13 @@ impl Op for GlobalPool {
             let count = if axes.is_empty() {
                 hit
             } else {
-                reduce_sum(cx, hit, &axes, true)
+                cx.reduce_sum(hit, &axes, true)
             };
             let share = cx.op("Div", &[dy, count], vec![]);
             return Ok(vec![Some(cx.op("Mul", &[hit, share], vec![]))]);
         }
         let area: usize = xs[2..].iter().product();
-        let k = fconst(cx, cx.dtype(x), vec![], &[1.0 / area.max(1) as f64])?;
+        let k = cx.fconst(cx.dtype(x), vec![], &[1.0 / area.max(1) as f64])?;
         let scaled = cx.op("Mul", &[dy, k], vec![]);
         let to: Vec<i64> = xs.iter().map(|&d| d as i64).collect();
         let to = cx.ints(&to);

@@ -10,16 +10,23 @@
 //!
 //! Backward: the gradient passes through. A Dropout in training mode (opset 12+, a constant
 //! true `training_mode`) scales it by `mask / (1 − ratio)` and needs its mask output.
+//!
+//! Training (`Op::lower_random`): every Dropout on the loss path with a constant ratio
+//! `r > 0` becomes `x · Cast(noise ≥ r) / (1 − r)` with `noise` a step input the host draws
+//! (see `crate::train::dropout`); the others stay inference no-ops.
 
 use crate::error::Result;
 use crate::ir::{DType, Fact, Node, Tensor};
 
+use super::build::{add_input, static_shape, Builder};
 use super::channel::{pass, pass_all, ConstCx, Link, LinkCx};
-use super::grad_util::{const_ints, out_grad, scalar};
+use super::grad_util::{const_ints, out_grad};
 use super::simplify::{NoOp, NoOpCx};
-use super::vjp::VjpCx;
+use super::training::{Noise, NoiseCx};
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
-use crate::ir::ValueId;
+use crate::analysis::Shapes;
+use crate::ir::{Graph, ValueId};
 
 /// The output gradient for input 0 (the other inputs are parameters with no gradient).
 fn pass_grad(
@@ -170,37 +177,123 @@ impl Op for Dropout {
         let mask = cx.fwd().output(1).ok_or_else(|| {
             cx.err("a training-mode Dropout needs its mask output to differentiate")
         })?;
-        let ratio = match cx.fwd().input(1) {
-            None => 0.5,
-            Some(r) => cx
-                .shapes
-                .get(r)
-                .and_then(|f| f.value.as_ref())
-                .or_else(|| cx.g.init(r))
-                .and_then(Tensor::to_f64_vec)
-                .and_then(|v| v.first().copied())
-                .ok_or_else(|| cx.err("the ratio must be a constant to differentiate"))?,
-        };
+        let ratio = dropout_ratio(cx.g, cx.shapes, cx.fwd(), cx.opset)
+            .ok_or_else(|| cx.err("the ratio must be a constant to differentiate"))?;
         let x = cx.input(0)?;
         let dt = cx.dtype(x);
-        let keep = cx.op(
-            "Cast",
-            &[mask],
-            vec![crate::ir::graph::attr_int("to", i64::from(dt.to_onnx()))],
-        );
-        let scale = scalar(
-            cx,
+        let keep = cx.cast(mask, dt);
+        let scale = cx.scalar(
+            dt,
             if ratio < 1.0 {
                 1.0 / (1.0 - ratio)
             } else {
                 0.0
             },
-            dt,
         )?;
         let m = cx.op("Mul", &[g, keep], vec![]);
         out[0] = Some(cx.op("Mul", &[m, scale], vec![]));
         Ok(out)
     }
+
+    fn lower_random(&self, cx: &mut NoiseCx) -> Result<Option<Noise>> {
+        let node = cx.g.node(cx.node);
+        let ratio = dropout_ratio(cx.g, cx.shapes, node, cx.model_opset)
+            .ok_or_else(|| cx_err(node, "the ratio must be a constant scalar to train"))?;
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(cx_err(node, &format!("ratio {ratio} is outside [0, 1)")));
+        }
+        if cx.on_loss_path && ratio > 0.0 {
+            return lower_dropout(cx, ratio).map(Some);
+        }
+        if cx.model_opset < 12 {
+            // Stays an inference no-op; the step runs at opset ≥ 17, without these.
+            let node = cx.g.node_mut(cx.node);
+            node.remove_attr("ratio");
+            node.remove_attr("is_test");
+        }
+        Ok(None)
+    }
+}
+
+/// The drop ratio of Dropout `node` written for `opset`: input 1 from opset 12 (default 0.5),
+/// the `ratio` attribute before; `None` when input 1 is not a constant scalar.
+fn dropout_ratio(g: &Graph, shapes: &Shapes, node: &Node, opset: i64) -> Option<f64> {
+    if opset < 12 {
+        return Some(node.attr_f("ratio").map_or(0.5, f64::from));
+    }
+    match node.input(1) {
+        None => Some(0.5),
+        Some(r) => shapes
+            .get(r)
+            .and_then(|f| f.value.as_ref())
+            .or_else(|| g.init(r))
+            .and_then(Tensor::to_f64_vec)
+            .and_then(|v| (v.len() == 1).then(|| v[0])),
+    }
+}
+
+fn cx_err(node: &Node, msg: &str) -> crate::error::Error {
+    crate::error::Error::node(&node.name, &node.op_type, msg)
+}
+
+/// Dropout in training mode with randomness fed by the host (`r` its ratio, in `(0, 1)`):
+///
+/// ```text
+/// keep = Not(Less(noise, r))                       (noise ≥ r)
+/// y    = x · (Cast(keep) · 1/(1 − r))              mask output (if read) = keep
+/// ```
+///
+/// where `noise` is a new float32 graph input shaped like `x` (static: the batch is fixed).
+/// A `training_mode` input is ignored: the train step always drops. The node is removed, with
+/// its ratio and training-mode constants when nothing else reads them.
+fn lower_dropout(cx: &mut NoiseCx, ratio: f64) -> Result<Noise> {
+    let g = &mut *cx.g;
+    let node = g.node(cx.node).clone();
+    let err = |msg: &str| cx_err(&node, msg);
+    let x = node.input(0).ok_or_else(|| err("input 0 is missing"))?;
+    let y = node.output(0).ok_or_else(|| err("output 0 is missing"))?;
+    let shape =
+        static_shape(g, cx.shapes, x).map_err(|e| err(&format!("cannot draw its mask: {e}")))?;
+    let dt = cx.shapes.get(x).and_then(|f| f.dtype).unwrap_or(DType::F32);
+
+    let noise = add_input(
+        g,
+        &format!("dropout_noise/{}", node.name),
+        DType::F32,
+        &shape,
+    );
+    let input = g.value(noise).name.clone();
+    let mut e = Builder::new(g, format!("train_dropout/{}", node.name), cx.opset);
+    let r = e.scalar(DType::F32, ratio)?;
+    let dropped = e.op("Less", &[noise, r], vec![]);
+    let keep = e.op("Not", &[dropped], vec![]);
+    let keep_t = e.cast(keep, dt);
+    let scale = e.scalar(dt, 1.0 / (1.0 - ratio))?;
+    let m = e.op("Mul", &[keep_t, scale], vec![]);
+    let new_y = e.op("Mul", &[x, m], vec![]);
+
+    g.replace_uses(y, new_y);
+    if let Some(mask) = node.output(1) {
+        // Before opset 10 the mask is typed like the data.
+        g.replace_uses(mask, if cx.model_opset >= 10 { keep } else { keep_t });
+    }
+    g.remove_node(cx.node);
+    for o in node.outputs.iter().flatten() {
+        if g.value(*o).uses.is_empty() && !g.outputs.contains(o) {
+            g.remove_value(*o);
+        }
+    }
+    for v in node.inputs.iter().skip(1).flatten() {
+        if g.init(*v).is_some() && g.value(*v).uses.is_empty() && !g.outputs.contains(v) {
+            g.remove_value(*v);
+        }
+    }
+    Ok(Noise {
+        input,
+        shape,
+        node: node.name.clone(),
+        ratio,
+    })
 }
 
 #[cfg(test)]

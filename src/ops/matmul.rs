@@ -9,8 +9,7 @@ use crate::error::Result;
 use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
-use super::grad_util::reshape;
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, FreshInit, Op};
 
 /// `MatMul`.
@@ -202,6 +201,15 @@ impl Op for MatMul {
             flops: 2 * macs,
         }
     }
+
+    fn layer(&self, _node: &Node) -> Option<super::training::Layer> {
+        // Fully connected, no bias of its own (a following Add holds it).
+        Some(super::training::Layer {
+            weight: 1,
+            bias: None,
+            filter_axis: None,
+        })
+    }
 }
 
 /// `MatMul`.
@@ -254,12 +262,12 @@ fn matmul_vjp(
     if full.iter().product::<usize>() != sy.iter().product::<usize>() {
         return Err(cx.err(format!("output {sy:?} does not match {full:?}")));
     }
-    let g = if full == sy { g } else { reshape(cx, g, &full) };
+    let g = if full == sy { g } else { cx.reshape(g, &full) };
     let promote = |cx: &mut VjpCx, v: ValueId, s: &[usize], p: &[usize]| {
         if s.len() == p.len() {
             v
         } else {
-            reshape(cx, v, p)
+            cx.reshape(v, p)
         }
     };
     let swap = |r: usize| -> Vec<i64> {

@@ -12,6 +12,7 @@ use crate::ir::{Dim, Fact, Node, Shape, Tensor};
 mod activation;
 mod batch_norm;
 mod binary;
+pub mod build;
 mod cast;
 pub mod channel;
 mod concat;
@@ -38,6 +39,7 @@ mod slice;
 mod softmax;
 mod split;
 mod squeeze;
+pub mod training;
 mod transpose;
 mod unsqueeze;
 pub mod util;
@@ -298,6 +300,27 @@ pub trait Op: Sync {
         _needs: &[bool],
     ) -> Result<Vec<Option<crate::ir::ValueId>>> {
         Err(cx.err("has no backward rule, so the loss cannot be differentiated through it"))
+    }
+
+    // Training: what the train-step compiler and `--from-scratch` ask (see [`training`]).
+
+    /// This node's weight and bias when it is a weight layer: re-initialisation zeroes the
+    /// biases added to its output, group lasso penalises its filters. Default: not one.
+    fn layer(&self, _node: &Node) -> Option<training::Layer> {
+        None
+    }
+
+    /// How this node runs in training mode with batch statistics (running statistics become
+    /// carried tensors of the train step). `opset`: the step's. Default: it has no running
+    /// statistics (`Ok(None)`); `Err`: it has, but this node cannot be trained.
+    fn training_mode(&self, _node: &Node, _opset: i64) -> Result<Option<training::TrainingMode>> {
+        Ok(None)
+    }
+
+    /// Rewrites a random node for training so that its randomness is noise the host feeds
+    /// (returned); `Ok(None)`: the node stays as it is. Default: not random.
+    fn lower_random(&self, _cx: &mut training::NoiseCx) -> Result<Option<training::Noise>> {
+        Ok(None)
     }
 }
 

@@ -25,8 +25,8 @@ use crate::ir::{DType, Dim, Fact, Node, Tensor};
 use super::channel::{
     block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
-use super::grad_util::{const_ints, out_grad, pad_zeros, slice};
-use super::vjp::VjpCx;
+use super::grad_util::{const_ints, out_grad};
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
 
@@ -424,10 +424,10 @@ impl Op for Pad {
         }
         let mut v = g;
         if !axes.is_empty() {
-            v = slice(cx, v, &starts, &ends, &axes);
+            v = cx.slice(v, &starts, &ends, &axes);
         }
         if crop.iter().any(|&c| c != 0) {
-            v = pad_zeros(cx, v, &crop);
+            v = cx.pad_zeros(v, &crop);
         }
         out[0] = Some(v);
         Ok(out)

@@ -13,9 +13,9 @@ use crate::ir::graph::{attr_int, attr_ints};
 use crate::ir::{DType, Fact, Tensor, ValueId};
 
 use super::channel::{pass_axes, ConstCx, Link, LinkCx};
-use super::grad_util::{fconst, reshape, Geometry};
+use super::grad_util::Geometry;
 use super::util::{self, Window};
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{Cost, Cx, Op};
 
 /// A windowed pooling op.
@@ -239,7 +239,7 @@ fn max_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<ValueId>
         });
     }
     let tap = tap.ok_or_else(|| cx.err("no spatial axes"))?;
-    let tap = reshape(cx, tap, &with_tap_axis(&ys, 1));
+    let tap = cx.reshape(tap, &with_tap_axis(&ys, 1));
     let mut kshape = vec![1usize; n + 3];
     kshape[2] = taps;
     let ids: Vec<i64> = (0..taps as i64).collect();
@@ -250,12 +250,12 @@ fn max_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<ValueId>
         &[hit],
         vec![attr_int("to", i64::from(dtype.to_onnx()))],
     );
-    let g = reshape(cx, dy, &with_tap_axis(&ys, 1));
+    let g = cx.reshape(dy, &with_tap_axis(&ys, 1));
     let routed = cx.op("Mul", &[hit, g], vec![]);
     let c = xs[1];
     let mut flat = vec![ys[0], c * taps];
     flat.extend_from_slice(&ys[2..]);
-    let routed = reshape(cx, routed, &flat);
+    let routed = cx.reshape(routed, &flat);
     // Kernel [C·K, 1, k..]: filter c·K + j is the unit tap j.
     let mut w = vec![0f64; c * taps * taps];
     for ch in 0..c {
@@ -265,7 +265,7 @@ fn max_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<ValueId>
     }
     let mut ws = vec![c * taps, 1];
     ws.extend_from_slice(&geom.kernel);
-    let w = fconst(cx, dtype, ws, &w)?;
+    let w = cx.fconst(dtype, ws, &w)?;
     Ok(geom.scatter(cx, routed, w, c))
 }
 
@@ -313,13 +313,13 @@ fn average_pool_vjp(cx: &mut VjpCx, dy: ValueId, geom: &Geometry) -> Result<Valu
     }
     let mut ishape = vec![1, 1];
     ishape.extend_from_slice(&geom.output);
-    let inv = fconst(cx, dtype, ishape, &inv)?;
+    let inv = cx.fconst(dtype, ishape, &inv)?;
     let scaled = cx.op("Mul", &[dy, inv], vec![]);
     let c = xs[1];
     let mut ws = vec![c, 1];
     ws.extend_from_slice(&geom.kernel);
     let ones = vec![1.0; c * geom.taps()];
-    let w = fconst(cx, dtype, ws, &ones)?;
+    let w = cx.fconst(dtype, ws, &ones)?;
     Ok(geom.scatter(cx, scaled, w, c))
 }
 

@@ -25,12 +25,12 @@
 //! `g·e^(x−y)`.
 
 use crate::error::{Error, Result};
-use crate::ir::graph::{attr_int, attr_ints};
+use crate::ir::graph::attr_int;
 use crate::ir::{DType, Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, Link, LinkCx};
-use super::grad_util::{const_ints, out_grad, reduce_sum, reshape, scalar};
-use super::vjp::VjpCx;
+use super::grad_util::{const_ints, out_grad};
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, Op};
 use crate::ir::ValueId;
 
@@ -381,7 +381,7 @@ impl Op for Reduce {
             if keepdims || kept == xs {
                 v
             } else {
-                reshape(cx, v, &kept)
+                cx.reshape(v, &kept)
             }
         };
         let gk = as_kept(cx, g);
@@ -394,7 +394,7 @@ impl Op for Reduce {
                 if count <= 1 {
                     gk
                 } else {
-                    let k = scalar(cx, 1.0 / count as f64, dt)?;
+                    let k = cx.scalar(dt, 1.0 / count as f64)?;
                     cx.op("Mul", &[gk, k], vec![])
                 }
             }
@@ -412,9 +412,9 @@ impl Op for Reduce {
                 // x·g/y, with 0 where y = 0 (an all-zero group).
                 let y = cx.output(0)?;
                 let yk = as_kept(cx, y);
-                let zero = scalar(cx, 0.0, dt)?;
+                let zero = cx.scalar(dt, 0.0)?;
                 let is0 = cx.op("Equal", &[yk, zero], vec![]);
-                let one = scalar(cx, 1.0, dt)?;
+                let one = cx.scalar(dt, 1.0)?;
                 let den = cx.op("Where", &[is0, one, yk], vec![]);
                 let q = cx.op("Div", &[gk, den], vec![]);
                 let q = cx.op("Where", &[is0, zero, q], vec![]);
@@ -425,7 +425,7 @@ impl Op for Reduce {
                 cx.op("Mul", &[s, gk], vec![])
             }
             Kind::SumSquare => {
-                let two = scalar(cx, 2.0, dt)?;
+                let two = cx.scalar(dt, 2.0)?;
                 let g2 = cx.op("Mul", &[gk, two], vec![]);
                 cx.op("Mul", &[x, g2], vec![])
             }
@@ -459,29 +459,19 @@ fn cast_to(cx: &mut VjpCx, v: ValueId, dtype: DType) -> ValueId {
     )
 }
 
-/// Reduction `op` of `v` over `axes` keeping them as 1 (axes as an input from opset 18, 13
-/// for ReduceSum); `v` itself when no axis is reduced.
+/// Reduction `op` of `v` over `axes` keeping them as 1; `v` itself when no axis is reduced.
 fn reduce_kept(cx: &mut VjpCx, op: &str, v: ValueId, axes: &[i64]) -> ValueId {
     if axes.is_empty() {
         return v;
     }
-    if op == "ReduceSum" {
-        return reduce_sum(cx, v, axes, true);
-    }
-    let keep = attr_int("keepdims", 1);
-    if cx.opset >= 18 {
-        let a = cx.ints(axes);
-        cx.op(op, &[v, a], vec![keep])
-    } else {
-        cx.op(op, &[v], vec![keep, attr_ints("axes", axes)])
-    }
+    cx.reduce(op, v, axes, true)
 }
 
 /// ReduceProd: each element gets `g` times the product of the others in its group. With `z`
 /// zeros in the group: `z = 0` gives `P/x` (P the product of the group), `z = 1` gives the
 /// product of the non-zero elements at the zero and 0 elsewhere, `z ≥ 2` gives 0.
 fn prod_vjp(cx: &mut VjpCx, x: ValueId, gk: ValueId, red: &[i64], dt: DType) -> Result<ValueId> {
-    let (zero, one) = (scalar(cx, 0.0, dt)?, scalar(cx, 1.0, dt)?);
+    let (zero, one) = (cx.scalar(dt, 0.0)?, cx.scalar(dt, 1.0)?);
     let is0 = cx.op("Equal", &[x, zero], vec![]);
     let safe = cx.op("Where", &[is0, one, x], vec![]);
     // Product of the non-zero elements, and the zero count, per group.

@@ -26,8 +26,8 @@ use crate::ir::{Dim, Fact, Node, Tensor};
 use super::channel::{
     block, int_vector, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
-use super::grad_util::{const_ints, out_grad, pad_zeros, reshape};
-use super::vjp::VjpCx;
+use super::grad_util::{const_ints, out_grad};
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
 
@@ -388,12 +388,12 @@ impl Op for Slice {
                 let mut wide = cur[..=axis].to_vec();
                 wide.push(1);
                 wide.extend_from_slice(&cur[axis + 1..]);
-                let w = reshape(cx, g, &wide);
+                let w = cx.reshape(g, &wide);
                 let mut p = vec![0i64; 2 * wide.len()];
                 p[wide.len() + axis + 1] = stride as i64 - 1;
-                let w = pad_zeros(cx, w, &p);
+                let w = cx.pad_zeros(w, &p);
                 cur[axis] *= stride;
-                g = reshape(cx, w, &cur);
+                g = cx.reshape(w, &cur);
             }
             let covered = len * stride;
             pads[axis] = low as i64;
@@ -402,7 +402,7 @@ impl Op for Slice {
         out[0] = Some(if pads.iter().all(|&p| p == 0) {
             g
         } else {
-            pad_zeros(cx, g, &pads)
+            cx.pad_zeros(g, &pads)
         });
         Ok(out)
     }

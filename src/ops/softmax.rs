@@ -14,8 +14,8 @@ use crate::error::Result;
 use crate::ir::Fact;
 
 use super::channel::{pass_axes, resolve_axis, Link, LinkCx};
-use super::grad_util::{out_grad, reduce_sum};
-use super::vjp::VjpCx;
+use super::grad_util::out_grad;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, Op};
 use crate::ir::ValueId;
 
@@ -102,11 +102,11 @@ impl Op for Softmax {
         };
         out[0] = Some(if self.name == "Softmax" {
             let gy = cx.op("Mul", &[g, y], vec![]);
-            let s = reduce_sum(cx, gy, &axes, true);
+            let s = cx.reduce_sum(gy, &axes, true);
             let d = cx.op("Sub", &[g, s], vec![]);
             cx.op("Mul", &[y, d], vec![])
         } else {
-            let s = reduce_sum(cx, g, &axes, true);
+            let s = cx.reduce_sum(g, &axes, true);
             let p = cx.op("Exp", &[y], vec![]);
             let t = cx.op("Mul", &[p, s], vec![]);
             cx.op("Sub", &[g, t], vec![])

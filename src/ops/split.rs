@@ -18,8 +18,7 @@ use crate::ir::graph::attr_ints;
 use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{block, pass, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot};
-use super::grad_util::zeros;
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
 
@@ -311,7 +310,7 @@ impl Op for Split {
                 Some(g) => g,
                 None => {
                     let s = cx.shape(cx.output(p)?)?;
-                    zeros(cx, &s, dtype)?
+                    cx.zeros(&s, dtype)?
                 }
             };
             parts.push(part);

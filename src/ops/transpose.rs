@@ -10,7 +10,7 @@ use crate::ir::{Dim, Fact, Node, Tensor};
 
 use super::channel::{pass, ConstCx, Link, LinkCx};
 use super::grad_util::out_grad;
-use super::vjp::VjpCx;
+use super::vjp::{Build, VjpCx};
 use super::{util, Cx, Op};
 use crate::ir::ValueId;
 

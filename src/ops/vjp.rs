@@ -1,7 +1,8 @@
 //! The vocabulary of backward rules: what an op's [`Op::vjp`](super::Op::vjp) sees and the
 //! builder it emits backward nodes with. A rule receives the gradient of each output (or `None`
 //! when that output does not reach the loss) and returns the gradient of each input it was asked
-//! for (`needs[port]`), as new values in the same graph, built from standard ONNX ops only.
+//! for (`needs[port]`), as new values in the same graph, built from standard ONNX ops only
+//! through the crate's one graph builder ([`Build`], which `VjpCx` implements).
 //!
 //! Shapes are static here: the train-step compiler fixes the batch size, so every forward value
 //! has a known shape ([`VjpCx::shape`]). Rules do not run anything and do not simplify what
@@ -9,9 +10,9 @@
 
 use crate::analysis::Shapes;
 use crate::error::{Error, Result};
-use crate::ir::graph::attr_ints;
-use crate::ir::{DType, Graph, Node, NodeId, Tensor, ValueId};
-use crate::onnx::proto::AttributeProto;
+use crate::ir::{DType, Graph, Node, NodeId, ValueId};
+
+pub use super::build::Build;
 
 /// The context of one backward rule.
 pub struct VjpCx<'a> {
@@ -88,43 +89,6 @@ impl VjpCx<'_> {
         self.fwd().attr_ints(name).map(<[i64]>::to_vec)
     }
 
-    /// Adds a one-output node named after the forward node; returns its output.
-    pub fn op(&mut self, op_type: &str, inputs: &[ValueId], attrs: Vec<AttributeProto>) -> ValueId {
-        let ins: Vec<Option<ValueId>> = inputs.iter().map(|v| Some(*v)).collect();
-        self.op_n(op_type, &ins, 1, attrs)[0]
-    }
-
-    /// Adds a node with `n` outputs (inputs may be absent); returns its outputs.
-    pub fn op_n(
-        &mut self,
-        op_type: &str,
-        inputs: &[Option<ValueId>],
-        n: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<ValueId> {
-        let base = format!("grad/{}/{op_type}", self.fwd().name);
-        let outs: Vec<String> = (0..n).map(|i| format!("{base}:{i}")).collect();
-        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
-        let id = self.g.add_node(&base, op_type, inputs, &refs, attrs);
-        self.g.node(id).outputs.iter().flatten().copied().collect()
-    }
-
-    /// A constant tensor (an initializer of the train-step graph).
-    pub fn constant(&mut self, t: Tensor) -> ValueId {
-        let name = format!("grad/{}/const", self.fwd().name);
-        self.g.add_initializer(&name, t)
-    }
-
-    /// A 1-D int64 constant (axes, shapes, pads).
-    pub fn ints(&mut self, v: &[i64]) -> ValueId {
-        self.constant(Tensor::from_i64(vec![v.len()], v))
-    }
-
-    /// A float32 scalar constant.
-    pub fn scalar(&mut self, v: f32) -> ValueId {
-        self.constant(Tensor::from_f32(vec![], &[v]))
-    }
-
     /// `grad` (shaped like a broadcast result `from`) summed back to `to` (numpy broadcasting):
     /// leading axes and axes where `to` has 1 are summed, then reshaped to `to`.
     pub fn unbroadcast(&mut self, grad: ValueId, from: &[usize], to: &[usize]) -> ValueId {
@@ -139,15 +103,28 @@ impl VjpCx<'_> {
         let summed = if axes.is_empty() {
             grad
         } else {
-            super::grad_util::reduce_sum(self, grad, &axes, true)
+            self.reduce_sum(grad, &axes, true)
         };
-        let shape: Vec<i64> = to.iter().map(|&d| d as i64).collect();
-        let s = self.ints(&shape);
-        self.op("Reshape", &[summed, s], vec![])
+        self.reshape(summed, to)
     }
+}
 
-    /// `Transpose` with a permutation.
-    pub fn transpose(&mut self, v: ValueId, perm: &[i64]) -> ValueId {
-        self.op("Transpose", &[v], vec![attr_ints("perm", perm)])
+/// Backward nodes are named `grad/{forward node}/{op}`, constants `grad/{forward node}/const`,
+/// errors name the forward node.
+impl Build for VjpCx<'_> {
+    fn graph(&mut self) -> &mut Graph {
+        self.g
+    }
+    fn opset(&self) -> i64 {
+        self.opset
+    }
+    fn prefix(&self) -> String {
+        format!("grad/{}", self.fwd().name)
+    }
+    fn const_name(&self, _kind: &str) -> String {
+        format!("{}/const", self.prefix())
+    }
+    fn locate(&self, e: Error) -> Error {
+        self.err(e.to_string())
     }
 }

@@ -24,20 +24,17 @@
 
 use crate::analysis::Shapes;
 use crate::error::{Error, Result};
-use crate::ir::graph::{attr_float, attr_int};
 use crate::ir::{DType, Graph, NodeId, Tensor, ValueId};
+use crate::ops::training::TrainingMode;
 
-use super::emit::{dtype_of, static_shape, Emit};
+use super::emit::{dtype_of, static_shape};
+use crate::ops::build::{Build, Builder};
 
-/// One rewritten BatchNormalization.
+/// One node rewritten into training mode.
 #[derive(Clone, Debug)]
 pub struct BnUpdate {
     /// Name of the original node.
     pub node: String,
-    /// The scale (γ) input.
-    pub gamma: ValueId,
-    /// The bias (β) input.
-    pub beta: ValueId,
     /// The running-mean input.
     pub mean: ValueId,
     /// The running-variance input.
@@ -50,36 +47,48 @@ pub struct BnUpdate {
     pub channels: usize,
     /// The training-mode node.
     fwd: NodeId,
+    /// Its op type.
+    pub op_type: String,
+    /// Its running-statistic input ports (mean, variance).
+    ports: (usize, usize),
     /// Element type of X.
     dtype: DType,
 }
 
-/// Rewrites every BatchNormalization of `g` (facts `shapes`) into training mode; returns one
-/// [`BnUpdate`] per node, in graph order.
+/// Rewrites every node of `g` (facts `shapes`) whose op has a training mode
+/// ([`crate::ops::Op::training_mode`]: BatchNormalization) into it; returns one [`BnUpdate`]
+/// per node, in graph order.
 pub fn to_training_mode(g: &mut Graph, shapes: &Shapes, opset: i64) -> Result<Vec<BnUpdate>> {
-    let bns: Vec<NodeId> = g
-        .topo_order()?
-        .into_iter()
-        .filter(|&n| {
-            let node = g.node(n);
-            node.op_type == "BatchNormalization" && crate::ir::is_default_domain(&node.domain)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(bns.len());
-    for n in bns {
-        out.push(rewrite_one(g, shapes, opset, n)?);
+    let mut out = Vec::new();
+    for n in g.topo_order()? {
+        let node = g.node(n);
+        let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        if let Some(mode) = op.training_mode(node, opset)? {
+            out.push(rewrite_one(g, shapes, opset, n, &mode)?);
+        }
     }
     Ok(out)
 }
 
-fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<BnUpdate> {
+fn rewrite_one(
+    g: &mut Graph,
+    shapes: &Shapes,
+    opset: i64,
+    n: NodeId,
+    mode: &TrainingMode,
+) -> Result<BnUpdate> {
     let node = g.node(n).clone();
     let err = |msg: String| Error::node(&node.name, &node.op_type, msg);
     let input = |p: usize| {
         node.input(p)
             .ok_or_else(|| err(format!("input {p} is missing")))
     };
-    let (x, gamma, beta, mean, var) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
+    let ins = (0..node.inputs.len().max(mode.var.0 + 1))
+        .map(|p| input(p).map(Some))
+        .collect::<Result<Vec<_>>>()?;
+    let (x, mean, var) = (input(0)?, input(mode.mean.0)?, input(mode.var.0)?);
     let y = node
         .output(0)
         .ok_or_else(|| err("output 0 is missing".into()))?;
@@ -87,13 +96,11 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
         if let Some(o) = o {
             if !g.value(*o).uses.is_empty() || g.outputs.contains(o) {
                 return Err(err(format!(
-                    "output {p} is used; only inference-mode BatchNormalization can be rewritten"
+                    "output {p} is used; only inference-mode {} can be rewritten",
+                    node.op_type
                 )));
             }
         }
-    }
-    if node.attr_i("spatial") == Some(0) {
-        return Err(err("spatial=0 is not supported".into()));
     }
     let xs = static_shape(g, shapes, x)?;
     if xs.len() < 2 {
@@ -109,39 +116,28 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
             "a training batch needs more than one value per channel (has {count})"
         )));
     }
-    if opset < 14 {
-        return Err(err(format!(
-            "training mode needs opset 14 or later (the model has {opset})"
-        )));
-    }
     let dt = dtype_of(shapes, x);
-    let eps = node.attr_f("epsilon").unwrap_or(1e-5);
-    let m = node.attr_f("momentum").map_or(0.9, f64::from);
+    let m = mode.momentum;
 
     let base = format!("train_bn/{}", node.name);
-    let outs = [
-        format!("{base}/y"),
-        format!("{base}/batch_mean"),
-        format!("{base}/batch_var"),
-    ];
+    let mut outs = vec![format!("{base}/y"); 1 + mode.mean.1.max(mode.var.1)];
+    outs[mode.mean.1] = format!("{base}/batch_mean");
+    outs[mode.var.1] = format!("{base}/batch_var");
     let out_refs: Vec<&str> = outs.iter().map(String::as_str).collect();
     let bn = g.add_node(
-        &format!("{base}/BatchNormalization"),
-        "BatchNormalization",
-        &[Some(x), Some(gamma), Some(beta), Some(mean), Some(var)],
+        &format!("{base}/{}", node.op_type),
+        &node.op_type,
+        &ins,
         &out_refs,
-        vec![
-            attr_float("epsilon", eps),
-            attr_float("momentum", 0.0),
-            attr_int("training_mode", 1),
-        ],
+        mode.attrs.clone(),
     );
-    let (new_y, bm, bv) = match g.node(bn).outputs[..] {
-        [Some(y), Some(bm), Some(bv)] => (y, bm, bv),
-        _ => return Err(err("the training-mode node lost an output".into())),
+    let outputs = &g.node(bn).outputs;
+    let out = |p: usize| outputs.get(p).copied().flatten();
+    let (Some(new_y), Some(bm), Some(bv)) = (out(0), out(mode.mean.1), out(mode.var.1)) else {
+        return Err(err("the training-mode node lost an output".into()));
     };
 
-    let mut e = Emit::new(g, base, opset);
+    let mut e = Builder::new(g, base, opset);
     let mv = e.scalar(dt, m)?;
     let one_m = e.scalar(dt, 1.0 - m)?;
     let unbias = e.scalar(dt, (1.0 - m) * count as f64 / (count as f64 - 1.0))?;
@@ -161,14 +157,14 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
     }
     Ok(BnUpdate {
         node: node.name.clone(),
-        gamma,
-        beta,
         mean,
         var,
         new_mean,
         new_var,
         channels: c,
         fwd: bn,
+        op_type: node.op_type.clone(),
+        ports: (mode.mean.0, mode.var.0),
         dtype: dt,
     })
 }
@@ -188,8 +184,9 @@ fn rewrite_one(g: &mut Graph, shapes: &Shapes, opset: i64, n: NodeId) -> Result<
 pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
     let mut next = 0usize;
     for b in bns {
-        let node = g.node(b.fwd).clone();
-        if node.op_type != "BatchNormalization" || node.attr_i("training_mode") != Some(1) {
+        let node = g.node(b.fwd);
+        let (mean_in, var_in) = (node.input(b.ports.0), node.input(b.ports.1));
+        if node.op_type != b.op_type || mean_in.is_none() || var_in.is_none() {
             return Err(Error::node(
                 &node.name,
                 &node.op_type,
@@ -212,8 +209,8 @@ pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
             &format!("{base}/stats_var_in"),
             Tensor::from_f64_as(b.dtype, vec![c], &vv)?,
         );
-        g.set_input(b.fwd, 3, Some(m));
-        g.set_input(b.fwd, 4, Some(v));
+        g.set_input(b.fwd, b.ports.0, Some(m));
+        g.set_input(b.fwd, b.ports.1, Some(v));
     }
     Ok(())
 }

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::ir::graph::attr_int;
 use crate::ir::{DType, Graph, ValueId};
 
-use super::emit::{add_input, declare, dtype_of, static_shape, Emit};
+use super::emit::{add_input, declare, dtype_of, static_shape};
+use crate::ops::build::{Build, Builder};
 
 /// Which loss to build.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,7 +88,7 @@ pub fn add_loss(
         let targets = add_input(g, "targets", dt, &shape);
         let numel: usize = shape.iter().product();
         let axes: Vec<i64> = (0..shape.len() as i64).collect();
-        let mut e = Emit::new(g, "loss/mse", opset);
+        let mut e = Builder::new(g, "loss/mse", opset);
         let d = e.op("Sub", &[output, targets], vec![]);
         let d2 = e.op("Mul", &[d, d], vec![]);
         let s = e.reduce("ReduceSum", d2, &axes, false);
@@ -138,9 +139,9 @@ pub fn add_loss(
     let kf = k as f64;
     let bf = b as f64;
 
-    let mut e = Emit::new(g, "loss/ce", opset);
+    let mut e = Builder::new(g, "loss/ce", opset);
     let depth = e.ints(&[k as i64]);
-    let vals = e.constant(dt, vec![2], &[eps / kf, 1.0 - eps + eps / kf])?;
+    let vals = e.fconst(dt, vec![2], &[eps / kf, 1.0 - eps + eps / kf])?;
     let onehot = e.op("OneHot", &[labels, depth, vals], vec![attr_int("axis", -1)]);
     declare(e.g, onehot, dt, &[b, k]);
     let ls = e.op("LogSoftmax", &[output], vec![attr_int("axis", 1)]);
@@ -151,28 +152,16 @@ pub fn add_loss(
 
     let total = match (distill, teacher) {
         (Some((t, a)), Some(teacher)) => {
-            let t = f64::from(t);
-            let a = f64::from(a);
-            let mut e = Emit::new(g, "loss/kd", opset);
-            let inv_t = e.scalar(dt, 1.0 / t)?;
-            let zs = e.op("Mul", &[output, inv_t], vec![]);
-            let ls_s = e.op("LogSoftmax", &[zs], vec![attr_int("axis", 1)]);
-            let zt = e.op("Mul", &[teacher, inv_t], vec![]);
-            let ls_t = e.op("LogSoftmax", &[zt], vec![attr_int("axis", 1)]);
-            let pt = e.op("Exp", &[ls_t], vec![]);
-            let diff = e.op("Sub", &[ls_t, ls_s], vec![]);
-            let kl = e.op("Mul", &[pt, diff], vec![]);
-            let ks = e.reduce("ReduceSum", kl, &[0, 1], false);
-            let kscale = e.scalar(dt, a * t * t / bf)?;
-            let kd = e.op("Mul", &[ks, kscale], vec![]);
-            let cscale = e.scalar(dt, 1.0 - a)?;
+            let kd = distillation(g, opset, dt, output, teacher, b, t, a)?;
+            let mut e = Builder::new(g, "loss/kd", opset);
+            let cscale = e.scalar(dt, 1.0 - f64::from(a))?;
             let cw = e.op("Mul", &[ce, cscale], vec![]);
             e.op("Add", &[kd, cw], vec![])
         }
         _ => ce,
     };
 
-    let mut e = Emit::new(g, "accuracy", opset);
+    let mut e = Builder::new(g, "accuracy", opset);
     let am = e.op(
         "ArgMax",
         &[output],
@@ -189,6 +178,33 @@ pub fn add_loss(
         teacher,
         targets: None,
     })
+}
+
+/// `alpha·T²·KL(softmax(teacher/T) ‖ softmax(output/T))` averaged over the batch of `b`.
+#[allow(clippy::too_many_arguments)]
+fn distillation(
+    g: &mut Graph,
+    opset: i64,
+    dt: DType,
+    output: ValueId,
+    teacher: ValueId,
+    b: usize,
+    t: f32,
+    a: f32,
+) -> Result<ValueId> {
+    let (t, a) = (f64::from(t), f64::from(a));
+    let mut e = Builder::new(g, "loss/kd", opset);
+    let inv_t = e.scalar(dt, 1.0 / t)?;
+    let zs = e.op("Mul", &[output, inv_t], vec![]);
+    let ls_s = e.op("LogSoftmax", &[zs], vec![attr_int("axis", 1)]);
+    let zt = e.op("Mul", &[teacher, inv_t], vec![]);
+    let ls_t = e.op("LogSoftmax", &[zt], vec![attr_int("axis", 1)]);
+    let pt = e.op("Exp", &[ls_t], vec![]);
+    let diff = e.op("Sub", &[ls_t, ls_s], vec![]);
+    let kl = e.op("Mul", &[pt, diff], vec![]);
+    let ks = e.reduce("ReduceSum", kl, &[0, 1], false);
+    let kscale = e.scalar(dt, a * t * t / b as f64)?;
+    Ok(e.op("Mul", &[ks, kscale], vec![]))
 }
 
 #[cfg(test)]

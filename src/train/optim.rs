@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, ValueId};
 
-use super::emit::Emit;
+use crate::ops::build::{Build, Builder};
 
 /// Which optimizer updates the parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +52,16 @@ impl Default for Optimizer {
 }
 
 impl Optimizer {
+    /// AdamW with the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and decoupled `weight_decay`.
+    pub fn adamw(weight_decay: f32) -> Optimizer {
+        Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
     /// Names of the per-parameter state tensors (shaped like the parameter, zeros at first).
     pub fn state_slots(&self) -> &'static [&'static str] {
         match self {
@@ -134,7 +144,7 @@ pub fn prepare(
         ..
     } = *opt
     {
-        let mut e = Emit::new(g, "optim/adamw", opset);
+        let mut e = Builder::new(g, "optim/adamw", opset);
         let f = DType::F32;
         let one = e.scalar(f, 1.0)?;
         let b1 = e.scalar(f, f64::from(beta1))?;
@@ -171,7 +181,7 @@ pub fn update(
         )));
     }
     let f = DType::F32;
-    let mut e = Emit::new(g, format!("optim/{name}"), sh.opset);
+    let mut e = Builder::new(g, format!("optim/{name}"), sh.opset);
     match sh.opt {
         Optimizer::Sgd {
             momentum,

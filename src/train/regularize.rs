@@ -4,7 +4,8 @@
 //! * L1 on BatchNormalization scales (network slimming): `λ·w·sign(γ)`;
 //! * masked L1: `λ·w·sign(γ)·mask` with a constant 0/1 (or any weight) vector per scale, so
 //!   only chosen channels are pushed towards zero;
-//! * group lasso on convolution filters: `λ·w·W_f / (‖W_f‖₂ + eps)` per output filter `f`.
+//! * group lasso on convolution filters: `λ·w·W_f / (‖W_f‖₂ + eps)` per output filter `f`
+//!   (Conv: the slices along axis 0; ConvTranspose with one group: along axis 1).
 //!
 //! `λ` is the scalar graph input `l1_lambda` (so a schedule can grow it per step) and `w` a
 //! constant weight per regularizer. Which parameters each term applies to is decided by
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, ValueId};
 
-use super::emit::Emit;
+use crate::ops::build::{Build, Builder};
 
 /// One regularizer of a train step.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,7 +34,9 @@ pub enum Regularizer {
         /// One vector per scale, one entry per channel.
         masks: BTreeMap<String, Vec<f32>>,
     },
-    /// `λ·weight·W_f / (‖W_f‖ + eps)` on every trainable Conv weight.
+    /// `λ·weight·W_f / (‖W_f‖ + eps)` on every trainable convolution filter bank (the ops
+    /// declaring a filter axis, [`crate::ops::training::Layer::filter_axis`]: Conv, and
+    /// ConvTranspose with one group).
     GroupLasso {
         /// Constant factor on λ.
         weight: f32,
@@ -53,7 +56,7 @@ pub fn l1_term(
     mask: Option<&[f32]>,
 ) -> Result<ValueId> {
     let name = g.value(gamma).name.clone();
-    let mut e = Emit::new(g, format!("reg/l1/{name}"), opset);
+    let mut e = Builder::new(g, format!("reg/l1/{name}"), opset);
     let s = e.op("Sign", &[gamma], vec![]);
     super::emit::declare(e.g, s, DType::F32, &[channels]);
     let w = e.scalar(DType::F32, f64::from(weight))?;
@@ -69,30 +72,36 @@ pub fn l1_term(
                 )));
             }
             let mv: Vec<f64> = m.iter().map(|&v| f64::from(v)).collect();
-            let mc = e.constant(DType::F32, vec![channels], &mv)?;
+            let mc = e.fconst(DType::F32, vec![channels], &mv)?;
             Ok(e.op("Mul", &[t, mc], vec![]))
         }
     }
 }
 
-/// `λ·weight·W_f / (‖W_f‖ + eps)` for a Conv weight `w` of static `shape` `[F, C/g, k..]`.
+/// `λ·weight·W_f / (‖W_f‖ + eps)` for a filter bank `w` of static `shape` whose filters `W_f`
+/// are its slices along `axis` (Conv `[F, C/g, k..]`: axis 0).
+#[allow(clippy::too_many_arguments)]
 pub fn group_lasso_term(
     g: &mut Graph,
     opset: i64,
     w: ValueId,
     shape: &[usize],
+    axis: usize,
     lambda: ValueId,
     weight: f32,
     eps: f32,
 ) -> Result<ValueId> {
     let name = g.value(w).name.clone();
-    if shape.len() < 2 {
+    if shape.len() < 2 || axis >= shape.len() {
         return Err(Error::Usage(format!(
             "group lasso needs a filter bank [F, C, ...]; '{name}' has shape {shape:?}"
         )));
     }
-    let axes: Vec<i64> = (1..shape.len() as i64).collect();
-    let mut e = Emit::new(g, format!("reg/group_lasso/{name}"), opset);
+    let axes: Vec<i64> = (0..shape.len())
+        .filter(|&a| a != axis)
+        .map(|a| a as i64)
+        .collect();
+    let mut e = Builder::new(g, format!("reg/group_lasso/{name}"), opset);
     let sq = e.op("Mul", &[w, w], vec![]);
     let ss = e.reduce("ReduceSum", sq, &axes, true);
     let norm = e.op("Sqrt", &[ss], vec![]);
@@ -126,7 +135,7 @@ mod tests {
         let mask = [1.0, 0.0, 1.0, 0.0];
         let t1 = l1_term(&mut g, 17, gamma, 4, lambda, 2.0, None).unwrap();
         let t2 = l1_term(&mut g, 17, gamma, 4, lambda, 1.0, Some(&mask)).unwrap();
-        let t3 = group_lasso_term(&mut g, 17, w, &wshape, lambda, 0.5, 1e-3).unwrap();
+        let t3 = group_lasso_term(&mut g, 17, w, &wshape, 0, lambda, 0.5, 1e-3).unwrap();
         for (t, s) in [(t1, vec![4]), (t2, vec![4]), (t3, wshape.clone())] {
             declare(&mut g, t, f, &s);
             g.outputs.push(t);
