@@ -562,6 +562,39 @@ fn globally_pruned_resnet20_finetunes() {
         after > before + 0.1,
         "fine-tuning did not recover: {before} -> {after}"
     );
+
+    // BN recalibration alone (no gradients) also recovers some of it.
+    let rc = dir.path().join("p.rc.onnx").display().to_string();
+    let mut args = vec!["recalibrate", &p, "--data", &data, "--split", "train"];
+    args.extend_from_slice(&norm);
+    args.extend_from_slice(&["--samples", "512", "-o", &rc]);
+    let (code, out, err) = lopper(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("19 normalisation node(s) recalibrated on 512 samples"),
+        "{out}"
+    );
+    let recal = top1_of(&rc);
+    eprintln!("recalibrated top-1 {recal:.3}");
+    assert!(
+        recal > before + 0.03,
+        "recalibration did not help: {before} -> {recal}"
+    );
+}
+
+/// Recalibrating a model without BatchNormalization is a one-line error that writes nothing.
+#[test]
+fn recalibrating_without_batch_norm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.onnx");
+    let (m, data, o) = (mnist8(), mnist_data(), out.display().to_string());
+    let (code, _, err) = lopper(&["recalibrate", &m, "--data", &data, "-o", &o]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("no BatchNormalization"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// A diverging run stops at the first non-finite step with one line that names the first

@@ -11,6 +11,7 @@ mod groups;
 mod inspect;
 mod progress;
 mod prune;
+mod recalibrate;
 mod runtime_args;
 mod simplify;
 mod train;
@@ -41,6 +42,9 @@ enum Command {
     Prune(Box<prune::Args>),
     /// Check that two models compute the same outputs on random inputs.
     Verify(verify::Args),
+    /// Re-estimate BatchNormalization running statistics on calibration data (a pruned
+    /// model's cheapest recovery: no gradients).
+    Recalibrate(Box<recalibrate::Args>),
     /// Train a classifier with a compiled train step in ONNX Runtime: schedules, augmentation,
     /// sparsity regularizers, per-epoch evaluation and resumable checkpoints.
     Train(Box<train::Args>),
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Groups(a) => groups::run(a),
         Command::Prune(a) => prune::run(*a),
         Command::Verify(a) => verify::run(a),
+        Command::Recalibrate(a) => recalibrate::run(*a),
         Command::Train(a) => train::run(*a, false),
         Command::Finetune(a) => train::run(*a, true),
     }

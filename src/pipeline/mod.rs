@@ -29,6 +29,7 @@ pub mod allocate;
 pub mod analyse;
 pub mod latency;
 pub mod options;
+pub mod recalibrate;
 pub mod remove;
 pub mod report;
 pub mod reporter;

@@ -1,0 +1,71 @@
+//! `lopper recalibrate`: re-estimates a (pruned) model's BatchNormalization running statistics
+//! on calibration data ([`lopper::pipeline::recalibrate`]) and writes the model atomically.
+//! Parses, calls the library, prints; nothing here decides anything.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use lopper::analysis::activation_stats::calibration_batches;
+use lopper::ir::Model;
+use lopper::pipeline::recalibrate::recalibrate;
+use lopper::runtime::RuntimeOptions;
+
+use super::data_args::DataArgs;
+use super::runtime_args::RuntimeArgs;
+
+/// Arguments of `lopper recalibrate`.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// The model (BatchNormalization kept, e.g. `lopper prune`'s output).
+    model: PathBuf,
+    /// Where to write the recalibrated model.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten, next_help_heading = "Calibration data")]
+    data: DataArgs,
+    /// Calibration samples (spread evenly over the dataset; kept in memory).
+    #[arg(long, default_value_t = 1024)]
+    samples: usize,
+    /// Samples per batch [default: 32, or the model's fixed batch].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[command(flatten, next_help_heading = "Runtime")]
+    runtime: RuntimeArgs,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut model = Model::load(&args.model)?;
+    if args.data.data.is_none() {
+        return Err(lopper::Error::Usage(
+            "recalibration needs calibration data: pass --data".into(),
+        )
+        .into());
+    }
+    let (backend, runtime) = args.runtime.resolve()?;
+    let (dataset, pre) = args.data.open()?;
+    let batches: Vec<_> =
+        calibration_batches(&model, dataset, &pre, args.batch_size, Some(args.samples))?
+            .collect::<lopper::Result<_>>()?;
+    let rt = RuntimeOptions {
+        spinning: Some(false),
+        ..runtime
+    };
+    let t0 = std::time::Instant::now();
+    let r = recalibrate(&mut model, &batches, backend, &rt, &mut |done, total| {
+        eprint!("\rrecalibrating {done}/{total}");
+    })?;
+    eprintln!();
+    lopper::ir::verify(&model.graph)?;
+    model.save(&args.output, &Default::default())?;
+    println!(
+        "{} -> {}: {} normalisation node(s) recalibrated on {} samples (largest mean shift {:.2} std), {:.1} s",
+        args.model.display(),
+        args.output.display(),
+        r.nodes,
+        r.samples,
+        r.largest_shift,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
