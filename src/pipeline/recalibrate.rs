@@ -6,8 +6,8 @@
 //! Nodes are handled in topological order, each from the model with every earlier node
 //! already recalibrated: the node's input becomes an extra output, the batches run through,
 //! and its per-channel mean and (unbiased) variance over batch and spatial positions become
-//! the new running statistics. That is one pass over the calibration set per node (ResNet-20:
-//! 19 passes). It does not touch weights, scales or shifts, and does not check accuracy.
+//! the new running statistics. That is one pass over the calibration set per node, through
+//! the part of the model that computes its input (ResNet-20: 19 passes). It does not touch weights, scales or shifts, and does not check accuracy.
 //!
 //! [`Op::training_mode`]: crate::ops::Op::training_mode
 
@@ -127,20 +127,20 @@ pub fn recalibrate(
     };
     for (k, &(_, x, m, v)) in nodes.iter().enumerate() {
         progress(k, nodes.len());
+        // The model up to this node's input: only what computes it runs.
         let mut probe = work.clone();
         let name = probe.graph.value(x).name.clone();
-        if !probe.graph.outputs.contains(&x) {
-            probe.graph.outputs.push(x);
-            if probe.graph.value(x).decl.is_none() {
-                probe.graph.set_decl(
-                    x,
-                    ValueInfoProto {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    },
-                );
-            }
+        probe.graph.outputs = vec![x];
+        if probe.graph.value(x).decl.is_none() {
+            probe.graph.set_decl(
+                x,
+                ValueInfoProto {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+            );
         }
+        crate::passes::eliminate_dead_code(&mut probe)?;
         probe.save(&path, &Default::default())?;
         let mut s = runtime::load_with(backend, &path, opts)?;
         let mut acc = Vec::new();
