@@ -166,6 +166,35 @@ impl Loaded {
     }
 }
 
+/// Errors unless the reference takes the model's input (same type and dims).
+fn check_same_input(m: &Loaded, r: &Loaded) -> Result<()> {
+    if (r.input.dtype, &r.input.dims) != (m.input.dtype, &m.input.dims) {
+        return Err(Error::Usage(format!(
+            "the reference's input '{}' is {}, the model's '{}' is {}: they cannot share inputs",
+            r.input.name,
+            r.input.describe(),
+            m.input.name,
+            m.input.describe()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch size: the model's fixed one (an error when `asked` differs), else `asked`, else 32.
+fn batch_size(m: &Loaded, t: &Transform, asked: Option<usize>) -> Result<usize> {
+    Ok(match (t.fixed_batch(), asked) {
+        (Some(f), Some(b)) if f != b => {
+            return Err(Error::Usage(format!(
+                "{}: the model's input '{}' fixes the batch size at {f}; --batch-size {b} cannot \
+                 be used",
+                m.path, m.input.name
+            )))
+        }
+        (Some(f), _) => f,
+        (None, b) => b.unwrap_or(32).max(1),
+    })
+}
+
 /// Evaluates `model` (and `reference`, on the same inputs) over `data`. `progress` is called
 /// with the samples done so far and the total.
 pub fn evaluate(
@@ -179,28 +208,10 @@ pub fn evaluate(
     let mut m = load(model, opts)?;
     let mut r = reference.map(|p| load(p, opts)).transpose()?;
     if let Some(r) = &r {
-        if (r.input.dtype, &r.input.dims) != (m.input.dtype, &m.input.dims) {
-            return Err(Error::Usage(format!(
-                "the reference's input '{}' is {}, the model's '{}' is {}: they cannot share inputs",
-                r.input.name,
-                r.input.describe(),
-                m.input.name,
-                m.input.describe()
-            )));
-        }
+        check_same_input(&m, r)?;
     }
     let t = Transform::plan(&m.input, data.sample_shape(), data.bytes(), pre)?;
-    let batch = match (t.fixed_batch(), opts.batch) {
-        (Some(f), Some(b)) if f != b => {
-            return Err(Error::Usage(format!(
-                "{}: the model's input '{}' fixes the batch size at {f}; --batch-size {b} cannot \
-                 be used",
-                m.path, m.input.name
-            )))
-        }
-        (Some(f), _) => f,
-        (None, b) => b.unwrap_or(32).max(1),
-    };
+    let batch = batch_size(&m, &t, opts.batch)?;
     let max_label = data.labels().and_then(|l| l.iter().copied().max());
     let names = data.class_names().map(<[String]>::len);
     for l in std::iter::once(&m).chain(r.as_ref()) {
