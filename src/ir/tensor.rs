@@ -347,79 +347,7 @@ impl Tensor {
                 strings: Vec::new(),
             });
         }
-        let mut data: Vec<u8> = Vec::with_capacity(want);
-        let count_err = |have: usize, field: &str, per: usize| {
-            err(format!(
-                "dims {:?} need {n} elements, {field} holds {}",
-                t.dims,
-                have * per
-            ))
-        };
-        use DType::*;
-        match dtype {
-            F32 | C64 => {
-                let per = if dtype == C64 { 2 } else { 1 };
-                if t.float_data.len() != n * per {
-                    return Err(count_err(t.float_data.len() / per.max(1), "float_data", 1));
-                }
-                t.float_data
-                    .iter()
-                    .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
-            }
-            F64 | C128 => {
-                let per = if dtype == C128 { 2 } else { 1 };
-                if t.double_data.len() != n * per {
-                    return Err(count_err(
-                        t.double_data.len() / per.max(1),
-                        "double_data",
-                        1,
-                    ));
-                }
-                t.double_data
-                    .iter()
-                    .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
-            }
-            I64 => {
-                if t.int64_data.len() != n {
-                    return Err(count_err(t.int64_data.len(), "int64_data", 1));
-                }
-                t.int64_data
-                    .iter()
-                    .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
-            }
-            U32 | U64 => {
-                if t.uint64_data.len() != n {
-                    return Err(count_err(t.uint64_data.len(), "uint64_data", 1));
-                }
-                for v in &t.uint64_data {
-                    if dtype == U32 {
-                        data.extend_from_slice(&(*v as u32).to_le_bytes());
-                    } else {
-                        data.extend_from_slice(&v.to_le_bytes());
-                    }
-                }
-            }
-            U4 | I4 | F4E2M1 | U2 | I2 => {
-                // Each int32 holds one packed byte.
-                if t.int32_data.len() != want {
-                    return Err(err(format!(
-                        "dims {:?} need {want} packed bytes, int32_data has {}",
-                        t.dims,
-                        t.int32_data.len()
-                    )));
-                }
-                t.int32_data.iter().for_each(|v| data.push(*v as u8));
-            }
-            _ => {
-                if t.int32_data.len() != n {
-                    return Err(count_err(t.int32_data.len(), "int32_data", 1));
-                }
-                let width = dtype.bits() / 8;
-                for v in &t.int32_data {
-                    data.extend_from_slice(&v.to_le_bytes()[..width]);
-                }
-            }
-        }
+        let data = typed_data(t, dtype, n, want)?;
         Ok(Tensor {
             dtype,
             shape,
@@ -447,6 +375,87 @@ impl Tensor {
 
 fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// The bytes of `t`'s typed fields (`float_data`, `int64_data`, ...) for `n` elements of
+/// `dtype` (`want` bytes), checking each field's count.
+fn typed_data(t: &TensorProto, dtype: DType, n: usize, want: usize) -> Result<Vec<u8>> {
+    let name = t.name();
+    let err = |msg: std::string::String| Error::tensor(name, msg);
+    let mut data: Vec<u8> = Vec::with_capacity(want);
+    let count_err = |have: usize, field: &str, per: usize| {
+        err(format!(
+            "dims {:?} need {n} elements, {field} holds {}",
+            t.dims,
+            have * per
+        ))
+    };
+    use DType::*;
+    match dtype {
+        F32 | C64 => {
+            let per = if dtype == C64 { 2 } else { 1 };
+            if t.float_data.len() != n * per {
+                return Err(count_err(t.float_data.len() / per.max(1), "float_data", 1));
+            }
+            t.float_data
+                .iter()
+                .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+        }
+        F64 | C128 => {
+            let per = if dtype == C128 { 2 } else { 1 };
+            if t.double_data.len() != n * per {
+                return Err(count_err(
+                    t.double_data.len() / per.max(1),
+                    "double_data",
+                    1,
+                ));
+            }
+            t.double_data
+                .iter()
+                .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+        }
+        I64 => {
+            if t.int64_data.len() != n {
+                return Err(count_err(t.int64_data.len(), "int64_data", 1));
+            }
+            t.int64_data
+                .iter()
+                .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+        }
+        U32 | U64 => {
+            if t.uint64_data.len() != n {
+                return Err(count_err(t.uint64_data.len(), "uint64_data", 1));
+            }
+            for v in &t.uint64_data {
+                if dtype == U32 {
+                    data.extend_from_slice(&(*v as u32).to_le_bytes());
+                } else {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        U4 | I4 | F4E2M1 | U2 | I2 => {
+            // Each int32 holds one packed byte.
+            if t.int32_data.len() != want {
+                return Err(err(format!(
+                    "dims {:?} need {want} packed bytes, int32_data has {}",
+                    t.dims,
+                    t.int32_data.len()
+                )));
+            }
+            t.int32_data.iter().for_each(|v| data.push(*v as u8));
+        }
+        _ => {
+            if t.int32_data.len() != n {
+                return Err(count_err(t.int32_data.len(), "int32_data", 1));
+            }
+            let width = dtype.bits() / 8;
+            for v in &t.int32_data {
+                data.extend_from_slice(&v.to_le_bytes()[..width]);
+            }
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
