@@ -33,12 +33,25 @@ pub fn verify(graph: &Graph) -> Result<()> {
 /// All invariant violations, as messages naming the node or value.
 pub fn violations(g: &Graph) -> Vec<String> {
     let mut errs = Vec::new();
-    let live_value = |v: ValueId| v.index() < g.value_capacity() && g.value_ids().any(|x| x == v);
-    let live_values: HashSet<ValueId> = g.value_ids().collect();
-    let is_live = |v: ValueId| live_values.contains(&v);
-    let _ = live_value;
-    let label = |n: NodeId| format!("node '{}' ({})", g.node(n).name, g.node(n).op_type);
+    let live: HashSet<ValueId> = g.value_ids().collect();
+    node_violations(g, &live, &mut errs);
+    value_violations(g, &mut errs);
+    list_violations(g, &live, &mut errs);
+    if let Err(e) = g.topo_order() {
+        errs.push(e.to_string());
+    }
+    errs
+}
 
+/// `node 'name' (Op)` for messages.
+fn label(g: &Graph, n: NodeId) -> String {
+    format!("node '{}' ({})", g.node(n).name, g.node(n).op_type)
+}
+
+/// Nodes: unique names, inputs, captures and outputs live and in their use-lists/producers.
+fn node_violations(g: &Graph, live: &HashSet<ValueId>, errs: &mut Vec<String>) {
+    let is_live = |v: ValueId| live.contains(&v);
+    let label = |n: NodeId| label(g, n);
     let mut node_names = HashSet::new();
     for n in g.node_ids() {
         let node = g.node(n);
@@ -91,7 +104,12 @@ pub fn violations(g: &Graph) -> Vec<String> {
             }
         }
     }
+}
 
+/// Values: names unique and indexed, use-lists and producers current, every read value
+/// defined.
+fn value_violations(g: &Graph, errs: &mut Vec<String>) {
+    let label = |n: NodeId| label(g, n);
     let inputs: HashSet<ValueId> = g.inputs.iter().copied().collect();
     let sparse: HashSet<ValueId> = g.sparse_initializers.iter().copied().collect();
     let mut names = HashSet::new();
@@ -151,6 +169,11 @@ pub fn violations(g: &Graph) -> Vec<String> {
             ));
         }
     }
+}
+
+/// The graph's input, output and initializer lists name live values (initializers hold one).
+fn list_violations(g: &Graph, live: &HashSet<ValueId>, errs: &mut Vec<String>) {
+    let is_live = |v: ValueId| live.contains(&v);
     for (what, list) in [
         ("input", &g.inputs),
         ("output", &g.outputs),
@@ -167,8 +190,4 @@ pub fn violations(g: &Graph) -> Vec<String> {
             }
         }
     }
-    if let Err(e) = g.topo_order() {
-        errs.push(e.to_string());
-    }
-    errs
 }
