@@ -267,6 +267,90 @@ fn every_pruned_train_step_matches_finite_differences() {
     assert!(checked >= 10, "only {checked} pruned models were checked");
 }
 
+/// The CUDA form of the step (BatchNormalization composed of standard ops, since ONNX
+/// Runtime's CUDA provider has no training-mode kernel at opset ≥ 14) computes what the fused
+/// CPU form computes: the same loss, parameter updates and running statistics after one step,
+/// on ResNet-20 and on ResNet-20 pruned globally (layers of a few channels).
+#[test]
+fn composed_batch_norm_step_matches_the_fused_one() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let model = Model::load(&path).unwrap();
+    let mut pruned = model.clone();
+    let opts = PruneOptions {
+        selection: Selection::Scored(Scored::new(
+            CriterionKind::L1,
+            Amount::Target(Budget::Flops(0.5)),
+        )),
+        verify_with: Vec::new(),
+        tolerance: 1e-4,
+    };
+    prune(&mut pruned, &opts).unwrap();
+    for (name, m) in [("resnet20", &model), ("resnet20 flops=0.5", &pruned)] {
+        let fused = compile_train_step(m, &plain_sgd(8)).unwrap();
+        let composed = compile_train_step(
+            m,
+            &StepOptions {
+                composed_batch_norm: true,
+                ..plain_sgd(8)
+            },
+        )
+        .unwrap();
+        let count = |s: &TrainStep| {
+            s.model
+                .graph
+                .node_ids()
+                .map(|n| s.model.graph.node(n))
+                .filter(|n| {
+                    n.op_type == "BatchNormalization" && n.attr_i("training_mode") == Some(1)
+                })
+                .count()
+        };
+        assert!(
+            count(&fused) > 0,
+            "{name}: no training-mode BatchNormalization"
+        );
+        assert_eq!(count(&composed), 0, "{name}: a training-mode node is left");
+        let f = feed(&fused, m, 0.1);
+        let a = session(&fused, dir.path()).run(&f).unwrap();
+        let b = session(&composed, dir.path()).run(&f).unwrap();
+        let (la, lb) = (
+            output(&a, &fused.loss).to_f64_vec().unwrap()[0],
+            output(&b, &composed.loss).to_f64_vec().unwrap()[0],
+        );
+        assert!(
+            (la - lb).abs() <= 1e-4 * la.abs(),
+            "{name}: loss {la} vs {lb}"
+        );
+        for c in fused.params.iter().chain(&fused.running) {
+            let (x, y) = (
+                output(&a, &c.output).to_f64_vec().unwrap(),
+                output(&b, &c.output).to_f64_vec().unwrap(),
+            );
+            let init = c.init.to_f64_vec().unwrap();
+            // Compare the changes the step made, relative to the largest change.
+            let scale = x
+                .iter()
+                .zip(&init)
+                .map(|(v, w)| (v - w).abs())
+                .fold(1e-6, f64::max);
+            let worst = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 2e-3 * scale,
+                "{name}: {}: updates differ by {worst:e} (largest change {scale:e})",
+                c.input
+            );
+        }
+    }
+}
+
 #[test]
 fn steps_on_one_batch_lower_the_loss() {
     if !require_ort() {

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions};
 use crate::ir::{Model, Tensor};
 use crate::runtime::ort::CarriedSession;
-use crate::runtime::{self, model_inputs, BackendKind, Session};
+use crate::runtime::{self, model_inputs, BackendKind, Device, Session};
 
 use super::checkpoint::{self, Position};
 use super::loss::Loss;
@@ -154,6 +154,7 @@ fn compile(model: &Model, opts: &TrainOptions) -> Result<(Model, TrainStep)> {
         regularizers: opts.regularizers.clone(),
         freeze: opts.freeze.clone(),
         no_decay: opts.no_decay.clone(),
+        composed_batch_norm: opts.runtime.device == Device::Cuda,
     };
     let ts = compile_train_step(&prepared, &step_opts)?;
     Ok((prepared, ts))

@@ -50,6 +50,10 @@ pub struct StepOptions {
     pub freeze: Vec<String>,
     /// Globs on parameter names that get no weight decay.
     pub no_decay: Vec<String>,
+    /// BatchNormalization in training mode as standard ops ([`bn_train::compose`]) instead
+    /// of one fused node: for ONNX Runtime's CUDA provider, which has no training-mode kernel
+    /// at opset 14 or later.
+    pub composed_batch_norm: bool,
 }
 
 impl Default for StepOptions {
@@ -61,6 +65,7 @@ impl Default for StepOptions {
             regularizers: Vec::new(),
             freeze: Vec::new(),
             no_decay: Vec::new(),
+            composed_batch_norm: false,
         }
     }
 }
@@ -248,8 +253,12 @@ where
         )));
     }
     // The closed-form BatchNormalization rule has run: give the training-mode nodes their own
-    // statistics inputs (ORT writes the batch statistics into them).
-    bn_train::isolate_statistics(&mut m.graph, &fwd.bns)?;
+    // statistics inputs (ORT writes the batch statistics into them), or compose them.
+    if opts.composed_batch_norm {
+        bn_train::compose(&mut m.graph, &fwd.bns, opset)?;
+    } else {
+        bn_train::isolate_statistics(&mut m.graph, &fwd.bns)?;
+    }
 
     let mut outs = Outputs::default();
     let trained = Trained {

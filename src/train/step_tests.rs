@@ -118,6 +118,7 @@ fn options() -> StepOptions {
         ],
         freeze: vec!["fc.b".into()],
         no_decay: vec!["bn.*".into()],
+        composed_batch_norm: false,
     }
 }
 
