@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod compress;
 mod data_args;
 mod eval;
 mod groups;
@@ -13,6 +14,7 @@ mod progress;
 mod prune;
 mod recalibrate;
 mod runtime_args;
+mod selection_args;
 mod simplify;
 mod train;
 mod verify;
@@ -40,6 +42,9 @@ enum Command {
     /// Remove channels (--ratio, --target flops=R, --threshold, --remove-dead, --plan) ranked
     /// by a criterion, and write the smaller model, verified.
     Prune(Box<prune::Args>),
+    /// Original to shipped model in one command: evaluate, prune, recover (bn, finetune, kd),
+    /// evaluate each stage, verify, time; resumable (--resume), --report JSON.
+    Compress(Box<compress::Args>),
     /// Check that two models compute the same outputs on random inputs.
     Verify(verify::Args),
     /// Re-estimate BatchNormalization running statistics on calibration data (a pruned
@@ -104,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Groups(a) => groups::run(a),
         Command::Prune(a) => prune::run(*a),
+        Command::Compress(a) => compress::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Recalibrate(a) => recalibrate::run(*a),
         Command::Train(a) => train::run(*a, false),

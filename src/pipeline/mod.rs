@@ -27,6 +27,7 @@
 pub mod activations;
 pub mod allocate;
 pub mod analyse;
+pub mod compress;
 pub mod latency;
 pub mod options;
 pub mod recalibrate;

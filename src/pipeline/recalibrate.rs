@@ -65,6 +65,11 @@ fn stat_nodes(model: &Model) -> Result<Vec<StatNode>> {
     Ok(out)
 }
 
+/// Whether `model` has a node whose running statistics [`recalibrate`] can re-estimate.
+pub fn has_running_statistics(model: &Model) -> bool {
+    stat_nodes(model).is_ok()
+}
+
 /// Per-channel `(sum, sum of squares, count)` of `t` over every axis but 1.
 fn accumulate(t: &Tensor, acc: &mut Vec<(f64, f64, f64)>) -> Result<()> {
     let shape = t.shape();

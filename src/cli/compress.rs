@@ -1,0 +1,365 @@
+//! `lopper compress`: original to shipped model in one command ([`lopper::pipeline::compress`]:
+//! evaluate, prune, recover, evaluate after each stage, verify, time), then the model written
+//! atomically, a table on stdout and `--report` JSON. Parses, calls the library, prints.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+
+use lopper::eval::EvalOptions;
+use lopper::ir::Model;
+use lopper::oracle::available_backends;
+use lopper::pipeline::compress::{
+    compress, CompressOptions, CompressReport, Data, Observer, Recovery, StageReport,
+};
+use lopper::pipeline::recalibrate::has_running_statistics;
+use lopper::pipeline::PruneOptions;
+use lopper::train::optim::Optimizer;
+use lopper::train::options::{Augment, Event, Recipe, TrainOptions};
+
+use super::data_args::DataArgs;
+use super::inspect::si;
+use super::progress;
+use super::runtime_args::RuntimeArgs;
+use super::selection_args::SelectionArgs;
+use super::OutputArgs;
+
+/// Arguments of `lopper compress`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The original ONNX classifier (BatchNormalization kept for `bn` recovery).
+    model: PathBuf,
+    #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
+    select: SelectionArgs,
+    #[command(
+        flatten,
+        next_help_heading = "Data (training split: --split, default train)"
+    )]
+    data: Box<DataArgs>,
+    /// Held-out split every stage is evaluated on.
+    #[arg(long, default_value = "test", help_heading = "Evaluation")]
+    eval_split: String,
+    /// Evaluate on N samples spread evenly over the held-out split.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Evaluation")]
+    eval_limit: Option<u64>,
+    /// Recovery stages in order, comma-separated: bn (recalibrate BatchNormalization
+    /// statistics), finetune, kd (distil from the original), or none
+    /// [default: bn,kd; kd when the model has no BatchNormalization].
+    #[arg(long, help_heading = "Recovery")]
+    recover: Option<String>,
+    /// Training epochs of finetune/kd.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recovery")]
+    epochs: Option<u32>,
+    /// Base learning rate of finetune/kd (SGD, cosine) [default: 0.01].
+    #[arg(long, help_heading = "Recovery")]
+    lr: Option<f64>,
+    /// Samples per training step.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recovery")]
+    batch_size: u32,
+    /// Train on N samples per epoch, spread evenly over the training split.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Recovery")]
+    limit: Option<u64>,
+    /// Distillation teacher [default: the original model].
+    #[arg(long, help_heading = "Recovery")]
+    teacher: Option<PathBuf>,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 4.0, help_heading = "Recovery")]
+    temperature: f32,
+    /// Weight of the distillation term (1 − alpha on the labels).
+    #[arg(long, default_value_t = 0.7, help_heading = "Recovery")]
+    alpha: f32,
+    /// Label smoothing ε of finetune/kd.
+    #[arg(long, default_value_t = 0.0, help_heading = "Recovery")]
+    label_smoothing: f32,
+    /// No augmentation in finetune/kd (default for images: random crop and flip).
+    #[arg(long, help_heading = "Recovery")]
+    no_augment: bool,
+    /// Training-split samples for data-driven criteria and BN recalibration.
+    #[arg(long, default_value_t = 1024, help_heading = "Recovery")]
+    calibration_samples: usize,
+    #[command(
+        flatten,
+        next_help_heading = "Runtime (evaluation and calibration; --device also trains)"
+    )]
+    runtime: RuntimeArgs,
+    /// Largest relative output difference the pruning oracle accepts.
+    #[arg(long, default_value_t = 1e-4, help_heading = "Checks")]
+    tolerance: f64,
+    /// Do not time the final model against the original.
+    #[arg(long, help_heading = "Checks")]
+    no_latency: bool,
+    /// Timed runs per model for the latency ratio.
+    #[arg(long, default_value_t = 30, help_heading = "Checks")]
+    latency_runs: usize,
+    /// Write the run's report (every stage's accuracy, size and time; checks; latency) as JSON.
+    #[arg(long, help_heading = "Outputs")]
+    report: Option<PathBuf>,
+    /// Continue an interrupted run from its work folder (same options).
+    #[arg(long, help_heading = "Outputs")]
+    resume: bool,
+    /// The work folder (every stage's model and the journal; removed after success)
+    /// [default: OUTPUT.work].
+    #[arg(long, help_heading = "Outputs")]
+    work_dir: Option<PathBuf>,
+}
+
+/// Progress on stderr: a spinner with the stage, a bar for counted work, a line per stage.
+struct Status {
+    spinner: ProgressBar,
+    bar: Option<ProgressBar>,
+}
+
+impl Status {
+    fn clear_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Status {
+    fn stage(&mut self, what: &str) {
+        self.clear_bar();
+        self.spinner.set_message(what.to_string());
+    }
+
+    fn count(&mut self, done: usize, total: usize) {
+        let bar = self.bar.get_or_insert_with(|| progress::bar("samples"));
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }
+
+    fn train(&mut self, event: &Event<'_>) {
+        match event {
+            Event::EpochStart { epoch, steps } => {
+                self.clear_bar();
+                let bar = progress::bar("steps");
+                bar.set_length(*steps as u64);
+                self.spinner.set_message(format!("training: epoch {epoch}"));
+                self.bar = Some(bar);
+            }
+            Event::Step {
+                done,
+                loss,
+                images_per_second,
+                ..
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*done as u64);
+                    bar.set_message(format!("loss {loss:.4} {images_per_second:.0} img/s"));
+                }
+            }
+            Event::EpochEnd(r) => {
+                self.spinner.suspend(|| {
+                    eprintln!(
+                        "  epoch {}: loss {:.4}, train acc {:.2}%, {:.0} img/s",
+                        r.epoch,
+                        r.loss,
+                        r.accuracy * 100.0,
+                        r.images_per_second
+                    )
+                });
+            }
+            Event::Eval(..) => {}
+        }
+    }
+
+    fn done(&mut self, s: &StageReport, resumed: bool) {
+        self.clear_bar();
+        self.spinner.suspend(|| {
+            eprintln!(
+                "{}: top-1 {}, MACs {}, {:.1} s{}",
+                s.stage,
+                pct(s.top1),
+                si(s.macs),
+                s.seconds,
+                if resumed {
+                    " (done before: resumed)"
+                } else {
+                    ""
+                }
+            )
+        });
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0))
+}
+
+impl Args {
+    /// The recovery stages: as given, or the default for this model.
+    fn recovery(&self, model: &Model) -> Result<Vec<Recovery>> {
+        Ok(match &self.recover {
+            Some(s) => Recovery::parse_list(s)?,
+            None if has_running_statistics(model) => vec![Recovery::Bn, Recovery::Kd],
+            None => vec![Recovery::Kd],
+        })
+    }
+
+    /// What the run was asked, as the journal records it: a short summary and a hash of every
+    /// option that changes the result.
+    fn settings(&self, recover: &[Recovery]) -> String {
+        let all = format!(
+            "{:?}",
+            (
+                &self.model,
+                &self.select,
+                &self.data,
+                &self.eval_split,
+                self.eval_limit,
+                recover,
+                (self.epochs, self.lr, self.batch_size, self.limit),
+                (&self.teacher, self.temperature, self.alpha),
+                (self.label_smoothing, self.no_augment),
+                self.calibration_samples,
+                self.tolerance
+            )
+        );
+        let hash = all.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let names: Vec<&str> = recover.iter().map(|r| r.name()).collect();
+        format!(
+            "{} recover {} [{hash:016x}]",
+            self.model.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(",")
+            }
+        )
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let selection = args.select.selection()?;
+    let original = Model::load(&args.model)?;
+    let recover = args.recovery(&original)?;
+    if args.data.data.is_none() {
+        return Err(lopper::Error::Usage(
+            "compress evaluates and recovers on data: pass --data (and --split/--eval-split)"
+                .into(),
+        )
+        .into());
+    }
+    let (backend, runtime) = args.runtime.resolve()?;
+    let mut train_args: DataArgs = (*args.data).clone();
+    train_args.split = Some(args.data.split.clone().unwrap_or_else(|| "train".into()));
+    let eval_args = DataArgs {
+        split: Some(args.eval_split.clone()),
+        ..(*args.data).clone()
+    };
+    let (_, preprocess) = train_args.open()?;
+    let open_train = || train_args.open().map(|(d, _)| d);
+    let open_eval = || eval_args.open().map(|(d, _)| d);
+    let data = Data {
+        train: &open_train,
+        eval: &open_eval,
+        preprocess,
+    };
+    let optimizer = Optimizer::default();
+    let opts = CompressOptions {
+        prune: PruneOptions {
+            selection,
+            verify_with: available_backends(),
+            tolerance: args.tolerance,
+        },
+        recover: recover.clone(),
+        train: TrainOptions {
+            epochs: args
+                .epochs
+                .map_or_else(|| Recipe::Finetune.epochs(), |e| e as usize),
+            batch: args.batch_size as usize,
+            lr: args.lr.unwrap_or_else(|| Recipe::Finetune.lr(&optimizer)),
+            optimizer,
+            augment: Augment {
+                crop: !args.no_augment,
+                flip: !args.no_augment,
+            },
+            runtime,
+            limit: args.limit.map(|l| l as usize),
+            ..Default::default()
+        },
+        loss: (args.label_smoothing, args.temperature, args.alpha),
+        teacher: args.teacher.clone(),
+        eval: EvalOptions {
+            backend,
+            runtime,
+            batch: None,
+            limit: args.eval_limit.map(|l| l as usize),
+        },
+        calibration_samples: args.calibration_samples,
+        latency: (!args.no_latency).then_some((args.latency_runs.max(1), 1)),
+        work_dir: args.work_dir.clone().unwrap_or_else(|| {
+            let mut s = args.out.output.as_os_str().to_owned();
+            s.push(".work");
+            PathBuf::from(s)
+        }),
+        resume: args.resume,
+        settings: args.settings(&recover),
+    };
+    let mut status = Status {
+        spinner: progress::spinner(),
+        bar: None,
+    };
+    let result = compress(&args.model, &opts, &data, &mut status);
+    status.clear_bar();
+    status.spinner.finish_and_clear();
+    let (model, report) = result?;
+    model
+        .save(&args.out.output, &args.out.save_options())
+        .with_context(|| format!("writing {}", args.out.output.display()))?;
+    if let Some(p) = &args.report {
+        let text = serde_json::to_string_pretty(&report)?;
+        lopper::onnx::save::write_atomic(p, text.as_bytes())?;
+    }
+    print_table(&args, &report);
+    std::fs::remove_dir_all(&opts.work_dir)
+        .with_context(|| format!("removing {}", opts.work_dir.display()))?;
+    Ok(())
+}
+
+fn print_table(args: &Args, r: &CompressReport) {
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9}  what",
+        "stage", "top-1", "top-5", "loss", "MACs", "params", "time"
+    );
+    for s in &r.stages {
+        println!(
+            "{:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8.1}s  {}",
+            s.stage,
+            pct(s.top1),
+            pct(s.top5),
+            s.loss.map_or_else(|| "-".into(), |l| format!("{l:.4}")),
+            si(s.macs),
+            si(s.params),
+            s.seconds,
+            s.note
+        );
+    }
+    let checks: Vec<String> = r
+        .verified
+        .iter()
+        .map(|(b, e)| format!("{b} {e:.1e}"))
+        .collect();
+    println!(
+        "verified: runs in {} (largest difference from the first runtime)",
+        checks.join(", ")
+    );
+    if let Some(l) = &r.latency {
+        println!(
+            "latency: x{:.3} of the original ({:.3} ms vs {:.3} ms median, {}, batch {})",
+            l.ratio,
+            l.median.1 * 1e3,
+            l.median.0 * 1e3,
+            l.runtime,
+            l.batch
+        );
+    }
+    println!("{} -> {}", args.model.display(), args.out.output.display());
+}

@@ -1,0 +1,219 @@
+//! The flags that say what to remove (amount, criterion, allocation), shared by `lopper
+//! prune` and `lopper compress`, and their translation into a [`Selection`].
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
+use lopper::pipeline::{Scored, Selection};
+use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Granularity, Scope};
+use lopper::plan::PlanFile;
+
+/// `--scope`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ScopeArg {
+    /// The same ratio in every group.
+    Local,
+    /// One threshold over all normalised scores.
+    Global,
+}
+
+/// `--allocation`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AllocationArg {
+    /// Channels ranked individually.
+    Channel,
+    /// AdaPruner: each group (block) keeps channels in proportion to its mean BN gamma.
+    Block,
+}
+
+/// What to remove, by which criterion, allocated how.
+#[derive(clap::Args, Debug)]
+pub struct SelectionArgs {
+    /// Remove this fraction of channels: of every group (--scope local, the default here) or
+    /// of all prunable channels by one threshold (--scope global).
+    #[arg(long, help_heading = "What to remove")]
+    pub ratio: Option<f64>,
+    /// Meet a budget: flops=R (MACs kept), params=R or latency=R (measured with --backend on
+    /// --device), found by bisection, within --target-tolerance for flops/params.
+    #[arg(long, value_parser = parse_target, help_heading = "What to remove")]
+    pub target: Option<Budget>,
+    /// Remove every channel whose (normalised) score is below this.
+    #[arg(long, help_heading = "What to remove")]
+    threshold: Option<f64>,
+    /// Remove exactly the channels that contribute nothing or a constant (all-zero filters,
+    /// BatchNormalization gamma = 0), compensating constants in the consumers' biases.
+    #[arg(long, help_heading = "What to remove")]
+    remove_dead: bool,
+    /// With --remove-dead: first set BatchNormalization gammas with |gamma| below this to 0
+    /// (after sparse training), so those channels are removed with their constant folded in.
+    #[arg(long, requires = "remove_dead", help_heading = "What to remove")]
+    gamma_below: Option<f64>,
+    /// Replay a plan written by --save-plan (same model ⇒ byte-identical output).
+    #[arg(long, help_heading = "What to remove")]
+    pub plan: Option<PathBuf>,
+    /// Importance criterion: l1, l2, bn-scale, fpgm, lamp, random, activation, apoz, taylor,
+    /// epruner (alone: keeps its exemplars), or multi:l1=0.5,bn-scale=0.5.
+    #[arg(long, default_value = "l1", value_parser = |s: &str| CriterionKind::parse(s), help_heading = "Criterion")]
+    pub criterion: CriterionKind,
+    /// How a channel's scores over several producers combine.
+    #[arg(long, default_value = "sum", value_parser = |s: &str| Reduce::parse(s), help_heading = "Criterion")]
+    reduce: Reduce,
+    /// Use raw scores instead of scores divided by each group's largest.
+    #[arg(long, help_heading = "Criterion")]
+    raw_scores: bool,
+    /// Seed of the random criterion.
+    #[arg(long, default_value_t = 0, help_heading = "Criterion")]
+    seed: u64,
+    /// Same ratio per group (local) or one threshold over all groups (global)
+    /// [default: local for --ratio, global otherwise].
+    #[arg(long, value_enum, help_heading = "Allocation")]
+    scope: Option<ScopeArg>,
+    /// Rank channels, or size whole groups by their BN importance (AdaPruner).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "channel",
+        help_heading = "Allocation"
+    )]
+    allocation: AllocationArg,
+    /// Protect threshold per group: a fraction (0.1), a count (4), or both (0.1,4).
+    #[arg(long, default_value = "0.1", value_parser = parse_min_keep, help_heading = "Allocation")]
+    min_keep: (f64, usize),
+    /// Largest fraction of any group removed.
+    #[arg(long, default_value_t = 1.0, help_heading = "Allocation")]
+    max_ratio: f64,
+    /// Kept widths are multiples of this (hardware-friendly); groups narrower are left alone.
+    #[arg(long, default_value_t = 1, help_heading = "Allocation")]
+    round_to: usize,
+    /// Leave groups touching nodes whose name matches this glob intact (repeatable).
+    #[arg(long, help_heading = "Allocation")]
+    ignore: Vec<String>,
+    /// Prune in N rounds, re-analysing and re-scoring the model between rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Allocation")]
+    steps: u32,
+    /// Accepted distance of the reached flops/params/latency ratio from the target.
+    #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
+    target_tolerance: f64,
+}
+
+fn parse_target(s: &str) -> std::result::Result<Budget, String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected flops=R, params=R or latency=R"))?;
+    let v: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{v}' is not a number"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!(
+            "the target fraction to keep must be in (0, 1], got {v}"
+        ));
+    }
+    match k.trim() {
+        "flops" | "macs" => Ok(Budget::Flops(v)),
+        "params" => Ok(Budget::Params(v)),
+        "latency" => Ok(Budget::Latency(v)),
+        k => Err(format!(
+            "unknown target '{k}' (expected flops, params or latency)"
+        )),
+    }
+}
+
+fn parse_min_keep(s: &str) -> std::result::Result<(f64, usize), String> {
+    let (mut frac, mut count) = (0.0, 1);
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.contains('.') {
+            frac = part
+                .parse::<f64>()
+                .ok()
+                .filter(|f| (0.0..=1.0).contains(f))
+                .ok_or_else(|| format!("'{part}': a fraction in [0, 1] expected"))?;
+        } else {
+            count = part
+                .parse::<usize>()
+                .map_err(|_| format!("'{part}': a channel count expected"))?
+                .max(1);
+        }
+    }
+    Ok((frac, count))
+}
+
+impl SelectionArgs {
+    /// The selection these flags describe (errors on contradicting or missing flags).
+    pub fn selection(&self) -> Result<Selection> {
+        self.criterion.check_available()?;
+        let amounts = [
+            self.ratio.is_some(),
+            self.target.is_some(),
+            self.threshold.is_some(),
+            self.remove_dead,
+            self.plan.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if amounts > 1 {
+            bail!("give one of --ratio, --target, --threshold, --remove-dead, --plan");
+        }
+        if self.remove_dead {
+            return Ok(match self.gamma_below {
+                Some(t) if t.is_finite() && t > 0.0 => Selection::DeadBelow(t),
+                Some(t) => bail!("--gamma-below must be a positive number, got {t}"),
+                None => Selection::Dead,
+            });
+        }
+        if let Some(p) = &self.plan {
+            return Ok(Selection::Plan(PlanFile::load(p)?));
+        }
+        let amount = match (self.ratio, self.target, self.threshold) {
+            (Some(r), _, _) => {
+                if !(0.0..1.0).contains(&r) {
+                    bail!("--ratio must be in [0, 1), got {r}");
+                }
+                Amount::Ratio(r)
+            }
+            (_, Some(b), _) => Amount::Target(b),
+            (_, _, Some(t)) => Amount::Threshold(t),
+            _ if self.criterion == CriterionKind::Epruner => Amount::Own,
+            _ => bail!(
+                "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
+            ),
+        };
+        let scope = match (self.scope, &amount) {
+            (Some(ScopeArg::Local), _) => Scope::Local,
+            (Some(ScopeArg::Global), _) => Scope::Global,
+            (None, Amount::Ratio(_)) => Scope::Local,
+            (None, _) => Scope::Global,
+        };
+        Ok(Selection::Scored(Scored {
+            criterion: self.criterion.clone(),
+            reduce: self.reduce,
+            normalize: if self.raw_scores {
+                Normalize::None
+            } else {
+                Normalize::Max
+            },
+            seed: self.seed,
+            allocate: AllocateOptions {
+                scope,
+                granularity: match self.allocation {
+                    AllocationArg::Channel => Granularity::Channel,
+                    AllocationArg::Block => Granularity::Block,
+                },
+                amount,
+                constraints: Constraints {
+                    min_keep_fraction: self.min_keep.0,
+                    min_keep_count: self.min_keep.1,
+                    max_ratio: self.max_ratio,
+                    round_to: self.round_to.max(1),
+                    ignore: self.ignore.clone(),
+                },
+                tolerance: self.target_tolerance,
+                ..Default::default()
+            },
+            steps: self.steps as usize,
+        }))
+    }
+}
