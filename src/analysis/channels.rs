@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::Shapes;
 use crate::error::Result;
-use crate::ir::{Model, NodeId, ValueId};
+use crate::ir::{Graph, Model, Node, NodeId, ValueId};
 use crate::ops::channel::{Link, LinkCx, Map, Port, Slot};
 use crate::ops::{self};
 
@@ -231,6 +231,302 @@ impl Walk {
     }
 }
 
+/// The node being walked: its id, the node and the label its reasons start with.
+struct At<'a> {
+    n: NodeId,
+    node: &'a Node,
+    label: &'a str,
+}
+
+impl Walk {
+    /// Tracked slots of `node`'s inputs: `(port, axis, length)`, sorted.
+    fn tracked_inputs(&self, node: &Node) -> Vec<(usize, usize, usize)> {
+        let mut tracked = Vec::new();
+        for (p, v) in node.inputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for key in self.keys_of(*v) {
+                tracked.push((p, key.1, self.slots[&key].len()));
+            }
+        }
+        tracked.sort_unstable();
+        tracked
+    }
+
+    /// Blocks the channels of the values `node`'s subgraphs capture: the body may use them in
+    /// any way.
+    fn block_captures(&mut self, node: &Node, label: &str) {
+        for c in &node.captures {
+            let keys = self.keys_of(*c);
+            for k in keys {
+                for &a in &self.slots[&k] {
+                    self.blocked
+                        .push((a, format!("{label}: read inside a subgraph")));
+                }
+            }
+        }
+    }
+
+    /// Atoms of an input slot of `node`.
+    fn input_atoms(&self, node: &Node, s: Slot) -> Option<Vec<AtomId>> {
+        let Port::In(p) = s.port else { return None };
+        self.slots.get(&(node.input(p)?, s.axis)).cloned()
+    }
+
+    /// Atoms of an input or output slot of `node`.
+    fn slot_atoms(&self, node: &Node, s: Slot) -> Option<Vec<AtomId>> {
+        match s.port {
+            Port::In(_) => self.input_atoms(node, s),
+            Port::Out(p) => node
+                .output(p)
+                .and_then(|v| self.slots.get(&(v, s.axis)).cloned()),
+        }
+    }
+
+    /// New atoms of a source of `len` channels that the node creates at `slot`.
+    fn add_source(&mut self, at: &At, slot: Slot, len: usize, constant: bool) -> Vec<AtomId> {
+        let sid = self.sources.len();
+        let atoms = self.new_atoms(len, sid);
+        self.sources.push(Source {
+            node: at.n,
+            node_name: at.node.name.clone(),
+            op: at.node.op_type.clone(),
+            slot,
+            atoms: atoms.clone(),
+            constant,
+        });
+        atoms
+    }
+
+    /// Follows a link that creates, passes, consumes or blocks channels (couples and members
+    /// wait for the output slots: [`Walk::couple_or_member`]); records the input slots it
+    /// handles.
+    fn follow(
+        &mut self,
+        at: &At,
+        l: &Link,
+        handled: &mut Vec<(usize, usize)>,
+        consumers: &mut Vec<(NodeId, Vec<AtomId>)>,
+    ) {
+        match l {
+            Link::Create { to, len } => {
+                let Port::Out(p) = to.port else { return };
+                let Some(v) = at.node.output(p) else { return };
+                let atoms = self.add_source(at, *to, *len, false);
+                self.put((v, to.axis), atoms, at.label);
+            }
+            Link::Pass { from, to, map } => {
+                if let Port::In(p) = from.port {
+                    handled.push((p, from.axis));
+                }
+                self.pass(at, *from, *to, map);
+            }
+            Link::Assemble { to, parts } => self.assemble(at, *to, parts, handled),
+            Link::ShapeOnly { from } => {
+                if let Port::In(p) = from.port {
+                    handled.push((p, from.axis));
+                }
+            }
+            Link::Consume { from } => {
+                if let Port::In(p) = from.port {
+                    handled.push((p, from.axis));
+                }
+                if let Some(atoms) = self.input_atoms(at.node, *from) {
+                    consumers.push((at.n, atoms));
+                }
+            }
+            Link::Block { slot, reason } => {
+                if let Port::In(p) = slot.port {
+                    handled.push((p, slot.axis));
+                }
+                let atoms = self.slot_atoms(at.node, *slot);
+                for a in atoms.unwrap_or_default() {
+                    self.blocked.push((a, format!("{}: {reason}", at.label)));
+                }
+            }
+            Link::Member { .. } | Link::Couple { .. } => {}
+        }
+    }
+
+    /// A [`Link::Pass`]: the input slot's atoms move to the output slot, through the map
+    /// (positions the map leaves `None` are new constant channels).
+    fn pass(&mut self, at: &At, from: Slot, to: Slot, map: &Map) {
+        let (Some(src), Port::Out(op)) = (self.input_atoms(at.node, from), to.port) else {
+            return;
+        };
+        let Some(v) = at.node.output(op) else { return };
+        let atoms = match map {
+            Map::Identity => src,
+            Map::Index(m) => {
+                let fresh = m.iter().filter(|x| x.is_none()).count();
+                let mut new = Vec::new();
+                if fresh > 0 {
+                    new = self.add_source(at, to, fresh, true);
+                }
+                let mut fresh_iter = new.into_iter();
+                let mut out = Vec::with_capacity(m.len());
+                let mut bad = false;
+                for x in m {
+                    match x {
+                        Some(i) => match src.get(*i) {
+                            Some(a) => out.push(*a),
+                            None => bad = true,
+                        },
+                        None => out.extend(fresh_iter.next()),
+                    }
+                }
+                if bad {
+                    for a in src {
+                        self.blocked
+                            .push((a, format!("{}: channel map out of range", at.label)));
+                    }
+                    return;
+                }
+                out
+            }
+        };
+        self.put((v, to.axis), atoms, at.label);
+    }
+
+    /// A [`Link::Assemble`]: the output slot is the parts' atoms in order; a part nobody
+    /// tracks gets fixed (blocked) atoms.
+    fn assemble(
+        &mut self,
+        at: &At,
+        to: Slot,
+        parts: &[(Option<Slot>, usize)],
+        handled: &mut Vec<(usize, usize)>,
+    ) {
+        let Port::Out(op) = to.port else { return };
+        let Some(v) = at.node.output(op) else { return };
+        let mut atoms = Vec::new();
+        for (slot, len) in parts {
+            match slot.and_then(|s| {
+                if let Port::In(p) = s.port {
+                    handled.push((p, s.axis));
+                }
+                self.input_atoms(at.node, s)
+            }) {
+                Some(a) if a.len() == *len => atoms.extend(a),
+                _ => {
+                    // Channels nobody tracks: fixed, never removable.
+                    let fixed = self.add_source(at, to, *len, true);
+                    for &a in &fixed {
+                        self.blocked.push((
+                            a,
+                            format!("{}: joins channels of an untracked input", at.label),
+                        ));
+                    }
+                    atoms.extend(fixed);
+                }
+            }
+        }
+        self.put((v, to.axis), atoms, at.label);
+    }
+
+    /// Follows a [`Link::Couple`] (unites atoms that go together) or records a
+    /// [`Link::Member`] whose slot is tracked.
+    fn couple_or_member(&mut self, at: &At, l: &Link, members: &mut Vec<Member>) {
+        match l {
+            Link::Couple { slot, sets } => {
+                let Some(atoms) = self.slot_atoms(at.node, *slot) else {
+                    return;
+                };
+                for set in sets {
+                    let mut it = set.iter().filter_map(|&i| atoms.get(i).copied());
+                    if let Some(first) = it.next() {
+                        for a in it {
+                            self.uf.union(first, a);
+                        }
+                    }
+                }
+            }
+            Link::Member {
+                input,
+                axis,
+                slot,
+                map,
+            } if self.slot_atoms(at.node, *slot).is_some() => {
+                members.push(Member {
+                    node: at.n,
+                    input: *input,
+                    axis: *axis,
+                    slot: *slot,
+                    map: map.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Blocks the tracked inputs of the node that no link handled.
+    fn block_unhandled(
+        &mut self,
+        at: &At,
+        tracked: &[(usize, usize, usize)],
+        handled: &[(usize, usize)],
+    ) {
+        for &(p, a, _) in tracked {
+            if !handled.contains(&(p, a)) {
+                let reason = format!("{}: no channel rule for input {p} axis {a}", at.label);
+                for &atom in &self.slots[&(at.node.inputs[p].unwrap_or(ValueId(0)), a)] {
+                    self.blocked.push((atom, reason.clone()));
+                }
+            }
+        }
+    }
+
+    /// Blocks the channels that reach a graph output.
+    fn block_graph_outputs(&mut self, g: &Graph) {
+        for &o in &g.outputs {
+            let keys = self.keys_of(o);
+            for k in keys {
+                for &a in &self.slots[&k] {
+                    self.blocked.push((
+                        a,
+                        format!(
+                            "channels reach graph output '{}' (axis {})",
+                            g.value(o).name,
+                            k.1
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The links node `n`'s op declares; an unknown op blocks every tracked input.
+fn declared_links(
+    g: &Graph,
+    shapes: &Shapes,
+    n: NodeId,
+    tracked: &[(usize, usize, usize)],
+    opset: i64,
+) -> Vec<Link> {
+    let node = g.node(n);
+    let ins = shapes.inputs_of(g, n);
+    let outs = shapes.outputs_of(g, n);
+    let cx = LinkCx {
+        node,
+        inputs: &ins,
+        outputs: &outs,
+        tracked,
+        opset,
+    };
+    match ops::lookup(&node.domain, &node.op_type) {
+        Some(op) => op.channel_links(&cx),
+        None => cx.block_all(&format!(
+            "unknown op {}{}",
+            if node.domain.is_empty() {
+                String::new()
+            } else {
+                format!("{}.", node.domain)
+            },
+            node.op_type
+        )),
+    }
+}
+
 /// Analyses the channel dependencies of a model.
 pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
     let g = &model.graph;
@@ -250,249 +546,29 @@ pub fn channel_groups(model: &Model, shapes: &Shapes) -> Result<ChannelGroups> {
     for n in g.topo_order()? {
         let node = g.node(n);
         let label = format!("node '{}' ({})", node.name, node.op_type);
-        let mut tracked = Vec::new();
-        for (p, v) in node.inputs.iter().enumerate() {
-            let Some(v) = v else { continue };
-            for key in w.keys_of(*v) {
-                tracked.push((p, key.1, w.slots[&key].len()));
-            }
-        }
-        tracked.sort_unstable();
-        // Subgraph captures of channel-carrying values: the body may use them in any way.
-        for c in &node.captures {
-            let keys = w.keys_of(*c);
-            for k in keys {
-                for &a in &w.slots[&k] {
-                    w.blocked
-                        .push((a, format!("{label}: read inside a subgraph")));
-                }
-            }
-        }
-        let ins = shapes.inputs_of(g, n);
-        let outs = shapes.outputs_of(g, n);
-        let cx = LinkCx {
-            node,
-            inputs: &ins,
-            outputs: &outs,
-            tracked: &tracked,
-            opset,
-        };
-        let links = match ops::lookup(&node.domain, &node.op_type) {
-            Some(op) => op.channel_links(&cx),
-            None => cx.block_all(&format!(
-                "unknown op {}{}",
-                if node.domain.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}.", node.domain)
-                },
-                node.op_type
-            )),
-        };
+        let tracked = w.tracked_inputs(node);
+        w.block_captures(node, &label);
+        let links = declared_links(g, shapes, n, &tracked, opset);
         if links.is_empty() && tracked.is_empty() {
             continue;
         }
-        let input_atoms = |w: &Walk, s: Slot| -> Option<Vec<AtomId>> {
-            let Port::In(p) = s.port else { return None };
-            w.slots.get(&(node.input(p)?, s.axis)).cloned()
+        let at = At {
+            n,
+            node,
+            label: &label,
         };
         let mut handled: Vec<(usize, usize)> = Vec::new();
         // Producers and passes first, so that couples and members see output slots.
         for l in &links {
-            match l {
-                Link::Create { to, len } => {
-                    let Port::Out(p) = to.port else { continue };
-                    let Some(v) = node.output(p) else { continue };
-                    let sid = w.sources.len();
-                    let atoms = w.new_atoms(*len, sid);
-                    w.sources.push(Source {
-                        node: n,
-                        node_name: node.name.clone(),
-                        op: node.op_type.clone(),
-                        slot: *to,
-                        atoms: atoms.clone(),
-                        constant: false,
-                    });
-                    w.put((v, to.axis), atoms, &label);
-                }
-                Link::Pass { from, to, map } => {
-                    if let Port::In(p) = from.port {
-                        handled.push((p, from.axis));
-                    }
-                    let (Some(src), Port::Out(op)) = (input_atoms(&w, *from), to.port) else {
-                        continue;
-                    };
-                    let Some(v) = node.output(op) else { continue };
-                    let atoms = match map {
-                        Map::Identity => src,
-                        Map::Index(m) => {
-                            let fresh = m.iter().filter(|x| x.is_none()).count();
-                            let mut new = Vec::new();
-                            if fresh > 0 {
-                                let sid = w.sources.len();
-                                new = w.new_atoms(fresh, sid);
-                                w.sources.push(Source {
-                                    node: n,
-                                    node_name: node.name.clone(),
-                                    op: node.op_type.clone(),
-                                    slot: *to,
-                                    atoms: new.clone(),
-                                    constant: true,
-                                });
-                            }
-                            let mut fresh_iter = new.into_iter();
-                            let mut out = Vec::with_capacity(m.len());
-                            let mut bad = false;
-                            for x in m {
-                                match x {
-                                    Some(i) => match src.get(*i) {
-                                        Some(a) => out.push(*a),
-                                        None => bad = true,
-                                    },
-                                    None => out.extend(fresh_iter.next()),
-                                }
-                            }
-                            if bad {
-                                for a in src {
-                                    w.blocked
-                                        .push((a, format!("{label}: channel map out of range")));
-                                }
-                                continue;
-                            }
-                            out
-                        }
-                    };
-                    w.put((v, to.axis), atoms, &label);
-                }
-                Link::Assemble { to, parts } => {
-                    let Port::Out(op) = to.port else { continue };
-                    let Some(v) = node.output(op) else { continue };
-                    let mut atoms = Vec::new();
-                    for (slot, len) in parts {
-                        match slot.and_then(|s| {
-                            if let Port::In(p) = s.port {
-                                handled.push((p, s.axis));
-                            }
-                            input_atoms(&w, s)
-                        }) {
-                            Some(a) if a.len() == *len => atoms.extend(a),
-                            _ => {
-                                // Channels nobody tracks: fixed, never removable.
-                                let sid = w.sources.len();
-                                let fixed = w.new_atoms(*len, sid);
-                                w.sources.push(Source {
-                                    node: n,
-                                    node_name: node.name.clone(),
-                                    op: node.op_type.clone(),
-                                    slot: *to,
-                                    atoms: fixed.clone(),
-                                    constant: true,
-                                });
-                                for &a in &fixed {
-                                    w.blocked.push((
-                                        a,
-                                        format!("{label}: joins channels of an untracked input"),
-                                    ));
-                                }
-                                atoms.extend(fixed);
-                            }
-                        }
-                    }
-                    w.put((v, to.axis), atoms, &label);
-                }
-                Link::ShapeOnly { from } => {
-                    if let Port::In(p) = from.port {
-                        handled.push((p, from.axis));
-                    }
-                }
-                Link::Consume { from } => {
-                    if let Port::In(p) = from.port {
-                        handled.push((p, from.axis));
-                    }
-                    if let Some(atoms) = input_atoms(&w, *from) {
-                        consumers.push((n, atoms));
-                    }
-                }
-                Link::Block { slot, reason } => {
-                    if let Port::In(p) = slot.port {
-                        handled.push((p, slot.axis));
-                    }
-                    let atoms = match slot.port {
-                        Port::In(_) => input_atoms(&w, *slot),
-                        Port::Out(p) => node
-                            .output(p)
-                            .and_then(|v| w.slots.get(&(v, slot.axis)).cloned()),
-                    };
-                    for a in atoms.unwrap_or_default() {
-                        w.blocked.push((a, format!("{label}: {reason}")));
-                    }
-                }
-                Link::Member { .. } | Link::Couple { .. } => {}
-            }
+            w.follow(&at, l, &mut handled, &mut consumers);
         }
         for l in &links {
-            let slot_atoms = |w: &Walk, s: Slot| match s.port {
-                Port::In(_) => input_atoms(w, s),
-                Port::Out(p) => node
-                    .output(p)
-                    .and_then(|v| w.slots.get(&(v, s.axis)).cloned()),
-            };
-            match l {
-                Link::Couple { slot, sets } => {
-                    let Some(atoms) = slot_atoms(&w, *slot) else {
-                        continue;
-                    };
-                    for set in sets {
-                        let mut it = set.iter().filter_map(|&i| atoms.get(i).copied());
-                        if let Some(first) = it.next() {
-                            for a in it {
-                                w.uf.union(first, a);
-                            }
-                        }
-                    }
-                }
-                Link::Member {
-                    input,
-                    axis,
-                    slot,
-                    map,
-                } if slot_atoms(&w, *slot).is_some() => {
-                    members.push(Member {
-                        node: n,
-                        input: *input,
-                        axis: *axis,
-                        slot: *slot,
-                        map: map.clone(),
-                    });
-                }
-                _ => {}
-            }
+            w.couple_or_member(&at, l, &mut members);
         }
-        for &(p, a, _) in &tracked {
-            if !handled.contains(&(p, a)) {
-                let reason = format!("{label}: no channel rule for input {p} axis {a}");
-                for &at in &w.slots[&(node.inputs[p].unwrap_or(ValueId(0)), a)] {
-                    w.blocked.push((at, reason.clone()));
-                }
-            }
-        }
+        w.block_unhandled(&at, &tracked, &handled);
         links_of.insert(n, links);
     }
-    for &o in &g.outputs {
-        let keys = w.keys_of(o);
-        for k in keys {
-            for &a in &w.slots[&k] {
-                w.blocked.push((
-                    a,
-                    format!(
-                        "channels reach graph output '{}' (axis {})",
-                        g.value(o).name,
-                        k.1
-                    ),
-                ));
-            }
-        }
-    }
+    w.block_graph_outputs(g);
     Ok(build_groups(model, w, links_of, members, consumers))
 }
 

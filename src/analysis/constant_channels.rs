@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::channels::ChannelGroups;
 use super::Shapes;
 use crate::error::Result;
-use crate::ir::{Graph, Model, NodeId, Tensor, ValueId};
+use crate::ir::{Graph, Model, Node, NodeId, Tensor, ValueId};
 use crate::ops;
 use crate::ops::channel::{CompensateCx, Compensation, ConstCx, Link, Map, Port, Slot};
 
@@ -97,6 +97,30 @@ fn index_of(map: &Map, pos: usize) -> Option<usize> {
     }
 }
 
+/// The tracked output slots `node` defines through its `links`, with their length, in link
+/// order.
+fn out_slots(node: &Node, links: &[Link], groups: &ChannelGroups) -> Vec<(Slot, usize)> {
+    let mut out_slots: Vec<(Slot, usize)> = Vec::new();
+    for l in links {
+        let to = match l {
+            Link::Create { to, .. } | Link::Pass { to, .. } | Link::Assemble { to, .. } => *to,
+            _ => continue,
+        };
+        let Port::Out(p) = to.port else { continue };
+        let Some(len) = node
+            .output(p)
+            .and_then(|v| groups.slots.get(&(v, to.axis)))
+            .map(Vec::len)
+        else {
+            continue;
+        };
+        if !out_slots.iter().any(|(s, _)| *s == to) {
+            out_slots.push((to, len));
+        }
+    }
+    out_slots
+}
+
 /// Computes the constant channels of every tracked slot.
 pub fn channel_constants(model: &Model, groups: &ChannelGroups) -> ChannelConstants {
     let g = &model.graph;
@@ -117,26 +141,7 @@ pub fn channel_constants(model: &Model, groups: &ChannelGroups) -> ChannelConsta
             .iter()
             .map(|v| v.and_then(|v| g.init(v)).and_then(Tensor::to_f64_vec))
             .collect();
-        // Output slots this node defines, with their length.
-        let mut out_slots: Vec<(Slot, usize)> = Vec::new();
-        for l in links {
-            let to = match l {
-                Link::Create { to, .. } | Link::Pass { to, .. } | Link::Assemble { to, .. } => *to,
-                _ => continue,
-            };
-            let Port::Out(p) = to.port else { continue };
-            let Some(len) = node
-                .output(p)
-                .and_then(|v| groups.slots.get(&(v, to.axis)))
-                .map(Vec::len)
-            else {
-                continue;
-            };
-            if !out_slots.iter().any(|(s, _)| *s == to) {
-                out_slots.push((to, len));
-            }
-        }
-        for (slot, len) in out_slots {
+        for (slot, len) in out_slots(node, links, groups) {
             let Port::Out(op_port) = slot.port else {
                 continue;
             };

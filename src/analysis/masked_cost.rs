@@ -78,165 +78,32 @@ impl<'a> MaskedCost<'a> {
     pub fn new(model: &'a Model, groups: &ChannelGroups, shapes: &'a Shapes) -> Result<Self> {
         let g = &model.graph;
         let n_classes = groups.class_atoms.len();
-        // Profiles: distinct multisets of classes, shared by slots and members that cut alike.
-        let mut profile_of: HashMap<Vec<(u32, u32)>, Profile> = HashMap::new();
-        let mut profiles: Vec<Vec<(u32, u32)>> = Vec::new();
-        let mut intern = |counts: HashMap<usize, u32>| -> Profile {
-            let mut v: Vec<(u32, u32)> = counts.into_iter().map(|(c, n)| (c as u32, n)).collect();
-            v.sort_unstable();
-            *profile_of.entry(v.clone()).or_insert_with(|| {
-                profiles.push(v);
-                profiles.len() - 1
-            })
-        };
-        let mut slot_profile: HashMap<ValueId, Vec<(usize, Profile)>> = HashMap::new();
-        let mut keys: Vec<&(ValueId, usize)> = groups.slots.keys().collect();
-        keys.sort();
-        for key in keys {
-            let mut counts: HashMap<usize, u32> = HashMap::new();
-            for &a in &groups.slots[key] {
-                *counts.entry(groups.class_of[a]).or_default() += 1;
-            }
-            slot_profile
-                .entry(key.0)
-                .or_default()
-                .push((key.1, intern(counts)));
-        }
-        // Members: distinct indices per class (positions sharing an index go together).
-        let mut member_axes: HashMap<(NodeId, usize), Vec<(usize, Profile)>> = HashMap::new();
-        for m in &groups.members {
-            let node = g.node(m.node);
-            let slot_value = match m.slot.port {
-                Port::In(p) => node.input(p),
-                Port::Out(p) => node.output(p),
-            };
-            let Some(atoms) = slot_value.and_then(|v| groups.slots.get(&(v, m.slot.axis))) else {
-                continue;
-            };
-            let mut class_at: HashMap<usize, usize> = HashMap::new();
-            for (pos, &a) in atoms.iter().enumerate() {
-                let idx = match &m.map {
-                    Map::Identity => Some(pos),
-                    Map::Index(ix) => ix.get(pos).copied().flatten(),
-                };
-                if let Some(i) = idx {
-                    class_at.entry(i).or_insert(groups.class_of[a]);
-                }
-            }
-            let mut counts: HashMap<usize, u32> = HashMap::new();
-            for c in class_at.into_values() {
-                *counts.entry(c).or_default() += 1;
-            }
-            member_axes
-                .entry((m.node, m.input))
-                .or_default()
-                .push((m.axis, intern(counts)));
-        }
+        let mut profiles = Profiles::default();
+        let slot_profile = slot_profiles(groups, &mut profiles);
+        let member_axes = member_profiles(g, groups, &mut profiles);
         let mut class_profiles: Vec<Vec<(Profile, u32)>> = vec![Vec::new(); n_classes];
-        for (p, counts) in profiles.iter().enumerate() {
+        for (p, counts) in profiles.list.iter().enumerate() {
             for &(c, n) in counts {
                 if let Some(cp) = class_profiles.get_mut(c as usize) {
                     cp.push((p, n));
                 }
             }
         }
-
-        // Nodes: precomputed costs, and the ports of those that may change.
-        let mut macs = 0u64;
-        let mut touched = Vec::new();
-        for n in g.topo_order()? {
-            let node = g.node(n);
-            let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
-                continue;
-            };
-            let ins = shapes.inputs_of(g, n);
-            let outs = shapes.outputs_of(g, n);
-            let cost = op
-                .cost(
-                    &Cx {
-                        node,
-                        inputs: &ins,
-                        opset: model.opset(),
-                    },
-                    &outs,
-                )
-                .macs;
-            macs += cost;
-            let mut t = Touched {
-                node: n,
-                op,
-                macs: cost,
-                inputs: Vec::new(),
-                outputs: Vec::new(),
-                rewrite: None,
-            };
-            for (p, v) in node.inputs.iter().enumerate() {
-                let Some(v) = v else { continue };
-                for &(axis, prof) in slot_profile.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                    t.inputs.push((p, axis, prof));
-                }
-                if let Some(axes) = member_axes.get(&(n, p)) {
-                    t.inputs.extend(axes.iter().map(|&(a, prof)| (p, a, prof)));
-                }
-            }
-            for (p, v) in node.outputs.iter().enumerate() {
-                let Some(v) = v else { continue };
-                for &(axis, prof) in slot_profile.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                    t.outputs.push((p, axis, prof));
-                }
-            }
-            if !t.inputs.is_empty() || !t.outputs.is_empty() {
-                t.inputs.sort_unstable();
-                t.outputs.sort_unstable();
-                t.rewrite = rewrite_slots(model, groups, shapes, n, op, &slot_profile);
-                touched.push(t);
-            }
-        }
-
-        // Parameters: every initializer sliced by some member, with its readers.
+        let (macs, touched) = touched_nodes(model, groups, shapes, &slot_profile, &member_axes)?;
         let total_params: u64 = g
             .initializers
             .iter()
             .filter_map(|&v| g.init(v))
             .map(|t| t.len() as u64)
             .sum();
-        let mut by_value: HashMap<ValueId, Vec<(NodeId, usize)>> = HashMap::new();
-        for &(n, p) in member_axes.keys() {
-            if let Some(v) = g.node(n).input(p).filter(|v| g.init(*v).is_some()) {
-                by_value.entry(v).or_default().push((n, p));
-            }
-        }
-        let mut values: Vec<ValueId> = by_value.keys().copied().collect();
-        values.sort();
-        let mut params = Vec::new();
-        for v in values {
-            let Some(t) = g.init(v) else { continue };
-            let mut readers = by_value.remove(&v).unwrap_or_default();
-            readers.sort_unstable();
-            let sliced_everywhere = g
-                .value(v)
-                .uses
-                .iter()
-                .all(|u| readers.binary_search(u).is_ok());
-            params.push(Param {
-                dims: t.shape().iter().map(|&d| d as u64).collect(),
-                uses: readers
-                    .iter()
-                    .map(|r| ParamUse {
-                        axes: member_axes.get(r).cloned().unwrap_or_default(),
-                    })
-                    .collect(),
-                pinned: !sliced_everywhere || g.outputs.contains(&v),
-            });
-        }
         Ok(MaskedCost {
             model,
             shapes,
             n_classes,
             class_profiles,
-            n_profiles: profiles.len(),
+            n_profiles: profiles.list.len(),
             touched,
-            params,
+            params: sliced_params(g, &member_axes),
             macs,
             total_params,
         })
@@ -422,6 +289,186 @@ impl<'a> MaskedCost<'a> {
         }
         self.estimate(&removed)
     }
+}
+
+/// Profiles: distinct multisets of classes `(class, count)`, shared by slots and members that
+/// cut alike, numbered in the order first seen.
+#[derive(Default)]
+struct Profiles {
+    index: HashMap<Vec<(u32, u32)>, Profile>,
+    list: Vec<Vec<(u32, u32)>>,
+}
+
+impl Profiles {
+    /// The profile of these class counts (a new one when not seen before).
+    fn intern(&mut self, counts: HashMap<usize, u32>) -> Profile {
+        let mut v: Vec<(u32, u32)> = counts.into_iter().map(|(c, n)| (c as u32, n)).collect();
+        v.sort_unstable();
+        *self.index.entry(v.clone()).or_insert_with(|| {
+            self.list.push(v);
+            self.list.len() - 1
+        })
+    }
+}
+
+/// `(axis, profile)` of every tracked slot, by value (slots interned in key order).
+fn slot_profiles(
+    groups: &ChannelGroups,
+    profiles: &mut Profiles,
+) -> HashMap<ValueId, Vec<(usize, Profile)>> {
+    let mut slot_profile: HashMap<ValueId, Vec<(usize, Profile)>> = HashMap::new();
+    let mut keys: Vec<&(ValueId, usize)> = groups.slots.keys().collect();
+    keys.sort();
+    for key in keys {
+        let mut counts: HashMap<usize, u32> = HashMap::new();
+        for &a in &groups.slots[key] {
+            *counts.entry(groups.class_of[a]).or_default() += 1;
+        }
+        slot_profile
+            .entry(key.0)
+            .or_default()
+            .push((key.1, profiles.intern(counts)));
+    }
+    slot_profile
+}
+
+/// `(axis, profile)` of every member constant, by `(node, input)`: distinct indices per class
+/// (positions sharing an index go together).
+fn member_profiles(
+    g: &Graph,
+    groups: &ChannelGroups,
+    profiles: &mut Profiles,
+) -> HashMap<(NodeId, usize), Vec<(usize, Profile)>> {
+    let mut member_axes: HashMap<(NodeId, usize), Vec<(usize, Profile)>> = HashMap::new();
+    for m in &groups.members {
+        let node = g.node(m.node);
+        let slot_value = match m.slot.port {
+            Port::In(p) => node.input(p),
+            Port::Out(p) => node.output(p),
+        };
+        let Some(atoms) = slot_value.and_then(|v| groups.slots.get(&(v, m.slot.axis))) else {
+            continue;
+        };
+        let mut class_at: HashMap<usize, usize> = HashMap::new();
+        for (pos, &a) in atoms.iter().enumerate() {
+            let idx = match &m.map {
+                Map::Identity => Some(pos),
+                Map::Index(ix) => ix.get(pos).copied().flatten(),
+            };
+            if let Some(i) = idx {
+                class_at.entry(i).or_insert(groups.class_of[a]);
+            }
+        }
+        let mut counts: HashMap<usize, u32> = HashMap::new();
+        for c in class_at.into_values() {
+            *counts.entry(c).or_default() += 1;
+        }
+        member_axes
+            .entry((m.node, m.input))
+            .or_default()
+            .push((m.axis, profiles.intern(counts)));
+    }
+    member_axes
+}
+
+/// Nodes: the total of their precomputed MACs, and those whose cost may change (with the
+/// ports that follow a profile), in topological order.
+fn touched_nodes(
+    model: &Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    slot_profile: &HashMap<ValueId, Vec<(usize, Profile)>>,
+    member_axes: &HashMap<(NodeId, usize), Vec<(usize, Profile)>>,
+) -> Result<(u64, Vec<Touched>)> {
+    let g = &model.graph;
+    let mut macs = 0u64;
+    let mut touched = Vec::new();
+    for n in g.topo_order()? {
+        let node = g.node(n);
+        let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        let ins = shapes.inputs_of(g, n);
+        let outs = shapes.outputs_of(g, n);
+        let cost = op
+            .cost(
+                &Cx {
+                    node,
+                    inputs: &ins,
+                    opset: model.opset(),
+                },
+                &outs,
+            )
+            .macs;
+        macs += cost;
+        let mut t = Touched {
+            node: n,
+            op,
+            macs: cost,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            rewrite: None,
+        };
+        for (p, v) in node.inputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for &(axis, prof) in slot_profile.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+                t.inputs.push((p, axis, prof));
+            }
+            if let Some(axes) = member_axes.get(&(n, p)) {
+                t.inputs.extend(axes.iter().map(|&(a, prof)| (p, a, prof)));
+            }
+        }
+        for (p, v) in node.outputs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for &(axis, prof) in slot_profile.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+                t.outputs.push((p, axis, prof));
+            }
+        }
+        if !t.inputs.is_empty() || !t.outputs.is_empty() {
+            t.inputs.sort_unstable();
+            t.outputs.sort_unstable();
+            t.rewrite = rewrite_slots(model, groups, shapes, n, op, slot_profile);
+            touched.push(t);
+        }
+    }
+    Ok((macs, touched))
+}
+
+/// Parameters: every initializer sliced by some member, with its readers, in value order.
+fn sliced_params(
+    g: &Graph,
+    member_axes: &HashMap<(NodeId, usize), Vec<(usize, Profile)>>,
+) -> Vec<Param> {
+    let mut by_value: HashMap<ValueId, Vec<(NodeId, usize)>> = HashMap::new();
+    for &(n, p) in member_axes.keys() {
+        if let Some(v) = g.node(n).input(p).filter(|v| g.init(*v).is_some()) {
+            by_value.entry(v).or_default().push((n, p));
+        }
+    }
+    let mut values: Vec<ValueId> = by_value.keys().copied().collect();
+    values.sort();
+    let mut params = Vec::new();
+    for v in values {
+        let Some(t) = g.init(v) else { continue };
+        let mut readers = by_value.remove(&v).unwrap_or_default();
+        readers.sort_unstable();
+        let sliced_everywhere = g
+            .value(v)
+            .uses
+            .iter()
+            .all(|u| readers.binary_search(u).is_ok());
+        params.push(Param {
+            dims: t.shape().iter().map(|&d| d as u64).collect(),
+            uses: readers
+                .iter()
+                .map(|r| ParamUse {
+                    axes: member_axes.get(r).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            pinned: !sliced_everywhere || g.outputs.contains(&v),
+        });
+    }
+    params
 }
 
 /// The slots of node `n` with the class at each position, when its op's channel rewrite

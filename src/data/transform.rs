@@ -230,71 +230,7 @@ impl Transform {
                 t.dims = sd.clone();
             }
             &SampleShape::Image { h, w, c, .. } => {
-                let (gh, gw) = geometry(h, w, pre.resize, pre.crop);
-                let got = if pre.resize.is_some() || pre.crop.is_some() {
-                    format!("samples are {sample}, {gh}x{gw} after --resize/--crop")
-                } else {
-                    format!("samples are {sample}")
-                };
-                let (target, tc, th, tw) = match rest.len() {
-                    3 => {
-                        let layout = pre.layout.unwrap_or_else(|| {
-                            if channel_like(rest[2]) && !channel_like(rest[0]) {
-                                Layout::Nhwc
-                            } else {
-                                Layout::Nchw
-                            }
-                        });
-                        match layout {
-                            Layout::Nchw => (Target::Image(layout), rest[0], rest[1], rest[2]),
-                            Layout::Nhwc => (Target::Image(layout), rest[2], rest[0], rest[1]),
-                        }
-                    }
-                    2 => (Target::Plane, Some(1), rest[0], rest[1]),
-                    1 => {
-                        let layout = pre.layout.unwrap_or(Layout::Nchw);
-                        let f = rest[0];
-                        let n = gh.saturating_mul(gw).saturating_mul(c);
-                        if f.is_some_and(|f| f != n) {
-                            return Err(usage(format!(
-                                "{got}: {n} values, the input takes {}",
-                                f.unwrap_or(0)
-                            )));
-                        }
-                        (Target::Flat(layout), Some(c), Some(gh), Some(gw))
-                    }
-                    _ => return Err(usage(format!("{got}: no image layout fits"))),
-                };
-                let (tc, th, tw) = (tc.unwrap_or(c), th.unwrap_or(gh), tw.unwrap_or(gw));
-                let layout_note = match (target, pre.layout) {
-                    (Target::Image(Layout::Nchw), None) => " (read as NCHW)",
-                    (Target::Image(Layout::Nhwc), None) => " (read as NHWC)",
-                    _ => "",
-                };
-                if !converts(c, tc) {
-                    return Err(usage(format!(
-                        "{got}: the input{layout_note} takes {tc} channels, samples have {c}; \
-                         check --layout"
-                    )));
-                }
-                if (th, tw) != (gh, gw) {
-                    return Err(usage(format!(
-                        "{got}: the input{layout_note} takes {th}x{tw} images; use \
-                         --resize/--crop or check --layout"
-                    )));
-                }
-                t.target = target;
-                t.h = th;
-                t.w = tw;
-                t.c = tc;
-                t.dims = match target {
-                    Target::Image(Layout::Nchw) => vec![tc, th, tw],
-                    Target::Image(Layout::Nhwc) => vec![th, tw, tc],
-                    Target::Plane => vec![th, tw],
-                    Target::Flat(_) | Target::Array => {
-                        vec![th.saturating_mul(tw).saturating_mul(tc)]
-                    }
-                };
+                t.plan_image(sample, (h, w, c), rest, pre, &usage)?
             }
         }
         let elems = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -304,9 +240,94 @@ impl Transform {
                 t.dims
             )));
         }
-        let channels = match t.target {
+        t.plan_values(name, bytes, pre)?;
+        Ok(t)
+    }
+
+    /// Plans the geometry of image samples (`sample`, of height, width and channels `hwc`) for
+    /// the model input's per-sample dims `rest`: the target layout, size and channels.
+    fn plan_image(
+        &mut self,
+        sample: &SampleShape,
+        (h, w, c): (usize, usize, usize),
+        rest: &[Option<usize>],
+        pre: &Preprocess,
+        usage: &dyn Fn(String) -> Error,
+    ) -> Result<()> {
+        let (gh, gw) = geometry(h, w, pre.resize, pre.crop);
+        let got = if pre.resize.is_some() || pre.crop.is_some() {
+            format!("samples are {sample}, {gh}x{gw} after --resize/--crop")
+        } else {
+            format!("samples are {sample}")
+        };
+        let (target, tc, th, tw) = match rest.len() {
+            3 => {
+                let layout = pre.layout.unwrap_or_else(|| {
+                    if channel_like(rest[2]) && !channel_like(rest[0]) {
+                        Layout::Nhwc
+                    } else {
+                        Layout::Nchw
+                    }
+                });
+                match layout {
+                    Layout::Nchw => (Target::Image(layout), rest[0], rest[1], rest[2]),
+                    Layout::Nhwc => (Target::Image(layout), rest[2], rest[0], rest[1]),
+                }
+            }
+            2 => (Target::Plane, Some(1), rest[0], rest[1]),
+            1 => {
+                let layout = pre.layout.unwrap_or(Layout::Nchw);
+                let f = rest[0];
+                let n = gh.saturating_mul(gw).saturating_mul(c);
+                if f.is_some_and(|f| f != n) {
+                    return Err(usage(format!(
+                        "{got}: {n} values, the input takes {}",
+                        f.unwrap_or(0)
+                    )));
+                }
+                (Target::Flat(layout), Some(c), Some(gh), Some(gw))
+            }
+            _ => return Err(usage(format!("{got}: no image layout fits"))),
+        };
+        let (tc, th, tw) = (tc.unwrap_or(c), th.unwrap_or(gh), tw.unwrap_or(gw));
+        let layout_note = match (target, pre.layout) {
+            (Target::Image(Layout::Nchw), None) => " (read as NCHW)",
+            (Target::Image(Layout::Nhwc), None) => " (read as NHWC)",
+            _ => "",
+        };
+        if !converts(c, tc) {
+            return Err(usage(format!(
+                "{got}: the input{layout_note} takes {tc} channels, samples have {c}; \
+                 check --layout"
+            )));
+        }
+        if (th, tw) != (gh, gw) {
+            return Err(usage(format!(
+                "{got}: the input{layout_note} takes {th}x{tw} images; use \
+                 --resize/--crop or check --layout"
+            )));
+        }
+        self.target = target;
+        self.h = th;
+        self.w = tw;
+        self.c = tc;
+        self.dims = match target {
+            Target::Image(Layout::Nchw) => vec![tc, th, tw],
+            Target::Image(Layout::Nhwc) => vec![th, tw, tc],
+            Target::Plane => vec![th, tw],
+            Target::Flat(_) | Target::Array => {
+                vec![th.saturating_mul(tw).saturating_mul(tc)]
+            }
+        };
+        Ok(())
+    }
+
+    /// Plans the value mapping: per-channel mean and 1/std (checked against the channels of
+    /// the model input `name`) and the scale.
+    fn plan_values(&mut self, name: &str, bytes: bool, pre: &Preprocess) -> Result<()> {
+        let channels = match self.target {
             Target::Array => 1,
-            _ => t.c,
+            _ => self.c,
         };
         for (what, v) in [("--mean", &pre.mean), ("--std", &pre.std)] {
             if v.len() > 1 && v.len() != channels {
@@ -326,16 +347,16 @@ impl Transform {
                 .map(|i| v.get(i).or(v.first()).copied().unwrap_or(default))
                 .collect()
         };
-        t.mean = spread(&pre.mean, 0.0);
-        t.inv_std = spread(&pre.std, 1.0).iter().map(|s| 1.0 / s).collect();
+        self.mean = spread(&pre.mean, 0.0);
+        self.inv_std = spread(&pre.std, 1.0).iter().map(|s| 1.0 / s).collect();
         let unit_stats = (!pre.mean.is_empty() || !pre.std.is_empty())
             && pre.mean.iter().chain(&pre.std).all(|v| v.abs() <= 1.0);
-        t.scale = pre.scale.unwrap_or(if bytes && unit_stats {
+        self.scale = pre.scale.unwrap_or(if bytes && unit_stats {
             1.0 / 255.0
         } else {
             1.0
         });
-        Ok(t)
+        Ok(())
     }
 
     /// Values per sample.

@@ -8,7 +8,10 @@ use std::collections::HashSet;
 use super::graph::{Graph, Model, Node};
 use super::{Tensor, ValueId};
 use crate::error::{Error, Result};
-use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto};
+use crate::onnx::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto,
+    ValueInfoProto,
+};
 
 /// Builds the IR of a model (consumes the proto; tensor bytes are moved, not copied).
 pub fn import(mut model: ModelProto) -> Result<Model> {
@@ -28,6 +31,28 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
     let nodes = std::mem::take(&mut g.node);
     let value_info = std::mem::take(&mut g.value_info);
 
+    import_inputs(&mut graph, inputs)?;
+    import_initializers(&mut graph, inits)?;
+    import_sparse_initializers(&mut graph, &g.sparse_initializer)?;
+    // Outputs of all nodes first, so that out-of-order files still resolve.
+    define_node_outputs(&mut graph, &nodes)?;
+    import_nodes(&mut graph, nodes)?;
+    import_outputs(&mut graph, outputs)?;
+    for vi in value_info {
+        match graph.value_by_name(vi.name()) {
+            Some(id) if graph.value(id).decl.is_none() => {
+                graph.values_mut(id).decl = Some(vi);
+                graph.value_info.push(id);
+            }
+            _ => g.value_info.push(vi), // kept verbatim
+        }
+    }
+    graph.rest = g;
+    Ok(graph)
+}
+
+/// Defines the graph inputs, with their declarations.
+fn import_inputs(graph: &mut Graph, inputs: Vec<ValueInfoProto>) -> Result<()> {
     for vi in inputs {
         let name = vi.name().to_string();
         if name.is_empty() {
@@ -42,6 +67,11 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         graph.values_mut(id).decl = Some(vi);
         graph.inputs.push(id);
     }
+    Ok(())
+}
+
+/// Defines the initializers (decoded), or attaches them to same-named graph inputs (IR 3).
+fn import_initializers(graph: &mut Graph, inits: Vec<TensorProto>) -> Result<()> {
     for t in inits {
         let name = t.name().to_string();
         if name.is_empty() {
@@ -62,7 +92,12 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         v.init_proto = Some(t);
         graph.initializers.push(id);
     }
-    for s in &g.sparse_initializer {
+    Ok(())
+}
+
+/// Defines the names of the sparse initializers (their protos stay in the graph's rest).
+fn import_sparse_initializers(graph: &mut Graph, sparse: &[SparseTensorProto]) -> Result<()> {
+    for s in sparse {
         let name = s
             .values
             .as_ref()
@@ -76,8 +111,12 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         let id = graph.insert_value(name);
         graph.sparse_initializers.push(id);
     }
-    // Outputs of all nodes first, so that out-of-order files still resolve.
-    for n in &nodes {
+    Ok(())
+}
+
+/// Defines the values the nodes write.
+fn define_node_outputs(graph: &mut Graph, nodes: &[NodeProto]) -> Result<()> {
+    for n in nodes {
         for o in &n.output {
             if o.is_empty() {
                 continue;
@@ -92,6 +131,12 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
             graph.insert_value(o.clone());
         }
     }
+    Ok(())
+}
+
+/// Adds the nodes in file order: names unnamed ones, resolves inputs and outputs, records
+/// subgraph captures.
+fn import_nodes(graph: &mut Graph, nodes: Vec<NodeProto>) -> Result<()> {
     let mut used_names: HashSet<String> = nodes.iter().map(|n| n.name().to_string()).collect();
     for (i, mut n) in nodes.into_iter().enumerate() {
         let op_type = n.op_type().to_string();
@@ -99,15 +144,7 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         let name = if named_in_file {
             n.name().to_string()
         } else {
-            let base = format!("{op_type}_{i}");
-            let mut name = base.clone();
-            let mut k = 1;
-            while used_names.contains(&name) {
-                name = format!("{base}_{k}");
-                k += 1;
-            }
-            used_names.insert(name.clone());
-            name
+            unused_name(format!("{op_type}_{i}"), &mut used_names)
         };
         let resolve = |graph: &Graph, s: &str| -> Result<Option<ValueId>> {
             if s.is_empty() {
@@ -124,26 +161,15 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         let inputs = n
             .input
             .iter()
-            .map(|s| resolve(&graph, s))
+            .map(|s| resolve(graph, s))
             .collect::<Result<Vec<_>>>()?;
         let outputs = n
             .output
             .iter()
-            .map(|s| resolve(&graph, s))
+            .map(|s| resolve(graph, s))
             .collect::<Result<Vec<_>>>()?;
         let attrs = std::mem::take(&mut n.attribute);
-        let mut captures = Vec::new();
-        let mut free = HashSet::new();
-        for a in &attrs {
-            subgraph_free_names(a, &mut free);
-        }
-        let mut free: Vec<String> = free.into_iter().collect();
-        free.sort();
-        for f in free {
-            if let Some(id) = graph.value_by_name(&f) {
-                captures.push(id);
-            }
-        }
+        let captures = captures(graph, &attrs);
         n.input.clear();
         n.output.clear();
         let domain = n.domain().to_string();
@@ -160,6 +186,40 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
             removed: false,
         })?;
     }
+    Ok(())
+}
+
+/// `base`, or `base_k` with the smallest `k ≥ 1` not in `used`; marked used.
+fn unused_name(base: String, used: &mut HashSet<String>) -> String {
+    let mut name = base.clone();
+    let mut k = 1;
+    while used.contains(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    used.insert(name.clone());
+    name
+}
+
+/// The outer-scope values the subgraphs of `attrs` read, in name order.
+fn captures(graph: &Graph, attrs: &[AttributeProto]) -> Vec<ValueId> {
+    let mut captures = Vec::new();
+    let mut free = HashSet::new();
+    for a in attrs {
+        subgraph_free_names(a, &mut free);
+    }
+    let mut free: Vec<String> = free.into_iter().collect();
+    free.sort();
+    for f in free {
+        if let Some(id) = graph.value_by_name(&f) {
+            captures.push(id);
+        }
+    }
+    captures
+}
+
+/// Lists the graph outputs (each must be defined); their declarations fill undeclared values.
+fn import_outputs(graph: &mut Graph, outputs: Vec<ValueInfoProto>) -> Result<()> {
     for vi in outputs {
         let name = vi.name().to_string();
         let id = graph.value_by_name(&name).ok_or_else(|| {
@@ -172,17 +232,7 @@ fn import_graph(mut g: GraphProto) -> Result<Graph> {
         }
         graph.outputs.push(id);
     }
-    for vi in value_info {
-        match graph.value_by_name(vi.name()) {
-            Some(id) if graph.value(id).decl.is_none() => {
-                graph.values_mut(id).decl = Some(vi);
-                graph.value_info.push(id);
-            }
-            _ => g.value_info.push(vi), // kept verbatim
-        }
-    }
-    graph.rest = g;
-    Ok(graph)
+    Ok(())
 }
 
 /// Names read inside subgraph attributes that the subgraph does not define itself.

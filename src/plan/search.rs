@@ -206,21 +206,28 @@ pub(crate) fn bisect(
 fn closer_inside(ends: [(&Vec<usize>, f64, f64); 2], target: f64, tol: f64) -> Option<Found> {
     let mut best: Option<Found> = None;
     for (c, r, p) in ends {
-        if (r - target).abs() <= tol
-            && best
-                .as_ref()
-                .is_none_or(|b| (r - target).abs() < (b.ratio - target).abs())
-        {
-            best = Some(Found {
-                counts: c.clone(),
-                ratio: r,
-                p,
-                moves: 0,
-                met: true,
-            });
+        if (r - target).abs() <= tol {
+            keep_nearer(&mut best, c, r, p, target, tol);
         }
     }
     best
+}
+
+/// Puts `counts` (ratio `r`, family parameter `p`, no fix-up moves) in `best` when `best` is
+/// empty or `r` is strictly nearer `target`; `met` says whether `r` is within `target ± tol`.
+fn keep_nearer(best: &mut Option<Found>, counts: &[usize], r: f64, p: f64, target: f64, tol: f64) {
+    if best
+        .as_ref()
+        .is_none_or(|b| (r - target).abs() < (b.ratio - target).abs())
+    {
+        *best = Some(Found {
+            counts: counts.to_vec(),
+            ratio: r,
+            p,
+            moves: 0,
+            met: (r - target).abs() <= tol,
+        });
+    }
 }
 
 /// Best-first search over allocations one allowed step (up or down, in any group) apart,
@@ -423,18 +430,7 @@ pub(crate) fn bisect_measured(
                 r
             }
         };
-        if best
-            .as_ref()
-            .is_none_or(|b| (r - target).abs() < (b.ratio - target).abs())
-        {
-            best = Some(Found {
-                counts: c.clone(),
-                ratio: r,
-                p,
-                moves: 0,
-                met: (r - target).abs() <= tol,
-            });
-        }
+        keep_nearer(&mut best, &c, r, p, target, tol);
         if (r - target).abs() <= tol {
             break;
         }

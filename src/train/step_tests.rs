@@ -150,8 +150,7 @@ fn globs() {
 
 /// The whole step with gradients fed as inputs (standing in for autodiff): structure,
 /// then one step in ORT against a reference of the update, the regularizers and the
-/// running statistics; then the weights written back into the inference model. (One scenario
-/// from compilation to the inference model, checked as it goes: hence its length.)
+/// running statistics; then the weights written back into the inference model.
 #[test]
 fn step_with_fed_gradients() {
     let model = tiny();
@@ -166,6 +165,47 @@ fn step_with_fed_gradients() {
         Ok(out)
     })
     .unwrap();
+    check_fed_step_structure(&ts);
+
+    if crate::runtime::ort::find_library().is_none() {
+        eprintln!("NOTICE: skipping the ORT part: ONNX Runtime's library is missing");
+        return;
+    }
+    let dir = crate::temp_dir::TempDir::new("step").unwrap();
+    let path = dir.path().join("step.onnx");
+    ts.model.save(&path, &Default::default()).unwrap();
+    let mut sess = runtime::load(BackendKind::Ort, &path).unwrap();
+    let mut s = 99u64;
+    let x = rand(&mut s, &[4, 3, 4, 4], 2.0, 0.3);
+    let (lr, lam) = (0.05f32, 0.2f32);
+    let mut feed = ts.initial_feed();
+    let mut fed = HashMap::new();
+    for c in &ts.params {
+        let t = rand(&mut s, c.init.shape(), 1.0, 0.0);
+        fed.insert(c.input.clone(), t.clone());
+        feed.push((format!("fed/{}", c.input), t));
+    }
+    feed.push((ts.x.clone(), x.clone()));
+    feed.push(("labels".into(), Tensor::from_i64(vec![4], &[0, 4, 2, 1])));
+    feed.push((ts.lr.clone(), Tensor::from_f32(vec![], &[lr])));
+    feed.push((ts.step.clone(), Tensor::from_f32(vec![], &[1.0])));
+    feed.push(("l1_lambda".into(), Tensor::from_f32(vec![], &[lam])));
+    let out: HashMap<String, Tensor> = sess.run(&feed).unwrap().into_iter().collect();
+    let get = |n: &str| out[n].to_f64_vec().unwrap();
+    let (lr, lam) = (f64::from(lr), f64::from(lam));
+    let worst = update_error(&ts, &fed, &get, lr, lam).max(running_stats_error(&ts, &x, &get));
+    assert!(worst < 1e-5, "max abs error {worst}");
+    let loss = get("loss")[0];
+    let acc = get("accuracy")[0];
+    assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+    assert!((acc * 4.0 - (acc * 4.0).round()).abs() < 1e-6 && (0.0..=1.0).contains(&acc));
+
+    check_inference_model(&ts, &out, dir.path(), x);
+}
+
+/// The fed-gradient step of [`tiny`] with [`options`]: its parameters, frozen and running
+/// tensors, optimizer state, BatchNormalization in training mode, opset, batch and outputs.
+fn check_fed_step_structure(ts: &TrainStep) {
     let g = &ts.model.graph;
     let pnames: Vec<&str> = ts.params.iter().map(|c| c.input.as_str()).collect();
     assert_eq!(pnames, ["bn.scale", "bn.bias", "conv.w", "conv.b", "fc.w"]);
@@ -196,33 +236,18 @@ fn step_with_fed_gradients() {
         (ts.loss.as_str(), ts.accuracy.as_deref()),
         ("loss", Some("accuracy"))
     );
+}
 
-    if crate::runtime::ort::find_library().is_none() {
-        eprintln!("NOTICE: skipping the ORT part: ONNX Runtime's library is missing");
-        return;
-    }
-    let dir = crate::temp_dir::TempDir::new("step").unwrap();
-    let path = dir.path().join("step.onnx");
-    ts.model.save(&path, &Default::default()).unwrap();
-    let mut sess = runtime::load(BackendKind::Ort, &path).unwrap();
-    let mut s = 99u64;
-    let x = rand(&mut s, &[4, 3, 4, 4], 2.0, 0.3);
-    let (lr, lam) = (0.05f32, 0.2f32);
-    let mut feed = ts.initial_feed();
-    let mut fed = HashMap::new();
-    for c in &ts.params {
-        let t = rand(&mut s, c.init.shape(), 1.0, 0.0);
-        fed.insert(c.input.clone(), t.clone());
-        feed.push((format!("fed/{}", c.input), t));
-    }
-    feed.push((ts.x.clone(), x.clone()));
-    feed.push(("labels".into(), Tensor::from_i64(vec![4], &[0, 4, 2, 1])));
-    feed.push((ts.lr.clone(), Tensor::from_f32(vec![], &[lr])));
-    feed.push((ts.step.clone(), Tensor::from_f32(vec![], &[1.0])));
-    feed.push(("l1_lambda".into(), Tensor::from_f32(vec![], &[lam])));
-    let out: HashMap<String, Tensor> = sess.run(&feed).unwrap().into_iter().collect();
-    let get = |n: &str| out[n].to_f64_vec().unwrap();
-    let (lr, lam) = (f64::from(lr), f64::from(lam));
+/// Largest absolute error of the step's new parameters and momenta (`get` reads an output)
+/// against the reference update of [`options`] from the `fed` gradients, at learning rate
+/// `lr` and regularization weight `lam`.
+fn update_error(
+    ts: &TrainStep,
+    fed: &HashMap<String, Tensor>,
+    get: &dyn Fn(&str) -> Vec<f64>,
+    lr: f64,
+    lam: f64,
+) -> f64 {
     let sign = |v: f64| {
         if v > 0.0 {
             1.0
@@ -265,6 +290,13 @@ fn step_with_fed_gradients() {
             worst = worst.max((got[i] - (p[i] - lr * v)).abs());
         }
     }
+    worst
+}
+
+/// Largest absolute error of the step's new running mean and variance (`get` reads an output)
+/// against the statistics of batch `x` (momentum 0.9, unbiased variance).
+fn running_stats_error(ts: &TrainStep, x: &Tensor, get: &dyn Fn(&str) -> Vec<f64>) -> f64 {
+    let mut worst = 0f64;
     let xs = x.to_f64_vec().unwrap();
     let (mean0, var0) = (
         ts.running[0].init.to_f64_vec().unwrap(),
@@ -281,13 +313,19 @@ fn step_with_fed_gradients() {
         worst = worst.max((nm[ch] - (0.9 * mean0[ch] + 0.1 * mu)).abs());
         worst = worst.max((nv[ch] - (0.9 * var0[ch] + 0.1 * var * 64.0 / 63.0)).abs());
     }
-    assert!(worst < 1e-5, "max abs error {worst}");
-    let loss = get("loss")[0];
-    let acc = get("accuracy")[0];
-    assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
-    assert!((acc * 4.0 - (acc * 4.0).round()).abs() < 1e-6 && (0.0..=1.0).contains(&acc));
+    worst
+}
 
-    // Back into the inference model.
+/// The step's outputs `out` written back into the inference model: BatchNormalization
+/// stays, every parameter and running statistic is the trained one, the model runs on `x`
+/// (saved under `dir`), and an unknown name is refused.
+fn check_inference_model(
+    ts: &TrainStep,
+    out: &HashMap<String, Tensor>,
+    dir: &std::path::Path,
+    x: Tensor,
+) {
+    let get = |n: &str| out[n].to_f64_vec().unwrap();
     let trained: Vec<(String, Tensor)> = out.clone().into_iter().collect();
     let inf = ts.inference_model(&trained).unwrap();
     let ig = &inf.graph;
@@ -303,7 +341,7 @@ fn step_with_fed_gradients() {
             c.input
         );
     }
-    let ipath = dir.path().join("inf.onnx");
+    let ipath = dir.join("inf.onnx");
     inf.save(&ipath, &Default::default()).unwrap();
     let mut isess = runtime::load(BackendKind::Ort, &ipath).unwrap();
     let logits = isess.run(&[("x".into(), x)]).unwrap();
