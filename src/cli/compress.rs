@@ -8,12 +8,10 @@ use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
 use lopper::eval::EvalOptions;
-use lopper::ir::Model;
 use lopper::oracle::available_backends;
 use lopper::pipeline::compress::{
     compress, CompressOptions, CompressReport, Data, Observer, Recovery, StageReport,
 };
-use lopper::pipeline::recalibrate::has_running_statistics;
 use lopper::pipeline::PruneOptions;
 use lopper::train::optim::Optimizer;
 use lopper::train::options::{Augment, Event, Recipe, TrainOptions};
@@ -46,10 +44,11 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Evaluation")]
     eval_limit: Option<u64>,
     /// Recovery stages in order, comma-separated: bn (recalibrate BatchNormalization
-    /// statistics), finetune, kd (distil from the original), or none
-    /// [default: bn,kd; kd when the model has no BatchNormalization].
-    #[arg(long, help_heading = "Recovery")]
-    recover: Option<String>,
+    /// statistics: no gradients, seconds), finetune, kd (distil from the original), or none.
+    /// Training recomputes batch statistics, so bn before finetune/kd only adds a row to the
+    /// report.
+    #[arg(long, default_value = "kd", help_heading = "Recovery")]
+    recover: String,
     /// Training epochs of finetune/kd.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recovery")]
     epochs: Option<u32>,
@@ -191,15 +190,6 @@ fn pct(v: Option<f64>) -> String {
 }
 
 impl Args {
-    /// The recovery stages: as given, or the default for this model.
-    fn recovery(&self, model: &Model) -> Result<Vec<Recovery>> {
-        Ok(match &self.recover {
-            Some(s) => Recovery::parse_list(s)?,
-            None if has_running_statistics(model) => vec![Recovery::Bn, Recovery::Kd],
-            None => vec![Recovery::Kd],
-        })
-    }
-
     /// What the run was asked, as the journal records it: a short summary and a hash of every
     /// option that changes the result.
     fn settings(&self, recover: &[Recovery]) -> String {
@@ -238,8 +228,7 @@ impl Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
-    let original = Model::load(&args.model)?;
-    let recover = args.recovery(&original)?;
+    let recover = Recovery::parse_list(&args.recover)?;
     if args.data.data.is_none() {
         return Err(lopper::Error::Usage(
             "compress evaluates and recovers on data: pass --data (and --split/--eval-split)"

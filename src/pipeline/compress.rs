@@ -291,6 +291,7 @@ pub fn compress(
     let original = Model::load(path)?;
     crate::ir::verify(&original.graph)?;
     check_recovery(&original, opts)?;
+    check_training_labels(&original, data)?;
     let mut work = Work::open(opts, path)?;
     let result = run_stages(&mut work, &original, path, opts, data, observer);
     if result.is_err() && work.report.stages.is_empty() {
@@ -368,16 +369,48 @@ fn check_recovery(original: &Model, opts: &CompressOptions) -> Result<()> {
     }
     if let (true, Some(t)) = (opts.recover.contains(&Recovery::Kd), &opts.teacher) {
         let teacher = Model::load(t)?;
-        let shape = |m: &Model| model_outputs(m).first().map(|o| o.dims.clone());
-        let (a, b) = (shape(original), shape(&teacher));
-        let tail =
-            |d: &Option<Vec<Option<usize>>>| d.as_ref().map(|d| d[1.min(d.len())..].to_vec());
-        if a.is_none() || tail(&a) != tail(&b) {
+        // Dims after the batch of the first input and the first output.
+        let input = |m: &Model| -> Result<Option<Vec<Option<usize>>>> {
+            Ok(runtime::model_inputs(m)?
+                .first()
+                .map(|i| i.dims.iter().skip(1).copied().collect()))
+        };
+        let output = |m: &Model| {
+            model_outputs(m)
+                .first()
+                .map(|o| o.dims.iter().skip(1).copied().collect::<Vec<_>>())
+        };
+        for (what, a, b) in [
+            ("input", input(original)?, input(&teacher)?),
+            ("output", output(original), output(&teacher)),
+        ] {
+            if a.is_none() || a != b {
+                return Err(Error::Usage(format!(
+                    "teacher {}: its first {what} is {:?} after the batch, the model's {:?}",
+                    t.display(),
+                    b.unwrap_or_default(),
+                    a.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a training split whose labels reach past the model's class scores (the held-out
+/// split is checked by the original's evaluation).
+fn check_training_labels(original: &Model, data: &Data) -> Result<()> {
+    let classes = model_outputs(original)
+        .first()
+        .and_then(|o| o.dims.last().copied().flatten());
+    let train = (data.train)()?;
+    let max = train.labels().and_then(|l| l.iter().copied().max());
+    if let (Some(k), Some(l)) = (classes, max) {
+        if l < 0 || l as usize >= k {
             return Err(Error::Usage(format!(
-                "teacher {}: its first output is {:?}, the model's {:?}",
-                t.display(),
-                b.unwrap_or_default(),
-                a.unwrap_or_default()
+                "{}: labels go up to {l}, the model outputs {k} scores (classes 0..{})",
+                train.describe(),
+                k.saturating_sub(1)
             )));
         }
     }

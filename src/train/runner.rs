@@ -197,13 +197,16 @@ impl<'a> Run<'a> {
         ts.model.save(&step_path, &Default::default())?;
         let teacher = match &opts.teacher {
             Some(p) => {
-                let tm = Model::load(p)?;
+                // Prepared like the student, so that a fixed batch (mnist-8's 1) is freed.
+                let tm = prepare_model(&Model::load(p)?)?;
                 let tin = model_inputs(&tm)?
                     .into_iter()
                     .next()
                     .ok_or_else(|| Error::Usage(format!("{}: no input", p.display())))?;
+                let tpath = dir.path().join("teacher.onnx");
+                tm.save(&tpath, &Default::default())?;
                 Some((
-                    runtime::load_with(BackendKind::Ort, p, &opts.runtime)?,
+                    runtime::load_with(BackendKind::Ort, &tpath, &opts.runtime)?,
                     tin.name,
                 ))
             }
