@@ -124,9 +124,9 @@ fn compress_runs_every_stage_and_ships_a_checked_model() {
     );
     let kept = macs(1) / macs(0);
     assert!((kept - 0.5).abs() < 0.01, "MACs kept {kept}");
-    for k in 0..4 {
-        assert_eq!(stages[k]["samples"], 300);
-        assert!(stages[k]["loss"].as_f64().unwrap().is_finite());
+    for s in stages {
+        assert_eq!(s["samples"], 300);
+        assert!(s["loss"].as_f64().unwrap().is_finite());
     }
     let verified: Vec<&str> = r["verified"]
         .as_array()
