@@ -240,7 +240,7 @@ fn bad_input_is_one_line_and_writes_nothing() {
     let out = dir.path().join("out.onnx");
     let o = out.display().to_string();
     let data = |p: &Path| format!("npz:{}", p.display());
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let mut cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![mnist.clone(), data(&good), "--recover".into(), "bn".into()],
             "no BatchNormalization",
@@ -267,10 +267,59 @@ fn bad_input_is_one_line_and_writes_nothing() {
             "teacher",
         ),
     ];
+    // A plan made for ResNet-20, given with mnist-8.
+    let plan = dir.path().join("r20.plan.json");
+    let p = dir.path().join("r20.p.onnx");
+    let (code, _, err) = lopper(&[
+        "prune",
+        &resnet20(),
+        "--ratio",
+        "0.3",
+        "--save-plan",
+        &plan.display().to_string(),
+        "-o",
+        &p.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The plan pins the architecture: compress replays it on its own model.
+    let pinned = dir.path().join("pinned.onnx");
+    let (code, stdout, err) = lopper(&[
+        "compress",
+        &resnet20(),
+        "--data",
+        &cifar(),
+        "--plan",
+        &plan.display().to_string(),
+        "--recover",
+        "none",
+        "--eval-limit",
+        "50",
+        "--no-latency",
+        "-o",
+        &pinned.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&pinned).unwrap(),
+        std::fs::read(&p).unwrap(),
+        "compress --plan wrote another model than prune: {stdout}"
+    );
+    cases.push((
+        vec![
+            mnist.clone(),
+            data(&good),
+            "--plan".into(),
+            plan.display().to_string(),
+        ],
+        "the plan was made for another model",
+    ));
     for (args, want) in cases {
         let mut full: Vec<String> = vec!["compress".into(), args[0].clone(), "--data".into()];
         full.extend(args[1..].iter().cloned());
-        full.extend(["--ratio", "0.3", "-o", &o].map(String::from));
+        if !full.iter().any(|a| a == "--plan") {
+            full.extend(["--ratio", "0.3"].map(String::from));
+        }
+        full.extend(["-o", &o].map(String::from));
         let (code, _, err) = lopper(&strs(&full));
         assert_eq!(code, 2, "{full:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -359,8 +359,12 @@ fn run_stages(
     Ok(model)
 }
 
-/// Refuses recovery stages the model or options cannot run, before anything runs.
+/// Refuses a plan made for another model and recovery stages the model or options cannot
+/// run, before anything runs.
 fn check_recovery(original: &Model, opts: &CompressOptions) -> Result<()> {
+    if let super::Selection::Plan(p) = &opts.prune.selection {
+        p.check_model(original)?;
+    }
     if opts.recover.contains(&Recovery::Bn) && !super::recalibrate::has_running_statistics(original)
     {
         return Err(Error::Usage(
