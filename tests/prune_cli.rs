@@ -308,3 +308,35 @@ fn epruner_alone_keeps_its_exemplars() {
     assert!(stdout.contains("(epruner)"), "{stdout}");
     assert!(stdout.contains("verified"), "{stdout}");
 }
+
+/// README's main command, as written there, prunes the model the repository ships (no
+/// `../shared` needed) and verifies it.
+#[test]
+fn readme_main_command_prunes_the_shipped_model() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- prune "))
+        .expect("README has no `cargo run --release -- prune` command");
+    let mut args: Vec<String> = line
+        .trim_start_matches("cargo run --release -- ")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(&args[1]);
+    assert!(model.is_file(), "{} is not in the repository", args[1]);
+    assert!(
+        !args[1].starts_with(".."),
+        "the main command reads outside the repository"
+    );
+    args[1] = model.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = args.iter().position(|a| a == "-o").expect("no -o");
+    args[o + 1] = dir.path().join(&args[o + 1]).display().to_string();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&refs);
+    assert!(out.contains("MACs   40.55 M -> 20.41 M (x0.503)"), "{out}");
+    assert!(out.contains("verified: max relative error"), "{out}");
+    assert!(Path::new(&args[o + 1]).is_file());
+}
