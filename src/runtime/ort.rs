@@ -23,7 +23,7 @@ use crate::ir::{DType, Tensor};
 
 const BACKEND: &str = "ort";
 const NOT_FOUND: &str =
-    "ONNX Runtime library not found: set ORT_DYLIB_PATH or run scripts/setup-test-env.sh";
+    "ONNX Runtime library not found: run `make setup` in the lopper checkout (installs it into .deps/), or set ORT_DYLIB_PATH to a libonnxruntime";
 
 fn err(msg: impl Into<String>) -> Error {
     Error::Runtime {
