@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod compensate;
 mod data_args;
 mod eval;
 mod groups;
@@ -45,6 +46,9 @@ enum Command {
     /// Re-estimate BatchNormalization running statistics on calibration data (a pruned
     /// model's cheapest recovery: no gradients).
     Recalibrate(Box<recalibrate::Args>),
+    /// Refit the layers of a pruned model that lost input channels (least squares on
+    /// calibration data, no gradients) to reproduce the original's outputs.
+    Compensate(Box<compensate::Args>),
     /// Train a classifier with a compiled train step in ONNX Runtime: schedules, augmentation,
     /// sparsity regularizers, per-epoch evaluation and resumable checkpoints.
     Train(Box<train::Args>),
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(a) => prune::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Recalibrate(a) => recalibrate::run(*a),
+        Command::Compensate(a) => compensate::run(*a),
         Command::Train(a) => train::run(*a, false),
         Command::Finetune(a) => train::run(*a, true),
     }

@@ -27,6 +27,7 @@
 pub mod activations;
 pub mod allocate;
 pub mod analyse;
+pub mod compensate;
 pub mod kept;
 pub mod latency;
 pub mod options;
