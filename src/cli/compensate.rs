@@ -49,6 +49,9 @@ pub struct Args {
     /// Add's output given the pruned shortcut instead of the node's own output.
     #[arg(long)]
     residual: bool,
+    /// Give Conv/Gemm nodes without a bias one, fitted as the intercept.
+    #[arg(long)]
+    intercept: bool,
     /// Print each refitted layer: kept inputs, regression size, residual before and after.
     #[arg(long)]
     layers: bool,
@@ -91,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lambda: args.lambda,
         every_layer: args.every_layer,
         residual: args.residual,
+        intercept: args.intercept,
         seed: args.seed,
     };
     let t0 = std::time::Instant::now();

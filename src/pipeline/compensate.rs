@@ -49,6 +49,8 @@ pub struct CompensateOptions {
     /// becomes what the node must compute so that the block's output is the original's given
     /// the pruned shortcut, which also corrects the error the shortcut carries.
     pub residual: bool,
+    /// Give Conv and Gemm nodes without a bias one (zeros, then fitted as the intercept).
+    pub intercept: bool,
     /// Seed of the position sampling.
     pub seed: u64,
 }
@@ -60,6 +62,7 @@ impl Default for CompensateOptions {
             lambda: 1e-3,
             every_layer: false,
             residual: false,
+            intercept: false,
             seed: 0,
         }
     }
@@ -145,6 +148,7 @@ enum Target {
 
 /// A node to refit.
 struct Layer {
+    node: NodeId,
     name: String,
     kind: Kind,
     /// Pruned model: data input, weight, bias (Conv `B`, Gemm `C`).
@@ -159,6 +163,13 @@ struct Layer {
 }
 
 impl Layer {
+    /// The value of the original the layer's [`Target`] reads.
+    fn target_value(&self) -> ValueId {
+        match &self.target {
+            Target::Node(y) | Target::Residual { add: y, .. } => *y,
+        }
+    }
+
     /// Regression columns: the weights, and the intercept when there is a bias.
     fn d(&self) -> usize {
         self.cols + usize::from(self.bias.is_some())
@@ -187,7 +198,7 @@ pub fn compensate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Compensation> {
     let kept = kept_channels(original, plan)?;
-    let (layers, skipped) = layers(pruned, original, &kept, settings)?;
+    let (mut layers, skipped) = layers(pruned, original, &kept, settings)?;
     if layers.is_empty() {
         let why = if skipped.is_empty() {
             String::new()
@@ -217,54 +228,31 @@ pub fn compensate(
         skipped,
         ..Default::default()
     };
-    for (k, layer) in layers.iter().enumerate() {
-        progress(k, layers.len());
-        let (y, shortcut) = match &layer.target {
-            Target::Node(y) => (*y, None),
-            Target::Residual { add, shortcut, .. } => (*add, Some(*shortcut)),
-        };
-        let mut from_pruned = vec![layer.x];
-        from_pruned.extend(shortcut);
-        let mut xs = probe(
-            &work,
-            &from_pruned,
-            backend,
-            opts,
-            &dir.path().join("x.onnx"),
-        )?;
-        let mut ys = probe(original, &[y], backend, opts, &dir.path().join("y.onnx"))?;
-        let name = |m: &Model, v: ValueId| m.graph.value(v).name.clone();
-        let (xn, yn) = (name(&work, layer.x), name(original, y));
-        let sn = shortcut.map(|s| name(&work, s));
-        let mut normal = Normal::new(layer.d(), layer.kept.outputs.len());
-        let mut rng = SplitMix64::new(settings.seed ^ (k as u64).wrapping_mul(0x9E37_79B9));
-        for (b, &n) in batches.iter().zip(&counts) {
-            let outs = xs.run(b)?;
-            let x = fetch(&outs, &xn)?;
-            let s = sn.as_deref().map(|sn| fetch(&outs, sn)).transpose()?;
-            let y = fetch(&ys.run(b)?, &yn)?;
-            let quota = (settings.rows * n).div_ceil(samples.max(1));
-            let data = Rows {
-                x: &x,
-                y: &y,
-                shortcut: s.as_ref(),
-            };
-            add_rows(layer, &data, quota, &mut rng, &mut normal)?;
+    let total = layers.len();
+    let run = Run {
+        batches,
+        counts: &counts,
+        backend,
+        opts,
+        settings,
+        dir: dir.path(),
+    };
+    let mut targets: Vec<Option<Vec<Sampled>>> = (0..total).map(|_| None).collect();
+    for k in 0..total {
+        progress(k, total);
+        if targets[k].is_none() {
+            sample_targets(original, &layers, k, &run, &mut targets)?;
         }
-        let w0 = weights(&work, layer)?;
-        let (w1, before, after) = normal.solve(&w0, settings.lambda, layer)?;
-        set_weights(&mut work, layer, &w1)?;
-        report.rows = report.rows.max(normal.rows);
-        report.per_layer.push(LayerFit {
-            name: layer.name.clone(),
-            inputs: (layer.kept.inputs.len(), layer.kept.in_channels),
-            d: layer.d(),
-            rows: normal.rows,
-            before,
-            after,
-        });
-        report.residual_before += before / layers.len() as f64;
-        report.residual_after += after / layers.len() as f64;
+        let sampled = targets[k].take().unwrap_or_default();
+        let layer = &mut layers[k];
+        if settings.intercept {
+            add_bias(&mut work, layer)?;
+        }
+        let fit = refit(&mut work, layer, &sampled, &run)?;
+        report.rows = report.rows.max(fit.rows);
+        report.residual_before += fit.before / total as f64;
+        report.residual_after += fit.after / total as f64;
+        report.per_layer.push(fit);
     }
     progress(layers.len(), layers.len());
     *pruned = work;
@@ -445,6 +433,7 @@ fn layer(
         return skip(format!("the original node is a {}", onode.op_type));
     };
     Ok(Layer {
+        node: n,
         name: node.name.clone(),
         kind,
         x,
@@ -770,73 +759,211 @@ fn as_nchw(kind: &Kind, shape: &[usize]) -> Option<[usize; 4]> {
     }
 }
 
-/// One batch of a layer: values with their shapes.
-struct Rows<'a> {
-    /// The pruned node's input.
-    x: &'a (Vec<f32>, Vec<usize>),
-    /// The original node's output, or the original `Add`'s ([`Target`]).
-    y: &'a (Vec<f32>, Vec<usize>),
-    /// The pruned shortcut of a [`Target::Residual`].
-    shortcut: Option<&'a (Vec<f32>, Vec<usize>)>,
+/// What every layer's probing shares: the batches (and their sample counts), the runtime,
+/// the settings and a scratch folder.
+struct Run<'a> {
+    batches: &'a [CalibrationBatch],
+    counts: &'a [usize],
+    backend: BackendKind,
+    opts: &'a RuntimeOptions,
+    settings: &'a CompensateOptions,
+    dir: &'a std::path::Path,
 }
 
-/// Samples `quota` output positions of one batch and adds their rows: the input patch of
-/// the pruned input there, and the layer's [`Target`] at the kept channels.
-fn add_rows(
+impl Run<'_> {
+    /// Rows to sample in batch `b`: the layer's rows spread over the batches by size.
+    fn quota(&self, b: usize) -> usize {
+        let samples: usize = self.counts.iter().sum();
+        (self.settings.rows * self.counts[b]).div_ceil(samples.max(1))
+    }
+}
+
+/// A layer's sampled output positions in one batch and the original's values there.
+#[derive(Clone, Debug, Default)]
+struct Sampled {
+    /// The original target's shape as `[n, c, h, w]` ([`as_nchw`]).
+    shape: [usize; 4],
+    /// Positions `(sample·h + row)·w + column`.
+    positions: Vec<usize>,
+    /// The original target at the kept output channels, `positions.len()` rows of `m`.
+    values: Vec<f32>,
+}
+
+/// Bytes of sampled targets one pass over the original may hold: layers are taken in
+/// chunks under it, each chunk one pass.
+const TARGET_BYTES: usize = 256 << 20;
+
+/// Runs the original once over the batches for layers `from..` (as many as fit in
+/// [`TARGET_BYTES`]) and stores each one's sampled targets in `targets`.
+fn sample_targets(
+    original: &Model,
+    layers: &[Layer],
+    from: usize,
+    run: &Run,
+    targets: &mut [Option<Vec<Sampled>>],
+) -> Result<()> {
+    let rows = run.settings.rows + run.batches.len();
+    let mut to = from;
+    let mut bytes = 0;
+    while to < layers.len() && (to == from || bytes < TARGET_BYTES) {
+        bytes += rows * (layers[to].kept.outputs.len() * 4 + 8);
+        to += 1;
+    }
+    let chunk = &layers[from..to];
+    let values: Vec<ValueId> = chunk.iter().map(Layer::target_value).collect();
+    let mut unique = values.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    let path = run.dir.join("original.onnx");
+    let mut session = probe(original, &unique, run.backend, run.opts, &path)?;
+    let mut rngs: Vec<SplitMix64> = (from..to).map(|k| layer_rng(run.settings, k)).collect();
+    let mut out: Vec<Vec<Sampled>> = vec![Vec::new(); chunk.len()];
+    for (b, batch) in run.batches.iter().enumerate() {
+        let outs = session.run(batch)?;
+        for (i, layer) in chunk.iter().enumerate() {
+            let name = &original.graph.value(values[i]).name;
+            let y = fetch(&outs, name)?;
+            out[i].push(sample(layer, &y, run.quota(b), &mut rngs[i])?);
+        }
+    }
+    for (i, o) in out.into_iter().enumerate() {
+        targets[from + i] = Some(o);
+    }
+    Ok(())
+}
+
+/// The sampling stream of layer `k`.
+fn layer_rng(settings: &CompensateOptions, k: usize) -> SplitMix64 {
+    SplitMix64::new(settings.seed ^ (k as u64).wrapping_mul(0x9E37_79B9))
+}
+
+/// Samples `quota` output positions of one batch of `layer`'s original target `y` and keeps
+/// the kept output channels there. Errors when `y` does not fit the plan or is not finite.
+fn sample(
     layer: &Layer,
-    data: &Rows,
+    (y, ys): &(Vec<f32>, Vec<usize>),
     quota: usize,
     rng: &mut SplitMix64,
-    normal: &mut Normal,
-) -> Result<()> {
-    let ((x, xs), (y, ys)) = (data.x, data.y);
-    let (Some([n, c, h, w]), Some([yn, yc, yh, yw])) =
-        (as_nchw(&layer.kind, xs), as_nchw(&layer.kind, ys))
-    else {
-        return Err(layer.err(format!(
-            "unexpected input {xs:?} or original output {ys:?} shape"
-        )));
+) -> Result<Sampled> {
+    let Some(shape @ [n, yc, yh, yw]) = as_nchw(&layer.kind, ys) else {
+        return Err(layer.err(format!("unexpected original output shape {ys:?}")));
     };
-    let geo = geometry(&layer.kind, [h, w])
-        .filter(|g| g.out == [yh, yw] && yn == n)
-        .ok_or_else(|| {
-            layer.err(format!(
-                "the input {xs:?} does not give the original output {ys:?}"
-            ))
-        })?;
-    if c != layer.kept.inputs.len() || yc != layer.kept.out_channels {
+    if yc != layer.kept.out_channels {
         return Err(layer.err(format!(
-            "the input has {c} channels and the original output {yc}; the plan says {} and {}",
-            layer.kept.inputs.len(),
+            "the original output has {yc} channels, the plan says {}",
             layer.kept.out_channels
         )));
     }
+    let count = n * yh * yw;
+    let mut order: Vec<usize> = (0..count).collect();
+    let take = quota.min(count);
+    for i in 0..take {
+        let j = i + rng.below(count - i);
+        order.swap(i, j);
+    }
+    order.truncate(take);
+    let mut values = Vec::with_capacity(take * layer.kept.outputs.len());
+    for &p in &order {
+        let (b, at) = (p / (yh * yw), p % (yh * yw));
+        values.extend(
+            layer
+                .kept
+                .outputs
+                .iter()
+                .map(|&o| y[(b * yc + o) * yh * yw + at]),
+        );
+    }
+    if !values.iter().all(|v| v.is_finite()) {
+        return Err(layer.err("the original output is not finite on the calibration data"));
+    }
+    Ok(Sampled {
+        shape,
+        positions: order,
+        values,
+    })
+}
+
+/// Refits `layer` in `work` on its sampled targets: one pass of the model up to the node's
+/// input (and the shortcut of a [`Target::Residual`]) over the batches, then the solve.
+fn refit(work: &mut Model, layer: &Layer, sampled: &[Sampled], run: &Run) -> Result<LayerFit> {
+    let mut from = vec![layer.x];
+    if let Target::Residual { shortcut, .. } = &layer.target {
+        from.push(*shortcut);
+    }
+    let path = run.dir.join("pruned.onnx");
+    let mut session = probe(work, &from, run.backend, run.opts, &path)?;
+    let names: Vec<String> = from
+        .iter()
+        .map(|&v| work.graph.value(v).name.clone())
+        .collect();
+    let mut normal = Normal::new(layer.d(), layer.kept.outputs.len());
+    for (batch, t) in run.batches.iter().zip(sampled) {
+        let outs = session.run(batch)?;
+        let x = fetch(&outs, &names[0])?;
+        let s = names.get(1).map(|n| fetch(&outs, n)).transpose()?;
+        add_rows(layer, &x, s.as_ref(), t, &mut normal)?;
+    }
+    let w0 = weights(work, layer)?;
+    let (w1, before, after) = normal.solve(&w0, run.settings.lambda, layer)?;
+    set_weights(work, layer, &w1)?;
+    Ok(LayerFit {
+        name: layer.name.clone(),
+        inputs: (layer.kept.inputs.len(), layer.kept.in_channels),
+        d: layer.d(),
+        rows: normal.rows,
+        before,
+        after,
+    })
+}
+
+/// Adds the rows of one batch: at each sampled position, the input patch of the pruned
+/// input `x` and the layer's [`Target`] (from the sampled original values and, for a
+/// residual target, the pruned `shortcut`).
+fn add_rows(
+    layer: &Layer,
+    (x, xs): &(Vec<f32>, Vec<usize>),
+    shortcut: Option<&(Vec<f32>, Vec<usize>)>,
+    t: &Sampled,
+    normal: &mut Normal,
+) -> Result<()> {
+    let [n, _, yh, yw] = t.shape;
     let m = layer.kept.outputs.len();
-    let residual = match (&layer.target, data.shortcut) {
+    let Some([xn, c, h, w]) = as_nchw(&layer.kind, xs) else {
+        return Err(layer.err(format!("unexpected input shape {xs:?}")));
+    };
+    let geo = geometry(&layer.kind, [h, w])
+        .filter(|g| g.out == [yh, yw] && xn == n)
+        .ok_or_else(|| {
+            layer.err(format!(
+                "the input {xs:?} does not give the original output {:?}",
+                t.shape
+            ))
+        })?;
+    if c != layer.kept.inputs.len() {
+        return Err(layer.err(format!(
+            "the input has {c} channels, the plan says {}",
+            layer.kept.inputs.len()
+        )));
+    }
+    let residual = match (&layer.target, shortcut) {
         (Target::Residual { scale, shift, .. }, Some((s, ss))) => {
             if as_nchw(&layer.kind, ss) != Some([n, m, yh, yw]) {
                 return Err(layer.err(format!(
-                    "the shortcut {ss:?} does not fit the output {ys:?}"
+                    "the shortcut {ss:?} does not fit the output {:?}",
+                    t.shape
                 )));
             }
             Some((s, scale, shift))
         }
         _ => None,
     };
-    let positions = n * yh * yw;
-    let mut order: Vec<usize> = (0..positions).collect();
-    let take = quota.min(positions);
-    for i in 0..take {
-        let j = i + rng.below(positions - i);
-        order.swap(i, j);
-    }
     let (d, [kh, kw]) = (layer.d(), geo.kernel);
     let mut row = vec![0.0f64; d];
-    let mut target = vec![0.0f64; layer.kept.outputs.len()];
+    let mut target = vec![0.0f64; m];
     if layer.bias.is_some() {
         row[d - 1] = 1.0;
     }
-    for &p in &order[..take] {
+    for (r, &p) in t.positions.iter().enumerate() {
         let (b, oh, ow) = (p / (yh * yw), (p / yw) % yh, p % yw);
         for ci in 0..c {
             for i in 0..kh {
@@ -853,21 +980,43 @@ fn add_rows(
                 }
             }
         }
-        for (q, (t, &o)) in target.iter_mut().zip(&layer.kept.outputs).enumerate() {
-            *t = y[((b * yc + o) * yh + oh) * yw + ow] as f64;
-            if let Some((s, scale, shift)) = residual {
-                let sv = s[((b * m + q) * yh + oh) * yw + ow] as f64;
-                *t = (*t - sv - shift[q]) / scale[q];
-            }
-        }
         if !row.iter().all(|v| v.is_finite()) {
             return Err(layer.err("its input is not finite on the calibration data"));
         }
+        for (q, tq) in target.iter_mut().enumerate() {
+            *tq = t.values[r * m + q] as f64;
+            if let Some((s, scale, shift)) = residual {
+                let sv = s[((b * m + q) * yh + oh) * yw + ow] as f64;
+                *tq = (*tq - sv - shift[q]) / scale[q];
+            }
+        }
         if !target.iter().all(|v| v.is_finite()) {
-            return Err(layer.err("the original output is not finite on the calibration data"));
+            return Err(layer.err("the shortcut is not finite on the calibration data"));
         }
         normal.add(&row, &target);
     }
+    Ok(())
+}
+
+/// Gives `layer`'s node in `model` a zero bias when it has none (Conv; Gemm with a nonzero
+/// beta), so that the fit has an intercept.
+fn add_bias(model: &mut Model, layer: &mut Layer) -> Result<()> {
+    let ok = match layer.kind {
+        Kind::Conv { .. } => true,
+        Kind::Gemm { beta, .. } => beta != 0.0,
+        Kind::MatMul => false,
+    };
+    if layer.bias.is_some() || !ok {
+        return Ok(());
+    }
+    let w = model.graph.init(layer.w).map(Tensor::dtype);
+    let dt = w.ok_or_else(|| layer.err("the weight is not constant"))?;
+    let m = layer.kept.outputs.len();
+    let name = format!("{}.bias", model.graph.value(layer.w).name);
+    let t = Tensor::from_f64_as(dt, vec![m], &vec![0.0; m])?;
+    let v = crate::passes::add_initializer(model, &name, t);
+    model.graph.set_input(layer.node, 2, Some(v));
+    layer.bias = Some(v);
     Ok(())
 }
 
@@ -1061,6 +1210,89 @@ mod tests {
             let w = p.graph.init(p.graph.value_by_name("b.w").unwrap()).unwrap();
             assert_eq!(w.shape(), &[2, 2, 3, 3]);
             crate::ir::verify(&p.graph).unwrap();
+        }
+    }
+
+    /// `x[2,2,5,5] → Conv a (1×1, bias; filter 2 = filter 0 + 2·filter 1, bias 1) → Conv b
+    /// (1×1, no bias) → BatchNormalization → Add x`.
+    fn residual_block() -> Model {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", &[2, 2, 5, 5]);
+        let aw = g.add_initializer(
+            "a.w",
+            Tensor::from_f32(vec![3, 2, 1, 1], &[1.0, -0.5, 0.25, 1.0, 1.5, 1.5]),
+        );
+        let ab = g.add_initializer("a.b", Tensor::from_f32(vec![3], &[0.0, 0.0, 1.0]));
+        let a = g.add_node(
+            "a",
+            "Conv",
+            &[Some(x), Some(aw), Some(ab)],
+            &["a.y"],
+            vec![],
+        );
+        let ay = g.node(a).outputs[0];
+        let bw = g.add_initializer("b.w", Tensor::from_f32(vec![2, 3, 1, 1], &normal(6, 11)));
+        let b = g.add_node("b", "Conv", &[ay, Some(bw)], &["b.y"], vec![]);
+        let mut ins = vec![g.node(b).outputs[0]];
+        for (name, v) in [
+            ("s", [2.0, -0.5]),
+            ("t", [0.1, 0.3]),
+            ("m", [0.2, -1.0]),
+            ("v", [4.0, 0.25]),
+        ] {
+            ins.push(Some(g.add_initializer(name, Tensor::from_f32(vec![2], &v))));
+        }
+        let bn = g.add_node("bn", "BatchNormalization", &ins, &["bn.y"], vec![]);
+        let add = g.add_node(
+            "add",
+            "Add",
+            &[g.node(bn).outputs[0], Some(x)],
+            &["y"],
+            vec![],
+        );
+        g.outputs.push(g.node(add).outputs[0].unwrap());
+        model(g, 13)
+    }
+
+    #[test]
+    fn an_intercept_and_a_residual_target_recover_a_block_exactly() {
+        let m = residual_block();
+        let (p, plan) = prune_steps(&m, &[("a", &[2])]);
+        let x = Tensor::from_f32(vec![2, 2, 5, 5], &normal(100, 42));
+        let want = run(&m, &x);
+        let b = batches(&[2, 2, 5, 5], 2);
+        let with = |intercept: bool, residual: bool| {
+            let mut q = p.clone();
+            let s = CompensateOptions {
+                lambda: 1e-9,
+                intercept,
+                residual,
+                ..Default::default()
+            };
+            let (rt, ro) = (BackendKind::Tract, RuntimeOptions::default());
+            compensate(&mut q, &m, &plan, &b, rt, &ro, &s, &mut |_, _| {}).unwrap();
+            crate::ir::verify(&q.graph).unwrap();
+            max_diff(&run(&q, &x), &want)
+        };
+        // b's target through the BatchNormalization and the Add.
+        let g = &p.graph;
+        let bn = g.node_ids().find(|&n| g.node(n).name == "b").unwrap();
+        let Some(Target::Residual { scale, shift, .. }) = residual_target(&p, &m, bn, 2) else {
+            panic!("no residual target");
+        };
+        assert!(
+            (scale[0] - 2.0 / (4.0f64 + 1e-5).sqrt()).abs() < 1e-6,
+            "{scale:?}"
+        );
+        assert!(
+            (shift[1] - (0.3 + (-0.5) / (0.25f64 + 1e-5).sqrt())).abs() < 1e-6,
+            "{shift:?}"
+        );
+        // b has no bias: the removed channel's constant part is lost without an intercept.
+        assert!(with(false, false) > 1e-2);
+        for residual in [false, true] {
+            let err = with(true, residual);
+            assert!(err < 1e-4, "residual {residual}: off by {err}");
         }
     }
 
