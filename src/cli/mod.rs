@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod compensate;
 mod compress;
 mod data_args;
 mod eval;
@@ -50,6 +51,9 @@ enum Command {
     /// Re-estimate BatchNormalization running statistics on calibration data (a pruned
     /// model's cheapest recovery: no gradients).
     Recalibrate(Box<recalibrate::Args>),
+    /// Refit the layers of a pruned model that lost input channels (least squares on
+    /// calibration data, no gradients) to reproduce the original's outputs.
+    Compensate(Box<compensate::Args>),
     /// Train a classifier with a compiled train step in ONNX Runtime: schedules, augmentation,
     /// sparsity regularizers, per-epoch evaluation and resumable checkpoints.
     Train(Box<train::Args>),
@@ -112,6 +116,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compress(a) => compress::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Recalibrate(a) => recalibrate::run(*a),
+        Command::Compensate(a) => compensate::run(*a),
         Command::Train(a) => train::run(*a, false),
         Command::Finetune(a) => train::run(*a, true),
     }

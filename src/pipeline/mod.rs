@@ -27,7 +27,9 @@
 pub mod activations;
 pub mod allocate;
 pub mod analyse;
+pub mod compensate;
 pub mod compress;
+pub mod kept;
 pub mod latency;
 pub mod options;
 pub mod recalibrate;
