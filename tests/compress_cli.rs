@@ -1,6 +1,6 @@
 //! `lopper compress` end to end: ResNet-20 on the lossless CIFAR-10 subset through every stage
-//! (report, checker, both runtimes), an interrupted run resumed, and bad input refused with
-//! nothing written.
+//! (original, prune, cap, bn, kd: report, checker, both runtimes), an interrupted run resumed,
+//! and bad input refused with nothing written.
 
 mod common;
 
@@ -95,7 +95,7 @@ fn compress_runs_every_stage_and_ships_a_checked_model() {
         &out,
         &[
             "--recover",
-            "bn,kd",
+            "cap,bn,kd",
             "--epochs",
             "2",
             "--report",
@@ -112,7 +112,7 @@ fn compress_runs_every_stage_and_ships_a_checked_model() {
         .iter()
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["original", "prune", "bn", "kd"]);
+    assert_eq!(names, ["original", "prune", "cap", "bn", "kd"]);
     let top1 = |k: usize| stages[k]["top1"].as_f64().unwrap();
     let macs = |k: usize| stages[k]["macs"].as_f64().unwrap();
     assert!(top1(0) > 0.85, "original top-1 {}", top1(0));

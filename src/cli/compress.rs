@@ -44,7 +44,9 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Evaluation")]
     eval_limit: Option<u64>,
     /// Recovery stages in order, comma-separated: bn (recalibrate BatchNormalization
-    /// statistics: no gradients, seconds), finetune, kd (distil from the original), or none.
+    /// statistics: no gradients, seconds), cap (refit each layer that lost input channels by
+    /// least squares to the original's output: no gradients), finetune, kd (distil from the
+    /// original), or none.
     /// Training recomputes batch statistics, so bn before finetune/kd only adds a row to the
     /// report.
     #[arg(long, default_value = "kd", help_heading = "Recovery")]

@@ -7,7 +7,8 @@
 //! 2. **prune**: [`super::prune_with`] (analyse → score → allocate → remove → oracle), or a
 //!    saved plan replayed;
 //! 3. **recover**, each of [`Recovery`] in the order given: BN recalibration
-//!    ([`super::recalibrate`]), fine-tuning, distillation from the original;
+//!    ([`super::recalibrate`]), compensation ([`super::compensate`]), fine-tuning,
+//!    distillation from the original;
 //! 4. **verify**: the final model passes the IR checks, loads and runs in every runtime found
 //!    (ONNX Runtime and tract), with finite outputs that agree between runtimes;
 //! 5. **latency**: the final model timed against the original, interleaved, in one run.
@@ -35,6 +36,7 @@ use crate::runtime::{self, model_outputs, RuntimeOptions};
 use crate::train::options::{Event, Recipe, TrainOptions};
 use crate::train::runner::train;
 
+use super::compensate::{compensate, CompensateOptions};
 use super::recalibrate::recalibrate;
 use super::{prune_with, Calibration, PruneOptions, Reporter, Tools};
 
@@ -44,6 +46,9 @@ use super::{prune_with, Calibration, PruneOptions, Reporter, Tools};
 pub enum Recovery {
     /// Running statistics of every BatchNormalization re-estimated on training batches.
     Bn,
+    /// Each consumer of removed channels refitted by least squares to reproduce the original's
+    /// output (CaP-style compensation, [`super::compensate`]; no gradients).
+    Cap,
     /// Training on the labels (cross-entropy).
     Finetune,
     /// Training on the original's outputs (distillation) and the labels.
@@ -55,6 +60,7 @@ impl Recovery {
     pub fn name(self) -> &'static str {
         match self {
             Recovery::Bn => "bn",
+            Recovery::Cap => "cap",
             Recovery::Finetune => "finetune",
             Recovery::Kd => "kd",
         }
@@ -67,11 +73,12 @@ impl Recovery {
             out.push(match part {
                 "none" => continue,
                 "bn" => Recovery::Bn,
+                "cap" => Recovery::Cap,
                 "finetune" | "ft" => Recovery::Finetune,
                 "kd" | "distill" => Recovery::Kd,
                 other => {
                     return Err(Error::Usage(format!(
-                        "unknown recovery stage '{other}' (expected none, bn, finetune or kd)"
+                        "unknown recovery stage '{other}' (expected none, bn, cap, finetune or kd)"
                     )))
                 }
             });
@@ -261,6 +268,11 @@ impl Work {
         })
     }
 
+    /// The pruning stage's plan (what [`Recovery::Cap`] needs to know which channels went).
+    fn plan(&self) -> PathBuf {
+        self.dir.join("plan.json")
+    }
+
     /// The file of stage `k` named `name`.
     fn file(&self, k: usize, name: &str) -> PathBuf {
         self.dir.join(format!("{k:02}-{name}.onnx"))
@@ -331,10 +343,15 @@ fn run_stages(
         let start = Instant::now();
         let note = match k {
             0 => "as given".to_string(),
-            1 => prune_stage(&mut model, opts, data, observer)?,
+            1 => prune_stage(&mut model, opts, data, &work.plan(), observer)?,
             _ => {
                 let r = opts.recover[k - 2];
-                recover_stage(r, &mut model, path, &file, opts, data, observer)?
+                let ctx = Context {
+                    original,
+                    original_path: path,
+                    plan: work.plan(),
+                };
+                recover_stage(r, &mut model, &ctx, &file, opts, data, observer)?
             }
         };
         let seconds = start.elapsed().as_secs_f64();
@@ -426,6 +443,7 @@ fn prune_stage(
     model: &mut Model,
     opts: &CompressOptions,
     data: &Data,
+    plan: &Path,
     observer: &mut dyn Observer,
 ) -> Result<String> {
     let open = || -> Result<(Box<dyn Dataset>, Preprocess)> {
@@ -451,6 +469,7 @@ fn prune_stage(
         reporter: Box::new(AsReporter(observer)),
     };
     let r = prune_with(model, &opts.prune, &mut tools)?;
+    r.plan.save(plan)?;
     let oracle = r
         .oracle
         .as_ref()
@@ -462,12 +481,37 @@ fn prune_stage(
     ))
 }
 
+/// What recovery stages know of the run besides the model they recover.
+struct Context<'a> {
+    /// The original model and its file (the default teacher).
+    original: &'a Model,
+    original_path: &'a Path,
+    /// The pruning stage's plan file.
+    plan: PathBuf,
+}
+
+/// Calibration batches of the training split for `model`.
+fn training_batches(
+    model: &Model,
+    opts: &CompressOptions,
+    data: &Data,
+) -> Result<Vec<crate::analysis::activation_stats::CalibrationBatch>> {
+    calibration_batches(
+        model,
+        (data.train)()?,
+        &data.preprocess,
+        opts.eval.batch,
+        Some(opts.calibration_samples),
+    )?
+    .collect()
+}
+
 /// Runs one recovery stage on `model`; `file` is where the stage's model goes (training
 /// keeps its checkpoints beside it).
 fn recover_stage(
     r: Recovery,
     model: &mut Model,
-    original: &Path,
+    ctx: &Context,
     file: &Path,
     opts: &CompressOptions,
     data: &Data,
@@ -475,14 +519,7 @@ fn recover_stage(
 ) -> Result<String> {
     match r {
         Recovery::Bn => {
-            let batches: Vec<_> = calibration_batches(
-                model,
-                (data.train)()?,
-                &data.preprocess,
-                opts.eval.batch,
-                Some(opts.calibration_samples),
-            )?
-            .collect::<Result<_>>()?;
+            let batches = training_batches(model, opts, data)?;
             let rt = quiet(&opts.eval.runtime);
             let done = recalibrate(model, &batches, opts.eval.backend, &rt, &mut |d, t| {
                 observer.count(d, t)
@@ -492,9 +529,32 @@ fn recover_stage(
                 done.nodes, done.samples
             ))
         }
+        Recovery::Cap => {
+            let batches = training_batches(model, opts, data)?;
+            let plan = crate::plan::PlanFile::load(&ctx.plan)?;
+            let rt = quiet(&opts.eval.runtime);
+            let done = compensate(
+                model,
+                ctx.original,
+                &plan,
+                &batches,
+                opts.eval.backend,
+                &rt,
+                &CompensateOptions::default(),
+                &mut |d, t| observer.count(d, t),
+            )?;
+            Ok(format!(
+                "{} layers refitted on {} samples, relative residual {:.3} -> {:.3}",
+                done.layers, done.samples, done.residual_before, done.residual_after
+            ))
+        }
         Recovery::Finetune | Recovery::Kd => {
             let kd = r == Recovery::Kd;
-            let teacher = kd.then(|| opts.teacher.clone().unwrap_or_else(|| original.into()));
+            let teacher = kd.then(|| {
+                opts.teacher
+                    .clone()
+                    .unwrap_or_else(|| ctx.original_path.into())
+            });
             let (ls, t, a) = opts.loss;
             let checkpoint = sidecar(file);
             let topts = TrainOptions {
