@@ -14,6 +14,15 @@ use lopper::runtime::RuntimeOptions;
 use super::data_args::DataArgs;
 use super::runtime_args::RuntimeArgs;
 
+/// `--targets`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Targets {
+    /// The original node's output.
+    Node,
+    /// The original residual Add's output, for nodes that feed one.
+    Residual,
+}
+
 /// Arguments of `lopper compensate`.
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -45,10 +54,11 @@ pub struct Args {
     /// Also refit the Conv/Gemm/MatMul nodes that kept every input channel.
     #[arg(long)]
     every_layer: bool,
-    /// For a node feeding a residual Add (through BatchNormalization), match the original
-    /// Add's output given the pruned shortcut instead of the node's own output.
-    #[arg(long)]
-    residual: bool,
+    /// What a node feeding a residual Add (through BatchNormalization) is fitted to:
+    /// `residual`, the original Add's output given the pruned shortcut (also corrects the
+    /// error the shortcut carries), or `node`, the original node's own output.
+    #[arg(long, value_enum, default_value = "residual")]
+    targets: Targets,
     /// Give Conv/Gemm nodes without a bias one, fitted as the intercept.
     #[arg(long)]
     intercept: bool,
@@ -93,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rows: args.rows,
         lambda: args.lambda,
         every_layer: args.every_layer,
-        residual: args.residual,
+        residual: matches!(args.targets, Targets::Residual),
         intercept: args.intercept,
         seed: args.seed,
     };

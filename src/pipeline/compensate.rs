@@ -6,7 +6,13 @@
 //! every earlier layer already compensated. For a layer, the features `X` are the pruned
 //! model's input to the node and the targets `Y` the original model's output of the node of
 //! the same name, restricted to the kept output channels (for a Conv followed by
-//! BatchNormalization that is the pre-normalisation output, so the statistics stay valid).
+//! BatchNormalization that is the pre-normalisation output, so the statistics stay valid;
+//! when the pruned normalisation's statistics differ, e.g. recalibrated first, the target is
+//! the original's normalised output pulled back through the pruned statistics). With
+//! [`CompensateOptions::residual`] (the default), a node whose output reaches a residual
+//! `Add` (through BatchNormalization) is instead fitted so that the `Add` reproduces the
+//! original's given the pruned shortcut, which also corrects the error the shortcut carries.
+//!
 //! Output positions are sampled (seeded) over the calibration batches; each gives one
 //! regression row, the im2col patch of `X` under the node's strides, pads and dilations, plus
 //! a constant 1 when the node has a bias. With `A = XᵀX` and `B = XᵀY` accumulated in f64,
@@ -14,12 +20,12 @@
 //! `W' = argmin ‖X W' − Y‖² + λ ‖W' − W‖²  =  (A + λI)⁻¹ (B + λ W)`,
 //!
 //! a ridge towards the inherited weights `W`, with `λ` relative to the mean feature energy
-//! `trace(A)/d`; a Cholesky factorisation solves it. That is two probes per layer (the pruned
-//! model up to the node's input, the original up to its output), each one pass over the
-//! calibration batches. Which original channels a node kept comes from the pruning plan
-//! ([`kept_channels`]). Grouped convolutions, Gemm with `transA`, shared or non-float weights
-//! are left as they are (listed in [`Compensation::skipped`]). BatchNormalization is not
-//! touched; [`super::recalibrate`] is the natural next step.
+//! `trace(A)/d`; a Cholesky factorisation solves it. The original's targets are sampled in
+//! one pass of the original (per chunk of layers holding at most 256 MiB); each layer then
+//! costs one pass of the pruned model up to its input over the batches. Which original
+//! channels a node kept comes from the pruning plan ([`kept_channels`]). Grouped
+//! convolutions, Gemm with `transA`, shared or non-float weights are left as they are
+//! (listed in [`Compensation::skipped`]). BatchNormalization is not touched.
 
 use crate::analysis::activation_stats::CalibrationBatch;
 use crate::analysis::infer_shapes;
@@ -61,7 +67,7 @@ impl Default for CompensateOptions {
             rows: 8192,
             lambda: 1e-3,
             every_layer: false,
-            residual: false,
+            residual: true,
             intercept: false,
             seed: 0,
         }
@@ -132,8 +138,12 @@ enum Kind {
 /// What a layer is fitted to, per kept output channel `o` (original channel `k[o]`).
 #[derive(Clone, Debug, PartialEq)]
 enum Target {
-    /// The original node's output (a value of the original): `y[k[o]]`.
-    Node(ValueId),
+    /// The original node's output `y` (a value of the original): `y[k[o]]`, or through a
+    /// per-channel map `a[o]·y[k[o]] + b[o]` (see [`node_target`]).
+    Node {
+        y: ValueId,
+        map: Option<(Vec<f64>, Vec<f64>)>,
+    },
     /// Through the residual `Add` the node feeds: `(a[k[o]] − s[o] − shift[o]) / scale[o]`,
     /// where `a` is the original `Add`'s output, `s` the pruned model's shortcut (the
     /// `Add`'s other input) and `scale`, `shift` the per-channel affine map (inference
@@ -166,7 +176,7 @@ impl Layer {
     /// The value of the original the layer's [`Target`] reads.
     fn target_value(&self) -> ValueId {
         match &self.target {
-            Target::Node(y) | Target::Residual { add: y, .. } => *y,
+            Target::Node { y, .. } | Target::Residual { add: y, .. } => *y,
         }
     }
 
@@ -439,10 +449,82 @@ fn layer(
         x,
         w,
         bias,
-        target: Target::Node(y),
+        target: node_target(pruned, original, n, on, y, &kept),
         kept,
         cols,
     })
+}
+
+/// The one node reading `v` (not a graph output).
+fn only_use(g: &crate::ir::Graph, v: ValueId) -> Option<NodeId> {
+    match g.value(v).uses.as_slice() {
+        [(u, _)] if !g.outputs.contains(&v) => Some(*u),
+        _ => None,
+    }
+}
+
+/// The inference BatchNormalization that alone reads node `n`'s output in `model`, with its
+/// per-channel affine map `(scale, shift)`: `bn(y) = scale·y + shift`.
+fn batch_norm_after(model: &Model, n: NodeId) -> Option<(NodeId, Vec<f64>, Vec<f64>)> {
+    let g = &model.graph;
+    let b = only_use(g, g.node(n).output(0)?)?;
+    let bn = g.node(b);
+    if bn.op_type != "BatchNormalization" || bn.outputs.iter().skip(1).any(Option::is_some) {
+        return None;
+    }
+    let param = |i: usize| g.init(bn.input(i)?)?.to_f64_vec();
+    let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
+    let c = gamma.len();
+    if [beta.len(), mean.len(), var.len()] != [c; 3] {
+        return None;
+    }
+    let eps = bn.attr_f("epsilon").map_or(1e-5, f64::from);
+    let scale: Vec<f64> = (0..c).map(|o| gamma[o] / (var[o] + eps).sqrt()).collect();
+    let shift = (0..c).map(|o| beta[o] - mean[o] * scale[o]).collect();
+    Some((b, scale, shift))
+}
+
+/// The [`Target::Node`] of pruned node `n` (kept channels `kept`) whose original is `y`'s
+/// producer `on`. When both feed a BatchNormalization of the same name whose statistics
+/// differ (the pruned one recalibrated), the target is the original's normalised output
+/// pulled back through the pruned normalisation, so that the two normalised outputs match.
+fn node_target(
+    pruned: &Model,
+    original: &Model,
+    n: NodeId,
+    on: NodeId,
+    y: ValueId,
+    kept: &NodeChannels,
+) -> Target {
+    let plain = Target::Node { y, map: None };
+    let (Some((bp, sp, cp)), Some((bo, so, co))) =
+        (batch_norm_after(pruned, n), batch_norm_after(original, on))
+    else {
+        return plain;
+    };
+    let m = kept.outputs.len();
+    if pruned.graph.node(bp).name != original.graph.node(bo).name
+        || sp.len() != m
+        || so.len() != kept.out_channels
+        || sp.contains(&0.0)
+    {
+        return plain;
+    }
+    let (mut a, mut b) = (vec![1.0; m], vec![0.0; m]);
+    for (q, &o) in kept.outputs.iter().enumerate() {
+        a[q] = so[o] / sp[q];
+        b[q] = (co[o] - cp[q]) / sp[q];
+    }
+    if a.iter()
+        .zip(&b)
+        .all(|(a, b)| (a - 1.0).abs() < 1e-12 && b.abs() < 1e-12)
+    {
+        return plain;
+    }
+    Target::Node {
+        y,
+        map: Some((a, b)),
+    }
 }
 
 /// The [`Target::Residual`] of node `n` of `pruned` (`m` outputs): its output feeds, alone,
@@ -450,32 +532,16 @@ fn layer(
 /// which the original has under the same name. `None` otherwise, or when a scale is 0.
 fn residual_target(pruned: &Model, original: &Model, n: NodeId, m: usize) -> Option<Target> {
     let g = &pruned.graph;
-    let only_use = |v: ValueId| match g.value(v).uses.as_slice() {
-        [(u, _)] if !g.outputs.contains(&v) => Some(*u),
-        _ => None,
-    };
     let mut v = g.node(n).output(0)?;
-    let mut next = only_use(v)?;
     let (mut scale, mut shift) = (vec![1.0; m], vec![0.0; m]);
-    if g.node(next).op_type == "BatchNormalization" {
-        let bn = g.node(next);
-        if bn.outputs.iter().skip(1).any(Option::is_some) {
+    if let Some((bn, s, c)) = batch_norm_after(pruned, n) {
+        if s.len() != m {
             return None;
         }
-        let param = |i: usize| {
-            let t = g.init(bn.input(i)?)?.to_f64_vec()?;
-            (t.len() == m).then_some(t)
-        };
-        let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
-        let eps = bn.attr_f("epsilon").map_or(1e-5, f64::from);
-        for o in 0..m {
-            scale[o] = gamma[o] / (var[o] + eps).sqrt();
-            shift[o] = beta[o] - mean[o] * scale[o];
-        }
-        v = bn.output(0)?;
-        next = only_use(v)?;
+        (scale, shift) = (s, c);
+        v = g.node(bn).output(0)?;
     }
-    let add = g.node(next);
+    let add = g.node(only_use(g, v)?);
     if add.op_type != "Add" || add.inputs.len() != 2 || scale.contains(&0.0) {
         return None;
     }
@@ -957,6 +1023,12 @@ fn add_rows(
         }
         _ => None,
     };
+    let map = match &layer.target {
+        Target::Node {
+            map: Some((a, b)), ..
+        } => Some((a, b)),
+        _ => None,
+    };
     let (d, [kh, kw]) = (layer.d(), geo.kernel);
     let mut row = vec![0.0f64; d];
     let mut target = vec![0.0f64; m];
@@ -988,6 +1060,9 @@ fn add_rows(
             if let Some((s, scale, shift)) = residual {
                 let sv = s[((b * m + q) * yh + oh) * yw + ow] as f64;
                 *tq = (*tq - sv - shift[q]) / scale[q];
+            }
+            if let Some((a, c)) = map {
+                *tq = a[q] * *tq + c[q];
             }
         }
         if !target.iter().all(|v| v.is_finite()) {
@@ -1288,6 +1363,22 @@ mod tests {
             (shift[1] - (0.3 + (-0.5) / (0.25f64 + 1e-5).sqrt())).abs() < 1e-6,
             "{shift:?}"
         );
+        // Statistics changed in the pruned model (as recalibration would): a node target is
+        // the original's normalised output pulled back through the new statistics.
+        let mut recal = p.clone();
+        for (name, v) in [("m", [0.7, 0.1]), ("v", [1.0, 2.0])] {
+            let id = recal.graph.value_by_name(name).unwrap();
+            recal.graph.set_init(id, Tensor::from_f32(vec![2], &v));
+        }
+        let s = CompensateOptions {
+            lambda: 1e-9,
+            intercept: true,
+            ..Default::default()
+        };
+        let (rt, ro) = (BackendKind::Tract, RuntimeOptions::default());
+        compensate(&mut recal, &m, &plan, &b, rt, &ro, &s, &mut |_, _| {}).unwrap();
+        let err = max_diff(&run(&recal, &x), &want);
+        assert!(err < 1e-4, "recalibrated: off by {err}");
         // b has no bias: the removed channel's constant part is lost without an intercept.
         assert!(with(false, false) > 1e-2);
         for residual in [false, true] {
