@@ -35,11 +35,15 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| cli::run(args)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            // One line: the error and its causes, joined.
+            // One line: the error and its causes, joined; a cause the message already ends
+            // with (an I/O error under its path) is not repeated.
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {
-                msg.push_str(": ");
-                msg.push_str(&cause.to_string());
+                let cause = cause.to_string();
+                if !msg.ends_with(&cause) {
+                    msg.push_str(": ");
+                    msg.push_str(&cause);
+                }
             }
             eprintln!("lopper: {}", msg.replace('\n', " "));
             ExitCode::from(2)

@@ -1,0 +1,202 @@
+//! Hostile and broken inputs (issue 15): each must exit 2 with one line naming the problem,
+//! quickly, without a panic, and without reading anything outside the model's folder.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lopper::onnx::proto::{
+    tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, ValueInfoProto,
+};
+use prost::Message;
+
+/// Runs lopper, killing it after `limit`: returns (exit code, stdout, stderr, elapsed).
+fn lopper_within(args: &[&str], limit: Duration) -> (i32, String, String, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lopper");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lopper {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+/// Asserts `lopper ARGS` exits 2 within 20 s with one stderr line mentioning every needle.
+fn assert_refused(args: &[&str], needles: &[&str]) -> String {
+    let (code, _, err, _) = lopper_within(args, Duration::from_secs(20));
+    assert_eq!(code, 2, "exit code for {args:?}: stderr {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    for n in needles {
+        assert!(err.contains(n), "message should mention '{n}': {err}");
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    err
+}
+
+fn vi(n: &str) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(n.into()),
+        ..Default::default()
+    }
+}
+
+fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
+    NodeProto {
+        name: Some(name.into()),
+        op_type: Some(op.into()),
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: outs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            initializer: inits,
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `y = x + w` with `w` (4 floats) in external data at `location`, length `length` if given.
+fn external_model(dir: &Path, file: &str, location: &str, length: Option<u64>) -> String {
+    let mut entries = vec![StringStringEntryProto {
+        key: Some("location".into()),
+        value: Some(location.into()),
+    }];
+    if let Some(len) = length {
+        entries.push(StringStringEntryProto {
+            key: Some("length".into()),
+            value: Some(len.to_string()),
+        });
+    }
+    let w = TensorProto {
+        name: Some("w".into()),
+        dims: vec![4],
+        data_type: Some(1),
+        data_location: Some(DataLocation::External as i32),
+        external_data: entries,
+        ..Default::default()
+    };
+    let m = model(vec![node("add", "Add", &["x", "w"], &["y"])], vec![w]);
+    let path = dir.join(file);
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn inspect(path: &str, needles: &[&str]) -> String {
+    assert_refused(&["inspect", path], needles)
+}
+
+#[cfg(unix)]
+#[test]
+fn external_data_stays_in_the_model_folder() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let secret = b"SECRETSSECRETSSE";
+    std::fs::write(outside.join("passwd"), secret).unwrap();
+    std::fs::write(models.join("w.bin"), [0u8; 16]).unwrap();
+
+    // The control: a regular file inside the folder loads.
+    let good = external_model(&models, "good.onnx", "w.bin", Some(16));
+    let (code, _, err, _) = lopper_within(&["inspect", &good], Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+
+    // A symlinked file that leads outside.
+    symlink(outside.join("passwd"), models.join("link.bin")).unwrap();
+    let m = external_model(&models, "link.onnx", "link.bin", Some(16));
+    inspect(&m, &["'w'", "link.bin", "escapes the model's folder"]);
+
+    // `d/passwd` with `d` a symlinked folder outside.
+    symlink(&outside, models.join("d")).unwrap();
+    let m = external_model(&models, "dir.onnx", "d/passwd", Some(16));
+    inspect(&m, &["'w'", "d/passwd", "escapes the model's folder"]);
+
+    // A symlink to /dev/zero: outside the folder, and not a regular file anyway.
+    symlink("/dev/zero", models.join("zero.bin")).unwrap();
+    let m = external_model(&models, "zero.onnx", "zero.bin", None);
+    inspect(&m, &["'w'", "zero.bin"]);
+
+    // A symlink inside the folder to a file inside it is fine.
+    symlink(models.join("w.bin"), models.join("alias.bin")).unwrap();
+    let m = external_model(&models, "alias.onnx", "alias.bin", Some(16));
+    let (code, _, err, _) = lopper_within(&["inspect", &m], Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+
+    // A declared length beyond the file.
+    let m = external_model(&models, "long.onnx", "w.bin", Some(1 << 40));
+    inspect(&m, &["'w'", "w.bin", "outside"]);
+
+    // A folder as external data.
+    std::fs::create_dir_all(models.join("sub")).unwrap();
+    let m = external_model(&models, "sub.onnx", "sub", None);
+    inspect(&m, &["'w'", "sub"]);
+
+    // Through the model folder given as a symlink, a file inside still loads.
+    symlink(&models, root.path().join("alias_models")).unwrap();
+    let via = root.path().join("alias_models/good.onnx");
+    let (code, _, err, _) =
+        lopper_within(&["inspect", via.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_are_refused_without_blocking() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let fifo = dir.join("w.fifo");
+    let ok = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(ok.success());
+
+    // External data in a FIFO inside the folder: refused by type, without opening it blocking.
+    let m = external_model(dir, "fifo.onnx", "w.fifo", Some(16));
+    let start = Instant::now();
+    inspect(&m, &["'w'", "w.fifo", "not a regular file", "FIFO"]);
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // The model file itself a FIFO, or a symlink to /dev/zero.
+    inspect(fifo.to_str().unwrap(), &["w.fifo", "not a regular file"]);
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.onnx")).unwrap();
+    inspect(
+        dir.join("zero.onnx").to_str().unwrap(),
+        &["zero.onnx", "not a regular file", "device"],
+    );
+}
