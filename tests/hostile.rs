@@ -200,3 +200,93 @@ fn fifos_and_devices_are_refused_without_blocking() {
         &["zero.onnx", "not a regular file", "device"],
     );
 }
+
+fn resnet20() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/zoo/cifar_resnet20.bn.onnx")
+}
+
+/// ResNet-20 with the initializer `name` changed by `f`, written to `dir/file`.
+fn resnet20_with(dir: &Path, file: &str, name: &str, f: impl Fn(&mut [f32])) -> String {
+    use lopper::ir::{Model, Tensor};
+    let mut m = Model::load(resnet20()).unwrap();
+    let v = m.graph.value_by_name(name).expect(name);
+    let t = m.graph.init(v).expect("initializer");
+    let mut x: Vec<f32> = t
+        .to_f64_vec()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    f(&mut x);
+    let t = Tensor::from_f32(t.shape().to_vec(), &x);
+    m.graph.set_init(v, t);
+    let path = dir.join(file);
+    m.save(&path, &Default::default()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn verification_that_cannot_fail_does_not_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let out_s = out.to_str().unwrap();
+
+    // The control: the model as shipped prunes and verifies, with its variation reported.
+    let (code, stdout, err, _) = lopper_within(
+        &[
+            "prune",
+            resnet20().to_str().unwrap(),
+            "-o",
+            out_s,
+            "--ratio",
+            "0.3",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("verified:") && stdout.contains("outputs vary by"),
+        "{stdout}"
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    // A NaN weight (a BN shift, which the criterion does not score) makes every output NaN.
+    let nan = resnet20_with(dir.path(), "nan.onnx", "b.bias", |w| w[0] = f32::NAN);
+    let err = assert_refused(
+        &["prune", &nan, "-o", out_s, "--ratio", "0.3"],
+        &["cannot verify", "NaN", "b.bias"],
+    );
+    assert!(!err.contains("0.0e0"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    let err = assert_refused(&["verify", &nan, &nan], &["cannot verify", "NaN"]);
+    assert!(!err.contains("equivalent"), "{err}");
+
+    // A negative BatchNormalization variance: sqrt of a negative number.
+    let bn = resnet20_with(dir.path(), "bn.onnx", "b.running_var", |v| v[0] = -1.0);
+    assert_refused(
+        &["prune", &bn, "-o", out_s, "--ratio", "0.3"],
+        &["cannot verify", "negative variance", "BatchNormalization"],
+    );
+    assert!(!out.exists(), "nothing is written");
+
+    // The first convolution's weights zero: the output no longer depends on the input, so a
+    // comparison on random inputs proves nothing.
+    let flat = resnet20_with(dir.path(), "flat.onnx", "c.weight", |w| w.fill(0.0));
+    let (code, stdout, err, _) = lopper_within(
+        &["prune", &flat, "-o", out_s, "--ratio", "0.3"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 2, "{stdout}{err}");
+    assert!(!stdout.contains("verified"), "{stdout}");
+    assert!(err.contains("do not vary with the input"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.exists(), "nothing is written");
+    // Unverified on request, it is written and says so.
+    let (code, stdout, err, _) = lopper_within(
+        &["prune", &flat, "-o", out_s, "--ratio", "0.3", "--no-verify"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("not verified"), "{stdout}");
+}
