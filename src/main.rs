@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     std::panic::set_hook(Box::new(|info| {
+        if lopper::runtime::panic_is_contained() {
+            // A runtime crashing on a bad model: reported as that runtime's error.
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<&str>()

@@ -290,3 +290,149 @@ fn verification_that_cannot_fail_does_not_pass() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("not verified"), "{stdout}");
 }
+
+fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(7),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `y = x + Cast<float>(op(a, b))` with `a`, `b` int64 initializers.
+fn folding_model(dir: &Path, file: &str, op: &str, a: &[i64], b: &[i64]) -> String {
+    let mut m = model(
+        vec![
+            node("op", op, &["a", "b"], &["t"]),
+            NodeProto {
+                attribute: vec![lopper::onnx::proto::AttributeProto {
+                    name: Some("to".into()),
+                    r#type: Some(2),
+                    i: Some(1),
+                    ..Default::default()
+                }],
+                ..node("cast", "Cast", &["t"], &["tf"])
+            },
+            node("add", "Add", &["x", "tf"], &["y"]),
+        ],
+        vec![
+            i64_init("a", &[a.len() as i64], a),
+            i64_init("b", &[b.len() as i64], b),
+        ],
+    );
+    let g = m.graph.as_mut().unwrap();
+    let float1 = lopper::onnx::proto::TypeProto {
+        value: Some(lopper::onnx::proto::type_proto::Value::TensorType(
+            lopper::onnx::proto::type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(lopper::onnx::proto::TensorShapeProto {
+                    dim: vec![lopper::onnx::proto::tensor_shape_proto::Dimension {
+                        value: Some(
+                            lopper::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(1),
+                        ),
+                        ..Default::default()
+                    }],
+                }),
+            },
+        )),
+        ..Default::default()
+    };
+    g.input[0].r#type = Some(float1);
+    let path = dir.join(file);
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `lopper simplify` exits 0 or 2 with one line, never panics; returns (code, stderr).
+fn simplify_survives(model: &str, out: &str) -> (i32, String) {
+    let (code, _, err, _) = lopper_within(&["simplify", model, "-o", out], Duration::from_secs(60));
+    assert!(code == 0 || code == 2, "exit {code} for {model}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    if code == 2 {
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    (code, err)
+}
+
+#[test]
+fn constant_folding_never_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let out_s = out.to_str().unwrap();
+    // Integer Div of i64::MIN by -1 overflows; by zero is undefined: neither is folded.
+    for (file, a, b) in [
+        ("div_min.onnx", vec![i64::MIN], vec![-1]),
+        ("div_zero.onnx", vec![7], vec![0]),
+    ] {
+        let m = folding_model(dir.path(), file, "Div", &a, &b);
+        let (code, _) = simplify_survives(&m, out_s);
+        if code == 0 {
+            let text = std::process::Command::new(env!("CARGO_BIN_EXE_lopper"))
+                .args(["inspect", out_s])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&text.stdout);
+            assert!(text.contains("Div"), "{file}: the Div must stay: {text}");
+        }
+    }
+    // A defined integer Div folds away.
+    let m = folding_model(dir.path(), "div_ok.onnx", "Div", &[i64::MIN, 9], &[2]);
+    let (code, err) = simplify_survives(&m, out_s);
+    assert_eq!(code, 0, "{err}");
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(["inspect", out_s])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&text.stdout).contains("Div"));
+}
+
+#[test]
+fn runtimes_failing_on_invalid_models_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Undefined integer arithmetic that would trap (SIGFPE) inside a runtime's kernel is
+    // refused before the model reaches one, naming the node.
+    let m = folding_model(dir.path(), "div_min.onnx", "Div", &[i64::MIN], &[-1]);
+    assert_refused(&["verify", &m, &m], &["node 'op' (Div)", "overflows"]);
+    let m = folding_model(dir.path(), "mod_zero.onnx", "Mod", &[7], &[0]);
+    assert_refused(
+        &["verify", &m, &m],
+        &["node 'op' (Mod)", "division by zero"],
+    );
+    // Range with step 0: tract divides by zero (a panic), ONNX Runtime errors; both are
+    // reported as the runtimes' errors on one line, exit 2.
+    let mut m = model(
+        vec![
+            node("range", "Range", &["s", "l", "d"], &["t"]),
+            NodeProto {
+                attribute: vec![lopper::onnx::proto::AttributeProto {
+                    name: Some("to".into()),
+                    r#type: Some(2),
+                    i: Some(1),
+                    ..Default::default()
+                }],
+                ..node("cast", "Cast", &["t"], &["tf"])
+            },
+            node("add", "Add", &["x", "tf"], &["y"]),
+        ],
+        vec![
+            i64_init("s", &[], &[0]),
+            i64_init("l", &[], &[10]),
+            i64_init("d", &[], &[0]),
+        ],
+    );
+    let typed = folding_model(dir.path(), "typed.onnx", "Add", &[1], &[1]);
+    let typed = ModelProto::decode(&std::fs::read(typed).unwrap()[..]).unwrap();
+    m.graph.as_mut().unwrap().input = typed.graph.unwrap().input;
+    let path = dir.path().join("range0.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let p = path.to_str().unwrap();
+    assert_refused(
+        &["verify", p, p],
+        &["no runtime could run the model", "tract"],
+    );
+}
