@@ -436,3 +436,68 @@ fn runtimes_failing_on_invalid_models_are_errors() {
         &["no runtime could run the model", "tract"],
     );
 }
+
+/// A `.npy` of `u8` with `shape` in its header and `data` after it.
+fn npy_bytes(shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn array_headers_that_lie_about_their_size_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist = mnist.to_str().unwrap();
+    let sample = vec![7u8; 28 * 28];
+    // 2^40 samples claimed, one present.
+    let x = dir.path().join("x.npy");
+    std::fs::write(&x, npy_bytes("(1099511627776, 28, 28)", &sample)).unwrap();
+    let spec = format!("npy:{}", x.display());
+    assert_refused(
+        &["eval", mnist, "--data", &spec],
+        &["x.npy", "declares shape [1099511627776, 28, 28]"],
+    );
+    // Labels claiming 2^40 entries next to honest samples.
+    let x1 = dir.path().join("x1.npy");
+    std::fs::write(&x1, npy_bytes("(1, 28, 28)", &sample)).unwrap();
+    let y = dir.path().join("y.npy");
+    std::fs::write(&y, npy_bytes("(1099511627776,)", &[3])).unwrap();
+    let spec = format!("npy:{}", x1.display());
+    assert_refused(
+        &[
+            "eval",
+            mnist,
+            "--data",
+            &spec,
+            "--labels",
+            y.to_str().unwrap(),
+        ],
+        &["y.npy", "declares shape [1099511627776]"],
+    );
+    // The same inside an .npz (stored members).
+    let npz = dir.path().join("d.npz");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("x.npy", opts).unwrap();
+        std::io::Write::write_all(&mut z, &npy_bytes("(1, 28, 28)", &sample)).unwrap();
+        z.start_file("y.npy", opts).unwrap();
+        std::io::Write::write_all(&mut z, &npy_bytes("(1099511627776,)", &[3])).unwrap();
+        z.finish().unwrap();
+    }
+    let spec = format!("npz:{}", npz.display());
+    assert_refused(
+        &["eval", mnist, "--data", &spec],
+        &["d.npz:y", "declares shape [1099511627776]"],
+    );
+}
