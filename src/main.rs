@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     std::panic::set_hook(Box::new(|info| {
+        if lopper::runtime::panic_is_contained() {
+            // A runtime crashing on a bad model: reported as that runtime's error.
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<&str>()
@@ -35,11 +39,15 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| cli::run(args)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            // One line: the error and its causes, joined.
+            // One line: the error and its causes, joined; a cause the message already ends
+            // with (an I/O error under its path) is not repeated.
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {
-                msg.push_str(": ");
-                msg.push_str(&cause.to_string());
+                let cause = cause.to_string();
+                if !msg.ends_with(&cause) {
+                    msg.push_str(": ");
+                    msg.push_str(&cause);
+                }
             }
             eprintln!("lopper: {}", msg.replace('\n', " "));
             ExitCode::from(2)

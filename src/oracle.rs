@@ -170,12 +170,24 @@ pub struct Comparison {
     pub max_rel_error: f64,
     /// Runtimes that could not run the reference model at all, with their message (skipped).
     pub skipped: Vec<(String, String)>,
+    /// How much the reference outputs change with the random inputs: the largest, over outputs,
+    /// of `max|y_s − y_0| / max|y|` over the samples `s`. `None` when the random inputs are all
+    /// equal (only integer inputs, which are fed zeros), so it could not be measured.
+    pub variation: Option<f64>,
 }
 
-/// Runs `a` and `b` on `samples` seeded random inputs under each runtime and returns the largest
-/// relative error `max|a-b| / max|a|` over outputs. A runtime that cannot run the reference `a`
-/// (e.g. an op it lacks) is skipped and reported; at least one runtime must compare, and one
-/// that runs `a` but not `b` is an error.
+/// Below this [`Comparison::variation`], the reference output does not depend on the input
+/// (float rounding aside): comparing on it proves nothing, and [`compare`] refuses.
+pub const MIN_VARIATION: f64 = 1e-6;
+
+/// Runs `a` and `b` on `samples` (at least 2) seeded random inputs under each runtime and returns
+/// the largest relative error `max|a-b| / max|a|` over outputs. A runtime that cannot run the
+/// reference `a` (e.g. an op it lacks) is skipped and reported; at least one runtime must
+/// compare, and one that runs `a` but not `b` is an error.
+///
+/// A comparison that cannot fail is refused (an error, never a pass): when a reference output
+/// holds NaN or infinity (a NaN weight, a BatchNormalization with a negative variance), and when
+/// the reference outputs do not vary with the input (variation below [`MIN_VARIATION`]).
 pub fn compare(
     a: &Model,
     b: &Model,
@@ -183,6 +195,8 @@ pub fn compare(
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
+    undefined_arithmetic(a)?;
+    undefined_arithmetic(b)?;
     let dir = TempDir::new("oracle")?;
     let pa = dir.path().join("a.onnx");
     let pb = dir.path().join("b.onnx");
@@ -191,9 +205,15 @@ pub fn compare(
     let mut errors = Vec::new();
     let mut skipped = Vec::new();
     let mut worst = 0f64;
-    let inputs: Vec<Vec<(String, Tensor)>> = (0..samples.max(1))
+    let inputs: Vec<Vec<(String, Tensor)>> = (0..samples.max(2))
         .map(|s| random_inputs(a, seed + s as u64))
         .collect::<Result<_>>()?;
+    let inputs_vary = inputs.iter().skip(1).any(|x| {
+        x.iter()
+            .zip(&inputs[0])
+            .any(|((_, p), (_, q))| p.raw() != q.raw())
+    });
+    let mut variation = None;
     for &kind in backends {
         // The reference first: if this runtime cannot run it, it cannot judge.
         let reference = runtime::load(kind, &pa).and_then(|mut sa| {
@@ -210,6 +230,20 @@ pub fn compare(
                 continue;
             }
         };
+        check_finite(a, name, &ya)?;
+        if inputs_vary {
+            let v = output_variation(&ya);
+            if v < MIN_VARIATION {
+                return Err(Error::Runtime {
+                    backend: "oracle",
+                    msg: format!(
+                        "cannot verify: the reference outputs do not vary with the input on {} random inputs under {name} (variation {v:.1e}), so any model computing the same constant would pass",
+                        inputs.len()
+                    ),
+                });
+            }
+            variation = Some(variation.map_or(v, |w: f64| w.max(v)));
+        }
         let mut sb = runtime::load(kind, &pb)?;
         let mut err = 0f64;
         for (x, ya) in inputs.iter().zip(&ya) {
@@ -232,7 +266,126 @@ pub fn compare(
         errors,
         skipped,
         max_rel_error: worst,
+        variation,
     })
+}
+
+/// Refuses integer `Div`/`Mod` whose constant divisor holds 0, or that divide a type's minimum by
+/// −1: undefined in ONNX, and the runtimes' kernels trap on them (SIGFPE) instead of erroring.
+fn undefined_arithmetic(model: &Model) -> Result<()> {
+    let g = &model.graph;
+    for id in g.node_ids() {
+        let n = g.node(id);
+        if !matches!(n.op_type.as_str(), "Div" | "Mod") {
+            continue;
+        }
+        let tensor = |port| n.input(port).and_then(|v| g.init(v));
+        let Some(y) = tensor(1)
+            .filter(|t| !t.dtype().is_float())
+            .and_then(Tensor::to_i64_vec)
+        else {
+            continue;
+        };
+        let minimum =
+            |v: &i64| [i64::MIN, i32::MIN.into(), i16::MIN.into(), i8::MIN.into()].contains(v);
+        let overflow = y.contains(&-1)
+            && tensor(0)
+                .and_then(Tensor::to_i64_vec)
+                .is_some_and(|x| x.iter().any(minimum));
+        if y.contains(&0) || (n.op_type == "Div" && overflow) {
+            let what = if y.contains(&0) {
+                "integer division by zero"
+            } else {
+                "integer division of the type's minimum by -1 overflows"
+            };
+            return Err(Error::node(&n.name, &n.op_type, what));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses reference outputs holding NaN or infinity, naming the output, the runtime and, when
+/// one is found, a likely cause in `model`.
+fn check_finite(model: &Model, backend: &str, outputs: &[Vec<(String, Tensor)>]) -> Result<()> {
+    for (out, t) in outputs.iter().flatten() {
+        let Some(v) = t.to_f64_vec() else { continue };
+        let Some(bad) = v.iter().find(|x| !x.is_finite()) else {
+            continue;
+        };
+        let cause = nonfinite_cause(model)
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        return Err(Error::Runtime {
+            backend: "oracle",
+            msg: format!(
+                "cannot verify: reference output '{out}' holds {bad} on random inputs under {backend}{cause}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A likely reason for non-finite outputs: a float initializer holding NaN/inf, or a
+/// BatchNormalization whose variance is negative.
+fn nonfinite_cause(model: &Model) -> Option<String> {
+    let g = &model.graph;
+    for id in g.node_ids() {
+        let n = g.node(id);
+        if n.op_type != "BatchNormalization" {
+            continue;
+        }
+        let var = n
+            .input(4)
+            .and_then(|v| g.init(v))
+            .and_then(Tensor::to_f64_vec);
+        if var.is_some_and(|v| v.iter().any(|x| *x < 0.0)) {
+            return Some(format!(
+                "node '{}' (BatchNormalization) has a negative variance",
+                n.name
+            ));
+        }
+    }
+    for v in g.value_ids() {
+        let Some(t) = g.init(v) else { continue };
+        if !t.dtype().is_float() {
+            continue;
+        }
+        if let Some(x) = t
+            .to_f64_vec()
+            .and_then(|x| x.into_iter().find(|x| !x.is_finite()))
+        {
+            return Some(format!("initializer '{}' holds {x}", g.value(v).name));
+        }
+    }
+    None
+}
+
+/// The largest, over outputs, of `max|y_s − y_0| / max|y|` over the samples `s`.
+fn output_variation(outputs: &[Vec<(String, Tensor)>]) -> f64 {
+    let Some(first) = outputs.first() else {
+        return 0.0;
+    };
+    let mut worst = 0f64;
+    for (o, (_, t0)) in first.iter().enumerate() {
+        let Some(y0) = t0.to_f64_vec() else { continue };
+        let mut scale = y0.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let mut diff = 0f64;
+        for sample in &outputs[1..] {
+            let Some(ys) = sample.get(o).and_then(|(_, t)| t.to_f64_vec()) else {
+                continue;
+            };
+            if ys.len() != y0.len() {
+                // A different output shape for a different input: it varies.
+                return f64::INFINITY;
+            }
+            for (p, q) in ys.iter().zip(&y0) {
+                scale = scale.max(p.abs());
+                diff = diff.max((p - q).abs());
+            }
+        }
+        worst = worst.max(if scale > 0.0 { diff / scale } else { 0.0 });
+    }
+    worst
 }
 
 /// `max|a-b| / max(max|a|, 1e-6)`; infinite when shapes differ.

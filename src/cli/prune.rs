@@ -248,12 +248,21 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 .map(|(b, e)| format!("{b} {e:.1e}"))
                 .collect();
             println!(
-                "verified: max relative error vs masked original {} (tolerance {:.0e})",
+                "verified: max relative error vs masked original {} (tolerance {:.0e}; {})",
                 per.join(", "),
-                args.tolerance
+                args.tolerance,
+                variation_note(o.variation)
             );
         }
         None if report.removed > 0 => println!("not verified (--no-verify)"),
         None => {}
+    }
+}
+
+/// How much the oracle's reference outputs varied with its random inputs, for the verdict line.
+pub fn variation_note(variation: Option<f64>) -> String {
+    match variation {
+        Some(v) => format!("outputs vary by {v:.1e} across the random inputs"),
+        None => "integer inputs only, fed zeros: output variation not measured".into(),
     }
 }

@@ -44,9 +44,10 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "equivalent: max relative error {} (tolerance {:.0e})",
+        "equivalent: max relative error {} (tolerance {:.0e}; {})",
         per.join(", "),
-        args.tolerance
+        args.tolerance,
+        super::prune::variation_note(cmp.variation)
     );
     Ok(())
 }

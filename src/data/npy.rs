@@ -129,8 +129,10 @@ impl NpyHeader {
 }
 
 /// Reads the magic, version and header dict from the start of a `.npy` stream, leaving the
-/// reader at the first element.
-pub fn read_header<R: Read>(r: &mut R) -> Result<NpyHeader, String> {
+/// reader at the first element. `total`, the stream's size in bytes when known (the file's, or
+/// the archive member's), bounds what the header may declare: a shape claiming more data than
+/// follows the header is refused before anything is allocated for it.
+pub fn read_header<R: Read>(r: &mut R, total: Option<u64>) -> Result<NpyHeader, String> {
     let mut pre = [0u8; 8];
     r.read_exact(&mut pre)
         .map_err(|e| format!("not a .npy array: {e}"))?;
@@ -158,7 +160,23 @@ pub fn read_header<R: Read>(r: &mut R) -> Result<NpyHeader, String> {
     let mut text = vec![0u8; len];
     r.read_exact(&mut text)
         .map_err(|e| format!(".npy header: {e}"))?;
-    parse_dict(&String::from_utf8_lossy(&text))
+    let h = parse_dict(&String::from_utf8_lossy(&text))?;
+    if let Some(total) = total {
+        let prefix = if pre[6] == 1 { 10 } else { 12 };
+        let follows = total.saturating_sub((prefix + len) as u64);
+        let need = h
+            .numel()
+            .and_then(|n| n.checked_mul(h.dtype.size()))
+            .map(|b| b as u64);
+        if need.is_none_or(|b| b > follows) {
+            return Err(format!(
+                ".npy header declares shape {:?} ({} bytes of data) but {follows} bytes follow it",
+                h.shape,
+                need.map_or("more than 2^64".into(), |b| b.to_string())
+            ));
+        }
+    }
+    Ok(h)
 }
 
 /// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`.
@@ -246,13 +264,25 @@ mod tests {
             &data,
         );
         let mut r = bytes.as_slice();
-        let h = read_header(&mut r).unwrap();
+        let h = read_header(&mut r, Some(bytes.len() as u64)).unwrap();
         assert_eq!(h.dtype, NpyType::F32);
         assert_eq!(h.shape, vec![2]);
         let mut out = [0f32; 2];
         h.to_f32(r, &mut out);
         assert_eq!(out, [1.5, -2.0]);
         assert_eq!(h.to_i64(r), None);
+        // One byte short of the data: refused from the header alone.
+        let e = read_header(&mut bytes.as_slice(), Some(bytes.len() as u64 - 1)).unwrap_err();
+        assert!(
+            e.contains("declares shape [2] (8 bytes of data) but 7 bytes"),
+            "{e}"
+        );
+        let huge = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 4), }\n",
+            &data,
+        );
+        let e = read_header(&mut huge.as_slice(), Some(huge.len() as u64)).unwrap_err();
+        assert!(e.contains("17592186044416 bytes of data"), "{e}");
     }
 
     #[test]
@@ -285,7 +315,7 @@ mod tests {
             let e = parse_dict(dict).unwrap_err();
             assert!(e.contains(needle), "{dict}: {e}");
         }
-        assert!(read_header(&mut &b"PK\x03\x04....."[..])
+        assert!(read_header(&mut &b"PK\x03\x04....."[..], None)
             .unwrap_err()
             .contains("magic"));
     }

@@ -72,9 +72,9 @@ fn sample_shape(dims: &[usize], layout: Option<ImageLayout>) -> SampleShape {
 }
 
 /// Reads a whole label array: integers, or rows reduced by argmax.
-fn read_labels(r: &mut dyn Read, place: &str) -> Result<(usize, Vec<i64>)> {
+fn read_labels(r: &mut dyn Read, total: Option<u64>, place: &str) -> Result<(usize, Vec<i64>)> {
     let bad = |msg: String| Error::data(place, msg);
-    let h = read_header(&mut &mut *r).map_err(bad)?;
+    let h = read_header(&mut &mut *r, total).map_err(bad)?;
     let n = h.shape.first().copied().unwrap_or(0);
     let per = if h.shape.len() == 1 {
         1
@@ -129,10 +129,11 @@ impl NpArrays {
     fn new(
         place: String,
         mut reader: Box<dyn Read + Send>,
+        total: Option<u64>,
         labels: Option<(usize, Vec<i64>, String)>,
         layout: Option<ImageLayout>,
     ) -> Result<NpArrays> {
-        let header = read_header(&mut reader).map_err(|e| Error::data(&place, e))?;
+        let header = read_header(&mut reader, total).map_err(|e| Error::data(&place, e))?;
         let (n, dims) = header
             .shape
             .split_first()
@@ -215,19 +216,25 @@ impl NpArrays {
                 let mut member = zip
                     .by_name(&format!("{k}.npy"))
                     .map_err(|e| Error::data(&place, e.to_string()))?;
-                let (n, l) = read_labels(&mut member, &place)?;
+                let total = member.size();
+                let (n, l) = read_labels(&mut member, Some(total), &place)?;
                 Some((n, l, place))
             }
         };
         let place = format!("{}:{x_key}", path.display());
-        let (start, size, method) = {
+        let (start, size, method, total) = {
             let member = zip
                 .by_name(&format!("{x_key}.npy"))
                 .map_err(|e| Error::data(&place, e.to_string()))?;
             let start = member
                 .data_start()
                 .ok_or_else(|| Error::data(&place, "member data not located"))?;
-            (start, member.compressed_size(), member.compression())
+            (
+                start,
+                member.compressed_size(),
+                member.compression(),
+                member.size(),
+            )
         };
         let mut f = file;
         f.seek(SeekFrom::Start(start))
@@ -245,7 +252,7 @@ impl NpArrays {
                 ))
             }
         };
-        NpArrays::new(place, reader, labels, opts.data_layout)
+        NpArrays::new(place, reader, Some(total), labels, opts.data_layout)
     }
 
     /// Opens a `.npy` of samples; labels from `opts.labels` (another `.npy`) when given.
@@ -256,12 +263,14 @@ impl NpArrays {
             Some(lp) => {
                 let lf = File::open(lp).map_err(|e| Error::io(lp, e))?;
                 let place = shown(lp);
-                let (n, l) = read_labels(&mut BufReader::new(lf), &place)?;
+                let total = lf.metadata().ok().map(|m| m.len());
+                let (n, l) = read_labels(&mut BufReader::new(lf), total, &place)?;
                 Some((n, l, place))
             }
         };
+        let total = f.metadata().ok().map(|m| m.len());
         let reader = Box::new(BufReader::with_capacity(1 << 16, f));
-        NpArrays::new(shown(path), reader, labels, opts.data_layout)
+        NpArrays::new(shown(path), reader, total, labels, opts.data_layout)
     }
 }
 

@@ -3,7 +3,9 @@
 //! The whole model file is read (or mapped, see [`super::mapped`]) into one buffer and decoded with `raw_data` as `Bytes` slices of
 //! that buffer (no copy). External data files are read once each and sliced the same way.
 //! Paths in `external_data.location` are resolved relative to the model's folder; a path that
-//! is absolute or leaves that folder is refused. This module does not validate the graph: see
+//! is absolute or leaves that folder is refused, also when it leaves through a symlink (the
+//! real path must lie inside the folder's real path). Only regular files are read (no FIFOs or
+//! devices), and a tensor's range must lie inside the file. This module does not validate the graph: see
 //! [`crate::ir::verify()`].
 
 use std::collections::HashMap;
@@ -199,15 +201,57 @@ pub fn safe_join(dir: &Path, location: &str, tensor: &str) -> Result<PathBuf> {
     Ok(dir.join(rel))
 }
 
+/// The real path of `file` (`dir` joined with `location`), refused unless it lies inside the
+/// real folder `dir`: a symlinked file or a symlinked folder on the way that leads outside is an
+/// escape just like `..`. `real_dir` caches `dir`'s real path across tensors.
+fn confine(
+    dir: &Path,
+    file: &Path,
+    location: &str,
+    tensor: &str,
+    real_dir: &mut Option<PathBuf>,
+) -> Result<PathBuf> {
+    if real_dir.is_none() {
+        let base = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let real = base
+            .canonicalize()
+            .map_err(|e| Error::tensor(tensor, format!("model folder {}: {e}", base.display())))?;
+        *real_dir = Some(real);
+    }
+    let root = real_dir.as_deref().unwrap_or(dir);
+    let real = file.canonicalize().map_err(|e| {
+        Error::tensor(
+            tensor,
+            format!("external data file {}: {e}", file.display()),
+        )
+    })?;
+    if real == root || !real.starts_with(root) {
+        return Err(Error::tensor(
+            tensor,
+            format!(
+                "external data path '{location}' escapes the model's folder through a symlink (it resolves to {})",
+                real.display()
+            ),
+        ));
+    }
+    Ok(real)
+}
+
 fn resolve_external(model: &mut ModelProto, dir: &Path) -> Result<()> {
     let mut files: HashMap<PathBuf, Bytes> = HashMap::new();
+    let mut real_dir: Option<PathBuf> = None;
     for_each_tensor_mut(model, &mut |t| {
         if t.data_location != Some(DataLocation::External as i32) {
             return Ok(());
         }
         let name = t.name().to_string();
         let (location, offset, length) = external_location(t)?;
-        let file = safe_join(dir, &location, &name)?;
+        let joined = safe_join(dir, &location, &name)?;
+        let file = confine(dir, &joined, &location, &name, &mut real_dir)?;
         if !files.contains_key(&file) {
             let data = super::mapped::read_file(&file).map_err(|e| {
                 Error::tensor(&name, format!("external data file {}: {e}", file.display()))

@@ -32,18 +32,72 @@ impl AsRef<[u8]> for Owner {
     }
 }
 
-/// The contents of `path`: mapped when large, read otherwise.
+/// Opens `path` for reading without blocking (a FIFO would otherwise block `open` until a
+/// writer appears) and refuses anything but a regular file: FIFOs, sockets, devices such as
+/// `/dev/zero` (which would be read until memory runs out) and directories. The type is checked
+/// on the opened handle, so a file swapped after a path check is caught too.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = file_kind(&meta);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({kind})"),
+        ));
+    }
+    Ok(file)
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a plain file"
+}
+
+/// The contents of `path`, a regular file (see [`open_regular`]): mapped when large, read
+/// otherwise. Never reads more than the size the file had when opened.
 pub fn read_file(path: &Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
+    let file = open_regular(path)?;
     let len = file.metadata()?.len();
     if len < MAP_THRESHOLD {
-        return std::fs::read(path).map(Bytes::from);
+        use std::io::Read;
+        let mut buf = Vec::with_capacity(len as usize);
+        file.take(len).read_to_end(&mut buf)?;
+        return Ok(Bytes::from(buf));
     }
     // SAFETY: the mapping is read-only and private; lopper never writes to its input files in
     // place (saves go to a temporary file that is renamed), see the module comment.
     let map = match unsafe { Mmap::map(&file) } {
         Ok(m) => Arc::new(m),
-        Err(_) => return std::fs::read(path).map(Bytes::from),
+        Err(_) => {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(len as usize);
+            (&file).take(len).read_to_end(&mut buf)?;
+            return Ok(Bytes::from(buf));
+        }
     };
     if let Ok(mut maps) = MAPS.lock() {
         maps.retain(|w| w.strong_count() > 0);

@@ -150,6 +150,10 @@ impl Op for Binary {
         inputs: &[Option<&Tensor>],
         _opset: i64,
     ) -> Option<Result<Vec<Tensor>>> {
+        if self.name == "Div" && !integer_div_is_defined(inputs) {
+            // Undefined in ONNX (runtimes trap): leave the node for the runtime to judge.
+            return None;
+        }
         match self.kind {
             Kind::Arith(fi, ff) => util::eval_elementwise(
                 inputs,
@@ -370,12 +374,27 @@ fn pow_vjp(
     Ok(out)
 }
 
+/// Integer `Div` (only reached when [`integer_div_is_defined`]; never panics regardless).
 fn int_div(a: i64, b: i64) -> i64 {
-    if b == 0 {
-        0
-    } else {
-        a / b
+    a.checked_div(b).unwrap_or(0)
+}
+
+/// Whether an integer `Div` of these constant inputs is defined: no divisor is 0, and no
+/// division of the type's minimum by −1 (which overflows). Float division always is.
+fn integer_div_is_defined(inputs: &[Option<&Tensor>]) -> bool {
+    let (Some(Some(a)), Some(Some(b))) = (inputs.first(), inputs.get(1)) else {
+        return true;
+    };
+    if a.dtype().is_float() || b.dtype().is_float() {
+        return true;
     }
+    let (Some(x), Some(y)) = (a.to_i64_vec(), b.to_i64_vec()) else {
+        return false;
+    };
+    let minimum =
+        |v: &i64| [i64::MIN, i32::MIN.into(), i16::MIN.into(), i8::MIN.into()].contains(v);
+    let overflows = y.contains(&-1) && x.iter().any(minimum);
+    !y.contains(&0) && !overflows
 }
 
 /// `Add`.
@@ -464,6 +483,36 @@ mod tests {
 
     fn sym_scalar(s: &str) -> Option<Fact> {
         Some(Fact::of_sym(Some(DType::I64), true, syms(s)))
+    }
+
+    #[test]
+    fn integer_division_that_traps_is_left_unfolded() {
+        let n = node("Div", 1, vec![]);
+        let a = Tensor::from_i64(vec![2], &[i64::MIN, 7]);
+        let eval = |b: &[i64]| {
+            let b = Tensor::from_i64(vec![b.len()], b);
+            DIV.eval(&n, &[Some(&a), Some(&b)], 13)
+        };
+        assert!(eval(&[-1]).is_none(), "i64::MIN / -1 overflows");
+        assert!(eval(&[0, 1]).is_none(), "division by zero");
+        let ok = eval(&[2]).unwrap().unwrap();
+        assert_eq!(ok[0].to_i64_vec().unwrap(), vec![i64::MIN / 2, 3]);
+        // Floats are defined everywhere (inf), and folded.
+        let f = Tensor::from_f32(vec![1], &[1.0]);
+        let z = Tensor::from_f32(vec![1], &[0.0]);
+        let inf = DIV.eval(&n, &[Some(&f), Some(&z)], 13).unwrap().unwrap();
+        assert_eq!(inf[0].to_f64_vec().unwrap(), vec![f64::INFINITY]);
+    }
+
+    #[test]
+    fn huge_broadcasts_are_not_materialised() {
+        let n = node("Add", 1, vec![]);
+        let k = 1 << 16;
+        let col = Tensor::from_f32(vec![k, 1], &vec![1.0; k]);
+        let row = Tensor::from_f32(vec![1, k], &vec![1.0; k]);
+        assert!(ADD.eval(&n, &[Some(&col), Some(&row)], 13).is_none());
+        let small = Tensor::from_f32(vec![1, 4], &[1.0; 4]);
+        assert!(ADD.eval(&n, &[Some(&col), Some(&small)], 13).is_some());
     }
 
     #[test]

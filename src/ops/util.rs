@@ -128,12 +128,18 @@ pub fn eval_elementwise(
         Ok(s) => s.iter().map(|d| d.known().unwrap_or(1)).collect(),
         Err(e) => return Some(Err(Error::tensor("", e))),
     };
+    // Bounded like every fold: broadcasting two small constants can describe a huge tensor.
+    let n = out_shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    if n.checked_mul(8)? > MAX_EVAL_BYTES {
+        return None;
+    }
     let dtype = out_dtype.unwrap_or(first.dtype());
     let idx: Vec<Vec<usize>> = ts
         .iter()
         .map(|t| broadcast_index(&out_shape, t.shape()))
         .collect();
-    let n: usize = out_shape.iter().product();
     let all_int = ts.iter().all(|t| !t.dtype().is_float());
     if all_int && !dtype.is_float() {
         let vals: Vec<Vec<i64>> = ts.iter().map(|t| t.to_i64_vec()).collect::<Option<_>>()?;

@@ -101,12 +101,60 @@ pub fn load_with(
     path: &Path,
     opts: &RuntimeOptions,
 ) -> Result<Box<dyn Session>> {
-    match kind {
-        BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_opts(path, opts)?)),
+    let inner: Box<dyn Session> = contain(kind.name(), || match kind {
+        BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_opts(path, opts)?) as Box<_>),
         BackendKind::Tract => {
             check_tract(opts)?;
-            Ok(Box::new(tract::TractSession::load(path)?))
+            Ok(Box::new(tract::TractSession::load(path)?) as Box<_>)
         }
+    })?;
+    Ok(Box::new(Contained(inner)))
+}
+
+thread_local! {
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside a runtime call whose panics become errors: a panic hook
+/// should stay quiet then (the panic is reported as that error).
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(std::cell::Cell::get)
+}
+
+/// Runs `f`, turning a panic inside a runtime (tract dividing by a zero `Range` step,
+/// allocating a 2^40-element tensor; the ONNX Runtime bindings' "infallible" on a negative
+/// dim) into an error naming the runtime: the model is what is wrong, not lopper.
+fn contain<T>(backend: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = CONTAINING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(before));
+    out.unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Runtime {
+            backend,
+            msg: format!(
+                "failed on this model ({}); it is probably invalid (a zero divisor or Range step, a negative or huge shape)",
+                msg.lines().next().unwrap_or("")
+            ),
+        })
+    })
+}
+
+/// A session whose runtime panics become errors (see [`contain`]).
+struct Contained(Box<dyn Session>);
+
+impl Session for Contained {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let backend = self.0.backend();
+        contain(backend, || self.0.run(inputs))
     }
 }
 

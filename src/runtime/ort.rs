@@ -53,6 +53,9 @@ fn environment() -> Result<&'static (ort::environment::Environment, PathBuf)> {
             .with_telemetry(false)
             .build()
             .map_err(|e| format!("creating the environment ({}): {e}", lib.display()))?;
+        // Failures come back as errors, which lopper reports on one line; ONNX Runtime's own
+        // log would print them a second time, over several lines.
+        env.set_log_level(ort::logging::LogLevel::Fatal);
         Ok((env, lib))
     })
     .as_ref()
