@@ -271,17 +271,22 @@ fn verification_that_cannot_fail_does_not_pass() {
     assert!(!out.exists(), "nothing is written");
 
     // The first convolution's weights zero: the output no longer depends on the input, so a
-    // comparison on random inputs proves nothing.
+    // comparison on random inputs proves nothing: written, but not called verified.
     let flat = resnet20_with(dir.path(), "flat.onnx", "c.weight", |w| w.fill(0.0));
     let (code, stdout, err, _) = lopper_within(
         &["prune", &flat, "-o", out_s, "--ratio", "0.3"],
         Duration::from_secs(120),
     );
-    assert_eq!(code, 2, "{stdout}{err}");
-    assert!(!stdout.contains("verified"), "{stdout}");
-    assert!(err.contains("do not vary with the input"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(!out.exists(), "nothing is written");
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("verified:")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not verified: the reference outputs do not vary with the input"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_file(&out);
     // Unverified on request, it is written and says so.
     let (code, stdout, err, _) = lopper_within(
         &["prune", &flat, "-o", out_s, "--ratio", "0.3", "--no-verify"],

@@ -247,12 +247,21 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 .iter()
                 .map(|(b, e)| format!("{b} {e:.1e}"))
                 .collect();
-            println!(
-                "verified: max relative error vs masked original {} (tolerance {:.0e}; {})",
-                per.join(", "),
-                args.tolerance,
-                variation_note(o.variation)
-            );
+            if o.exercised() {
+                println!(
+                    "verified: max relative error vs masked original {} (tolerance {:.0e}; {})",
+                    per.join(", "),
+                    args.tolerance,
+                    variation_note(o.variation)
+                );
+            } else {
+                println!(
+                    "not verified: the reference outputs do not vary with the input ({}), so the \
+                     comparison proves little (max relative error vs masked original {})",
+                    variation_note(o.variation),
+                    per.join(", ")
+                );
+            }
         }
         None if report.removed > 0 => println!("not verified (--no-verify)"),
         None => {}

@@ -43,6 +43,12 @@ pub fn run(args: Args) -> Result<()> {
             args.tolerance
         );
     }
+    if !cmp.exercised() {
+        bail!(
+            "cannot verify: the reference outputs do not vary with the input ({}), so any model computing the same constant would pass",
+            super::prune::variation_note(cmp.variation)
+        );
+    }
     println!(
         "equivalent: max relative error {} (tolerance {:.0e}; {})",
         per.join(", "),
