@@ -353,58 +353,7 @@ fn layer(
     }
     let ws = wt.shape().to_vec();
     let (kind, cols) = match node.op_type.as_str() {
-        "Conv" => {
-            if node.attr_i("group").unwrap_or(1) != 1 {
-                return skip("grouped convolution");
-            }
-            let rank = ws.len() - 2;
-            if !(1..=2).contains(&rank) {
-                return skip(format!("{rank}-D convolution"));
-            }
-            let two = |name: &str, default: usize| -> [usize; 2] {
-                let v: Vec<usize> = node
-                    .attr_ints(name)
-                    .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-                    .unwrap_or_else(|| vec![default; rank]);
-                if rank == 1 {
-                    [default, v.first().copied().unwrap_or(default)]
-                } else {
-                    [
-                        v.first().copied().unwrap_or(default),
-                        v.get(1).copied().unwrap_or(default),
-                    ]
-                }
-            };
-            let kernel = if rank == 1 {
-                [1, ws[2]]
-            } else {
-                [ws[2], ws[3]]
-            };
-            let p: Vec<usize> = node
-                .attr_ints("pads")
-                .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-                .unwrap_or_else(|| vec![0; 2 * rank]);
-            let pads = if rank == 1 {
-                [
-                    0,
-                    p.first().copied().unwrap_or(0),
-                    0,
-                    p.get(1).copied().unwrap_or(0),
-                ]
-            } else {
-                let at = |i: usize| p.get(i).copied().unwrap_or(0);
-                [at(0), at(1), at(2), at(3)]
-            };
-            let kind = Kind::Conv {
-                rank,
-                kernel,
-                strides: two("strides", 1),
-                dilations: two("dilations", 1),
-                pads,
-                auto_pad: node.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into()),
-            };
-            (kind, ws[1] * kernel[0] * kernel[1])
-        }
+        "Conv" => conv_kind(node, &ws)?,
         "Gemm" => {
             if node.attr_i("transA").unwrap_or(0) != 0 {
                 return skip("Gemm with transA");
@@ -453,6 +402,60 @@ fn layer(
         kept,
         cols,
     })
+}
+
+/// The convolution geometry of `node` (weight shape `ws`) and its regression columns.
+fn conv_kind(node: &crate::ir::Node, ws: &[usize]) -> std::result::Result<(Kind, usize), Skip> {
+    if node.attr_i("group").unwrap_or(1) != 1 {
+        return skip("grouped convolution");
+    }
+    let rank = ws.len() - 2;
+    if !(1..=2).contains(&rank) {
+        return skip(format!("{rank}-D convolution"));
+    }
+    let two = |name: &str, default: usize| -> [usize; 2] {
+        let v: Vec<usize> = node
+            .attr_ints(name)
+            .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+            .unwrap_or_else(|| vec![default; rank]);
+        if rank == 1 {
+            [default, v.first().copied().unwrap_or(default)]
+        } else {
+            [
+                v.first().copied().unwrap_or(default),
+                v.get(1).copied().unwrap_or(default),
+            ]
+        }
+    };
+    let kernel = if rank == 1 {
+        [1, ws[2]]
+    } else {
+        [ws[2], ws[3]]
+    };
+    let p: Vec<usize> = node
+        .attr_ints("pads")
+        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
+        .unwrap_or_else(|| vec![0; 2 * rank]);
+    let pads = if rank == 1 {
+        [
+            0,
+            p.first().copied().unwrap_or(0),
+            0,
+            p.get(1).copied().unwrap_or(0),
+        ]
+    } else {
+        let at = |i: usize| p.get(i).copied().unwrap_or(0);
+        [at(0), at(1), at(2), at(3)]
+    };
+    let kind = Kind::Conv {
+        rank,
+        kernel,
+        strides: two("strides", 1),
+        dilations: two("dilations", 1),
+        pads,
+        auto_pad: node.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into()),
+    };
+    Ok((kind, ws[1] * kernel[0] * kernel[1]))
 }
 
 /// The one node reading `v` (not a graph output).
@@ -596,233 +599,6 @@ fn fetch(outs: &[(String, Tensor)], name: &str) -> Result<(Vec<f32>, Vec<usize>)
         .to_f32_vec()
         .ok_or_else(|| Error::Usage(format!("'{name}' is not a float tensor")))?;
     Ok((v, t.shape().to_vec()))
-}
-
-/// The normal equations of one layer: `A = XᵀX` (upper triangle, `d×d`), `B = XᵀY` (`d×m`),
-/// `‖y_o‖²` per output, all in f64.
-struct Normal {
-    d: usize,
-    m: usize,
-    a: Vec<f64>,
-    b: Vec<f64>,
-    yy: Vec<f64>,
-    rows: usize,
-}
-
-impl Normal {
-    fn new(d: usize, m: usize) -> Normal {
-        Normal {
-            d,
-            m,
-            a: vec![0.0; d * d],
-            b: vec![0.0; d * m],
-            yy: vec![0.0; m],
-            rows: 0,
-        }
-    }
-
-    /// Adds one row `x` (length `d`) with targets `y` (length `m`).
-    fn add(&mut self, x: &[f64], y: &[f64]) {
-        let (d, m) = (self.d, self.m);
-        for (i, &xi) in x.iter().enumerate() {
-            if xi == 0.0 {
-                continue;
-            }
-            let row = &mut self.a[i * d + i..(i + 1) * d];
-            for (r, &xj) in row.iter_mut().zip(&x[i..]) {
-                *r += xi * xj;
-            }
-            for (r, &yo) in self.b[i * m..(i + 1) * m].iter_mut().zip(y) {
-                *r += xi * yo;
-            }
-        }
-        for (s, &yo) in self.yy.iter_mut().zip(y) {
-            *s += yo * yo;
-        }
-        self.rows += 1;
-    }
-
-    /// The ridge solution for inherited weights `w0` (`m` rows of `d`), with the relative
-    /// residuals before and after.
-    fn solve(&mut self, w0: &[f64], lambda: f64, layer: &Layer) -> Result<(Vec<f64>, f64, f64)> {
-        let (d, m) = (self.d, self.m);
-        for i in 0..d {
-            for j in 0..i {
-                self.a[i * d + j] = self.a[j * d + i];
-            }
-        }
-        let trace: f64 = (0..d).map(|i| self.a[i * d + i]).sum();
-        let lam = if trace > 0.0 {
-            lambda * trace / d as f64
-        } else {
-            1.0
-        };
-        let mut l = self.a.clone();
-        for i in 0..d {
-            l[i * d + i] += lam;
-        }
-        cholesky(&mut l, d).map_err(|i| {
-            layer.err(format!(
-                "the regularised normal equations are not positive definite (pivot {i} of {d}); raise lambda"
-            ))
-        })?;
-        let mut w = vec![0.0; m * d];
-        let mut rhs = vec![0.0; d];
-        for o in 0..m {
-            for i in 0..d {
-                rhs[i] = self.b[i * m + o] + lam * w0[o * d + i];
-            }
-            solve_cholesky(&l, d, &mut rhs);
-            w[o * d..(o + 1) * d].copy_from_slice(&rhs);
-        }
-        let total: f64 = self.yy.iter().sum::<f64>().max(f64::MIN_POSITIVE);
-        let (before, after) = (self.residual(w0) / total, self.residual(&w) / total);
-        if !w.iter().all(|v| v.is_finite()) {
-            return Err(layer.err("the refitted weights are not finite"));
-        }
-        Ok((w, before, after))
-    }
-
-    /// `Σ_o ‖X w_o − y_o‖²` from the accumulated sums (`a` full).
-    fn residual(&self, w: &[f64]) -> f64 {
-        let (d, m) = (self.d, self.m);
-        let mut r = 0.0;
-        for o in 0..m {
-            let wo = &w[o * d..(o + 1) * d];
-            let mut quad = 0.0;
-            let mut lin = 0.0;
-            for i in 0..d {
-                let ai = &self.a[i * d..(i + 1) * d];
-                quad += wo[i] * ai.iter().zip(wo).map(|(a, b)| a * b).sum::<f64>();
-                lin += wo[i] * self.b[i * m + o];
-            }
-            r += (quad - 2.0 * lin + self.yy[o]).max(0.0);
-        }
-        r
-    }
-}
-
-/// In-place Cholesky factorisation `M = L·Lᵀ` of a symmetric `d×d` matrix (row-major; `L`
-/// ends in the lower triangle). Errors with the pivot index when `M` is not positive definite.
-fn cholesky(a: &mut [f64], d: usize) -> std::result::Result<(), usize> {
-    for j in 0..d {
-        let mut s = a[j * d + j];
-        for k in 0..j {
-            s -= a[j * d + k] * a[j * d + k];
-        }
-        if s <= 0.0 || !s.is_finite() {
-            return Err(j);
-        }
-        let p = s.sqrt();
-        a[j * d + j] = p;
-        for i in j + 1..d {
-            let (ri, rj) = (i * d, j * d);
-            let mut s = a[ri + j];
-            for k in 0..j {
-                s -= a[ri + k] * a[rj + k];
-            }
-            a[ri + j] = s / p;
-        }
-    }
-    Ok(())
-}
-
-/// Solves `L·Lᵀ x = b` in place (`l` from [`cholesky`]).
-fn solve_cholesky(l: &[f64], d: usize, b: &mut [f64]) {
-    for i in 0..d {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= l[i * d + k] * b[k];
-        }
-        b[i] = s / l[i * d + i];
-    }
-    for i in (0..d).rev() {
-        let mut s = b[i];
-        for k in i + 1..d {
-            s -= l[k * d + i] * b[k];
-        }
-        b[i] = s / l[i * d + i];
-    }
-}
-
-/// The geometry of a layer on an input of spatial size `[h, w]`: kernel, strides, dilations,
-/// pads `[top, left]`, and the output size.
-struct Geometry {
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    dilations: [usize; 2],
-    begin: [usize; 2],
-    out: [usize; 2],
-}
-
-fn geometry(kind: &Kind, size: [usize; 2]) -> Option<Geometry> {
-    let Kind::Conv {
-        kernel,
-        strides,
-        dilations,
-        pads,
-        auto_pad,
-        ..
-    } = kind
-    else {
-        return Some(Geometry {
-            kernel: [1, 1],
-            strides: [1, 1],
-            dilations: [1, 1],
-            begin: [0, 0],
-            out: size,
-        });
-    };
-    let mut begin = [0; 2];
-    let mut out = [0; 2];
-    for a in 0..2 {
-        let (s, dil) = (strides[a].max(1), dilations[a].max(1));
-        let span = (kernel[a] - 1) * dil + 1;
-        let (b, e) = match auto_pad.as_str() {
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let o = size[a].div_ceil(s);
-                let total = ((o - 1) * s + span).saturating_sub(size[a]);
-                let small = total / 2;
-                if auto_pad == "SAME_UPPER" {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                }
-            }
-            "VALID" => (0, 0),
-            _ => (pads[a], pads[a + 2]),
-        };
-        let padded = size[a] + b + e;
-        if padded < span {
-            return None;
-        }
-        begin[a] = b;
-        out[a] = (padded - span) / s + 1;
-    }
-    Some(Geometry {
-        kernel: *kernel,
-        strides: *strides,
-        dilations: *dilations,
-        begin,
-        out,
-    })
-}
-
-/// `[n, c, h, w]` of a layer's tensor: NCHW (1-D: `h` = 1) for a Conv, `[rows, c, 1, 1]` for
-/// Gemm/MatMul (channels last).
-fn as_nchw(kind: &Kind, shape: &[usize]) -> Option<[usize; 4]> {
-    match kind {
-        Kind::Conv { rank: 1, .. } if shape.len() == 3 => Some([shape[0], shape[1], 1, shape[2]]),
-        Kind::Conv { rank: 2, .. } if shape.len() == 4 => {
-            Some([shape[0], shape[1], shape[2], shape[3]])
-        }
-        Kind::Conv { .. } => None,
-        _ => {
-            let c = *shape.last()?;
-            let n = shape[..shape.len() - 1].iter().product();
-            Some([n, c, 1, 1])
-        }
-    }
 }
 
 /// What every layer's probing shares: the batches (and their sample counts), the runtime,
@@ -1073,440 +849,18 @@ fn add_rows(
     Ok(())
 }
 
-/// Gives `layer`'s node in `model` a zero bias when it has none (Conv; Gemm with a nonzero
-/// beta), so that the fit has an intercept.
-fn add_bias(model: &mut Model, layer: &mut Layer) -> Result<()> {
-    let ok = match layer.kind {
-        Kind::Conv { .. } => true,
-        Kind::Gemm { beta, .. } => beta != 0.0,
-        Kind::MatMul => false,
-    };
-    if layer.bias.is_some() || !ok {
-        return Ok(());
-    }
-    let w = model.graph.init(layer.w).map(Tensor::dtype);
-    let dt = w.ok_or_else(|| layer.err("the weight is not constant"))?;
-    let m = layer.kept.outputs.len();
-    let name = format!("{}.bias", model.graph.value(layer.w).name);
-    let t = Tensor::from_f64_as(dt, vec![m], &vec![0.0; m])?;
-    let v = crate::passes::add_initializer(model, &name, t);
-    model.graph.set_input(layer.node, 2, Some(v));
-    layer.bias = Some(v);
-    Ok(())
-}
+#[path = "compensate_solve.rs"]
+mod solve;
+use solve::*;
 
-/// The layer's current weights in `model` as `m` rows of `d` (Gemm: times `alpha`, bias
-/// times `beta`; a single-value Gemm bias repeated).
-fn weights(model: &Model, layer: &Layer) -> Result<Vec<f64>> {
-    let g = &model.graph;
-    let (d, m, cols) = (layer.d(), layer.kept.outputs.len(), layer.cols);
-    let w = g
-        .init(layer.w)
-        .and_then(Tensor::to_f64_vec)
-        .ok_or_else(|| layer.err("the weight is not a float constant"))?;
-    let mut out = vec![0.0; m * d];
-    for o in 0..m {
-        for i in 0..cols {
-            out[o * d + i] = match layer.kind {
-                Kind::Conv { .. } | Kind::Gemm { trans_b: true, .. } => w[o * cols + i],
-                Kind::Gemm { .. } | Kind::MatMul => w[i * m + o],
-            } * gemm_scale(&layer.kind).0;
-        }
-    }
-    if let Some(b) = layer.bias {
-        let bv = g
-            .init(b)
-            .and_then(Tensor::to_f64_vec)
-            .ok_or_else(|| layer.err("the bias is not a float constant"))?;
-        for o in 0..m {
-            out[o * d + cols] = bv[if bv.len() == 1 { 0 } else { o }] * gemm_scale(&layer.kind).1;
-        }
-    }
-    Ok(out)
-}
+#[path = "compensate_geometry.rs"]
+mod geometry;
+use geometry::*;
 
-/// `(alpha, beta)` of a Gemm, `(1, 1)` otherwise.
-fn gemm_scale(kind: &Kind) -> (f64, f64) {
-    match kind {
-        Kind::Gemm { alpha, beta, .. } => (*alpha, *beta),
-        _ => (1.0, 1.0),
-    }
-}
-
-/// Writes `w` (`m` rows of `d`, as [`weights`] reads them) into the layer's initializers,
-/// keeping their types and shapes (a single-value Gemm bias becomes one per output).
-fn set_weights(model: &mut Model, layer: &Layer, w: &[f64]) -> Result<()> {
-    let g = &mut model.graph;
-    let (d, m, cols) = (layer.d(), layer.kept.outputs.len(), layer.cols);
-    let (alpha, beta) = gemm_scale(&layer.kind);
-    let old = g
-        .init(layer.w)
-        .cloned()
-        .ok_or_else(|| layer.err("the weight is not constant"))?;
-    let mut vals = vec![0.0; m * cols];
-    for o in 0..m {
-        for i in 0..cols {
-            let at = match layer.kind {
-                Kind::Conv { .. } | Kind::Gemm { trans_b: true, .. } => o * cols + i,
-                Kind::Gemm { .. } | Kind::MatMul => i * m + o,
-            };
-            vals[at] = w[o * d + i] / alpha;
-        }
-    }
-    g.set_init(
-        layer.w,
-        Tensor::from_f64_as(old.dtype(), old.shape().to_vec(), &vals)?,
-    );
-    if let Some(b) = layer.bias {
-        let old = g
-            .init(b)
-            .cloned()
-            .ok_or_else(|| layer.err("the bias is not constant"))?;
-        let vals: Vec<f64> = (0..m).map(|o| w[o * d + cols] / beta).collect();
-        let shape = if old.len() == m {
-            old.shape().to_vec()
-        } else {
-            vec![m]
-        };
-        g.set_init(b, Tensor::from_f64_as(old.dtype(), shape, &vals)?);
-    }
-    Ok(())
-}
+#[path = "compensate_weights.rs"]
+mod weights;
+use weights::*;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ir::graph::{attr_float, attr_int, attr_ints};
-    use crate::ir::Graph;
-    use crate::passes::testutil::{input, model};
-    use crate::pipeline::kept::testutil::prune_steps;
-    use crate::plan::{fingerprint, PlanMeta};
-
-    /// Seeded normal samples.
-    fn normal(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = SplitMix64::new(seed);
-        (0..n).map(|_| r.normal() as f32).collect()
-    }
-
-    /// Runs `m` (one input `x`) on `x` in tract; its first output.
-    fn run(m: &Model, x: &Tensor) -> Vec<f32> {
-        let dir = TempDir::new("compensate-test").unwrap();
-        let path = dir.path().join("m.onnx");
-        m.save(&path, &Default::default()).unwrap();
-        let mut s = runtime::load(BackendKind::Tract, &path).unwrap();
-        let out = s.run(&[("x".to_string(), x.clone())]).unwrap();
-        out[0].1.to_f32_vec().unwrap()
-    }
-
-    fn batches(shape: &[usize], count: usize) -> Vec<CalibrationBatch> {
-        (0..count)
-            .map(|k| {
-                let n = shape.iter().product();
-                vec![(
-                    "x".to_string(),
-                    Tensor::from_f32(shape.to_vec(), &normal(n, 100 + k as u64)),
-                )]
-            })
-            .collect()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
-    fn settings(lambda: f64) -> CompensateOptions {
-        CompensateOptions {
-            lambda,
-            ..Default::default()
-        }
-    }
-
-    fn run_compensate(
-        pruned: &mut Model,
-        original: &Model,
-        plan: &PlanFile,
-        batches: &[CalibrationBatch],
-        lambda: f64,
-    ) -> Result<Compensation> {
-        compensate(
-            pruned,
-            original,
-            plan,
-            batches,
-            BackendKind::Tract,
-            &Default::default(),
-            &settings(lambda),
-            &mut |_, _| {},
-        )
-    }
-
-    /// `x[2,2,6,6] → Conv a (1×1; filter 2 = filter 0 + 2·filter 1) → Conv b (2 filters,
-    /// 3×3, stride 2, pad 1, dilation `dil`, bias)`.
-    fn dependent_convs(dil: i64) -> Model {
-        let mut g = Graph::new();
-        let x = input(&mut g, "x", &[2, 2, 6, 6]);
-        let aw = g.add_initializer(
-            "a.w",
-            Tensor::from_f32(vec![3, 2, 1, 1], &[1.0, 0.0, 0.0, 1.0, 1.0, 2.0]),
-        );
-        let a = g.add_node("a", "Conv", &[Some(x), Some(aw)], &["a.y"], vec![]);
-        let ay = g.node(a).outputs[0];
-        let bw = g.add_initializer("b.w", Tensor::from_f32(vec![2, 3, 3, 3], &normal(54, 7)));
-        let bb = g.add_initializer("b.b", Tensor::from_f32(vec![2], &[0.5, -1.0]));
-        let attrs = vec![
-            attr_ints("strides", &[2, 2]),
-            attr_ints("pads", &[dil, dil, dil, dil]),
-            attr_ints("dilations", &[dil, dil]),
-        ];
-        let b = g.add_node("b", "Conv", &[ay, Some(bw), Some(bb)], &["y"], attrs);
-        g.outputs.push(g.node(b).outputs[0].unwrap());
-        model(g, 13)
-    }
-
-    #[test]
-    fn a_removed_linear_combination_is_compensated_exactly() {
-        for dil in [1, 2] {
-            let m = dependent_convs(dil);
-            let (mut p, plan) = prune_steps(&m, &[("a", &[2])]);
-            let x = Tensor::from_f32(vec![2, 2, 6, 6], &normal(144, 99));
-            let want = run(&m, &x);
-            let err = max_diff(&run(&p, &x), &want);
-            assert!(err > 0.1, "pruning changed nothing ({err})");
-            let r = run_compensate(&mut p, &m, &plan, &batches(&[2, 2, 6, 6], 3), 1e-9).unwrap();
-            assert_eq!((r.layers, r.samples), (1, 6));
-            assert!(r.residual_before > 0.01, "{r:?}");
-            assert!(r.residual_after < 1e-9, "{r:?}");
-            let err = max_diff(&run(&p, &x), &want);
-            assert!(err < 1e-4, "dilation {dil}: off by {err}");
-            let w = p.graph.init(p.graph.value_by_name("b.w").unwrap()).unwrap();
-            assert_eq!(w.shape(), &[2, 2, 3, 3]);
-            crate::ir::verify(&p.graph).unwrap();
-        }
-    }
-
-    /// `x[2,2,5,5] → Conv a (1×1, bias; filter 2 = filter 0 + 2·filter 1, bias 1) → Conv b
-    /// (1×1, no bias) → BatchNormalization → Add x`.
-    fn residual_block() -> Model {
-        let mut g = Graph::new();
-        let x = input(&mut g, "x", &[2, 2, 5, 5]);
-        let aw = g.add_initializer(
-            "a.w",
-            Tensor::from_f32(vec![3, 2, 1, 1], &[1.0, -0.5, 0.25, 1.0, 1.5, 1.5]),
-        );
-        let ab = g.add_initializer("a.b", Tensor::from_f32(vec![3], &[0.0, 0.0, 1.0]));
-        let a = g.add_node(
-            "a",
-            "Conv",
-            &[Some(x), Some(aw), Some(ab)],
-            &["a.y"],
-            vec![],
-        );
-        let ay = g.node(a).outputs[0];
-        let bw = g.add_initializer("b.w", Tensor::from_f32(vec![2, 3, 1, 1], &normal(6, 11)));
-        let b = g.add_node("b", "Conv", &[ay, Some(bw)], &["b.y"], vec![]);
-        let mut ins = vec![g.node(b).outputs[0]];
-        for (name, v) in [
-            ("s", [2.0, -0.5]),
-            ("t", [0.1, 0.3]),
-            ("m", [0.2, -1.0]),
-            ("v", [4.0, 0.25]),
-        ] {
-            ins.push(Some(g.add_initializer(name, Tensor::from_f32(vec![2], &v))));
-        }
-        let bn = g.add_node("bn", "BatchNormalization", &ins, &["bn.y"], vec![]);
-        let add = g.add_node(
-            "add",
-            "Add",
-            &[g.node(bn).outputs[0], Some(x)],
-            &["y"],
-            vec![],
-        );
-        g.outputs.push(g.node(add).outputs[0].unwrap());
-        model(g, 13)
-    }
-
-    #[test]
-    fn an_intercept_and_a_residual_target_recover_a_block_exactly() {
-        let m = residual_block();
-        let (p, plan) = prune_steps(&m, &[("a", &[2])]);
-        let x = Tensor::from_f32(vec![2, 2, 5, 5], &normal(100, 42));
-        let want = run(&m, &x);
-        let b = batches(&[2, 2, 5, 5], 2);
-        let with = |intercept: bool, residual: bool| {
-            let mut q = p.clone();
-            let s = CompensateOptions {
-                lambda: 1e-9,
-                intercept,
-                residual,
-                ..Default::default()
-            };
-            let (rt, ro) = (BackendKind::Tract, RuntimeOptions::default());
-            compensate(&mut q, &m, &plan, &b, rt, &ro, &s, &mut |_, _| {}).unwrap();
-            crate::ir::verify(&q.graph).unwrap();
-            max_diff(&run(&q, &x), &want)
-        };
-        // b's target through the BatchNormalization and the Add.
-        let g = &p.graph;
-        let bn = g.node_ids().find(|&n| g.node(n).name == "b").unwrap();
-        let Some(Target::Residual { scale, shift, .. }) = residual_target(&p, &m, bn, 2) else {
-            panic!("no residual target");
-        };
-        assert!(
-            (scale[0] - 2.0 / (4.0f64 + 1e-5).sqrt()).abs() < 1e-6,
-            "{scale:?}"
-        );
-        assert!(
-            (shift[1] - (0.3 + (-0.5) / (0.25f64 + 1e-5).sqrt())).abs() < 1e-6,
-            "{shift:?}"
-        );
-        // Statistics changed in the pruned model (as recalibration would): a node target is
-        // the original's normalised output pulled back through the new statistics.
-        let mut recal = p.clone();
-        for (name, v) in [("m", [0.7, 0.1]), ("v", [1.0, 2.0])] {
-            let id = recal.graph.value_by_name(name).unwrap();
-            recal.graph.set_init(id, Tensor::from_f32(vec![2], &v));
-        }
-        let s = CompensateOptions {
-            lambda: 1e-9,
-            intercept: true,
-            ..Default::default()
-        };
-        let (rt, ro) = (BackendKind::Tract, RuntimeOptions::default());
-        compensate(&mut recal, &m, &plan, &b, rt, &ro, &s, &mut |_, _| {}).unwrap();
-        let err = max_diff(&run(&recal, &x), &want);
-        assert!(err < 1e-4, "recalibrated: off by {err}");
-        // b has no bias: the removed channel's constant part is lost without an intercept.
-        assert!(with(false, false) > 1e-2);
-        for residual in [false, true] {
-            let err = with(true, residual);
-            assert!(err < 1e-4, "residual {residual}: off by {err}");
-        }
-    }
-
-    #[test]
-    fn the_ridge_pulls_towards_the_inherited_weights() {
-        let m = dependent_convs(1);
-        let (p, plan) = prune_steps(&m, &[("a", &[2])]);
-        let b = batches(&[2, 2, 6, 6], 2);
-        let get = |m: &Model| {
-            let g = &m.graph;
-            g.init(g.value_by_name("b.w").unwrap())
-                .unwrap()
-                .to_f64_vec()
-                .unwrap()
-        };
-        let w0 = get(&p);
-        let dist = |lambda: f64| {
-            let mut q = p.clone();
-            let r = run_compensate(&mut q, &m, &plan, &b, lambda).unwrap();
-            let w = get(&q);
-            let d: f64 = w.iter().zip(&w0).map(|(a, b)| (a - b).powi(2)).sum();
-            (d, r.residual_after)
-        };
-        let (near, far) = (dist(1e3), dist(1e-6));
-        assert!(near.0 < far.0 * 1e-2, "{near:?} {far:?}");
-        assert!(near.1 > far.1, "{near:?} {far:?}");
-        // Deterministic.
-        assert_eq!(dist(1e-3), dist(1e-3));
-    }
-
-    /// `x[N,4] → a (features 0, 1, and 0 − 1 + 3) → b (2 outputs)`: Gemm (a with bias and
-    /// transB; b with alpha, beta and a one-value bias) or MatMul.
-    fn dependent_dense(op: &str) -> Model {
-        let mut g = Graph::new();
-        let x = input(&mut g, "x", &[8, 4]);
-        // a's weight as [out, in]: rows f0, f1, f0 - f1.
-        let r = [[1.0, 2.0, 0.0, -1.0], [0.5, -1.0, 3.0, 0.0]];
-        let mut aw: Vec<f32> = r.concat();
-        aw.extend((0..4).map(|i| r[0][i] - r[1][i]));
-        let bw = normal(6, 3);
-        let out = if op == "Gemm" {
-            let aw = g.add_initializer("a.w", Tensor::from_f32(vec![3, 4], &aw));
-            let ab = g.add_initializer("a.b", Tensor::from_f32(vec![3], &[1.0, -2.0, 6.0]));
-            let a = g.add_node(
-                "a",
-                "Gemm",
-                &[Some(x), Some(aw), Some(ab)],
-                &["a.y"],
-                vec![attr_int("transB", 1)],
-            );
-            let ay = g.node(a).outputs[0];
-            let bw = g.add_initializer("b.w", Tensor::from_f32(vec![3, 2], &bw));
-            let bb = g.add_initializer("b.b", Tensor::from_f32(vec![1], &[0.25]));
-            let attrs = vec![attr_float("alpha", 2.0), attr_float("beta", 0.5)];
-            let b = g.add_node("b", "Gemm", &[ay, Some(bw), Some(bb)], &["y"], attrs);
-            g.node(b).outputs[0]
-        } else {
-            let t: Vec<f32> = (0..12).map(|k| aw[(k % 3) * 4 + k / 3]).collect();
-            let aw = g.add_initializer("a.w", Tensor::from_f32(vec![4, 3], &t));
-            let a = g.add_node("a", "MatMul", &[Some(x), Some(aw)], &["a.y"], vec![]);
-            let ay = g.node(a).outputs[0];
-            let bw = g.add_initializer("b.w", Tensor::from_f32(vec![3, 2], &bw));
-            let b = g.add_node("b", "MatMul", &[ay, Some(bw)], &["y"], vec![]);
-            g.node(b).outputs[0]
-        };
-        g.outputs.push(out.unwrap());
-        model(g, 13)
-    }
-
-    #[test]
-    fn gemm_and_matmul_consumers_are_compensated_exactly() {
-        for op in ["Gemm", "MatMul"] {
-            let m = dependent_dense(op);
-            let (mut p, plan) = prune_steps(&m, &[("a", &[2])]);
-            let x = Tensor::from_f32(vec![8, 4], &normal(32, 5));
-            let want = run(&m, &x);
-            assert!(max_diff(&run(&p, &x), &want) > 0.1, "{op}");
-            let r = run_compensate(&mut p, &m, &plan, &batches(&[8, 4], 2), 1e-9).unwrap();
-            assert_eq!(r.layers, 1, "{op}");
-            let err = max_diff(&run(&p, &x), &want);
-            assert!(err < 1e-4, "{op}: off by {err}");
-            crate::ir::verify(&p.graph).unwrap();
-        }
-    }
-
-    #[test]
-    fn nothing_to_compensate_is_refused() {
-        let m = dependent_convs(1);
-        let plan = PlanFile::new(fingerprint(&m), PlanMeta::default());
-        let mut p = m.clone();
-        let e = run_compensate(&mut p, &m, &plan, &batches(&[2, 2, 6, 6], 1), 1e-3)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("nothing to compensate"), "{e}");
-    }
-
-    #[test]
-    fn non_finite_features_are_an_error_naming_the_node() {
-        let m = dependent_convs(1);
-        let (mut p, plan) = prune_steps(&m, &[("a", &[2])]);
-        let mut v = normal(144, 1);
-        v[40] = f32::NAN;
-        let b = vec![vec![(
-            "x".to_string(),
-            Tensor::from_f32(vec![2, 2, 6, 6], &v),
-        )]];
-        let before = p.clone();
-        let e = run_compensate(&mut p, &m, &plan, &b, 1e-3)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("node 'b'") && e.contains("not finite"), "{e}");
-        assert_eq!(fingerprint(&p), fingerprint(&before));
-    }
-
-    #[test]
-    fn cholesky_solves_a_small_system() {
-        // M = [[4, 2], [2, 3]], b = [2, 1] → x = [0.5, 0].
-        let mut a = vec![4.0, 2.0, 2.0, 3.0];
-        cholesky(&mut a, 2).unwrap();
-        let mut b = vec![2.0, 1.0];
-        solve_cholesky(&a, 2, &mut b);
-        assert!((b[0] - 0.5).abs() < 1e-12 && b[1].abs() < 1e-12, "{b:?}");
-        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
-        assert_eq!(cholesky(&mut bad, 2), Err(1));
-    }
-}
+#[path = "compensate_tests.rs"]
+mod tests;
