@@ -328,25 +328,9 @@ fn check_finite(model: &Model, backend: &str, outputs: &[Vec<(String, Tensor)>])
 }
 
 /// A likely reason for non-finite outputs: a float initializer holding NaN/inf, or a
-/// BatchNormalization whose variance is negative.
+/// per-channel affine map (BatchNormalization) whose scale is not finite (negative variance).
 fn nonfinite_cause(model: &Model) -> Option<String> {
     let g = &model.graph;
-    for id in g.node_ids() {
-        let n = g.node(id);
-        if n.op_type != "BatchNormalization" {
-            continue;
-        }
-        let var = n
-            .input(4)
-            .and_then(|v| g.init(v))
-            .and_then(Tensor::to_f64_vec);
-        if var.is_some_and(|v| v.iter().any(|x| *x < 0.0)) {
-            return Some(format!(
-                "node '{}' (BatchNormalization) has a negative variance",
-                n.name
-            ));
-        }
-    }
     for v in g.value_ids() {
         let Some(t) = g.init(v) else { continue };
         if !t.dtype().is_float() {
@@ -357,6 +341,18 @@ fn nonfinite_cause(model: &Model) -> Option<String> {
             .and_then(|x| x.into_iter().find(|x| !x.is_finite()))
         {
             return Some(format!("initializer '{}' holds {x}", g.value(v).name));
+        }
+    }
+    for id in g.node_ids() {
+        let Some(affine) = crate::ops::channel_affine_of(g, id) else {
+            continue;
+        };
+        if let Some(c) = affine.scale.iter().position(|s| !s.is_finite()) {
+            let n = g.node(id);
+            return Some(format!(
+                "node '{}' ({}) scales channel {c} by {} (a negative variance?)",
+                n.name, n.op_type, affine.scale[c]
+            ));
         }
     }
     None

@@ -16,6 +16,7 @@ use super::channel::{
     CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Rewrite, RewriteCx, Slot,
 };
 use super::grad_util::Geometry;
+use super::linear::{Form, Linear, LinearCx};
 use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::Window;
 use super::vjp::{Build, VjpCx};
@@ -710,6 +711,26 @@ impl Op for Conv {
             macs,
             flops: 2 * macs,
         }
+    }
+
+    fn linear(&self, cx: &LinearCx) -> Option<Linear> {
+        // W = [M, C/group, k..] over X [N, C, D..].
+        let w = cx.weight;
+        if w.len() < 3 {
+            return None;
+        }
+        let group = cx.node.attr_i("group").unwrap_or(1).max(1) as usize;
+        Some(Linear {
+            input_axis: 1,
+            output_axis: 1,
+            in_channels: w[1] * group,
+            out_channels: w[0],
+            bias_port: Some(2),
+            form: Form::Conv {
+                group,
+                window: Window::of(cx.node, w[2..].to_vec()).ok()?,
+            },
+        })
     }
 
     fn layer(&self, _node: &crate::ir::Node) -> Option<super::training::Layer> {

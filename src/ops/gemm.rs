@@ -12,6 +12,7 @@ use crate::ir::graph::{attr_float, attr_int};
 use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
+use super::linear::{Form, Linear, LinearCx};
 use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, FreshInit, Op};
@@ -67,6 +68,30 @@ impl Op for Gemm {
             [a, b] => Some((*b, *a)),
             _ => None,
         }
+    }
+
+    fn linear(&self, cx: &LinearCx) -> Option<Linear> {
+        // Y = alpha·A'·B' + beta·C, A' = A or Aᵀ, B' = B [K, N] or Bᵀ with transB.
+        let &[a, b] = cx.weight else {
+            return None;
+        };
+        let trans_a = cx.node.attr_i("transA").unwrap_or(0) != 0;
+        let out_major = cx.node.attr_i("transB").unwrap_or(0) != 0;
+        let (k, n) = if out_major { (b, a) } else { (a, b) };
+        let beta = cx.node.attr_f("beta").map_or(1.0, f64::from);
+        Some(Linear {
+            input_axis: usize::from(!trans_a),
+            output_axis: 1,
+            in_channels: k,
+            out_channels: n,
+            bias_port: (beta != 0.0).then_some(2),
+            form: Form::Dense {
+                out_major,
+                channels_first: trans_a,
+                alpha: cx.node.attr_f("alpha").map_or(1.0, f64::from),
+                beta,
+            },
+        })
     }
 
     fn fold_output_affine(&self, cx: &FoldCx) -> Result<Option<AffineFold>> {

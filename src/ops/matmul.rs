@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::ir::{Dim, Fact, Node, ValueId};
 
 use super::channel::{CompensateCx, Compensation, ConstCx, Link, LinkCx, Map, Slot};
+use super::linear::{Form, Linear, LinearCx};
 use super::vjp::{Build, VjpCx};
 use super::{util, Cost, Cx, FreshInit, Op};
 
@@ -47,6 +48,29 @@ impl Op for MatMul {
             )],
             _ => Vec::new(),
         }
+    }
+
+    fn linear(&self, cx: &LinearCx) -> Option<Linear> {
+        // A constant 2-D B [K, N] over the last axis of A.
+        let (&[k, n], Some(ra), Some(ry)) = (cx.weight, cx.input_rank, cx.output_rank) else {
+            return None;
+        };
+        if ra == 0 || ry == 0 {
+            return None;
+        }
+        Some(Linear {
+            input_axis: ra - 1,
+            output_axis: ry - 1,
+            in_channels: k,
+            out_channels: n,
+            bias_port: None,
+            form: Form::Dense {
+                out_major: false,
+                channels_first: false,
+                alpha: 1.0,
+                beta: 1.0,
+            },
+        })
     }
 
     fn layer_channels(&self, _node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {

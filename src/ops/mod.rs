@@ -27,6 +27,7 @@ mod global_pool;
 mod grad_util;
 mod identity;
 mod layer_norm;
+pub mod linear;
 mod matmul;
 mod pad;
 mod pool;
@@ -302,6 +303,13 @@ pub trait Op: Sync {
         Err(cx.err("has no backward rule, so the loss cannot be differentiated through it"))
     }
 
+    /// This node as a linear map of its data input by its weight (port 1, of shape
+    /// `cx.weight`): channel axes, weight layout, convolution window ([`linear`]); `None`
+    /// when it is not one or the shapes do not fit. Default: not a linear layer.
+    fn linear(&self, _cx: &linear::LinearCx) -> Option<linear::Linear> {
+        None
+    }
+
     // Training: what the train-step compiler and `--from-scratch` ask (see [`training`]).
 
     /// This node's weight and bias when it is a weight layer: re-initialisation zeroes the
@@ -409,6 +417,21 @@ pub static REGISTRY: &[&dyn Op] = &[
 /// ([`Op::channel_scale_input`]).
 pub fn channel_scale_input(node: &Node) -> Option<usize> {
     lookup(&node.domain, &node.op_type)?.channel_scale_input()
+}
+
+/// The per-channel affine map node `n` of `g` computes at inference from its constant
+/// inputs ([`Op::channel_affine`]), when its op has one.
+pub fn channel_affine_of(
+    g: &crate::ir::Graph,
+    n: crate::ir::NodeId,
+) -> Option<simplify::ChannelAffine> {
+    let node = g.node(n);
+    let consts: Vec<Option<&Tensor>> = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| g.init(v)))
+        .collect();
+    lookup(&node.domain, &node.op_type)?.channel_affine(node, &consts)
 }
 
 /// The op implementing `(domain, op_type)`, if lopper knows it.

@@ -1,7 +1,7 @@
 //! Helpers shared by op files: broadcasting, common fact shapes, element-wise evaluation.
 
 use crate::error::{Error, Result};
-use crate::ir::{DType, Dim, Fact, Shape, SymInt, Tensor};
+use crate::ir::{DType, Dim, Fact, Node, Shape, SymInt, Tensor};
 
 use super::Cx;
 
@@ -193,6 +193,7 @@ pub fn ints_attr_or_input(cx: &Cx, attr: &str, port: usize) -> Result<Option<Vec
 }
 
 /// Window geometry of Conv/ConvTranspose/pooling along the spatial axes, from attributes.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Window {
     /// Kernel size per spatial axis.
     pub kernel: Vec<usize>,
@@ -211,29 +212,32 @@ pub struct Window {
 impl Window {
     /// Reads the window attributes; `kernel` is the kernel shape (from the weight or attribute).
     pub fn read(cx: &Cx, kernel: Vec<usize>) -> Result<Window> {
+        Window::of(cx.node, kernel).map_err(|m| cx.err(m))
+    }
+
+    /// [`Window::read`] from the node alone: the error is the message.
+    pub fn of(node: &Node, kernel: Vec<usize>) -> std::result::Result<Window, String> {
         let n = kernel.len();
-        let list = |name: &str, default: usize, len: usize| -> Result<Vec<usize>> {
-            match cx.node.attr_ints(name) {
-                Some(v) if v.len() == len && v.iter().all(|x| *x >= 0) => {
-                    Ok(v.iter().map(|x| *x as usize).collect())
+        let list =
+            |name: &str, default: usize, len: usize| -> std::result::Result<Vec<usize>, String> {
+                match node.attr_ints(name) {
+                    Some(v) if v.len() == len && v.iter().all(|x| *x >= 0) => {
+                        Ok(v.iter().map(|x| *x as usize).collect())
+                    }
+                    Some(v) => Err(format!("attribute {name}={v:?} does not fit {len} values")),
+                    None => Ok(vec![default; len]),
                 }
-                Some(v) => Err(cx.err(format!("attribute {name}={v:?} does not fit {len} values"))),
-                None => Ok(vec![default; len]),
-            }
-        };
+            };
         let w = Window {
             strides: list("strides", 1, n)?,
             dilations: list("dilations", 1, n)?,
             pads: list("pads", 0, 2 * n)?,
-            auto_pad: cx
-                .node
-                .attr_s("auto_pad")
-                .unwrap_or_else(|| "NOTSET".into()),
-            ceil_mode: cx.node.attr_i("ceil_mode").unwrap_or(0) != 0,
+            auto_pad: node.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into()),
+            ceil_mode: node.attr_i("ceil_mode").unwrap_or(0) != 0,
             kernel,
         };
         if w.strides.contains(&0) || w.dilations.contains(&0) {
-            return Err(cx.err("strides and dilations must be positive"));
+            return Err("strides and dilations must be positive".into());
         }
         Ok(w)
     }

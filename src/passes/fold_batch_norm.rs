@@ -78,10 +78,7 @@ fn consts<'a>(g: &'a Graph, node: &Node) -> Vec<Option<&'a Tensor>> {
 fn plan(model: &Model, bn: NodeId) -> Result<Option<Fold>> {
     let g = &model.graph;
     let node = g.node(bn);
-    let Some(op) = ops::lookup(&node.domain, &node.op_type) else {
-        return Ok(None);
-    };
-    let Some(affine) = op.channel_affine(node, &consts(g, node)) else {
+    let Some(affine) = ops::channel_affine_of(g, bn) else {
         return Ok(None);
     };
     let extra_used = node

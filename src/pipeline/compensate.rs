@@ -37,7 +37,10 @@ use crate::rng::SplitMix64;
 use crate::runtime::{self, BackendKind, RuntimeOptions, Session};
 use crate::temp_dir::TempDir;
 
-use super::kept::{kept_channels, linear_slots, NodeChannels};
+use crate::analysis::Shapes;
+use crate::ops::linear::{Form, Window};
+
+use super::kept::{kept_channels, linear, linear_slots, NodeChannels};
 
 /// How [`compensate`] samples and regularises.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -125,14 +128,13 @@ enum Kind {
         pads: [usize; 4],
         auto_pad: String,
     },
-    /// Gemm (no `transA`): `Y = alpha·X·B + beta·C`.
-    Gemm {
-        trans_b: bool,
+    /// A matrix product over the last axis: `Y = alpha·X·W + beta·bias`, `W` stored
+    /// `[in, out]` or, `out_major`, `[out, in]` (Gemm, MatMul).
+    Dense {
+        out_major: bool,
         alpha: f64,
         beta: f64,
     },
-    /// MatMul with a rank-2 constant `B`.
-    MatMul,
 }
 
 /// What a layer is fitted to, per kept output channel `o` (original channel `k[o]`).
@@ -165,6 +167,8 @@ struct Layer {
     x: ValueId,
     w: ValueId,
     bias: Option<ValueId>,
+    /// Where a bias goes when the node can have one.
+    bias_port: Option<usize>,
     /// What the refitted node must compute.
     target: Target,
     kept: NodeChannels,
@@ -298,7 +302,7 @@ fn layers(
                 k.outputs.len()
             )));
         }
-        match layer(pruned, original, n, k.clone()) {
+        match layer(pruned, &shapes, original, n, k.clone()) {
             Ok(mut l) => {
                 if settings.residual {
                     if let Some(t) = residual_target(pruned, original, n, l.kept.outputs.len()) {
@@ -327,6 +331,7 @@ fn skip<T>(why: impl Into<String>) -> std::result::Result<T, Skip> {
 /// The layer of node `n` of `pruned`, or why it cannot be refitted.
 fn layer(
     pruned: &Model,
+    shapes: &Shapes,
     original: &Model,
     n: NodeId,
     kept: NodeChannels,
@@ -345,40 +350,42 @@ fn layer(
     if g.value(w).uses.len() != 1 {
         return skip("the weight is shared with other nodes");
     }
-    let bias = node.input(2);
+    let Some(lin) = linear(pruned, shapes, n) else {
+        return skip(format!("op {} is not a linear layer", node.op_type));
+    };
+    let bias = lin.bias_port.and_then(|p| node.input(p));
     if let Some(b) = bias {
         if g.init(b).is_none() || g.value(b).uses.len() != 1 {
             return skip("the bias is not a constant of its own");
         }
-    }
-    let ws = wt.shape().to_vec();
-    let (kind, cols) = match node.op_type.as_str() {
-        "Conv" => conv_kind(node, &ws)?,
-        "Gemm" => {
-            if node.attr_i("transA").unwrap_or(0) != 0 {
-                return skip("Gemm with transA");
-            }
-            let kind = Kind::Gemm {
-                trans_b: node.attr_i("transB").unwrap_or(0) != 0,
-                alpha: node.attr_f("alpha").map_or(1.0, f64::from),
-                beta: node.attr_f("beta").map_or(1.0, f64::from),
-            };
-            if let (Some(b), Kind::Gemm { beta, alpha, .. }) = (bias, &kind) {
-                let len = g.init(b).map_or(0, Tensor::len);
-                if len != 1 && len != kept.outputs.len() {
-                    return skip("a Gemm bias that is not one value per output");
-                }
-                if *beta == 0.0 {
-                    return skip("Gemm with beta 0");
-                }
-                if *alpha == 0.0 {
-                    return skip("Gemm with alpha 0");
-                }
-            }
-            (kind, kept.inputs.len())
+        let len = g.init(b).map_or(0, Tensor::len);
+        if len != 1 && len != kept.outputs.len() {
+            return skip("a bias that is not one value per output");
         }
-        "MatMul" => (Kind::MatMul, kept.inputs.len()),
-        other => return skip(format!("op {other}")),
+    }
+    let (kind, cols) = match lin.form {
+        Form::Conv { group, window } => {
+            let (kind, taps) = conv_kind(group, window)?;
+            (kind, lin.in_channels * taps)
+        }
+        Form::Dense {
+            channels_first: true,
+            ..
+        } => return skip(format!("{} with its input transposed", node.op_type)),
+        Form::Dense { alpha: 0.0, .. } => return skip(format!("{} with alpha 0", node.op_type)),
+        Form::Dense {
+            out_major,
+            alpha,
+            beta,
+            ..
+        } => (
+            Kind::Dense {
+                out_major,
+                alpha,
+                beta,
+            },
+            kept.inputs.len(),
+        ),
     };
     let Some(on) = original
         .graph
@@ -398,64 +405,47 @@ fn layer(
         x,
         w,
         bias,
+        bias_port: lin.bias_port,
         target: node_target(pruned, original, n, on, y, &kept),
         kept,
         cols,
     })
 }
 
-/// The convolution geometry of `node` (weight shape `ws`) and its regression columns.
-fn conv_kind(node: &crate::ir::Node, ws: &[usize]) -> std::result::Result<(Kind, usize), Skip> {
-    if node.attr_i("group").unwrap_or(1) != 1 {
+/// A convolution `window` of `group`s as a [`Kind::Conv`] (1 or 2 spatial axes, group 1)
+/// and its taps.
+fn conv_kind(group: usize, window: Window) -> std::result::Result<(Kind, usize), Skip> {
+    if group != 1 {
         return skip("grouped convolution");
     }
-    let rank = ws.len() - 2;
+    let rank = window.kernel.len();
     if !(1..=2).contains(&rank) {
         return skip(format!("{rank}-D convolution"));
     }
-    let two = |name: &str, default: usize| -> [usize; 2] {
-        let v: Vec<usize> = node
-            .attr_ints(name)
-            .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-            .unwrap_or_else(|| vec![default; rank]);
+    // 1-D: a height of 1.
+    let two = |v: &[usize], one: usize| -> [usize; 2] {
         if rank == 1 {
-            [default, v.first().copied().unwrap_or(default)]
+            [one, v[0]]
         } else {
-            [
-                v.first().copied().unwrap_or(default),
-                v.get(1).copied().unwrap_or(default),
-            ]
+            [v[0], v[1]]
         }
     };
-    let kernel = if rank == 1 {
-        [1, ws[2]]
-    } else {
-        [ws[2], ws[3]]
-    };
-    let p: Vec<usize> = node
-        .attr_ints("pads")
-        .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
-        .unwrap_or_else(|| vec![0; 2 * rank]);
+    let p = &window.pads;
     let pads = if rank == 1 {
-        [
-            0,
-            p.first().copied().unwrap_or(0),
-            0,
-            p.get(1).copied().unwrap_or(0),
-        ]
+        [0, p[0], 0, p[1]]
     } else {
-        let at = |i: usize| p.get(i).copied().unwrap_or(0);
-        [at(0), at(1), at(2), at(3)]
+        [p[0], p[1], p[2], p[3]]
     };
+    let kernel = two(&window.kernel, 1);
     let kind = Kind::Conv {
         rank,
         kernel,
-        strides: two("strides", 1),
-        dilations: two("dilations", 1),
+        strides: two(&window.strides, 1),
+        dilations: two(&window.dilations, 1),
         pads,
-        auto_pad: node.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into()),
+        auto_pad: window.auto_pad,
     };
-    Ok((kind, ws[1] * kernel[0] * kernel[1]))
+    Ok((kind, kernel[0] * kernel[1]))
 }
 
 /// The one node reading `v` (not a graph output).
@@ -466,25 +456,18 @@ fn only_use(g: &crate::ir::Graph, v: ValueId) -> Option<NodeId> {
     }
 }
 
-/// The inference BatchNormalization that alone reads node `n`'s output in `model`, with its
-/// per-channel affine map `(scale, shift)`: `bn(y) = scale·y + shift`.
-fn batch_norm_after(model: &Model, n: NodeId) -> Option<(NodeId, Vec<f64>, Vec<f64>)> {
+/// The per-channel affine map at inference (an inference BatchNormalization,
+/// [`Op::channel_affine`](crate::ops::Op::channel_affine)) that alone reads node `n`'s output
+/// in `model` and has no other output read: the node and the map `(scale, shift)`,
+/// `y ↦ scale·y + shift`.
+fn affine_after(model: &Model, n: NodeId) -> Option<(NodeId, Vec<f64>, Vec<f64>)> {
     let g = &model.graph;
     let b = only_use(g, g.node(n).output(0)?)?;
-    let bn = g.node(b);
-    if bn.op_type != "BatchNormalization" || bn.outputs.iter().skip(1).any(Option::is_some) {
+    if g.node(b).outputs.iter().skip(1).any(Option::is_some) {
         return None;
     }
-    let param = |i: usize| g.init(bn.input(i)?)?.to_f64_vec();
-    let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
-    let c = gamma.len();
-    if [beta.len(), mean.len(), var.len()] != [c; 3] {
-        return None;
-    }
-    let eps = bn.attr_f("epsilon").map_or(1e-5, f64::from);
-    let scale: Vec<f64> = (0..c).map(|o| gamma[o] / (var[o] + eps).sqrt()).collect();
-    let shift = (0..c).map(|o| beta[o] - mean[o] * scale[o]).collect();
-    Some((b, scale, shift))
+    let affine = crate::ops::channel_affine_of(g, b)?;
+    Some((b, affine.scale, affine.shift))
 }
 
 /// The [`Target::Node`] of pruned node `n` (kept channels `kept`) whose original is `y`'s
@@ -501,7 +484,7 @@ fn node_target(
 ) -> Target {
     let plain = Target::Node { y, map: None };
     let (Some((bp, sp, cp)), Some((bo, so, co))) =
-        (batch_norm_after(pruned, n), batch_norm_after(original, on))
+        (affine_after(pruned, n), affine_after(original, on))
     else {
         return plain;
     };
@@ -537,7 +520,7 @@ fn residual_target(pruned: &Model, original: &Model, n: NodeId, m: usize) -> Opt
     let g = &pruned.graph;
     let mut v = g.node(n).output(0)?;
     let (mut scale, mut shift) = (vec![1.0; m], vec![0.0; m]);
-    if let Some((bn, s, c)) = batch_norm_after(pruned, n) {
+    if let Some((bn, s, c)) = affine_after(pruned, n) {
         if s.len() != m {
             return None;
         }

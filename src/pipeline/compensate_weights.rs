@@ -3,14 +3,9 @@
 use super::*;
 
 /// Gives `layer`'s node in `model` a zero bias when it has none (Conv; Gemm with a nonzero
-/// beta), so that the fit has an intercept.
+/// beta), so that the fit has an intercept. The node's op says where a bias goes.
 pub(super) fn add_bias(model: &mut Model, layer: &mut Layer) -> Result<()> {
-    let ok = match layer.kind {
-        Kind::Conv { .. } => true,
-        Kind::Gemm { beta, .. } => beta != 0.0,
-        Kind::MatMul => false,
-    };
-    if layer.bias.is_some() || !ok {
+    if layer.bias.is_some() || layer.bias_port.is_none() {
         return Ok(());
     }
     let w = model.graph.init(layer.w).map(Tensor::dtype);
@@ -19,7 +14,10 @@ pub(super) fn add_bias(model: &mut Model, layer: &mut Layer) -> Result<()> {
     let name = format!("{}.bias", model.graph.value(layer.w).name);
     let t = Tensor::from_f64_as(dt, vec![m], &vec![0.0; m])?;
     let v = crate::passes::add_initializer(model, &name, t);
-    model.graph.set_input(layer.node, 2, Some(v));
+    let port = layer
+        .bias_port
+        .ok_or_else(|| layer.err("the node takes no bias"))?;
+    model.graph.set_input(layer.node, port, Some(v));
     layer.bias = Some(v);
     Ok(())
 }
@@ -37,8 +35,11 @@ pub(super) fn weights(model: &Model, layer: &Layer) -> Result<Vec<f64>> {
     for o in 0..m {
         for i in 0..cols {
             out[o * d + i] = match layer.kind {
-                Kind::Conv { .. } | Kind::Gemm { trans_b: true, .. } => w[o * cols + i],
-                Kind::Gemm { .. } | Kind::MatMul => w[i * m + o],
+                Kind::Conv { .. }
+                | Kind::Dense {
+                    out_major: true, ..
+                } => w[o * cols + i],
+                Kind::Dense { .. } => w[i * m + o],
             } * gemm_scale(&layer.kind).0;
         }
     }
@@ -54,10 +55,10 @@ pub(super) fn weights(model: &Model, layer: &Layer) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// `(alpha, beta)` of a Gemm, `(1, 1)` otherwise.
+/// `(alpha, beta)` of a dense layer, `(1, 1)` for a convolution.
 pub(super) fn gemm_scale(kind: &Kind) -> (f64, f64) {
     match kind {
-        Kind::Gemm { alpha, beta, .. } => (*alpha, *beta),
+        Kind::Dense { alpha, beta, .. } => (*alpha, *beta),
         _ => (1.0, 1.0),
     }
 }
@@ -76,8 +77,11 @@ pub(super) fn set_weights(model: &mut Model, layer: &Layer, w: &[f64]) -> Result
     for o in 0..m {
         for i in 0..cols {
             let at = match layer.kind {
-                Kind::Conv { .. } | Kind::Gemm { trans_b: true, .. } => o * cols + i,
-                Kind::Gemm { .. } | Kind::MatMul => i * m + o,
+                Kind::Conv { .. }
+                | Kind::Dense {
+                    out_major: true, ..
+                } => o * cols + i,
+                Kind::Dense { .. } => i * m + o,
             };
             vals[at] = w[o * d + i] / alpha;
         }

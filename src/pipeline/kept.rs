@@ -1,5 +1,5 @@
-//! Which of the original channels each linear node (Conv, Gemm, MatMul with a constant
-//! weight) still has after a pruning plan: the map recovery stages need to relate a pruned
+//! Which of the original channels each linear node (one whose op describes it as a linear
+//! map by a constant weight: Conv, Gemm, MatMul) still has after a pruning plan: the map recovery stages need to relate a pruned
 //! node to the same node of the original ([`super::compensate`]).
 //!
 //! [`kept_channels`] replays the plan on a copy of the original exactly as `lopper prune
@@ -14,6 +14,7 @@ use crate::analysis::channels::ChannelGroups;
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::Result;
 use crate::ir::{Model, NodeId, ValueId};
+use crate::ops::linear::{Linear, LinearCx};
 use crate::passes::remove_channels;
 use crate::plan::PlanFile;
 
@@ -59,57 +60,32 @@ pub struct LinearSlots {
     pub out_channels: usize,
 }
 
-/// The channel slots of `n` when it is a Conv (weight `[M, C/group, k…]`), a Gemm or a
-/// rank-2-weight MatMul, each with a constant weight; `None` for anything else.
-pub fn linear_slots(model: &Model, shapes: &Shapes, n: NodeId) -> Option<LinearSlots> {
+/// Node `n` of `model` as a linear layer ([`Op::linear`](crate::ops::Op::linear)) whose
+/// weight is the constant at port 1; `None` for anything else.
+pub fn linear(model: &Model, shapes: &Shapes, n: NodeId) -> Option<Linear> {
     let g = &model.graph;
     let node = g.node(n);
-    if !crate::ir::graph::is_default_domain(&node.domain) {
-        return None;
-    }
+    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
+    let rank = |v: Option<ValueId>| shapes.get(v?)?.rank();
+    op.linear(&LinearCx {
+        node,
+        weight: g.init(node.input(1)?)?.shape(),
+        input_rank: rank(node.input(0)),
+        output_rank: rank(node.output(0)),
+    })
+}
+
+/// The channel slots of `n` when it is a [`linear`] layer; `None` for anything else.
+pub fn linear_slots(model: &Model, shapes: &Shapes, n: NodeId) -> Option<LinearSlots> {
+    let node = model.graph.node(n);
     let (x, y) = (node.input(0)?, node.output(0)?);
-    let w = g.init(node.input(1)?)?;
-    let ws = w.shape();
-    match node.op_type.as_str() {
-        "Conv" if ws.len() >= 3 => {
-            let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
-            Some(LinearSlots {
-                input: (x, 1),
-                output: (y, 1),
-                in_channels: ws[1] * group,
-                out_channels: ws[0],
-            })
-        }
-        "Gemm" if ws.len() == 2 => {
-            let trans_a = node.attr_i("transA").unwrap_or(0) != 0;
-            let trans_b = node.attr_i("transB").unwrap_or(0) != 0;
-            let (k, m) = if trans_b {
-                (ws[1], ws[0])
-            } else {
-                (ws[0], ws[1])
-            };
-            Some(LinearSlots {
-                input: (x, usize::from(!trans_a)),
-                output: (y, 1),
-                in_channels: k,
-                out_channels: m,
-            })
-        }
-        "MatMul" if ws.len() == 2 => {
-            let ra = shapes.get(x)?.rank()?;
-            let ry = shapes.get(y)?.rank()?;
-            if ra == 0 || ry == 0 {
-                return None;
-            }
-            Some(LinearSlots {
-                input: (x, ra - 1),
-                output: (y, ry - 1),
-                in_channels: ws[0],
-                out_channels: ws[1],
-            })
-        }
-        _ => None,
-    }
+    let l = linear(model, shapes, n)?;
+    Some(LinearSlots {
+        input: (x, l.input_axis),
+        output: (y, l.output_axis),
+        in_channels: l.in_channels,
+        out_channels: l.out_channels,
+    })
 }
 
 /// `kept` narrowed to the positions `mask` keeps (`None`: the slot is not tracked, nothing
