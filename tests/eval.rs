@@ -230,7 +230,16 @@ fn text_report_names_accuracy_and_throughput() {
 fn bench_gives_table_json_and_csv() {
     let a = model("mnist-8.onnx");
     let b = model("mnist-8.opt.onnx");
-    let common_args = ["--backend", "tract", "--runs", "5", "--warmup", "1"];
+    let common_args = [
+        "--backend",
+        "tract",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--precision",
+        "0",
+    ];
     let run = |extra: &[&str]| {
         let mut args = vec!["bench", a.as_str(), b.as_str()];
         args.extend_from_slice(&common_args);
@@ -256,6 +265,12 @@ fn bench_gives_table_json_and_csv() {
         assert!(
             (speedup - med.recip() * models[0]["latency"]["median"].as_f64().unwrap()).abs() < 1e-9
         );
+        let (lo, hi) = (
+            m["speedup_ci"][0].as_f64().unwrap(),
+            m["speedup_ci"][1].as_f64().unwrap(),
+        );
+        assert!(lo <= hi && lo > 0.0, "{m}");
+        assert!(l["noise"].as_f64().unwrap() >= 0.0, "{l}");
     }
     // The same network (MatMul+Add vs Gemm): FLOPs within 1%.
     let ratio = models[1]["flops_ratio"].as_f64().unwrap();
@@ -274,6 +289,54 @@ fn bench_gives_table_json_and_csv() {
         table.contains("costliest layers") && table.contains("Conv"),
         "{table}"
     );
+}
+
+/// The harness's A/A check: one model under two names, timed interleaved to a 1% precision,
+/// must tie (medians within 3%, and the speedup's interval near 1), on ONNX Runtime when
+/// present (where idle sessions used to spin and steal the cores) and on tract.
+#[test]
+fn bench_of_the_same_model_twice_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model("resnet20_cifar10.folded.onnx");
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    std::fs::copy(&src, &a).unwrap();
+    std::fs::copy(&src, &b).unwrap();
+    let mut backends = vec!["tract"];
+    if common::require_ort() {
+        backends.push("ort");
+    }
+    for backend in backends {
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let args = [
+            "bench",
+            &a,
+            &b,
+            "--backend",
+            backend,
+            "--threads",
+            "2",
+            "--json",
+        ];
+        let (code, out, err) = lopper(&args, &[]);
+        assert_eq!(code, 0, "{err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let m = &r["models"][1];
+        let runs = m["latency"]["runs"].as_u64().unwrap();
+        assert!((50..=300).contains(&runs), "{backend}: {runs} runs");
+        let speedup = m["speedup"].as_f64().unwrap();
+        assert!(
+            (speedup - 1.0).abs() <= 0.03,
+            "{backend}: A/A speedup {speedup} ({m})"
+        );
+        let (lo, hi) = (
+            m["speedup_ci"][0].as_f64().unwrap(),
+            m["speedup_ci"][1].as_f64().unwrap(),
+        );
+        assert!(
+            lo <= 1.03 && hi >= 0.97,
+            "{backend}: A/A interval {lo}–{hi}"
+        );
+    }
 }
 
 #[test]

@@ -309,6 +309,66 @@ fn epruner_alone_keeps_its_exemplars() {
     assert!(stdout.contains("verified"), "{stdout}");
 }
 
+/// The default `--round-to auto`: kept widths in groups of 32 channels or more are multiples of
+/// 8, narrower groups keep exact widths, and the FLOPs target still lands within 1%;
+/// `--round-to 1` gives exact widths everywhere.
+#[test]
+fn default_widths_are_multiples_of_eight_in_wide_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared(R20);
+    let widths = |extra: &[&str]| -> (Vec<(u64, u64)>, f64) {
+        let (out, report) = (dir.path().join("p.onnx"), dir.path().join("r.json"));
+        let mut args = vec![
+            "prune",
+            &model,
+            "-o",
+            s(&out),
+            "--target",
+            "flops=0.5",
+            "--report",
+            s(&report),
+            "--table",
+            "none",
+            "--no-verify",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let macs = r["macs"].as_array().unwrap();
+        let ratio = macs[1].as_f64().unwrap() / macs[0].as_f64().unwrap();
+        let w = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["out_channels"][0].as_u64().unwrap(),
+                    l["out_channels"][1].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (w, ratio)
+    };
+    let (auto, ratio) = widths(&[]);
+    assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
+    assert!(auto.iter().any(|&(b, a)| b >= 32 && a < b));
+    for &(before, after) in &auto {
+        if before >= 32 {
+            assert_eq!(after % 8, 0, "{before} -> {after}");
+        }
+    }
+    let (exact, ratio) = widths(&["--round-to", "1"]);
+    assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
+    assert!(
+        exact.iter().any(|&(b, a)| b >= 32 && a % 8 != 0),
+        "exact widths: {exact:?}"
+    );
+    let (code, _, err) = lopper(&["prune", &shared(R20), "-o", "x.onnx", "--round-to", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'0' is not 'auto'"), "{err}");
+}
+
 /// README's main command, as written there, prunes the model the repository ships (no
 /// `../shared` needed) and verifies it.
 #[test]
@@ -336,7 +396,7 @@ fn readme_main_command_prunes_the_shipped_model() {
     args[o + 1] = dir.path().join(&args[o + 1]).display().to_string();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ok(&refs);
-    assert!(out.contains("MACs   40.55 M -> 20.41 M (x0.503)"), "{out}");
+    assert!(out.contains("MACs   40.55 M -> 20.20 M (x0.498)"), "{out}");
     assert!(out.contains("verified: max relative error"), "{out}");
     assert!(Path::new(&args[o + 1]).is_file());
 }

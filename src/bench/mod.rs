@@ -3,6 +3,14 @@
 //! ordering effects fall on all models alike), summarised as median/p10/p90, throughput and
 //! the speedup of each model against the first, next to each model's FLOPs from the cost model
 //! (so fewer FLOPs can be checked against less time).
+//!
+//! Every model's session stays loaded, so ONNX Runtime's intra-op threads do not spin while
+//! idle (spinning is always off here): a spinning idle session steals the cores from the one
+//! being timed, which made the same model look 1.66× faster than itself. Each median comes
+//! with its noise (the half-width of a 95% confidence interval) and each speedup with an
+//! interval from the per-round ratios; with [`BenchOptions::precision`], rounds are added
+//! until every median is that precise. It does not pin threads to cores or control the CPU
+//! frequency.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,8 +37,33 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Untimed runs per model before measuring.
     pub warmup: usize,
-    /// Timed runs per model.
+    /// Timed runs per model (the least, with `precision`).
     pub runs: usize,
+    /// Add rounds past `runs` until every model's median noise ([`Stats::noise`]) is at most
+    /// this, up to `max_runs`; `None`: exactly `runs`.
+    pub precision: Option<f64>,
+    /// The most timed runs per model with `precision`.
+    pub max_runs: usize,
+}
+
+impl BenchOptions {
+    /// `runs` timed runs per model after 5 warm-up runs, at batch `batch`, no precision target.
+    pub fn new(
+        backend: BackendKind,
+        runtime: RuntimeOptions,
+        batch: usize,
+        runs: usize,
+    ) -> BenchOptions {
+        BenchOptions {
+            backend,
+            runtime,
+            batch,
+            warmup: 5,
+            runs,
+            precision: None,
+            max_runs: runs,
+        }
+    }
 }
 
 /// One model's results.
@@ -48,6 +81,9 @@ pub struct ModelResult {
     pub throughput: f64,
     /// Median latency of the first model / this model's.
     pub speedup: f64,
+    /// 95% interval of the speedup: the median interval of the per-round ratios of the first
+    /// model's time to this one's.
+    pub speedup_ci: (f64, f64),
     /// FLOPs per sample (cost model; `None` when it cannot cost the model).
     pub flops: Option<u64>,
     /// MACs per sample.
@@ -151,7 +187,19 @@ struct Prepared {
     samples: Vec<f64>,
 }
 
-/// Benchmarks `models` (at least one) with `opts`; `progress` is called with the rounds done.
+/// The 95% interval of the median of per-round ratios `a[i] / b[i]`.
+fn paired_ci(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x / y.max(f64::MIN_POSITIVE))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    stats::median_ci(&r)
+}
+
+/// Benchmarks `models` (at least one) with `opts`; `progress` is called with the rounds done
+/// and the rounds planned (which grow while a precision target is unmet).
 pub fn bench(
     models: &[PathBuf],
     opts: &BenchOptions,
@@ -166,7 +214,11 @@ pub fn bench(
         let inputs = model_inputs(&model)?;
         let (feed, batch) = synthetic_inputs(&inputs, opts.batch, path)?;
         let costs = infer_shapes(&model).and_then(|s| costs(&model, &s)).ok();
-        let session = runtime::load_with(opts.backend, path, &opts.runtime)?;
+        let quiet = RuntimeOptions {
+            spinning: Some(false),
+            ..opts.runtime
+        };
+        let session = runtime::load_with(opts.backend, path, &quiet)?;
         prepared.push(Prepared {
             path: path.clone(),
             session,
@@ -181,9 +233,16 @@ pub fn bench(
         });
     }
     let n = prepared.len();
-    let total = opts.warmup + opts.runs;
-    progress(0, total);
-    for round in 0..total {
+    let most = opts
+        .runs
+        .max(opts.max_runs * usize::from(opts.precision.is_some()));
+    let precise = |prepared: &[Prepared]| match opts.precision {
+        Some(p) => prepared.iter().all(|m| Stats::of(&m.samples).noise <= p),
+        None => true,
+    };
+    let mut round = 0;
+    progress(0, opts.warmup + opts.runs);
+    while round < opts.warmup + opts.runs || (round < opts.warmup + most && !precise(&prepared)) {
         for k in 0..n {
             let p = &mut prepared[(round + k) % n];
             let t = Instant::now();
@@ -193,9 +252,11 @@ pub fn bench(
                 p.samples.push(dt);
             }
         }
-        progress(round + 1, total);
+        round += 1;
+        progress(round, (opts.warmup + opts.runs).max(round));
     }
-    let first_median = Stats::of(&prepared[0].samples).median;
+    let first_samples = prepared[0].samples.clone();
+    let first_median = Stats::of(&first_samples).median;
     let first_flops = prepared[0].costs.as_ref().map(|c| c.flops);
     let results = prepared
         .into_iter()
@@ -208,6 +269,7 @@ pub fn bench(
                 batch: p.batch,
                 throughput: p.batch as f64 / latency.median,
                 speedup: first_median / latency.median,
+                speedup_ci: paired_ci(&first_samples, &p.samples),
                 flops,
                 macs: p.costs.as_ref().map(|c| c.macs),
                 flops_ratio: flops

@@ -26,9 +26,16 @@ pub struct Args {
     /// Untimed runs per model first.
     #[arg(long, default_value_t = 5)]
     warmup: u32,
-    /// Timed runs per model, interleaved (A B, B A, ...).
+    /// Timed runs per model, interleaved (A B, B A, ...): the least, see --precision.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Add rounds until every median is known within this relative half-width (95%
+    /// interval), up to --max-runs; 0: exactly --runs.
+    #[arg(long, default_value_t = 0.01)]
+    precision: f64,
+    /// The most timed runs per model when --precision asks for more.
+    #[arg(long, default_value_t = 300)]
+    max_runs: u32,
     /// Also print the N costliest layers of each model (FLOPs, share, time if ∝ FLOPs).
     #[arg(long, num_args = 0..=1, default_missing_value = "10")]
     layers: Option<usize>,
@@ -49,6 +56,8 @@ pub fn run(args: Args) -> Result<()> {
         batch: args.batch_size as usize,
         warmup: args.warmup as usize,
         runs: args.runs as usize,
+        precision: (args.precision > 0.0).then_some(args.precision),
+        max_runs: args.max_runs as usize,
     };
     let pb = progress::bar("rounds");
     let report = bench(&args.models, &opts, &mut |done, total| {
@@ -104,49 +113,57 @@ fn opt_ratio(v: Option<f64>) -> String {
 
 fn print_table(r: &BenchReport) {
     println!(
-        "{} on {}, threads {}, {} warm-up + {} interleaved runs per model, {} CPUs",
+        "{} on {}, threads {}, {} warm-up + {} interleaved runs per model (spinning off), {} CPUs",
         r.backend,
         r.device,
         r.threads.map_or("default".into(), |t| t.to_string()),
         r.warmup,
-        r.runs,
+        r.models[0].latency.runs,
         r.cpus
     );
     let names = names(r);
     let w = names.iter().map(String::len).max().unwrap_or(5).max(5);
     println!(
-        "{:<w$}  {:>5}  {:>10}  {:>10}  {:>10}  {:>11}  {:>8}  {:>9}  {:>10}",
+        "{:<w$}  {:>5}  {:>10}  {:>6}  {:>10}  {:>10}  {:>11}  {:>8}  {:>13}  {:>9}  {:>10}",
         "model",
         "batch",
         "median ms",
+        "noise",
         "p10 ms",
         "p90 ms",
         "samples/s",
         "speedup",
+        "speedup 95%",
         "FLOPs",
         "FLOPs ×"
     );
     for (m, name) in r.models.iter().zip(&names) {
         println!(
-            "{:<w$}  {:>5}  {:>10}  {:>10}  {:>10}  {:>11.1}  {:>7.2}x  {:>9}  {:>10}",
+            "{:<w$}  {:>5}  {:>10}  {:>5.1}%  {:>10}  {:>10}  {:>11.1}  {:>7.3}x  {:>13}  {:>9}  {:>10}",
             name,
             m.batch,
             ms(m.latency.median),
+            m.latency.noise * 100.0,
             ms(m.latency.p10),
             ms(m.latency.p90),
             m.throughput,
             m.speedup,
+            format!("{:.3}–{:.3}", m.speedup_ci.0, m.speedup_ci.1),
             m.flops.map_or("-".into(), si),
             opt_ratio(m.flops_ratio)
         );
     }
-    println!("(FLOPs per sample from the cost model; FLOPs × = FLOPs / the first model's)");
+    println!(
+        "(noise: half-width of the median's 95% interval; speedup 95%: interval of the per-round \
+         ratios against the first model; FLOPs per sample from the cost model, FLOPs × = FLOPs \
+         / the first model's)"
+    );
 }
 
 fn print_csv(r: &BenchReport) {
     println!(
         "model,backend,device,threads,batch,warmup,runs,median_ms,p10_ms,p90_ms,mean_ms,min_ms,\
-         samples_per_s,speedup,flops,macs,flops_ratio"
+         samples_per_s,speedup,flops,macs,flops_ratio,noise,speedup_lo,speedup_hi"
     );
     let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
     for m in &r.models {
@@ -156,7 +173,7 @@ fn print_csv(r: &BenchReport) {
             m.model.clone()
         };
         println!(
-            "{model},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.4},{},{},{}",
+            "{model},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.4},{},{},{},{:.4},{:.4},{:.4}",
             r.backend,
             r.device,
             r.threads.map_or(String::new(), |t| t.to_string()),
@@ -172,7 +189,10 @@ fn print_csv(r: &BenchReport) {
             m.speedup,
             opt(m.flops),
             opt(m.macs),
-            m.flops_ratio.map_or(String::new(), |v| format!("{v:.4}"))
+            m.flops_ratio.map_or(String::new(), |v| format!("{v:.4}")),
+            m.latency.noise,
+            m.speedup_ci.0,
+            m.speedup_ci.1
         );
     }
 }

@@ -351,6 +351,16 @@ fn print_table(args: &Args, r: &CompressReport) {
             l.runtime,
             l.batch
         );
+        if let (Some(first), Some(last)) = (r.stages.first(), r.stages.last()) {
+            let macs = last.macs as f64 / first.macs.max(1) as f64;
+            if l.ratio > macs + 0.10 {
+                eprintln!(
+                    "warning: the model is slower than its MACs promise: x{:.3} of the time for \
+                     x{macs:.3} of the MACs; try --round-to 8 or 16, or --target latency=R",
+                    l.ratio
+                );
+            }
+        }
     }
     println!("{} -> {}", args.model.display(), args.out.output.display());
 }

@@ -84,9 +84,12 @@ pub struct SelectionArgs {
     /// Largest fraction of any group removed.
     #[arg(long, default_value_t = 1.0, help_heading = "Allocation")]
     max_ratio: f64,
-    /// Kept widths are multiples of this (hardware-friendly); groups narrower are left alone.
-    #[arg(long, default_value_t = 1, help_heading = "Allocation")]
-    round_to: usize,
+    /// Kept widths are multiples of K (hardware-friendly); groups narrower than K are left
+    /// alone. `auto`: multiples of 8 in groups of 32 channels or more (the channel blocks of
+    /// ONNX Runtime's CPU convolutions and of GPU tensor cores), exact widths in narrower
+    /// groups; `1`: exact widths everywhere.
+    #[arg(long, default_value = "auto", value_parser = parse_round_to, value_name = "auto|K", help_heading = "Allocation")]
+    round_to: (usize, usize),
     /// Leave groups touching nodes whose name matches this glob intact (repeatable).
     #[arg(long, help_heading = "Allocation")]
     ignore: Vec<String>,
@@ -118,6 +121,20 @@ fn parse_target(s: &str) -> std::result::Result<Budget, String> {
         k => Err(format!(
             "unknown target '{k}' (expected flops, params or latency)"
         )),
+    }
+}
+
+/// What `auto` rounds to, and the narrowest group it rounds.
+pub const AUTO_ROUND_TO: (usize, usize) = (8, 32);
+
+/// `--round-to`: `auto` or a multiple; `(multiple, narrowest group rounded)`.
+fn parse_round_to(s: &str) -> std::result::Result<(usize, usize), String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(AUTO_ROUND_TO);
+    }
+    match s.parse::<usize>() {
+        Ok(k) if (1..=1024).contains(&k) => Ok((k, 0)),
+        _ => Err(format!("'{s}' is not 'auto' or a multiple from 1 to 1024")),
     }
 }
 
@@ -207,7 +224,8 @@ impl SelectionArgs {
                     min_keep_fraction: self.min_keep.0,
                     min_keep_count: self.min_keep.1,
                     max_ratio: self.max_ratio,
-                    round_to: self.round_to.max(1),
+                    round_to: self.round_to.0,
+                    round_from: self.round_to.1,
                     ignore: self.ignore.clone(),
                 },
                 tolerance: self.target_tolerance,

@@ -689,13 +689,7 @@ fn time_against(
     batch: usize,
     eval: &EvalOptions,
 ) -> Result<Latency> {
-    let opts = BenchOptions {
-        backend: eval.backend,
-        runtime: quiet(&eval.runtime),
-        batch,
-        warmup: 5,
-        runs,
-    };
+    let opts = BenchOptions::new(eval.backend, quiet(&eval.runtime), batch, runs);
     let r = bench(
         &[original.to_path_buf(), last.to_path_buf()],
         &opts,

@@ -1,7 +1,9 @@
-//! The latency evaluator of latency targets: times a model on a runtime (saved to a scratch
-//! folder, then the median of interleaved runs, see [`crate::bench`]) and gives candidate
-//! removals as ratios to the original's latency, which is timed once. It does not choose
-//! anything (the budget selector bisects on its measurements) and keeps no candidate files.
+//! The latency evaluator of latency targets: gives candidate removals as ratios to the
+//! original's latency on a runtime. Each candidate is saved to a scratch folder and timed
+//! interleaved with the original in the same run (see [`crate::bench`]: spinning off, warm-up,
+//! rounds added until both medians are within 1%), so that the ratio never compares
+//! measurements from different moments of a drifting machine. It does not choose anything
+//! (the budget selector bisects on its measurements) and keeps no candidate files.
 
 use crate::analysis::channels::ChannelGroups;
 use crate::analysis::Shapes;
@@ -12,12 +14,13 @@ use crate::passes::remove_channels;
 use crate::runtime::{BackendKind, RuntimeOptions};
 use crate::temp_dir::TempDir;
 
-/// Times models on one runtime: batch 1, 5 warm-up runs, the median of 30 timed runs.
+/// Times models on one runtime: batch 1, 5 warm-up runs, then 30 to 150 timed runs of the
+/// candidate and the original interleaved, until both medians are known within 1%.
 pub struct LatencyEvaluator {
     bench: BenchOptions,
     scratch: TempDir,
     timed: usize,
-    base: Option<f64>,
+    original: Option<std::path::PathBuf>,
 }
 
 impl LatencyEvaluator {
@@ -26,43 +29,54 @@ impl LatencyEvaluator {
     pub fn new(backend: BackendKind, runtime: RuntimeOptions) -> Result<LatencyEvaluator> {
         Ok(LatencyEvaluator {
             bench: BenchOptions {
-                backend,
-                runtime,
-                batch: 1,
-                warmup: 5,
-                runs: 30,
+                precision: Some(0.01),
+                max_runs: 150,
+                ..BenchOptions::new(backend, runtime, 1, 30)
             },
             scratch: TempDir::new("latency")?,
             timed: 0,
-            base: None,
+            original: None,
         })
     }
 
-    /// The median latency of `model` in seconds.
-    pub fn time(&mut self, model: &Model) -> Result<f64> {
+    /// The median latency of `model` as a fraction of the original's, timed together.
+    pub fn ratio(&mut self, model: &Model) -> Result<f64> {
+        let Some(original) = self.original.clone() else {
+            return Err(Error::Usage("the original model has not been timed".into()));
+        };
         self.timed += 1;
         let path = self
             .scratch
             .path()
             .join(format!("candidate-{}.onnx", self.timed));
         model.save(&path, &Default::default())?;
-        let r = bench(std::slice::from_ref(&path), &self.bench, &mut |_, _| {});
+        let r = bench(&[original, path.clone()], &self.bench, &mut |_, _| {});
         let _ = std::fs::remove_file(&path);
-        Ok(r?.models[0].latency.median)
+        let r = r?;
+        Ok(r.models[1].latency.median / r.models[0].latency.median.max(f64::MIN_POSITIVE))
     }
 
-    /// Times `model` as the original every later ratio is relative to.
+    /// Keeps `model` as the original every later ratio is relative to, and checks that it runs.
     pub fn time_original(&mut self, model: &Model) -> Result<()> {
-        self.base = Some(self.time(model)?);
+        let path = self.scratch.path().join("original.onnx");
+        model.save(&path, &Default::default())?;
+        let check = BenchOptions {
+            warmup: 1,
+            runs: 1,
+            precision: None,
+            ..self.bench.clone()
+        };
+        bench(std::slice::from_ref(&path), &check, &mut |_, _| {})?;
+        self.original = Some(path);
         Ok(())
     }
 
     /// Whether the original has been timed.
     pub fn has_original(&self) -> bool {
-        self.base.is_some()
+        self.original.is_some()
     }
 
-    /// The latency of `model` with `classes` removed, as a fraction of the original's (timed
+    /// The latency of `model` with `classes` removed, as a fraction of the original's (kept
     /// by [`time_original`](Self::time_original), else an error). `model` is not changed.
     pub fn ratio_after(
         &mut self,
@@ -71,12 +85,9 @@ impl LatencyEvaluator {
         shapes: &Shapes,
         classes: &[usize],
     ) -> Result<f64> {
-        let Some(base) = self.base else {
-            return Err(Error::Usage("the original model has not been timed".into()));
-        };
         let mut candidate = model.clone();
         remove_channels(&mut candidate, groups, shapes, classes)?;
-        Ok(self.time(&candidate)? / base)
+        self.ratio(&candidate)
     }
 }
 

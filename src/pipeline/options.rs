@@ -176,6 +176,9 @@ impl Selection {
                 opt("min_keep_count", c.min_keep_count.into());
                 opt("max_ratio", c.max_ratio.into());
                 opt("round_to", c.round_to.into());
+                if c.round_from > 0 {
+                    opt("round_from", c.round_from.into());
+                }
                 opt("ignore", c.ignore.clone().into());
                 s.criterion.to_string()
             }

@@ -94,7 +94,7 @@ pub enum Amount {
 /// `max(ceil(min_keep_fraction·n), min_keep_count, 1)` channels and loses at most
 /// `floor(max_ratio·n)`; with `round_to = k > 1` its kept count is a multiple of `k` (the
 /// nearest that satisfies the other limits; a group with fewer than `k` channels, or with no
-/// such multiple, is left intact). Groups touching a node whose name matches an `ignore` glob
+/// such multiple, is left intact) unless it has fewer than `round_from` channels. Groups touching a node whose name matches an `ignore` glob
 /// (`*`, `?`) as producer, consumer or member are left intact; blocked groups always are.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Constraints {
@@ -106,6 +106,9 @@ pub struct Constraints {
     pub max_ratio: f64,
     /// Kept counts are multiples of this (0 or 1: no rounding).
     pub round_to: usize,
+    /// Groups with fewer channels than this keep exact widths (no rounding); 0: every group
+    /// rounds.
+    pub round_from: usize,
     /// Globs on node names whose groups are not pruned.
     pub ignore: Vec<String>,
 }
@@ -117,12 +120,22 @@ impl Default for Constraints {
             min_keep_count: 1,
             max_ratio: 1.0,
             round_to: 1,
+            round_from: 0,
             ignore: Vec::new(),
         }
     }
 }
 
 impl Constraints {
+    /// The multiple a group of `n` channels keeps: `round_to`, or 1 below `round_from`.
+    pub fn multiple(&self, n: usize) -> usize {
+        if n < self.round_from {
+            1
+        } else {
+            self.round_to.max(1)
+        }
+    }
+
     /// Errors on fractions outside `[0, 1]`.
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [

@@ -77,7 +77,8 @@ impl Space {
             let n = grp.classes.len();
             let valid = allowed_counts(n, constraints);
             if valid.len() < 2 {
-                if constraints.round_to > 1 && n < constraints.round_to {
+                let k = constraints.multiple(n);
+                if k > 1 && n < k {
                     too_small.push(grp.id);
                 }
                 continue;
@@ -196,7 +197,7 @@ pub(crate) fn allowed_counts(n: usize, c: &Constraints) -> Vec<usize> {
         .max(1);
     let max_remove =
         ((c.max_ratio * n as f64 + 1e-9).floor() as usize).min(n.saturating_sub(min_keep));
-    let k = c.round_to.max(1);
+    let k = c.multiple(n);
     let mut out = vec![0];
     if k > 1 && n < k {
         return out;
@@ -308,6 +309,7 @@ mod tests {
             min_keep_count: min_count,
             max_ratio,
             round_to,
+            round_from: 0,
             ignore: Vec::new(),
         }
     }
@@ -323,5 +325,12 @@ mod tests {
         assert_eq!(allowed_counts(20, &c(0.0, 1, 1.0, 8)), vec![0, 4, 12]);
         // Fewer channels than the multiple: left alone.
         assert_eq!(allowed_counts(6, &c(0.0, 1, 1.0, 8)), vec![0]);
+        // `auto` (8 from 32 channels): a 16-channel group keeps exact widths, 40 rounds.
+        let auto = Constraints {
+            round_from: 32,
+            ..c(0.0, 1, 1.0, 8)
+        };
+        assert_eq!(allowed_counts(16, &auto), (0..16).collect::<Vec<_>>());
+        assert_eq!(allowed_counts(40, &auto), vec![0, 8, 16, 24, 32]);
     }
 }
