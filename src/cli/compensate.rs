@@ -119,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut |done, total| eprint!("\rcompensating {done}/{total}"),
     )?;
     eprintln!();
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
     if args.layers {
         for l in &r.per_layer {

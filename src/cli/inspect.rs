@@ -67,7 +67,7 @@ fn io(model: &Model, shapes: &Shapes, ids: &[ir::ValueId]) -> Vec<Io> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let model = Model::load(&args.model)?;
-    ir::verify(&model.graph)?;
+    ir::verify_model(&model)?;
     let shapes = infer_shapes(&model)?;
     if args.ir {
         print!(

@@ -114,7 +114,7 @@ impl Drop for Status {
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     let opts = PruneOptions {
         selection,
         verify_with: if args.no_verify {

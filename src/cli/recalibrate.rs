@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprint!("\rrecalibrating {done}/{total}");
     })?;
     eprintln!();
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
     println!(
         "{} -> {}: {} normalisation node(s) recalibrated on {} samples (largest mean shift {:.2} std), {:.1} s",

@@ -26,7 +26,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     let before = model.graph.node_count();
     let opts = SimplifyOptions {
         keep_batch_norm: args.keep_bn,

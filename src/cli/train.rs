@@ -142,6 +142,7 @@ pub struct Args {
 /// Runs `train` (`finetune` false) or `finetune`.
 pub fn run(args: Args, finetune: bool) -> Result<()> {
     let model = Model::load(&args.model)?;
+    lopper::ir::verify_model(&model)?;
     let recipe = if finetune {
         Recipe::Finetune
     } else {

@@ -173,6 +173,14 @@ impl Op for ConvTranspose {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
+    fn check(&self, cx: &super::CheckCx) -> Vec<String> {
+        super::conv::check_conv(cx, true)
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // Weight and bias.
         port == 1 || port == 2

@@ -25,6 +25,10 @@ impl Op for LayerNorm {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // Scale and bias.
         port == 1 || port == 2

@@ -23,6 +23,10 @@ impl Op for MatMul {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 2))
+    }
+
     fn weight_input(&self, _port: usize) -> bool {
         // Either operand may be a learned matrix (or bias).
         true
