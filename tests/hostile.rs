@@ -506,3 +506,75 @@ fn array_headers_that_lie_about_their_size_are_refused() {
         &["d.npz:y", "declares shape [1099511627776]"],
     );
 }
+
+/// A stored `.npz` of `x` (4 MNIST-sized `u8` samples, sample `i` filled with `10 + i`) and
+/// `y` (labels 7, 5, 9, 2 as `u8`).
+fn small_npz(path: &Path, x_shape: &str, x: &[u8]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("x.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes(x_shape, x)).unwrap();
+    z.start_file("y.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes("(4,)", &[7, 5, 9, 2])).unwrap();
+    z.finish().unwrap();
+}
+
+/// Flips the low bit of the first byte after the first occurrence of `pattern` in `path`.
+fn corrupt_after(path: &Path, pattern: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .expect("pattern in the archive");
+    bytes[at + pattern.len() - 1] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_and_empty_npz_members_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist = mnist.to_str().unwrap();
+    let x: Vec<u8> = (0..4u8).flat_map(|i| vec![10 + i; 28 * 28]).collect();
+    let eval = |npz: &Path| {
+        let spec = format!("npz:{}", npz.display());
+        vec!["eval".to_string(), mnist.to_string(), "--data".into(), spec]
+    };
+    let refused = |args: Vec<String>, needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, needles)
+    };
+
+    // The control reads.
+    let good = dir.path().join("good.npz");
+    small_npz(&good, "(4, 28, 28)", &x);
+    let args = eval(&good);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err, _) = lopper_within(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/4)"), "four samples evaluated: {out}");
+
+    // One byte of the last sample changed: the CRC no longer matches.
+    let bad_x = dir.path().join("bad_x.npz");
+    small_npz(&bad_x, "(4, 28, 28)", &x);
+    corrupt_after(&bad_x, &[13; 400]);
+    refused(eval(&bad_x), &["bad_x.npz:x", "CRC"]);
+
+    // A label changed (9 → 8, still a valid label: only the CRC can tell).
+    let bad_y = dir.path().join("bad_y.npz");
+    small_npz(&bad_y, "(4, 28, 28)", &x);
+    corrupt_after(&bad_y, &[7, 5, 9]);
+    refused(eval(&bad_y), &["bad_y.npz:y", "checksum"]);
+
+    // No samples at all: refused, not "top-1 0.00% (0/0)".
+    let empty = dir.path().join("empty.npz");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&empty).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("x.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes("(0, 28, 28)", &[])).unwrap();
+    z.finish().unwrap();
+    refused(eval(&empty), &["empty.npz:x", "no samples"]);
+}
