@@ -578,3 +578,61 @@ fn corrupt_and_empty_npz_members_are_refused() {
     z.finish().unwrap();
     refused(eval(&empty), &["empty.npz:x", "no samples"]);
 }
+
+#[test]
+fn output_paths_are_checked_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist = mnist.to_str().unwrap();
+    // An earlier result at the output path must survive a run refused for another path.
+    let out = dir.path().join("out.onnx");
+    std::fs::write(&out, b"earlier result").unwrap();
+    let o = out.to_str().unwrap();
+    let plan = dir.path().join("plan.json");
+    let p = plan.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let prune = [
+        "prune",
+        mnist,
+        "--target",
+        "flops=0.5",
+        "--no-verify",
+        "-o",
+        o,
+    ];
+    for (flag, bad) in [
+        ("--report", "/nonexistent/dir/r.json"),
+        ("--plot", "/nonexistent/dir/w.svg"),
+        ("--save-plan", "/nonexistent/dir/plan.json"),
+        ("--report", folder),
+    ] {
+        let mut args = prune.to_vec();
+        args.extend([flag, bad]);
+        if flag != "--save-plan" {
+            args.extend(["--save-plan", p]);
+        }
+        assert_refused(&args, &[bad, "cannot be written"]);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"earlier result",
+            "{flag} {bad}"
+        );
+        assert!(!plan.exists(), "{flag} {bad}: the plan was written");
+    }
+    let bad = "/nonexistent/dir/m.onnx";
+    assert_refused(&["simplify", mnist, "-o", bad], &[bad, "cannot be written"]);
+    let mut args = prune.to_vec();
+    args[6] = bad;
+    assert_refused(&args, &[bad, "cannot be written"]);
+    // Nothing is left behind by the probes, and the control writes everything.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let report = dir.path().join("r.json");
+    let mut args = prune.to_vec();
+    args.extend(["--report", report.to_str().unwrap(), "--save-plan", p]);
+    let (code, _, err, _) = lopper_within(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(report.exists() && plan.exists());
+    assert_ne!(std::fs::read(&out).unwrap(), b"earlier result");
+}

@@ -74,6 +74,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    lopper::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     let original = Model::load(&args.original)?;
     let plan = PlanFile::load(&args.plan)?;

@@ -35,6 +35,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    lopper::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     if args.data.data.is_none() {
         return Err(lopper::Error::Usage(

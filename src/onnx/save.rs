@@ -189,6 +189,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
+/// Checks, before a command computes or writes anything, that a file can be written at each
+/// of `paths`: it is not a folder, and its folder exists and accepts a new file (probed by
+/// creating and removing the temporary file an atomic write would use). The error names the
+/// path; a run with one bad output path then writes none of the others.
+pub fn check_writable<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    for path in paths {
+        let bad =
+            |why: String| Error::Usage(format!("{}: cannot be written: {why}", path.display()));
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            return Err(bad("not a file name".into()));
+        }
+        if path.is_dir() {
+            return Err(bad("it is a folder".into()));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(bad(format!("no folder {}", parent.display())));
+        }
+        let probe = tmp_path(path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| bad(format!("folder {}: {e}", parent.display())))?;
+        let _ = std::fs::remove_file(&probe);
+    }
+    Ok(())
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
