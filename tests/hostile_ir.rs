@@ -282,3 +282,62 @@ fn every_shared_model_passes_the_verifier() {
         assert_eq!(code, 0, "{}: {err}", common::short(&model));
     }
 }
+
+#[test]
+fn activation_memory_saturates_instead_of_wrapping() {
+    // y = ConstantOfShape([2^32, 2^32]) + x: 2^64 floats, 2^66 bytes.
+    let mut m = conv_model();
+    let g = graph(&mut m);
+    g.initializer = vec![TensorProto {
+        name: Some("shape".into()),
+        dims: vec![2],
+        data_type: Some(7),
+        int64_data: vec![1 << 32, 1 << 32],
+        ..Default::default()
+    }];
+    g.node = vec![
+        NodeProto {
+            name: Some("big".into()),
+            op_type: Some("ConstantOfShape".into()),
+            input: vec!["shape".into()],
+            output: vec!["c".into()],
+            ..Default::default()
+        },
+        NodeProto {
+            name: Some("add".into()),
+            op_type: Some("Add".into()),
+            input: vec!["c".into(), "x".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        },
+    ];
+    g.input = vec![typed("x", &[1])];
+    g.output = vec![typed("y", &[1 << 32, 1 << 32])];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(["inspect", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("activations"))
+        .unwrap_or_else(|| panic!("no activations line: {stdout}"));
+    assert!(
+        line.contains("too large to count") && !line.contains("MiB"),
+        "2^66 bytes must not wrap round to a small count: {line}"
+    );
+    // The JSON report carries the saturated count, not a wrapped one.
+    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(["inspect", path.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+    assert_eq!(v["peak_activation_bytes"].as_u64(), Some(u64::MAX), "{v}");
+}

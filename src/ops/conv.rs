@@ -801,10 +801,10 @@ impl Op for Conv {
             return Cost::default();
         };
         // y = [N, M, O...]; per output element: (C/group)·Πk = Π w[1..].
-        let macs = numel_or_one(y) * numel_or_one(&w[1..]);
+        let macs = numel_or_one(y).saturating_mul(numel_or_one(&w[1..]));
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

@@ -289,10 +289,10 @@ impl Op for ConvTranspose {
             return Cost::default();
         }
         // Each of the N·C·ΠD input elements meets (M/group)·Πk weights = Π W[1..].
-        let macs = numel_or_one(xs) * numel_or_one(&ws[1..]);
+        let macs = numel_or_one(xs).saturating_mul(numel_or_one(&ws[1..]));
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

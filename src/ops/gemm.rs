@@ -329,10 +329,10 @@ impl Op for Gemm {
             }
             (None, None) => return Cost::default(),
         };
-        let macs = m * n * k;
+        let macs = m.saturating_mul(n).saturating_mul(k);
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

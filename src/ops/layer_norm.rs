@@ -109,7 +109,7 @@ impl Op for LayerNorm {
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         Cost {
             macs: 0,
-            flops: 5 * util::output_numel(outputs, 0),
+            flops: util::output_numel(outputs, 0).saturating_mul(5),
         }
     }
 }

@@ -185,7 +185,8 @@ fn attr_is(
 /// The cost of one node. Convention: `macs` counts multiply-accumulates of Conv,
 /// ConvTranspose, Gemm and MatMul only (like torchvision/fvcore: ResNet-50 at 224² = 4.09 G);
 /// `flops` = 2·MACs + one per output element of every other computing op (activations,
-/// element-wise arithmetic, normalisation, pooling windows). Symbolic dims count as 1.
+/// element-wise arithmetic, normalisation, pooling windows). Symbolic dims count as 1. Counts
+/// saturate at `u64::MAX` (too large to count) instead of wrapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cost {
     /// Multiply-accumulates.
@@ -526,10 +527,11 @@ pub fn lookup(domain: &str, op_type: &str) -> Option<&'static dyn Op> {
     REGISTRY.iter().copied().find(|op| op.op_type() == op_type)
 }
 
-/// Product of known dims, with symbolic/unknown dims counted as 1 (the cost convention).
+/// Product of known dims, with symbolic/unknown dims counted as 1 (the cost convention);
+/// saturates at `u64::MAX` (a count too large to represent, never a wrapped small one).
 pub fn numel_or_one(shape: &[Dim]) -> u64 {
     shape
         .iter()
         .map(|d| d.known().unwrap_or(1) as u64)
-        .product()
+        .fold(1u64, u64::saturating_mul)
 }

@@ -78,7 +78,7 @@ impl Op for Softmax {
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         Cost {
             macs: 0,
-            flops: 3 * util::output_numel(outputs, 0),
+            flops: util::output_numel(outputs, 0).saturating_mul(3),
         }
     }
 
