@@ -18,6 +18,7 @@ use super::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
 use crate::error::{Error, Result};
+use crate::temp_dir::Registered;
 
 /// The highest IR version lopper writes (what ONNX Runtime 1.31 accepts).
 pub const MAX_IR_VERSION: i64 = 13;
@@ -91,6 +92,8 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
 
     let data_path = dir.join(&data_name);
     let data_tmp = tmp_path(&data_path);
+    // Removed on an interrupting signal while it exists (see `crate::temp_dir`).
+    let _data_reg = Registered::new(&data_tmp);
     if external {
         let file = std::fs::File::create(&data_tmp).map_err(|e| Error::io(&data_tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -144,6 +147,7 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
     }
 
     let tmp = tmp_path(path);
+    let _reg = Registered::new(&tmp);
     let res = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -177,6 +181,7 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// small side files (plans, reports, plots); it does not create missing folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
+    let _reg = Registered::new(&tmp);
     let res = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
@@ -211,6 +216,7 @@ pub fn check_writable<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<(
             return Err(bad(format!("no folder {}", parent.display())));
         }
         let probe = tmp_path(path);
+        let _reg = Registered::new(&probe);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
