@@ -83,7 +83,7 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
             name: Some("g".into()),
             node: nodes,
             initializer: inits,
-            input: vec![vi("x")],
+            input: vec![float_input("x")],
             output: vec![vi("y")],
             ..Default::default()
         }),
@@ -635,4 +635,20 @@ fn output_paths_are_checked_before_anything_is_written() {
     assert_eq!(code, 0, "{err}");
     assert!(report.exists() && plan.exists());
     assert_ne!(std::fs::read(&out).unwrap(), b"earlier result");
+}
+
+/// A graph input declared as a float tensor (the spec requires graph inputs to be typed).
+fn float_input(n: &str) -> lopper::onnx::proto::ValueInfoProto {
+    use lopper::onnx::proto::{type_proto, TypeProto};
+    lopper::onnx::proto::ValueInfoProto {
+        name: Some(n.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

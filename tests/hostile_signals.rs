@@ -21,8 +21,8 @@ fn names(dir: &Path) -> Vec<String> {
 #[cfg(unix)]
 #[test]
 fn signals_during_verification_remove_the_temporary_folders() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/zoo/efficientnet_b0.bn.onnx");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/zoo/efficientnet_b0.bn.onnx");
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         // The oracle's folder lives about a second; a run that ends before it is seen retries.
         let mut caught = false;
@@ -31,7 +31,13 @@ fn signals_during_verification_remove_the_temporary_folders() {
             let out = tempfile::tempdir().unwrap();
             let o = out.path().join("o.onnx");
             let mut child = lopper()
-                .args(["prune", model.to_str().unwrap(), "--target", "flops=0.5", "-o"])
+                .args([
+                    "prune",
+                    model.to_str().unwrap(),
+                    "--target",
+                    "flops=0.5",
+                    "-o",
+                ])
                 .arg(&o)
                 .env("TMPDIR", tmp.path())
                 .stdout(Stdio::null())
@@ -40,7 +46,10 @@ fn signals_during_verification_remove_the_temporary_folders() {
                 .unwrap();
             let start = Instant::now();
             let seen = loop {
-                if names(tmp.path()).iter().any(|n| n.starts_with("lopper-oracle-")) {
+                if names(tmp.path())
+                    .iter()
+                    .any(|n| n.starts_with("lopper-oracle-"))
+                {
                     break true;
                 }
                 if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(120)
@@ -61,8 +70,16 @@ fn signals_during_verification_remove_the_temporary_folders() {
                 continue; // it finished between the look and the signal
             }
             assert_eq!(status.code(), Some(code), "signal {sig}: {status:?}");
-            assert!(names(tmp.path()).is_empty(), "left behind: {:?}", names(tmp.path()));
-            assert!(names(out.path()).is_empty(), "left behind: {:?}", names(out.path()));
+            assert!(
+                names(tmp.path()).is_empty(),
+                "left behind: {:?}",
+                names(tmp.path())
+            );
+            assert!(
+                names(out.path()).is_empty(),
+                "left behind: {:?}",
+                names(out.path())
+            );
             caught = true;
             break;
         }
@@ -85,8 +102,8 @@ fn a_new_run_sweeps_folders_of_dead_runs() {
     std::fs::create_dir(&alive).unwrap();
     let other = tmp.path().join("lopper-notes");
     std::fs::create_dir(&other).unwrap();
-    let mnist = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/pretrained/mnist-8.onnx");
     let st = lopper()
         .arg("inspect")
         .arg(&mnist)
