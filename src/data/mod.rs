@@ -73,7 +73,7 @@ pub fn open(spec: &DataSpec, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
         Format::Npy => Box::new(npz::NpArrays::open_npy(&spec.path, opts)?),
         Format::Images => Box::new(images::ImageFolder::open(&spec.path, opts)?),
     };
-    if data.len() == 0 {
+    if data.is_empty() {
         // Nothing to evaluate or train on: an accuracy of 0/0 would be a made-up number.
         return Err(Error::data(data.describe(), "the dataset holds no samples"));
     }
