@@ -9,10 +9,14 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    // First, before any thread starts: interrupting signals remove this run's temporary files.
+    lopper::temp_dir::install_signal_cleanup();
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => return usage_error(e),
     };
+    // Temporary folders left by earlier runs that were killed outright.
+    lopper::temp_dir::sweep_stale();
     std::panic::set_hook(Box::new(|info| {
         if lopper::runtime::panic_is_contained() {
             // A runtime crashing on a bad model: reported as that runtime's error.

@@ -59,7 +59,7 @@ fn tiny_model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
             name: Some("g".into()),
             node: nodes,
             initializer: inits,
-            input: vec![vi("x")],
+            input: vec![float_input("x")],
             output: vec![vi("y")],
             ..Default::default()
         }),
@@ -177,4 +177,20 @@ fn unknown_ops_are_kept_and_inspected() {
     let (code, out, err) = lopper(&["inspect", p.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("com.example.FancyOp×1"), "{out}");
+}
+
+/// A graph input declared as a float tensor (the spec requires graph inputs to be typed).
+fn float_input(n: &str) -> lopper::onnx::proto::ValueInfoProto {
+    use lopper::onnx::proto::{type_proto, TypeProto};
+    lopper::onnx::proto::ValueInfoProto {
+        name: Some(n.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

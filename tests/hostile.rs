@@ -83,7 +83,7 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
             name: Some("g".into()),
             node: nodes,
             initializer: inits,
-            input: vec![vi("x")],
+            input: vec![float_input("x")],
             output: vec![vi("y")],
             ..Default::default()
         }),
@@ -505,4 +505,150 @@ fn array_headers_that_lie_about_their_size_are_refused() {
         &["eval", mnist, "--data", &spec],
         &["d.npz:y", "declares shape [1099511627776]"],
     );
+}
+
+/// A stored `.npz` of `x` (4 MNIST-sized `u8` samples, sample `i` filled with `10 + i`) and
+/// `y` (labels 7, 5, 9, 2 as `u8`).
+fn small_npz(path: &Path, x_shape: &str, x: &[u8]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("x.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes(x_shape, x)).unwrap();
+    z.start_file("y.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes("(4,)", &[7, 5, 9, 2])).unwrap();
+    z.finish().unwrap();
+}
+
+/// Flips the low bit of the first byte after the first occurrence of `pattern` in `path`.
+fn corrupt_after(path: &Path, pattern: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .expect("pattern in the archive");
+    bytes[at + pattern.len() - 1] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_and_empty_npz_members_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist = mnist.to_str().unwrap();
+    let x: Vec<u8> = (0..4u8).flat_map(|i| vec![10 + i; 28 * 28]).collect();
+    let eval = |npz: &Path| {
+        let spec = format!("npz:{}", npz.display());
+        vec!["eval".to_string(), mnist.to_string(), "--data".into(), spec]
+    };
+    let refused = |args: Vec<String>, needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, needles)
+    };
+
+    // The control reads.
+    let good = dir.path().join("good.npz");
+    small_npz(&good, "(4, 28, 28)", &x);
+    let args = eval(&good);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err, _) = lopper_within(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/4)"), "four samples evaluated: {out}");
+
+    // One byte of the last sample changed: the CRC no longer matches.
+    let bad_x = dir.path().join("bad_x.npz");
+    small_npz(&bad_x, "(4, 28, 28)", &x);
+    corrupt_after(&bad_x, &[13; 400]);
+    refused(eval(&bad_x), &["bad_x.npz:x", "CRC"]);
+
+    // A label changed (9 → 8, still a valid label: only the CRC can tell).
+    let bad_y = dir.path().join("bad_y.npz");
+    small_npz(&bad_y, "(4, 28, 28)", &x);
+    corrupt_after(&bad_y, &[7, 5, 9]);
+    refused(eval(&bad_y), &["bad_y.npz:y", "checksum"]);
+
+    // No samples at all: refused, not "top-1 0.00% (0/0)".
+    let empty = dir.path().join("empty.npz");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&empty).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("x.npy", opts).unwrap();
+    std::io::Write::write_all(&mut z, &npy_bytes("(0, 28, 28)", &[])).unwrap();
+    z.finish().unwrap();
+    refused(eval(&empty), &["empty.npz:x", "no samples"]);
+}
+
+#[test]
+fn output_paths_are_checked_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnist = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/pretrained/mnist-8.onnx");
+    let mnist = mnist.to_str().unwrap();
+    // An earlier result at the output path must survive a run refused for another path.
+    let out = dir.path().join("out.onnx");
+    std::fs::write(&out, b"earlier result").unwrap();
+    let o = out.to_str().unwrap();
+    let plan = dir.path().join("plan.json");
+    let p = plan.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let prune = [
+        "prune",
+        mnist,
+        "--target",
+        "flops=0.5",
+        "--no-verify",
+        "-o",
+        o,
+    ];
+    for (flag, bad) in [
+        ("--report", "/nonexistent/dir/r.json"),
+        ("--plot", "/nonexistent/dir/w.svg"),
+        ("--save-plan", "/nonexistent/dir/plan.json"),
+        ("--report", folder),
+    ] {
+        let mut args = prune.to_vec();
+        args.extend([flag, bad]);
+        if flag != "--save-plan" {
+            args.extend(["--save-plan", p]);
+        }
+        assert_refused(&args, &[bad, "cannot be written"]);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"earlier result",
+            "{flag} {bad}"
+        );
+        assert!(!plan.exists(), "{flag} {bad}: the plan was written");
+    }
+    let bad = "/nonexistent/dir/m.onnx";
+    assert_refused(&["simplify", mnist, "-o", bad], &[bad, "cannot be written"]);
+    let mut args = prune.to_vec();
+    args[6] = bad;
+    assert_refused(&args, &[bad, "cannot be written"]);
+    // Nothing is left behind by the probes, and the control writes everything.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let report = dir.path().join("r.json");
+    let mut args = prune.to_vec();
+    args.extend(["--report", report.to_str().unwrap(), "--save-plan", p]);
+    let (code, _, err, _) = lopper_within(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(report.exists() && plan.exists());
+    assert_ne!(std::fs::read(&out).unwrap(), b"earlier result");
+}
+
+/// A graph input declared as a float tensor (the spec requires graph inputs to be typed).
+fn float_input(n: &str) -> lopper::onnx::proto::ValueInfoProto {
+    use lopper::onnx::proto::{type_proto, TypeProto};
+    lopper::onnx::proto::ValueInfoProto {
+        name: Some(n.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -6,6 +6,8 @@
 //! once, also when shared). A node's params are the elements of the float initializers it
 //! reads. Activation memory: bytes of all node outputs (`total`) and the peak of bytes live at
 //! once when nodes run in topological order (`peak`), graph inputs included, initializers not.
+//! Every count saturates at `u64::MAX` ([`TOO_LARGE`]): a model too large to count says so
+//! instead of wrapping round to a small number.
 
 use std::collections::HashSet;
 
@@ -53,11 +55,18 @@ pub struct Costs {
     pub ids: Vec<NodeId>,
 }
 
+/// The saturated value of every count here: too large to represent in a `u64`.
+pub const TOO_LARGE: u64 = u64::MAX;
+
+/// Bytes of one value, saturating at [`TOO_LARGE`].
 fn value_bytes(shapes: &Shapes, v: ValueId) -> u64 {
     shapes.get(v).map_or(0, |f| {
         let n = f.shape.as_ref().map_or(0, |s| numel_or_one(s));
-        let bits = f.dtype.map_or(32, |d| d.bits().max(8)) as u64;
-        n * bits / 8
+        let bits = f.dtype.map_or(32, |d| d.bits().max(8)) as u128;
+        if n == TOO_LARGE {
+            return TOO_LARGE;
+        }
+        u64::try_from(u128::from(n) * bits / 8).unwrap_or(TOO_LARGE)
     })
 }
 
@@ -74,7 +83,7 @@ pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
             .iter()
             .filter_map(|&v| g.init(v))
             .map(|t| t.len() as u64)
-            .sum(),
+            .fold(0, u64::saturating_add),
         activation_bytes: 0,
         peak_activation_bytes: 0,
         ids: order.clone(),
@@ -89,7 +98,7 @@ pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
         .iter()
         .filter(|v| g.init(**v).is_none())
         .map(|&v| value_bytes(shapes, v))
-        .sum();
+        .fold(0, u64::saturating_add);
     let mut peak = live;
     for &n in &order {
         let node = g.node(n);
@@ -115,27 +124,28 @@ pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
             .filter_map(|&v| g.init(v))
             .filter(|t| t.dtype().is_float())
             .map(|t| t.len() as u64)
-            .sum();
+            .fold(0, u64::saturating_add);
         let out_bytes: u64 = node
             .outputs
             .iter()
             .flatten()
             .map(|&v| value_bytes(shapes, v))
-            .sum();
-        out.activation_bytes += out_bytes;
-        live += out_bytes;
+            .fold(0, u64::saturating_add);
+        out.activation_bytes = out.activation_bytes.saturating_add(out_bytes);
+        // Once saturated, `live` stays so: what was freed from an unknown total is unknown.
+        live = live.saturating_add(out_bytes);
         peak = peak.max(live);
         for &v in node.inputs.iter().flatten() {
             if g.init(v).is_some() || remaining[v.index()] == 0 {
                 continue;
             }
             remaining[v.index()] -= 1;
-            if remaining[v.index()] == 0 {
+            if remaining[v.index()] == 0 && live != TOO_LARGE {
                 live = live.saturating_sub(value_bytes(shapes, v));
             }
         }
-        out.macs += cost.macs;
-        out.flops += cost.flops;
+        out.macs = out.macs.saturating_add(cost.macs);
+        out.flops = out.flops.saturating_add(cost.flops);
         out.nodes.push(NodeCost {
             name: node.name.clone(),
             op_type: node.op_type.clone(),

@@ -199,7 +199,10 @@ impl<'a> MaskedCost<'a> {
                 },
                 &outs,
             );
-            macs = macs - t.macs + now;
+            // A saturated total stays saturated (see `cost`): its parts are not known.
+            if macs != u64::MAX {
+                macs = macs.saturating_sub(t.macs).saturating_add(now);
+            }
         }
         let mut params = self.total_params;
         if !replaced.is_empty() {
@@ -400,7 +403,7 @@ fn touched_nodes(
                 &outs,
             )
             .macs;
-        macs += cost;
+        macs = macs.saturating_add(cost);
         let mut t = Touched {
             node: n,
             op,

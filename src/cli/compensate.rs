@@ -74,6 +74,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    lopper::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     let original = Model::load(&args.original)?;
     let plan = PlanFile::load(&args.plan)?;
@@ -119,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut |done, total| eprint!("\rcompensating {done}/{total}"),
     )?;
     eprintln!();
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
     if args.layers {
         for l in &r.per_layer {

@@ -230,6 +230,9 @@ impl Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
+    lopper::onnx::save::check_writable(
+        std::iter::once(args.out.output.as_path()).chain(args.report.as_deref()),
+    )?;
     let recover = Recovery::parse_list(&args.recover)?;
     if args.data.data.is_none() {
         return Err(lopper::Error::Usage(

@@ -21,7 +21,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     let groups = analyse(&mut model)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&groups.groups)?);

@@ -67,7 +67,7 @@ fn io(model: &Model, shapes: &Shapes, ids: &[ir::ValueId]) -> Vec<Io> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let model = Model::load(&args.model)?;
-    ir::verify(&model.graph)?;
+    ir::verify_model(&model)?;
     let shapes = infer_shapes(&model)?;
     if args.ir {
         print!(
@@ -139,6 +139,9 @@ fn display_domain(d: &str) -> String {
 
 /// `1234567` → `1.23 M`.
 pub fn si(v: u64) -> String {
+    if v == lopper::analysis::cost::TOO_LARGE {
+        return "too large to count (≥ 2^64)".into();
+    }
     let v = v as f64;
     if v >= 1e9 {
         format!("{:.2} G", v / 1e9)
@@ -151,14 +154,20 @@ pub fn si(v: u64) -> String {
     }
 }
 
-/// Bytes in MiB/KiB.
+/// Bytes in KiB to TiB; a saturated count says it is too large.
 pub fn bytes(v: u64) -> String {
-    let f = v as f64;
-    if f >= 1024.0 * 1024.0 {
-        format!("{:.2} MiB", f / 1024.0 / 1024.0)
-    } else {
-        format!("{:.1} KiB", f / 1024.0)
+    if v == lopper::analysis::cost::TOO_LARGE {
+        return "too large to count (≥ 16 EiB)".into();
     }
+    let f = v as f64;
+    let units = [("TiB", 40), ("GiB", 30), ("MiB", 20)];
+    for (unit, shift) in units {
+        let scale = (1u64 << shift) as f64;
+        if f >= scale {
+            return format!("{:.2} {unit}", f / scale);
+        }
+    }
+    format!("{:.1} KiB", f / 1024.0)
 }
 
 fn print_text(r: &Report) {

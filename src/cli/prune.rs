@@ -113,8 +113,14 @@ impl Drop for Status {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
+    // Every output path is checked before anything is computed or written.
+    let side = [&args.save_plan, &args.report, &args.plot];
+    lopper::onnx::save::check_writable(
+        std::iter::once(args.out.output.as_path())
+            .chain(side.into_iter().flatten().map(|p| p.as_path())),
+    )?;
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     let opts = PruneOptions {
         selection,
         verify_with: if args.no_verify {

@@ -35,6 +35,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    lopper::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     if args.data.data.is_none() {
         return Err(lopper::Error::Usage(
@@ -56,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprint!("\rrecalibrating {done}/{total}");
     })?;
     eprintln!();
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
     println!(
         "{} -> {}: {} normalisation node(s) recalibrated on {} samples (largest mean shift {:.2} std), {:.1} s",

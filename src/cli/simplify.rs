@@ -25,8 +25,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
+    lopper::onnx::save::check_writable([args.out.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify(&model.graph)?;
+    lopper::ir::verify_model(&model)?;
     let before = model.graph.node_count();
     let opts = SimplifyOptions {
         keep_batch_norm: args.keep_bn,

@@ -141,7 +141,10 @@ pub struct Args {
 
 /// Runs `train` (`finetune` false) or `finetune`.
 pub fn run(args: Args, finetune: bool) -> Result<()> {
+    // The model and its checkpoints are written beside --output.
+    lopper::onnx::save::check_writable([args.output.as_path()])?;
     let model = Model::load(&args.model)?;
+    lopper::ir::verify_model(&model)?;
     let recipe = if finetune {
         Recipe::Finetune
     } else {

@@ -27,6 +27,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let a = Model::load(&args.reference)?;
     let b = Model::load(&args.candidate)?;
+    lopper::ir::verify_model(&a)?;
+    lopper::ir::verify_model(&b)?;
     let cmp = compare(&a, &b, &available_backends(), args.samples, 1)?;
     for (k, why) in &cmp.skipped {
         eprintln!("warning: {k} could not run the reference model, so it did not compare: {why}");

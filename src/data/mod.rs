@@ -67,12 +67,17 @@ pub fn open(spec: &DataSpec, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
             "no such file or folder".to_string(),
         ));
     }
-    Ok(match spec.format {
+    let data: Box<dyn Dataset> = match spec.format {
         Format::Mnist => Box::new(idx::Idx::open(&spec.path, opts)?),
         Format::Npz => Box::new(npz::NpArrays::open_npz(&spec.path, opts)?),
         Format::Npy => Box::new(npz::NpArrays::open_npy(&spec.path, opts)?),
         Format::Images => Box::new(images::ImageFolder::open(&spec.path, opts)?),
-    })
+    };
+    if data.is_empty() {
+        // Nothing to evaluate or train on: an accuracy of 0/0 would be a made-up number.
+        return Err(Error::data(data.describe(), "the dataset holds no samples"));
+    }
+    Ok(data)
 }
 
 /// `count` sample indices spread evenly over `len` (every `len/count`-th, deterministic), so

@@ -21,6 +21,37 @@ use super::transform::{ImageLayout, SampleShape, Scratch, Transform};
 use super::{shown, Dataset, OpenOptions};
 use crate::error::{Error, Result};
 
+/// An archive member's bytes, checked against the archive's CRC-32 once all `total` bytes have
+/// been read (a run reading only some samples checks nothing).
+struct CrcChecked<R> {
+    inner: R,
+    crc: flate2::Crc,
+    left: u64,
+    want: u32,
+}
+
+impl<R: Read> Read for CrcChecked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.left == 0 {
+            return Ok(n);
+        }
+        self.crc.update(&buf[..n]);
+        self.left = self.left.saturating_sub(n as u64);
+        if self.left == 0 && self.crc.sum() != self.want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "bad CRC-32: the member's bytes sum to {:08x}, the archive says {:08x} (corrupt archive)",
+                    self.crc.sum(),
+                    self.want
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Samples (and labels) from NumPy arrays.
 pub struct NpArrays {
     place: String,
@@ -218,11 +249,14 @@ impl NpArrays {
                     .map_err(|e| Error::data(&place, e.to_string()))?;
                 let total = member.size();
                 let (n, l) = read_labels(&mut member, Some(total), &place)?;
+                // Reading to the end makes the zip reader compare the member's CRC-32.
+                std::io::copy(&mut member, &mut std::io::sink())
+                    .map_err(|e| Error::data(&place, format!("corrupt member: {e}")))?;
                 Some((n, l, place))
             }
         };
         let place = format!("{}:{x_key}", path.display());
-        let (start, size, method, total) = {
+        let (start, size, method, total, crc) = {
             let member = zip
                 .by_name(&format!("{x_key}.npy"))
                 .map_err(|e| Error::data(&place, e.to_string()))?;
@@ -234,17 +268,27 @@ impl NpArrays {
                 member.compressed_size(),
                 member.compression(),
                 member.size(),
+                member.crc32(),
             )
         };
         let mut f = file;
         f.seek(SeekFrom::Start(start))
             .map_err(|e| Error::io(path, e))?;
         let body = BufReader::with_capacity(1 << 16, f.take(size));
+        let checked = |inner: Box<dyn Read + Send>| -> Box<dyn Read + Send> {
+            Box::new(CrcChecked {
+                inner,
+                crc: flate2::Crc::new(),
+                left: total,
+                want: crc,
+            })
+        };
         let reader: Box<dyn Read + Send> = match method {
-            CompressionMethod::Stored => Box::new(body),
-            CompressionMethod::Deflated => {
-                Box::new(BufReader::with_capacity(1 << 16, DeflateDecoder::new(body)))
-            }
+            CompressionMethod::Stored => checked(Box::new(body)),
+            CompressionMethod::Deflated => checked(Box::new(BufReader::with_capacity(
+                1 << 16,
+                DeflateDecoder::new(body),
+            ))),
             m => {
                 return Err(Error::data(
                     &place,

@@ -18,6 +18,7 @@ use super::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
 use crate::error::{Error, Result};
+use crate::temp_dir::Registered;
 
 /// The highest IR version lopper writes (what ONNX Runtime 1.31 accepts).
 pub const MAX_IR_VERSION: i64 = 13;
@@ -91,6 +92,8 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
 
     let data_path = dir.join(&data_name);
     let data_tmp = tmp_path(&data_path);
+    // Removed on an interrupting signal while it exists (see `crate::temp_dir`).
+    let _data_reg = Registered::new(&data_tmp);
     if external {
         let file = std::fs::File::create(&data_tmp).map_err(|e| Error::io(&data_tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -144,6 +147,7 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
     }
 
     let tmp = tmp_path(path);
+    let _reg = Registered::new(&tmp);
     let res = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -177,6 +181,7 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// small side files (plans, reports, plots); it does not create missing folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
+    let _reg = Registered::new(&tmp);
     let res = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
@@ -187,6 +192,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Checks, before a command computes or writes anything, that a file can be written at each
+/// of `paths`: it is not a folder, and its folder exists and accepts a new file (probed by
+/// creating and removing the temporary file an atomic write would use). The error names the
+/// path; a run with one bad output path then writes none of the others.
+pub fn check_writable<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    for path in paths {
+        let bad =
+            |why: String| Error::Usage(format!("{}: cannot be written: {why}", path.display()));
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            return Err(bad("not a file name".into()));
+        }
+        if path.is_dir() {
+            return Err(bad("it is a folder".into()));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(bad(format!("no folder {}", parent.display())));
+        }
+        let probe = tmp_path(path);
+        let _reg = Registered::new(&probe);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| bad(format!("folder {}: {e}", parent.display())))?;
+        let _ = std::fs::remove_file(&probe);
+    }
+    Ok(())
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

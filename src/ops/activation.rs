@@ -39,6 +39,14 @@ impl Op for Unary {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        match self.name {
+            "PRelu" => Some((2, 2)),
+            "Clip" => Some((1, 3)),
+            _ => Some((1, 1)),
+        }
+    }
+
     /// Clip: opset 11 made `min` and `max` inputs.
     fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
         let u = super::Upgrade::default();

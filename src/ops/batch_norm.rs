@@ -107,6 +107,10 @@ impl Op for BatchNorm {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((5, 5))
+    }
+
     /// Opset 9 dropped `spatial` (only the per-channel form, `spatial = 1`, remains); opset
     /// 7 dropped `is_test` and opset 6 `consumed_inputs`.
     fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {
@@ -478,6 +482,10 @@ pub struct InstanceNorm {
 impl Op for InstanceNorm {
     fn op_type(&self) -> &'static str {
         self.name
+    }
+
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((3, 3))
     }
 
     fn weight_input(&self, port: usize) -> bool {

@@ -111,6 +111,14 @@ impl Op for Binary {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        match self.kind {
+            _ if matches!(self.name, "Sum" | "Max" | "Min" | "Mean") => Some((1, usize::MAX)),
+            Kind::Where => Some((3, 3)),
+            _ => Some((2, 2)),
+        }
+    }
+
     fn weight_input(&self, _port: usize) -> bool {
         // A constant operand of an affine element-wise op is a learned scale or offset.
         matches!(self.name, "Add" | "Sub" | "Mul" | "Div")

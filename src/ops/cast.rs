@@ -65,6 +65,10 @@ impl Op for Cast {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let code = cx
             .node

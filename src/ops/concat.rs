@@ -42,6 +42,10 @@ impl Op for Concat {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, usize::MAX))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let facts: Vec<&Fact> = (0..cx.inputs.len())
             .map(|i| Ok(util::required_input(cx, i)?.unwrap_or(&util::UNKNOWN_FACT)))

@@ -82,6 +82,10 @@ impl Op for Constant {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((0, 0))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         match content(cx.node).map_err(|e| cx.err(e.to_string()))? {
             Some(Content::Value(t)) => Ok(Some(vec![Fact::constant(t)])),

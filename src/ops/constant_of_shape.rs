@@ -44,6 +44,10 @@ impl Op for ConstantOfShape {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let dtype = Some(fill(cx.node)?.dtype());
         let input = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);

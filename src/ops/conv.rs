@@ -20,7 +20,7 @@ use super::linear::{Form, Linear, LinearCx};
 use super::simplify::{AffineFold, BiasRule, FoldCx};
 use super::util::Window;
 use super::vjp::{Build, VjpCx};
-use super::{numel_or_one, Cost, Cx, Op};
+use super::{numel_or_one, CheckCx, Cost, Cx, Op};
 use crate::ir::graph::{attr_int, attr_ints};
 use crate::ir::{Tensor, ValueId};
 
@@ -408,9 +408,104 @@ pub(super) fn conv_weight_grad(
     Ok(cx.transpose(dw, &swap))
 }
 
+/// The spec rules of a convolution node (`Conv`, and `ConvTranspose` with `transposed`, whose
+/// weight is `[C, M/group, k..]`): `group` a positive int dividing the weight's group axis;
+/// `kernel_shape`, `strides`, `dilations` and `pads` ints of the spatial rank, kernels equal to
+/// the weight's spatial dims, strides and dilations positive, pads not negative; a constant bias
+/// of shape `[M]`, M output channels. Messages name the rule in parentheses.
+pub(super) fn check_conv(cx: &CheckCx, transposed: bool) -> Vec<String> {
+    let mut errs = Vec::new();
+    let group = cx.int_attr("group").unwrap_or_else(|e| {
+        errs.push(e);
+        None
+    });
+    let group = group.unwrap_or(1);
+    if group < 1 {
+        errs.push(format!("group must be at least 1, not {group} (group)"));
+    }
+    let w = cx.const_shape(1);
+    if let Some(w) = w.filter(|w| w.len() < 3) {
+        errs.push(format!(
+            "weight of shape {w:?} has no spatial axis (weight rank)"
+        ));
+    }
+    let w = w.filter(|w| w.len() >= 3);
+    let group_axis = usize::from(!transposed);
+    if let (Some(w), Ok(g @ 1..)) = (w, usize::try_from(group)) {
+        if group_axis == 1 && w[0] % g != 0 {
+            errs.push(format!(
+                "weight's {} output channels are not a multiple of group {g} (group)",
+                w[0]
+            ));
+        }
+    }
+    let rank = w.map(|w| w.len() - 2);
+    for (name, min, per_axis) in [
+        ("kernel_shape", 1, 1),
+        ("strides", 1, 1),
+        ("dilations", 1, 1),
+        ("pads", 0, 2),
+    ] {
+        let v = match cx.ints_attr(name) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
+                errs.push(e);
+                continue;
+            }
+        };
+        if let Some(bad) = v.iter().find(|&&x| x < min) {
+            errs.push(format!("{name} {v:?} holds {bad}, below {min} ({name})"));
+        } else if rank.is_some_and(|r| v.len() != r * per_axis) {
+            errs.push(format!(
+                "{name} {v:?} has {} entries, not {} for a weight of {} spatial axes ({name})",
+                v.len(),
+                rank.unwrap_or(0) * per_axis,
+                rank.unwrap_or(0)
+            ));
+        } else if let (Some(w), "kernel_shape") = (w, name) {
+            if !v
+                .iter()
+                .zip(&w[2..])
+                .all(|(&k, &d)| u64::try_from(k) == Ok(d as u64))
+            {
+                errs.push(format!(
+                    "kernel_shape {v:?} differs from the weight's spatial dims {:?} (kernel_shape)",
+                    &w[2..]
+                ));
+            }
+        }
+    }
+    if let Some(b) = cx.const_shape(2) {
+        let out = w.map(|w| {
+            if transposed {
+                usize::try_from(group).map_or(w[1], |g| w[1].saturating_mul(g))
+            } else {
+                w[0]
+            }
+        });
+        match (b, out) {
+            ([m], Some(out)) if *m != out => errs.push(format!(
+                "bias has {m} entries, not the {out} output channels (bias)"
+            )),
+            ([_], _) => {}
+            _ => errs.push(format!("bias of shape {b:?} is not 1-D (bias)")),
+        }
+    }
+    errs
+}
+
 impl Op for Conv {
     fn op_type(&self) -> &'static str {
         "Conv"
+    }
+
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
+    fn check(&self, cx: &CheckCx) -> Vec<String> {
+        check_conv(cx, false)
     }
 
     fn weight_input(&self, port: usize) -> bool {
@@ -706,10 +801,10 @@ impl Op for Conv {
             return Cost::default();
         };
         // y = [N, M, O...]; per output element: (C/group)·Πk = Π w[1..].
-        let macs = numel_or_one(y) * numel_or_one(&w[1..]);
+        let macs = numel_or_one(y).saturating_mul(numel_or_one(&w[1..]));
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

@@ -173,6 +173,14 @@ impl Op for ConvTranspose {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
+    fn check(&self, cx: &super::CheckCx) -> Vec<String> {
+        super::conv::check_conv(cx, true)
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // Weight and bias.
         port == 1 || port == 2
@@ -281,10 +289,10 @@ impl Op for ConvTranspose {
             return Cost::default();
         }
         // Each of the N·C·ΠD input elements meets (M/group)·Πk weights = Π W[1..].
-        let macs = numel_or_one(xs) * numel_or_one(&ws[1..]);
+        let macs = numel_or_one(xs).saturating_mul(numel_or_one(&ws[1..]));
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

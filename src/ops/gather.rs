@@ -34,6 +34,10 @@ impl Op for Gather {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 2))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let data = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let ind = util::required_input(cx, 1)?.unwrap_or(&util::UNKNOWN_FACT);

@@ -36,6 +36,10 @@ impl Op for Gemm {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
     fn weight_input(&self, _port: usize) -> bool {
         // Either operand may be a learned matrix (or bias).
         true
@@ -325,10 +329,10 @@ impl Op for Gemm {
             }
             (None, None) => return Cost::default(),
         };
-        let macs = m * n * k;
+        let macs = m.saturating_mul(n).saturating_mul(k);
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

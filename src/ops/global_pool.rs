@@ -25,6 +25,10 @@ impl Op for GlobalPool {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);

@@ -53,6 +53,10 @@ impl Op for Identity {
     fn op_type(&self) -> &'static str {
         "Identity"
     }
+
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = cx.input(0)?;
         match util::sym_moved(x, x.shape.as_deref()) {
@@ -99,6 +103,11 @@ pub static DROPOUT: Dropout = Dropout;
 impl Op for Dropout {
     fn op_type(&self) -> &'static str {
         "Dropout"
+    }
+
+    fn arity(&self) -> Option<(usize, usize)> {
+        // Opset 12 made ratio and training_mode inputs.
+        Some((1, 3))
     }
 
     /// Opset 12 made `ratio` an input; opset 7 dropped `is_test` (inference is the default).

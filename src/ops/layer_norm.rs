@@ -25,6 +25,10 @@ impl Op for LayerNorm {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 3))
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // Scale and bias.
         port == 1 || port == 2
@@ -105,7 +109,7 @@ impl Op for LayerNorm {
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         Cost {
             macs: 0,
-            flops: 5 * util::output_numel(outputs, 0),
+            flops: util::output_numel(outputs, 0).saturating_mul(5),
         }
     }
 }

@@ -23,6 +23,10 @@ impl Op for MatMul {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((2, 2))
+    }
+
     fn weight_input(&self, _port: usize) -> bool {
         // Either operand may be a learned matrix (or bias).
         true
@@ -219,10 +223,10 @@ impl Op for MatMul {
             return Cost::default();
         };
         // Output elements = Π batch · M · N (promoted 1-D axes are 1 either way).
-        let macs = util::output_numel(outputs, 0) * k.known().unwrap_or(1) as u64;
+        let macs = util::output_numel(outputs, 0).saturating_mul(k.known().unwrap_or(1) as u64);
         Cost {
             macs,
-            flops: 2 * macs,
+            flops: macs.saturating_mul(2),
         }
     }
 

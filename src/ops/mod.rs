@@ -7,7 +7,8 @@
 //! Adding an op = one file + one line in [`REGISTRY`].
 
 use crate::error::{Error, Result};
-use crate::ir::{Dim, Fact, Node, Shape, Tensor};
+use crate::ir::{DType, Dim, Fact, Node, Shape, Tensor};
+use crate::onnx::proto::attribute_proto::AttributeType;
 
 mod activation;
 mod batch_norm;
@@ -112,10 +113,80 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// What [`Op::check`] may read about one node before any analysis runs: its attributes, the
+/// model's opset, and what the file itself says about its inputs (initializer contents,
+/// declared element types and shapes).
+pub struct CheckCx<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// The opset version of the default domain.
+    pub opset: i64,
+    /// Initializer contents of the inputs, by port (`None`: computed, a graph input, omitted).
+    pub consts: &'a [Option<&'a Tensor>],
+    /// Element types of the inputs, by port, where an initializer or a declaration gives one.
+    pub dtypes: &'a [Option<DType>],
+}
+
+impl CheckCx<'_> {
+    /// Integer attribute `name`: `Ok(None)` when absent, `Err` (the rule broken) when it is
+    /// not an `INT`.
+    pub fn int_attr(&self, name: &str) -> std::result::Result<Option<i64>, String> {
+        let Some(a) = self.node.attr(name) else {
+            return Ok(None);
+        };
+        attr_is(a, AttributeType::Int, a.i.is_some() || a.f.is_none())?;
+        Ok(Some(a.i()))
+    }
+
+    /// Integer-list attribute `name`: `Ok(None)` when absent, `Err` when it is not `INTS`.
+    pub fn ints_attr(&self, name: &str) -> std::result::Result<Option<&[i64]>, String> {
+        let Some(a) = self.node.attr(name) else {
+            return Ok(None);
+        };
+        attr_is(
+            a,
+            AttributeType::Ints,
+            a.floats.is_empty() || !a.ints.is_empty(),
+        )?;
+        Ok(Some(a.ints.as_slice()))
+    }
+
+    /// The shape of input `port` when it is an initializer.
+    pub fn const_shape(&self, port: usize) -> Option<&[usize]> {
+        self.consts.get(port).copied().flatten().map(|t| t.shape())
+    }
+}
+
+/// `Ok` when attribute `a` has type `want` (or no type and `untyped_ok`, what old files
+/// write), else the rule it breaks.
+fn attr_is(
+    a: &crate::onnx::proto::AttributeProto,
+    want: AttributeType,
+    untyped_ok: bool,
+) -> std::result::Result<(), String> {
+    let ok = match a.r#type {
+        Some(t) => t == want as i32,
+        None => untyped_ok,
+    };
+    if ok {
+        return Ok(());
+    }
+    let got = a
+        .r#type
+        .and_then(|t| AttributeType::try_from(t).ok())
+        .map_or_else(|| "untyped".to_string(), |t| t.as_str_name().to_string());
+    Err(format!(
+        "attribute '{}' must be {}, not {got} (attribute type)",
+        a.name(),
+        want.as_str_name()
+    ))
+}
+
 /// The cost of one node. Convention: `macs` counts multiply-accumulates of Conv,
 /// ConvTranspose, Gemm and MatMul only (like torchvision/fvcore: ResNet-50 at 224² = 4.09 G);
 /// `flops` = 2·MACs + one per output element of every other computing op (activations,
-/// element-wise arithmetic, normalisation, pooling windows). Symbolic dims count as 1.
+/// element-wise arithmetic, normalisation, pooling windows). Symbolic dims count as 1. Counts
+/// saturate at `u64::MAX` (too large to count) instead of wrapping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cost {
     /// Multiply-accumulates.
@@ -180,6 +251,20 @@ impl Upgrade {
 pub trait Op: Sync {
     /// The ONNX op type (default domain).
     fn op_type(&self) -> &'static str;
+
+    /// How many inputs the ONNX spec allows, `(min, max)` over the opsets lopper reads
+    /// (`usize::MAX`: variadic); trailing omitted optional inputs count. The verifier refuses
+    /// a node outside it. Default: `None`, not checked.
+    fn arity(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// The op's own spec rules on one node, checked by the verifier before anything else
+    /// reads the node (attribute types and values, input types the spec fixes, weights that
+    /// must agree): one message per broken rule, naming the rule. Default: none.
+    fn check(&self, _cx: &CheckCx) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Output facts from input facts. `Ok(None)`: this op cannot say (the analysis then uses
     /// the model's declared types). `Err`: the inputs are inconsistent (names the node).
@@ -442,10 +527,11 @@ pub fn lookup(domain: &str, op_type: &str) -> Option<&'static dyn Op> {
     REGISTRY.iter().copied().find(|op| op.op_type() == op_type)
 }
 
-/// Product of known dims, with symbolic/unknown dims counted as 1 (the cost convention).
+/// Product of known dims, with symbolic/unknown dims counted as 1 (the cost convention);
+/// saturates at `u64::MAX` (a count too large to represent, never a wrapped small one).
 pub fn numel_or_one(shape: &[Dim]) -> u64 {
     shape
         .iter()
         .map(|d| d.known().unwrap_or(1) as u64)
-        .product()
+        .fold(1u64, u64::saturating_mul)
 }

@@ -169,6 +169,11 @@ impl Op for Pad {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        // pads, constant_value and axes became inputs at opsets 11 and 18.
+        Some((1, 4))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);

@@ -42,6 +42,10 @@ impl Op for Pool {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);
@@ -135,10 +139,11 @@ impl Op for Pool {
     }
 
     fn cost(&self, cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
-        let window: u64 = cx
-            .node
-            .attr_ints("kernel_shape")
-            .map_or(1, |k| k.iter().map(|&v| v.max(1) as u64).product());
+        let window: u64 = cx.node.attr_ints("kernel_shape").map_or(1, |k| {
+            k.iter()
+                .map(|&v| v.max(1) as u64)
+                .fold(1u64, u64::saturating_mul)
+        });
         Cost {
             macs: 0,
             flops: util::output_numel(outputs, 0).saturating_mul(window),

@@ -155,6 +155,11 @@ impl Op for Reduce {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        // axes became an input (ReduceSum at 13, the others at 18).
+        Some((1, 2))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);

@@ -185,6 +185,29 @@ impl Op for Reshape {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        // shape became an input at opset 5 (see `check`).
+        Some((1, 2))
+    }
+
+    fn check(&self, cx: &super::CheckCx) -> Vec<String> {
+        if cx.opset < 5 {
+            return Vec::new();
+        }
+        let mut errs = Vec::new();
+        if cx.node.input(1).is_none() {
+            errs.push("has no shape input, which opset 5 and later require (arity)".into());
+        }
+        if let Some(t) = cx.dtypes.get(1).copied().flatten() {
+            if t != crate::ir::DType::I64 {
+                errs.push(format!(
+                    "shape input is {t}, the spec requires int64 (input type)"
+                ));
+            }
+        }
+        errs
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let allowzero = cx.node.attr_i("allowzero").unwrap_or(0) != 0;

@@ -101,6 +101,13 @@ impl Op for Resize {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        match self.name {
+            "Upsample" => Some((1, 2)),
+            _ => Some((1, 4)),
+        }
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);

@@ -176,6 +176,11 @@ impl Op for Slice {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        // starts, ends, axes, steps became inputs at opset 10.
+        Some((1, 5))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let Some(shape) = &x.shape else {

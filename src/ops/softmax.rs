@@ -42,6 +42,10 @@ impl Op for Softmax {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);
@@ -74,7 +78,7 @@ impl Op for Softmax {
     fn cost(&self, _cx: &Cx, outputs: &[Option<&Fact>]) -> Cost {
         Cost {
             macs: 0,
-            flops: 3 * util::output_numel(outputs, 0),
+            flops: util::output_numel(outputs, 0).saturating_mul(3),
         }
     }
 

@@ -47,6 +47,10 @@ impl Op for Transpose {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let shape = match &x.shape {

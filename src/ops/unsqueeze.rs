@@ -68,6 +68,10 @@ impl Op for Unsqueeze {
         self.name
     }
 
+    fn arity(&self) -> Option<(usize, usize)> {
+        Some((1, 2))
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let x = util::required_input(cx, 0)?.unwrap_or(&util::UNKNOWN_FACT);
         let fact = |shape: Option<Vec<Dim>>| {

@@ -301,7 +301,7 @@ pub fn compress(
     observer: &mut dyn Observer,
 ) -> Result<(Model, CompressReport)> {
     let original = Model::load(path)?;
-    crate::ir::verify(&original.graph)?;
+    crate::ir::verify_model(&original)?;
     check_recovery(&original, opts)?;
     check_training_labels(&original, data)?;
     let mut work = Work::open(opts, path)?;

@@ -11,6 +11,10 @@ const NAME_WIDTH: usize = 40;
 
 /// A count with an SI suffix and two decimals (`1234567` → `1.23M`); below 1000 as is.
 pub fn si(v: u64) -> String {
+    if v == u64::MAX {
+        // A saturated count (see `analysis::cost`).
+        return "too large".into();
+    }
     const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
     let mut x = v as f64;
     let mut u = 0;
