@@ -624,6 +624,8 @@ fn divergence_names_the_first_non_finite_node() {
         "sgd",
         "--lr",
         "1e30",
+        "--scale",
+        "0.00392156862745098",
         "--eval-split",
         "none",
         "-o",
@@ -636,4 +638,38 @@ fn divergence_names_the_first_non_finite_node() {
     assert!(line.contains("first non-finite value in the"), "{err}");
     assert!(line.contains("lower --lr"), "{err}");
     assert!(!out.exists(), "a diverged run wrote {o}");
+}
+
+/// Raw 0–255 pixels get a warning that names the fix, and the run that follows ends at chance
+/// with a second warning; normalised inputs get neither.
+#[test]
+fn raw_pixels_and_chance_accuracy_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, o) = (mnist_data(), dir.path().join("raw.onnx"));
+    let (m, o) = (mnist8(), o.display().to_string());
+    let args = [
+        "train",
+        &m,
+        "--data",
+        &data,
+        "--from-scratch",
+        "--limit",
+        "2000",
+        "--epochs",
+        "1",
+        "--eval-limit",
+        "200",
+        "-o",
+        &o,
+    ];
+    let (rc, _, err) = lopper(&args);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        err.contains("warning: the training inputs are far from normalised")
+            && err.contains("--mean/--std or --scale"),
+        "{err}"
+    );
+    assert!(err.contains("is at chance for 10 classes"), "{err}");
+    let (_, err) = mnist_run(&dir.path().join("ok.onnx"), &["--epochs", "1"]);
+    assert!(!err.contains("warning"), "{err}");
 }

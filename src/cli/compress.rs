@@ -165,6 +165,7 @@ impl Observer for Status {
                 });
             }
             Event::Eval(..) => {}
+            Event::Warning(w) => self.spinner.suspend(|| eprintln!("warning: {w}")),
         }
     }
 
@@ -274,6 +275,7 @@ pub fn run(args: Args) -> Result<()> {
             augment: Augment {
                 crop: !args.no_augment,
                 flip: !args.no_augment,
+                ..Augment::default()
             },
             runtime,
             limit: args.limit.map(|l| l as usize),

@@ -98,9 +98,13 @@ pub struct Args {
     /// Re-initialise every trainable weight (Kaiming-normal, zero biases, BN γ=1 β=0).
     #[arg(long)]
     from_scratch: bool,
-    /// No augmentation (default for images: random crop with padding 4 and horizontal flip).
+    /// No augmentation (default for images with more than one channel: random crop with
+    /// padding 4 and horizontal flip; single-channel images get none, see --augment-grayscale).
     #[arg(long)]
     no_augment: bool,
+    /// Augment single-channel images too (off by default: flips mirror digits and characters).
+    #[arg(long, conflicts_with = "no_augment")]
+    augment_grayscale: bool,
     /// Random crops but no horizontal flips (digits, text).
     #[arg(long)]
     no_flip: bool,
@@ -168,7 +172,7 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         split: Some(eval_split.clone()),
         ..(*args.data).clone()
     });
-    let opts = options(&args, recipe, sparsity, pre);
+    let opts = options(&args, &model, recipe, sparsity, pre);
     let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
         match &eval_args {
             Some(a) => a.open().map(|(d, _)| d),
@@ -202,6 +206,7 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
             ));
         }
         Event::Eval(..) => pb.set_message("evaluating"),
+        Event::Warning(w) => pb.suspend(|| eprintln!("warning: {w}")),
         Event::EpochEnd(r) => {
             pb.suspend(|| {
                 if !json {
@@ -228,7 +233,13 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
 }
 
 /// The run's options from the flags, the command's defaults and the parsed `--sparsity`.
-fn options(args: &Args, recipe: Recipe, sparsity: Sparsity, pre: Preprocess) -> TrainOptions {
+fn options(
+    args: &Args,
+    model: &Model,
+    recipe: Recipe,
+    sparsity: Sparsity,
+    pre: Preprocess,
+) -> TrainOptions {
     let optimizer = match args.optimizer {
         OptimizerArg::Sgd => Optimizer::Sgd {
             momentum: args.momentum,
@@ -237,7 +248,7 @@ fn options(args: &Args, recipe: Recipe, sparsity: Sparsity, pre: Preprocess) -> 
         },
         OptimizerArg::Adamw => Optimizer::adamw(args.weight_decay),
     };
-    let lr = args.lr.unwrap_or_else(|| recipe.lr(&optimizer));
+    let lr = args.lr.unwrap_or_else(|| recipe.lr_for(&optimizer, model));
     let loss = Recipe::loss(
         args.teacher.is_some(),
         args.label_smoothing,
@@ -264,6 +275,7 @@ fn options(args: &Args, recipe: Recipe, sparsity: Sparsity, pre: Preprocess) -> 
         augment: Augment {
             crop: !args.no_augment,
             flip: !args.no_augment && !args.no_flip,
+            grayscale: args.augment_grayscale,
         },
         seed: args.seed,
         runtime: RuntimeOptions {

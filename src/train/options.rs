@@ -45,6 +45,11 @@ pub struct Augment {
     pub crop: bool,
     /// Horizontal flip with probability 1/2.
     pub flip: bool,
+    /// Also augment single-channel images. Off by default: grayscale data is mostly digits
+    /// and characters, which flips mirror and 4-pixel crops of small images cost accuracy
+    /// (mnist-8 from scratch, 1 epoch: 89.05% with crop and flip, 96.21% with crops, 96.85%
+    /// with neither).
+    pub grayscale: bool,
 }
 
 impl Default for Augment {
@@ -52,6 +57,7 @@ impl Default for Augment {
         Augment {
             crop: true,
             flip: true,
+            grayscale: false,
         }
     }
 }
@@ -200,6 +206,9 @@ pub enum Event<'a> {
     Eval(usize, usize),
     /// An epoch finished (evaluated and checkpointed).
     EpochEnd(&'a EpochReport),
+    /// Something the user should know before trusting the run (inputs far from normalised,
+    /// accuracy at chance), in one line.
+    Warning(String),
 }
 
 /// Opens the held-out split afresh (evaluation consumes a dataset).
@@ -235,6 +244,21 @@ impl Recipe {
         match self {
             Recipe::Train => base,
             Recipe::Finetune => base / 10.0,
+        }
+    }
+
+    /// [`Recipe::lr`] for `model`: `lopper train` gives a network without normalisation
+    /// layers (no op with a per-channel scale such as BatchNormalization) a third of the rate,
+    /// since SGD at 0.1 with momentum trains such networks slowly or not at all (mnist-8 from
+    /// scratch, 1 epoch, normalised inputs: 96.85% at 0.1, 98.32% at 0.03).
+    pub fn lr_for(self, optimizer: &Optimizer, model: &crate::ir::Model) -> f64 {
+        let g = &model.graph;
+        let normalised = g
+            .node_ids()
+            .any(|n| crate::ops::channel_scale_input(g.node(n)).is_some());
+        match self {
+            Recipe::Train if !normalised => self.lr(optimizer) * 0.3,
+            _ => self.lr(optimizer),
         }
     }
 

@@ -72,6 +72,9 @@ pub fn train(
         opts.limit,
         opts.augment,
     )?;
+    if let Some(w) = set.normalisation_warning() {
+        progress(Event::Warning(w));
+    }
     let steps_per_epoch = set.len() / opts.batch;
     if steps_per_epoch == 0 {
         return Err(Error::Usage(format!(
@@ -115,6 +118,16 @@ pub fn train(
             images_per_second: (steps_per_epoch * opts.batch) as f64 / train_seconds.max(1e-9),
         };
         progress(Event::EpochEnd(&er));
+        let classes = set.classes();
+        if classes > 1 && er.accuracy * classes as f64 <= 1.5 {
+            progress(Event::Warning(format!(
+                "epoch {epoch}: training accuracy {:.2}% is at chance for {classes} classes \
+                 (loss {:.4}): check the input normalisation (--mean/--std, --scale) and the \
+                 learning rate (--lr)",
+                er.accuracy * 100.0,
+                er.loss
+            )));
+        }
         report.epochs.push(er);
     }
     report.wall_seconds = start.elapsed().as_secs_f64();

@@ -47,6 +47,7 @@ impl TrainSet {
         let samples = load_samples(ds, &transform, limit)?;
         let geometry = transform
             .image_geometry()
+            .filter(|&(_, _, c, _)| c > 1 || augment.grayscale)
             .filter(|_| augment.crop || augment.flip);
         Ok(TrainSet {
             transform,
@@ -55,6 +56,41 @@ impl TrainSet {
             geometry,
             augment,
         })
+    }
+
+    /// A warning when the preprocessed inputs are far from normalised (standard deviation above
+    /// 10 or a magnitude above 100, e.g. raw 0–255 pixels), which most models were not trained
+    /// on and which make the usual learning rates diverge; `None` otherwise.
+    pub fn normalisation_warning(&self) -> Option<String> {
+        let x = &self.samples.x;
+        if x.is_empty() {
+            return None;
+        }
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = x
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let (lo, hi) = x
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let std = var.sqrt();
+        (std > 10.0 || f64::from(lo.abs().max(hi.abs())) > 100.0).then(|| {
+            format!(
+                "the training inputs are far from normalised (mean {mean:.1}, std {std:.1}, \
+                 range {lo} to {hi}): unless the model was trained on such values, pass \
+                 --mean/--std or --scale (0.00392156862745098 = 1/255 for bytes)"
+            )
+        })
+    }
+
+    /// The number of classes the labels use (largest label + 1).
+    pub fn classes(&self) -> usize {
+        self.samples.y.iter().max().map_or(0, |&m| m as usize + 1)
     }
 
     /// Samples held.
@@ -166,6 +202,7 @@ mod tests {
         let none = Augment {
             crop: false,
             flip: false,
+            grayscale: true,
         };
         let mut rng = SplitMix64(1);
         augment_into(
@@ -180,6 +217,7 @@ mod tests {
         let flip = Augment {
             crop: false,
             flip: true,
+            grayscale: true,
         };
         let mut seen = [false; 2];
         for s in 0..20 {
@@ -200,6 +238,7 @@ mod tests {
         let crop = Augment {
             crop: true,
             flip: false,
+            grayscale: true,
         };
         for s in 0..20 {
             augment_into(
