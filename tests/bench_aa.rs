@@ -1,0 +1,69 @@
+//! `lopper bench`'s A/A check in a test binary of its own, so that no other test of the same
+//! binary runs beside it and loads the cores unevenly while it times.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs the binary; returns (exit code, stdout, stderr).
+fn lopper(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(args)
+        .output()
+        .expect("run lopper");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The harness's A/A check: one model under two names, timed interleaved to a 1% precision,
+/// must tie (medians within 3%, and the speedup's interval near 1), on ONNX Runtime when
+/// present (where idle sessions used to spin and steal the cores) and on tract.
+#[test]
+fn bench_of_the_same_model_twice_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_dir().join("models/pretrained/resnet20_cifar10.folded.onnx");
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    std::fs::copy(&src, &a).unwrap();
+    std::fs::copy(&src, &b).unwrap();
+    let mut backends = vec!["tract"];
+    if common::require_ort() {
+        backends.push("ort");
+    }
+    for backend in backends {
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let args = [
+            "bench",
+            &a,
+            &b,
+            "--backend",
+            backend,
+            "--threads",
+            "2",
+            "--json",
+        ];
+        let (code, out, err) = lopper(&args);
+        assert_eq!(code, 0, "{err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let m = &r["models"][1];
+        let runs = m["latency"]["runs"].as_u64().unwrap();
+        assert!((50..=300).contains(&runs), "{backend}: {runs} runs");
+        let speedup = m["speedup"].as_f64().unwrap();
+        assert!(
+            (speedup - 1.0).abs() <= 0.03,
+            "{backend}: A/A speedup {speedup} ({m})"
+        );
+        let (lo, hi) = (
+            m["speedup_ci"][0].as_f64().unwrap(),
+            m["speedup_ci"][1].as_f64().unwrap(),
+        );
+        assert!(
+            lo <= 1.03 && hi >= 0.97,
+            "{backend}: A/A interval {lo}–{hi}"
+        );
+    }
+}
