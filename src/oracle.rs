@@ -227,13 +227,14 @@ pub fn compare(
     let mut variation = None;
     for &kind in backends {
         // The reference first: if this runtime cannot run it, it cannot judge.
-        let reference = runtime::load(kind, &pa).and_then(|mut sa| {
-            inputs
-                .iter()
-                .map(|x| sa.run(x))
-                .collect::<Result<Vec<_>>>()
-                .map(|ys| (sa.backend(), ys))
-        });
+        let reference =
+            runtime::load_for_check(kind, &pa, a.graph.node_count()).and_then(|mut sa| {
+                inputs
+                    .iter()
+                    .map(|x| sa.run(x))
+                    .collect::<Result<Vec<_>>>()
+                    .map(|ys| (sa.backend(), ys))
+            });
         let (name, ya) = match reference {
             Ok(r) => r,
             Err(e) => {
@@ -246,7 +247,7 @@ pub fn compare(
             let v = output_variation(&ya);
             variation = Some(variation.map_or(v, |w: f64| w.max(v)));
         }
-        let mut sb = runtime::load(kind, &pb)?;
+        let mut sb = runtime::load_for_check(kind, &pb, b.graph.node_count())?;
         let mut err = 0f64;
         for (x, ya) in inputs.iter().zip(&ya) {
             let yb = sb.run(x)?;

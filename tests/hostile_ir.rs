@@ -341,3 +341,58 @@ fn activation_memory_saturates_instead_of_wrapping() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
     assert_eq!(v["peak_activation_bytes"].as_u64(), Some(u64::MAX), "{v}");
 }
+
+/// A deep chain (800 Conv+Relu pairs, above the size where checks skip the runtimes' graph
+/// optimisations, whose decluttering in tract grows quadratically with depth) is pruned and
+/// verified: the unoptimised check still compares real, varying outputs.
+#[test]
+fn a_deep_chain_is_verified_without_graph_optimisations() {
+    let layers = 800;
+    let (mut nodes, mut inits) = (Vec::new(), Vec::new());
+    let mut cur = "x".to_string();
+    for i in 0..layers {
+        // Near the identity, so the signal neither dies nor explodes over 800 layers.
+        let w: Vec<f32> = (0..64)
+            .map(|k| f32::from(u8::from(k / 8 == k % 8)) + 1e-4 * ((k % 5) as f32 - 2.0))
+            .collect();
+        inits.push(TensorProto {
+            name: Some(format!("w{i}")),
+            dims: vec![8, 8, 1, 1],
+            data_type: Some(1),
+            float_data: w,
+            ..Default::default()
+        });
+        for (op, inputs, out) in [
+            ("Conv", vec![cur.clone(), format!("w{i}")], format!("c{i}")),
+            ("Relu", vec![format!("c{i}")], format!("r{i}")),
+        ] {
+            nodes.push(NodeProto {
+                name: Some(format!("{op}{i}")),
+                op_type: Some(op.into()),
+                input: inputs,
+                output: vec![out.clone()],
+                ..Default::default()
+            });
+            cur = out;
+        }
+    }
+    let mut m = conv_model();
+    let g = graph(&mut m);
+    g.node = nodes;
+    g.initializer = inits;
+    g.input = vec![typed("x", &[1, 8, 4, 4])];
+    g.output = vec![typed(&cur, &[1, 8, 4, 4])];
+    assert!(g.node.len() > lopper::runtime::CHECK_OPTIMIZE_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let (path, out) = (dir.path().join("chain.onnx"), dir.path().join("p.onnx"));
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(["prune", path.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(["--ratio", "0.25", "--round-to", "1", "--table", "none"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("verified: max relative error"), "{stdout}");
+    assert!(!stdout.contains("not verified"), "{stdout}");
+}

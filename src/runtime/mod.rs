@@ -111,6 +111,28 @@ pub fn load_with(
     Ok(Box::new(Contained(inner)))
 }
 
+/// Graphs with more nodes than this are loaded without graph optimisations by
+/// [`load_for_check`]: optimising costs more than the few runs of a check gain.
+pub const CHECK_OPTIMIZE_NODES: usize = 500;
+
+/// [`load`] for a model of `nodes` nodes that runs only a few times (the equivalence oracle):
+/// above [`CHECK_OPTIMIZE_NODES`] both runtimes skip their graph optimisations (tract's grow
+/// quadratically with depth: a 2,000-node chain took 80 s to verify, now under 1 s).
+pub fn load_for_check(kind: BackendKind, path: &Path, nodes: usize) -> Result<Box<dyn Session>> {
+    let optimize = nodes <= CHECK_OPTIMIZE_NODES;
+    let inner: Box<dyn Session> = contain(kind.name(), || match kind {
+        BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_with_optimization(
+            path,
+            &RuntimeOptions::default(),
+            optimize,
+        )?) as Box<_>),
+        BackendKind::Tract => {
+            Ok(Box::new(tract::TractSession::load_opts(path, optimize)?) as Box<_>)
+        }
+    })?;
+    Ok(Box::new(Contained(inner)))
+}
+
 thread_local! {
     static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

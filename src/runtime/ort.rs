@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session as OrtInner};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
 
@@ -138,7 +139,17 @@ impl OrtSession {
     /// Loads a model file on a device with a thread count. `Device::Cuda` registers the CUDA
     /// execution provider and fails, naming the library, when that provider is not available.
     pub fn load_opts(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
-        let session = build(path, opts)?;
+        Self::load_with_optimization(path, opts, true)
+    }
+
+    /// [`load_opts`](Self::load_opts), with ONNX Runtime's graph optimisations off when
+    /// `optimize` is false (a 20,000-node chain loads in 1.1 s instead of 6.1 s).
+    pub fn load_with_optimization(
+        path: &Path,
+        opts: &RuntimeOptions,
+        optimize: bool,
+    ) -> Result<OrtSession> {
+        let session = build(path, opts, optimize)?;
         let outputs = session
             .outputs()
             .iter()
@@ -148,12 +159,18 @@ impl OrtSession {
     }
 }
 
-/// An ORT session for `path` with `opts` (threads, spinning, device).
-fn build(path: &Path, opts: &RuntimeOptions) -> Result<OrtInner> {
+/// An ORT session for `path` with `opts` (threads, spinning, device), graph optimisations on
+/// or off.
+fn build(path: &Path, opts: &RuntimeOptions, optimize: bool) -> Result<OrtInner> {
     {
         let (env, lib) = environment()?;
         let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
         let mut builder = OrtInner::builder(env).map_err(|e| ctx(&e))?;
+        if !optimize {
+            builder = builder
+                .with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(|e| ctx(&e))?;
+        }
         if let Some(n) = opts.threads {
             builder = builder.with_intra_threads(n).map_err(|e| ctx(&e))?;
         }
@@ -210,7 +227,7 @@ impl CarriedSession {
         opts: &RuntimeOptions,
         carried: &[(String, String, Tensor)],
     ) -> Result<CarriedSession> {
-        let session = build(path, opts)?;
+        let session = build(path, opts, true)?;
         let ctx = |e: &dyn std::fmt::Display| err(format!("{}: {e}", path.display()));
         let outputs: Vec<String> = session
             .outputs()

@@ -33,6 +33,8 @@ type PlanKey = Vec<(DType, Vec<usize>)>;
 /// A model loaded into tract.
 pub struct TractSession {
     model: InferenceModel,
+    /// Whether plans are optimised (decluttered and compiled) or run as typed.
+    optimize: bool,
     /// Real (non-initializer) input names, in tract input order.
     inputs: Vec<String>,
     /// Graph output names, in order.
@@ -72,11 +74,21 @@ impl TractSession {
             .collect();
         Ok(TractSession {
             model,
+            optimize: true,
             inputs,
             outputs,
             plans: HashMap::new(),
             path: shown,
         })
+    }
+
+    /// [`load`](Self::load), with plans run as typed instead of optimised when `optimize` is
+    /// false (slower runs; much faster to build on deep graphs, whose decluttering grows
+    /// quadratically with depth: a 2,000-node chain takes 18 s).
+    pub fn load_opts(path: &Path, optimize: bool) -> Result<TractSession> {
+        let mut s = Self::load(path)?;
+        s.optimize = optimize;
+        Ok(s)
     }
 
     /// The plan for these input types and shapes, built on first use.
@@ -93,10 +105,12 @@ impl TractSession {
                 .set_input_fact(ix, InferenceFact::dt_shape(dt, shape.as_slice()))
                 .map_err(ctx)?;
         }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(ctx)?;
+        let plan = if self.optimize {
+            model.into_optimized().and_then(|m| m.into_runnable())
+        } else {
+            model.into_typed().and_then(|m| m.into_runnable())
+        }
+        .map_err(ctx)?;
         self.plans.insert(key.clone(), plan.clone());
         Ok(plan)
     }
