@@ -408,6 +408,8 @@ fn runtimes_failing_on_invalid_models_are_errors() {
         &["verify", &m, &m],
         &["node 'op' (Mod)", "division by zero"],
     );
+    // bench runs the model too: the same refusal instead of a SIGFPE.
+    assert_refused(&["bench", &m], &["node 'op' (Mod)", "division by zero"]);
     // Range with step 0: tract divides by zero (a panic), ONNX Runtime errors; both are
     // reported as the runtimes' errors on one line, exit 2.
     let mut m = model(

@@ -211,6 +211,7 @@ pub fn bench(
     let mut prepared = Vec::with_capacity(models.len());
     for path in models {
         let model = Model::load(path)?;
+        crate::ir::verify_ops(&model)?;
         let inputs = model_inputs(&model)?;
         let (feed, batch) = synthetic_inputs(&inputs, opts.batch, path)?;
         let costs = infer_shapes(&model).and_then(|s| costs(&model, &s)).ok();

@@ -91,6 +91,7 @@ struct Loaded {
 
 fn load(path: &Path, opts: &EvalOptions) -> Result<Loaded> {
     let model = Model::load(path)?;
+    crate::ir::verify_ops(&model)?;
     let inputs = model_inputs(&model)?;
     let shown = path.display().to_string();
     let input = match inputs.as_slice() {

@@ -16,7 +16,7 @@ pub use fact::{Dim, Fact, Shape, SymInt};
 pub use graph::{is_default_domain, Graph, Model, Node, Value};
 pub use ids::{NodeId, ValueId};
 pub use tensor::Tensor;
-pub use verify::{verify, verify_model};
+pub use verify::{verify, verify_model, verify_ops};
 
 use std::path::Path;
 

@@ -59,6 +59,19 @@ pub fn verify_model(model: &Model) -> Result<()> {
     }
 }
 
+/// The per-op rules alone (rule 15: arity and each op's own checks, e.g. integer division by a
+/// constant zero, on which runtimes trap): what must hold before a model is handed to a
+/// runtime, for graphs that need not meet the model-level rules (internal, masked copies).
+pub fn verify_ops(model: &Model) -> Result<()> {
+    let mut errs = Vec::new();
+    op_violations(&model.graph, model.opset(), &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Verify(errs))
+    }
+}
+
 /// The model-level rules 11–15.
 fn model_violations(m: &Model, errs: &mut Vec<String>) {
     let g = &m.graph;

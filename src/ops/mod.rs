@@ -29,7 +29,9 @@ mod grad_util;
 mod identity;
 mod layer_norm;
 pub mod linear;
+mod lrn;
 mod matmul;
+mod modulo;
 mod pad;
 mod pool;
 mod reduce;
@@ -490,6 +492,8 @@ pub static REGISTRY: &[&dyn Op] = &[
     &resize::UPSAMPLE,
     &shape::SHAPE,
     &slice::SLICE,
+    &lrn::LRN,
+    &modulo::MOD,
     &softmax::SOFTMAX,
     &softmax::LOG_SOFTMAX,
     &split::SPLIT,
