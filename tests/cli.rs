@@ -167,7 +167,7 @@ fn unknown_ops_are_kept_and_inspected() {
     let dir = tempfile::tempdir().unwrap();
     let mut n = node("custom", "FancyOp", &["x"], &["y"]);
     n.domain = Some("com.example".into());
-    let mut m = tiny_model(vec![n], vec![]);
+    let mut m = tiny_model(vec![n.clone()], vec![]);
     m.opset_import.push(OperatorSetIdProto {
         domain: Some("com.example".into()),
         version: Some(1),
@@ -177,6 +177,42 @@ fn unknown_ops_are_kept_and_inspected() {
     let (code, out, err) = lopper(&["inspect", p.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("com.example.FancyOp×1"), "{out}");
+    // With a shaped input, the unknown op is where shape inference stops: inspect says so,
+    // and that the totals after it are not counted.
+    let (mut n, relu) = (n, node("relu", "Relu", &["z"], &["y"]));
+    n.output = vec!["z".into()];
+    let mut m = tiny_model(vec![n, relu], vec![]);
+    m.opset_import.push(OperatorSetIdProto {
+        domain: Some("com.example".into()),
+        version: Some(1),
+    });
+    if let Some(lopper::onnx::proto::type_proto::Value::TensorType(t)) =
+        m.graph.as_mut().unwrap().input[0]
+            .r#type
+            .as_mut()
+            .and_then(|t| t.value.as_mut())
+    {
+        t.shape = Some(lopper::onnx::proto::TensorShapeProto {
+            dim: [1, 3, 8, 8]
+                .iter()
+                .map(|&d| lopper::onnx::proto::tensor_shape_proto::Dimension {
+                    value: Some(
+                        lopper::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(d),
+                    ),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    let (code, out, err) = lopper(&["inspect", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "incomplete: 2 node(s) have outputs of unknown shape, from 'custom' (FancyOp) on"
+        ),
+        "{out}"
+    );
 }
 
 /// A graph input declared as a float tensor (the spec requires graph inputs to be typed).

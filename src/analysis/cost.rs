@@ -50,6 +50,12 @@ pub struct Costs {
     pub activation_bytes: u64,
     /// Peak bytes of activations live at once.
     pub peak_activation_bytes: u64,
+    /// Nodes whose output shapes are unknown although their inputs' are (`name (op)`): where
+    /// shape inference stopped. Every node after them may be costed as 0, so the totals are
+    /// incomplete when this is not empty.
+    pub unknown_from: Vec<String>,
+    /// Nodes with an output of unknown shape.
+    pub unknown_nodes: usize,
     /// Node ids matching `nodes`.
     #[serde(skip)]
     pub ids: Vec<NodeId>,
@@ -86,6 +92,8 @@ pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
             .fold(0, u64::saturating_add),
         activation_bytes: 0,
         peak_activation_bytes: 0,
+        unknown_from: Vec::new(),
+        unknown_nodes: 0,
         ids: order.clone(),
     };
     // Remaining readers of each live activation, for the peak computation.
@@ -104,6 +112,24 @@ pub fn costs(model: &Model, shapes: &Shapes) -> Result<Costs> {
         let node = g.node(n);
         let ins = shapes.inputs_of(g, n);
         let outs = shapes.outputs_of(g, n);
+        let shaped = |f: &Option<&crate::ir::Fact>| f.is_some_and(|f| f.shape.is_some());
+        if node
+            .outputs
+            .iter()
+            .zip(&outs)
+            .any(|(o, f)| o.is_some() && !shaped(f))
+        {
+            out.unknown_nodes += 1;
+            let inputs_known = node
+                .inputs
+                .iter()
+                .zip(&ins)
+                .all(|(i, f)| i.is_none() || shaped(f));
+            if inputs_known {
+                out.unknown_from
+                    .push(format!("'{}' ({})", node.name, node.op_type));
+            }
+        }
         let cost = match ops::lookup(&node.domain, &node.op_type) {
             Some(op) => op.cost(
                 &Cx {

@@ -49,6 +49,11 @@ struct Report<'a> {
     flops: u64,
     activation_bytes: u64,
     peak_activation_bytes: u64,
+    /// Where shape inference stopped (the totals are incomplete when not empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unknown_shapes_from: Vec<String>,
+    /// Nodes with an output of unknown shape.
+    unknown_shape_nodes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<&'a [lopper::analysis::cost::NodeCost]>,
 }
@@ -119,6 +124,8 @@ pub fn run(args: Args) -> Result<()> {
         flops: costs.flops,
         activation_bytes: costs.activation_bytes,
         peak_activation_bytes: costs.peak_activation_bytes,
+        unknown_shapes_from: costs.unknown_from.clone(),
+        unknown_shape_nodes: costs.unknown_nodes,
         layers: args.layers.then_some(costs.nodes.as_slice()),
     };
     if args.json {
@@ -202,6 +209,14 @@ fn print_text(r: &Report) {
         bytes(r.activation_bytes),
         bytes(r.peak_activation_bytes)
     );
+    if !r.unknown_shapes_from.is_empty() {
+        println!(
+            "incomplete: {} node(s) have outputs of unknown shape, from {} on (an op lopper \
+             cannot infer); their MACs and activations are not counted",
+            r.unknown_shape_nodes,
+            r.unknown_shapes_from.join(", ")
+        );
+    }
     if let Some(layers) = r.layers {
         println!();
         let w = layers

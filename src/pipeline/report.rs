@@ -93,12 +93,22 @@ impl Tally {
     /// A tally for `before` (the analysed model, with its costs `first`) under `selection`;
     /// `fingerprint` is the original model's, for the plan file.
     pub fn new(fingerprint: String, selection: &Selection, before: Model, first: Costs) -> Tally {
+        let notes = if first.unknown_from.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "MACs and parameters are incomplete: {} node(s) have outputs of unknown shape, \
+                 from {} on (an op lopper cannot infer), so budgets count only the rest",
+                first.unknown_nodes,
+                first.unknown_from.join(", ")
+            )]
+        };
         Tally {
             record: PlanFile::new(fingerprint, selection.meta()),
             before,
             now: first.clone(),
             first,
-            notes: Vec::new(),
+            notes,
             steps: Vec::new(),
             per_group: Vec::new(),
             worst: None,
