@@ -37,10 +37,9 @@ fn the_makefile_step_rebuilds_the_same_bytes() {
     assert!(x.len() > 100_000, "{} bytes", x.len());
     assert_eq!(x, y, "two builds from the pinned plan differ");
     // The pinned plan takes the model to half its MACs.
-    let m = lopper::ir::Model::load(&a.join("resnet20.pruned.onnx")).unwrap();
-    let o =
-        lopper::ir::Model::load(&examples().join("../fixtures/models/resnet20_cifar10.bn.onnx"))
-            .unwrap();
+    let m = lopper::ir::Model::load(a.join("resnet20.pruned.onnx")).unwrap();
+    let o = lopper::ir::Model::load(examples().join("../fixtures/models/resnet20_cifar10.bn.onnx"))
+        .unwrap();
     let macs = |m: &lopper::ir::Model| {
         lopper::analysis::costs(m, &lopper::analysis::infer_shapes(m).unwrap())
             .unwrap()
