@@ -432,3 +432,28 @@ fn resnet50_flops_target_is_met_quickly() {
     );
     assert!((macs - 0.5).abs() <= 0.005, "{macs}");
 }
+
+/// On a flat latency curve (every removal measures 0.5, as small models bottom out at their
+/// fixed costs), a latency target of 0.6 is met by removing little: the measured search keeps
+/// the point under the target that removes least, not the first or the nearest one.
+#[test]
+fn a_flat_measured_curve_removes_least() {
+    let m = model("zoo/cifar_resnet20.bn.onnx");
+    let mut measure = |classes: &[usize]| -> lopper::error::Result<f64> {
+        Ok(if classes.is_empty() { 1.0 } else { 0.5 })
+    };
+    let opts = target(Scope::Global, Granularity::Channel, Budget::Latency(0.6));
+    let a = allocate(
+        &m.model,
+        &m.groups,
+        &m.shapes,
+        &m.scores,
+        None,
+        &opts,
+        Some(&mut measure),
+    )
+    .unwrap();
+    assert!(!a.classes.is_empty());
+    let (macs, _, _) = real_ratios(&m, &a);
+    assert!(macs > 0.85, "kept MACs {macs}: {:?}", a.notes);
+}

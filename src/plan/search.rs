@@ -370,11 +370,17 @@ fn walk(
     (state, r, moves)
 }
 
+/// The tolerance of a measured search is at least this: two timings of the same model differ
+/// by about 1% (the latency evaluator's precision), so a tighter window spends calls on noise.
+pub(crate) const MEASURED_TOLERANCE: f64 = 0.02;
+
 /// The few-call search for a measured ratio (latency): starts at `p0` (the cost model's
 /// answer for the same target), then bisects on the family parameter with the measurements,
-/// at most `max_calls` of them, stopping as soon as one is within `target ± tol`. Returns the
-/// measured point closest to the target (`met` says whether it is within the tolerance); no
-/// fix-up (measurements are too noisy for single-channel steps).
+/// at most `max_calls` of them, stopping as soon as one is within `target ± tol` (`tol` at
+/// least [`MEASURED_TOLERANCE`]). Returns, of the measured points at or under `target + tol`,
+/// the one that removes least (a noisy, flat latency curve otherwise lets the search land on a
+/// point that removes far more than the budget needs); when none is, the point closest to the
+/// target (`met` false). No fix-up (measurements are too noisy for single-channel steps).
 pub(crate) fn bisect_measured(
     space: &Space,
     family: &dyn Fn(f64) -> Vec<usize>,
@@ -384,6 +390,7 @@ pub(crate) fn bisect_measured(
     tol: f64,
     max_calls: usize,
 ) -> Result<(Found, usize)> {
+    let tol = tol.max(MEASURED_TOLERANCE);
     let mut c_lo = family(0.0);
     if target + tol >= 1.0 {
         // Removing nothing keeps everything: no measurement needed.
@@ -403,6 +410,8 @@ pub(crate) fn bisect_measured(
     let mut c_hi: Option<Vec<usize>> = None;
     let mut seen: HashMap<Vec<usize>, f64> = HashMap::new();
     let mut best: Option<Found> = None;
+    // The measured point at or under `target + tol` with the smallest parameter (removing least).
+    let mut fit: Option<Found> = None;
     let mut calls = 0;
     while calls < max_calls && hi - lo > 1e-12 {
         let c = family(p);
@@ -431,6 +440,15 @@ pub(crate) fn bisect_measured(
             }
         };
         keep_nearer(&mut best, &c, r, p, target, tol);
+        if r <= target + tol && fit.as_ref().is_none_or(|f| p < f.p) {
+            fit = Some(Found {
+                counts: c.clone(),
+                ratio: r,
+                p,
+                moves: 0,
+                met: (r - target).abs() <= tol,
+            });
+        }
         if (r - target).abs() <= tol {
             break;
         }
@@ -443,7 +461,7 @@ pub(crate) fn bisect_measured(
         }
         p = 0.5 * (lo + hi);
     }
-    match best {
+    match fit.or(best) {
         Some(b) => Ok((b, calls)),
         None => Err(Error::Usage(
             "no measurement was made (max calls is 0)".into(),
