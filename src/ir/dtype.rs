@@ -96,9 +96,10 @@ impl DType {
         }
     }
 
-    /// Bytes needed for `n` elements in `raw_data` (sub-byte types packed).
+    /// Bytes needed for `n` elements in `raw_data` (sub-byte types packed); saturates at
+    /// `usize::MAX` for counts no file can hold.
     pub fn storage_bytes(self, n: usize) -> usize {
-        (n * self.bits()).div_ceil(8)
+        n.saturating_mul(self.bits()).div_ceil(8)
     }
 
     /// Whether this is a floating-point type (including 8/4-bit and complex types).
