@@ -10,7 +10,7 @@
 # Suites that read nothing from ../shared.
 STANDALONE = --lib --bins --test data --test golden_prune --test onnx_conformance --test opset9 \
 	--test prune_property --test train_conv_transpose --test vjp_elementwise --test vjp_linear \
-	--test vjp_more --test examples
+	--test vjp_more --test examples --test fuzz_mutations
 
 setup:
 	@scripts/setup-test-env.sh >/dev/null
