@@ -3,22 +3,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use serde_json::Value;
 
-/// Runs the binary; returns (exit code, stdout, stderr).
-fn lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_lopper as lopper;
 
 /// The harness's A/A check: one model under two names, timed interleaved to a 1% precision,
 /// must tie (medians within 3%, and the speedup's interval near 1), on ONNX Runtime when

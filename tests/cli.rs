@@ -1,7 +1,8 @@
 //! The command line on good and bad input: bad files exit 2 with one line naming the problem.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lopper::onnx::proto::{
     tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -9,17 +10,7 @@ use lopper::onnx::proto::{
 };
 use prost::Message;
 
-fn lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_lopper as lopper;
 
 fn shared(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

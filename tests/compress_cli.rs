@@ -13,17 +13,7 @@ use common::*;
 use lopper::ir::Model;
 use lopper::runtime::BackendKind;
 
-fn lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_lopper as lopper;
 
 fn resnet20() -> String {
     shared_dir()

@@ -11,22 +11,8 @@ use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
 use lopper::onnx::proto::{AttributeProto, ModelProto};
 use lopper::plan::allocate::{AllocateOptions, Amount};
 use lopper::prune::{prune, PruneOptions, Scored, Selection};
+use lopper::rng::SplitMix64;
 use prost::Message;
-
-/// A tiny deterministic stream (xorshift) for the mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const HOSTILE_INTS: [i64; 9] = [0, -1, 1, 2, 3, 7, 1 << 40, i64::MIN, i64::MAX];
 const OPS: [&str; 10] = [
@@ -43,7 +29,7 @@ const OPS: [&str; 10] = [
 ];
 
 /// One random mutation of `m`; a description of it.
-fn mutate(m: &mut ModelProto, rng: &mut Rng) -> String {
+fn mutate(m: &mut ModelProto, rng: &mut SplitMix64) -> String {
     let g = m.graph.as_mut().unwrap();
     let n = g.node.len();
     match rng.below(9) {
@@ -204,7 +190,7 @@ fn mutated_models_never_panic() {
     let mut failures = Vec::new();
     let mut reached = [0usize; 6];
     for case in 0..cases {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut rng = SplitMix64::new(case);
         let mut m = original.clone();
         let what: Vec<String> = (0..1 + rng.below(3))
             .map(|_| mutate(&mut m, &mut rng))

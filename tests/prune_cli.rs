@@ -2,20 +2,11 @@
 //! replays byte-for-byte (also over several rounds), the report, plot and table are written,
 //! data-driven criteria read calibration data, and bad requests exit 2 with one line.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::path::{Path, PathBuf};
+
+use common::run_lopper as lopper;
 
 fn ok(args: &[&str]) -> String {
     let (code, out, err) = lopper(args);

@@ -7,7 +7,7 @@ mod common;
 use lopper::analysis::{costs, infer_shapes};
 use lopper::ir::{Model, Tensor};
 use lopper::oracle::{available_backends, compare};
-use lopper::prune::{prune, PruneOptions, Selection};
+use lopper::prune::{prune, PruneOptions, PruneReport, Selection};
 
 /// Sets gamma = 0 and beta = `betas[i]` for channels `chans[i]` of BN node `bn`.
 fn kill_channels(model: &mut Model, bn: &str, chans: &[usize], betas: &[f32]) {
@@ -32,7 +32,8 @@ fn params(m: &Model) -> u64 {
     costs(m, &infer_shapes(m).unwrap()).unwrap().params
 }
 
-fn prune_dead(model: &Model) -> (Model, usize) {
+/// `--remove-dead` on a copy of `model`, unverified: the pruned model and the report.
+fn prune_dead_report(model: &Model) -> (Model, PruneReport) {
     let mut pruned = model.clone();
     let opts = PruneOptions {
         selection: Selection::Dead,
@@ -40,6 +41,11 @@ fn prune_dead(model: &Model) -> (Model, usize) {
         tolerance: 1e-5,
     };
     let report = prune(&mut pruned, &opts).expect("prune --remove-dead");
+    (pruned, report)
+}
+
+fn prune_dead(model: &Model) -> (Model, usize) {
+    let (pruned, report) = prune_dead_report(model);
     (pruned, report.removed)
 }
 
@@ -85,13 +91,7 @@ fn dead_channels_are_kept_where_their_border_map_costs_more_than_they_save() {
         &[0.5, -0.2, 0.3, 1.0],
     );
     let before = params(&model);
-    let mut pruned = model.clone();
-    let opts = PruneOptions {
-        selection: Selection::Dead,
-        verify_with: vec![],
-        tolerance: 1e-5,
-    };
-    let report = prune(&mut pruned, &opts).unwrap();
+    let (pruned, report) = prune_dead_report(&model);
     // ReLU(-0.2) = 0: that channel's constant is zero, so it needs no map and goes.
     assert_eq!(report.removed, 1, "{:?}", report.notes);
     assert!(params(&pruned) < before);
@@ -154,13 +154,7 @@ fn remove_dead_never_grows_a_model() {
         kill_channels(&mut model, bn, &[0, 1, 2], &[0.3, 0.6, 0.9]);
     }
     let before = params(&model);
-    let mut pruned = model.clone();
-    let opts = PruneOptions {
-        selection: Selection::Dead,
-        verify_with: vec![],
-        tolerance: 1e-5,
-    };
-    let report = prune(&mut pruned, &opts).unwrap();
+    let (_, report) = prune_dead_report(&model);
     // Against the simplified input the pipeline starts from (simplification turns Constant
     // nodes into initializers, which count as parameters).
     let (from, to) = report.params;

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use lopper::analysis::importance::CriterionKind;
@@ -14,17 +13,7 @@ use lopper::plan::allocate::Amount;
 use lopper::prune::Scored;
 use lopper::train::runner::masks_from_criterion;
 
-fn lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_lopper as lopper;
 
 fn mnist8() -> String {
     shared_dir()

@@ -45,11 +45,7 @@ pub fn compensation(
     };
     let ins = shapes.inputs_of(g, n);
     let outs = shapes.outputs_of(g, n);
-    let consts: Vec<Option<&Tensor>> = node
-        .inputs
-        .iter()
-        .map(|v| v.and_then(|v| g.init(v)))
-        .collect();
+    let consts = g.const_inputs(node);
     op.channel_compensation(&CompensateCx {
         node,
         inputs: &ins,

@@ -102,6 +102,26 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// The first `samples` samples of the dataset, preprocessed for `model`'s input, as
+    /// calibration batches (of `batch_size`, or the model's fixed batch) held in memory
+    /// (recalibration, compensation).
+    pub fn calibration(
+        &self,
+        model: &lopper::ir::Model,
+        batch_size: Option<usize>,
+        samples: usize,
+    ) -> lopper::Result<Vec<lopper::analysis::activation_stats::CalibrationBatch>> {
+        let (dataset, pre) = self.open()?;
+        lopper::analysis::activation_stats::calibration_batches(
+            model,
+            dataset,
+            &pre,
+            batch_size,
+            Some(samples),
+        )?
+        .collect()
+    }
+
     /// Opens the dataset and returns it with the preprocessing options.
     pub fn open(&self) -> lopper::Result<(Box<dyn Dataset>, Preprocess)> {
         let opts = OpenOptions {

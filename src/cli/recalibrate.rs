@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use lopper::analysis::activation_stats::calibration_batches;
 use lopper::ir::Model;
 use lopper::pipeline::recalibrate::recalibrate;
 use lopper::runtime::RuntimeOptions;
@@ -44,10 +43,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .into());
     }
     let (backend, runtime) = args.runtime.resolve()?;
-    let (dataset, pre) = args.data.open()?;
-    let batches: Vec<_> =
-        calibration_batches(&model, dataset, &pre, args.batch_size, Some(args.samples))?
-            .collect::<lopper::Result<_>>()?;
+    let batches = args
+        .data
+        .calibration(&model, args.batch_size, args.samples)?;
     let rt = RuntimeOptions {
         spinning: Some(false),
         ..runtime

@@ -286,6 +286,15 @@ impl Graph {
         self.values[v.index()].init.as_ref()
     }
 
+    /// The initializer behind each input of `node`, by port (`None`: computed, a runtime
+    /// input, or omitted).
+    pub fn const_inputs(&self, node: &Node) -> Vec<Option<&Tensor>> {
+        node.inputs
+            .iter()
+            .map(|v| v.and_then(|v| self.init(v)))
+            .collect()
+    }
+
     /// Whether `v` is a graph input that is not an initializer (a real runtime input).
     pub fn is_runtime_input(&self, v: ValueId) -> bool {
         self.inputs.contains(&v) && self.values[v.index()].init.is_none()

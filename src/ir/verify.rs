@@ -199,11 +199,7 @@ fn op_violations(g: &Graph, opset: i64, errs: &mut Vec<String>) {
                 ));
             }
         }
-        let consts: Vec<Option<&Tensor>> = node
-            .inputs
-            .iter()
-            .map(|v| v.and_then(|v| g.init(v)))
-            .collect();
+        let consts = g.const_inputs(node);
         let dtypes: Vec<Option<DType>> = node
             .inputs
             .iter()

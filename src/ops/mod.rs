@@ -515,11 +515,7 @@ pub fn channel_affine_of(
     n: crate::ir::NodeId,
 ) -> Option<simplify::ChannelAffine> {
     let node = g.node(n);
-    let consts: Vec<Option<&Tensor>> = node
-        .inputs
-        .iter()
-        .map(|v| v.and_then(|v| g.init(v)))
-        .collect();
+    let consts = g.const_inputs(node);
     lookup(&node.domain, &node.op_type)?.channel_affine(node, &consts)
 }
 

@@ -27,7 +27,7 @@
 //! [`Op::fold_output_affine`]: crate::ops::Op::fold_output_affine
 
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Model, Node, NodeId, Tensor, ValueId};
+use crate::ir::{Model, NodeId, Tensor, ValueId};
 use crate::ops;
 use crate::ops::simplify::{AffineFold, FoldCx};
 
@@ -65,14 +65,6 @@ struct Fold {
     fold: AffineFold,
 }
 
-/// The constant (initializer) inputs of `node`, by port.
-fn consts<'a>(g: &'a Graph, node: &Node) -> Vec<Option<&'a Tensor>> {
-    node.inputs
-        .iter()
-        .map(|v| v.and_then(|v| g.init(v)))
-        .collect()
-}
-
 /// Checks that `bn` folds and computes the producer's new weight and bias; `None` if it does
 /// not fold.
 fn plan(model: &Model, bn: NodeId) -> Result<Option<Fold>> {
@@ -105,7 +97,7 @@ fn plan(model: &Model, bn: NodeId) -> Result<Option<Fold>> {
     };
     let cx = FoldCx {
         node: p,
-        consts: &consts(g, p),
+        consts: &g.const_inputs(p),
         opset: model.opset(),
         affine: &affine,
     };

@@ -77,11 +77,7 @@ fn remove_no_ops(model: &mut Model, inference: bool) -> Result<bool> {
 fn no_op(g: &Graph, n: NodeId) -> Option<NoOp> {
     let node = g.node(n);
     let op = crate::ops::lookup(&node.domain, &node.op_type)?;
-    let consts: Vec<_> = node
-        .inputs
-        .iter()
-        .map(|v| v.and_then(|v| g.init(v)))
-        .collect();
+    let consts = g.const_inputs(node);
     let used: Vec<bool> = node
         .outputs
         .iter()

@@ -15,6 +15,19 @@ use std::process::Command;
 use lopper::ir::{DType, Dim, Fact, Model, Tensor};
 use lopper::runtime::{self, BackendKind};
 
+/// Runs the `lopper` binary with `args`: (exit code, stdout, stderr).
+pub fn run_lopper(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(args)
+        .output()
+        .expect("run lopper");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The crate root.
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
