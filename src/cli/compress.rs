@@ -12,6 +12,7 @@ use lopper::oracle::available_backends;
 use lopper::pipeline::compress::{
     compress, CompressOptions, CompressReport, Data, Observer, Recovery, StageReport,
 };
+use lopper::pipeline::methods::{Composition, Method, Settings};
 use lopper::pipeline::PruneOptions;
 use lopper::train::optim::Optimizer;
 use lopper::train::options::{Augment, Event, Recipe, TrainOptions};
@@ -37,6 +38,27 @@ pub struct Args {
         next_help_heading = "Data (training split: --split, default train)"
     )]
     data: Box<DataArgs>,
+    /// A published method as a list of stages with its defaults: plain (the flags as given),
+    /// slimming, masksparsity, adapruner or epruner (see --dry-run for what each runs).
+    /// --epochs is then the whole run's budget, sparse training included.
+    #[arg(long, default_value = "plain", value_parser = |s: &str| Method::parse(s), help_heading = "Method")]
+    method: Method,
+    /// Print the stages the run would do, with their settings, and exit.
+    #[arg(long, help_heading = "Method")]
+    dry_run: bool,
+    /// Epochs of sparse training (slimming, masksparsity) [default: 40% of --epochs].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Method")]
+    sparse_epochs: Option<u32>,
+    /// L1 weight of sparse training [default: sized to the stage's steps, see --dry-run].
+    #[arg(long, help_heading = "Method")]
+    sparsity_weight: Option<f32>,
+    /// Re-initialise the pruned architecture and train it anew at the training rate (0.1)
+    /// instead of fine-tuning the inherited weights.
+    #[arg(long, help_heading = "Method")]
+    from_scratch: bool,
+    /// Training steps of each weight-inheritance candidate (adapruner) [default: 200].
+    #[arg(long, help_heading = "Method")]
+    inherit_steps: Option<usize>,
     /// Held-out split every stage is evaluated on.
     #[arg(long, default_value = "test", help_heading = "Evaluation")]
     eval_split: String,
@@ -195,16 +217,23 @@ fn pct(v: Option<f64>) -> String {
 impl Args {
     /// What the run was asked, as the journal records it: a short summary and a hash of every
     /// option that changes the result.
-    fn settings(&self, recover: &[Recovery]) -> String {
+    fn settings(&self, stages: &[lopper::pipeline::compress::Stage]) -> String {
         let all = format!(
             "{:?}",
             (
                 &self.model,
+                (
+                    self.method,
+                    self.sparse_epochs,
+                    self.sparsity_weight,
+                    self.from_scratch,
+                    self.inherit_steps,
+                ),
                 &self.select,
                 &self.data,
                 &self.eval_split,
                 self.eval_limit,
-                recover,
+                stages,
                 (self.epochs, self.lr, self.batch_size, self.limit),
                 (&self.teacher, self.temperature, self.alpha),
                 (self.label_smoothing, self.no_augment),
@@ -215,27 +244,44 @@ impl Args {
         let hash = all.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        let names: Vec<&str> = recover.iter().map(|r| r.name()).collect();
-        format!(
-            "{} recover {} [{hash:016x}]",
-            self.model.display(),
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(",")
-            }
-        )
+        let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
+        format!("{} {} [{hash:016x}]", self.model.display(), names.join(","))
     }
 }
 
 /// Runs the command.
-pub fn run(args: Args) -> Result<()> {
-    let selection = args.select.selection()?;
-    lopper::onnx::save::check_writable(
-        std::iter::once(args.out.output.as_path()).chain(args.report.as_deref()),
-    )?;
+pub fn run(mut args: Args) -> Result<()> {
+    if args.method.picks_its_own_amount() {
+        args.select.criterion = lopper::analysis::importance::CriterionKind::Epruner;
+    }
+    let mut selection = args.select.selection()?;
+    let batch_norm = lopper::pipeline::recalibrate::has_running_statistics(
+        &lopper::ir::Model::load(&args.model)?,
+    );
     let recover = Recovery::parse_list(&args.recover)?;
-    if args.data.data.is_none() {
+    let optimizer = Optimizer::default();
+    let lr = args.lr.unwrap_or_else(|| Recipe::Finetune.lr(&optimizer));
+    let composition = args.method.compose(
+        &mut selection,
+        &Settings {
+            epochs: args
+                .epochs
+                .map_or_else(|| Recipe::Finetune.epochs(), |e| e as usize),
+            sparse_epochs: args.sparse_epochs.map(|e| e as usize),
+            sparsity_weight: args.sparsity_weight,
+            from_scratch: args.from_scratch,
+            inherit_steps: args.inherit_steps,
+            recover,
+            lr,
+            batch_norm,
+        },
+    )?;
+    if !args.dry_run {
+        lopper::onnx::save::check_writable(
+            std::iter::once(args.out.output.as_path()).chain(args.report.as_deref()),
+        )?;
+    }
+    if args.data.data.is_none() && !args.dry_run {
         return Err(lopper::Error::Usage(
             "compress evaluates and recovers on data: pass --data (and --split/--eval-split)"
                 .into(),
@@ -249,28 +295,18 @@ pub fn run(args: Args) -> Result<()> {
         split: Some(args.eval_split.clone()),
         ..(*args.data).clone()
     };
-    let (_, preprocess) = train_args.open()?;
-    let open_train = || train_args.open().map(|(d, _)| d);
-    let open_eval = || eval_args.open().map(|(d, _)| d);
-    let data = Data {
-        train: &open_train,
-        eval: &open_eval,
-        preprocess,
-    };
-    let optimizer = Optimizer::default();
     let opts = CompressOptions {
         prune: PruneOptions {
             selection,
             verify_with: available_backends(),
             tolerance: args.tolerance,
         },
-        recover: recover.clone(),
+        stages: composition.stages.clone(),
         train: TrainOptions {
-            epochs: args
-                .epochs
-                .map_or_else(|| Recipe::Finetune.epochs(), |e| e as usize),
+            epochs: composition.recovery_epochs,
             batch: args.batch_size as usize,
-            lr: args.lr.unwrap_or_else(|| Recipe::Finetune.lr(&optimizer)),
+            lr: composition.recovery_lr.unwrap_or(lr),
+            from_scratch: composition.from_scratch,
             optimizer,
             augment: Augment {
                 crop: !args.no_augment,
@@ -297,7 +333,26 @@ pub fn run(args: Args) -> Result<()> {
             PathBuf::from(s)
         }),
         resume: args.resume,
-        settings: args.settings(&recover),
+        settings: args.settings(&composition.stages),
+    };
+    if args.dry_run {
+        println!(
+            "{} with --method {}: the stages it would run",
+            args.model.display(),
+            args.method.name()
+        );
+        for line in Composition::describe(&opts) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let (_, preprocess) = train_args.open()?;
+    let open_train = || train_args.open().map(|(d, _)| d);
+    let open_eval = || eval_args.open().map(|(d, _)| d);
+    let data = Data {
+        train: &open_train,
+        eval: &open_eval,
+        preprocess,
     };
     let mut status = Status {
         spinner: progress::spinner(),

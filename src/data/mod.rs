@@ -22,6 +22,7 @@ pub mod npz;
 pub mod resize;
 pub mod shared_file;
 pub mod spec;
+pub mod subset;
 pub mod transform;
 
 pub use spec::{DataSpec, Format, OpenOptions};

@@ -4,14 +4,19 @@
 //!
 //! 1. **original**: the given model evaluated (the data's shape, labels and class count are
 //!    checked here, before anything else runs);
-//! 2. **prune**: [`super::prune_with`] (analyse → score → allocate → remove → oracle), or a
-//!    saved plan replayed;
-//! 3. **recover**, each of [`Recovery`] in the order given: BN recalibration
-//!    ([`super::recalibrate`]), compensation ([`super::compensate`]), fine-tuning,
-//!    distillation from the original;
-//! 4. **verify**: the final model passes the IR checks, loads and runs in every runtime found
+//! 2. then the run's [`Stage`]s in order (a published method is such a list, see
+//!    [`super::methods`]):
+//!    - **sparse** ([`SparseTraining`]): training with an L1 penalty on BatchNormalization
+//!      scales (all of them, or only those of the channels the pruning would remove);
+//!    - **prune**: [`super::prune_with`] (analyse → score → allocate → remove → oracle), a
+//!      saved plan replayed, or the masked sparse stage's plan replayed;
+//!    - **inherit** ([`Inheritance`]): AdaPruner's adaptive weight inheritance, pruning once
+//!      per criterion, recovering each candidate briefly and keeping the best;
+//!    - **recover**, each of [`Recovery`]: BN recalibration ([`super::recalibrate`]),
+//!      compensation ([`super::compensate`]), fine-tuning, distillation from the original;
+//! 3. **verify**: the final model passes the IR checks, loads and runs in every runtime found
 //!    (ONNX Runtime and tract), with finite outputs that agree between runtimes;
-//! 5. **latency**: the final model timed against the original, interleaved, in one run.
+//! 4. **latency**: the final model timed against the original, interleaved, in one run.
 //!
 //! Every stage ends by writing its model (`NN-stage.onnx`) and the journal (`journal.json`:
 //! the report so far and the settings it was made with) into the work folder, both
@@ -87,6 +92,142 @@ impl Recovery {
     }
 }
 
+/// Which BatchNormalization scales a [`SparseTraining`] stage penalises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Penalty {
+    /// Every scale (network slimming).
+    All,
+    /// Only the scales of the channels the run's pruning selection removes, chosen on the
+    /// model before the stage; the prune stage then replays exactly that choice
+    /// (MaskSparsity).
+    Masked,
+    /// Group lasso on every convolution filter (for networks without BatchNormalization:
+    /// the filter norm is then the channel's scale).
+    Filters,
+}
+
+/// Sparse training before pruning: cross-entropy on the labels plus `λ·weight·|γ|` on
+/// BatchNormalization scales, so that the channels to remove fade out first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseTraining {
+    /// Which scales are penalised.
+    pub penalty: Penalty,
+    /// How strong the L1 term is.
+    pub strength: Strength,
+    /// Strength growing linearly from 0 to `weight` over the stage (augmented sparsity);
+    /// else constant.
+    pub augmented: bool,
+    /// Epochs of the stage (over `--limit` samples each when given).
+    pub epochs: usize,
+    /// Base learning rate (cosine).
+    pub lr: f64,
+}
+
+/// The strength of a [`SparseTraining`] penalty.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Strength {
+    /// The weight λ of the L1 term, as `lopper train --sparsity l1-bn=W` takes it.
+    Weight(f32),
+    /// The weight that moves a scale the loss leaves alone by this much over the stage:
+    /// λ = shift / (Σ over steps of lr · λ-schedule factor · 1/(1 − momentum)), so the
+    /// same setting means the same penalty at any number of steps, learning rate or
+    /// schedule (a short budget gets a stronger λ).
+    Shift(f32),
+}
+
+impl Strength {
+    /// The weight λ for a stage of `steps` steps at base rate `lr` (cosine) with `optimizer`.
+    pub fn weight(
+        self,
+        steps: usize,
+        lr: f64,
+        augmented: bool,
+        optimizer: &crate::train::optim::Optimizer,
+    ) -> f32 {
+        match self {
+            Strength::Weight(w) => w,
+            Strength::Shift(shift) => {
+                // Means over the stage of the cosine rate (1/2) and of the rate times a
+                // linear ramp from 0 to 1 (1/4 − 1/π²).
+                let schedule = if augmented {
+                    0.25 - 1.0 / (std::f64::consts::PI * std::f64::consts::PI)
+                } else {
+                    0.5
+                };
+                let momentum = match optimizer {
+                    crate::train::optim::Optimizer::Sgd { momentum, .. } => f64::from(*momentum),
+                    crate::train::optim::Optimizer::AdamW { .. } => 0.0,
+                };
+                let per_weight = lr * schedule * steps.max(1) as f64 / (1.0 - momentum.min(0.99));
+                (f64::from(shift) / per_weight.max(1e-12)) as f32
+            }
+        }
+    }
+}
+
+/// One way the pruned network inherits weights ([`Inheritance`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Its name in the report.
+    pub name: String,
+    /// The criterion that picks which channels stay (the allocation, and so the widths,
+    /// do not depend on it under block allocation).
+    pub criterion: crate::analysis::importance::CriterionKind,
+    /// Re-initialise every weight after pruning (the architecture is inherited, no weights).
+    pub reinit: bool,
+}
+
+/// AdaPruner's adaptive weight inheritance: every candidate prunes the model, is recovered
+/// briefly (BN recalibration, then `steps` training steps on training samples outside the
+/// scoring part) and scored on `holdout` training samples it did not train on; the best
+/// (top-1, then loss) is the stage's model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inheritance {
+    /// The candidates, in the order tried.
+    pub candidates: Vec<Candidate>,
+    /// Training steps of each candidate's brief recovery.
+    pub steps: usize,
+    /// Training samples held out to score the candidates.
+    pub holdout: usize,
+}
+
+/// A stage after the original's evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// Sparse training before pruning.
+    Sparse(SparseTraining),
+    /// Pruning by the run's selection (after a masked sparse stage: its choice replayed).
+    Prune,
+    /// Pruning once per inheritance candidate, keeping the best after a brief recovery.
+    Inherit(Inheritance),
+    /// A recovery stage.
+    Recover(Recovery),
+}
+
+impl Stage {
+    /// The stage's name in the report and the work folder.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Sparse(_) => "sparse",
+            Stage::Prune => "prune",
+            Stage::Inherit(_) => "inherit",
+            Stage::Recover(r) => r.name(),
+        }
+    }
+
+    /// Whether the stage removes channels.
+    pub fn prunes(&self) -> bool {
+        matches!(self, Stage::Prune | Stage::Inherit(_))
+    }
+
+    /// `prune` followed by `recover`: the plain run.
+    pub fn plain(recover: &[Recovery]) -> Vec<Stage> {
+        std::iter::once(Stage::Prune)
+            .chain(recover.iter().map(|&r| Stage::Recover(r)))
+            .collect()
+    }
+}
+
 /// Opens one split of the dataset afresh (evaluation and training consume a dataset).
 pub type OpenSplit<'a> = &'a dyn Fn() -> Result<Box<dyn Dataset>>;
 
@@ -106,10 +247,12 @@ pub struct Data<'a> {
 pub struct CompressOptions {
     /// The pruning run (selection, oracle runtimes and tolerance).
     pub prune: PruneOptions,
-    /// Recovery stages, in order.
-    pub recover: Vec<Recovery>,
+    /// The stages after the original's evaluation, in order: exactly one prunes
+    /// ([`Stage::plain`] for a plain run).
+    pub stages: Vec<Stage>,
     /// Training settings of the fine-tuning and distillation stages (`output`, `resume`,
-    /// `teacher` and the loss are set per stage).
+    /// `teacher` and the loss are set per stage; `from_scratch` re-initialises the pruned
+    /// model before its first training stage).
     pub train: TrainOptions,
     /// Label smoothing of both training stages, and the distillation temperature and weight
     /// of the teacher term.
@@ -151,6 +294,10 @@ pub struct StageReport {
     pub seconds: f64,
     /// What the stage did, in one line.
     pub note: String,
+    /// Inheritance candidates: name and top-1 on the held-out training samples, in the
+    /// order tried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<(String, f64)>,
     /// The stage's model in the work folder.
     pub file: String,
 }
@@ -191,11 +338,96 @@ impl CompressReport {
     }
 }
 
-/// The stages of a run with `recover`, in order.
-pub fn stage_names(recover: &[Recovery]) -> Vec<&'static str> {
-    let mut v = vec!["original", "prune"];
-    v.extend(recover.iter().map(|r| r.name()));
+/// The names of a run's stages, in order (the original's evaluation first).
+pub fn stage_names(stages: &[Stage]) -> Vec<&'static str> {
+    let mut v = vec!["original"];
+    v.extend(stages.iter().map(Stage::name));
     v
+}
+
+/// One line saying what stage `s` of a run with `opts` will do, with its settings (what
+/// `--dry-run` prints).
+pub fn describe_stage(s: &Stage, opts: &CompressOptions) -> String {
+    let t = &opts.train;
+    match s {
+        Stage::Sparse(sp) => format!(
+            "sparse: {} epoch(s) of cross-entropy plus L1 on {}, {}{}, lr {}",
+            sp.epochs,
+            match sp.penalty {
+                Penalty::All => "every BatchNormalization scale",
+                Penalty::Filters => "every convolution filter's norm (group lasso)",
+                Penalty::Masked =>
+                    "the scales of the channels the prune stage removes (chosen now, by the \
+                     selection below)",
+            },
+            match sp.strength {
+                Strength::Weight(w) => format!("weight {w:e}"),
+                Strength::Shift(x) =>
+                    format!("weight sized to move an untouched |gamma| by {x} over the stage"),
+            },
+            if sp.augmented { ", growing from 0" } else { "" },
+            sp.lr
+        ),
+        Stage::Prune => format!("prune: {}", describe_selection(&opts.prune.selection)),
+        Stage::Inherit(inh) => format!(
+            "inherit: {}; one sub-network per candidate ({}), each BN-recalibrated and trained \
+             {} steps, scored on {} held-out training samples; the best is kept",
+            describe_selection(&opts.prune.selection),
+            inh.candidates
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            inh.steps,
+            inh.holdout
+        ),
+        Stage::Recover(Recovery::Bn) => format!(
+            "bn: recalibrate BatchNormalization statistics on {} training samples",
+            opts.calibration_samples
+        ),
+        Stage::Recover(Recovery::Cap) => format!(
+            "cap: refit the consumers of removed channels by least squares on {} training samples",
+            opts.calibration_samples
+        ),
+        Stage::Recover(r) => {
+            let (ls, temp, alpha) = opts.loss;
+            format!(
+                "{}: {} epoch(s){}, lr {} ({:?}), batch {}{}{}",
+                r.name(),
+                t.epochs,
+                if t.from_scratch {
+                    " from scratch (re-initialised)"
+                } else {
+                    ""
+                },
+                t.lr,
+                t.schedule,
+                t.batch,
+                if *r == Recovery::Kd {
+                    format!(", distilled from the original at T {temp}, alpha {alpha}")
+                } else {
+                    String::new()
+                },
+                if ls > 0.0 {
+                    format!(", label smoothing {ls}")
+                } else {
+                    String::new()
+                }
+            )
+        }
+    }
+}
+
+/// A pruning selection in words: its criterion and the options that shape the choice.
+fn describe_selection(sel: &super::Selection) -> String {
+    let meta = sel.meta();
+    let opts: Vec<String> = meta
+        .options
+        .iter()
+        .filter(|(_, v)| !matches!(v, serde_json::Value::Array(a) if a.is_empty()))
+        .map(|(k, v)| format!("{k} {}", v.to_string().trim_matches('"')))
+        .collect();
+    format!("criterion {}, {}", meta.criterion, opts.join(", "))
 }
 
 /// What [`compress`] tells its caller while it runs.
@@ -273,6 +505,11 @@ impl Work {
         self.dir.join("plan.json")
     }
 
+    /// The choice a masked sparse stage penalised, which the prune stage replays.
+    fn mask_plan(&self) -> PathBuf {
+        self.dir.join("mask-plan.json")
+    }
+
     /// The file of stage `k` named `name`.
     fn file(&self, k: usize, name: &str) -> PathBuf {
         self.dir.join(format!("{k:02}-{name}.onnx"))
@@ -322,7 +559,7 @@ fn run_stages(
     data: &Data,
     observer: &mut dyn Observer,
 ) -> Result<Model> {
-    let names = stage_names(&opts.recover);
+    let names = stage_names(&opts.stages);
     let mut model = original.clone();
     for (k, &name) in names.iter().enumerate() {
         let file = work.file(k, name);
@@ -341,18 +578,28 @@ fn run_stages(
         }
         observer.stage(name);
         let start = Instant::now();
-        let note = match k {
-            0 => "as given".to_string(),
-            1 => prune_stage(&mut model, opts, data, &work.plan(), observer)?,
-            _ => {
-                let r = opts.recover[k - 2];
-                let ctx = Context {
-                    original,
-                    original_path: path,
-                    plan: work.plan(),
-                };
-                recover_stage(r, &mut model, &ctx, &file, opts, data, observer)?
-            }
+        let ctx = Context {
+            original,
+            original_path: path,
+            plan: work.plan(),
+            mask_plan: work.mask_plan(),
+            first_training: opts.stages[..k.saturating_sub(1)]
+                .iter()
+                .all(|s| !matches!(s, Stage::Recover(Recovery::Finetune | Recovery::Kd))),
+            data,
+            opts,
+        };
+        let (note, candidates) = match k {
+            0 => ("as given".to_string(), Vec::new()),
+            _ => match &opts.stages[k - 1] {
+                Stage::Sparse(sp) => (sparse_stage(sp, &mut model, &ctx, &file, observer)?, vec![]),
+                Stage::Prune => (prune_stage(&mut model, &ctx, observer)?, Vec::new()),
+                Stage::Inherit(inh) => inherit_stage(inh, &mut model, &ctx, observer)?,
+                Stage::Recover(r) => (
+                    recover_stage(*r, &mut model, &ctx, &file, observer)?,
+                    vec![],
+                ),
+            },
         };
         let seconds = start.elapsed().as_secs_f64();
         model.save(&file, &Default::default())?;
@@ -360,6 +607,7 @@ fn run_stages(
         let stage = StageReport {
             seconds,
             note,
+            candidates,
             ..stage
         };
         observer.done(&stage, false);
@@ -382,13 +630,18 @@ fn check_recovery(original: &Model, opts: &CompressOptions) -> Result<()> {
     if let super::Selection::Plan(p) = &opts.prune.selection {
         p.check_model(original)?;
     }
-    if opts.recover.contains(&Recovery::Bn) && !super::recalibrate::has_running_statistics(original)
-    {
+    if opts.stages.iter().filter(|s| s.prunes()).count() != 1 {
+        return Err(Error::Usage(
+            "a compress run has exactly one pruning stage (prune or inherit)".into(),
+        ));
+    }
+    let has = |r: Recovery| opts.stages.contains(&Stage::Recover(r));
+    if has(Recovery::Bn) && !super::recalibrate::has_running_statistics(original) {
         return Err(Error::Usage(
             "--recover bn: the model has no BatchNormalization with running statistics".into(),
         ));
     }
-    if let (true, Some(t)) = (opts.recover.contains(&Recovery::Kd), &opts.teacher) {
+    if let (true, Some(t)) = (has(Recovery::Kd), &opts.teacher) {
         let teacher = Model::load(t)?;
         // Dims after the batch of the first input and the first output.
         let input = |m: &Model| -> Result<Option<Vec<Option<usize>>>> {
@@ -438,27 +691,39 @@ fn check_training_labels(original: &Model, data: &Data) -> Result<()> {
     Ok(())
 }
 
-/// Prunes `model` as `opts.prune` says, with calibration data from the training split.
-fn prune_stage(
-    model: &mut Model,
-    opts: &CompressOptions,
-    data: &Data,
-    plan: &Path,
-    observer: &mut dyn Observer,
-) -> Result<String> {
-    let open = || -> Result<(Box<dyn Dataset>, Preprocess)> {
-        Ok(((data.train)()?, data.preprocess.clone()))
-    };
-    let needs_data = opts.prune.selection.needs_data();
-    let mut tools = Tools {
-        calibration: needs_data.then(|| Calibration {
-            data: &open,
+/// What a stage knows of the run besides the model it changes.
+struct Context<'a> {
+    /// The original model and its file (the default teacher).
+    original: &'a Model,
+    original_path: &'a Path,
+    /// The pruning stage's plan file.
+    plan: PathBuf,
+    /// The masked sparse stage's choice, replayed by the prune stage when it exists.
+    mask_plan: PathBuf,
+    /// No fine-tuning or distillation stage ran before this one.
+    first_training: bool,
+    data: &'a Data<'a>,
+    opts: &'a CompressOptions,
+}
+
+/// The pruning tools of a run: calibration data from the training split, a latency
+/// evaluator for latency targets, reports to `observer`.
+fn tools<'a>(
+    ctx: &'a Context<'a>,
+    open: &'a dyn super::OpenDataset,
+    selection: &super::Selection,
+    observer: &'a mut dyn Observer,
+) -> Result<Tools<'a>> {
+    let opts = ctx.opts;
+    Ok(Tools {
+        calibration: selection.needs_data().then(|| Calibration {
+            data: open,
             backend: opts.eval.backend,
             runtime: quiet(&opts.eval.runtime),
             batch_size: opts.eval.batch,
             samples: opts.calibration_samples,
         }),
-        latency: if opts.prune.selection.is_latency_target() {
+        latency: if selection.is_latency_target() {
             Some(super::LatencyEvaluator::new(
                 opts.eval.backend,
                 opts.eval.runtime,
@@ -467,30 +732,339 @@ fn prune_stage(
             None
         },
         reporter: Box::new(AsReporter(observer)),
+    })
+}
+
+/// Prunes `model` with `prune`, calibration data from the training split; returns the report.
+fn prune_by(
+    model: &mut Model,
+    prune: &PruneOptions,
+    ctx: &Context,
+    observer: &mut dyn Observer,
+) -> Result<super::PruneReport> {
+    let open = || -> Result<(Box<dyn Dataset>, Preprocess)> {
+        Ok(((ctx.data.train)()?, ctx.data.preprocess.clone()))
     };
-    let r = prune_with(model, &opts.prune, &mut tools)?;
-    r.plan.save(plan)?;
+    let mut tools = tools(ctx, &open, &prune.selection, observer)?;
+    prune_with(model, prune, &mut tools)
+}
+
+/// The prune stage: `opts.prune` (or the masked sparse stage's choice, replayed); the plan
+/// goes to the work folder.
+fn prune_stage(model: &mut Model, ctx: &Context, observer: &mut dyn Observer) -> Result<String> {
+    let masked = ctx.mask_plan.exists();
+    let mut snapped = String::new();
+    let prune = if masked {
+        let plan = crate::plan::PlanFile::load(&ctx.mask_plan)?;
+        let (n, largest) = zero_masked_scales(model, &plan)?;
+        snapped = format!(
+            "; {n} masked scales (largest |gamma| {largest:.1e}) set to 0 first, their constant \
+             outputs folded into the consumers"
+        );
+        PruneOptions {
+            selection: super::Selection::Plan(plan),
+            ..ctx.opts.prune.clone()
+        }
+    } else {
+        ctx.opts.prune.clone()
+    };
+    let r = prune_by(model, &prune, ctx, observer)?;
+    r.plan.save(&ctx.plan)?;
     let oracle = r
         .oracle
         .as_ref()
         .map(|o| format!(", oracle {:.1e}", o.max_rel_error))
         .unwrap_or_default();
     Ok(format!(
-        "{} channels removed ({}){oracle}",
-        r.removed, r.criterion
+        "{} channels removed ({}{}){oracle}{snapped}",
+        r.removed,
+        r.criterion,
+        if masked {
+            ": the sparse stage's mask"
+        } else {
+            ""
+        }
     ))
 }
 
-/// What recovery stages know of the run besides the model they recover.
-struct Context<'a> {
-    /// The original model and its file (the default teacher).
-    original: &'a Model,
-    original_path: &'a Path,
-    /// The pruning stage's plan file.
-    plan: PathBuf,
+/// Sets to zero the BatchNormalization scales `plan` removes (what masked sparse training
+/// drove towards zero), so that removing those channels keeps their constant output
+/// (`act(beta)`), which [`crate::passes::remove_channels()`] folds into the consumers, instead
+/// of dropping it. Returns how many scales were set and the largest |γ| among them.
+fn zero_masked_scales(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize, f64)> {
+    let masks = crate::train::masks::masks_from_plan(model, plan)?;
+    let g = &mut model.graph;
+    let (mut n, mut largest) = (0, 0f64);
+    for (name, mask) in &masks {
+        let Some(v) = g.value_by_name(name) else {
+            continue;
+        };
+        let Some(t) = g.init(v).filter(|t| t.dtype() == crate::ir::DType::F32) else {
+            continue;
+        };
+        let (Some(mut values), shape) = (t.to_f64_vec(), t.shape().to_vec()) else {
+            continue;
+        };
+        for (x, m) in values.iter_mut().zip(mask) {
+            if *m > 0.0 {
+                largest = largest.max(x.abs());
+                *x = 0.0;
+                n += 1;
+            }
+        }
+        let values: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        g.set_init(v, crate::ir::Tensor::from_f32(shape, &values));
+    }
+    Ok((n, largest))
 }
 
-/// Calibration batches of the training split for `model`.
+/// Trains `model` with `topts` on `train_data` (the checkpoint beside `topts.output` is
+/// continued when it exists); the model becomes the trained one. Returns the last epoch's
+/// mean loss and the epoch the run resumed after.
+fn train_in_place(
+    model: &mut Model,
+    topts: &TrainOptions,
+    train_data: Box<dyn Dataset>,
+    observer: &mut dyn Observer,
+) -> Result<(f64, usize)> {
+    let report = train(model, topts, train_data, None, &mut |ev| {
+        observer.train(&ev)
+    })?;
+    *model = Model::load(&topts.output)?;
+    let last = report.epochs.last().map_or(f64::NAN, |e| e.loss);
+    Ok((last, report.resumed_from))
+}
+
+/// Training options of a stage writing `file` (resuming from its checkpoint when present).
+fn stage_training(opts: &CompressOptions, data: &Data, file: &Path) -> TrainOptions {
+    let checkpoint = sidecar(file);
+    TrainOptions {
+        output: file.to_path_buf(),
+        resume: checkpoint.exists().then_some(checkpoint),
+        preprocess: data.preprocess.clone(),
+        from_scratch: false,
+        ..opts.train.clone()
+    }
+}
+
+/// The sparse stage: `sp` on `model`. A masked penalty first chooses, on `model`, the
+/// channels the run's selection removes (kept as the mask plan for the prune stage).
+fn sparse_stage(
+    sp: &SparseTraining,
+    model: &mut Model,
+    ctx: &Context,
+    file: &Path,
+    observer: &mut dyn Observer,
+) -> Result<String> {
+    use crate::train::options::LambdaSchedule;
+    use crate::train::regularize::Regularizer;
+    let train_data = (ctx.data.train)()?;
+    let samples = ctx
+        .opts
+        .train
+        .limit
+        .map_or(train_data.len(), |l| l.min(train_data.len()));
+    let steps = sp.epochs * (samples / ctx.opts.train.batch.max(1));
+    let weight = sp
+        .strength
+        .weight(steps, sp.lr, sp.augmented, &ctx.opts.train.optimizer);
+    let regularizer = match sp.penalty {
+        Penalty::All => Regularizer::L1Gamma { weight },
+        Penalty::Filters => Regularizer::GroupLasso { weight, eps: 1e-8 },
+        Penalty::Masked => {
+            observer.stage("sparse: choosing the channels to penalise");
+            // The mask plan must fit the trained model, which training writes in its
+            // prepared form (constants folded).
+            *model = crate::train::init::prepare_model(model)?;
+            let mut probe = model.clone();
+            let prune = PruneOptions {
+                verify_with: Vec::new(),
+                ..ctx.opts.prune.clone()
+            };
+            let r = prune_by(&mut probe, &prune, ctx, observer)?;
+            let masks = crate::train::masks::masks_from_plan(model, &r.plan)?;
+            r.plan.save(&ctx.mask_plan)?;
+            observer.stage("sparse");
+            Regularizer::MaskedL1Gamma { weight, masks }
+        }
+    };
+    let (ls, _, _) = ctx.opts.loss;
+    let topts = TrainOptions {
+        epochs: sp.epochs,
+        lr: sp.lr,
+        regularizers: vec![regularizer],
+        lambda: if sp.augmented {
+            LambdaSchedule::Augmented
+        } else {
+            LambdaSchedule::Constant
+        },
+        loss: Recipe::loss(false, ls, 0.0, 0.0),
+        ..stage_training(ctx.opts, ctx.data, file)
+    };
+    let (loss, _) = train_in_place(model, &topts, train_data, observer)?;
+    let (small, all) = small_gammas(model, 1e-2);
+    let small = if all > 0 {
+        format!("; {small} of {all} |gamma| < 1e-2")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "{} epochs, L1 {} {:e}{} on {} scales, lr {:.0e}, last loss {loss:.4}{small}",
+        sp.epochs,
+        match sp.penalty {
+            Penalty::Masked => "masked",
+            Penalty::All => "on every scale,",
+            Penalty::Filters => "(group lasso) on every filter,",
+        },
+        weight,
+        if sp.augmented { " growing from 0" } else { "" },
+        match sp.penalty {
+            Penalty::Masked => "the chosen channels' BatchNormalization",
+            Penalty::All => "BatchNormalization",
+            Penalty::Filters => "convolution filter",
+        },
+        sp.lr,
+    ))
+}
+
+/// How many BatchNormalization scale entries have |γ| below `t`, of how many.
+fn small_gammas(model: &Model, t: f32) -> (usize, usize) {
+    let g = &model.graph;
+    let (mut small, mut all) = (0, 0);
+    for n in g.node_ids() {
+        let Some(port) = crate::ops::channel_scale_input(g.node(n)) else {
+            continue;
+        };
+        let Some(gamma) = g.node(n).input(port).and_then(|v| g.init(v)) else {
+            continue;
+        };
+        if let Some(v) = gamma.to_f64_vec() {
+            all += v.len();
+            small += v.iter().filter(|x| x.abs() < f64::from(t)).count();
+        }
+    }
+    (small, all)
+}
+
+/// The inherit stage: each candidate of `inh` pruned from `model`, recalibrated, trained
+/// briefly and scored on held-out training samples; `model` becomes the best.
+fn inherit_stage(
+    inh: &Inheritance,
+    model: &mut Model,
+    ctx: &Context,
+    observer: &mut dyn Observer,
+) -> Result<(String, Vec<(String, f64)>)> {
+    use crate::data::subset::Subset;
+    let opts = ctx.opts;
+    let super::Selection::Scored(scored) = &opts.prune.selection else {
+        return Err(Error::Usage(
+            "weight inheritance needs a criterion-ranked selection (not a plan)".into(),
+        ));
+    };
+    let dir = ctx.plan.with_file_name("inherit");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut best: Option<(f64, f64, usize, Model, super::PruneReport)> = None;
+    let mut scores = Vec::new();
+    for (k, c) in inh.candidates.iter().enumerate() {
+        observer.stage(&format!("inherit: candidate {} ({})", k + 1, c.name));
+        let mut m = model.clone();
+        let prune = PruneOptions {
+            selection: super::Selection::Scored(super::Scored {
+                criterion: c.criterion.clone(),
+                ..scored.clone()
+            }),
+            ..opts.prune.clone()
+        };
+        let r = prune_by(&mut m, &prune, ctx, observer)?;
+        if c.reinit {
+            crate::train::init::reinitialize(&mut m, opts.train.seed)?;
+        }
+        let (holdout, rest) = Subset::split(ctx.data.train, inh.holdout)?;
+        let batches = calibration_batches(
+            &m,
+            Box::new(rest),
+            &ctx.data.preprocess,
+            opts.eval.batch,
+            Some(opts.calibration_samples),
+        )?
+        .collect::<Result<Vec<_>>>()?;
+        if super::recalibrate::has_running_statistics(&m) {
+            recalibrate(
+                &mut m,
+                &batches,
+                opts.eval.backend,
+                &quiet(&opts.eval.runtime),
+                &mut |d, t| observer.count(d, t),
+            )?;
+        }
+        let file = dir.join(format!("{k:02}-{}.onnx", c.name));
+        if inh.steps > 0 {
+            let (_, rest) = Subset::split(ctx.data.train, inh.holdout)?;
+            let (ls, _, _) = opts.loss;
+            let topts = TrainOptions {
+                epochs: 1,
+                limit: Some(inh.steps * opts.train.batch),
+                loss: Recipe::loss(false, ls, 0.0, 0.0),
+                lr: if c.reinit {
+                    Recipe::Train.lr(&opts.train.optimizer)
+                } else {
+                    opts.train.lr
+                },
+                resume: None,
+                ..stage_training(opts, ctx.data, &file)
+            };
+            train_in_place(&mut m, &topts, Box::new(rest), observer)?;
+        }
+        m.save(&file, &Default::default())?;
+        let e = evaluate(
+            &file,
+            None,
+            Box::new(holdout),
+            &ctx.data.preprocess,
+            &EvalOptions {
+                limit: None,
+                ..opts.eval.clone()
+            },
+            &mut |d, t| observer.count(d, t),
+        )?;
+        let (top1, loss) = e
+            .accuracy
+            .as_ref()
+            .map_or((0.0, f64::INFINITY), |a| (a.top1, a.loss));
+        scores.push((c.name.clone(), top1));
+        let better = best
+            .as_ref()
+            .is_none_or(|b| top1 > b.0 || (top1 == b.0 && loss < b.1));
+        if better {
+            best = Some((top1, loss, k, m, r));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, _, k, m, r) = best.ok_or_else(|| Error::Usage("no inheritance candidate".into()))?;
+    *model = m;
+    r.plan.save(&ctx.plan)?;
+    let list: Vec<String> = scores
+        .iter()
+        .map(|(n, t)| format!("{n} {:.2}%", t * 100.0))
+        .collect();
+    Ok((
+        format!(
+            "inherited by {} ({} channels removed; held-out training top-1 after {}{} steps: {})",
+            inh.candidates[k].name,
+            r.removed,
+            if super::recalibrate::has_running_statistics(model) {
+                "BN recalibration and "
+            } else {
+                ""
+            },
+            inh.steps,
+            list.join(", ")
+        ),
+        scores,
+    ))
+}
+
+/// Training samples for calibration criteria and BN recalibration of `model`.
 fn training_batches(
     model: &Model,
     opts: &CompressOptions,
@@ -513,10 +1087,9 @@ fn recover_stage(
     model: &mut Model,
     ctx: &Context,
     file: &Path,
-    opts: &CompressOptions,
-    data: &Data,
     observer: &mut dyn Observer,
 ) -> Result<String> {
+    let (opts, data) = (ctx.opts, ctx.data);
     match r {
         Recovery::Bn => {
             let batches = training_batches(model, opts, data)?;
@@ -556,30 +1129,24 @@ fn recover_stage(
                     .unwrap_or_else(|| ctx.original_path.into())
             });
             let (ls, t, a) = opts.loss;
-            let checkpoint = sidecar(file);
+            let scratch = opts.train.from_scratch && ctx.first_training;
             let topts = TrainOptions {
-                output: file.to_path_buf(),
-                resume: checkpoint.exists().then_some(checkpoint),
                 teacher,
                 loss: Recipe::loss(kd, ls, t, a),
-                preprocess: data.preprocess.clone(),
-                ..opts.train.clone()
+                from_scratch: scratch,
+                ..stage_training(opts, data, file)
             };
-            let report = train(model, &topts, (data.train)()?, None, &mut |ev| {
-                observer.train(&ev)
-            })?;
-            *model = Model::load(file)?;
-            let last = report.epochs.last();
+            let (loss, resumed) = train_in_place(model, &topts, (data.train)()?, observer)?;
             Ok(format!(
-                "{} epochs{}, lr {:.0e}, last loss {:.4}",
+                "{} epochs{}{}, lr {:.0e}, last loss {loss:.4}",
                 topts.epochs,
-                if report.resumed_from > 0 {
-                    format!(" (resumed after {})", report.resumed_from)
+                if scratch { " from scratch" } else { "" },
+                if resumed > 0 {
+                    format!(" (resumed after {resumed})")
                 } else {
                     String::new()
                 },
                 topts.lr,
-                last.map_or(f64::NAN, |e| e.loss)
             ))
         }
     }
@@ -718,7 +1285,7 @@ mod tests {
         let e = Recovery::parse_list("bn,cap2").unwrap_err().to_string();
         assert!(e.contains("'cap2'"), "{e}");
         assert_eq!(
-            stage_names(&[Recovery::Finetune]),
+            stage_names(&Stage::plain(&[Recovery::Finetune])),
             ["original", "prune", "finetune"]
         );
     }

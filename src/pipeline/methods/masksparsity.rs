@@ -1,0 +1,62 @@
+//! MaskSparsity (Jiang et al. 2023): pruning-aware sparse regularisation, as stages:
+//!
+//! 1. **sparse**: the mask is the set of channels the run's selection removes at the budget,
+//!    chosen on the model before training (default criterion: raw BatchNormalization |γ|
+//!    under one global threshold, the paper's γ-threshold mask); L1 goes on those channels'
+//!    scales only, constant strength, while every other weight trains freely; 40% of the
+//!    epoch budget;
+//! 2. **prune**: exactly the masked channels (the mask's plan replayed), whose scales are now
+//!    near zero, so pruning is nearly lossless (the stage's accuracy says how nearly);
+//! 3. **recover** (`--recover`, default distillation).
+//!
+//! Strength: the masked scales are meant to reach zero, so the default moves an untouched
+//! scale by [`SHIFT`] (more than any trained |γ| of the shipped models) over the stage;
+//! `--sparsity-weight` sets λ.
+
+use crate::analysis::importance::{CriterionKind, Normalize};
+use crate::error::Result;
+use crate::plan::allocate::Scope;
+
+use super::super::compress::{Penalty, SparseTraining, Stage, Strength};
+use super::super::options::Scored;
+use super::{needs_budget, then_recover, Composition, Method, Settings};
+
+/// Share of the epoch budget spent on masked sparse training.
+pub const SPARSE_SHARE: f64 = 0.4;
+
+/// How far the penalty alone moves a masked scale over the sparse stage.
+pub const SHIFT: f32 = 2.0;
+
+/// The stages of MaskSparsity (module docs); the mask is `scored`'s choice, by raw |γ|
+/// unless the criterion was set to something other than the default L1.
+pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
+    needs_budget(Method::MaskSparsity, scored)?;
+    if !s.batch_norm {
+        return Err(crate::error::Error::Usage(
+            "--method masksparsity penalises BatchNormalization scales and this model has \
+             none (slimming falls back to filter norms)"
+                .into(),
+        ));
+    }
+    if scored.criterion == CriterionKind::L1 {
+        scored.criterion = CriterionKind::BnScale;
+        scored.normalize = Normalize::None;
+    }
+    scored.allocate.scope = Scope::Global;
+    let (sparse, rest) = s.split(SPARSE_SHARE)?;
+    let sparse = Stage::Sparse(SparseTraining {
+        penalty: Penalty::Masked,
+        strength: s
+            .sparsity_weight
+            .map_or(Strength::Shift(SHIFT), Strength::Weight),
+        augmented: false,
+        epochs: sparse,
+        lr: s.lr,
+    });
+    Ok(Composition {
+        stages: then_recover(vec![sparse, Stage::Prune], s),
+        recovery_epochs: rest,
+        recovery_lr: s.from_scratch.then_some(0.1),
+        from_scratch: s.from_scratch,
+    })
+}
