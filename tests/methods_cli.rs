@@ -51,6 +51,8 @@ fn run_method(method: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
         "128",
         "--inherit-steps",
         "5",
+        "--mend-evaluations",
+        "5",
         "--no-latency",
         "--report",
         &report_s,
@@ -197,12 +199,46 @@ fn epruner_ranks_exemplars_under_the_budget_and_recovers() {
 }
 
 #[test]
+fn mending_searches_width_moves_within_the_budget() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mend.onnx");
+    let r = run_method("mending", &out, &["--target", "flops=0.5"]);
+    assert_eq!(stage_names(&r), ["original", "mend", "kd"]);
+    let kept = macs_kept(&r);
+    assert!((kept - 0.5).abs() <= 0.01, "MACs kept {kept}");
+    let mend = &r["stages"][1];
+    let candidates = mend["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 5, "{mend}");
+    assert_eq!(candidates[0][0], "pre-pruned");
+    // Every candidate kept the budget (its MACs ratio is in its name).
+    for c in &candidates[1..] {
+        let name = c[0].as_str().unwrap();
+        let ratio: f64 = name
+            .rsplit_once('x')
+            .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+            .unwrap();
+        assert!((ratio - 0.5).abs() <= 0.01 + 1e-9, "{name}");
+    }
+    // The kept candidate scored best.
+    let best = candidates
+        .iter()
+        .map(|c| c[1].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let note = mend["note"].as_str().unwrap();
+    assert!(note.contains(&format!("({:.2}%", best * 100.0)), "{note}");
+    shipped_model_runs(&out);
+}
+
+#[test]
 fn a_method_run_gives_the_same_bytes_twice() {
     if !require_ort() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for method in ["masksparsity", "adapruner"] {
+    for method in ["masksparsity", "adapruner", "mending"] {
         let a = dir.path().join(format!("{method}.a.onnx"));
         let b = dir.path().join(format!("{method}.b.onnx"));
         run_method(method, &a, &["--target", "flops=0.5"]);

@@ -39,7 +39,8 @@ pub struct Args {
     )]
     data: Box<DataArgs>,
     /// A published method as a list of stages with its defaults: plain (the flags as given),
-    /// slimming, masksparsity, adapruner or epruner (see --dry-run for what each runs).
+    /// slimming, masksparsity, adapruner, epruner or mending (see --dry-run for what each
+    /// runs).
     /// --epochs is then the whole run's budget, sparse training included.
     #[arg(long, default_value = "plain", value_parser = |s: &str| Method::parse(s), help_heading = "Method")]
     method: Method,
@@ -56,9 +57,13 @@ pub struct Args {
     /// instead of fine-tuning the inherited weights.
     #[arg(long, help_heading = "Method")]
     from_scratch: bool,
-    /// Training steps of each weight-inheritance candidate (adapruner) [default: 200].
+    /// Training steps of each candidate's brief recovery (adapruner [default: 200], mending
+    /// [default: 50]).
     #[arg(long, help_heading = "Method")]
     inherit_steps: Option<usize>,
+    /// Candidates mending scores in all, the pre-pruned one included [default: 13].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Method")]
+    mend_evaluations: Option<u64>,
     /// Held-out split every stage is evaluated on.
     #[arg(long, default_value = "test", help_heading = "Evaluation")]
     eval_split: String,
@@ -228,6 +233,7 @@ impl Args {
                     self.sparsity_weight,
                     self.from_scratch,
                     self.inherit_steps,
+                    self.mend_evaluations,
                 ),
                 &self.select,
                 &self.data,
@@ -271,6 +277,7 @@ pub fn run(mut args: Args) -> Result<()> {
             sparsity_weight: args.sparsity_weight,
             from_scratch: args.from_scratch,
             inherit_steps: args.inherit_steps,
+            mend_evaluations: args.mend_evaluations.map(|e| e as usize),
             recover,
             lr,
             batch_norm,

@@ -191,6 +191,20 @@ pub struct Inheritance {
     pub holdout: usize,
 }
 
+/// Automatic mending: pre-pruning by the run's selection, then a search over moves of
+/// channels between groups that keep the budget, every candidate recovered briefly (BN
+/// recalibration, `steps` training steps, one runtime thread per candidate, candidates in
+/// parallel) and scored on `holdout` training samples it did not train on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mending {
+    /// The search's budget and window.
+    pub search: super::mend::MendOptions,
+    /// Training steps of each candidate's brief recovery.
+    pub steps: usize,
+    /// Training samples held out to score the candidates.
+    pub holdout: usize,
+}
+
 /// A stage after the original's evaluation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stage {
@@ -200,6 +214,8 @@ pub enum Stage {
     Prune,
     /// Pruning once per inheritance candidate, keeping the best after a brief recovery.
     Inherit(Inheritance),
+    /// Pre-pruning, then a search over width moves around it ([`super::mend`]).
+    Mend(Mending),
     /// A recovery stage.
     Recover(Recovery),
 }
@@ -211,13 +227,14 @@ impl Stage {
             Stage::Sparse(_) => "sparse",
             Stage::Prune => "prune",
             Stage::Inherit(_) => "inherit",
+            Stage::Mend(_) => "mend",
             Stage::Recover(r) => r.name(),
         }
     }
 
     /// Whether the stage removes channels.
     pub fn prunes(&self) -> bool {
-        matches!(self, Stage::Prune | Stage::Inherit(_))
+        matches!(self, Stage::Prune | Stage::Inherit(_) | Stage::Mend(_))
     }
 
     /// `prune` followed by `recover`: the plain run.
@@ -229,7 +246,7 @@ impl Stage {
 }
 
 /// Opens one split of the dataset afresh (evaluation and training consume a dataset).
-pub type OpenSplit<'a> = &'a dyn Fn() -> Result<Box<dyn Dataset>>;
+pub type OpenSplit<'a> = &'a (dyn Fn() -> Result<Box<dyn Dataset>> + Sync);
 
 /// The data of a run: the training split (calibration, recalibration, training), the
 /// held-out split every stage is evaluated on, and the preprocessing of both.
@@ -380,6 +397,18 @@ pub fn describe_stage(s: &Stage, opts: &CompressOptions) -> String {
                 .join(", "),
             inh.steps,
             inh.holdout
+        ),
+        Stage::Mend(md) => format!(
+            "mend: pre-prune by {}; then {} candidates in all ({} per round) of channels moved \
+             between groups with MACs within ±{} of the target, each BN-recalibrated and \
+             trained {} steps (one thread each, in parallel), scored on {} held-out training \
+             samples; the best is kept",
+            describe_selection(&opts.prune.selection),
+            md.search.evaluations,
+            md.search.proposals,
+            md.search.window,
+            md.steps,
+            md.holdout
         ),
         Stage::Recover(Recovery::Bn) => format!(
             "bn: recalibrate BatchNormalization statistics on {} training samples",
@@ -595,6 +624,7 @@ fn run_stages(
                 Stage::Sparse(sp) => (sparse_stage(sp, &mut model, &ctx, &file, observer)?, vec![]),
                 Stage::Prune => (prune_stage(&mut model, &ctx, observer)?, Vec::new()),
                 Stage::Inherit(inh) => inherit_stage(inh, &mut model, &ctx, observer)?,
+                Stage::Mend(md) => mend_stage(md, &mut model, &ctx, observer)?,
                 Stage::Recover(r) => (
                     recover_stage(*r, &mut model, &ctx, &file, observer)?,
                     vec![],
@@ -946,6 +976,102 @@ fn small_gammas(model: &Model, t: f32) -> (usize, usize) {
     (small, all)
 }
 
+/// How a candidate sub-network is recovered briefly and scored: BN recalibration (when the
+/// model has running statistics), `steps` training steps at `lr` on training samples outside
+/// the `holdout` ones, then top-1 and loss on those `holdout` samples.
+struct Brief {
+    steps: usize,
+    holdout: usize,
+    lr: f64,
+    /// Runtime of the recalibration, training and scoring (threads per candidate).
+    runtime: RuntimeOptions,
+}
+
+/// Recovers `m` briefly as `b` says (its model written to `file`, checkpoints beside) and
+/// scores it.
+fn brief_recovery(
+    m: &mut Model,
+    b: &Brief,
+    ctx: &Context,
+    file: &Path,
+    observer: &mut dyn Observer,
+) -> Result<super::mend::Score> {
+    use crate::data::subset::Subset;
+    let opts = ctx.opts;
+    let (holdout, rest) = Subset::split(ctx.data.train, b.holdout)?;
+    if super::recalibrate::has_running_statistics(m) {
+        let batches = calibration_batches(
+            m,
+            Box::new(rest),
+            &ctx.data.preprocess,
+            opts.eval.batch,
+            Some(opts.calibration_samples),
+        )?
+        .collect::<Result<Vec<_>>>()?;
+        recalibrate(
+            m,
+            &batches,
+            opts.eval.backend,
+            &quiet(&b.runtime),
+            &mut |d, t| observer.count(d, t),
+        )?;
+    }
+    if b.steps > 0 {
+        let (_, rest) = Subset::split(ctx.data.train, b.holdout)?;
+        let (ls, _, _) = opts.loss;
+        let topts = TrainOptions {
+            epochs: 1,
+            limit: Some(b.steps * opts.train.batch),
+            loss: Recipe::loss(false, ls, 0.0, 0.0),
+            lr: b.lr,
+            runtime: b.runtime,
+            resume: None,
+            ..stage_training(opts, ctx.data, file)
+        };
+        train_in_place(m, &topts, Box::new(rest), observer)?;
+    }
+    m.save(file, &Default::default())?;
+    let e = evaluate(
+        file,
+        None,
+        Box::new(holdout),
+        &ctx.data.preprocess,
+        &EvalOptions {
+            limit: None,
+            runtime: b.runtime,
+            ..opts.eval.clone()
+        },
+        &mut |d, t| observer.count(d, t),
+    )?;
+    Ok(e.accuracy.as_ref().map_or(
+        super::mend::Score {
+            top1: 0.0,
+            loss: f64::INFINITY,
+        },
+        |a| super::mend::Score {
+            top1: a.top1,
+            loss: a.loss,
+        },
+    ))
+}
+
+/// A scratch folder beside the work folder's plan, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(ctx: &Context, name: &str) -> Result<Scratch> {
+        let dir = ctx.plan.with_file_name(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The inherit stage: each candidate of `inh` pruned from `model`, recalibrated, trained
 /// briefly and scored on held-out training samples; `model` becomes the best.
 fn inherit_stage(
@@ -954,16 +1080,14 @@ fn inherit_stage(
     ctx: &Context,
     observer: &mut dyn Observer,
 ) -> Result<(String, Vec<(String, f64)>)> {
-    use crate::data::subset::Subset;
     let opts = ctx.opts;
     let super::Selection::Scored(scored) = &opts.prune.selection else {
         return Err(Error::Usage(
             "weight inheritance needs a criterion-ranked selection (not a plan)".into(),
         ));
     };
-    let dir = ctx.plan.with_file_name("inherit");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut best: Option<(f64, f64, usize, Model, super::PruneReport)> = None;
+    let dir = Scratch::new(ctx, "inherit")?;
+    let mut best: Option<(super::mend::Score, usize, Model, super::PruneReport)> = None;
     let mut scores = Vec::new();
     for (k, c) in inh.candidates.iter().enumerate() {
         observer.stage(&format!("inherit: candidate {} ({})", k + 1, c.name));
@@ -979,68 +1103,24 @@ fn inherit_stage(
         if c.reinit {
             crate::train::init::reinitialize(&mut m, opts.train.seed)?;
         }
-        let (holdout, rest) = Subset::split(ctx.data.train, inh.holdout)?;
-        let batches = calibration_batches(
-            &m,
-            Box::new(rest),
-            &ctx.data.preprocess,
-            opts.eval.batch,
-            Some(opts.calibration_samples),
-        )?
-        .collect::<Result<Vec<_>>>()?;
-        if super::recalibrate::has_running_statistics(&m) {
-            recalibrate(
-                &mut m,
-                &batches,
-                opts.eval.backend,
-                &quiet(&opts.eval.runtime),
-                &mut |d, t| observer.count(d, t),
-            )?;
-        }
-        let file = dir.join(format!("{k:02}-{}.onnx", c.name));
-        if inh.steps > 0 {
-            let (_, rest) = Subset::split(ctx.data.train, inh.holdout)?;
-            let (ls, _, _) = opts.loss;
-            let topts = TrainOptions {
-                epochs: 1,
-                limit: Some(inh.steps * opts.train.batch),
-                loss: Recipe::loss(false, ls, 0.0, 0.0),
-                lr: if c.reinit {
-                    Recipe::Train.lr(&opts.train.optimizer)
-                } else {
-                    opts.train.lr
-                },
-                resume: None,
-                ..stage_training(opts, ctx.data, &file)
-            };
-            train_in_place(&mut m, &topts, Box::new(rest), observer)?;
-        }
-        m.save(&file, &Default::default())?;
-        let e = evaluate(
-            &file,
-            None,
-            Box::new(holdout),
-            &ctx.data.preprocess,
-            &EvalOptions {
-                limit: None,
-                ..opts.eval.clone()
+        let brief = Brief {
+            steps: inh.steps,
+            holdout: inh.holdout,
+            lr: if c.reinit {
+                Recipe::Train.lr(&opts.train.optimizer)
+            } else {
+                opts.train.lr
             },
-            &mut |d, t| observer.count(d, t),
-        )?;
-        let (top1, loss) = e
-            .accuracy
-            .as_ref()
-            .map_or((0.0, f64::INFINITY), |a| (a.top1, a.loss));
-        scores.push((c.name.clone(), top1));
-        let better = best
-            .as_ref()
-            .is_none_or(|b| top1 > b.0 || (top1 == b.0 && loss < b.1));
-        if better {
-            best = Some((top1, loss, k, m, r));
+            runtime: opts.train.runtime,
+        };
+        let file = dir.0.join(format!("{k:02}-{}.onnx", c.name));
+        let score = brief_recovery(&mut m, &brief, ctx, &file, observer)?;
+        scores.push((c.name.clone(), score.top1));
+        if best.as_ref().is_none_or(|b| score.beats(&b.0)) {
+            best = Some((score, k, m, r));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let (_, _, k, m, r) = best.ok_or_else(|| Error::Usage("no inheritance candidate".into()))?;
+    let (_, k, m, r) = best.ok_or_else(|| Error::Usage("no inheritance candidate".into()))?;
     *model = m;
     r.plan.save(&ctx.plan)?;
     let list: Vec<String> = scores
@@ -1059,6 +1139,208 @@ fn inherit_stage(
             },
             inh.steps,
             list.join(", ")
+        ),
+        scores,
+    ))
+}
+
+/// Scores mending candidates: each pruned from the model by its plan and recovered briefly,
+/// a batch at a time on as many threads as there are cores (one runtime thread each, so a
+/// score does not depend on how many run at once).
+struct BriefScores<'a> {
+    model: &'a Model,
+    ctx: &'a Context<'a>,
+    brief: Brief,
+    dir: PathBuf,
+    done: usize,
+}
+
+/// An observer that ignores everything (candidates scored on worker threads).
+struct Quiet;
+
+impl Observer for Quiet {
+    fn stage(&mut self, _: &str) {}
+    fn count(&mut self, _: usize, _: usize) {}
+    fn train(&mut self, _: &Event<'_>) {}
+    fn done(&mut self, _: &StageReport, _: bool) {}
+}
+
+impl BriefScores<'_> {
+    fn one(&self, plan: &crate::plan::PlanFile, k: usize) -> Result<super::mend::Score> {
+        let mut m = self.model.clone();
+        let prune = PruneOptions {
+            selection: super::Selection::Plan(plan.clone()),
+            verify_with: Vec::new(),
+            tolerance: self.ctx.opts.prune.tolerance,
+        };
+        super::prune(&mut m, &prune)?;
+        let file = self.dir.join(format!("{k:03}.onnx"));
+        brief_recovery(&mut m, &self.brief, self.ctx, &file, &mut Quiet)
+    }
+}
+
+impl super::mend::Evaluator for BriefScores<'_> {
+    fn score(&mut self, plans: &[crate::plan::PlanFile]) -> Result<Vec<super::mend::Score>> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(plans.len())
+            .max(1);
+        let first = self.done;
+        self.done += plans.len();
+        let this = &*self;
+        let mut out = Vec::with_capacity(plans.len());
+        for chunk in (0..plans.len()).collect::<Vec<_>>().chunks(workers) {
+            let results: Vec<Result<super::mend::Score>> = std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|&k| s.spawn(move || this.one(&plans[k], first + k)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Usage("a mending candidate's worker panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for r in results {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The mend stage: pre-pruning by the run's selection, then [`super::mend::search`] over
+/// width moves around it, candidates scored by brief recovery; `model` is pruned to the
+/// best (verified like any prune).
+fn mend_stage(
+    md: &Mending,
+    model: &mut Model,
+    ctx: &Context,
+    observer: &mut dyn Observer,
+) -> Result<(String, Vec<(String, f64)>)> {
+    use crate::plan::allocate::{Amount, Budget};
+    let opts = ctx.opts;
+    let super::Selection::Scored(scored) = &opts.prune.selection else {
+        return Err(Error::Usage(
+            "mending needs a criterion-ranked selection (not a plan)".into(),
+        ));
+    };
+    observer.stage("mend: pre-pruning");
+    let mut probe = model.clone();
+    let quick = PruneOptions {
+        verify_with: Vec::new(),
+        ..opts.prune.clone()
+    };
+    let pre = prune_by(&mut probe, &quick, ctx, observer)?;
+    let original_macs = super::model_costs(model)?.macs.max(1) as f64;
+    let c = &scored.allocate.constraints;
+    let limits = super::mend::limits_of(
+        &pre.plan,
+        c.round_to,
+        c.round_from,
+        c.min_keep_fraction,
+        c.min_keep_count,
+    )?;
+    let mut macs = |p: &crate::plan::PlanFile| -> Result<f64> {
+        let mut m = model.clone();
+        super::prune(
+            &mut m,
+            &PruneOptions {
+                selection: super::Selection::Plan(p.clone()),
+                verify_with: Vec::new(),
+                tolerance: opts.prune.tolerance,
+            },
+        )?;
+        Ok(super::model_costs(&m)?.macs as f64 / original_macs)
+    };
+    let target = match scored.allocate.amount {
+        Amount::Target(Budget::Flops(t)) => t,
+        _ => super::model_costs(&probe)?.macs as f64 / original_macs,
+    };
+    let dir = Scratch::new(ctx, "mend")?;
+    let mut eval = BriefScores {
+        model,
+        ctx,
+        brief: Brief {
+            steps: md.steps,
+            holdout: md.holdout,
+            lr: opts.train.lr,
+            runtime: RuntimeOptions {
+                threads: Some(1),
+                ..opts.train.runtime
+            },
+        },
+        dir: dir.0.clone(),
+        done: 0,
+    };
+    observer.stage(&format!(
+        "mend: searching ({} candidates, {} steps each)",
+        md.search.evaluations, md.steps
+    ));
+    let (best, trials) = super::mend::search(
+        &pre.plan,
+        &limits,
+        &mut macs,
+        target,
+        &mut eval,
+        &md.search,
+        &mut |d, t| observer.count(d, t),
+    )?;
+    drop(dir);
+    let won = trials
+        .iter()
+        .position(|t| super::mend::plan_for(&pre.plan, &t.counts).ok().as_ref() == Some(&best))
+        .unwrap_or(0);
+    let r = prune_by(
+        model,
+        &PruneOptions {
+            selection: super::Selection::Plan(best),
+            ..opts.prune.clone()
+        },
+        ctx,
+        observer,
+    )?;
+    r.plan.save(&ctx.plan)?;
+    let rounds = trials.last().map_or(0, |t| t.round);
+    let scores: Vec<(String, f64)> = trials
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            (
+                if k == 0 {
+                    "pre-pruned".to_string()
+                } else {
+                    format!("round {} #{k} (MACs x{:.3})", t.round, t.macs)
+                },
+                t.score.top1,
+            )
+        })
+        .collect();
+    let moved: usize = trials[won]
+        .counts
+        .iter()
+        .zip(&trials[0].counts)
+        .map(|(a, b)| a.abs_diff(*b))
+        .sum();
+    Ok((
+        format!(
+            "pre-pruned by {} ({} channels, held-out training top-1 {:.2}% after {} steps); {} \
+             candidates in {rounds} round(s); kept {} ({:.2}%, {moved} channels moved), MACs x{:.3}",
+            pre.criterion,
+            pre.removed,
+            trials[0].score.top1 * 100.0,
+            md.steps,
+            trials.len(),
+            if won == 0 {
+                "the pre-pruned widths".to_string()
+            } else {
+                format!("candidate {won}")
+            },
+            trials[won].score.top1 * 100.0,
+            trials[won].macs
         ),
         scores,
     ))

@@ -31,6 +31,7 @@ pub mod compensate;
 pub mod compress;
 pub mod kept;
 pub mod latency;
+pub mod mend;
 pub mod methods;
 pub mod options;
 pub mod recalibrate;

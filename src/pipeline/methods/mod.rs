@@ -10,6 +10,7 @@
 //! - [`adapruner`]: block allocation by mean BN scale, bisection on the width multiplier,
 //!   adaptive weight inheritance;
 //! - [`epruner`]: exemplar filters by affinity propagation, which also pick the count;
+//! - [`mending`]: pre-pruning by filter norms, then a search over width moves around it;
 //! - `plain`: exactly the flags given (the baseline: `--criterion l1`, `--recover kd`).
 //!
 //! The epoch budget is the whole run's: a method with sparse training spends part of it
@@ -18,6 +19,7 @@
 pub mod adapruner;
 pub mod epruner;
 pub mod masksparsity;
+pub mod mending;
 pub mod slimming;
 
 use crate::error::{Error, Result};
@@ -39,16 +41,19 @@ pub enum Method {
     AdaPruner,
     /// EPruner (exemplars decide which filters and how many).
     EPruner,
+    /// Automatic mending (pre-pruning, then a width search around it).
+    Mending,
 }
 
 impl Method {
     /// Every method, in the order `--help` lists them.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Plain,
         Method::Slimming,
         Method::MaskSparsity,
         Method::AdaPruner,
         Method::EPruner,
+        Method::Mending,
     ];
 
     /// The method's name on the command line.
@@ -59,6 +64,7 @@ impl Method {
             Method::MaskSparsity => "masksparsity",
             Method::AdaPruner => "adapruner",
             Method::EPruner => "epruner",
+            Method::Mending => "mending",
         }
     }
 
@@ -105,6 +111,7 @@ impl Method {
             Method::MaskSparsity => masksparsity::compose(scored, settings),
             Method::AdaPruner => adapruner::compose(scored, settings),
             Method::EPruner => epruner::compose(scored, settings),
+            Method::Mending => mending::compose(scored, settings),
         }
     }
 }
@@ -122,8 +129,10 @@ pub struct Settings {
     /// Re-initialise the pruned architecture before recovery (slimming's alternative to
     /// fine-tuning the inherited weights).
     pub from_scratch: bool,
-    /// Brief-recovery steps of each inheritance candidate (AdaPruner).
+    /// Brief-recovery steps of each candidate (AdaPruner's inheritance, mending's search).
     pub inherit_steps: Option<usize>,
+    /// Candidates mending scores in all.
+    pub mend_evaluations: Option<usize>,
     /// The recovery stages (`--recover`).
     pub recover: Vec<Recovery>,
     /// Base learning rate of fine-tuning (sparse training uses it too).
