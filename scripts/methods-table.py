@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/methods-table")
-print("| run | stages | top-1 after pruning | top-1 (JPEG test) | top-1 (lossless) "
+print("| run | stages | top-1 after pruning | top-1 (test split) | top-1 (lossless subset) "
       "| params | MACs | ORT latency × | wall |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 

@@ -7,7 +7,11 @@
 #   scripts/methods-table.sh mnist   # mnist-8, MNIST, FLOPs x0.3
 #   scripts/methods-table.sh r56     # ResNet-56, FLOPs x0.5, baseline and the best method
 #
-# Settings by environment: EPOCHS, LIMIT (training samples per epoch), METHODS, OUT.
+# Settings by environment: EPOCHS, LIMIT (training samples per epoch), METHODS, OUT. A method
+# name may carry a variant: slimming-scratch (--from-scratch); adapruner-fair and
+# mending-fair spend one epoch of the budget on their candidates' brief training (one epoch's
+# steps shared among the candidates) and the rest on recovery, so that every row trains on
+# the same number of samples.
 # Needs a release build and `make setup`. Then `python3 scripts/methods-table.py OUT` prints
 # the markdown rows.
 set -euo pipefail
@@ -23,28 +27,35 @@ case "${1:-r20}" in
     data=(--data "images:$SHARED/data/cifar10/cifar10-jpeg.zip" --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)
     target=flops=0.5
     lossless=(--data "npz:$SHARED/data/cifar10/lossless-subset.npz" --split test --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)
-    default_epochs=5 ;;
+    default_epochs=5
+    train_size=50000 ;;
   mnist)
     model=mnist-8.onnx
     data=(--data "mnist:$SHARED/data/mnist" --scale 0.00392156862745098 --no-augment)
     target=flops=0.3
     lossless=()
-    default_epochs=3 ;;
+    default_epochs=3
+    train_size=60000 ;;
   *) echo "usage: $0 r20|mnist|r56" >&2; exit 2 ;;
 esac
 EPOCHS=${EPOCHS:-$default_epochs}
 METHODS=${METHODS:-"plain masksparsity slimming adapruner epruner slimming-scratch"}
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+epoch_steps=$(( ${LIMIT:-$train_size} / 128 ))
 for m in $METHODS; do
   name="$1-$m"
-  extra=()
-  method=$m
-  if [ "$m" = slimming-scratch ]; then method=slimming; extra=(--from-scratch); fi
-  extra+=(--target "$target")
+  method=${m%%-*}
+  epochs=$EPOCHS
+  extra=(--target "$target")
+  case "$m" in
+    slimming-scratch) extra+=(--from-scratch) ;;
+    adapruner-fair) epochs=$((EPOCHS - 1)); extra+=(--inherit-steps $((epoch_steps / 4))) ;;
+    mending-fair) epochs=$((EPOCHS - 1)); extra+=(--mend-evaluations 5 --inherit-steps $((epoch_steps / 5))) ;;
+  esac
   start=$(date +%s)
   "$LOPPER" compress "$SHARED/models/pretrained/$model" "${data[@]}" --method "$method" \
-    --epochs "$EPOCHS" "${limit[@]}" "${extra[@]}" --report "$OUT/$name.json" \
+    --epochs "$epochs" "${limit[@]}" "${extra[@]}" --report "$OUT/$name.json" \
     -o "$OUT/$name.onnx" > "$OUT/$name.txt" 2> "$OUT/$name.log" \
     || { echo "$name failed: $(tail -1 "$OUT/$name.log")"; continue; }
   echo "$(( $(date +%s) - start ))" > "$OUT/$name.wall"

@@ -53,8 +53,8 @@ pub struct Args {
     /// L1 weight of sparse training [default: sized to the stage's steps, see --dry-run].
     #[arg(long, help_heading = "Method")]
     sparsity_weight: Option<f32>,
-    /// Re-initialise the pruned architecture and train it anew at the training rate (0.1)
-    /// instead of fine-tuning the inherited weights.
+    /// Re-initialise the pruned architecture and train it anew at the training rate (0.1;
+    /// 0.03 without BatchNormalization) instead of fine-tuning the inherited weights.
     #[arg(long, help_heading = "Method")]
     from_scratch: bool,
     /// Training steps of each candidate's brief recovery (adapruner [default: 200], mending
@@ -220,6 +220,35 @@ fn pct(v: Option<f64>) -> String {
 }
 
 impl Args {
+    /// The pruning selection and the stages of `--method`, with the recovery learning rate
+    /// the flags give.
+    fn compose(&self) -> Result<(lopper::pipeline::Selection, Composition, f64)> {
+        let mut selection = self.select.selection()?;
+        let batch_norm = lopper::pipeline::recalibrate::has_running_statistics(
+            &lopper::ir::Model::load(&self.model)?,
+        );
+        let recover = Recovery::parse_list(&self.recover)?;
+        let optimizer = Optimizer::default();
+        let lr = self.lr.unwrap_or_else(|| Recipe::Finetune.lr(&optimizer));
+        let composition = self.method.compose(
+            &mut selection,
+            &Settings {
+                epochs: self
+                    .epochs
+                    .map_or_else(|| Recipe::Finetune.epochs(), |e| e as usize),
+                sparse_epochs: self.sparse_epochs.map(|e| e as usize),
+                sparsity_weight: self.sparsity_weight,
+                from_scratch: self.from_scratch,
+                inherit_steps: self.inherit_steps,
+                mend_evaluations: self.mend_evaluations.map(|e| e as usize),
+                recover,
+                lr,
+                batch_norm,
+            },
+        )?;
+        Ok((selection, composition, lr))
+    }
+
     /// What the run was asked, as the journal records it: a short summary and a hash of every
     /// option that changes the result.
     fn settings(&self, stages: &[lopper::pipeline::compress::Stage]) -> String {
@@ -260,29 +289,8 @@ pub fn run(mut args: Args) -> Result<()> {
     if args.method.picks_its_own_amount() {
         args.select.criterion = lopper::analysis::importance::CriterionKind::Epruner;
     }
-    let mut selection = args.select.selection()?;
-    let batch_norm = lopper::pipeline::recalibrate::has_running_statistics(
-        &lopper::ir::Model::load(&args.model)?,
-    );
-    let recover = Recovery::parse_list(&args.recover)?;
+    let (selection, composition, lr) = args.compose()?;
     let optimizer = Optimizer::default();
-    let lr = args.lr.unwrap_or_else(|| Recipe::Finetune.lr(&optimizer));
-    let composition = args.method.compose(
-        &mut selection,
-        &Settings {
-            epochs: args
-                .epochs
-                .map_or_else(|| Recipe::Finetune.epochs(), |e| e as usize),
-            sparse_epochs: args.sparse_epochs.map(|e| e as usize),
-            sparsity_weight: args.sparsity_weight,
-            from_scratch: args.from_scratch,
-            inherit_steps: args.inherit_steps,
-            mend_evaluations: args.mend_evaluations.map(|e| e as usize),
-            recover,
-            lr,
-            batch_norm,
-        },
-    )?;
     if !args.dry_run {
         lopper::onnx::save::check_writable(
             std::iter::once(args.out.output.as_path()).chain(args.report.as_deref()),

@@ -56,7 +56,7 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
     Ok(Composition {
         stages: then_recover(vec![sparse, Stage::Prune], s),
         recovery_epochs: rest,
-        recovery_lr: s.from_scratch.then_some(0.1),
+        recovery_lr: s.from_scratch.then(|| s.scratch_lr()),
         from_scratch: s.from_scratch,
     })
 }

@@ -143,6 +143,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The learning rate of training a re-initialised network: `lopper train`'s (0.1 for
+    /// SGD), a third of it without BatchNormalization (see
+    /// [`crate::train::options::Recipe::lr_for`]).
+    pub fn scratch_lr(&self) -> f64 {
+        let lr = crate::train::options::Recipe::Train.lr(&Default::default());
+        if self.batch_norm {
+            lr
+        } else {
+            lr * 0.3
+        }
+    }
+
     /// Splits the budget: `(sparse epochs, recovery epochs)`, the sparse part `share` of the
     /// whole (at least one epoch each) unless overridden. Errors when nothing is left for
     /// recovery although it trains.

@@ -1,0 +1,81 @@
+//! The prune stage: the run's selection, or the masked sparse stage's choice replayed after
+//! its scales are set to zero (their constants folded into the consumers).
+
+use crate::error::Result;
+use crate::ir::Model;
+use crate::pipeline::PruneOptions;
+
+use super::{prune_by, Context, Observer};
+
+/// The prune stage: `opts.prune` (or the masked sparse stage's choice, replayed); the plan
+/// goes to the work folder.
+pub(super) fn prune_stage(
+    model: &mut Model,
+    ctx: &Context,
+    observer: &mut dyn Observer,
+) -> Result<String> {
+    let masked = ctx.mask_plan.exists();
+    let mut snapped = String::new();
+    let prune = if masked {
+        let plan = crate::plan::PlanFile::load(&ctx.mask_plan)?;
+        let (n, largest) = zero_masked_scales(model, &plan)?;
+        snapped = format!(
+            "; {n} masked scales (largest |gamma| {largest:.1e}) set to 0 first, their constant \
+             outputs folded into the consumers"
+        );
+        PruneOptions {
+            selection: crate::pipeline::Selection::Plan(plan),
+            ..ctx.opts.prune.clone()
+        }
+    } else {
+        ctx.opts.prune.clone()
+    };
+    let r = prune_by(model, &prune, ctx, observer)?;
+    r.plan.save(&ctx.plan)?;
+    let oracle = r
+        .oracle
+        .as_ref()
+        .map(|o| format!(", oracle {:.1e}", o.max_rel_error))
+        .unwrap_or_default();
+    Ok(format!(
+        "{} channels removed ({}{}){oracle}{snapped}",
+        r.removed,
+        r.criterion,
+        if masked {
+            ": the sparse stage's mask"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Sets to zero the BatchNormalization scales `plan` removes (what masked sparse training
+/// drove towards zero), so that removing those channels keeps their constant output
+/// (`act(beta)`), which [`crate::passes::remove_channels()`] folds into the consumers, instead
+/// of dropping it. Returns how many scales were set and the largest |γ| among them.
+fn zero_masked_scales(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize, f64)> {
+    let masks = crate::train::masks::masks_from_plan(model, plan)?;
+    let g = &mut model.graph;
+    let (mut n, mut largest) = (0, 0f64);
+    for (name, mask) in &masks {
+        let Some(v) = g.value_by_name(name) else {
+            continue;
+        };
+        let Some(t) = g.init(v).filter(|t| t.dtype() == crate::ir::DType::F32) else {
+            continue;
+        };
+        let (Some(mut values), shape) = (t.to_f64_vec(), t.shape().to_vec()) else {
+            continue;
+        };
+        for (x, m) in values.iter_mut().zip(mask) {
+            if *m > 0.0 {
+                largest = largest.max(x.abs());
+                *x = 0.0;
+                n += 1;
+            }
+        }
+        let values: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+        g.set_init(v, crate::ir::Tensor::from_f32(shape, &values));
+    }
+    Ok((n, largest))
+}
