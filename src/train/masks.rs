@@ -4,7 +4,7 @@
 //! ([`masks_from_criterion`]).
 
 use crate::error::{Error, Result};
-use crate::ir::{Model, Tensor};
+use crate::ir::Model;
 
 /// Per-scale masks for [`super::regularize::Regularizer::MaskedL1Gamma`]: BatchNormalization scale name → one
 /// 0/1 entry per channel.
@@ -20,6 +20,29 @@ pub type ScaleMasks = std::collections::BTreeMap<String, Vec<f32>>;
 /// does not fit it, when a scale cannot be followed through a step, or when no scale loses a
 /// channel.
 pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Result<ScaleMasks> {
+    masks_of(model, plan, Masked::Scales)
+}
+
+/// What a mask covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masked {
+    /// BatchNormalization scales, one entry per channel.
+    Scales,
+    /// Convolution filter banks (the ops declaring a filter axis), one entry per filter.
+    Filters,
+}
+
+/// Like [`masks_from_plan`], for the filters of convolution filter banks: entry `f` of a bank
+/// (by weight initializer name) is 1 when the plan removes the channel filter `f` produces
+/// (for [`super::regularize::Regularizer::MaskedGroupLasso`]).
+pub fn filter_masks_from_plan(
+    model: &Model,
+    plan: &crate::plan::file::PlanFile,
+) -> Result<ScaleMasks> {
+    masks_of(model, plan, Masked::Filters)
+}
+
+fn masks_of(model: &Model, plan: &crate::plan::file::PlanFile, what: Masked) -> Result<ScaleMasks> {
     plan.check_model(model)?;
     let mut m = model.clone();
     let steps = plan.steps.len();
@@ -29,13 +52,13 @@ pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Res
     for step in 0..steps {
         let groups = crate::prune::analyse(&mut m)?;
         if step == 0 {
-            for (name, len) in bn_scales(&m) {
+            for (name, len) in tensors(&m, what) {
                 origin.insert(name.clone(), (0..len).collect());
                 masks.insert(name, vec![0.0; len]);
             }
         }
         let classes = plan.step_classes(step, &groups)?;
-        let removed = removed_scale_channels(&m, &groups, &classes);
+        let removed = removed_entries(&m, &groups, &classes, what);
         for (name, flags) in &removed {
             let (Some(orig), Some(mask)) = (origin.get(name), masks.get_mut(name)) else {
                 continue;
@@ -51,7 +74,7 @@ pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Res
         }
         let shapes = crate::analysis::infer_shapes(&m)?;
         crate::passes::remove_channels(&mut m, &groups, &shapes, &classes)?;
-        let now = bn_scales(&m);
+        let now = tensors(&m, what);
         for (name, orig) in origin.iter_mut() {
             if let Some(flags) = removed.get(name) {
                 let kept = orig.iter().zip(flags).filter(|(_, r)| !**r);
@@ -59,8 +82,8 @@ pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Res
             }
             if now.get(name) != Some(&orig.len()) {
                 return Err(Error::Usage(format!(
-                    "plan step {}: BatchNormalization scale '{name}' cannot be followed \
-                     through the removal (it is gone or has an unexpected size)",
+                    "plan step {}: '{name}' cannot be followed through the removal (it is \
+                     gone or has an unexpected size)",
                     step + 1
                 )));
             }
@@ -68,11 +91,13 @@ pub fn masks_from_plan(model: &Model, plan: &crate::plan::file::PlanFile) -> Res
     }
     masks.retain(|_, m| m.iter().any(|&v| v > 0.0));
     if masks.is_empty() {
-        return Err(Error::Usage(
-            "the plan removes no channel of any BatchNormalization scale: masked L1 would do \
-             nothing"
-                .into(),
-        ));
+        return Err(Error::Usage(format!(
+            "the plan removes no channel of any {}: the masked penalty would do nothing",
+            match what {
+                Masked::Scales => "BatchNormalization scale",
+                Masked::Filters => "convolution filter bank",
+            }
+        )));
     }
     Ok(masks)
 }
@@ -115,24 +140,41 @@ pub fn masks_from_criterion(model: &Model, scored: &crate::prune::Scored) -> Res
     masks_from_plan(model, &report.plan)
 }
 
-/// Every BatchNormalization scale held in an initializer: name → channels.
-fn bn_scales(model: &Model) -> std::collections::BTreeMap<String, usize> {
+/// Where node `node`'s masked tensor is: its input port and the axis of the masked entries.
+fn masked_input(node: &crate::ir::Node, what: Masked) -> Option<(usize, usize)> {
+    match what {
+        Masked::Scales => crate::ops::channel_scale_input(node).map(|p| (p, 0)),
+        Masked::Filters => {
+            let layer = crate::ops::lookup(&node.domain, &node.op_type)?.layer(node)?;
+            Some((layer.weight, layer.filter_axis?))
+        }
+    }
+}
+
+/// Every masked tensor held in an initializer: name → entries (channels or filters).
+fn tensors(model: &Model, what: Masked) -> std::collections::BTreeMap<String, usize> {
     let g = &model.graph;
     g.node_ids()
         .filter_map(|n| {
             let node = g.node(n);
-            node.input(crate::ops::channel_scale_input(node)?)
+            let (port, axis) = masked_input(node, what)?;
+            node.input(port).map(|v| (v, axis))
         })
-        .filter_map(|v| g.init(v).map(|t| (g.value(v).name.clone(), t.len())))
+        .filter_map(|(v, axis)| {
+            g.init(v)
+                .and_then(|t| t.shape().get(axis).copied())
+                .map(|n| (g.value(v).name.clone(), n))
+        })
         .collect()
 }
 
 /// Per BatchNormalization scale (by name), which of its entries belong to the `classes` of
 /// `groups` (an analysis of `model`). Scales without such entries are left out.
-fn removed_scale_channels(
+fn removed_entries(
     model: &Model,
     groups: &crate::analysis::ChannelGroups,
     classes: &[usize],
+    what: Masked,
 ) -> std::collections::BTreeMap<String, Vec<bool>> {
     use crate::ops::channel::{Map, Port};
     let removed: std::collections::HashSet<usize> = classes.iter().copied().collect();
@@ -140,13 +182,13 @@ fn removed_scale_channels(
     let mut out = std::collections::BTreeMap::new();
     for m in &groups.members {
         let node = g.node(m.node);
-        if crate::ops::channel_scale_input(node) != Some(m.input) || m.axis != 0 {
+        if masked_input(node, what) != Some((m.input, m.axis)) {
             continue;
         }
         let Some(gamma) = node.input(m.input) else {
             continue;
         };
-        let Some(len) = g.init(gamma).map(Tensor::len) else {
+        let Some(len) = g.init(gamma).and_then(|t| t.shape().get(m.axis).copied()) else {
             continue;
         };
         let slot_value = match m.slot.port {
@@ -216,7 +258,7 @@ mod tests {
                 let v = m.graph.value_by_name(name).unwrap();
                 m.graph.init(v).unwrap().to_f64_vec().unwrap()
             };
-            let scales = bn_scales(&pruned);
+            let scales = tensors(&pruned, Masked::Scales);
             assert_eq!(scales.len(), 19);
             let mut masked = 0;
             for name in scales.keys() {
@@ -249,5 +291,48 @@ mod tests {
         assert!(err
             .to_string()
             .contains("no channel of any BatchNormalization"));
+    }
+
+    /// Without BatchNormalization the filter masks mark exactly the filters pruning removes:
+    /// zeroing them and pruning leaves every bank with its unmasked filters.
+    #[test]
+    fn filter_masks_are_the_filters_pruning_removes() {
+        use crate::analysis::importance::CriterionKind;
+        use crate::plan::allocate::{Amount, Budget};
+        use crate::prune::{prune, PruneOptions, Scored, Selection};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models/pretrained/mnist-8.onnx");
+        if !path.is_file() {
+            eprintln!("NOTICE: skipping: no shared models");
+            return;
+        }
+        let model = crate::train::init::prepare_model(&Model::load(&path).unwrap()).unwrap();
+        let scored = Scored::new(CriterionKind::L2, Amount::Target(Budget::Flops(0.3)));
+        let mut pruned = model.clone();
+        let opts = PruneOptions {
+            selection: Selection::Scored(scored),
+            verify_with: Vec::new(),
+            tolerance: 0.0,
+        };
+        let report = prune(&mut pruned, &opts).unwrap();
+        let masks = filter_masks_from_plan(&model, &report.plan).unwrap();
+        let before = tensors(&model, Masked::Filters);
+        let after = tensors(&pruned, Masked::Filters);
+        // Removal renames the sliced banks: compare the totals.
+        let masked_total: usize = masks
+            .values()
+            .map(|m| m.iter().filter(|&&v| v > 0.0).count())
+            .sum();
+        assert_eq!(before.len(), after.len());
+        assert_eq!(
+            after.values().sum::<usize>(),
+            before.values().sum::<usize>() - masked_total
+        );
+        assert!(masks.keys().all(|k| before.contains_key(k)));
+        assert!(masked_total > 0);
+        assert!(
+            masks_from_plan(&model, &report.plan).is_err(),
+            "mnist-8 has no BatchNormalization scale to mask"
+        );
     }
 }

@@ -43,6 +43,16 @@ pub enum Regularizer {
         /// Keeps all-zero filters finite.
         eps: f32,
     },
+    /// Group lasso on the filters named in `masks` only (by weight initializer name, one 0/1
+    /// entry per filter): MaskSparsity for networks without BatchNormalization.
+    MaskedGroupLasso {
+        /// Constant factor on λ.
+        weight: f32,
+        /// Keeps all-zero filters finite.
+        eps: f32,
+        /// One vector per filter bank, one entry per filter.
+        masks: BTreeMap<String, Vec<f32>>,
+    },
 }
 
 /// `λ·weight·sign(γ)` (times `mask` when given) for a `[C]` scale `gamma`.
@@ -79,7 +89,7 @@ pub fn l1_term(
 }
 
 /// `λ·weight·W_f / (‖W_f‖ + eps)` for a filter bank `w` of static `shape` whose filters `W_f`
-/// are its slices along `axis` (Conv `[F, C/g, k..]`: axis 0).
+/// are its slices along `axis` (Conv `[F, C/g, k..]`: axis 0), times `mask[f]` when given.
 #[allow(clippy::too_many_arguments)]
 pub fn group_lasso_term(
     g: &mut Graph,
@@ -90,6 +100,7 @@ pub fn group_lasso_term(
     lambda: ValueId,
     weight: f32,
     eps: f32,
+    mask: Option<&[f32]>,
 ) -> Result<ValueId> {
     let name = g.value(w).name.clone();
     if shape.len() < 2 || axis >= shape.len() {
@@ -110,7 +121,20 @@ pub fn group_lasso_term(
     let q = e.op("Div", &[w, den], vec![]);
     let wv = e.scalar(DType::F32, f64::from(weight))?;
     let lw = e.op("Mul", &[lambda, wv], vec![]);
-    Ok(e.op("Mul", &[q, lw], vec![]))
+    let t = e.op("Mul", &[q, lw], vec![]);
+    let Some(m) = mask else { return Ok(t) };
+    if m.len() != shape[axis] {
+        return Err(Error::Usage(format!(
+            "the group-lasso mask of '{name}' has {} entries, the bank has {} filters",
+            m.len(),
+            shape[axis]
+        )));
+    }
+    let mut mshape = vec![1; shape.len()];
+    mshape[axis] = shape[axis];
+    let mv: Vec<f64> = m.iter().map(|&v| f64::from(v)).collect();
+    let mc = e.fconst(DType::F32, mshape, &mv)?;
+    Ok(e.op("Mul", &[t, mc], vec![]))
 }
 
 #[cfg(test)]
@@ -135,8 +159,16 @@ mod tests {
         let mask = [1.0, 0.0, 1.0, 0.0];
         let t1 = l1_term(&mut g, 17, gamma, 4, lambda, 2.0, None).unwrap();
         let t2 = l1_term(&mut g, 17, gamma, 4, lambda, 1.0, Some(&mask)).unwrap();
-        let t3 = group_lasso_term(&mut g, 17, w, &wshape, 0, lambda, 0.5, 1e-3).unwrap();
-        for (t, s) in [(t1, vec![4]), (t2, vec![4]), (t3, wshape.clone())] {
+        let t3 = group_lasso_term(&mut g, 17, w, &wshape, 0, lambda, 0.5, 1e-3, None).unwrap();
+        let fmask = [0.0, 1.0, 1.0];
+        let t4 =
+            group_lasso_term(&mut g, 17, w, &wshape, 0, lambda, 0.5, 1e-3, Some(&fmask)).unwrap();
+        for (t, s) in [
+            (t1, vec![4]),
+            (t2, vec![4]),
+            (t3, wshape.clone()),
+            (t4, wshape.clone()),
+        ] {
             declare(&mut g, t, f, &s);
             g.outputs.push(t);
         }
@@ -194,8 +226,13 @@ mod tests {
                     .map(|&v| lam * 0.5 * f64::from(v) / (norm + 1e-3)),
             );
         }
+        let want4: Vec<f64> = want3
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * f64::from(fmask[i / 8]))
+            .collect();
         let mut worst = 0f64;
-        for (a, b) in got.iter().zip([&want1, &want2, &want3]) {
+        for (a, b) in got.iter().zip([&want1, &want2, &want3, &want4]) {
             assert_eq!(a.len(), b.len());
             for (x, y) in a.iter().zip(b) {
                 worst = worst.max((x - y).abs());

@@ -620,10 +620,26 @@ fn regularizer_term(
         }
         Regularizer::GroupLasso { weight, eps } => match filters {
             Some(axis) => Some(regularize::group_lasso_term(
-                g, opset, p, shape, axis, lambda, *weight, *eps,
+                g, opset, p, shape, axis, lambda, *weight, *eps, None,
             )?),
             None => None,
         },
+        Regularizer::MaskedGroupLasso { weight, eps, masks } => {
+            match (filters, masks.get(&g.value(p).name).cloned()) {
+                (Some(axis), Some(mask)) => Some(regularize::group_lasso_term(
+                    g,
+                    opset,
+                    p,
+                    shape,
+                    axis,
+                    lambda,
+                    *weight,
+                    *eps,
+                    Some(&mask),
+                )?),
+                _ => None,
+            }
+        }
         _ => None,
     })
 }

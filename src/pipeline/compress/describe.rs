@@ -15,8 +15,8 @@ pub fn describe_stage(s: &Stage, opts: &CompressOptions) -> String {
                 Penalty::All => "every BatchNormalization scale",
                 Penalty::Filters => "every convolution filter's norm (group lasso)",
                 Penalty::Masked =>
-                    "the scales of the channels the prune stage removes (chosen now, by the \
-                     selection below)",
+                    "the scales (without BatchNormalization: the filters) of the channels the \
+                     prune stage removes (chosen now, by the selection below)",
             },
             match sp.strength {
                 Strength::Weight(w) => format!("weight {w:e}"),

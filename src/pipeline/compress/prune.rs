@@ -18,10 +18,10 @@ pub(super) fn prune_stage(
     let mut snapped = String::new();
     let prune = if masked {
         let plan = crate::plan::PlanFile::load(&ctx.mask_plan)?;
-        let (n, largest) = zero_masked_scales(model, &plan)?;
+        let (n, largest) = zero_masked(model, &plan)?;
         snapped = format!(
-            "; {n} masked scales (largest |gamma| {largest:.1e}) set to 0 first, their constant \
-             outputs folded into the consumers"
+            "; {n} masked scales or filters (largest norm {largest:.1e}) set to 0 first, their \
+             constant outputs folded into the consumers"
         );
         PruneOptions {
             selection: crate::pipeline::Selection::Plan(plan),
@@ -49,12 +49,19 @@ pub(super) fn prune_stage(
     ))
 }
 
-/// Sets to zero the BatchNormalization scales `plan` removes (what masked sparse training
-/// drove towards zero), so that removing those channels keeps their constant output
-/// (`act(beta)`), which [`crate::passes::remove_channels()`] folds into the consumers, instead
-/// of dropping it. Returns how many scales were set and the largest |γ| among them.
-fn zero_masked_scales(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize, f64)> {
-    let masks = crate::train::masks::masks_from_plan(model, plan)?;
+/// Sets to zero what masked sparse training drove towards zero for the channels `plan`
+/// removes: their BatchNormalization scales or, in a network without, their filters. Removing
+/// those channels then keeps their constant output (`act(beta)`, or the bias), which
+/// [`crate::passes::remove_channels()`] folds into the consumers, instead of dropping it.
+/// Returns how many scales or filters were set and the largest |γ| or filter norm among them.
+fn zero_masked(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize, f64)> {
+    use crate::train::masks::{filter_masks_from_plan, masks_from_plan};
+    let scales = crate::pipeline::recalibrate::has_running_statistics(model);
+    let masks = if scales {
+        masks_from_plan(model, plan)?
+    } else {
+        filter_masks_from_plan(model, plan)?
+    };
     let g = &mut model.graph;
     let (mut n, mut largest) = (0, 0f64);
     for (name, mask) in &masks {
@@ -67,10 +74,15 @@ fn zero_masked_scales(model: &mut Model, plan: &crate::plan::PlanFile) -> Result
         let (Some(mut values), shape) = (t.to_f64_vec(), t.shape().to_vec()) else {
             continue;
         };
-        for (x, m) in values.iter_mut().zip(mask) {
+        // Scales: one entry per channel; filter banks: filters along axis 0 (Conv's layout,
+        // the only filter axis the masks are made for), `per` values each.
+        let per = values.len() / mask.len().max(1);
+        for (f, m) in mask.iter().enumerate() {
             if *m > 0.0 {
-                largest = largest.max(x.abs());
-                *x = 0.0;
+                let slice = &mut values[f * per..(f + 1) * per];
+                let norm = slice.iter().map(|x| x * x).sum::<f64>().sqrt();
+                largest = largest.max(norm);
+                slice.iter_mut().for_each(|x| *x = 0.0);
                 n += 1;
             }
         }

@@ -119,10 +119,21 @@ pub(super) fn sparse_stage(
                 ..ctx.opts.prune.clone()
             };
             let r = prune_by(&mut probe, &prune, ctx, observer)?;
-            let masks = crate::train::masks::masks_from_plan(model, &r.plan)?;
+            let scales = crate::pipeline::recalibrate::has_running_statistics(model);
+            let regularizer = if scales {
+                let masks = crate::train::masks::masks_from_plan(model, &r.plan)?;
+                Regularizer::MaskedL1Gamma { weight, masks }
+            } else {
+                let masks = crate::train::masks::filter_masks_from_plan(model, &r.plan)?;
+                Regularizer::MaskedGroupLasso {
+                    weight,
+                    eps: 1e-8,
+                    masks,
+                }
+            };
             r.plan.save(&ctx.mask_plan)?;
             observer.stage("sparse");
-            Regularizer::MaskedL1Gamma { weight, masks }
+            regularizer
         }
     };
     let (ls, _, _) = ctx.opts.loss;
@@ -156,7 +167,7 @@ pub(super) fn sparse_stage(
         weight,
         if sp.augmented { " growing from 0" } else { "" },
         match sp.penalty {
-            Penalty::Masked => "the chosen channels' BatchNormalization",
+            Penalty::Masked => "the chosen channels' BatchNormalization (or filter)",
             Penalty::All => "BatchNormalization",
             Penalty::Filters => "convolution filter",
         },

@@ -9,6 +9,9 @@
 //!    near zero, so pruning is nearly lossless (the stage's accuracy says how nearly);
 //! 3. **recover** (`--recover`, default distillation).
 //!
+//! A network without BatchNormalization (mnist-8) has no scales: there the mask is chosen by
+//! raw filter L2 norms and the penalty is group lasso on the masked filters only.
+//!
 //! Strength: the masked scales are meant to reach zero, so the default moves an untouched
 //! scale by [`SHIFT`] (more than any trained |γ| of the shipped models) over the stage;
 //! `--sparsity-weight` sets λ.
@@ -31,15 +34,12 @@ pub const SHIFT: f32 = 2.0;
 /// unless the criterion was set to something other than the default L1.
 pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
     needs_budget(Method::MaskSparsity, scored)?;
-    if !s.batch_norm {
-        return Err(crate::error::Error::Usage(
-            "--method masksparsity penalises BatchNormalization scales and this model has \
-             none (slimming falls back to filter norms)"
-                .into(),
-        ));
-    }
     if scored.criterion == CriterionKind::L1 {
-        scored.criterion = CriterionKind::BnScale;
+        scored.criterion = if s.batch_norm {
+            CriterionKind::BnScale
+        } else {
+            CriterionKind::L2
+        };
         scored.normalize = Normalize::None;
     }
     scored.allocate.scope = Scope::Global;
