@@ -28,7 +28,7 @@ for report in sorted(out.glob("*.json")):
     r = json.loads(report.read_text())
     stages = r["stages"]
     names = [s["stage"] for s in stages]
-    pruned = next(s for s in stages if s["stage"] in ("prune", "inherit"))
+    pruned = next(s for s in stages if s["stage"] in ("prune", "inherit", "mend"))
     first, last = stages[0], stages[-1]
     lossless = report.with_suffix("").with_suffix(".lossless.json")
     ll = "-"

@@ -131,6 +131,14 @@ fn sparse_methods_train_sparse_prune_and_recover_within_the_budget() {
                 top1(1),
                 top1(2)
             );
+            // The compensation maps were collapsed: no extra Add nodes or per-pixel tensors.
+            let shipped = Model::load(&out).unwrap();
+            let g = &shipped.graph;
+            assert!(
+                g.node_ids()
+                    .all(|n| !g.node(n).name.ends_with("_compensate")),
+                "a compensation Add was shipped"
+            );
         } else {
             assert!(prune_note.contains("bn-scale"), "{prune_note}");
         }

@@ -32,6 +32,16 @@ pub(super) fn prune_stage(
     };
     let r = prune_by(model, &prune, ctx, observer)?;
     r.plan.save(&ctx.plan)?;
+    if masked {
+        // The exact compensation (verified by the oracle above) adds a per-pixel map and an
+        // Add after every consumer: slower than the pruned model should be. Collapse them.
+        let n = crate::passes::collapse_compensation(model)?;
+        if n > 0 {
+            snapped.push_str(&format!(
+                "; {n} compensation maps collapsed into biases (exact away from the border)"
+            ));
+        }
+    }
     let oracle = r
         .oracle
         .as_ref()
