@@ -20,9 +20,9 @@ use crate::analysis::importance::{CriterionKind, Normalize};
 use crate::error::Result;
 use crate::plan::allocate::Scope;
 
-use super::super::compress::{Penalty, SparseTraining, Stage, Strength};
+use super::super::compress::Penalty;
 use super::super::options::Scored;
-use super::{needs_budget, then_recover, Composition, Method, Settings};
+use super::{needs_budget, sparse_then_prune, Composition, Method, Settings};
 
 /// Share of the epoch budget spent on masked sparse training.
 pub const SPARSE_SHARE: f64 = 0.4;
@@ -43,20 +43,5 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
         scored.normalize = Normalize::None;
     }
     scored.allocate.scope = Scope::Global;
-    let (sparse, rest) = s.split(SPARSE_SHARE)?;
-    let sparse = Stage::Sparse(SparseTraining {
-        penalty: Penalty::Masked,
-        strength: s
-            .sparsity_weight
-            .map_or(Strength::Shift(SHIFT), Strength::Weight),
-        augmented: false,
-        epochs: sparse,
-        lr: s.lr,
-    });
-    Ok(Composition {
-        stages: then_recover(vec![sparse, Stage::Prune], s),
-        recovery_epochs: rest,
-        recovery_lr: s.from_scratch.then(|| s.scratch_lr()),
-        from_scratch: s.from_scratch,
-    })
+    sparse_then_prune(s, SPARSE_SHARE, Penalty::Masked, SHIFT, false)
 }

@@ -221,6 +221,34 @@ fn then_recover(first: Vec<Stage>, settings: &Settings) -> Vec<Stage> {
         .collect()
 }
 
+/// Sparse training on `share` of the budget (penalty `penalty`, default strength `shift`
+/// unless `--sparsity-weight`), then pruning and the recovery stages, which get the rest.
+fn sparse_then_prune(
+    s: &Settings,
+    share: f64,
+    penalty: super::compress::Penalty,
+    shift: f32,
+    augmented: bool,
+) -> Result<Composition> {
+    use super::compress::{SparseTraining, Strength};
+    let (sparse, rest) = s.split(share)?;
+    let sparse = Stage::Sparse(SparseTraining {
+        penalty,
+        strength: s
+            .sparsity_weight
+            .map_or(Strength::Shift(shift), Strength::Weight),
+        augmented,
+        epochs: sparse,
+        lr: s.lr,
+    });
+    Ok(Composition {
+        stages: then_recover(vec![sparse, Stage::Prune], s),
+        recovery_epochs: rest,
+        recovery_lr: s.from_scratch.then(|| s.scratch_lr()),
+        from_scratch: s.from_scratch,
+    })
+}
+
 /// Refuses a selection without a budget for a method that needs one.
 fn needs_budget(method: Method, scored: &Scored) -> Result<()> {
     use crate::plan::allocate::Amount;
