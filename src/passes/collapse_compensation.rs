@@ -76,3 +76,112 @@ pub fn collapse_compensation(model: &mut Model) -> Result<usize> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_ints;
+    use crate::ir::Graph;
+    use crate::passes::testutil::{input, model};
+    use crate::rng::SplitMix64;
+    use crate::runtime::{self, BackendKind};
+
+    const H: usize = 5;
+
+    /// `x[1,2,5,5] → Conv(3×3, pad 1) → Add(map)`: the map is what a removed constant channel
+    /// `c` through filters `v` adds (it varies at the border, where padding cuts the window).
+    fn compensated(seed: u64) -> Model {
+        let mut rng = SplitMix64(seed);
+        let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let (w, b, v) = (r(3 * 2 * 9), r(3), r(3 * 9));
+        let c = 0.7f32;
+        let mut map = vec![0f32; 3 * H * H];
+        for o in 0..3 {
+            for i in 0..H {
+                for j in 0..H {
+                    let mut s = 0.0;
+                    for di in 0..3 {
+                        for dj in 0..3 {
+                            let (y, x) = (i + di, j + dj);
+                            if (1..=H).contains(&y) && (1..=H).contains(&x) {
+                                s += c * v[o * 9 + di * 3 + dj];
+                            }
+                        }
+                    }
+                    map[o * H * H + i * H + j] = s;
+                }
+            }
+        }
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", &[1, 2, H, H]);
+        let w = g.add_initializer("w", Tensor::from_f32(vec![3, 2, 3, 3], &w));
+        let b = g.add_initializer("b", Tensor::from_f32(vec![3], &b));
+        let m = g.add_initializer("conv_compensation", Tensor::from_f32(vec![3, H, H], &map));
+        let conv = g.add_node(
+            "conv",
+            "Conv",
+            &[Some(x), Some(w), Some(b)],
+            &["pre"],
+            vec![attr_ints("pads", &[1, 1, 1, 1])],
+        );
+        let pre = g.node(conv).output(0);
+        let add = g.add_node("conv_compensate", "Add", &[pre, Some(m)], &["y"], vec![]);
+        g.outputs.push(g.node(add).output(0).unwrap());
+        model(g, 13)
+    }
+
+    fn run(m: &Model, x: &Tensor) -> Vec<f64> {
+        let dir = crate::temp_dir::TempDir::new("collapse").unwrap();
+        let path = dir.path().join("m.onnx");
+        m.save(&path, &Default::default()).unwrap();
+        let mut s = runtime::load(BackendKind::Tract, &path).unwrap();
+        let out = s.run(&[("x".into(), x.clone())]).unwrap();
+        out[0].1.to_f64_vec().unwrap()
+    }
+
+    #[test]
+    fn maps_become_biases_exact_inside_and_only_the_border_moves() {
+        let exact = compensated(3);
+        let mut collapsed = exact.clone();
+        assert_eq!(collapse_compensation(&mut collapsed).unwrap(), 1);
+        crate::ir::verify(&collapsed.graph).unwrap();
+        let g = &collapsed.graph;
+        let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op_type.as_str()).collect();
+        assert_eq!(ops, ["Conv"]);
+        assert!(g.value_by_name("conv_compensation").is_none());
+        let mut rng = SplitMix64(9);
+        let xs: Vec<f32> = (0..2 * H * H).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_f32(vec![1, 2, H, H], &xs);
+        let (a, b) = (run(&exact, &x), run(&collapsed, &x));
+        let mut border = 0f64;
+        for o in 0..3 {
+            for i in 0..H {
+                for j in 0..H {
+                    let k = o * H * H + i * H + j;
+                    let d = (a[k] - b[k]).abs();
+                    if (1..H - 1).contains(&i) && (1..H - 1).contains(&j) {
+                        assert!(d < 1e-5, "interior ({o},{i},{j}) moved by {d}");
+                    } else {
+                        border = border.max(d);
+                    }
+                }
+            }
+        }
+        assert!(
+            border > 1e-3,
+            "the border should differ, largest change {border}"
+        );
+    }
+
+    #[test]
+    fn adds_that_are_not_compensation_maps_stay() {
+        let mut m = compensated(4);
+        let add = m
+            .graph
+            .node_ids()
+            .find(|&n| m.graph.node(n).op_type == "Add")
+            .unwrap();
+        m.graph.node_mut(add).name = "residual".into();
+        assert_eq!(collapse_compensation(&mut m).unwrap(), 0);
+    }
+}
