@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::ir::{DType, Model, Tensor};
 
 /// Collapses every `{conv}_compensate` Add of [`crate::passes::remove_channels()`] whose
-/// constant is a float32 `[C,H,W]` or `[1,C,H,W]` map after a `Conv`; returns how many.
+/// constant is a float32 `[C, spatial..]` or `[1, C, spatial..]` map after a convolution (as
+/// its op describes itself, [`crate::ops::Op::linear`]); returns how many.
 pub fn collapse_compensation(model: &mut Model) -> Result<usize> {
     let g = &mut model.graph;
     let mut done = 0;
@@ -26,25 +27,36 @@ pub fn collapse_compensation(model: &mut Model) -> Result<usize> {
         let Some((conv, 0)) = g.value(pre).producer else {
             continue;
         };
-        if g.node(conv).op_type != "Conv" || g.value(pre).uses.len() != 1 {
+        if g.value(pre).uses.len() != 1 {
             continue;
         }
+        let Some(bias_port) = convolution_bias_port(g, conv) else {
+            continue;
+        };
         let Some(t) = g.init(map).filter(|t| t.dtype() == DType::F32) else {
             continue;
         };
+        // `[C, spatial..]`, or with a leading batch dimension of 1.
         let shape = t.shape().to_vec();
-        let (c, h, w) = match shape[..] {
-            [c, h, w] | [1, c, h, w] => (c, h, w),
+        let dims = match shape.split_first() {
+            Some((1, rest)) if rest.len() >= 2 => rest.to_vec(),
+            _ if shape.len() >= 2 => shape.clone(),
             _ => continue,
         };
         let Some(values) = t.to_f64_vec() else {
             continue;
         };
+        let c = dims[0];
+        let spatial: usize = dims[1..].iter().product();
+        let centre_offset = dims[1..].iter().fold(0, |acc, &d| acc * d + d / 2);
         let centre: Vec<f64> = (0..c)
-            .map(|k| values[k * h * w + (h / 2) * w + w / 2])
+            .map(|k| values[k * spatial + centre_offset])
             .collect();
         // Fold into the bias (created when absent).
-        let bias = g.node(conv).input(2).and_then(|b| g.init(b).cloned());
+        let bias = g
+            .node(conv)
+            .input(bias_port)
+            .and_then(|b| g.init(b).cloned());
         let new_bias = match bias {
             Some(b) => {
                 let Some(old) = b.to_f64_vec().filter(|o| o.len() == c) else {
@@ -57,13 +69,13 @@ pub fn collapse_compensation(model: &mut Model) -> Result<usize> {
         };
         let name = format!("{}_bias_collapsed", g.node(conv).name);
         let bv = g.add_initializer(&name, new_bias);
-        while g.node(conv).inputs.len() < 2 {
+        while g.node(conv).inputs.len() < bias_port {
             g.push_input(conv, None);
         }
-        if g.node(conv).inputs.len() == 2 {
+        if g.node(conv).inputs.len() == bias_port {
             g.push_input(conv, Some(bv));
         } else {
-            g.set_input(conv, 2, Some(bv));
+            g.set_input(conv, bias_port, Some(bv));
         }
         g.remove_node(add);
         g.set_output(conv, 0, y);
@@ -75,6 +87,25 @@ pub fn collapse_compensation(model: &mut Model) -> Result<usize> {
         model.graph.compact();
     }
     Ok(done)
+}
+
+/// The bias port of node `n` when its op is a convolution (a linear map of the
+/// [`crate::ops::linear::Form::Conv`] form, whose constant input gives a constant output away
+/// from the border) with a known weight shape.
+fn convolution_bias_port(g: &crate::ir::Graph, n: crate::ir::NodeId) -> Option<usize> {
+    let node = g.node(n);
+    let weight = node.input(1).and_then(|w| g.init(w))?.shape().to_vec();
+    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
+    let linear = op.linear(&crate::ops::linear::LinearCx {
+        node,
+        weight: &weight,
+        input_rank: None,
+        output_rank: None,
+    })?;
+    match linear.form {
+        crate::ops::linear::Form::Conv { .. } => linear.bias_port,
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ fn single_step(plan: &PlanFile) -> Result<&[PlanGroup]> {
 /// `base` with each group losing its `counts[g]` lowest-scoring channels (ties: lower
 /// position first). Groups without recorded scores keep their removal.
 pub fn plan_for(base: &PlanFile, counts: &[usize]) -> Result<PlanFile> {
+    single_step(base)?;
     let mut plan = base.clone();
     let groups = &mut plan.steps[0].groups;
     for (g, &c) in groups.iter_mut().zip(counts) {
@@ -156,8 +157,8 @@ pub fn limits_of(
 }
 
 /// Searches around `base` (module docs). `macs` gives a plan's MACs kept (an error marks the
-/// plan invalid); `target` is the MACs ratio to stay near. Returns the best plan and every
-/// trial, in order.
+/// plan invalid); `target` is the MACs ratio to stay near. Returns every trial, in order, and
+/// the index of the best (its plan: [`plan_for`] with its counts).
 pub fn search(
     base: &PlanFile,
     limits: &[Limits],
@@ -166,19 +167,19 @@ pub fn search(
     evaluator: &mut dyn Evaluator,
     opts: &MendOptions,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(PlanFile, Vec<Trial>)> {
+) -> Result<(Vec<Trial>, usize)> {
     let start = counts_of(base)?;
     let base_plan = plan_for(base, &start)?;
     let base_macs = macs(&base_plan)?;
-    let first = evaluator.score(std::slice::from_ref(&base_plan))?;
+    let first = scores_of(evaluator, std::slice::from_ref(&base_plan))?[0];
     let mut trials = vec![Trial {
         round: 0,
         counts: start.clone(),
         macs: base_macs,
-        score: first[0],
+        score: first,
     }];
-    let (mut current, mut current_score) = (start.clone(), first[0]);
-    let (mut best, mut best_score) = (start, first[0]);
+    let (mut current, mut current_score) = (start, first);
+    let (mut best, mut best_score) = (0, first);
     let mut seen: HashSet<Counts> = HashSet::from([current.clone()]);
     let mut rng = SplitMix64(opts.seed ^ 0x3E4D_0000_0000_0001);
     let movable: Vec<usize> = (0..limits.len())
@@ -220,14 +221,14 @@ pub fn search(
             break;
         }
         let plans: Vec<PlanFile> = batch.iter().map(|(_, p, _)| p.clone()).collect();
-        let scores = evaluator.score(&plans)?;
+        let scores = scores_of(evaluator, &plans)?;
         let mut round_best: Option<(usize, Score)> = None;
         for (k, ((c, _, m), s)) in batch.into_iter().zip(scores).enumerate() {
             if round_best.is_none_or(|(_, b)| s.beats(&b)) {
                 round_best = Some((k, s));
             }
             if s.beats(&best_score) {
-                best = c.clone();
+                best = trials.len();
                 best_score = s;
             }
             trials.push(Trial {
@@ -246,7 +247,20 @@ pub fn search(
         }
     }
     progress(trials.len(), opts.evaluations);
-    Ok((plan_for(base, &best)?, trials))
+    Ok((trials, best))
+}
+
+/// `evaluator`'s scores of `plans`, refusing an answer of another length.
+fn scores_of(evaluator: &mut dyn Evaluator, plans: &[PlanFile]) -> Result<Vec<Score>> {
+    let scores = evaluator.score(plans)?;
+    if scores.len() != plans.len() {
+        return Err(Error::Usage(format!(
+            "mending: the evaluator scored {} of {} candidates",
+            scores.len(),
+            plans.len()
+        )));
+    }
+    Ok(scores)
 }
 
 #[cfg(test)]
@@ -329,7 +343,7 @@ mod tests {
             window: 0.05,
             seed: 7,
         };
-        let (best, trials) = search(
+        let (trials, won) = search(
             &base(),
             &limits,
             &mut macs,
@@ -339,6 +353,7 @@ mod tests {
             &mut |_, _| {},
         )
         .unwrap();
+        let best = plan_for(&base(), &trials[won].counts).unwrap();
         assert_eq!(eval.0, trials.len());
         assert!(trials.len() <= 25 && trials.len() > 10, "{}", trials.len());
         for t in &trials {
@@ -348,7 +363,7 @@ mod tests {
         let kept2 = 8 - best.steps[0].groups[2].removed.len();
         assert!(kept2 > 5, "group 2 keeps {kept2}");
         // Deterministic.
-        let (again, _) = search(
+        let (_, again) = search(
             &base(),
             &limits,
             &mut macs,
@@ -358,6 +373,6 @@ mod tests {
             &mut |_, _| {},
         )
         .unwrap();
-        assert_eq!(best, again);
+        assert_eq!(won, again);
     }
 }

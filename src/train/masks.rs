@@ -151,6 +151,18 @@ fn masked_input(node: &crate::ir::Node, what: Masked) -> Option<(usize, usize)> 
     }
 }
 
+/// The filter axis of the filter bank held in initializer `name` (what
+/// [`filter_masks_from_plan`] masks along), when a layer reads it as one.
+pub fn filter_axis(model: &Model, name: &str) -> Option<usize> {
+    let g = &model.graph;
+    g.node_ids().find_map(|n| {
+        let node = g.node(n);
+        let (port, axis) = masked_input(node, Masked::Filters)?;
+        let v = node.input(port)?;
+        (g.value(v).name == name).then_some(axis)
+    })
+}
+
 /// Every masked tensor held in an initializer: name → entries (channels or filters).
 fn tensors(model: &Model, what: Masked) -> std::collections::BTreeMap<String, usize> {
     let g = &model.graph;

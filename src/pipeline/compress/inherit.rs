@@ -145,11 +145,7 @@ pub(super) fn inherit_stage(
     observer: &mut dyn Observer,
 ) -> Result<(String, Vec<(String, f64)>)> {
     let opts = ctx.opts;
-    let crate::pipeline::Selection::Scored(scored) = &opts.prune.selection else {
-        return Err(Error::Usage(
-            "weight inheritance needs a criterion-ranked selection (not a plan)".into(),
-        ));
-    };
+    let scored = ctx.scored("weight inheritance")?;
     let dir = Scratch::new(ctx, "inherit")?;
     let mut best: Option<(
         crate::pipeline::mend::Score,

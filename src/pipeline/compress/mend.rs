@@ -108,11 +108,7 @@ pub(super) fn mend_stage(
 ) -> Result<(String, Vec<(String, f64)>)> {
     use crate::plan::allocate::{Amount, Budget};
     let opts = ctx.opts;
-    let crate::pipeline::Selection::Scored(scored) = &opts.prune.selection else {
-        return Err(Error::Usage(
-            "mending needs a criterion-ranked selection (not a plan)".into(),
-        ));
-    };
+    let scored = ctx.scored("mending")?;
     observer.stage("mend: pre-pruning");
     let mut probe = model.clone();
     let quick = PruneOptions {
@@ -165,7 +161,7 @@ pub(super) fn mend_stage(
         "mend: searching ({} candidates, {} steps each)",
         md.search.evaluations, md.steps
     ));
-    let (best, trials) = crate::pipeline::mend::search(
+    let (trials, won) = crate::pipeline::mend::search(
         &pre.plan,
         &limits,
         &mut macs,
@@ -175,15 +171,7 @@ pub(super) fn mend_stage(
         &mut |d, t| observer.count(d, t),
     )?;
     drop(dir);
-    let won = trials
-        .iter()
-        .position(|t| {
-            crate::pipeline::mend::plan_for(&pre.plan, &t.counts)
-                .ok()
-                .as_ref()
-                == Some(&best)
-        })
-        .unwrap_or(0);
+    let best = crate::pipeline::mend::plan_for(&pre.plan, &trials[won].counts)?;
     let r = prune_by(
         model,
         &PruneOptions {

@@ -538,6 +538,19 @@ struct Context<'a> {
     opts: &'a CompressOptions,
 }
 
+impl Context<'_> {
+    /// The run's criterion-ranked selection, which `stage` re-runs with changes (errors on a
+    /// plan or a dead-channel selection).
+    fn scored(&self, stage: &str) -> Result<&super::Scored> {
+        match &self.opts.prune.selection {
+            super::Selection::Scored(s) => Ok(s),
+            _ => Err(Error::Usage(format!(
+                "{stage} needs a criterion-ranked selection (not a plan)"
+            ))),
+        }
+    }
+}
+
 /// The pruning tools of a run: calibration data from the training split, a latency
 /// evaluator for latency targets, reports to `observer`.
 fn tools<'a>(

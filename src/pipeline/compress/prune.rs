@@ -72,27 +72,40 @@ fn zero_masked(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize
     } else {
         filter_masks_from_plan(model, plan)?
     };
-    let g = &mut model.graph;
     let (mut n, mut largest) = (0, 0f64);
     for (name, mask) in &masks {
-        let Some(v) = g.value_by_name(name) else {
+        // Scales: one entry per channel (axis 0); filter banks: along their filter axis.
+        let axis = if scales {
+            Some(0)
+        } else {
+            crate::train::masks::filter_axis(model, name)
+        };
+        let g = &mut model.graph;
+        let (Some(axis), Some(v)) = (axis, g.value_by_name(name)) else {
             continue;
         };
         let Some(t) = g.init(v).filter(|t| t.dtype() == crate::ir::DType::F32) else {
             continue;
         };
-        let (Some(mut values), shape) = (t.to_f64_vec(), t.shape().to_vec()) else {
+        let shape = t.shape().to_vec();
+        let (Some(mut values), Some(&dim)) = (t.to_f64_vec(), shape.get(axis)) else {
             continue;
         };
-        // Scales: one entry per channel; filter banks: filters along axis 0 (Conv's layout,
-        // the only filter axis the masks are made for), `per` values each.
-        let per = values.len() / mask.len().max(1);
+        if dim != mask.len() {
+            continue;
+        }
+        let stride: usize = shape[axis + 1..].iter().product();
+        let mut norms = vec![0f64; dim];
+        for (i, x) in values.iter_mut().enumerate() {
+            let f = (i / stride.max(1)) % dim;
+            if mask[f] > 0.0 {
+                norms[f] += *x * *x;
+                *x = 0.0;
+            }
+        }
         for (f, m) in mask.iter().enumerate() {
             if *m > 0.0 {
-                let slice = &mut values[f * per..(f + 1) * per];
-                let norm = slice.iter().map(|x| x * x).sum::<f64>().sqrt();
-                largest = largest.max(norm);
-                slice.iter_mut().for_each(|x| *x = 0.0);
+                largest = largest.max(norms[f].sqrt());
                 n += 1;
             }
         }

@@ -90,14 +90,22 @@ impl Method {
     /// Composes the method from the user's `settings`, changing the pruning `selection` as
     /// the method prunes.
     pub fn compose(self, selection: &mut Selection, settings: &Settings) -> Result<Composition> {
-        if self == Method::Plain {
-            return Ok(Composition {
-                stages: Stage::plain(&settings.recover),
-                recovery_epochs: settings.epochs,
-                recovery_lr: None,
-                from_scratch: settings.from_scratch,
-            });
-        }
+        type Compose = fn(&mut Scored, &Settings) -> Result<Composition>;
+        let compose: Compose = match self {
+            Method::Plain => {
+                return Ok(Composition {
+                    stages: Stage::plain(&settings.recover),
+                    recovery_epochs: settings.epochs,
+                    recovery_lr: None,
+                    from_scratch: settings.from_scratch,
+                })
+            }
+            Method::Slimming => slimming::compose,
+            Method::MaskSparsity => masksparsity::compose,
+            Method::AdaPruner => adapruner::compose,
+            Method::EPruner => epruner::compose,
+            Method::Mending => mending::compose,
+        };
         let Selection::Scored(scored) = selection else {
             return Err(Error::Usage(format!(
                 "--method {} chooses the channels itself: give a budget (--target) instead of \
@@ -105,14 +113,7 @@ impl Method {
                 self.name()
             )));
         };
-        match self {
-            Method::Plain => unreachable!("handled above"),
-            Method::Slimming => slimming::compose(scored, settings),
-            Method::MaskSparsity => masksparsity::compose(scored, settings),
-            Method::AdaPruner => adapruner::compose(scored, settings),
-            Method::EPruner => epruner::compose(scored, settings),
-            Method::Mending => mending::compose(scored, settings),
-        }
+        compose(scored, settings)
     }
 }
 
