@@ -292,6 +292,7 @@ fn options(
         output: args.output.clone(),
         resume: args.resume.clone(),
         teacher: args.teacher.clone(),
+        weight_masks: Default::default(),
     }
 }
 

@@ -10,6 +10,10 @@ use crate::ir::Model;
 /// 0/1 entry per channel.
 pub type ScaleMasks = std::collections::BTreeMap<String, Vec<f32>>;
 
+/// Weight masks a train step enforces ([`super::StepOptions::weight_masks`]): parameter name →
+/// one 0/1 entry per element, row-major; shared, since training options are cloned often.
+pub type WeightMasks = std::sync::Arc<std::collections::BTreeMap<String, Vec<f32>>>;
+
 /// Masks for [`super::regularize::Regularizer::MaskedL1Gamma`] from a plan file made for `model`: entry `c` of a
 /// BatchNormalization scale is 1 when the plan removes channel `c` of the model, in any of
 /// its steps, else 0; scales losing no channel get no entry. The plan is replayed on a copy of

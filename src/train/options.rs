@@ -107,6 +107,9 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Teacher model for distillation (its logits are fed as `teacher`).
     pub teacher: Option<PathBuf>,
+    /// Weight masks enforced at every step (masked weights start and stay at zero; see
+    /// [`super::StepOptions::weight_masks`]).
+    pub weight_masks: super::masks::WeightMasks,
 }
 
 impl Default for TrainOptions {
@@ -133,6 +136,7 @@ impl Default for TrainOptions {
             output: PathBuf::from("trained.onnx"),
             resume: None,
             teacher: None,
+            weight_masks: Default::default(),
         }
     }
 }

@@ -168,6 +168,8 @@ fn compile(model: &Model, opts: &TrainOptions) -> Result<(Model, TrainStep)> {
         freeze: opts.freeze.clone(),
         no_decay: opts.no_decay.clone(),
         composed_batch_norm: opts.runtime.device == Device::Cuda,
+        weight_masks: opts.weight_masks.clone(),
+        gradient_outputs: false,
     };
     let ts = compile_train_step(&prepared, &step_opts)?;
     Ok((prepared, ts))

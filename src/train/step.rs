@@ -54,6 +54,14 @@ pub struct StepOptions {
     /// of one fused node: for ONNX Runtime's CUDA provider, which has no training-mode kernel
     /// at opset 14 or later.
     pub composed_batch_norm: bool,
+    /// Weight masks the step enforces (pruning at weight granularity): parameter name → one
+    /// 0/1 entry per element, row-major. The parameter's gradient and its new value are
+    /// multiplied by the mask, so masked weights stay exactly zero and their optimizer state
+    /// stays at zero. Names that are not trained parameters are an error.
+    pub weight_masks: super::masks::WeightMasks,
+    /// Also output every parameter's gradient (loss plus regularizer terms, before the
+    /// update and after its mask) as `{name}.grad` ([`TrainStep::gradients`]).
+    pub gradient_outputs: bool,
 }
 
 impl Default for StepOptions {
@@ -66,6 +74,8 @@ impl Default for StepOptions {
             freeze: Vec::new(),
             no_decay: Vec::new(),
             composed_batch_norm: false,
+            weight_masks: Default::default(),
+            gradient_outputs: false,
         }
     }
 }
@@ -118,6 +128,9 @@ pub struct TrainStep {
     /// The noise inputs of the Dropouts lowered to fed masks, fresh uniform `[0, 1)` values
     /// every step ([`TrainStep::noise_feed`]).
     pub noise: Vec<DropoutNoise>,
+    /// Per parameter (input name), the output holding its gradient (with
+    /// [`StepOptions::gradient_outputs`]; empty otherwise).
+    pub gradients: Vec<(String, String)>,
     /// The batch size.
     pub batch: usize,
     original: Model,
@@ -277,6 +290,17 @@ where
         &mut outs,
         &mut frozen,
     )?;
+    if let Some(name) = opts.weight_masks.keys().find(|n| {
+        !outs
+            .carried
+            .iter()
+            .any(|c| matches!(c.0, Kind::Param) && &c.1 == *n)
+    }) {
+        return Err(Error::tensor(
+            name,
+            "is masked but is not a trained parameter",
+        ));
+    }
     let check_idx = update_check(&mut m.graph, opset, &mut outs)?;
     running_updates(&m.graph, &fwd.bns, &stats.running, &running_init, &mut outs)?;
     let loss_idx = outs.list.len();
@@ -306,6 +330,11 @@ where
         update_check: check_idx.map(|i| names[i].clone()),
         frozen,
         noise: fwd.noise,
+        gradients: outs
+            .gradients
+            .iter()
+            .map(|(p, i)| (p.clone(), names[*i].clone()))
+            .collect(),
         batch: opts.batch,
         original: model.clone(),
         model: m,
@@ -523,6 +552,8 @@ struct Trained<'a> {
 struct Outputs {
     list: Vec<(ValueId, String, Vec<usize>)>,
     carried: Vec<(Kind, String, Tensor, usize)>,
+    /// Parameter name and the index of its gradient output.
+    gradients: Vec<(String, usize)>,
 }
 
 /// Per parameter: its regularizer terms added to its gradient and the optimizer update, as
@@ -555,7 +586,7 @@ fn updates(
             let mut e = Builder::new(g, format!("grad_total/{name}"), opset);
             e.op("Add", &[a, b], vec![])
         });
-        let Some(total) = total else {
+        let Some(mut total) = total else {
             // Does not reach the loss: back to a constant.
             g.inputs.retain(|v| *v != p);
             g.value_info.retain(|v| *v != p);
@@ -563,15 +594,53 @@ fn updates(
             frozen.push(name);
             continue;
         };
+        let mask = match opts.weight_masks.get(&name) {
+            Some(m) if m.len() == init.len() => {
+                let mut e = Builder::new(g, format!("mask/{name}"), opset);
+                let mask = e.constant(Tensor::from_f32(shape.clone(), m));
+                total = e.op("Mul", &[total, mask], vec![]);
+                Some(mask)
+            }
+            Some(m) => {
+                return Err(Error::tensor(
+                    &name,
+                    format!(
+                        "its mask has {} entries, the weight {}",
+                        m.len(),
+                        init.len()
+                    ),
+                ))
+            }
+            None => None,
+        };
+        if opts.gradient_outputs {
+            outs.gradients.push((name.clone(), outs.list.len()));
+            outs.list
+                .push((total, format!("{name}.grad"), shape.clone()));
+        }
         let slots = opts.optimizer.state_slots();
         let st_in: Vec<ValueId> = slots
             .iter()
             .map(|s| add_input(g, &format!("{name}.{s}"), DType::F32, &shape))
             .collect();
         let decay = !opts.no_decay.iter().any(|pat| glob_match(pat, &name));
-        let (np, ns) = optim::update(g, &sh, &name, p, total, &st_in, decay)?;
+        let (mut np, ns) = optim::update(g, &sh, &name, p, total, &st_in, decay)?;
+        if let Some(mask) = mask {
+            let mut e = Builder::new(g, format!("mask/{name}"), opset);
+            np = e.op("Mul", &[np, mask], vec![]);
+        }
+        let init = match opts.weight_masks.get(&name) {
+            Some(m) => {
+                let w = init
+                    .to_f32_vec()
+                    .ok_or_else(|| Error::tensor(&name, "is not float32"))?;
+                let masked: Vec<f32> = w.iter().zip(m).map(|(w, m)| w * m).collect();
+                Tensor::from_f32(shape.clone(), &masked)
+            }
+            None => init.clone(),
+        };
         outs.carried
-            .push((Kind::Param, name.clone(), init.clone(), outs.list.len()));
+            .push((Kind::Param, name.clone(), init, outs.list.len()));
         outs.list.push((np, format!("{name}.next"), shape.clone()));
         for ((slot, sin), sout) in slots.iter().zip(&st_in).zip(ns) {
             let in_name = g.value(*sin).name.clone();

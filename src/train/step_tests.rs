@@ -119,6 +119,8 @@ fn options() -> StepOptions {
         freeze: vec!["fc.b".into()],
         no_decay: vec!["bn.*".into()],
         composed_batch_norm: false,
+        weight_masks: Default::default(),
+        gradient_outputs: false,
     }
 }
 
@@ -201,6 +203,85 @@ fn step_with_fed_gradients() {
     assert!((acc * 4.0 - (acc * 4.0).round()).abs() < 1e-6 && (0.0..=1.0).contains(&acc));
 
     check_inference_model(&ts, &out, dir.path(), x);
+}
+
+/// With a weight mask and gradient outputs: the gradient output is the fed gradient times the
+/// mask, masked weights and their momenta are exactly zero after the step, the others take
+/// the plain update; masks on constants or of the wrong length are refused.
+#[test]
+fn masked_step_with_gradient_outputs() {
+    let model = tiny();
+    let mask = vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    let fed_grads = |g: &mut Graph, shapes: &Shapes, _, _, wrt: &[ValueId]| {
+        let mut out = Vec::new();
+        for &p in wrt {
+            let shape = static_shape(g, shapes, p)?;
+            let name = format!("fed/{}", g.value(p).name);
+            out.push(Some(add_input(g, &name, DType::F32, &shape)));
+        }
+        Ok(out)
+    };
+    let masked = |name: &str, m: Vec<f32>| StepOptions {
+        regularizers: vec![],
+        weight_masks: std::sync::Arc::new(BTreeMap::from([(name.to_string(), m)])),
+        gradient_outputs: true,
+        ..options()
+    };
+    for (name, m, why) in [
+        ("fc.b", vec![1.0; 5], "not a trained parameter"),
+        ("conv.w", vec![1.0; 3], "12"),
+    ] {
+        let err = compile_with(&model, &masked(name, m), fed_grads).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    let ts = compile_with(&model, &masked("conv.w", mask.clone()), fed_grads).unwrap();
+    let grads: Vec<&str> = ts.gradients.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(grads, ["bn.scale", "bn.bias", "conv.w", "conv.b", "fc.w"]);
+    let init = &ts.params.iter().find(|c| c.input == "conv.w").unwrap().init;
+    let w0 = init.to_f64_vec().unwrap();
+    assert!(w0.iter().zip(&mask).all(|(w, m)| *m == 1.0 || *w == 0.0));
+    assert!(w0.iter().zip(&mask).any(|(w, m)| *m == 1.0 && *w != 0.0));
+    if crate::runtime::ort::find_library().is_none() {
+        eprintln!("NOTICE: skipping the ORT part: ONNX Runtime's library is missing");
+        return;
+    }
+    let dir = crate::temp_dir::TempDir::new("masked-step").unwrap();
+    let path = dir.path().join("step.onnx");
+    ts.model.save(&path, &Default::default()).unwrap();
+    let mut sess = runtime::load(BackendKind::Ort, &path).unwrap();
+    let mut s = 7u64;
+    let mut feed = ts.initial_feed();
+    let mut fed = HashMap::new();
+    for c in &ts.params {
+        let t = rand(&mut s, c.init.shape(), 1.0, 0.0);
+        fed.insert(c.input.clone(), t.to_f64_vec().unwrap());
+        feed.push((format!("fed/{}", c.input), t));
+    }
+    feed.push((ts.x.clone(), rand(&mut s, &[4, 3, 4, 4], 2.0, 0.3)));
+    feed.push(("labels".into(), Tensor::from_i64(vec![4], &[0, 4, 2, 1])));
+    feed.push((ts.lr.clone(), Tensor::from_f32(vec![], &[0.05])));
+    feed.push((ts.step.clone(), Tensor::from_f32(vec![], &[1.0])));
+    let out: HashMap<String, Tensor> = sess.run(&feed).unwrap().into_iter().collect();
+    let get = |n: &str| out[n].to_f64_vec().unwrap();
+    let grad_of = |p: &str| get(&ts.gradients.iter().find(|(q, _)| q == p).unwrap().1);
+    assert_eq!(grad_of("fc.w"), fed["fc.w"]);
+    let g = grad_of("conv.w");
+    let next = get("conv.w.next");
+    let mom = get("conv.w.momentum.next");
+    for i in 0..12 {
+        let m = f64::from(mask[i]);
+        assert_eq!(g[i], fed["conv.w"][i] * m);
+        if m == 0.0 {
+            assert_eq!((next[i], mom[i]), (0.0, 0.0), "entry {i}");
+        } else {
+            let want = w0[i] - 0.05 * (g[i] + 0.01 * w0[i]);
+            assert!(
+                (next[i] - want).abs() < 1e-6,
+                "entry {i}: {} vs {want}",
+                next[i]
+            );
+        }
+    }
 }
 
 /// The fed-gradient step of [`tiny`] with [`options`]: its parameters, frozen and running
