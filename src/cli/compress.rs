@@ -24,6 +24,15 @@ use super::runtime_args::RuntimeArgs;
 use super::selection_args::SelectionArgs;
 use super::OutputArgs;
 
+/// `--granularity`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GranularityArg {
+    /// Single weights.
+    Weight,
+    /// Whole channels.
+    Channel,
+}
+
 /// Arguments of `lopper compress`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -39,8 +48,8 @@ pub struct Args {
     )]
     data: Box<DataArgs>,
     /// A published method as a list of stages with its defaults: plain (the flags as given),
-    /// slimming, masksparsity, adapruner, epruner or mending (see --dry-run for what each
-    /// runs).
+    /// slimming, masksparsity, adapruner, epruner, mending or panning (see --dry-run for what
+    /// each runs).
     /// --epochs is then the whole run's budget, sparse training included.
     #[arg(long, default_value = "plain", value_parser = |s: &str| Method::parse(s), help_heading = "Method")]
     method: Method,
@@ -61,9 +70,22 @@ pub struct Args {
     /// [default: 50]).
     #[arg(long, help_heading = "Method")]
     inherit_steps: Option<usize>,
-    /// Candidates mending scores in all, the pre-pruned one included [default: 13].
+    /// Candidates mending scores in all, the pre-pruned one included [default: 13]; with
+    /// panning, the agent's pulls [default: 12].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Method")]
     mend_evaluations: Option<u64>,
+    /// Panning: the fraction of filter-bank weights masked at weight granularity [default:
+    /// 0.9]; the masks ship beside the output as NAME.masks.npz.
+    #[arg(long, help_heading = "Method")]
+    weight_sparsity: Option<f64>,
+    /// Panning: mask single weights (sparse model and mask file) or whole channels to the
+    /// --target budget (a smaller, faster dense model).
+    #[arg(long, value_enum, default_value = "weight", help_heading = "Method")]
+    granularity: GranularityArg,
+    /// Panning: one saliency index in one shot instead of the agent (magnitude, snip, grasp,
+    /// synflow, or random: the baselines).
+    #[arg(long, value_parser = |s: &str| lopper::train::saliency::Index::parse(s), help_heading = "Method")]
+    pan_index: Option<lopper::train::saliency::Index>,
     /// Held-out split every stage is evaluated on.
     #[arg(long, default_value = "test", help_heading = "Evaluation")]
     eval_split: String,
@@ -223,7 +245,9 @@ impl Args {
     /// The pruning selection and the stages of `--method`, with the recovery learning rate
     /// the flags give.
     fn compose(&self) -> Result<(lopper::pipeline::Selection, Composition, f64)> {
-        let mut selection = self.select.selection()?;
+        let weight_panning =
+            self.method == Method::Panning && self.granularity == GranularityArg::Weight;
+        let mut selection = self.select.selection_with(weight_panning)?;
         let batch_norm = lopper::pipeline::recalibrate::has_running_statistics(
             &lopper::ir::Model::load(&self.model)?,
         );
@@ -241,6 +265,9 @@ impl Args {
                 from_scratch: self.from_scratch,
                 inherit_steps: self.inherit_steps,
                 mend_evaluations: self.mend_evaluations.map(|e| e as usize),
+                weight_sparsity: self.weight_sparsity,
+                channel_granularity: self.granularity == GranularityArg::Channel,
+                pan_index: self.pan_index,
                 recover,
                 lr,
                 batch_norm,
@@ -263,6 +290,7 @@ impl Args {
                     self.from_scratch,
                     self.inherit_steps,
                     self.mend_evaluations,
+                    (self.weight_sparsity, self.granularity, self.pan_index),
                 ),
                 &self.select,
                 &self.data,
@@ -380,6 +408,12 @@ pub fn run(mut args: Args) -> Result<()> {
     model
         .save(&args.out.output, &args.out.save_options())
         .with_context(|| format!("writing {}", args.out.output.display()))?;
+    if let Some(masks) = &report.masks {
+        let to = mask_file_beside(&args.out.output);
+        let bytes = std::fs::read(masks).with_context(|| format!("reading {masks}"))?;
+        lopper::onnx::save::write_atomic(&to, &bytes)?;
+        println!("weight masks: {}", to.display());
+    }
     if let Some(p) = &args.report {
         let text = serde_json::to_string_pretty(&report)?;
         lopper::onnx::save::write_atomic(p, text.as_bytes())?;
@@ -388,6 +422,11 @@ pub fn run(mut args: Args) -> Result<()> {
     std::fs::remove_dir_all(&opts.work_dir)
         .with_context(|| format!("removing {}", opts.work_dir.display()))?;
     Ok(())
+}
+
+/// `NAME.masks.npz` beside the output `NAME.onnx`.
+fn mask_file_beside(output: &std::path::Path) -> PathBuf {
+    output.with_extension("masks.npz")
 }
 
 fn print_table(args: &Args, r: &CompressReport) {

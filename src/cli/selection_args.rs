@@ -160,6 +160,12 @@ fn parse_min_keep(s: &str) -> std::result::Result<(f64, usize), String> {
 impl SelectionArgs {
     /// The selection these flags describe (errors on contradicting or missing flags).
     pub fn selection(&self) -> Result<Selection> {
+        self.selection_with(false)
+    }
+
+    /// [`SelectionArgs::selection`]; without an amount, `own_ok` gives the criterion's own
+    /// choice instead of an error (for runs that may not remove channels at all).
+    pub fn selection_with(&self, own_ok: bool) -> Result<Selection> {
         self.criterion.check_available()?;
         let amounts = [
             self.ratio.is_some(),
@@ -193,7 +199,7 @@ impl SelectionArgs {
             }
             (_, Some(b), _) => Amount::Target(b),
             (_, _, Some(t)) => Amount::Threshold(t),
-            _ if self.criterion == CriterionKind::Epruner => Amount::Own,
+            _ if own_ok || self.criterion == CriterionKind::Epruner => Amount::Own,
             _ => bail!(
                 "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
             ),

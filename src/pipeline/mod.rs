@@ -34,6 +34,7 @@ pub mod latency;
 pub mod mend;
 pub mod methods;
 pub mod options;
+pub mod pan;
 pub mod recalibrate;
 pub mod remove;
 pub mod report;

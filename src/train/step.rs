@@ -392,7 +392,7 @@ fn update_check(g: &mut Graph, opset: i64, outs: &mut Outputs) -> Result<Option<
 }
 
 /// The model's one runtime input.
-fn data_input(g: &Graph) -> Result<ValueId> {
+pub(crate) fn data_input(g: &Graph) -> Result<ValueId> {
     let data: Vec<ValueId> = g
         .inputs
         .iter()
@@ -747,7 +747,10 @@ fn running_updates(
 }
 
 /// Names every output with an Identity so the host sees stable names; returns the names.
-fn name_outputs(g: &mut Graph, outputs: Vec<(ValueId, String, Vec<usize>)>) -> Vec<String> {
+pub(crate) fn name_outputs(
+    g: &mut Graph,
+    outputs: Vec<(ValueId, String, Vec<usize>)>,
+) -> Vec<String> {
     let mut names = Vec::with_capacity(outputs.len());
     let mut graph_outputs = Vec::with_capacity(outputs.len());
     for (v, want, shape) in outputs {
@@ -782,7 +785,7 @@ enum Kind {
 }
 
 /// Sets dimension 0 of the data input's declared shape to `batch`.
-fn fix_batch(g: &mut Graph, x: ValueId, batch: usize) -> Result<()> {
+pub(crate) fn fix_batch(g: &mut Graph, x: ValueId, batch: usize) -> Result<()> {
     let name = g.value(x).name.clone();
     let fact = g
         .value(x)

@@ -1,7 +1,7 @@
 //! What `--dry-run` prints: each stage of a run in one line with its settings. Runs
 //! nothing.
 
-use super::{CompressOptions, Penalty, Recovery, Stage, Strength};
+use super::{CompressOptions, Granularity, Penalty, Recovery, Stage, Strength};
 
 /// One line saying what stage `s` of a run with `opts` will do, with its settings (what
 /// `--dry-run` prints).
@@ -50,6 +50,38 @@ pub fn describe_stage(s: &Stage, opts: &CompressOptions) -> String {
             md.search.window,
             md.steps,
             md.holdout
+        ),
+        Stage::Pan(pan) => format!(
+            "pan: re-initialise, then mask {} by saliency at initialisation; {}; each pull \
+             trains {} steps with the masks enforced and is scored on {} held-out training \
+             samples; gradient indices over {} batch(es)",
+            match pan.granularity {
+                Granularity::Weight { density } => format!(
+                    "single weights, keeping {:.2}% of the filter-bank weights (global)",
+                    density * 100.0
+                ),
+                Granularity::Channel => format!(
+                    "whole channels ({})",
+                    describe_selection(&opts.prune.selection)
+                ),
+            },
+            if pan.arms.len() == 1 {
+                format!("arm {} (no search)", pan.arms[0].name())
+            } else {
+                format!(
+                    "a UCB1 agent pulls {} times among {} arms ({})",
+                    pan.evaluations,
+                    pan.arms.len(),
+                    pan.arms
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            pan.steps,
+            pan.holdout,
+            pan.scoring_batches
         ),
         Stage::Recover(Recovery::Bn) => format!(
             "bn: recalibrate BatchNormalization statistics on {} training samples",

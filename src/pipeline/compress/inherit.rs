@@ -49,6 +49,10 @@ pub(super) struct Brief {
     pub(super) lr: f64,
     /// Runtime of the recalibration, training and scoring (threads per candidate).
     pub(super) runtime: RuntimeOptions,
+    /// Weight masks the training enforces (none: empty).
+    pub(super) weight_masks: crate::train::masks::WeightMasks,
+    /// Seed of the training's shuffling and augmentation.
+    pub(super) seed: u64,
 }
 
 /// Recovers `m` briefly as `b` says (its model written to `file`, checkpoints beside) and
@@ -90,6 +94,8 @@ pub(super) fn brief_recovery(
             lr: b.lr,
             runtime: b.runtime,
             resume: None,
+            weight_masks: b.weight_masks.clone(),
+            seed: b.seed,
             ..stage_training(opts, ctx.data, file)
         };
         train_in_place(m, &topts, Box::new(rest), observer)?;
@@ -177,6 +183,8 @@ pub(super) fn inherit_stage(
                 opts.train.lr
             },
             runtime: opts.train.runtime,
+            weight_masks: Default::default(),
+            seed: opts.train.seed,
         };
         let file = dir.0.join(format!("{k:02}-{}.onnx", c.name));
         let score = brief_recovery(&mut m, &brief, ctx, &file, observer)?;

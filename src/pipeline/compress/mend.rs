@@ -153,6 +153,8 @@ pub(super) fn mend_stage(
                 threads: Some(1),
                 ..opts.train.runtime
             },
+            weight_masks: Default::default(),
+            seed: opts.train.seed,
         },
         dir: dir.0.clone(),
         done: 0,

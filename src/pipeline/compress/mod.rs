@@ -45,6 +45,7 @@ use super::{prune_with, Calibration, PruneOptions, Reporter, Tools};
 mod describe;
 mod inherit;
 mod mend;
+mod pan;
 mod prune;
 mod recover;
 mod sparse;
@@ -52,6 +53,7 @@ mod sparse;
 pub use describe::describe_stage;
 pub use inherit::{Candidate, Inheritance};
 pub use mend::Mending;
+pub use pan::{Granularity, Panning, MASK_FILE};
 pub use sparse::{Penalty, SparseTraining, Strength};
 
 /// A recovery stage.
@@ -112,6 +114,8 @@ pub enum Stage {
     Inherit(Inheritance),
     /// Pre-pruning, then a search over width moves around it ([`super::mend`]).
     Mend(Mending),
+    /// Pruning at initialisation by saliency masks an agent chooses ([`super::pan`]).
+    Pan(Panning),
     /// A recovery stage.
     Recover(Recovery),
 }
@@ -124,13 +128,17 @@ impl Stage {
             Stage::Prune => "prune",
             Stage::Inherit(_) => "inherit",
             Stage::Mend(_) => "mend",
+            Stage::Pan(_) => "pan",
             Stage::Recover(r) => r.name(),
         }
     }
 
     /// Whether the stage removes channels.
     pub fn prunes(&self) -> bool {
-        matches!(self, Stage::Prune | Stage::Inherit(_) | Stage::Mend(_))
+        matches!(
+            self,
+            Stage::Prune | Stage::Inherit(_) | Stage::Mend(_) | Stage::Pan(_)
+        )
     }
 
     /// `prune` followed by `recover`: the plain run.
@@ -242,6 +250,10 @@ pub struct CompressReport {
     pub verified: Vec<(String, f64)>,
     /// The final model timed against the original.
     pub latency: Option<Latency>,
+    /// The weight-mask file of a run pruned at weight granularity (in the work folder; the
+    /// caller ships it beside the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<String>,
 }
 
 impl CompressReport {
@@ -416,6 +428,7 @@ fn run_stages(
                 .all(|s| !matches!(s, Stage::Recover(Recovery::Finetune | Recovery::Kd))),
             data,
             opts,
+            weight_masks: pan::load_masks(&work.dir.join(MASK_FILE))?,
         };
         let (note, candidates) = match k {
             0 => ("as given".to_string(), Vec::new()),
@@ -427,6 +440,7 @@ fn run_stages(
                 Stage::Prune => (prune::prune_stage(&mut model, &ctx, observer)?, Vec::new()),
                 Stage::Inherit(inh) => inherit::inherit_stage(inh, &mut model, &ctx, observer)?,
                 Stage::Mend(md) => mend::mend_stage(md, &mut model, &ctx, observer)?,
+                Stage::Pan(p) => pan::pan_stage(p, &mut model, &ctx, observer)?,
                 Stage::Recover(r) => (
                     recover::recover_stage(*r, &mut model, &ctx, &file, observer)?,
                     vec![],
@@ -447,6 +461,11 @@ fn run_stages(
     }
     observer.stage("verifying the final model in every runtime");
     work.report.verified = check_runs(&model)?;
+    let masks = work.dir.join(MASK_FILE);
+    if masks.exists() {
+        pan::check_masked(&model, &pan::load_masks(&masks)?)?;
+        work.report.masks = Some(masks.display().to_string());
+    }
     if let Some((runs, batch)) = opts.latency {
         observer.stage("timing the final model against the original");
         let last = work.file(names.len() - 1, names[names.len() - 1]);
@@ -464,7 +483,7 @@ fn check_recovery(original: &Model, opts: &CompressOptions) -> Result<()> {
     }
     if opts.stages.iter().filter(|s| s.prunes()).count() != 1 {
         return Err(Error::Usage(
-            "a compress run has exactly one pruning stage (prune or inherit)".into(),
+            "a compress run has exactly one pruning stage (prune, inherit, mend or pan)".into(),
         ));
     }
     let has = |r: Recovery| opts.stages.contains(&Stage::Recover(r));
@@ -536,6 +555,9 @@ struct Context<'a> {
     first_training: bool,
     data: &'a Data<'a>,
     opts: &'a CompressOptions,
+    /// The weight masks a pan stage made, which every later training enforces (empty
+    /// otherwise).
+    weight_masks: crate::train::masks::WeightMasks,
 }
 
 impl Context<'_> {

@@ -83,11 +83,13 @@ pub(super) fn recover_stage(
                 teacher,
                 loss: Recipe::loss(kd, ls, t, a),
                 from_scratch: scratch,
+                weight_masks: ctx.weight_masks.clone(),
                 ..stage_training(opts, data, file)
             };
             let (loss, resumed) = train_in_place(model, &topts, (data.train)()?, observer)?;
+            let masked = super::pan::check_masked(model, &ctx.weight_masks)?;
             Ok(format!(
-                "{} epochs{}{}, lr {:.0e}, last loss {loss:.4}",
+                "{} epochs{}{}, lr {:.0e}, last loss {loss:.4}{}",
                 topts.epochs,
                 if scratch { " from scratch" } else { "" },
                 if resumed > 0 {
@@ -96,6 +98,11 @@ pub(super) fn recover_stage(
                     String::new()
                 },
                 topts.lr,
+                if masked > 0 {
+                    format!(", {masked} masked weights enforced at zero")
+                } else {
+                    String::new()
+                }
             ))
         }
     }

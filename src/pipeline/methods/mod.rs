@@ -11,6 +11,7 @@
 //!   adaptive weight inheritance;
 //! - [`epruner`]: exemplar filters by affinity propagation, which also pick the count;
 //! - [`mending`]: pre-pruning by filter norms, then a search over width moves around it;
+//! - [`panning`]: pruning at initialisation by saliency masks an agent chooses;
 //! - `plain`: exactly the flags given (the baseline: `--criterion l1`, `--recover kd`).
 //!
 //! The epoch budget is the whole run's: a method with sparse training spends part of it
@@ -20,6 +21,7 @@ pub mod adapruner;
 pub mod epruner;
 pub mod masksparsity;
 pub mod mending;
+pub mod panning;
 pub mod slimming;
 
 use crate::error::{Error, Result};
@@ -43,17 +45,20 @@ pub enum Method {
     EPruner,
     /// Automatic mending (pre-pruning, then a width search around it).
     Mending,
+    /// Neural Network Panning (saliency masks at initialisation, chosen by an agent).
+    Panning,
 }
 
 impl Method {
     /// Every method, in the order `--help` lists them.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::Plain,
         Method::Slimming,
         Method::MaskSparsity,
         Method::AdaPruner,
         Method::EPruner,
         Method::Mending,
+        Method::Panning,
     ];
 
     /// The method's name on the command line.
@@ -65,6 +70,7 @@ impl Method {
             Method::AdaPruner => "adapruner",
             Method::EPruner => "epruner",
             Method::Mending => "mending",
+            Method::Panning => "panning",
         }
     }
 
@@ -105,6 +111,7 @@ impl Method {
             Method::AdaPruner => adapruner::compose,
             Method::EPruner => epruner::compose,
             Method::Mending => mending::compose,
+            Method::Panning => panning::compose,
         };
         let Selection::Scored(scored) = selection else {
             return Err(Error::Usage(format!(
@@ -132,8 +139,14 @@ pub struct Settings {
     pub from_scratch: bool,
     /// Brief-recovery steps of each candidate (AdaPruner's inheritance, mending's search).
     pub inherit_steps: Option<usize>,
-    /// Candidates mending scores in all.
+    /// Candidates mending scores, or pulls panning's agent makes, in all.
     pub mend_evaluations: Option<usize>,
+    /// Panning: the fraction of filter-bank weights masked (weight granularity).
+    pub weight_sparsity: Option<f64>,
+    /// Panning: mask whole channels to the `--target` budget instead of single weights.
+    pub channel_granularity: bool,
+    /// Panning: this saliency index alone, in one shot, instead of the agent.
+    pub pan_index: Option<crate::train::saliency::Index>,
     /// The recovery stages (`--recover`).
     pub recover: Vec<Recovery>,
     /// Base learning rate of fine-tuning (sparse training uses it too).
