@@ -7,6 +7,7 @@ top-1 on the lossless subset when evaluated, params, MACs, ORT latency ratio, wa
 """
 import json
 import pathlib
+import re
 import sys
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/methods-table")
@@ -28,7 +29,10 @@ for report in sorted(out.glob("*.json")):
     r = json.loads(report.read_text())
     stages = r["stages"]
     names = [s["stage"] for s in stages]
-    pruned = next(s for s in stages if s["stage"] in ("prune", "inherit", "mend"))
+    pruned = next(s for s in stages if s["stage"] in ("prune", "inherit", "mend", "pan"))
+    # Weight-masked runs: the kept share of the filter-bank weights (the params are dense).
+    kept = re.search(r"weights kept \(([0-9.]+)%\)", pruned.get("note", ""))
+    kept = f" ({kept.group(1)}% of weights non-zero)" if kept and r.get("masks") else ""
     first, last = stages[0], stages[-1]
     lossless = report.with_suffix("").with_suffix(".lossless.json")
     ll = "-"
@@ -42,5 +46,5 @@ for report in sorted(out.glob("*.json")):
     lat = f"{lat['ratio']:.3f}" if lat else "-"
     print(f"| {report.stem} | {','.join(names[1:])} | {pruned['top1'] * 100:.2f}% "
           f"| **{last['top1'] * 100:.2f}%** (original {first['top1'] * 100:.2f}%) | {ll} "
-          f"| {si(last['params'])} | {si(last['macs'])} ({last['macs'] / first['macs']:.3f}) "
+          f"| {si(last['params'])}{kept} | {si(last['macs'])} ({last['macs'] / first['macs']:.3f}) "
           f"| {lat} | {wall} |")

@@ -240,6 +240,81 @@ fn mending_searches_width_moves_within_the_budget() {
     shipped_model_runs(&out);
 }
 
+/// The kept fraction of the weights in `masks` (a mask file), checking that every masked
+/// weight of the model at `out` is zero.
+fn masked_weights_are_zero(out: &Path, masks: &Path) -> f64 {
+    let arrays = lopper::train::mask_file::load(masks).unwrap();
+    let model = Model::load(out).unwrap();
+    let g = &model.graph;
+    let (mut kept, mut total) = (0usize, 0usize);
+    for (name, (shape, m)) in &arrays {
+        let w = g.init(g.value_by_name(name).unwrap()).unwrap();
+        assert_eq!(w.shape(), &shape[..], "{name}");
+        let w = w.to_f32_vec().unwrap();
+        for (w, m) in w.iter().zip(m) {
+            assert!(*m != 0.0 || *w == 0.0, "{name}: a masked weight is {w}");
+        }
+        kept += m.iter().filter(|m| **m != 0.0).count();
+        total += m.len();
+    }
+    kept as f64 / total as f64
+}
+
+#[test]
+fn panning_masks_weights_at_initialisation_and_ships_the_masks() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("pan.a.onnx"), dir.path().join("pan.b.onnx"));
+    let r = run_method("panning", &a, &["--weight-sparsity", "0.9"]);
+    assert_eq!(stage_names(&r), ["original", "pan", "kd"]);
+    let pan = &r["stages"][1];
+    let note = pan["note"].as_str().unwrap();
+    assert!(
+        note.contains("by the UCB1 agent (5 pulls of 5 steps"),
+        "{note}"
+    );
+    // Five pulls, ten arms: five arms pulled once each; the chosen one scored best.
+    let rewards = pan["candidates"].as_array().unwrap();
+    assert_eq!(rewards.len(), 5, "{note}");
+    let best = rewards
+        .iter()
+        .max_by(|x, y| x[1].as_f64().unwrap().total_cmp(&y[1].as_f64().unwrap()))
+        .unwrap();
+    assert!(
+        note.contains(&format!("masks {} by", best[0].as_str().unwrap())),
+        "{note}"
+    );
+    let masks = a.with_extension("masks.npz");
+    let kept = masked_weights_are_zero(&a, &masks);
+    assert!((kept - 0.1).abs() < 1e-4, "kept {kept}");
+    assert!(r["stages"][2]["note"]
+        .as_str()
+        .unwrap()
+        .contains("masked weights enforced at zero"));
+    shipped_model_runs(&a);
+    // Same seed, same model and masks.
+    run_method("panning", &b, &["--weight-sparsity", "0.9"]);
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    assert!(
+        std::fs::read(&masks).unwrap() == std::fs::read(b.with_extension("masks.npz")).unwrap()
+    );
+
+    // The channel variant: a smaller dense model at the budget, no mask file.
+    let c = dir.path().join("pan.c.onnx");
+    let r = run_method(
+        "panning",
+        &c,
+        &["--granularity", "channel", "--target", "flops=0.5"],
+    );
+    assert_eq!(stage_names(&r), ["original", "pan", "kd"]);
+    let kept = macs_kept(&r);
+    assert!((kept - 0.5).abs() <= 0.01, "MACs kept {kept}");
+    assert!(!c.with_extension("masks.npz").exists());
+    shipped_model_runs(&c);
+}
+
 #[test]
 fn a_method_run_gives_the_same_bytes_twice() {
     if !require_ort() {
@@ -358,6 +433,38 @@ fn dry_run_lists_each_methods_stages_without_data() {
             .collect();
         assert_eq!(listed, stages, "{method}: {stdout}");
         assert!(!out.exists());
+    }
+    // Panning masks weights without a channel budget; a --target needs channel granularity.
+    let (code, stdout, err) = lopper(&[
+        "compress",
+        &resnet20(),
+        "--method",
+        "panning",
+        "--dry-run",
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("pan: re-initialise, then mask single weights, keeping 10.00%"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("a UCB1 agent pulls 12 times among 10 arms"),
+        "{stdout}"
+    );
+    for (extra, why) in [
+        (&["--target", "flops=0.5"][..], "--granularity channel"),
+        (&["--granularity", "channel"][..], "needs a budget"),
+        (&["--weight-sparsity", "1.5"][..], "must be in [0, 1)"),
+    ] {
+        let mut argv = vec!["compress", &resnet20(), "--method", "panning", "--dry-run"];
+        argv.extend(extra);
+        let o = out.display().to_string();
+        argv.extend(["-o", &o]);
+        let (code, _, err) = lopper(&argv);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(why), "{extra:?}: {err}");
     }
     // The budget split: 5 epochs = 2 of sparse training + 3 of recovery.
     let (_, stdout, _) = lopper(&[

@@ -320,8 +320,11 @@ pub fn run(mut args: Args) -> Result<()> {
     let (selection, composition, lr) = args.compose()?;
     let optimizer = Optimizer::default();
     if !args.dry_run {
+        let masks = weight_masks_out(&args);
         lopper::onnx::save::check_writable(
-            std::iter::once(args.out.output.as_path()).chain(args.report.as_deref()),
+            std::iter::once(args.out.output.as_path())
+                .chain(args.report.as_deref())
+                .chain(masks.as_deref()),
         )?;
     }
     if args.data.data.is_none() && !args.dry_run {
@@ -422,6 +425,12 @@ pub fn run(mut args: Args) -> Result<()> {
     std::fs::remove_dir_all(&opts.work_dir)
         .with_context(|| format!("removing {}", opts.work_dir.display()))?;
     Ok(())
+}
+
+/// The mask file a run writes beside its output (weight-granularity panning).
+fn weight_masks_out(args: &Args) -> Option<PathBuf> {
+    (args.method == Method::Panning && args.granularity == GranularityArg::Weight)
+        .then(|| mask_file_beside(&args.out.output))
 }
 
 /// `NAME.masks.npz` beside the output `NAME.onnx`.

@@ -476,3 +476,7 @@ fn synflow_graph(
     let name = m.graph.value(x).name.clone();
     Ok((m, (name, shape), names.into_iter().zip(outs).collect()))
 }
+
+#[cfg(test)]
+#[path = "saliency_tests.rs"]
+mod tests;

@@ -487,6 +487,17 @@ fn check_recovery(original: &Model, opts: &CompressOptions) -> Result<()> {
         ));
     }
     let has = |r: Recovery| opts.stages.contains(&Stage::Recover(r));
+    let weight_masks = opts
+        .stages
+        .iter()
+        .any(|s| matches!(s, Stage::Pan(p) if matches!(p.granularity, Granularity::Weight { .. })));
+    if weight_masks && has(Recovery::Cap) {
+        return Err(Error::Usage(
+            "--recover cap refits whole layers and would fill the weight masks: use bn, \
+             finetune or kd after weight-granularity panning"
+                .into(),
+        ));
+    }
     if has(Recovery::Bn) && !super::recalibrate::has_running_statistics(original) {
         return Err(Error::Usage(
             "--recover bn: the model has no BatchNormalization with running statistics".into(),

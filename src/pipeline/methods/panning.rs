@@ -51,6 +51,14 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
         needs_budget(Method::Panning, scored)?;
         Granularity::Channel
     } else {
+        if !matches!(scored.allocate.amount, crate::plan::allocate::Amount::Own) {
+            return Err(Error::Usage(
+                "--method panning masks single weights by default (--weight-sparsity, the \
+                 model keeps its FLOPs): give --granularity channel to prune channels to a \
+                 --target/--ratio budget"
+                    .into(),
+            ));
+        }
         let sparsity = s.weight_sparsity.unwrap_or(SPARSITY);
         if !(0.0..1.0).contains(&sparsity) {
             return Err(Error::Usage(format!(
