@@ -455,10 +455,11 @@ fn dry_run_lists_each_methods_stages_without_data() {
     );
     for (extra, why) in [
         (&["--target", "flops=0.5"][..], "--granularity channel"),
-        (&["--granularity", "channel"][..], "needs a budget"),
+        (&["--granularity", "channel"][..], "say what to remove"),
         (&["--weight-sparsity", "1.5"][..], "must be in [0, 1)"),
     ] {
-        let mut argv = vec!["compress", &resnet20(), "--method", "panning", "--dry-run"];
+        let model = resnet20();
+        let mut argv = vec!["compress", &model, "--method", "panning", "--dry-run"];
         argv.extend(extra);
         let o = out.display().to_string();
         argv.extend(["-o", &o]);
