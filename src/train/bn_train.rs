@@ -185,7 +185,7 @@ fn rewrite_one(
 /// tensor for every other node reading it. A uniform fill did collide: a 7-channel BN's
 /// `ones(7)` statistics were merged with the `ones(7)` variance of its own backward pass, so
 /// the backward read the batch mean as a variance (NaN after the first step of any model
-/// pruned to a layer of ≤ 8 channels). The values here ([`private_statistic`]) are chosen
+/// pruned to a layer of ≤ 8 channels). The values here (`private_statistic`) are chosen
 /// to equal nothing else in the step.
 pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
     let mut next = 0usize;

@@ -12,6 +12,10 @@
 //!      saved plan replayed, or the masked sparse stage's plan replayed;
 //!    - **inherit** ([`Inheritance`]): AdaPruner's adaptive weight inheritance, pruning once
 //!      per criterion, recovering each candidate briefly and keeping the best;
+//!    - **mend** ([`Mending`]): pre-pruning, then a search over width moves around it;
+//!    - **pan** ([`Panning`]): pruning at initialisation by saliency masks an agent chooses;
+//!      weight masks (the work folder's [`MASK_FILE`]) are enforced by every later training
+//!      and checked on the final model;
 //!    - **recover**, each of [`Recovery`]: BN recalibration ([`super::recalibrate`]),
 //!      compensation ([`super::compensate`]), fine-tuning, distillation from the original;
 //! 3. **verify**: the final model passes the IR checks, loads and runs in every runtime found

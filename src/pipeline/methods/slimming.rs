@@ -15,7 +15,7 @@
 //!
 //! The paper's λ (1e-4 over 160 epochs) moves an untouched |γ| by about 3 over its run; a
 //! run of a few epochs cannot, so the default strength is a shift of [`SHIFT`] over the
-//! sparse stage, whatever its length ([`Strength::Shift`]); `--sparsity-weight` sets λ.
+//! sparse stage, whatever its length ([`crate::pipeline::compress::Strength::Shift`]); `--sparsity-weight` sets λ.
 
 use crate::analysis::importance::{CriterionKind, Normalize};
 use crate::error::Result;
