@@ -301,6 +301,31 @@ fn panning_masks_weights_at_initialisation_and_ships_the_masks() {
         std::fs::read(&masks).unwrap() == std::fs::read(b.with_extension("masks.npz")).unwrap()
     );
 
+    // Training the shipped model on with its mask file keeps the masked weights at zero.
+    let t = dir.path().join("pan.trained.onnx");
+    let data = format!("npz:{}", shared("data/cifar10/lossless-subset.npz"));
+    let (code, _, err) = lopper(&[
+        "train",
+        &a.display().to_string(),
+        "--weight-masks",
+        &masks.display().to_string(),
+        "--data",
+        &data,
+        "--limit",
+        "128",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--eval-split",
+        "none",
+        "-o",
+        &t.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&t).unwrap() != std::fs::read(&a).unwrap());
+    assert!((masked_weights_are_zero(&t, &masks) - 0.1).abs() < 1e-4);
+
     // The channel variant: a smaller dense model at the budget, no mask file.
     let c = dir.path().join("pan.c.onnx");
     let r = run_method(

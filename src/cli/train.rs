@@ -98,6 +98,10 @@ pub struct Args {
     /// Re-initialise every trainable weight (Kaiming-normal, zero biases, BN γ=1 β=0).
     #[arg(long)]
     from_scratch: bool,
+    /// Keep the weights a mask file masks at zero (`compress --method panning`'s
+    /// NAME.masks.npz: per weight, a uint8 array of its shape, 0 = masked).
+    #[arg(long)]
+    weight_masks: Option<PathBuf>,
     /// No augmentation (default for images with more than one channel: random crop with
     /// padding 4 and horizontal flip; single-channel images get none, see --augment-grayscale).
     #[arg(long)]
@@ -172,7 +176,10 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
         split: Some(eval_split.clone()),
         ..(*args.data).clone()
     });
-    let opts = options(&args, &model, recipe, sparsity, pre);
+    let mut opts = options(&args, &model, recipe, sparsity, pre);
+    if let Some(path) = &args.weight_masks {
+        opts.weight_masks = weight_masks(path, &model)?;
+    }
     let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
         match &eval_args {
             Some(a) => a.open().map(|(d, _)| d),
@@ -230,6 +237,33 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
     });
     pb.finish_and_clear();
     print_report(&report?, args.json)
+}
+
+/// The masks of a mask file, each checked against the model's weight of that name.
+fn weight_masks(
+    path: &std::path::Path,
+    model: &Model,
+) -> Result<lopper::train::masks::WeightMasks> {
+    let arrays = lopper::train::mask_file::load(path)?;
+    let g = &model.graph;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, (shape, m)) in arrays {
+        let w = g.value_by_name(&name).and_then(|v| g.init(v));
+        match w {
+            Some(t) if t.shape() == &shape[..] => {}
+            Some(t) => bail!(
+                "{}: mask '{name}' is {shape:?}, the model's weight {:?}",
+                path.display(),
+                t.shape()
+            ),
+            None => bail!(
+                "{}: mask '{name}' names no weight of the model",
+                path.display()
+            ),
+        }
+        out.insert(name, m);
+    }
+    Ok(std::sync::Arc::new(out))
 }
 
 /// The run's options from the flags, the command's defaults and the parsed `--sparsity`.

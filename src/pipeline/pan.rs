@@ -74,12 +74,13 @@ pub fn default_arms() -> Vec<Arm> {
 /// banks) by `arm`'s mix over its rounds, and the last round's mixed rank of every weight
 /// kept (0 where masked). Errors on a density outside `(0, 1]` or an empty mix.
 pub fn masks_for(scorer: &mut Scorer, arm: &Arm, density: f64) -> Result<(WeightMap, WeightMap)> {
-    if !(density > 0.0 && density <= 1.0) {
+    if density.is_nan() || density <= 0.0 || density > 1.0 {
         return Err(Error::Usage(format!(
             "the kept weight fraction must be in (0, 1], got {density}"
         )));
     }
-    if arm.mix.is_empty() || arm.rounds == 0 || arm.mix.iter().any(|(_, w)| !(*w > 0.0)) {
+    if arm.mix.is_empty() || arm.rounds == 0 || arm.mix.iter().any(|(_, w)| w.is_nan() || *w <= 0.0)
+    {
         return Err(Error::Usage(format!(
             "arm '{}': needs at least one index with a weight > 0 and one round",
             arm.name()
