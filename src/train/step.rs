@@ -290,17 +290,7 @@ where
         &mut outs,
         &mut frozen,
     )?;
-    if let Some(name) = opts.weight_masks.keys().find(|n| {
-        !outs
-            .carried
-            .iter()
-            .any(|c| matches!(c.0, Kind::Param) && &c.1 == *n)
-    }) {
-        return Err(Error::tensor(
-            name,
-            "is masked but is not a trained parameter",
-        ));
-    }
+    check_masked_names(opts, &outs)?;
     let check_idx = update_check(&mut m.graph, opset, &mut outs)?;
     running_updates(&m.graph, &fwd.bns, &stats.running, &running_init, &mut outs)?;
     let loss_idx = outs.list.len();
@@ -361,6 +351,22 @@ fn at_least_opset_17(model: &Model) -> Result<Model> {
     let mut m = model.clone();
     crate::passes::upgrade_opset(&mut m, 17)?;
     Ok(m)
+}
+
+/// Refuses a weight mask that names no trained parameter.
+fn check_masked_names(opts: &StepOptions, outs: &Outputs) -> Result<()> {
+    let trained = |n: &String| {
+        outs.carried
+            .iter()
+            .any(|c| matches!(c.0, Kind::Param) && &c.1 == n)
+    };
+    match opts.weight_masks.keys().find(|n| !trained(n)) {
+        Some(name) => Err(Error::tensor(
+            name,
+            "is masked but is not a trained parameter",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// One scalar output, 0 when every parameter's new value is finite and NaN otherwise: the
