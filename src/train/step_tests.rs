@@ -153,20 +153,28 @@ fn globs() {
 /// The whole step with gradients fed as inputs (standing in for autodiff): structure,
 /// then one step in ORT against a reference of the update, the regularizers and the
 /// running statistics; then the weights written back into the inference model.
+/// The gradient pass of the fed-gradient tests: each gradient is a graph input `fed/{name}`.
+fn fed_gradients(
+    g: &mut Graph,
+    shapes: &Shapes,
+    _: i64,
+    _: ValueId,
+    wrt: &[ValueId],
+) -> Result<Vec<Option<ValueId>>> {
+    let mut out = Vec::new();
+    for &p in wrt {
+        let shape = static_shape(g, shapes, p)?;
+        let name = format!("fed/{}", g.value(p).name);
+        out.push(Some(add_input(g, &name, DType::F32, &shape)));
+    }
+    Ok(out)
+}
+
 #[test]
 fn step_with_fed_gradients() {
     let model = tiny();
     let opts = options();
-    let ts = compile_with(&model, &opts, |g, shapes, _, _, wrt| {
-        let mut out = Vec::new();
-        for &p in wrt {
-            let shape = static_shape(g, shapes, p)?;
-            let name = format!("fed/{}", g.value(p).name);
-            out.push(Some(add_input(g, &name, DType::F32, &shape)));
-        }
-        Ok(out)
-    })
-    .unwrap();
+    let ts = compile_with(&model, &opts, fed_gradients).unwrap();
     check_fed_step_structure(&ts);
 
     if crate::runtime::ort::find_library().is_none() {
@@ -212,15 +220,6 @@ fn step_with_fed_gradients() {
 fn masked_step_with_gradient_outputs() {
     let model = tiny();
     let mask = vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-    let fed_grads = |g: &mut Graph, shapes: &Shapes, _, _, wrt: &[ValueId]| {
-        let mut out = Vec::new();
-        for &p in wrt {
-            let shape = static_shape(g, shapes, p)?;
-            let name = format!("fed/{}", g.value(p).name);
-            out.push(Some(add_input(g, &name, DType::F32, &shape)));
-        }
-        Ok(out)
-    };
     let masked = |name: &str, m: Vec<f32>| StepOptions {
         regularizers: vec![],
         weight_masks: std::sync::Arc::new(BTreeMap::from([(name.to_string(), m)])),
@@ -231,10 +230,10 @@ fn masked_step_with_gradient_outputs() {
         ("fc.b", vec![1.0; 5], "not a trained parameter"),
         ("conv.w", vec![1.0; 3], "12"),
     ] {
-        let err = compile_with(&model, &masked(name, m), fed_grads).unwrap_err();
+        let err = compile_with(&model, &masked(name, m), fed_gradients).unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
     }
-    let ts = compile_with(&model, &masked("conv.w", mask.clone()), fed_grads).unwrap();
+    let ts = compile_with(&model, &masked("conv.w", mask.clone()), fed_gradients).unwrap();
     let grads: Vec<&str> = ts.gradients.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(grads, ["bn.scale", "bn.bias", "conv.w", "conv.b", "fc.w"]);
     let init = &ts.params.iter().find(|c| c.input == "conv.w").unwrap().init;
