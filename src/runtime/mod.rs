@@ -119,12 +119,20 @@ pub const CHECK_OPTIMIZE_NODES: usize = 500;
 /// above [`CHECK_OPTIMIZE_NODES`] both runtimes skip their graph optimisations (tract's grow
 /// quadratically with depth: a 2,000-node chain took 80 s to verify, now under 1 s).
 pub fn load_for_check(kind: BackendKind, path: &Path, nodes: usize) -> Result<Box<dyn Session>> {
+    load_for_check_with(kind, path, nodes, &RuntimeOptions::default())
+}
+
+/// [`load_for_check`] with ONNX Runtime's threads and spinning set by `opts`.
+pub fn load_for_check_with(
+    kind: BackendKind,
+    path: &Path,
+    nodes: usize,
+    opts: &RuntimeOptions,
+) -> Result<Box<dyn Session>> {
     let optimize = nodes <= CHECK_OPTIMIZE_NODES;
     let inner: Box<dyn Session> = contain(kind.name(), || match kind {
         BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_with_optimization(
-            path,
-            &RuntimeOptions::default(),
-            optimize,
+            path, opts, optimize,
         )?) as Box<_>),
         BackendKind::Tract => {
             Ok(Box::new(tract::TractSession::load_opts(path, optimize)?) as Box<_>)

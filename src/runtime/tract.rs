@@ -108,7 +108,15 @@ impl TractSession {
         let plan = if self.optimize {
             model.into_optimized().and_then(|m| m.into_runnable())
         } else {
-            model.into_typed().and_then(|m| m.into_runnable())
+            // Large graphs (checks): the plain evaluation order, since tract's memory-saving
+            // one costs more than the run on long chains (20,000 nodes: seconds).
+            let opts = tract_onnx::prelude::RunOptions {
+                skip_order_opt_ram: true,
+                ..Default::default()
+            };
+            model.into_typed().and_then(|m| {
+                tract_onnx::tract_core::internal::SimplePlan::new_with_options(m, &opts)
+            })
         }
         .map_err(ctx)?;
         self.plans.insert(key.clone(), plan.clone());
