@@ -14,7 +14,7 @@
 //! equivalence oracle does), and refuses to remove channels of blocked groups or to empty a
 //! group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::analysis::channels::ChannelGroups;
 use crate::analysis::constant_channels::{channel_constants, compensation, ChannelConstants};
@@ -30,7 +30,14 @@ use super::eliminate_dead_code::eliminate_dead_code;
 
 /// Keep-masks (one bool per position, `true` = kept) of the tracked slots `(value, axis)`
 /// that lose channels.
-type Masks = HashMap<(ValueId, usize), Vec<bool>>;
+type Masks = BTreeMap<(ValueId, usize), Vec<bool>>;
+
+/// The masks of value `v`, by axis (a range of the ordered map: no scan of every mask).
+fn masks_of(masks: &Masks, v: ValueId) -> impl Iterator<Item = (usize, &Vec<bool>)> {
+    masks
+        .range((v, 0)..=(v, usize::MAX))
+        .map(|((_, a), m)| (*a, m))
+}
 
 /// Constant slices by input port: `(axis, kept indices)`, applied in order.
 type Slices = BTreeMap<usize, Vec<(usize, Vec<usize>)>>;
@@ -208,18 +215,14 @@ fn kept_slots(node: &Node, masks: &Masks) -> Vec<(Slot, Vec<bool>)> {
     let mut kept: Vec<(Slot, Vec<bool>)> = Vec::new();
     for (p, v) in node.inputs.iter().enumerate() {
         let Some(v) = v else { continue };
-        for ((mv, a), m) in masks {
-            if mv == v {
-                kept.push((Slot::input(p, *a), m.clone()));
-            }
+        for (a, m) in masks_of(masks, *v) {
+            kept.push((Slot::input(p, a), m.clone()));
         }
     }
     for (p, v) in node.outputs.iter().enumerate() {
         let Some(v) = v else { continue };
-        for ((mv, a), m) in masks {
-            if mv == v {
-                kept.push((Slot::output(p, *a), m.clone()));
-            }
+        for (a, m) in masks_of(masks, *v) {
+            kept.push((Slot::output(p, a), m.clone()));
         }
     }
     kept.sort_by_key(|(s, _)| *s);
@@ -342,10 +345,7 @@ fn output_masks(
         .filter_map(|&n| {
             let node = g.node(n);
             let v = node.output(0)?;
-            masks
-                .iter()
-                .find(|((mv, _), _)| *mv == v)
-                .map(|(_, m)| (n, m.clone()))
+            masks_of(masks, v).next().map(|(_, m)| (n, m.clone()))
         })
         .collect()
 }
