@@ -34,7 +34,7 @@ for report in sorted(out.glob("*.json")):
     kept = re.search(r"weights kept \(([0-9.]+)%\)", pruned.get("note", ""))
     kept = f" ({kept.group(1)}% of weights non-zero)" if kept and r.get("masks") else ""
     first, last = stages[0], stages[-1]
-    lossless = report.with_suffix("").with_suffix(".lossless.json")
+    lossless = report.parent / (report.stem + ".lossless.json")
     ll = "-"
     if lossless.exists():
         acc = json.loads(lossless.read_text()).get("accuracy") or {}
