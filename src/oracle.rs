@@ -174,6 +174,10 @@ pub struct Comparison {
     /// of `max|y_s − y_0| / max|y|` over the samples `s`. `None` when the random inputs are all
     /// equal (only integer inputs, which are fed zeros), so it could not be measured.
     pub variation: Option<f64>,
+    /// The input shapes compared when [`compare_reduced`] ran the models at a reduced
+    /// resolution (`None`: as declared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reduced: Option<String>,
 }
 
 impl Comparison {
@@ -264,7 +268,131 @@ pub fn compare(
         skipped,
         max_rel_error: worst,
         variation,
+        reduced: None,
     })
+}
+
+/// [`compare`] at a quarter of the declared resolution (at least 32) when the graph allows it,
+/// which costs about a sixteenth: every runtime input is `[N, C, H, W]` float with H and W of
+/// 128 or more, and shape inference of both models at the smaller size succeeds with every
+/// value's shape known (a symbolic batch aside) and non-empty, and both give the same output shapes (a graph whose
+/// shapes depend on the resolution, such as a Flatten into a Gemm without pooling or a
+/// per-pixel constant, fails this). Channel removal does not depend on the resolution, so the
+/// comparison proves the same. Anything else, or a runtime failing or skipping the reduced
+/// models, falls back to [`compare`] as declared.
+pub fn compare_reduced(
+    a: &Model,
+    b: &Model,
+    backends: &[BackendKind],
+    samples: usize,
+    seed: u64,
+) -> Result<Comparison> {
+    if let Some((ra, rb, shapes)) = reduced_pair(a, b) {
+        if let Ok(c) = compare(&ra, &rb, backends, samples, seed) {
+            if c.skipped.is_empty() {
+                return Ok(Comparison {
+                    reduced: Some(shapes),
+                    ..c
+                });
+            }
+        }
+    }
+    compare(a, b, backends, samples, seed)
+}
+
+/// Both models at the reduced resolution of [`compare_reduced`], with the input shapes in
+/// words; `None` when the graph does not allow it.
+fn reduced_pair(a: &Model, b: &Model) -> Option<(Model, Model, String)> {
+    let ra = reduced(a)?;
+    let rb = reduced(b)?;
+    let outs = |m: &Model| -> Option<Vec<Vec<Dim>>> {
+        let shapes = infer_shapes(m).ok()?;
+        let g = &m.graph;
+        for n in g.node_ids() {
+            for v in g.node(n).outputs.iter().flatten() {
+                let s = shapes.get(*v)?.shape.as_ref()?;
+                // Known and non-empty, but for a symbolic batch.
+                let bad = |(i, d): (usize, &Dim)| match d {
+                    Dim::Known(k) => *k == 0,
+                    _ => i > 0,
+                };
+                if s.iter().enumerate().any(bad) {
+                    return None;
+                }
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|v| shapes.get(*v).and_then(|f| f.shape.clone()))
+            .collect()
+    };
+    let (oa, ob) = (outs(&ra)?, outs(&rb)?);
+    if oa != ob {
+        return None;
+    }
+    let shapes: Vec<String> = crate::runtime::model_inputs(&ra)
+        .ok()?
+        .iter()
+        .map(|i| format!("{} {}", i.name, i.describe()))
+        .collect();
+    Some((ra, rb, shapes.join(", ")))
+}
+
+/// `model` with every runtime input's H and W divided by 4 (at least 32), intermediate and
+/// output shape declarations dropped; `None` unless every runtime input is a float
+/// `[N, C, H, W]` with H, W ≥ 128.
+fn reduced(model: &Model) -> Option<Model> {
+    let mut m = model.clone();
+    let g = &mut m.graph;
+    let inputs: Vec<_> = g
+        .inputs
+        .iter()
+        .copied()
+        .filter(|v| g.is_runtime_input(*v))
+        .collect();
+    if inputs.is_empty() {
+        return None;
+    }
+    for v in inputs {
+        let decl = g.value(v).decl.clone()?;
+        let fact = Fact::from_type(decl.r#type.as_ref()?);
+        let mut shape = fact.shape.clone()?;
+        let float = fact.dtype.is_some_and(|d| d.is_float());
+        match shape.as_slice() {
+            [_, _, Dim::Known(h), Dim::Known(w)] if float && *h >= 128 && *w >= 128 => {
+                let (h, w) = ((*h / 4).max(32), (*w / 4).max(32));
+                shape[2] = Dim::Known(h);
+                shape[3] = Dim::Known(w);
+            }
+            _ => return None,
+        }
+        g.set_decl(
+            v,
+            crate::onnx::proto::ValueInfoProto {
+                r#type: Some(Fact::new(fact.dtype, shape).to_type()),
+                ..decl
+            },
+        );
+    }
+    g.value_info.clear();
+    for v in g.outputs.clone() {
+        let Some(decl) = g.value(v).decl.clone() else {
+            continue;
+        };
+        let Some(fact) = decl.r#type.as_ref().map(Fact::from_type) else {
+            continue;
+        };
+        let rank = fact.shape.as_ref().map_or(0, Vec::len);
+        let free: Vec<Dim> = (0..rank).map(|i| Dim::Sym(format!("out{i}"))).collect();
+        g.set_decl(
+            v,
+            crate::onnx::proto::ValueInfoProto {
+                r#type: Some(Fact::new(fact.dtype, free).to_type()),
+                ..decl
+            },
+        );
+    }
+    Some(m)
 }
 
 /// One runtime's outputs for every input, with its name.
@@ -427,4 +555,93 @@ pub fn available_backends() -> Vec<BackendKind> {
         v.insert(0, BackendKind::Ort);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::graph::attr_ints;
+    use crate::ir::Graph;
+    use crate::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
+
+    /// `x[N,3,S,S] → Conv 3×3 pad 1 (4) → Relu → (GlobalAveragePool →) Flatten → Gemm (2)`,
+    /// the Gemm's width fitting the flattened size.
+    fn net(side: usize, pool: bool, bias: f32) -> Model {
+        let mut g = Graph::new();
+        let x = g.add_value("x");
+        let shape = vec![
+            Dim::Sym("N".into()),
+            Dim::Known(3),
+            Dim::Known(side),
+            Dim::Known(side),
+        ];
+        g.set_decl(
+            x,
+            ValueInfoProto {
+                name: Some("x".into()),
+                r#type: Some(Fact::new(Some(DType::F32), shape).to_type()),
+                ..Default::default()
+            },
+        );
+        g.value_info.retain(|v| *v != x);
+        g.inputs.push(x);
+        let w: Vec<f32> = (0..108)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
+            .collect();
+        let w = g.add_initializer("w", Tensor::from_f32(vec![4, 3, 3, 3], &w));
+        let k = if pool { 4 } else { 4 * side * side };
+        let fc: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 5 % 7) as f32 - 3.0) / 7.0 + bias)
+            .collect();
+        let fc = g.add_initializer("fc", Tensor::from_f32(vec![k, 2], &fc));
+        let op = |g: &mut Graph, name: &str, t: &str, ins: Vec<Option<_>>, attrs| {
+            let id = g.add_node(name, t, &ins, &[&format!("{name}:0")], attrs);
+            g.node(id).outputs[0]
+        };
+        let pads = vec![attr_ints("pads", &[1, 1, 1, 1])];
+        let mut y = op(&mut g, "conv", "Conv", vec![Some(x), Some(w)], pads);
+        y = op(&mut g, "relu", "Relu", vec![y], vec![]);
+        if pool {
+            y = op(&mut g, "gap", "GlobalAveragePool", vec![y], vec![]);
+        }
+        y = op(&mut g, "flat", "Flatten", vec![y], vec![]);
+        y = op(&mut g, "matmul", "MatMul", vec![y, Some(fc)], vec![]);
+        g.outputs = vec![y.unwrap()];
+        Model {
+            graph: g,
+            rest: ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(17),
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn reduced_resolution_only_where_the_graph_allows_it() {
+        let tract = [BackendKind::Tract];
+        // Pooled: compared at a quarter of 128, and a difference is still found there.
+        let (a, b) = (net(128, true, 0.0), net(128, true, 0.5));
+        let same = compare_reduced(&a, &a, &tract, 2, 1).unwrap();
+        assert_eq!(same.reduced.as_deref(), Some("x float [N,3,32,32]"));
+        assert_eq!(same.max_rel_error, 0.0);
+        let differ = compare_reduced(&a, &b, &tract, 2, 1).unwrap();
+        assert!(differ.reduced.is_some() && differ.max_rel_error > 1e-2);
+        // Flatten into the matrix without pooling: the shapes depend on the resolution.
+        let flat = net(128, false, 0.0);
+        let c = compare_reduced(&flat, &flat, &tract, 2, 1).unwrap();
+        assert_eq!(c.reduced, None);
+        assert!(reduced_pair(&flat, &flat).is_none());
+        // Small inputs are compared as declared.
+        let small = net(64, true, 0.0);
+        assert_eq!(
+            compare_reduced(&small, &small, &tract, 2, 1)
+                .unwrap()
+                .reduced,
+            None
+        );
+    }
 }

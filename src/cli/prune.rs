@@ -255,10 +255,14 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 .collect();
             if o.exercised() {
                 println!(
-                    "verified: max relative error vs masked original {} (tolerance {:.0e}; {})",
+                    "verified: max relative error vs masked original {} (tolerance {:.0e}; {}{})",
                     per.join(", "),
                     args.tolerance,
-                    variation_note(o.variation)
+                    variation_note(o.variation),
+                    o.reduced
+                        .as_ref()
+                        .map(|r| format!("; at a reduced resolution: {r}"))
+                        .unwrap_or_default()
                 );
             } else {
                 println!(

@@ -34,7 +34,7 @@ pub fn verify(
     };
     reporter.stage("verifying");
     let masked = oracle::masked_original(&original, &analysis.groups, classes)?;
-    let cmp = oracle::compare(&masked, pruned, &opts.verify_with, 2, 7)?;
+    let cmp = oracle::compare_reduced(&masked, pruned, &opts.verify_with, 2, 7)?;
     if cmp.max_rel_error > opts.tolerance {
         return Err(Error::Graph(format!(
             "equivalence check failed: pruned model differs from the masked original by {:.3e} (tolerance {:.0e}); not written",
