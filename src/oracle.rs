@@ -564,29 +564,13 @@ mod tests {
     use super::*;
     use crate::ir::graph::attr_ints;
     use crate::ir::Graph;
-    use crate::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
+    use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 
     /// `x[N,3,S,S] → Conv 3×3 pad 1 (4) → Relu → (GlobalAveragePool →) Flatten → Gemm (2)`,
     /// the Gemm's width fitting the flattened size.
     fn net(side: usize, pool: bool, bias: f32) -> Model {
         let mut g = Graph::new();
-        let x = g.add_value("x");
-        let shape = vec![
-            Dim::Sym("N".into()),
-            Dim::Known(3),
-            Dim::Known(side),
-            Dim::Known(side),
-        ];
-        g.set_decl(
-            x,
-            ValueInfoProto {
-                name: Some("x".into()),
-                r#type: Some(Fact::new(Some(DType::F32), shape).to_type()),
-                ..Default::default()
-            },
-        );
-        g.value_info.retain(|v| *v != x);
-        g.inputs.push(x);
+        let x = crate::ops::build::add_batched_input(&mut g, "x", "N", &[3, side, side]);
         let w: Vec<f32> = (0..108)
             .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
             .collect();

@@ -225,6 +225,26 @@ pub fn declare(g: &mut Graph, v: ValueId, dtype: DType, shape: &[usize]) {
     );
 }
 
+/// Adds a float32 graph input named after `name` (made unique) of shape `[batch, dims...]`,
+/// the batch dimension the symbol `batch`.
+pub fn add_batched_input(g: &mut Graph, name: &str, batch: &str, dims: &[usize]) -> ValueId {
+    let v = g.add_value(name);
+    let mut shape = vec![Dim::Sym(batch.into())];
+    shape.extend(dims.iter().map(|&d| Dim::Known(d)));
+    let name = g.value(v).name.clone();
+    g.set_decl(
+        v,
+        ValueInfoProto {
+            name: Some(name),
+            r#type: Some(Fact::new(Some(DType::F32), shape).to_type()),
+            ..Default::default()
+        },
+    );
+    g.value_info.retain(|x| *x != v);
+    g.inputs.push(v);
+    v
+}
+
 /// Adds a graph input named after `name` (made unique) with a static type.
 pub fn add_input(g: &mut Graph, name: &str, dtype: DType, shape: &[usize]) -> ValueId {
     let v = g.add_value(name);

@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::ir::graph::attr_int;
-use crate::ir::{Dim, Fact, Graph, ValueId};
-use crate::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
+use crate::ir::{Graph, ValueId};
+use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 use crate::pipeline::pan::{masks_for, Arm};
 
 fn lcg(s: &mut u64) -> f32 {
@@ -25,19 +25,7 @@ fn rand(s: &mut u64, shape: &[usize], scale: f32) -> Tensor {
 /// `x[N,2,5,5] → Conv 3×3 pad 1 (4) → Relu → Conv 3×3 pad 1 (3) → GAP → Flatten → Gemm (3)`.
 fn chain() -> Model {
     let mut g = Graph::new();
-    let x = g.add_value("x");
-    let mut shape = vec![Dim::Sym("N".into())];
-    shape.extend([2, 5, 5].map(Dim::Known));
-    g.set_decl(
-        x,
-        ValueInfoProto {
-            name: Some("x".into()),
-            r#type: Some(Fact::new(Some(DType::F32), shape).to_type()),
-            ..Default::default()
-        },
-    );
-    g.value_info.retain(|v| *v != x);
-    g.inputs.push(x);
+    let x = crate::ops::build::add_batched_input(&mut g, "x", "N", &[2, 5, 5]);
     let mut s = 11u64;
     let w1 = g.add_initializer("c1.w", rand(&mut s, &[4, 2, 3, 3], 0.5));
     let w2 = g.add_initializer("c2.w", rand(&mut s, &[3, 4, 3, 3], 0.5));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::ir::graph::attr_int;
 use crate::ir::Fact;
-use crate::onnx::proto::{ModelProto, OperatorSetIdProto, ValueInfoProto};
+use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
 use crate::runtime::{self, BackendKind};
 use crate::train::emit::static_shape;
 
@@ -27,19 +27,7 @@ fn rand(s: &mut u64, shape: &[usize], scale: f64, off: f64) -> Tensor {
 /// opset 13, IR 7.
 fn tiny() -> Model {
     let mut g = Graph::new();
-    let x = g.add_value("x");
-    let mut shape = vec![Dim::Sym("batch".into())];
-    shape.extend([3, 4, 4].map(Dim::Known));
-    g.set_decl(
-        x,
-        ValueInfoProto {
-            name: Some("x".into()),
-            r#type: Some(Fact::new(Some(DType::F32), shape).to_type()),
-            ..Default::default()
-        },
-    );
-    g.value_info.retain(|v| *v != x);
-    g.inputs.push(x);
+    let x = crate::ops::build::add_batched_input(&mut g, "x", "batch", &[3, 4, 4]);
     let mut s = 5u64;
     let mut init = |g: &mut Graph, name: &str, shape: &[usize], sc: f64, off: f64| {
         g.add_initializer(name, rand(&mut s, shape, sc, off))
