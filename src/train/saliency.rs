@@ -233,11 +233,12 @@ impl Scorer {
                 "gradient-based saliency needs training batches".into(),
             ));
         }
-        if self.grad.is_none() {
-            self.grad = Some(self.gradient_session()?);
-        }
-        let Some((ts, sess)) = self.grad.as_mut() else {
-            unreachable!("built above")
+        let (ts, sess) = match self.grad.take() {
+            Some(g) => self.grad.insert(g),
+            None => {
+                let g = self.gradient_session()?;
+                self.grad.insert(g)
+            }
         };
         let mut sum: WeightMap = w
             .iter()
@@ -353,11 +354,12 @@ impl Scorer {
 
     /// SynFlow scores at weights `w` (see the module docs).
     fn synflow(&mut self, w: &WeightMap) -> Result<WeightMap> {
-        if self.flow.is_none() {
-            self.flow = Some(self.flow_session()?);
-        }
-        let Some(flow) = self.flow.as_mut() else {
-            unreachable!("built above")
+        let flow = match self.flow.take() {
+            Some(f) => self.flow.insert(f),
+            None => {
+                let f = self.flow_session()?;
+                self.flow.insert(f)
+            }
         };
         let mut feed = Vec::with_capacity(w.len() + 1);
         let mut fed = WeightMap::new();

@@ -93,10 +93,10 @@ pub(super) fn pan_stage(
                 p.evaluations,
                 arm.name()
             ));
-            if cache[a].is_none() {
-                cache[a] = Some(masks_for(&mut scorer, arm, density)?);
-            }
-            let (masks, scores) = cache[a].as_ref().expect("filled above");
+            let (masks, scores) = match &mut cache[a] {
+                Some(m) => &*m,
+                slot => slot.insert(masks_for(&mut scorer, arm, density)?),
+            };
             let (mut cand, wm) = candidate(&init, masks, scores, p, ctx, observer)?;
             let brief = Brief {
                 steps: p.steps,
