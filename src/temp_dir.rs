@@ -12,48 +12,80 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
-/// Paths to remove on an interrupting signal.
-static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Paths to remove on an interrupting signal, and whether that removal has begun (then no
+/// path is made any more).
+static REGISTERED: Mutex<Registry> = Mutex::new(Registry {
+    paths: Vec::new(),
+    closed: false,
+});
+
+/// The registered paths, in the order they were made.
+struct Registry {
+    paths: Vec<PathBuf>,
+    closed: bool,
+}
+
+/// Locks the registry, also after a thread panicked while holding it.
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTERED.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A path registered for removal on an interrupting signal while this value lives; dropping
 /// it unregisters the path (and removes nothing: the owner does that).
 pub struct Registered(PathBuf);
 
 impl Registered {
-    /// Registers `path`.
-    pub fn new(path: &Path) -> Registered {
-        if let Ok(mut r) = REGISTERED.lock() {
-            r.push(path.to_path_buf());
+    /// Makes `path` with `make` and registers it, both under the registry's lock: an
+    /// interrupting signal never finds the path made but not registered, or registered but not
+    /// yet made. Once the removal has begun nothing is made: the error is `Interrupted`.
+    pub fn create<T>(
+        path: &Path,
+        make: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> std::io::Result<(Registered, T)> {
+        let mut r = registry();
+        if r.closed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted by a signal",
+            ));
         }
-        Registered(path.to_path_buf())
+        let made = make(path)?;
+        r.paths.push(path.to_path_buf());
+        Ok((Registered(path.to_path_buf()), made))
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Ok(mut r) = REGISTERED.lock() {
-            if let Some(i) = r.iter().rposition(|p| *p == self.0) {
-                r.swap_remove(i);
-            }
+        let mut r = registry();
+        if let Some(i) = r.paths.iter().rposition(|p| *p == self.0) {
+            r.paths.remove(i);
         }
     }
 }
 
-/// Removes every registered path (folders with their contents).
+/// Removes every registered path (folders with their contents), newest first, and makes no
+/// path any more (see [`Registered::create`]). The registry stays locked throughout, so no
+/// thread registers or unregisters meanwhile; a folder another thread is still writing into
+/// is removed again until it is gone (a few tries).
 pub fn remove_registered() {
-    let paths = match REGISTERED.lock() {
-        Ok(mut r) => std::mem::take(&mut *r),
-        Err(p) => std::mem::take(&mut *p.into_inner()),
-    };
-    for p in paths {
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir_all(&p);
+    let mut r = registry();
+    r.closed = true;
+    for p in r.paths.drain(..).rev() {
+        for _try in 0..20 {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if std::fs::remove_dir_all(&p).is_ok() {
+                        break;
+                    }
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&p);
+                    break;
+                }
+                Err(_) => break,
             }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&p);
-            }
-            Err(_) => {}
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }
@@ -166,8 +198,8 @@ impl TempDir {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let registered = Registered::new(&p);
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        let (registered, ()) =
+            Registered::create(&p, |p| std::fs::create_dir_all(p)).map_err(|e| Error::io(&p, e))?;
         Ok(TempDir {
             path: p,
             _registered: registered,
@@ -203,12 +235,11 @@ mod tests {
     fn registered_paths_are_removed_and_unregistered_on_drop() {
         let dir = TempDir::new("registry-test").unwrap();
         let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
         {
-            let _r = Registered::new(&file);
+            let _r = Registered::create(&file, |f| std::fs::write(f, b"x")).unwrap();
         }
         // Dropped: no longer registered, so nothing removes it.
-        assert!(REGISTERED.lock().unwrap().iter().all(|p| *p != file));
+        assert!(registry().paths.iter().all(|p| *p != file));
         assert!(file.exists());
     }
 }

@@ -115,3 +115,28 @@ fn a_new_run_sweeps_folders_of_dead_runs() {
     assert!(!dead.exists(), "the dead run's folder stays");
     assert!(alive.exists() && other.exists());
 }
+
+/// What the signal thread runs: every registered path goes, newest first (a file inside a
+/// registered folder before the folder), and nothing is made afterwards, so a thread that
+/// was about to create a temporary folder cannot leave one behind. (This closes the registry
+/// of this test process for good; no other test here uses it in-process.)
+#[test]
+fn removal_takes_every_registered_path_and_refuses_new_ones() {
+    use lopper::temp_dir::{remove_registered, Registered, TempDir};
+    let dir = TempDir::new("registry").unwrap();
+    let inner = dir.path().join("model.onnx");
+    let (_file, ()) = Registered::create(&inner, |p| std::fs::write(p, b"partial")).unwrap();
+    // A file written into the folder without registering (a runtime's output) goes with it.
+    std::fs::write(dir.path().join("other"), b"x").unwrap();
+    let path = dir.path().to_path_buf();
+    remove_registered();
+    assert!(!path.exists(), "{} stays", path.display());
+    let late = TempDir::new("registry");
+    assert!(late.is_err(), "a folder was made after the removal");
+    assert!(
+        names(&std::env::temp_dir())
+            .iter()
+            .all(|n| !n.starts_with(&format!("lopper-registry-{}-", std::process::id()))),
+        "a late folder was left behind"
+    );
+}

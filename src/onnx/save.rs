@@ -93,9 +93,11 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
     let data_path = dir.join(&data_name);
     let data_tmp = tmp_path(&data_path);
     // Removed on an interrupting signal while it exists (see `crate::temp_dir`).
-    let _data_reg = Registered::new(&data_tmp);
+    let _data_reg: Option<Registered>;
     if external {
-        let file = std::fs::File::create(&data_tmp).map_err(|e| Error::io(&data_tmp, e))?;
+        let (reg, file) = Registered::create(&data_tmp, |p| std::fs::File::create(p))
+            .map_err(|e| Error::io(&data_tmp, e))?;
+        _data_reg = Some(reg);
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut offset = 0u64;
         let res = for_each_tensor_mut(&mut model, &mut |t| {
@@ -133,6 +135,7 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
             return Err(e);
         }
     } else {
+        _data_reg = None;
         if raw_total as u64 > PROTOBUF_LIMIT {
             return Err(Error::Usage(format!(
                 "{}: {} bytes of tensors do not fit in one protobuf file (2 GB); save with external data",
@@ -147,9 +150,11 @@ pub fn save_model(model: &ModelProto, path: impl AsRef<Path>, opts: &SaveOptions
     }
 
     let tmp = tmp_path(path);
-    let _reg = Registered::new(&tmp);
+    let mut _reg = None;
     let res = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let (reg, file) = Registered::create(&tmp, |p| std::fs::File::create(p))
+            .map_err(|e| Error::io(&tmp, e))?;
+        _reg = Some(reg);
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write_model(&mut w, &model).map_err(|e| Error::io(&tmp, e))?;
         let file = w
@@ -181,9 +186,11 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// small side files (plans, reports, plots); it does not create missing folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    let _reg = Registered::new(&tmp);
+    let mut _reg = None;
     let res = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let (reg, mut file) = Registered::create(&tmp, |p| std::fs::File::create(p))
+            .map_err(|e| Error::io(&tmp, e))?;
+        _reg = Some(reg);
         file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -216,12 +223,13 @@ pub fn check_writable<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<(
             return Err(bad(format!("no folder {}", parent.display())));
         }
         let probe = tmp_path(path);
-        let _reg = Registered::new(&probe);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .map_err(|e| bad(format!("folder {}: {e}", parent.display())))?;
+        let (_reg, _file) = Registered::create(&probe, |p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+        })
+        .map_err(|e| bad(format!("folder {}: {e}", parent.display())))?;
         let _ = std::fs::remove_file(&probe);
     }
     Ok(())
