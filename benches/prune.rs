@@ -44,6 +44,7 @@ fn options(verify: bool) -> PruneOptions {
                 ..Default::default()
             },
             steps: 1,
+            latency: Default::default(),
         }),
         verify_with: if verify {
             lopper::oracle::available_backends()

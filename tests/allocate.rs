@@ -17,7 +17,7 @@ use lopper::analysis::{costs, importance, infer_shapes, Shapes};
 use lopper::ir::Model;
 use lopper::passes::remove_channels;
 use lopper::plan::{
-    allocate, AllocateOptions, Allocation, Amount, Budget, Constraints, Granularity, Scope,
+    allocate, AllocateOptions, Allocation, Amount, Budget, Constraints, Granularity, Scope, Timing,
 };
 use lopper::prune::analyse;
 
@@ -48,8 +48,16 @@ fn model(rel: &str) -> Loaded {
 }
 
 fn run(m: &Loaded, opts: &AllocateOptions) -> Allocation {
-    allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, opts, None)
-        .unwrap_or_else(|e| panic!("{}: {e}", m.name))
+    allocate(
+        &m.model,
+        &m.groups,
+        &m.shapes,
+        &m.scores,
+        None,
+        opts,
+        Timing::default(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", m.name))
 }
 
 fn target(scope: Scope, granularity: Granularity, budget: Budget) -> AllocateOptions {
@@ -307,13 +315,27 @@ fn unreachable_target_names_the_smallest_ratio() {
     let m = model("zoo/cifar_resnet20.bn.onnx");
     let mut opts = target(Scope::Global, Granularity::Channel, Budget::Flops(0.05));
     opts.constraints.min_keep_fraction = 0.5;
-    let e = allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, &opts, None)
-        .unwrap_err()
-        .to_string();
+    let e = allocate(
+        &m.model,
+        &m.groups,
+        &m.shapes,
+        &m.scores,
+        None,
+        &opts,
+        Timing::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("smallest ratio reachable"), "{e}");
     let latency = target(Scope::Global, Granularity::Channel, Budget::Latency(0.5));
     let e = allocate(
-        &m.model, &m.groups, &m.shapes, &m.scores, None, &latency, None,
+        &m.model,
+        &m.groups,
+        &m.shapes,
+        &m.scores,
+        None,
+        &latency,
+        Timing::default(),
     )
     .unwrap_err()
     .to_string();
@@ -357,7 +379,7 @@ fn measured_search_uses_few_calls() {
         &m.scores,
         None,
         &opts,
-        Some(&mut measure),
+        Timing::measured(&mut measure),
     )
     .unwrap();
     assert!(calls <= 10, "{calls} calls");
@@ -382,7 +404,7 @@ fn own_choice_removes_what_the_criterion_drops_under_the_constraints() {
         &m.scores,
         Some(&keep),
         &opts,
-        None,
+        Timing::default(),
     )
     .unwrap();
     assert!(!a.classes.is_empty());
@@ -395,14 +417,22 @@ fn own_choice_removes_what_the_criterion_drops_under_the_constraints() {
         &m.scores,
         Some(&keep),
         &opts,
-        None,
+        Timing::default(),
     )
     .unwrap();
     assert!(b.classes.len() < a.classes.len());
     for (_, (kept, n)) in kept_per_group(&m, &b) {
         assert!(n - kept <= (0.1 * n as f64).floor() as usize);
     }
-    let e = allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, &opts, None);
+    let e = allocate(
+        &m.model,
+        &m.groups,
+        &m.shapes,
+        &m.scores,
+        None,
+        &opts,
+        Timing::default(),
+    );
     assert!(e.is_err());
 }
 
@@ -450,10 +480,127 @@ fn a_flat_measured_curve_removes_least() {
         &m.scores,
         None,
         &opts,
-        Some(&mut measure),
+        Timing::measured(&mut measure),
     )
     .unwrap();
     assert!(!a.classes.is_empty());
     let (macs, _, _) = real_ratios(&m, &a);
     assert!(macs > 0.85, "kept MACs {macs}: {:?}", a.notes);
+}
+
+/// A synthetic latency table: every class of group `heavy` costs 10 units, every other class
+/// 1; the predicted ratio is the kept cost over the total, times `scale` (a correction).
+fn synthetic_latency(m: &Loaded, heavy: usize) -> Vec<f64> {
+    (0..m.groups.class_atoms.len())
+        .map(|c| {
+            if m.groups.group_of_class[c] == heavy {
+                10.0
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+fn predicted(weights: &[f64], removed: &[bool], scale: f64) -> f64 {
+    let total: f64 = weights.iter().sum();
+    let gone: f64 = weights
+        .iter()
+        .zip(removed.iter().chain(std::iter::repeat(&false)))
+        .filter(|(_, r)| **r)
+        .map(|(w, _)| w)
+        .sum();
+    scale * (total - gone) / total
+}
+
+/// A predicted latency target is met on the prediction alone (no measurement, deterministic),
+/// and the knapsack order takes more from the group whose channels save the most latency.
+#[test]
+fn predicted_latency_targets_are_met_and_the_knapsack_prefers_costly_channels() {
+    let m = model("zoo/cifar_resnet20.bn.onnx");
+    let heavy = m.groups.groups.iter().find(|g| g.prunable()).unwrap().id;
+    let w = synthetic_latency(&m, heavy);
+    let predict = |removed: &[bool]| predicted(&w, removed, 1.0);
+    let mut opts = target(Scope::Global, Granularity::Channel, Budget::Latency(0.7));
+    let go = |opts: &AllocateOptions| {
+        let t = Timing {
+            measure: None,
+            predict: Some(&predict),
+        };
+        allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, opts, t).unwrap()
+    };
+    let plain = go(&opts);
+    let mut removed = vec![false; w.len()];
+    for &c in &plain.classes {
+        removed[c] = true;
+    }
+    assert!(
+        (predicted(&w, &removed, 1.0) - 0.7).abs() <= 0.005,
+        "{:?}",
+        plain.notes
+    );
+    assert_eq!(go(&opts).classes, plain.classes, "not deterministic");
+    opts.latency_knapsack = true;
+    let knap = go(&opts);
+    let lost = |a: &Allocation| kept_per_group(&m, a)[&heavy];
+    let ((k1, n), (k2, _)) = (lost(&plain), lost(&knap));
+    assert!(
+        k2 < k1,
+        "heavy group kept {k2} of {n} with the knapsack, {k1} without"
+    );
+    // The knapsack meets the same predicted target with fewer channels removed.
+    assert!(knap.classes.len() < plain.classes.len());
+}
+
+/// A measurement that disagrees with the prediction corrects it (here: the caller rescales
+/// the prediction to what was measured) and the search runs again, so the measured ratio ends
+/// within the timing noise of the target.
+#[test]
+fn measurements_correct_a_wrong_prediction() {
+    let m = model("zoo/cifar_resnet20.bn.onnx");
+    let heavy = m.groups.groups.iter().find(|g| g.prunable()).unwrap().id;
+    let w = synthetic_latency(&m, heavy);
+    let scale = std::cell::Cell::new(1.0);
+    let predict = |removed: &[bool]| {
+        // The prediction's line goes through the unpruned model: 1 + scale·(r − 1).
+        1.0 + scale.get() * (predicted(&w, removed, 1.0) - 1.0)
+    };
+    // The truth: removing saves 40% less than the table says.
+    let truth = |classes: &[usize]| {
+        let mut removed = vec![false; w.len()];
+        for &c in classes {
+            removed[c] = true;
+        }
+        1.0 + 0.6 * (predicted(&w, &removed, 1.0) - 1.0)
+    };
+    let mut calls = 0;
+    let mut measure = |classes: &[usize]| -> lopper::error::Result<f64> {
+        calls += 1;
+        let r = truth(classes);
+        // What the latency evaluator does: learn the slope from the measurement.
+        let mut removed = vec![false; w.len()];
+        for &c in classes {
+            removed[c] = true;
+        }
+        let p = predicted(&w, &removed, 1.0);
+        scale.set((r - 1.0) / (p - 1.0));
+        Ok(r)
+    };
+    let opts = target(Scope::Global, Granularity::Channel, Budget::Latency(0.8));
+    let t = Timing {
+        measure: Some(&mut measure),
+        predict: Some(&predict),
+    };
+    let a = allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, &opts, t).unwrap();
+    assert!(
+        (2..=4).contains(&calls),
+        "{calls} measurements: {:?}",
+        a.notes
+    );
+    assert!((truth(&a.classes) - 0.8).abs() <= 0.02, "{:?}", a.notes);
+    assert!(
+        a.notes.iter().any(|n| n.contains("measured")),
+        "{:?}",
+        a.notes
+    );
 }

@@ -157,6 +157,7 @@ fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
                 ..Default::default()
             },
             steps: 1,
+            latency: Default::default(),
         }),
         verify_with: vec![],
         tolerance: 1e-4,

@@ -35,6 +35,7 @@ fn scored(criterion: CriterionKind, budget: Budget, steps: usize) -> Selection {
             ..Default::default()
         },
         steps,
+        latency: Default::default(),
     })
 }
 

@@ -43,6 +43,16 @@ struct Touched {
     rewrite: Option<Vec<(Slot, Profile, Vec<u32>)>>,
 }
 
+impl Touched {
+    /// Whether `cut` shrinks any of its ports.
+    fn changed(&self, cut: &[u64]) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .any(|x| cut[x.2] > 0)
+    }
+}
+
 /// One reader of a member initializer, with the axes it slices.
 struct ParamUse {
     /// `(axis, profile)`.
@@ -67,6 +77,8 @@ pub struct MaskedCost<'a> {
     class_profiles: Vec<Vec<(Profile, u32)>>,
     n_profiles: usize,
     touched: Vec<Touched>,
+    /// Index in `touched` of each node there.
+    touched_at: HashMap<NodeId, usize>,
     params: Vec<Param>,
     macs: u64,
     total_params: u64,
@@ -102,6 +114,11 @@ impl<'a> MaskedCost<'a> {
             n_classes,
             class_profiles,
             n_profiles: profiles.list.len(),
+            touched_at: touched
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.node, i))
+                .collect(),
             touched,
             params: sliced_params(g, &member_axes),
             macs,
@@ -122,59 +139,20 @@ impl<'a> MaskedCost<'a> {
     /// MACs and parameters after removing the classes marked `true` (indexed like the
     /// analysis' classes; missing entries count as kept). Does not validate the removal.
     pub fn estimate(&self, removed: &[bool]) -> (u64, u64) {
-        let mut cut = vec![0u64; self.n_profiles];
-        for (c, _) in removed.iter().enumerate().filter(|(_, r)| **r) {
-            for &(p, n) in self.class_profiles.get(c).map(Vec::as_slice).unwrap_or(&[]) {
-                cut[p] += u64::from(n);
-            }
-        }
+        let cut = self.cuts(removed);
         let g = &self.model.graph;
         let opset = self.model.opset();
         let mut macs = self.macs;
         let mut replaced: Vec<(NodeId, usize, u64)> = Vec::new();
-        let reduced = |f: Option<&Fact>, axes: &mut dyn Iterator<Item = (usize, u64)>| {
-            let f = f?;
-            let mut shape = f.shape.clone()?;
-            for (axis, k) in axes {
-                if let Some(Dim::Known(d)) = shape.get_mut(axis) {
-                    *d = d.saturating_sub(k as usize);
-                }
-            }
-            Some(Fact::new(f.dtype, shape))
-        };
         for t in &self.touched {
-            let changed = |ports: &[(usize, usize, Profile)]| ports.iter().any(|x| cut[x.2] > 0);
-            if !changed(&t.inputs) && !changed(&t.outputs) {
+            if !t.changed(&cut) {
                 continue;
             }
             let node = g.node(t.node);
             if let Some(slots) = &t.rewrite {
                 self.rewritten_inputs(t, slots, removed, &cut, &mut replaced);
             }
-            let mut ins_owned: Vec<Option<Fact>> = vec![None; node.inputs.len()];
-            for (p, slot) in ins_owned.iter_mut().enumerate() {
-                if t.inputs.iter().any(|x| x.0 == p && cut[x.2] > 0) {
-                    let f = node.input(p).and_then(|v| self.shapes.get(v));
-                    let mut axes = t
-                        .inputs
-                        .iter()
-                        .filter(|x| x.0 == p)
-                        .map(|x| (x.1, cut[x.2]));
-                    *slot = reduced(f, &mut axes);
-                }
-            }
-            let mut outs_owned: Vec<Option<Fact>> = vec![None; node.outputs.len()];
-            for (p, slot) in outs_owned.iter_mut().enumerate() {
-                if t.outputs.iter().any(|x| x.0 == p && cut[x.2] > 0) {
-                    let f = node.output(p).and_then(|v| self.shapes.get(v));
-                    let mut axes = t
-                        .outputs
-                        .iter()
-                        .filter(|x| x.0 == p)
-                        .map(|x| (x.1, cut[x.2]));
-                    *slot = reduced(f, &mut axes);
-                }
-            }
+            let (ins_owned, outs_owned) = self.reduced_facts(t, &cut);
             let ins: Vec<Option<&Fact>> = ins_owned
                 .iter()
                 .enumerate()
@@ -237,6 +215,81 @@ impl<'a> MaskedCost<'a> {
             }
         }
         (macs, params)
+    }
+
+    /// Per profile, how many of its positions the classes marked `true` take away.
+    fn cuts(&self, removed: &[bool]) -> Vec<u64> {
+        let mut cut = vec![0u64; self.n_profiles];
+        for (c, _) in removed.iter().enumerate().filter(|(_, r)| **r) {
+            for &(p, n) in self.class_profiles.get(c).map(Vec::as_slice).unwrap_or(&[]) {
+                cut[p] += u64::from(n);
+            }
+        }
+        cut
+    }
+
+    /// The facts of `t`'s inputs and outputs that `cut` shrinks, shrunk (`None` where a port
+    /// is not cut or its shape is unknown).
+    fn reduced_facts(&self, t: &Touched, cut: &[u64]) -> (Vec<Option<Fact>>, Vec<Option<Fact>>) {
+        let node = self.model.graph.node(t.node);
+        let reduce = |f: Option<&Fact>, ports: &[(usize, usize, Profile)], p: usize| {
+            if !ports.iter().any(|x| x.0 == p && cut[x.2] > 0) {
+                return None;
+            }
+            let f = f?;
+            let mut shape = f.shape.clone()?;
+            for &(_, axis, prof) in ports.iter().filter(|x| x.0 == p) {
+                if let Some(Dim::Known(d)) = shape.get_mut(axis) {
+                    *d = d.saturating_sub(cut[prof] as usize);
+                }
+            }
+            Some(Fact::new(f.dtype, shape))
+        };
+        let ins = (0..node.inputs.len())
+            .map(|p| reduce(node.input(p).and_then(|v| self.shapes.get(v)), &t.inputs, p))
+            .collect();
+        let outs = (0..node.outputs.len())
+            .map(|p| {
+                reduce(
+                    node.output(p).and_then(|v| self.shapes.get(v)),
+                    &t.outputs,
+                    p,
+                )
+            })
+            .collect();
+        (ins, outs)
+    }
+
+    /// The length of axis 1 (channels, NCHW) of input 0 and of output 0 of each of `nodes`
+    /// after removing the classes marked `true`; `None` where a shape is not known.
+    pub fn channels_after(
+        &self,
+        removed: &[bool],
+        nodes: &[NodeId],
+    ) -> Vec<(Option<usize>, Option<usize>)> {
+        let cut = self.cuts(removed);
+        let g = &self.model.graph;
+        let axis1 = |f: Option<&Fact>| match f?.shape.as_ref()?.get(1)? {
+            Dim::Known(d) => Some(*d),
+            _ => None,
+        };
+        nodes
+            .iter()
+            .map(|&n| {
+                let node = g.node(n);
+                let full_in = node.input(0).and_then(|v| self.shapes.get(v));
+                let full_out = node.output(0).and_then(|v| self.shapes.get(v));
+                match self.touched_at.get(&n).map(|&i| &self.touched[i]) {
+                    Some(t) if t.changed(&cut) => {
+                        let (ins, outs) = self.reduced_facts(t, &cut);
+                        let i = ins.first().and_then(Option::as_ref).or(full_in);
+                        let o = outs.first().and_then(Option::as_ref).or(full_out);
+                        (axis1(i), axis1(o))
+                    }
+                    _ => (axis1(full_in), axis1(full_out)),
+                }
+            })
+            .collect()
     }
 
     /// The constant inputs node `t` replaces under this removal, as `(node, port, elements)`.

@@ -5,6 +5,7 @@ pub mod channels;
 pub mod constant_channels;
 pub mod cost;
 pub mod importance;
+pub mod latency_model;
 pub mod masked_cost;
 pub mod shapes;
 

@@ -159,7 +159,8 @@ pub fn run(args: Args) -> Result<()> {
         },
         latency: match runtime {
             Some((backend, runtime)) if needs_timing => {
-                Some(LatencyEvaluator::new(backend, runtime)?)
+                let l = opts.selection.latency();
+                Some(LatencyEvaluator::new(backend, runtime)?.with_search(l.search, l.table)?)
             }
             _ => None,
         },

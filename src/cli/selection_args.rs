@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
-use lopper::pipeline::{Scored, Selection};
+use lopper::pipeline::{LatencyOptions, LatencySearch, Scored, Selection};
 use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Granularity, Scope};
 use lopper::plan::PlanFile;
 
@@ -99,6 +99,29 @@ pub struct SelectionArgs {
     /// Accepted distance of the reached flops/params/latency ratio from the target.
     #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
     target_tolerance: f64,
+    /// How `--target latency=R` judges candidates: `table` predicts them from each layer
+    /// timed alone at sampled widths (reproducible with `--latency-table`), then measures the
+    /// choice once; `measured` bisects on whole-model timings (at most 10).
+    #[arg(long, value_enum, default_value = "table", help_heading = "Allocation")]
+    latency_search: LatencySearchArg,
+    /// The latency table's JSON file: read when it exists, extended (atomically) when the
+    /// model has layers it lacks. The same table gives the same choice.
+    #[arg(long, value_name = "FILE", help_heading = "Allocation")]
+    latency_table: Option<std::path::PathBuf>,
+    /// Under `--target latency=R` with a table, order channels by score per unit of the
+    /// latency their group saves (a greedy knapsack) instead of by score alone. Measured
+    /// worse on mobilenet_v2 (see the README), so off by default.
+    #[arg(long, help_heading = "Allocation")]
+    latency_knapsack: bool,
+}
+
+/// `--latency-search`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LatencySearchArg {
+    /// Predict with a latency table.
+    Table,
+    /// Measure whole models.
+    Measured,
 }
 
 fn parse_target(s: &str) -> std::result::Result<Budget, String> {
@@ -235,9 +258,17 @@ impl SelectionArgs {
                     ignore: self.ignore.clone(),
                 },
                 tolerance: self.target_tolerance,
+                latency_knapsack: self.latency_knapsack,
                 ..Default::default()
             },
             steps: self.steps as usize,
+            latency: LatencyOptions {
+                search: match self.latency_search {
+                    LatencySearchArg::Table => LatencySearch::Table,
+                    LatencySearchArg::Measured => LatencySearch::Measured,
+                },
+                table: self.latency_table.clone(),
+            },
         }))
     }
 }

@@ -521,6 +521,46 @@ impl Op for Conv {
         super::util::conv_fresh_init(weights)
     }
 
+    fn resized(
+        &self,
+        node: &crate::ir::Node,
+        inputs: &[Option<&[usize]>],
+        cin: usize,
+        cout: usize,
+    ) -> Option<super::Resized> {
+        // X = [N, C, spatial..], W = [M, C/group, k..], B = [M].
+        let (x, w) = (inputs.first().copied()??, inputs.get(1).copied()??);
+        if x.len() < 3 || w.len() != x.len() || cin == 0 || cout == 0 {
+            return None;
+        }
+        let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+        let tied = group > 1 && group == x[1] && w[1] == 1 && w[0] == x[1];
+        let group = match tied {
+            true if cin == cout => cin,
+            true => return None,
+            false if cin.is_multiple_of(group) && cout.is_multiple_of(group) => group,
+            false => return None,
+        };
+        let (mut xs, mut ws) = (x.to_vec(), w.to_vec());
+        (xs[1], ws[0], ws[1]) = (cin, cout, cin / group);
+        let mut shapes = vec![xs, ws];
+        if inputs.get(2).copied().flatten().is_some() {
+            shapes.push(vec![cout]);
+        }
+        let mut attrs: Vec<_> = node
+            .attrs
+            .iter()
+            .filter(|a| a.name() != "group")
+            .cloned()
+            .collect();
+        attrs.push(attr_int("group", group as i64));
+        Some(super::Resized {
+            attrs,
+            inputs: shapes,
+            tied,
+        })
+    }
+
     fn layer_channels(&self, node: &crate::ir::Node, w: &[usize]) -> Option<(usize, usize)> {
         // W = [M, C/group, k..].
         let group = node.attr_i("group").unwrap_or(1).max(1) as usize;

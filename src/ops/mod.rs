@@ -197,6 +197,18 @@ pub struct Cost {
     pub flops: u64,
 }
 
+/// A weight layer at other widths (see [`Op::resized`]).
+#[derive(Clone, Debug)]
+pub struct Resized {
+    /// The node's attributes at these widths.
+    pub attrs: Vec<crate::onnx::proto::AttributeProto>,
+    /// The static shape of each present input, in port order.
+    pub inputs: Vec<Vec<usize>>,
+    /// Whether input and output widths move together (a depthwise convolution): only
+    /// `cin == cout` is valid.
+    pub tied: bool,
+}
+
 /// A re-initialisation rule for one weight input (see [`Op::fresh_init`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FreshInit {
@@ -367,6 +379,20 @@ pub trait Op: Sync {
     /// The input holding a per-channel output scale (BatchNormalization's γ), which network
     /// slimming penalises and the `bn-scale` criterion ranks by. Default: none.
     fn channel_scale_input(&self) -> Option<usize> {
+        None
+    }
+
+    /// This weight layer alone at other widths, for per-layer latency tables: given the
+    /// static shapes of its inputs (`None` where absent), the attributes and input shapes of
+    /// the same node reading `cin` and writing `cout` channels. `None`: not a timed layer, or
+    /// widths it cannot take. Default: not timed.
+    fn resized(
+        &self,
+        _node: &Node,
+        _inputs: &[Option<&[usize]>],
+        _cin: usize,
+        _cout: usize,
+    ) -> Option<Resized> {
         None
     }
 

@@ -4,6 +4,7 @@
 //! and does not change the model.
 
 use crate::analysis::importance::Scores;
+use crate::analysis::MaskedCost;
 use crate::error::Result;
 use crate::ir::Model;
 use crate::plan::{Choice, Round, Selector};
@@ -14,7 +15,8 @@ use super::reporter::Reporter;
 use super::Progress;
 
 /// The stage: `selector`'s choice for `model` this round. `latency` measures candidates
-/// when it has timed the original (latency targets). The reporter is told `allocating`
+/// when it has timed the original (latency targets), and predicts them from its latency table
+/// (built or extended here, where the table lacks the model's layers). The reporter is told `allocating`
 /// when there are scores to allocate by.
 pub fn allocate(
     selector: &mut dyn Selector,
@@ -29,9 +31,32 @@ pub fn allocate(
         reporter.stage("allocating");
     }
     let (groups, shapes) = (&analysis.groups, &analysis.shapes);
-    let mut measure = latency
-        .filter(|ev| ev.has_original())
-        .map(|ev| move |classes: &[usize]| ev.ratio_after(model, groups, shapes, classes));
+    let mut latency = latency.filter(|ev| ev.has_original());
+    let predictor = match latency.as_deref_mut() {
+        Some(ev) if scores.is_some() => {
+            let mut say = |m: &str| reporter.stage(m);
+            ev.latency_model(model, groups, shapes, &mut say)?
+        }
+        _ => None,
+    };
+    let cost = match &predictor {
+        Some(_) => Some(MaskedCost::new(model, groups, shapes)?),
+        None => None,
+    };
+    let predict = predictor
+        .as_ref()
+        .zip(cost.as_ref())
+        .map(|(lm, cost)| move |removed: &[bool]| lm.ratio(cost, removed));
+    let learn = predictor.as_ref().zip(cost.as_ref());
+    let mut measure = latency.map(|ev| {
+        move |classes: &[usize]| {
+            let r = ev.ratio_after(model, groups, shapes, classes)?;
+            if let Some((lm, cost)) = learn {
+                ev.correct(model, lm, cost, classes, r)?;
+            }
+            Ok(r)
+        }
+    });
     selector.select(Round {
         model,
         groups,
@@ -41,5 +66,6 @@ pub fn allocate(
         steps: progress.steps,
         kept: progress.kept,
         measure: measure.as_mut().map(|m| m as _),
+        predict: predict.as_ref().map(|p| p as _),
     })
 }

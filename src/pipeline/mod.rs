@@ -31,6 +31,7 @@ pub mod compensate;
 pub mod compress;
 pub mod kept;
 pub mod latency;
+pub mod latency_table;
 pub mod mend;
 pub mod methods;
 pub mod options;
@@ -44,8 +45,8 @@ pub mod verify;
 
 pub use activations::{Calibration, OpenDataset};
 pub use analyse::{analyse, Analysis};
-pub use latency::LatencyEvaluator;
-pub use options::{PruneOptions, Scored, Selection};
+pub use latency::{LatencyEvaluator, LatencySearch};
+pub use options::{LatencyOptions, PruneOptions, Scored, Selection};
 pub use report::{GroupReport, PruneReport, StepReport};
 pub use reporter::{Reporter, Silent, Tagged};
 

@@ -7,6 +7,8 @@ use crate::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Scope}
 use crate::plan::{self, PlanFile, PlanMeta, Selector};
 use crate::runtime::BackendKind;
 
+use super::latency::LatencySearch;
+
 /// Channels chosen by a criterion under an allocation rule.
 #[derive(Clone, Debug)]
 pub struct Scored {
@@ -22,6 +24,17 @@ pub struct Scored {
     pub allocate: AllocateOptions,
     /// Rounds of prune → re-analyse → re-score (≥ 1).
     pub steps: usize,
+    /// How a latency target judges candidates (ignored by other amounts).
+    pub latency: LatencyOptions,
+}
+
+/// How a latency target judges candidates.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyOptions {
+    /// Predicted by a latency table (the default) or measured.
+    pub search: LatencySearch,
+    /// The latency table's file: read when it exists, extended when the model needs more.
+    pub table: Option<std::path::PathBuf>,
 }
 
 impl Scored {
@@ -48,6 +61,7 @@ impl Scored {
                 ..Default::default()
             },
             steps: 1,
+            latency: LatencyOptions::default(),
         }
     }
 }
@@ -117,6 +131,14 @@ impl Selection {
     pub fn is_latency_target(&self) -> bool {
         matches!(self, Selection::Scored(s)
             if matches!(s.allocate.amount, Amount::Target(Budget::Latency(_))))
+    }
+
+    /// How a latency target judges candidates (the defaults for other selections).
+    pub fn latency(&self) -> LatencyOptions {
+        match self {
+            Selection::Scored(s) => s.latency.clone(),
+            _ => LatencyOptions::default(),
+        }
     }
 
     /// Whether the criterion reads activation statistics (the run needs calibration data).

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::ops::channel::{Map, Port};
 
-use super::search::{bisect, bisect_measured, Evaluator, Found, Metric};
+use super::search::{bisect, bisect_measured, Evaluator, Found, Metric, MEASURED_TOLERANCE};
 use super::space::Space;
 
 /// How removal is spread over groups.
@@ -165,6 +165,11 @@ pub struct AllocateOptions {
     pub tolerance: f64,
     /// Most `measure` calls of a measured search.
     pub max_measurements: usize,
+    /// Under a predicted latency target, order channels by score per unit of the latency
+    /// their group saves (a greedy knapsack) instead of by score. Off by default: on
+    /// mobilenet_v2 it reached the measured latency target with fewer MACs kept (×0.236
+    /// against ×0.329 by score).
+    pub latency_knapsack: bool,
 }
 
 impl Default for AllocateOptions {
@@ -176,6 +181,7 @@ impl Default for AllocateOptions {
             constraints: Constraints::default(),
             tolerance: 0.005,
             max_measurements: 10,
+            latency_knapsack: false,
         }
     }
 }
@@ -201,10 +207,37 @@ pub struct Allocation {
 /// budgeted resource, e.g. latency timed on a runtime.
 pub type Measure<'a> = &'a mut dyn FnMut(&[usize]) -> Result<f64>;
 
+/// A prediction of a candidate removal (the classes marked `true`): the ratio after / before
+/// of the budgeted resource, from a model of it (a latency table). Cheap and deterministic.
+pub type Predict<'a> = &'a dyn Fn(&[bool]) -> f64;
+
+/// How a latency target judges candidates: predicted (a latency table), measured, or both (the
+/// search runs on the prediction, one measurement confirms it).
+#[derive(Default)]
+pub struct Timing<'a> {
+    /// Times a candidate on the runtime.
+    pub measure: Option<Measure<'a>>,
+    /// Predicts a candidate's latency ratio.
+    pub predict: Option<Predict<'a>>,
+}
+
+impl<'a> Timing<'a> {
+    /// Measurements only.
+    pub fn measured(measure: Measure<'a>) -> Timing<'a> {
+        Timing {
+            measure: Some(measure),
+            predict: None,
+        }
+    }
+}
+
 /// Chooses the classes to remove; see the module documentation. `scores` has one entry per
 /// class (`groups.class_atoms`); `keep_hint` (for [`Amount::Own`]) marks classes to keep;
-/// `measure` returns the measured ratio of a candidate removal (required for
-/// [`Budget::Latency`]). `groups` and `shapes` must be computed on `model` as it is.
+/// `timing` measures or predicts the latency ratio of a candidate removal (one of them
+/// required for [`Budget::Latency`]; with a prediction and
+/// [`AllocateOptions::latency_knapsack`], channels are ordered by score per unit of the
+/// latency their group saves, a greedy knapsack). `groups` and `shapes` must be
+/// computed on `model` as it is.
 pub fn allocate(
     model: &Model,
     groups: &ChannelGroups,
@@ -212,7 +245,7 @@ pub fn allocate(
     scores: &[f64],
     keep_hint: Option<&[bool]>,
     opts: &AllocateOptions,
-    measure: Option<Measure>,
+    timing: Timing,
 ) -> Result<Allocation> {
     let tol = opts.tolerance;
     if !tol.is_finite() || tol < 0.0 {
@@ -221,8 +254,18 @@ pub fn allocate(
         )));
     }
     let own_first = own_choice(&opts.amount, keep_hint, groups)?;
-    let space = Space::new(model, groups, scores, own_first, &opts.constraints)?;
+    let mut space = Space::new(model, groups, scores, own_first, &opts.constraints)?;
     let cost = MaskedCost::new(model, groups, shapes)?;
+    let latency_target = matches!(opts.amount, Amount::Target(Budget::Latency(_)));
+    if let (true, true, Some(predict), false) = (
+        opts.latency_knapsack,
+        latency_target,
+        timing.predict,
+        opts.granularity == Granularity::Block,
+    ) {
+        let weighted = per_latency(&space, scores, cost.classes(), predict);
+        space = Space::new(model, groups, &weighted, own_first, &opts.constraints)?;
+    }
     let mut notes = space.notes.clone();
     let mut evaluations = 0;
     let mut threshold = None;
@@ -285,7 +328,7 @@ pub fn allocate(
                 family: &*family,
                 priority,
             };
-            let (found, evals) = meet_target(search, *budget, opts, measure, &mut notes)?;
+            let (found, evals) = meet_target(search, *budget, opts, timing, &mut notes)?;
             evaluations += evals;
             threshold = global_threshold(found.p);
             found.counts
@@ -336,7 +379,7 @@ fn meet_target(
     }: Search,
     budget: Budget,
     opts: &AllocateOptions,
-    measure: Option<Measure>,
+    timing: Timing,
     notes: &mut Vec<String>,
 ) -> Result<(Found, usize)> {
     let tol = opts.tolerance;
@@ -356,19 +399,37 @@ fn meet_target(
         Budget::Params(_) => "parameter",
         Budget::Latency(_) => "latency",
     };
-    let found = match measure {
-        None if matches!(budget, Budget::Latency(_)) => {
+    let latency = matches!(budget, Budget::Latency(_));
+    let found = match (timing.measure, timing.predict) {
+        (measure, Some(predict)) if latency => {
+            let (found, evals) = confirmed(
+                Search {
+                    space,
+                    cost,
+                    family,
+                    priority,
+                },
+                predict,
+                measure,
+                target,
+                tol,
+                notes,
+            )?;
+            evaluations += evals;
+            found
+        }
+        (None, _) if latency => {
             return Err(Error::Usage(
                 "a latency target needs a measurement (a runtime to time candidates)".into(),
             ))
         }
-        None => {
+        (None, _) => {
             let mut eval = Evaluator::new(space, cost, metric)?;
             let found = bisect(space, &mut eval, family, priority, target, tol, what)?;
             evaluations += eval.evaluations;
             found
         }
-        Some(m) => {
+        (Some(m), _) => {
             // Where the cost model puts the target: the first candidate to measure
             // (the middle of the family when the model cannot say).
             let p0 = match Evaluator::new(space, cost, metric) {
@@ -391,6 +452,125 @@ fn meet_target(
         }
     };
     describe(&found, what, target, notes);
+    Ok((found, evaluations))
+}
+
+/// Scores divided by the predicted latency their removal saves, per channel of each eligible
+/// group (removing the group's first allowed step, at full width): the greedy knapsack's
+/// order, importance per unit of latency. Groups whose removal saves no predicted time get
+/// a floor of a thousandth of the mean saving (they go last). Negative scores are multiplied
+/// instead, so that they still go first.
+fn per_latency(space: &Space, scores: &[f64], n_classes: usize, predict: Predict) -> Vec<f64> {
+    let full = predict(&[]);
+    let mut saved = Vec::with_capacity(space.order.len());
+    for (i, order) in space.order.iter().enumerate() {
+        let step = space.valid[i].get(1).copied().unwrap_or(1).max(1);
+        let mut removed = vec![false; n_classes];
+        for &c in order.iter().take(step) {
+            removed[c] = true;
+        }
+        saved.push(((full - predict(&removed)) / step as f64).max(0.0));
+    }
+    let mean = saved.iter().sum::<f64>() / saved.len().max(1) as f64;
+    let floor = (mean * 1e-3).max(f64::MIN_POSITIVE);
+    let mut out = scores.to_vec();
+    for (i, order) in space.order.iter().enumerate() {
+        let w = saved[i].max(floor);
+        for &c in order {
+            out[c] = if scores[c] >= 0.0 {
+                scores[c] / w
+            } else {
+                scores[c] * w
+            };
+        }
+    }
+    out
+}
+
+/// Most measurements confirming a predicted latency choice.
+const CONFIRMATIONS: usize = 4;
+
+/// A latency target met on the prediction, confirmed by measurement: bisection on `predict`,
+/// then the choice is measured; while the measurement misses `target` by more than the
+/// timing noise ([`MEASURED_TOLERANCE`]), the search runs again on the prediction, which the
+/// measurement has corrected (the caller's `measure` updates it), at most [`CONFIRMATIONS`]
+/// measurements. Keeps the measured choice nearest the target; without `measure`, the
+/// prediction's choice. Returns it (its ratio the measured one) and the evaluations made.
+fn confirmed(
+    Search {
+        space,
+        cost,
+        family,
+        priority,
+    }: Search,
+    predict: Predict,
+    mut measure: Option<Measure>,
+    target: f64,
+    tol: f64,
+    notes: &mut Vec<String>,
+) -> Result<(Found, usize)> {
+    let tol_m = tol.max(MEASURED_TOLERANCE);
+    let mut evaluations = 0;
+    let mut best: Option<(Found, f64)> = None;
+    let mut tried: Vec<Vec<usize>> = Vec::new();
+    for _ in 0..CONFIRMATIONS {
+        // A fresh evaluator: the measurement may have corrected the prediction.
+        let mut eval = Evaluator::predicted(space, cost, predict);
+        let searched = bisect(space, &mut eval, family, priority, target, tol, "latency");
+        evaluations += eval.evaluations;
+        let found = match (searched, measure.as_mut()) {
+            (Ok(f), _) => f,
+            // Predicted out of reach: measure the largest removal allowed before giving up
+            // (the measurement corrects the prediction when it disagrees).
+            (Err(e), Some(m)) => {
+                let top = family(1.0);
+                if tried.contains(&top) {
+                    return Err(e);
+                }
+                let measured = m(&space.select(&top))?;
+                evaluations += 1;
+                tried.push(top);
+                if measured > target + tol_m {
+                    return Err(Error::Usage(format!(
+                        "latency target {target} cannot be reached under the constraints: the largest removal they allow measures {measured:.4} ({e})"
+                    )));
+                }
+                continue;
+            }
+            (Err(e), None) => return Err(e),
+        };
+        let Some(m) = measure.as_mut() else {
+            notes.push(format!(
+                "latency target {target}: {:.4} predicted by the latency table (not measured)",
+                found.ratio
+            ));
+            return Ok((found, evaluations));
+        };
+        if tried.contains(&found.counts) {
+            break; // the corrected prediction chose a measured candidate again
+        }
+        let measured = m(&space.select(&found.counts))?;
+        evaluations += 1;
+        notes.push(format!(
+            "latency target {target}: {:.4} predicted by the latency table, {measured:.4} measured",
+            found.ratio
+        ));
+        tried.push(found.counts.clone());
+        let nearer = best
+            .as_ref()
+            .is_none_or(|(_, b)| (measured - target).abs() < (b - target).abs());
+        if nearer {
+            best = Some((found, measured));
+        }
+        if (measured - target).abs() <= tol_m {
+            break;
+        }
+    }
+    let Some((mut found, measured)) = best else {
+        return Err(Error::Usage("no latency candidate was measured".into()));
+    };
+    found.ratio = measured;
+    found.met = (measured - target).abs() <= tol_m;
     Ok((found, evaluations))
 }
 
@@ -676,7 +856,15 @@ mod tests {
     }
 
     fn run(f: &Fixture, opts: &AllocateOptions) -> Result<Allocation> {
-        allocate(&f.m, &f.cg, &f.shapes, &f.scores, None, opts, None)
+        allocate(
+            &f.m,
+            &f.cg,
+            &f.shapes,
+            &f.scores,
+            None,
+            opts,
+            Timing::default(),
+        )
     }
 
     fn target(budget: Budget) -> AllocateOptions {
@@ -810,7 +998,7 @@ mod tests {
             short,
             None,
             &target(Budget::Flops(0.5)),
-            None,
+            Timing::default(),
         );
         assert!(e.unwrap_err().to_string().contains("scores"));
         let mut nan = f.scores.clone();
@@ -822,7 +1010,7 @@ mod tests {
             &nan,
             None,
             &target(Budget::Flops(0.5)),
-            None,
+            Timing::default(),
         );
         assert!(e.unwrap_err().to_string().contains("NaN"));
         for amount in [

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 
-use super::allocate::{allocate, AllocateOptions, Amount, Budget};
+use super::allocate::{allocate, AllocateOptions, Amount, Budget, Timing};
 use super::select::{Choice, Round, Selector};
 
 /// Allocates removals under `0` (amount, scope, granularity, constraints) from the round's
@@ -25,7 +25,10 @@ impl Selector for Budgeted {
             &scores.values,
             scores.keep.as_deref(),
             &opts,
-            round.measure,
+            Timing {
+                measure: round.measure,
+                predict: round.predict,
+            },
         )?;
         Ok(Choice {
             classes: alloc.classes,

@@ -18,11 +18,13 @@ pub mod select;
 mod space;
 
 pub use allocate::{
-    allocate, AllocateOptions, Allocation, Amount, Budget, Constraints, Granularity, Measure, Scope,
+    allocate, AllocateOptions, Allocation, Amount, Budget, Constraints, Granularity, Measure,
+    Predict, Scope, Timing,
 };
 pub use budget::Budgeted;
 pub use dead::{plan_dead, Dead};
 pub use file::{fingerprint, PlanFile, PlanGroup, PlanMeta, PlanStep, Replay, PLAN_FORMAT};
 pub use ratio::{plan_ratio, UniformRatio};
+pub use search::MEASURED_TOLERANCE;
 pub use select::{Choice, Explicit, Round, Selector};
 pub(crate) use space::glob_match;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use crate::analysis::MaskedCost;
 use crate::error::{Error, Result};
 
+use super::allocate::Predict;
 use super::space::Space;
 
 /// At most this many fix-up evaluations (each one cost-model estimate).
@@ -31,6 +32,8 @@ pub(crate) struct Evaluator<'a, 'm> {
     space: &'a Space,
     cost: &'a MaskedCost<'m>,
     metric: Metric,
+    /// Predicts the ratio instead of the cost model (latency tables).
+    predict: Option<Predict<'a>>,
     memo: HashMap<Vec<usize>, f64>,
     /// Estimates computed (memo hits not counted).
     pub evaluations: usize,
@@ -54,9 +57,22 @@ impl<'a, 'm> Evaluator<'a, 'm> {
             space,
             cost,
             metric,
+            predict: None,
             memo: HashMap::new(),
             evaluations: 0,
         })
+    }
+
+    /// An evaluator of `predict`'s ratio.
+    pub fn predicted(space: &'a Space, cost: &'a MaskedCost<'m>, predict: Predict<'a>) -> Self {
+        Evaluator {
+            space,
+            cost,
+            metric: Metric::Macs,
+            predict: Some(predict),
+            memo: HashMap::new(),
+            evaluations: 0,
+        }
     }
 
     /// The estimated ratio of `counts`.
@@ -65,6 +81,17 @@ impl<'a, 'm> Evaluator<'a, 'm> {
             return *r;
         }
         self.evaluations += 1;
+        if let Some(predict) = self.predict {
+            let mut removed = vec![false; self.cost.classes()];
+            for c in self.space.select(counts) {
+                if let Some(r) = removed.get_mut(c) {
+                    *r = true;
+                }
+            }
+            let r = predict(&removed);
+            self.memo.insert(counts.to_vec(), r);
+            return r;
+        }
         let (macs, params) = self.cost.estimate_classes(&self.space.select(counts));
         let (m0, p0) = self.cost.original();
         let r = match self.metric {
@@ -372,7 +399,7 @@ fn walk(
 
 /// The tolerance of a measured search is at least this: two timings of the same model differ
 /// by about 1% (the latency evaluator's precision), so a tighter window spends calls on noise.
-pub(crate) const MEASURED_TOLERANCE: f64 = 0.02;
+pub const MEASURED_TOLERANCE: f64 = 0.02;
 
 /// The few-call search for a measured ratio (latency): starts at `p0` (the cost model's
 /// answer for the same target), then bisects on the family parameter with the measurements,

@@ -11,7 +11,7 @@ use crate::analysis::Shapes;
 use crate::error::{Error, Result};
 use crate::ir::Model;
 
-use super::allocate::Measure;
+use super::allocate::{Measure, Predict};
 
 /// What a selector sees in one round of a pruning run.
 pub struct Round<'a> {
@@ -31,6 +31,9 @@ pub struct Round<'a> {
     pub kept: (f64, f64),
     /// Measures a candidate removal (latency targets); `None` otherwise.
     pub measure: Option<Measure<'a>>,
+    /// Predicts a candidate removal's latency ratio (latency targets with a latency table);
+    /// `None` otherwise.
+    pub predict: Option<Predict<'a>>,
 }
 
 impl<'a> Round<'a> {

@@ -606,10 +606,11 @@ fn tools<'a>(
             samples: opts.calibration_samples,
         }),
         latency: if selection.is_latency_target() {
-            Some(super::LatencyEvaluator::new(
-                opts.eval.backend,
-                opts.eval.runtime,
-            )?)
+            let l = selection.latency();
+            Some(
+                super::LatencyEvaluator::new(opts.eval.backend, opts.eval.runtime)?
+                    .with_search(l.search, l.table)?,
+            )
         } else {
             None
         },

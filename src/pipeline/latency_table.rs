@@ -1,0 +1,438 @@
+//! Per-layer latency tables: each weight layer the op knows how to resize ([`Op::resized`]:
+//! Conv) is cut out of the model, rebuilt alone at a grid of input/output widths, and timed
+//! on the target runtime; the medians form its [`Surface`]. Layers with the same
+//! configuration share one entry (ResNet-50's 53 convolutions are 23 configurations). A
+//! model's calibration, the line from the layers' sum to its whole-model latency
+//! ([`crate::analysis::latency_model::fit`]), is kept per model structure.
+//!
+//! The table is JSON, readable and pinnable (`--latency-table FILE`): one runtime
+//! (backend, device, threads, batch) per file; entries only added, never re-timed. This module
+//! builds and stores tables; it does not predict (see [`crate::analysis::latency_model`]) and
+//! does not choose channels.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::latency_model::Surface;
+use crate::analysis::Shapes;
+use crate::bench::{bench, BenchOptions};
+use crate::error::{Error, Result};
+use crate::ir::{DType, Dim, Graph, Model, NodeId, Tensor};
+use crate::onnx::proto::ModelProto;
+use crate::ops::Resized;
+use crate::temp_dir::TempDir;
+
+/// The table format this build reads and writes.
+pub const TABLE_FORMAT: u32 = 1;
+
+/// Sampled widths of a layer, as fractions of its full width (rounded to the hardware
+/// multiple; see [`grid`]).
+const FRACTIONS: [f64; 4] = [0.25, 0.5, 0.75, 1.0];
+
+/// Latency surfaces of layer configurations and calibrations of models, for one runtime.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTable {
+    /// [`TABLE_FORMAT`].
+    pub format: u32,
+    /// The runtime the entries were timed on (`ort cpu threads=2 batch=1`).
+    pub runtime: String,
+    /// Per layer configuration (op, attributes, full input shapes): its surface.
+    pub layers: BTreeMap<String, Surface>,
+    /// Per model structure ([`crate::plan::fingerprint`]): its calibration.
+    pub models: BTreeMap<String, Calibration>,
+}
+
+/// The line from a model's layer sum to its whole-model latency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// `(layer sum, measured median seconds)` of the model and of uniformly pruned copies.
+    pub points: Vec<(f64, f64)>,
+    /// Whole-model seconds ≈ `a + b · layer sum`.
+    pub a: f64,
+    /// See `a`.
+    pub b: f64,
+    /// `(layer sum, seconds)` of pruned candidates whose measurement disagreed with the
+    /// prediction; when there are any, the line goes through the model's own point with the
+    /// slope that fits them ([`Calibration::line`]).
+    #[serde(default)]
+    pub corrections: Vec<(f64, f64)>,
+}
+
+impl Calibration {
+    /// The line `(a, b)` predictions use: through the model's point fitted to the
+    /// corrections when there are any (and they give a positive slope), else `(a, b)`.
+    pub fn line(&self) -> (f64, f64) {
+        match self.points.first() {
+            Some(&origin) if !self.corrections.is_empty() => {
+                crate::analysis::latency_model::fit_through(origin, &self.corrections)
+                    .unwrap_or((self.a, self.b))
+            }
+            _ => (self.a, self.b),
+        }
+    }
+}
+
+impl LatencyTable {
+    /// An empty table for `runtime`.
+    pub fn new(runtime: &str) -> LatencyTable {
+        LatencyTable {
+            format: TABLE_FORMAT,
+            runtime: runtime.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The table at `path` (`None` when there is no file). Errors name the file: not a
+    /// table, another format, another runtime than `runtime`, an invalid surface.
+    pub fn load(path: &Path, runtime: &str) -> Result<Option<LatencyTable>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let bad = |why: String| Error::Usage(format!("{}: {why}", path.display()));
+        let t: LatencyTable = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("not a lopper latency table: {e}")))?;
+        if t.format != TABLE_FORMAT {
+            return Err(bad(format!(
+                "latency table format {} (this build reads {TABLE_FORMAT})",
+                t.format
+            )));
+        }
+        if t.runtime != runtime {
+            return Err(bad(format!(
+                "a latency table for '{}', not for '{runtime}' (use another file)",
+                t.runtime
+            )));
+        }
+        if let Some((k, _)) = t.layers.iter().find(|(_, s)| !s.is_valid()) {
+            return Err(bad(format!("invalid surface for layer '{k}'")));
+        }
+        let bad_fit = |c: &Calibration| !(c.a.is_finite() && c.b.is_finite() && c.b > 0.0);
+        if let Some((k, _)) = t.models.iter().find(|(_, c)| bad_fit(c)) {
+            return Err(bad(format!("invalid calibration for model {k}")));
+        }
+        Ok(Some(t))
+    }
+
+    /// Writes the table to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Usage(format!("cannot encode the latency table: {e}")))?;
+        bytes.push(b'\n');
+        crate::onnx::save::write_atomic(path, &bytes)
+    }
+}
+
+/// A layer of a model the table can time.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// The node.
+    pub node: NodeId,
+    /// Its configuration's key in [`LatencyTable::layers`].
+    pub key: String,
+    /// Full input and output widths.
+    pub widths: (usize, usize),
+    /// Whether the widths are tied (depthwise).
+    pub tied: bool,
+}
+
+/// The layers of `model` its ops can resize (their input shapes known, the batch axis set to
+/// `batch`), in node order.
+pub fn timed_layers(model: &Model, shapes: &Shapes, batch: usize) -> Vec<Layer> {
+    let g = &model.graph;
+    let mut out = Vec::new();
+    for n in g.node_ids() {
+        let node = g.node(n);
+        let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        let Some(inputs) = static_inputs(g, shapes, n, batch) else {
+            continue;
+        };
+        let refs: Vec<Option<&[usize]>> = inputs.iter().map(|s| s.as_deref()).collect();
+        let (Some(x), Some(w)) = (
+            refs.first().copied().flatten(),
+            refs.get(1).copied().flatten(),
+        ) else {
+            continue;
+        };
+        let (cin, cout) = (
+            x.get(1).copied().unwrap_or(0),
+            w.first().copied().unwrap_or(0),
+        );
+        let Some(full) = op.resized(node, &refs, cin, cout) else {
+            continue;
+        };
+        out.push(Layer {
+            node: n,
+            key: layer_key(&node.op_type, &node.domain, &full),
+            widths: (cin, cout),
+            tied: full.tied,
+        });
+    }
+    out
+}
+
+/// Static input shapes of node `n` (the batch axis of input 0 set to `batch`); `None` when
+/// one is not known or the first two are missing.
+fn static_inputs(
+    g: &Graph,
+    shapes: &Shapes,
+    n: NodeId,
+    batch: usize,
+) -> Option<Vec<Option<Vec<usize>>>> {
+    let node = g.node(n);
+    let mut out = Vec::new();
+    for (p, v) in node.inputs.iter().enumerate() {
+        let Some(v) = v else {
+            out.push(None);
+            continue;
+        };
+        let shape = shapes.get(*v)?.shape.as_ref()?;
+        let mut dims = Vec::with_capacity(shape.len());
+        for (axis, d) in shape.iter().enumerate() {
+            dims.push(match d {
+                Dim::Known(k) if !(p == 0 && axis == 0) => *k,
+                _ if p == 0 && axis == 0 => batch,
+                _ => return None,
+            });
+        }
+        out.push(Some(dims));
+    }
+    (out.len() >= 2 && out[0].is_some() && out[1].is_some()).then_some(out)
+}
+
+/// The key of a layer configuration: op, input shapes and attributes at full width.
+fn layer_key(op_type: &str, domain: &str, full: &Resized) -> String {
+    let mut attrs: Vec<String> = full
+        .attrs
+        .iter()
+        .map(|a| {
+            format!(
+                "{}={:?}{:?}{:?}{:?}{:?}",
+                a.name(),
+                a.i,
+                a.f,
+                a.s.as_deref().map(String::from_utf8_lossy),
+                a.ints,
+                a.floats
+            )
+        })
+        .collect();
+    attrs.sort();
+    let shapes: Vec<String> = full.inputs.iter().map(|s| format!("{s:?}")).collect();
+    let op = if domain.is_empty() {
+        op_type.to_string()
+    } else {
+        format!("{domain}.{op_type}")
+    };
+    format!("{op} {} {}", shapes.join(" "), attrs.join(" "))
+}
+
+/// The sampled widths of a layer `full` channels wide whose widths must be multiples of
+/// `group`: the [`FRACTIONS`] of it rounded to multiples of 8 (and of `group`) in layers of 32
+/// channels or more, the way `--round-to auto` keeps them, ascending and distinct.
+pub fn grid(full: usize, group: usize) -> Vec<usize> {
+    let group = group.max(1);
+    let lcm = |a: usize, b: usize| a / gcd(a, b) * b;
+    let m = if full >= 32 && full.is_multiple_of(lcm(8, group)) {
+        lcm(8, group)
+    } else {
+        group
+    };
+    let mut w: Vec<usize> = FRACTIONS
+        .iter()
+        .map(|f| ((full as f64 * f / m as f64).round() as usize).max(1) * m)
+        .filter(|&w| w <= full)
+        .collect();
+    w.push(full);
+    w.sort_unstable();
+    w.dedup();
+    w
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Times the grid of every layer in `layers` whose configuration `table` lacks and adds its
+/// surface; `say` is told each configuration timed. Returns how many were timed.
+pub fn time_layers(
+    table: &mut LatencyTable,
+    model: &Model,
+    shapes: &Shapes,
+    layers: &[Layer],
+    bench_opts: &BenchOptions,
+    say: &mut dyn FnMut(&str),
+) -> Result<usize> {
+    let scratch = TempDir::new("latency-table")?;
+    let mut timed = 0;
+    for layer in layers {
+        if table.layers.contains_key(&layer.key) {
+            continue;
+        }
+        let g = &model.graph;
+        let node = g.node(layer.node);
+        say(&format!("timing layer {} ({})", node.name, node.op_type));
+        let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
+        let (ins, outs) = if layer.tied {
+            (grid(layer.widths.0, 1), Vec::new())
+        } else {
+            (grid(layer.widths.0, group), grid(layer.widths.1, group))
+        };
+        let pairs: Vec<(usize, usize)> = if layer.tied {
+            ins.iter().map(|&c| (c, c)).collect()
+        } else {
+            ins.iter()
+                .flat_map(|&i| outs.iter().map(move |&o| (i, o)))
+                .collect()
+        };
+        let inputs = static_inputs(g, shapes, layer.node, bench_opts.batch).unwrap_or_default();
+        let refs: Vec<Option<&[usize]>> = inputs.iter().map(|s| s.as_deref()).collect();
+        let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = Vec::with_capacity(pairs.len());
+        for (k, &(cin, cout)) in pairs.iter().enumerate() {
+            let resized = op.resized(node, &refs, cin, cout).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: cannot time {} at {cin}/{cout} channels",
+                    node.name, node.op_type
+                ))
+            })?;
+            let alone = layer_model(model, &node.op_type, &node.domain, &resized);
+            let path = scratch.path().join(format!("layer-{k}.onnx"));
+            alone.save(&path, &Default::default())?;
+            paths.push(path);
+        }
+        let report = bench(&paths, bench_opts, &mut |_, _| {})?;
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let seconds = report.models.iter().map(|m| m.latency.median).collect();
+        table.layers.insert(
+            layer.key.clone(),
+            Surface {
+                inputs: ins,
+                outputs: outs,
+                seconds,
+            },
+        );
+        timed += 1;
+    }
+    Ok(timed)
+}
+
+/// The layer alone: input 0 a graph input, the other inputs float32 constants (a fixed,
+/// non-zero pattern), one output; the source model's opsets.
+fn layer_model(source: &Model, op_type: &str, domain: &str, r: &Resized) -> Model {
+    let mut g = Graph::new();
+    let x = crate::ops::build::add_input(&mut g, "x", DType::F32, &r.inputs[0]);
+    let mut inputs = vec![Some(x)];
+    for (p, shape) in r.inputs.iter().enumerate().skip(1) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let t = Tensor::from_f32(shape.clone(), &values);
+        inputs.push(Some(g.add_initializer(&format!("w{p}"), t)));
+    }
+    let n = g.add_node("layer", op_type, &inputs, &["y"], r.attrs.clone());
+    g.node_mut(n).domain = domain.to_string();
+    let y = g.node(n).outputs[0].expect("add_node gives every output a value");
+    g.outputs.push(y);
+    let mut m = Model {
+        graph: g,
+        rest: ModelProto {
+            ir_version: Some(8),
+            opset_import: source.rest.opset_import.clone(),
+            producer_name: Some("lopper latency table".into()),
+            ..Default::default()
+        },
+    };
+    if let Ok(shapes) = crate::analysis::infer_shapes(&m) {
+        if let Some(f) = shapes.get(y).and_then(|f| f.shape.clone()) {
+            let dims: Option<Vec<usize>> = f
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(k) => Some(*k),
+                    _ => None,
+                })
+                .collect();
+            if let Some(dims) = dims {
+                crate::ops::build::declare(&mut m.graph, y, DType::F32, &dims);
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_round_like_round_to_auto() {
+        assert_eq!(grid(64, 1), vec![16, 32, 48, 64]);
+        assert_eq!(grid(256, 1), vec![64, 128, 192, 256]);
+        // Narrow layers keep exact widths; a width not a multiple of 8 is not rounded.
+        assert_eq!(grid(16, 1), vec![4, 8, 12, 16]);
+        assert_eq!(grid(36, 1), vec![9, 18, 27, 36]);
+        // Grouped: multiples of the group (and of 8 where it can).
+        assert_eq!(grid(96, 12), vec![24, 48, 72, 96]);
+        assert_eq!(grid(6, 1), vec![2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn tables_round_trip_and_bad_files_are_named() {
+        let dir = TempDir::new("table-test").unwrap();
+        let path = dir.path().join("t.json");
+        assert_eq!(LatencyTable::load(&path, "ort cpu").unwrap(), None);
+        let mut t = LatencyTable::new("ort cpu");
+        t.layers.insert(
+            "Conv [1, 8, 4, 4] [8, 8, 3, 3]".into(),
+            Surface {
+                inputs: vec![4, 8],
+                outputs: vec![4, 8],
+                seconds: vec![1e-6, 2e-6, 2e-6, 4e-6],
+            },
+        );
+        t.models.insert(
+            "abc".into(),
+            Calibration {
+                points: vec![(1e-5, 2e-5)],
+                a: 0.0,
+                b: 2.0,
+                corrections: vec![],
+            },
+        );
+        t.save(&path).unwrap();
+        assert_eq!(
+            LatencyTable::load(&path, "ort cpu").unwrap(),
+            Some(t.clone())
+        );
+        let e = LatencyTable::load(&path, "tract cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.json") && e.contains("not for 'tract cpu'"),
+            "{e}"
+        );
+        t.layers.values_mut().next().unwrap().seconds.pop();
+        t.save(&path).unwrap();
+        let e = LatencyTable::load(&path, "ort cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid surface"), "{e}");
+        std::fs::write(&path, b"{").unwrap();
+        let e = LatencyTable::load(&path, "ort cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a lopper latency table"), "{e}");
+    }
+}
