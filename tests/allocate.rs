@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use common::*;
 use lopper::analysis::channels::ChannelGroups;
-use lopper::analysis::{costs, importance, infer_shapes, Shapes};
+use lopper::analysis::{costs, importance, infer_shapes, MaskedCost, Shapes};
 use lopper::ir::Model;
 use lopper::passes::remove_channels;
 use lopper::plan::{
@@ -488,8 +488,73 @@ fn a_flat_measured_curve_removes_least() {
     assert!(macs > 0.85, "kept MACs {macs}: {:?}", a.notes);
 }
 
-/// A synthetic latency table: every class of group `heavy` costs 10 units, every other class
-/// 1; the predicted ratio is the kept cost over the total, times `scale` (a correction).
+/// A predicted latency target is met on the prediction alone (no measurement, deterministic),
+/// and the knapsack order takes more from the group whose MACs cost the most time, keeping
+/// more MACs for the same predicted latency. The synthetic table: latency is the MAC ratio,
+/// except that every channel of group `heavy` saves 1% more.
+#[test]
+fn predicted_latency_targets_are_met_and_the_knapsack_prefers_costly_channels() {
+    let m = model("zoo/cifar_resnet20.bn.onnx");
+    let heavy = m
+        .groups
+        .groups
+        .iter()
+        .filter(|g| g.prunable())
+        .nth(3)
+        .unwrap()
+        .id;
+    let cost = MaskedCost::new(&m.model, &m.groups, &m.shapes).unwrap();
+    let macs = |removed: &[bool]| cost.estimate(removed).0 as f64 / cost.original().0 as f64;
+    let predict = |removed: &[bool]| {
+        let extra = removed
+            .iter()
+            .enumerate()
+            .filter(|(c, r)| **r && m.groups.group_of_class[*c] == heavy)
+            .count();
+        macs(removed) - 0.01 * extra as f64
+    };
+    let mut opts = target(Scope::Global, Granularity::Channel, Budget::Latency(0.7));
+    opts.latency_knapsack = false;
+    let go = |opts: &AllocateOptions| {
+        let t = Timing {
+            measure: None,
+            predict: Some(&predict),
+        };
+        allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, opts, t).unwrap()
+    };
+    let flags = |a: &Allocation| {
+        let mut removed = vec![false; cost.classes()];
+        for &c in &a.classes {
+            removed[c] = true;
+        }
+        removed
+    };
+    let plain = go(&opts);
+    assert!(
+        (predict(&flags(&plain)) - 0.7).abs() <= 0.005,
+        "{:?}",
+        plain.notes
+    );
+    assert_eq!(go(&opts).classes, plain.classes, "not deterministic");
+    opts.latency_knapsack = true;
+    let knap = go(&opts);
+    assert!(
+        (predict(&flags(&knap)) - 0.7).abs() <= 0.005,
+        "{:?}",
+        knap.notes
+    );
+    let kept = |a: &Allocation| kept_per_group(&m, a)[&heavy];
+    let ((k1, n), (k2, _)) = (kept(&plain), kept(&knap));
+    assert!(
+        k2 < k1,
+        "heavy group kept {k2} of {n} with the knapsack, {k1} without"
+    );
+    let (mp, mk) = (macs(&flags(&plain)), macs(&flags(&knap)));
+    assert!(mk > mp, "MACs kept {mk} with the knapsack, {mp} without");
+}
+
+/// A synthetic latency table for the correction test: every class of group `heavy` costs 10
+/// units, every other class 1.
 fn synthetic_latency(m: &Loaded, heavy: usize) -> Vec<f64> {
     (0..m.groups.class_atoms.len())
         .map(|c| {
@@ -502,7 +567,8 @@ fn synthetic_latency(m: &Loaded, heavy: usize) -> Vec<f64> {
         .collect()
 }
 
-fn predicted(weights: &[f64], removed: &[bool], scale: f64) -> f64 {
+/// The kept share of `weights` after removing the classes marked `true`.
+fn predicted(weights: &[f64], removed: &[bool]) -> f64 {
     let total: f64 = weights.iter().sum();
     let gone: f64 = weights
         .iter()
@@ -510,46 +576,7 @@ fn predicted(weights: &[f64], removed: &[bool], scale: f64) -> f64 {
         .filter(|(_, r)| **r)
         .map(|(w, _)| w)
         .sum();
-    scale * (total - gone) / total
-}
-
-/// A predicted latency target is met on the prediction alone (no measurement, deterministic),
-/// and the knapsack order takes more from the group whose channels save the most latency.
-#[test]
-fn predicted_latency_targets_are_met_and_the_knapsack_prefers_costly_channels() {
-    let m = model("zoo/cifar_resnet20.bn.onnx");
-    let heavy = m.groups.groups.iter().find(|g| g.prunable()).unwrap().id;
-    let w = synthetic_latency(&m, heavy);
-    let predict = |removed: &[bool]| predicted(&w, removed, 1.0);
-    let mut opts = target(Scope::Global, Granularity::Channel, Budget::Latency(0.7));
-    let go = |opts: &AllocateOptions| {
-        let t = Timing {
-            measure: None,
-            predict: Some(&predict),
-        };
-        allocate(&m.model, &m.groups, &m.shapes, &m.scores, None, opts, t).unwrap()
-    };
-    let plain = go(&opts);
-    let mut removed = vec![false; w.len()];
-    for &c in &plain.classes {
-        removed[c] = true;
-    }
-    assert!(
-        (predicted(&w, &removed, 1.0) - 0.7).abs() <= 0.005,
-        "{:?}",
-        plain.notes
-    );
-    assert_eq!(go(&opts).classes, plain.classes, "not deterministic");
-    opts.latency_knapsack = true;
-    let knap = go(&opts);
-    let lost = |a: &Allocation| kept_per_group(&m, a)[&heavy];
-    let ((k1, n), (k2, _)) = (lost(&plain), lost(&knap));
-    assert!(
-        k2 < k1,
-        "heavy group kept {k2} of {n} with the knapsack, {k1} without"
-    );
-    // The knapsack meets the same predicted target with fewer channels removed.
-    assert!(knap.classes.len() < plain.classes.len());
+    (total - gone) / total
 }
 
 /// A measurement that disagrees with the prediction corrects it (here: the caller rescales
@@ -563,7 +590,7 @@ fn measurements_correct_a_wrong_prediction() {
     let scale = std::cell::Cell::new(1.0);
     let predict = |removed: &[bool]| {
         // The prediction's line goes through the unpruned model: 1 + scale·(r − 1).
-        1.0 + scale.get() * (predicted(&w, removed, 1.0) - 1.0)
+        1.0 + scale.get() * (predicted(&w, removed) - 1.0)
     };
     // The truth: removing saves 40% less than the table says.
     let truth = |classes: &[usize]| {
@@ -571,7 +598,7 @@ fn measurements_correct_a_wrong_prediction() {
         for &c in classes {
             removed[c] = true;
         }
-        1.0 + 0.6 * (predicted(&w, &removed, 1.0) - 1.0)
+        1.0 + 0.6 * (predicted(&w, &removed) - 1.0)
     };
     let mut calls = 0;
     let mut measure = |classes: &[usize]| -> lopper::error::Result<f64> {
@@ -582,7 +609,7 @@ fn measurements_correct_a_wrong_prediction() {
         for &c in classes {
             removed[c] = true;
         }
-        let p = predicted(&w, &removed, 1.0);
+        let p = predicted(&w, &removed);
         scale.set((r - 1.0) / (p - 1.0));
         Ok(r)
     };

@@ -108,11 +108,25 @@ pub struct SelectionArgs {
     /// model has layers it lacks. The same table gives the same choice.
     #[arg(long, value_name = "FILE", help_heading = "Allocation")]
     latency_table: Option<std::path::PathBuf>,
-    /// Under `--target latency=R` with a table, order channels by score per unit of the
-    /// latency their group saves (a greedy knapsack) instead of by score alone. Measured
-    /// worse on mobilenet_v2 (see the README), so off by default.
-    #[arg(long, help_heading = "Allocation")]
-    latency_knapsack: bool,
+    /// Under `--target latency=R` with a table: `knapsack` orders channels by score over
+    /// what their group's MACs cost in time, so that slow MACs go first and the target keeps
+    /// more of them; `score` by score alone (like a FLOPs target).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "knapsack",
+        help_heading = "Allocation"
+    )]
+    latency_order: LatencyOrderArg,
+}
+
+/// `--latency-order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LatencyOrderArg {
+    /// Score over the latency cost of the group's MACs.
+    Knapsack,
+    /// Score alone.
+    Score,
 }
 
 /// `--latency-search`.
@@ -258,7 +272,7 @@ impl SelectionArgs {
                     ignore: self.ignore.clone(),
                 },
                 tolerance: self.target_tolerance,
-                latency_knapsack: self.latency_knapsack,
+                latency_knapsack: self.latency_order == LatencyOrderArg::Knapsack,
                 ..Default::default()
             },
             steps: self.steps as usize,

@@ -165,10 +165,9 @@ pub struct AllocateOptions {
     pub tolerance: f64,
     /// Most `measure` calls of a measured search.
     pub max_measurements: usize,
-    /// Under a predicted latency target, order channels by score per unit of the latency
-    /// their group saves (a greedy knapsack) instead of by score. Off by default: on
-    /// mobilenet_v2 it reached the measured latency target with fewer MACs kept (×0.236
-    /// against ×0.329 by score).
+    /// Under a predicted latency target, order channels by score over what their group's
+    /// MACs cost in time (a greedy knapsack; see [`allocate`]) instead of by score alone.
+    /// On by default: the same measured latency keeps 23–30% more MACs.
     pub latency_knapsack: bool,
 }
 
@@ -181,7 +180,7 @@ impl Default for AllocateOptions {
             constraints: Constraints::default(),
             tolerance: 0.005,
             max_measurements: 10,
-            latency_knapsack: false,
+            latency_knapsack: true,
         }
     }
 }
@@ -235,8 +234,8 @@ impl<'a> Timing<'a> {
 /// class (`groups.class_atoms`); `keep_hint` (for [`Amount::Own`]) marks classes to keep;
 /// `timing` measures or predicts the latency ratio of a candidate removal (one of them
 /// required for [`Budget::Latency`]; with a prediction and
-/// [`AllocateOptions::latency_knapsack`], channels are ordered by score per unit of the
-/// latency their group saves, a greedy knapsack). `groups` and `shapes` must be
+/// [`AllocateOptions::latency_knapsack`], channels are ordered by score over what their
+/// group's MACs cost in time, a greedy knapsack). `groups` and `shapes` must be
 /// computed on `model` as it is.
 pub fn allocate(
     model: &Model,
@@ -263,7 +262,7 @@ pub fn allocate(
         timing.predict,
         opts.granularity == Granularity::Block,
     ) {
-        let weighted = per_latency(&space, scores, cost.classes(), predict);
+        let weighted = per_latency(&space, scores, &cost, predict);
         space = Space::new(model, groups, &weighted, own_first, &opts.constraints)?;
     }
     let mut notes = space.notes.clone();
@@ -455,13 +454,23 @@ fn meet_target(
     Ok((found, evaluations))
 }
 
-/// Scores divided by the predicted latency their removal saves, per channel of each eligible
-/// group (removing the group's first allowed step, at full width): the greedy knapsack's
-/// order, importance per unit of latency. Groups whose removal saves no predicted time get
-/// a floor of a thousandth of the mean saving (they go last). Negative scores are multiplied
-/// instead, so that they still go first.
-fn per_latency(space: &Space, scores: &[f64], n_classes: usize, predict: Predict) -> Vec<f64> {
+/// The greedy knapsack's order: each eligible group's scores divided by what its MACs cost in
+/// time, `e = (latency fraction its first allowed step saves) / (MAC fraction it saves)` (by
+/// the prediction, at full width), so that channels whose MACs are slow for their number
+/// (memory-bound depthwise convolutions, blocks the runtime handles badly) go first at equal
+/// importance, and a latency target keeps more MACs. Groups saving time but no MACs get
+/// `e = 1000`; groups saving nothing predicted get a floor of a thousandth of the mean `e`
+/// (they go last). Negative scores are multiplied instead, so that they still go first.
+///
+/// Measured against ordering by score alone (`--target latency=0.5`, ONNX Runtime, 2
+/// threads): MACs kept ×0.427 against ×0.327 on mobilenet_v2, ×0.484 against ×0.394 on
+/// ResNet-50, ×0.460 against ×0.375 on efficientnet_b0, at the same measured latency. Dividing
+/// by the latency saved alone (importance per unit of latency) kept fewer: ×0.236 on
+/// mobilenet_v2.
+fn per_latency(space: &Space, scores: &[f64], cost: &MaskedCost, predict: Predict) -> Vec<f64> {
+    let n_classes = cost.classes();
     let full = predict(&[]);
+    let m0 = cost.original().0.max(1) as f64;
     let mut saved = Vec::with_capacity(space.order.len());
     for (i, order) in space.order.iter().enumerate() {
         let step = space.valid[i].get(1).copied().unwrap_or(1).max(1);
@@ -469,7 +478,13 @@ fn per_latency(space: &Space, scores: &[f64], n_classes: usize, predict: Predict
         for &c in order.iter().take(step) {
             removed[c] = true;
         }
-        saved.push(((full - predict(&removed)) / step as f64).max(0.0));
+        let lat = (full - predict(&removed)).max(0.0);
+        let macs = (m0 - cost.estimate(&removed).0 as f64).max(0.0) / m0;
+        saved.push(match (lat > 0.0, macs > 0.0) {
+            (_, true) => lat / macs,
+            (true, false) => 1e3,
+            (false, false) => 0.0,
+        });
     }
     let mean = saved.iter().sum::<f64>() / saved.len().max(1) as f64;
     let floor = (mean * 1e-3).max(f64::MIN_POSITIVE);
