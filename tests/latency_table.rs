@@ -156,3 +156,32 @@ fn prune_to_a_latency_target_with_a_table_file() {
     );
     assert!(after < before, "MACs {before} -> {after}");
 }
+
+/// `prune --measure` times the written model against the original and says so beside its
+/// MACs ratio.
+#[test]
+fn prune_measure_reports_the_latency_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let out = dir.path().join("o.onnx");
+    let (code, stdout, err) = run_lopper(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--ratio",
+        "0.5",
+        "--measure",
+        "--backend",
+        "tract",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("latency: x"))
+        .unwrap_or_else(|| panic!("no latency line: {stdout}"));
+    assert!(
+        line.contains("of the MACs") && line.contains("tract"),
+        "{line}"
+    );
+}

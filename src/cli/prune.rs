@@ -62,6 +62,11 @@ pub struct Args {
     /// Largest relative output difference the check accepts.
     #[arg(long, default_value_t = 1e-4, help_heading = "Checks")]
     tolerance: f64,
+    /// After writing, time the pruned model against the original on the runtime (interleaved,
+    /// batch 1, medians within 1%) and warn when it is slower than its MACs promise (a latency
+    /// ratio above the MACs ratio + 0.10).
+    #[arg(long, help_heading = "Checks")]
+    measure: bool,
     /// Write the exact removal as a plan (replay with --plan).
     #[arg(long, help_heading = "Outputs")]
     save_plan: Option<PathBuf>,
@@ -194,6 +199,9 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     print_summary(&args, &report, layers.as_ref());
+    if args.measure {
+        measure(&args, &report)?;
+    }
     if let (Some(path), Some(layers)) = (&args.plot, layers.as_ref()) {
         let name = args
             .model
@@ -204,6 +212,36 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let (Some(path), Some(layers)) = (&args.report, layers) {
         Report::new(&report, layers).save(path)?;
+    }
+    Ok(())
+}
+
+/// `--measure`: the pruned model's latency against the original's, and a warning when it is
+/// slower than its MACs promise.
+fn measure(args: &Args, report: &PruneReport) -> Result<()> {
+    let (backend, runtime) = args.runtime.resolve()?;
+    let opts = lopper::bench::BenchOptions {
+        precision: Some(0.01),
+        max_runs: 150,
+        ..lopper::bench::BenchOptions::new(backend, runtime, 1, 30)
+    };
+    let models = [args.model.clone(), args.out.output.clone()];
+    let r = lopper::bench::bench(&models, &opts, &mut |_, _| {})?;
+    let (m0, m1) = (r.models[0].latency.median, r.models[1].latency.median);
+    let lat = m1 / m0.max(f64::MIN_POSITIVE);
+    let macs = report.macs.1 as f64 / report.macs.0.max(1) as f64;
+    println!(
+        "latency: x{lat:.3} of the original ({:.3} ms vs {:.3} ms median, {} {}, batch 1) for x{macs:.3} of the MACs",
+        m1 * 1e3,
+        m0 * 1e3,
+        r.backend,
+        r.device
+    );
+    if lat > macs + 0.10 {
+        eprintln!(
+            "warning: the model is slower than its MACs promise: x{lat:.3} of the time for \
+             x{macs:.3} of the MACs; try --round-to 8 or 16, or --target latency=R"
+        );
     }
     Ok(())
 }

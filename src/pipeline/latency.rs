@@ -49,6 +49,9 @@ pub struct LatencyEvaluator {
     search: LatencySearch,
     table: LatencyTable,
     table_path: Option<PathBuf>,
+    /// Whether measurements correct the table: without a file, or while this run builds the
+    /// model's entries (a table that had them is used as it is).
+    learning: bool,
 }
 
 impl LatencyEvaluator {
@@ -69,6 +72,7 @@ impl LatencyEvaluator {
             search: LatencySearch::default(),
             table,
             table_path: None,
+            learning: true,
         })
     }
 
@@ -125,9 +129,11 @@ impl LatencyEvaluator {
             b: 1.0.into(),
         };
         let key = crate::plan::fingerprint(model);
+        self.learning = self.table_path.is_none() || changed;
         let cal = match self.table.models.get(&key) {
             Some(c) => c.clone(),
             None => {
+                self.learning = true;
                 say("calibrating the latency table on the whole model");
                 let c = self.calibrate(model, groups, shapes, &lm)?;
                 self.table.models.insert(key, c.clone());
@@ -197,9 +203,9 @@ impl LatencyEvaluator {
     /// Learns from a measurement of a candidate removal (`classes` of `model`, `cost` and
     /// `lm` built on it): when the measured ratio is more than the timing noise (0.02) away
     /// from `lm`'s prediction, the candidate becomes a correction point of the model's
-    /// calibration, `lm`'s line is updated, and the table saved to its file. A measurement
-    /// the prediction agrees with changes nothing, so that a table which predicts well stays
-    /// as it is (and keeps giving the same choice).
+    /// calibration, `lm`'s line is updated, and the table saved to its file. Only while
+    /// learning: without a table file, or in the run that added the model's entries to it; a
+    /// file that already had them is used as it is, so that it keeps giving the same choice.
     pub fn correct(
         &mut self,
         model: &Model,
@@ -214,7 +220,8 @@ impl LatencyEvaluator {
                 *r = true;
             }
         }
-        if (lm.ratio(cost, &removed) - measured).abs() <= crate::plan::MEASURED_TOLERANCE {
+        let agrees = (lm.ratio(cost, &removed) - measured).abs() <= crate::plan::MEASURED_TOLERANCE;
+        if agrees || !self.learning {
             return Ok(());
         }
         let Some(cal) = self.table.models.get_mut(&crate::plan::fingerprint(model)) else {

@@ -508,9 +508,10 @@ const CONFIRMATIONS: usize = 4;
 /// A latency target met on the prediction, confirmed by measurement: bisection on `predict`,
 /// then the choice is measured; while the measurement misses `target` by more than the
 /// timing noise ([`MEASURED_TOLERANCE`]), the search runs again on the prediction, which the
-/// measurement has corrected (the caller's `measure` updates it), at most [`CONFIRMATIONS`]
-/// measurements. Keeps the measured choice nearest the target; without `measure`, the
-/// prediction's choice. Returns it (its ratio the measured one) and the evaluations made.
+/// measurement may have corrected (the caller's `measure` does that, or not), at most
+/// [`CONFIRMATIONS`] measurements. The choice is always the last search's, a function of the
+/// prediction as it ends: the same table gives the same choice. Its ratio is its measurement
+/// when it was measured, else the prediction (noted). Returns it and the evaluations made.
 fn confirmed(
     Search {
         space,
@@ -526,10 +527,11 @@ fn confirmed(
 ) -> Result<(Found, usize)> {
     let tol_m = tol.max(MEASURED_TOLERANCE);
     let mut evaluations = 0;
-    let mut best: Option<(Found, f64)> = None;
-    let mut tried: Vec<Vec<usize>> = Vec::new();
-    for _ in 0..CONFIRMATIONS {
-        // A fresh evaluator: the measurement may have corrected the prediction.
+    let mut measured: Vec<(Vec<usize>, f64)> = Vec::new();
+    let mut top_measured = false;
+    let mut calls = 0;
+    loop {
+        // A fresh evaluator: a measurement may have corrected the prediction.
         let mut eval = Evaluator::predicted(space, cost, predict);
         let searched = bisect(space, &mut eval, family, priority, target, tol, "latency");
         evaluations += eval.evaluations;
@@ -537,56 +539,60 @@ fn confirmed(
             (Ok(f), _) => f,
             // Predicted out of reach: measure the largest removal allowed before giving up
             // (the measurement corrects the prediction when it disagrees).
-            (Err(e), Some(m)) => {
+            (Err(e), Some(m)) if !top_measured && calls < CONFIRMATIONS => {
                 let top = family(1.0);
-                if tried.contains(&top) {
-                    return Err(e);
-                }
-                let measured = m(&space.select(&top))?;
-                evaluations += 1;
-                tried.push(top);
-                if measured > target + tol_m {
+                let r = m(&space.select(&top))?;
+                (calls, top_measured) = (calls + 1, true);
+                if r > target + tol_m {
                     return Err(Error::Usage(format!(
-                        "latency target {target} cannot be reached under the constraints: the largest removal they allow measures {measured:.4} ({e})"
+                        "latency target {target} cannot be reached under the constraints: the largest removal they allow measures {r:.4} ({e})"
                     )));
                 }
                 continue;
             }
-            (Err(e), None) => return Err(e),
+            (Err(e), _) => return Err(e),
         };
-        let Some(m) = measure.as_mut() else {
-            notes.push(format!(
-                "latency target {target}: {:.4} predicted by the latency table (not measured)",
-                found.ratio
-            ));
-            return Ok((found, evaluations));
+        let known = measured
+            .iter()
+            .find(|(c, _)| *c == found.counts)
+            .map(|(_, r)| *r);
+        let m = match (known, measure.as_mut()) {
+            (None, Some(m)) if calls < CONFIRMATIONS => m,
+            _ => return Ok((finish(found, known, target, tol_m, notes), evaluations)),
         };
-        if tried.contains(&found.counts) {
-            break; // the corrected prediction chose a measured candidate again
-        }
-        let measured = m(&space.select(&found.counts))?;
-        evaluations += 1;
+        let r = m(&space.select(&found.counts))?;
+        (calls, evaluations) = (calls + 1, evaluations + 1);
         notes.push(format!(
-            "latency target {target}: {:.4} predicted by the latency table, {measured:.4} measured",
+            "latency target {target}: {:.4} predicted by the latency table, {r:.4} measured",
             found.ratio
         ));
-        tried.push(found.counts.clone());
-        let nearer = best
-            .as_ref()
-            .is_none_or(|(_, b)| (measured - target).abs() < (b - target).abs());
-        if nearer {
-            best = Some((found, measured));
-        }
-        if (measured - target).abs() <= tol_m {
-            break;
+        measured.push((found.counts.clone(), r));
+        if (r - target).abs() <= tol_m {
+            return Ok((finish(found, Some(r), target, tol_m, notes), evaluations));
         }
     }
-    let Some((mut found, measured)) = best else {
-        return Err(Error::Usage("no latency candidate was measured".into()));
-    };
-    found.ratio = measured;
-    found.met = (measured - target).abs() <= tol_m;
-    Ok((found, evaluations))
+}
+
+/// The confirmed search's result: its ratio the measurement when there is one (else the
+/// prediction, noted), `met` by the measurement's tolerance.
+fn finish(
+    mut found: Found,
+    measured: Option<f64>,
+    target: f64,
+    tol_m: f64,
+    notes: &mut Vec<String>,
+) -> Found {
+    match measured {
+        Some(r) => {
+            found.ratio = r;
+            found.met = (r - target).abs() <= tol_m;
+        }
+        None => notes.push(format!(
+            "latency target {target}: {:.4} predicted by the latency table (this choice not measured)",
+            found.ratio
+        )),
+    }
+    found
 }
 
 /// The keep flags of [`Amount::Own`] (errors when missing or of the wrong length); `None`
