@@ -48,16 +48,24 @@ fn model(rel: &str) -> Loaded {
 }
 
 fn run(m: &Loaded, opts: &AllocateOptions) -> Allocation {
+    attempt(m, None, opts).unwrap_or_else(|e| panic!("{}: {e}", m.name))
+}
+
+/// `allocate` on `m` with the criterion's keep flags `keep`, nothing timed.
+fn attempt(
+    m: &Loaded,
+    keep: Option<&[bool]>,
+    opts: &AllocateOptions,
+) -> lopper::error::Result<Allocation> {
     allocate(
         &m.model,
         &m.groups,
         &m.shapes,
         &m.scores,
-        None,
+        keep,
         opts,
         Timing::default(),
     )
-    .unwrap_or_else(|e| panic!("{}: {e}", m.name))
 }
 
 fn target(scope: Scope, granularity: Granularity, budget: Budget) -> AllocateOptions {
@@ -315,30 +323,10 @@ fn unreachable_target_names_the_smallest_ratio() {
     let m = model("zoo/cifar_resnet20.bn.onnx");
     let mut opts = target(Scope::Global, Granularity::Channel, Budget::Flops(0.05));
     opts.constraints.min_keep_fraction = 0.5;
-    let e = allocate(
-        &m.model,
-        &m.groups,
-        &m.shapes,
-        &m.scores,
-        None,
-        &opts,
-        Timing::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = attempt(&m, None, &opts).unwrap_err().to_string();
     assert!(e.contains("smallest ratio reachable"), "{e}");
     let latency = target(Scope::Global, Granularity::Channel, Budget::Latency(0.5));
-    let e = allocate(
-        &m.model,
-        &m.groups,
-        &m.shapes,
-        &m.scores,
-        None,
-        &latency,
-        Timing::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = attempt(&m, None, &latency).unwrap_err().to_string();
     assert!(e.contains("measurement"), "{e}");
 }
 
@@ -397,42 +385,16 @@ fn own_choice_removes_what_the_criterion_drops_under_the_constraints() {
         amount: Amount::Own,
         ..Default::default()
     };
-    let a = allocate(
-        &m.model,
-        &m.groups,
-        &m.shapes,
-        &m.scores,
-        Some(&keep),
-        &opts,
-        Timing::default(),
-    )
-    .unwrap();
+    let a = attempt(&m, Some(&keep), &opts).unwrap();
     assert!(!a.classes.is_empty());
     assert!(a.classes.iter().all(|c| !keep[*c]));
     opts.constraints.max_ratio = 0.1;
-    let b = allocate(
-        &m.model,
-        &m.groups,
-        &m.shapes,
-        &m.scores,
-        Some(&keep),
-        &opts,
-        Timing::default(),
-    )
-    .unwrap();
+    let b = attempt(&m, Some(&keep), &opts).unwrap();
     assert!(b.classes.len() < a.classes.len());
     for (_, (kept, n)) in kept_per_group(&m, &b) {
         assert!(n - kept <= (0.1 * n as f64).floor() as usize);
     }
-    let e = allocate(
-        &m.model,
-        &m.groups,
-        &m.shapes,
-        &m.scores,
-        None,
-        &opts,
-        Timing::default(),
-    );
+    let e = attempt(&m, None, &opts);
     assert!(e.is_err());
 }
 

@@ -119,7 +119,8 @@ impl Drop for Status {
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
     // Every output path is checked before anything is computed or written.
-    let side = [&args.save_plan, &args.report, &args.plot];
+    let table = selection.latency().table;
+    let side = [&args.save_plan, &args.report, &args.plot, &table];
     lopper::onnx::save::check_writable(
         std::iter::once(args.out.output.as_path())
             .chain(side.into_iter().flatten().map(|p| p.as_path())),
