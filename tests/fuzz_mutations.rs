@@ -2,8 +2,11 @@
 //! ResNet-20 is broken in seeded random ways at the protobuf level (inputs dropped or
 //! rewired, attributes set to hostile values, initializer dims and data that disagree, op
 //! types swapped, outputs removed, opsets changed) and every stage must return an error or a
-//! result, never panic. Runs in-process for a bounded number of cases in CI; set
-//! `LOPPER_FUZZ_CASES` to run longer.
+//! result, never panic. Runs in-process for a bounded number of cases in CI. Case `k` is the
+//! mutation seeded with `k`, so a failure names its case and replays alone
+//! (`LOPPER_FUZZ_FROM=k LOPPER_FUZZ_CASES=1`). Longer runs: `LOPPER_FUZZ_CASES=N`, or
+//! `LOPPER_FUZZ_SECONDS=S` (cases until S seconds have passed), e.g.
+//! `LOPPER_FUZZ_SECONDS=3600 cargo test --release --test fuzz_mutations -- --nocapture`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -176,10 +179,11 @@ fn mutated_models_never_panic() {
         "/fixtures/models/resnet20_cifar10.bn.onnx"
     );
     let original = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
-    let cases: u64 = std::env::var("LOPPER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let seconds = env("LOPPER_FUZZ_SECONDS");
+    let from = env("LOPPER_FUZZ_FROM").unwrap_or(0);
+    let cases = env("LOPPER_FUZZ_CASES").unwrap_or(if seconds.is_some() { u64::MAX } else { 48 });
+    let start = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
     // Quiet the default hook: a panic is reported below with its case.
@@ -190,7 +194,12 @@ fn mutated_models_never_panic() {
     }));
     let mut failures = Vec::new();
     let mut reached = [0usize; 6];
-    for case in 0..cases {
+    let mut run = 0u64;
+    for case in from..from.saturating_add(cases) {
+        if seconds.is_some_and(|s| start.elapsed().as_secs() >= s) {
+            break;
+        }
+        run += 1;
         let mut rng = SplitMix64::new(case);
         let mut m = original.clone();
         let what: Vec<String> = (0..1 + rng.below(3))
@@ -210,11 +219,12 @@ fn mutated_models_never_panic() {
         }
     }
     let _ = std::panic::take_hook();
-    eprintln!("cases by the stage that stopped them (decode, import, verify, simplify, prune, saved): {reached:?}");
+    eprintln!(
+        "{run} cases (seeds {from}..{}) in {:.0?}; by the stage that stopped them (decode, import, verify, simplify, prune, saved): {reached:?}",
+        from + run,
+        start.elapsed()
+    );
     assert!(failures.is_empty(), "panics:\n{}", failures.join("\n"));
     // The harness must exercise the later stages, not only the early refusals.
-    assert!(
-        reached[4] + reached[5] >= cases as usize / 20,
-        "{reached:?}"
-    );
+    assert!(reached[4] + reached[5] >= run as usize / 20, "{reached:?}");
 }
