@@ -18,6 +18,9 @@ use common::*;
 #[path = "../fixtures/resnet50.rs"]
 mod resnet50;
 
+#[path = "../fixtures/vgg11_bn.rs"]
+mod vgg11_bn;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -67,6 +70,19 @@ fn child(mode: &str, input: &Path, output: &Path) {
             m.save(output, &lopper::onnx::SaveOptions::default())
                 .expect("save");
             ratio = r.macs.1 as f64 / r.macs.0 as f64;
+        }
+        "remove-dead" => {
+            let mut m = lopper::ir::Model::load(input).expect("load");
+            lopper::ir::verify(&m.graph).expect("verify graph");
+            let opts = PruneOptions {
+                selection: Selection::Dead,
+                verify_with: vec![],
+                tolerance: 1e-4,
+            };
+            let r = prune(&mut m, &opts).expect("remove dead");
+            m.save(output, &lopper::onnx::SaveOptions::default())
+                .expect("save");
+            ratio = r.params.1 as f64 / r.params.0 as f64;
         }
         "load+save" => {
             let m = lopper::ir::Model::load(input).expect("load");
@@ -164,5 +180,51 @@ fn main() {
         rv * 1024.0 / 1e6,
         rv * 1024.0 / size
     );
+    let _ = std::fs::remove_file(&output);
+    remove_dead(&dir, &exe);
+}
+
+/// `--remove-dead` on a generated VGG-11-BN (532 MB) with 30% of every BatchNormalization's
+/// scales zero, against a plain copy of the file measured in the same run; the last column is
+/// the parameter ratio (the removal must never grow the model).
+fn remove_dead(dir: &Path, exe: &Path) {
+    let input = dir.join("vgg11_bn.dead30.onnx");
+    if !input.exists() {
+        eprintln!("generating {}", input.display());
+        vgg11_bn::vgg11_bn(0.3)
+            .save(&input, &Default::default())
+            .expect("write fixture");
+    }
+    let size = std::fs::metadata(&input).expect("fixture").len() as f64;
+    let output = dir.join("vgg11_bn.pruned.onnx");
+    let modes = ["fs::read + fs::write", "remove-dead"];
+    let mut results: Vec<(Vec<f64>, Vec<f64>, f64)> = vec![(vec![], vec![], 1.0); modes.len()];
+    for _ in 0..3 {
+        for (k, mode) in modes.iter().enumerate() {
+            let (t, r, ratio) = measure(exe, mode, &input, &output);
+            results[k].0.push(t);
+            results[k].1.push(r * 1024.0);
+            results[k].2 = ratio;
+        }
+    }
+    println!(
+        "model: generated VGG-11-BN, {:.1} MB, 30% of BN scales zero; --remove-dead; 3 runs each, medians",
+        size / 1e6
+    );
+    println!(
+        "{:<24} {:>9} {:>14} {:>9} {:>12}",
+        "", "time (s)", "peak RSS (MB)", "RSS/file", "params ratio"
+    );
+    for (k, mode) in modes.iter().enumerate() {
+        let (t, r) = (median(results[k].0.clone()), median(results[k].1.clone()));
+        println!(
+            "{:<24} {:>9.3} {:>14.1} {:>9.2} {:>12.4}",
+            mode,
+            t,
+            r / 1e6,
+            r / size,
+            results[k].2
+        );
+    }
     let _ = std::fs::remove_file(&output);
 }

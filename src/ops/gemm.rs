@@ -255,20 +255,33 @@ impl Op for Gemm {
         let Some(b) = cx.consts.get(1).copied().flatten() else {
             return Ok(None);
         };
-        let (Some(bv), true) = (b.to_f64_vec(), b.shape().len() == 2) else {
+        if b.shape().len() != 2 {
             return Ok(None);
-        };
+        }
         let trans_b = cx.node.attr_i("transB").unwrap_or(0) != 0;
         let alpha = cx.node.attr_f("alpha").unwrap_or(1.0) as f64;
-        let (rows, cols) = (b.shape()[0], b.shape()[1]);
-        let n = if trans_b { rows } else { cols };
+        // Only the removed features' rows of B' are read (B may be hundreds of MB: VGG's
+        // first classifier layer is 25088 × 4096).
+        let (axis, n) = if trans_b {
+            (1, b.shape()[0])
+        } else {
+            (0, b.shape()[1])
+        };
+        let ks: Vec<usize> = cx.constants.iter().map(|(k, _)| *k).collect();
+        if ks.iter().any(|&k| k >= b.shape()[axis]) {
+            return Ok(None);
+        }
+        let Some(sub) = b.select(axis, &ks)?.to_f64_vec() else {
+            return Ok(None);
+        };
+        let m = ks.len();
         let mut bias = vec![0f64; n];
-        for &(k, c) in cx.constants {
+        for (i, &(_, c)) in cx.constants.iter().enumerate() {
             for (j, slot) in bias.iter_mut().enumerate() {
                 let w = if trans_b {
-                    bv[j * cols + k]
+                    sub[j * m + i]
                 } else {
-                    bv[k * cols + j]
+                    sub[i * n + j]
                 };
                 *slot += alpha * c * w;
             }
@@ -472,5 +485,65 @@ mod tests {
         let y = bn(&mut n, y, 2);
         n.output(y);
         folds_exactly(&n.model(13));
+    }
+
+    /// A removed constant input feature k adds alpha·c·B'[k, :] / beta to the bias, with B
+    /// stored either way round; only the removed features' part of B is read.
+    #[test]
+    fn compensation_reads_the_removed_features_either_layout() {
+        // B' = [[1, 2], [3, 4], [5, 6]] (3 features, 2 outputs); stored as B' or as B'ᵀ.
+        let b_kn = crate::ir::Tensor::from_f32(vec![3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b_nk = crate::ir::Tensor::from_f32(vec![2, 3], &[1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        let constants = [(0usize, 2.0f64), (2, -1.0)];
+        for (trans_b, b) in [(0, &b_kn), (1, &b_nk)] {
+            let n = node(
+                "Gemm",
+                1,
+                vec![
+                    attr_int("transB", trans_b),
+                    crate::ir::graph::attr_float("alpha", 0.5),
+                    crate::ir::graph::attr_float("beta", 2.0),
+                ],
+            );
+            let consts = [None, Some(b), None];
+            let cx = CompensateCx {
+                node: &n,
+                inputs: &[],
+                outputs: &[],
+                slot: crate::ops::channel::Slot {
+                    port: crate::ops::channel::Port::In(0),
+                    axis: 1,
+                },
+                constants: &constants,
+                consts: &consts,
+            };
+            let Some(Compensation::AddToInput { port, tensor }) =
+                GEMM.channel_compensation(&cx).unwrap()
+            else {
+                panic!("no bias compensation (transB {trans_b})");
+            };
+            assert_eq!(port, 2);
+            // 0.5 · (2·[1, 2] − [5, 6]) / 2 = [-0.75, -0.5].
+            assert_eq!(
+                tensor.to_f64_vec().unwrap(),
+                vec![-0.75, -0.5],
+                "transB {trans_b}"
+            );
+        }
+        // A feature outside B: no compensation (the removal is refused elsewhere).
+        let n = node("Gemm", 1, vec![]);
+        let consts = [None, Some(&b_kn), None];
+        let cx = CompensateCx {
+            node: &n,
+            inputs: &[],
+            outputs: &[],
+            slot: crate::ops::channel::Slot {
+                port: crate::ops::channel::Port::In(0),
+                axis: 1,
+            },
+            constants: &[(7, 1.0)],
+            consts: &consts,
+        };
+        assert!(GEMM.channel_compensation(&cx).unwrap().is_none());
     }
 }
