@@ -757,8 +757,10 @@ impl Op for Conv {
         if x.len() != 4 || w.shape().len() != 4 || cx.slot != Slot::input(0, 1) {
             return Ok(None);
         }
-        let wv = w.to_f64_vec().ok_or_else(|| err("weight is not numeric"))?;
         let (m, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+        if kh > 64 || kw > 64 || cg == 0 {
+            return Ok(None); // the tap sets below are 64-bit masks
+        }
         let group = cx.node.attr_i("group").unwrap_or(1).max(1) as usize;
         let (h, wd, ho, wo) = (x[2], x[3], y[2], y[3]);
         let get = |name: &str, n: usize, d: i64| -> Vec<i64> {
@@ -782,29 +784,43 @@ impl Op for Conv {
                 };
             }
         }
+        // Only the removed channels' filters are read (the weight may be large).
+        let ks: Vec<usize> = cx.constants.iter().map(|&(ch, _)| ch % cg).collect();
+        let sub = w
+            .select(1, &ks)?
+            .to_f64_vec()
+            .ok_or_else(|| err("weight is not numeric"))?;
+        // Output rows (columns) whose taps fall inside the input alike form one class; the
+        // contribution depends on the class pair only: interior, and a few at each border.
+        let (rows, row_masks) = tap_classes(h, ho, kh, s[0], pads[0], dl[0]);
+        let (cols, col_masks) = tap_classes(wd, wo, kw, s[1], pads[1], dl[1]);
+        let (nr, nc) = (row_masks.len(), col_masks.len());
         let per_group = m / group;
-        let mut map = vec![0f64; m * ho * wo];
-        for &(ch, c) in cx.constants {
-            let (gi, k) = (ch / cg, ch % cg);
-            for o in gi * per_group..(gi + 1) * per_group {
-                for yy in 0..ho {
-                    for xx in 0..wo {
+        let n_const = ks.len();
+        // t[(o · nr + rc) · nc + cc]: Σ over constants of c · Σ of o's taps in the class pair.
+        let mut t = vec![0f64; m * nr * nc];
+        for (i, &(ch, c)) in cx.constants.iter().enumerate() {
+            let gi = ch / cg;
+            for o in gi * per_group..((gi + 1) * per_group).min(m) {
+                let filter = &sub[(o * n_const + i) * kh * kw..(o * n_const + i + 1) * kh * kw];
+                for (rc, rm) in row_masks.iter().enumerate() {
+                    for (cc, cm) in col_masks.iter().enumerate() {
                         let mut acc = 0f64;
-                        for a in 0..kh {
-                            let iy = yy as i64 * s[0] - pads[0] + a as i64 * dl[0];
-                            if iy < 0 || iy >= h as i64 {
-                                continue;
-                            }
-                            for b in 0..kw {
-                                let ix = xx as i64 * s[1] - pads[1] + b as i64 * dl[1];
-                                if ix < 0 || ix >= wd as i64 {
-                                    continue;
-                                }
-                                acc += wv[((o * cg + k) * kh + a) * kw + b];
+                        for a in (0..kh).filter(|a| rm >> a & 1 == 1) {
+                            for b in (0..kw).filter(|b| cm >> b & 1 == 1) {
+                                acc += filter[a * kw + b];
                             }
                         }
-                        map[(o * ho + yy) * wo + xx] += c * acc;
+                        t[(o * nr + rc) * nc + cc] += c * acc;
                     }
+                }
+            }
+        }
+        let mut map = vec![0f64; m * ho * wo];
+        for o in 0..m {
+            for yy in 0..ho {
+                for xx in 0..wo {
+                    map[(o * ho + yy) * wo + xx] = t[(o * nr + rows[yy]) * nc + cols[xx]];
                 }
             }
         }
@@ -878,6 +894,39 @@ impl Op for Conv {
     }
 }
 
+/// Per output position along one spatial axis (input length `len`, output length `out`,
+/// kernel `k`, stride, leading pad, dilation): the index of its class, and per class the set
+/// of kernel taps that fall inside the input, as a bit mask (`k` ≤ 64).
+fn tap_classes(
+    len: usize,
+    out: usize,
+    k: usize,
+    stride: i64,
+    pad: i64,
+    dilation: i64,
+) -> (Vec<usize>, Vec<u64>) {
+    let mut masks: Vec<u64> = Vec::new();
+    let classes = (0..out)
+        .map(|p| {
+            let mask = (0..k).fold(0u64, |acc, a| {
+                let i = p as i64 * stride - pad + a as i64 * dilation;
+                if i >= 0 && i < len as i64 {
+                    acc | 1 << a
+                } else {
+                    acc
+                }
+            });
+            match masks.iter().position(|&x| x == mask) {
+                Some(c) => c,
+                None => {
+                    masks.push(mask);
+                    masks.len() - 1
+                }
+            }
+        })
+        .collect();
+    (classes, masks)
+}
 #[cfg(test)]
 mod tests {
     use crate::ir::graph::attr_int;
