@@ -255,13 +255,10 @@ pub fn allocate(
     let own_first = own_choice(&opts.amount, keep_hint, groups)?;
     let mut space = Space::new(model, groups, scores, own_first, &opts.constraints)?;
     let cost = MaskedCost::new(model, groups, shapes)?;
-    let latency_target = matches!(opts.amount, Amount::Target(Budget::Latency(_)));
-    if let (true, true, Some(predict), false) = (
-        opts.latency_knapsack,
-        latency_target,
-        timing.predict,
-        opts.granularity == Granularity::Block,
-    ) {
+    let knapsack = opts.latency_knapsack
+        && opts.granularity != Granularity::Block
+        && matches!(opts.amount, Amount::Target(Budget::Latency(_)));
+    if let (true, Some(predict)) = (knapsack, timing.predict) {
         let weighted = per_latency(&space, scores, &cost, predict);
         space = Space::new(model, groups, &weighted, own_first, &opts.constraints)?;
     }
