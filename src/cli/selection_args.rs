@@ -100,8 +100,9 @@ pub struct SelectionArgs {
     #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
     target_tolerance: f64,
     /// How `--target latency=R` judges candidates: `table` predicts them from each layer
-    /// timed alone at sampled widths (reproducible with `--latency-table`), then measures the
-    /// choice once; `measured` bisects on whole-model timings (at most 10).
+    /// timed alone at sampled widths (reproducible with `--latency-table`) and confirms the
+    /// choice by measurement (1 to 4 timings; a table being built learns from them);
+    /// `measured` bisects on whole-model timings (at most 10).
     #[arg(long, value_enum, default_value = "table", help_heading = "Allocation")]
     latency_search: LatencySearchArg,
     /// The latency table's JSON file: read when it exists, extended (atomically) when the
