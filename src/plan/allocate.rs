@@ -504,10 +504,10 @@ const CONFIRMATIONS: usize = 4;
 
 /// A latency target met on the prediction, confirmed by measurement: bisection on `predict`,
 /// then the choice is measured; while the measurement misses `target` by more than the
-/// timing noise ([`MEASURED_TOLERANCE`]), the search runs again on the prediction, which the
-/// measurement may have corrected (the caller's `measure` does that, or not), at most
-/// [`CONFIRMATIONS`] measurements. The choice is always the last search's, a function of the
-/// prediction as it ends: the same table gives the same choice. Its ratio is its measurement
+/// timing noise ([`MEASURED_TOLERANCE`]) or corrected the prediction (the caller's `measure`
+/// may do that), the search runs again, until it chooses a candidate already measured, at
+/// most [`CONFIRMATIONS`] measurements. The choice is always the last search's, a function of
+/// the prediction as it ends: the same table gives the same choice. Its ratio is its measurement
 /// when it was measured, else the prediction (noted). Returns it and the evaluations made.
 fn confirmed(
     Search {
@@ -549,6 +549,7 @@ fn confirmed(
             }
             (Err(e), _) => return Err(e),
         };
+        // A candidate measured before: the prediction chose it again, so it is final.
         let known = measured
             .iter()
             .find(|(c, _)| *c == found.counts)
@@ -564,9 +565,9 @@ fn confirmed(
             found.ratio
         ));
         measured.push((found.counts.clone(), r));
-        if (r - target).abs() <= tol_m {
-            return Ok((finish(found, Some(r), target, tol_m, notes), evaluations));
-        }
+        // Searched again even when `r` is on target: the measurement may have corrected the
+        // prediction, and the choice must be the final prediction's (a table built here and
+        // pinned later gives the same choice).
     }
 }
 
