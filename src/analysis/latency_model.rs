@@ -86,9 +86,21 @@ pub struct LatencyModel {
     pub a: Cell<f64>,
     /// See `a`.
     pub b: Cell<f64>,
+    /// The layer sum with nothing removed (computed once: every ratio divides by it).
+    full_sum: std::cell::OnceCell<f64>,
 }
 
 impl LatencyModel {
+    /// A model of `layers` with the line `a = 0, b = 1` (set them from a calibration).
+    pub fn new(layers: Vec<(NodeId, Surface)>) -> LatencyModel {
+        LatencyModel {
+            layers,
+            a: Cell::new(0.0),
+            b: Cell::new(1.0),
+            full_sum: std::cell::OnceCell::new(),
+        }
+    }
+
     /// Σ of the layers' interpolated seconds after removing the classes marked `true`
     /// (`cost` built on the same model as the layers' node ids). A layer whose widths are not
     /// known counts at its full-width sample.
@@ -114,7 +126,8 @@ impl LatencyModel {
     /// Predicted latency after removing the classes marked `true`, as a fraction of the
     /// model's with nothing removed.
     pub fn ratio(&self, cost: &MaskedCost, removed: &[bool]) -> f64 {
-        let full = self.seconds(cost, &[]);
+        let sum = *self.full_sum.get_or_init(|| self.layer_sum(cost, &[]));
+        let full = self.a.get() + self.b.get() * sum;
         self.seconds(cost, removed) / full.max(f64::MIN_POSITIVE)
     }
 }

@@ -558,6 +558,7 @@ impl Op for Conv {
             attrs,
             inputs: shapes,
             tied,
+            multiple: if tied { 1 } else { group },
         })
     }
 
@@ -909,7 +910,10 @@ fn tap_classes(
     let classes = (0..out)
         .map(|p| {
             let mask = (0..k).fold(0u64, |acc, a| {
-                let i = p as i64 * stride - pad + a as i64 * dilation;
+                let i = (p as i64)
+                    .saturating_mul(stride)
+                    .saturating_sub(pad)
+                    .saturating_add((a as i64).saturating_mul(dilation));
                 if i >= 0 && i < len as i64 {
                     acc | 1 << a
                 } else {

@@ -505,20 +505,7 @@ mod tests {
                     crate::ir::graph::attr_float("beta", 2.0),
                 ],
             );
-            let consts = [None, Some(b), None];
-            let cx = CompensateCx {
-                node: &n,
-                inputs: &[],
-                outputs: &[],
-                slot: crate::ops::channel::Slot {
-                    port: crate::ops::channel::Port::In(0),
-                    axis: 1,
-                },
-                constants: &constants,
-                consts: &consts,
-            };
-            let Some(Compensation::AddToInput { port, tensor }) =
-                GEMM.channel_compensation(&cx).unwrap()
+            let Some(Compensation::AddToInput { port, tensor }) = compensate(&n, b, &constants)
             else {
                 panic!("no bias compensation (transB {trans_b})");
             };
@@ -532,18 +519,27 @@ mod tests {
         }
         // A feature outside B: no compensation (the removal is refused elsewhere).
         let n = node("Gemm", 1, vec![]);
-        let consts = [None, Some(&b_kn), None];
+        assert!(compensate(&n, &b_kn, &[(7, 1.0)]).is_none());
+    }
+
+    /// The Gemm's compensation of removed input features `constants`, B the constant input.
+    fn compensate(
+        n: &crate::ir::Node,
+        b: &crate::ir::Tensor,
+        constants: &[(usize, f64)],
+    ) -> Option<Compensation> {
+        let consts = [None, Some(b), None];
         let cx = CompensateCx {
-            node: &n,
+            node: n,
             inputs: &[],
             outputs: &[],
             slot: crate::ops::channel::Slot {
                 port: crate::ops::channel::Port::In(0),
                 axis: 1,
             },
-            constants: &[(7, 1.0)],
+            constants,
             consts: &consts,
         };
-        assert!(GEMM.channel_compensation(&cx).unwrap().is_none());
+        GEMM.channel_compensation(&cx).unwrap()
     }
 }

@@ -207,6 +207,8 @@ pub struct Resized {
     /// Whether input and output widths move together (a depthwise convolution): only
     /// `cin == cout` is valid.
     pub tied: bool,
+    /// Widths the layer takes are multiples of this (a grouped convolution's group count).
+    pub multiple: usize,
 }
 
 /// A re-initialisation rule for one weight input (see [`Op::fresh_init`]).

@@ -120,14 +120,12 @@ impl LatencyEvaluator {
         };
         let mut changed =
             time_layers(&mut self.table, model, shapes, &layers, &layer_bench, say)? > 0;
-        let lm = LatencyModel {
-            layers: layers
+        let lm = LatencyModel::new(
+            layers
                 .iter()
                 .filter_map(|l| Some((l.node, self.table.layers.get(&l.key)?.clone())))
                 .collect(),
-            a: 0.0.into(),
-            b: 1.0.into(),
-        };
+        );
         let key = crate::plan::fingerprint(model);
         self.learning = self.table_path.is_none() || changed;
         let cal = match self.table.models.get(&key) {

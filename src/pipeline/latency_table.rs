@@ -137,6 +137,8 @@ pub struct Layer {
     pub widths: (usize, usize),
     /// Whether the widths are tied (depthwise).
     pub tied: bool,
+    /// Widths are multiples of this (see [`Resized::multiple`]).
+    pub multiple: usize,
 }
 
 /// The layers of `model` its ops can resize (their input shapes known, the batch axis set to
@@ -153,16 +155,15 @@ pub fn timed_layers(model: &Model, shapes: &Shapes, batch: usize) -> Vec<Layer> 
             continue;
         };
         let refs: Vec<Option<&[usize]>> = inputs.iter().map(|s| s.as_deref()).collect();
-        let (Some(x), Some(w)) = (
-            refs.first().copied().flatten(),
-            refs.get(1).copied().flatten(),
-        ) else {
+        // The op's own (out, in) channels of its weight, then the layer at those widths.
+        let Some((cout, cin)) = refs
+            .get(1)
+            .copied()
+            .flatten()
+            .and_then(|w| op.layer_channels(node, w))
+        else {
             continue;
         };
-        let (cin, cout) = (
-            x.get(1).copied().unwrap_or(0),
-            w.first().copied().unwrap_or(0),
-        );
         let Some(full) = op.resized(node, &refs, cin, cout) else {
             continue;
         };
@@ -171,6 +172,7 @@ pub fn timed_layers(model: &Model, shapes: &Shapes, batch: usize) -> Vec<Layer> 
             key: layer_key(&node.op_type, &node.domain, &full),
             widths: (cin, cout),
             tied: full.tied,
+            multiple: full.multiple,
         });
     }
     out
@@ -233,7 +235,7 @@ fn layer_key(op_type: &str, domain: &str, full: &Resized) -> String {
 }
 
 /// The sampled widths of a layer `full` channels wide whose widths must be multiples of
-/// `group`: the [`FRACTIONS`] of it rounded to multiples of 8 (and of `group`) in layers of 32
+/// `group` (the layer's [`Resized::multiple`]): the [`FRACTIONS`] of it rounded to multiples of 8 (and of `group`) in layers of 32
 /// channels or more, the way `--round-to auto` keeps them, ascending and distinct.
 pub fn grid(full: usize, group: usize) -> Vec<usize> {
     let group = group.max(1);
@@ -281,11 +283,11 @@ pub fn time_layers(
         let g = &model.graph;
         let node = g.node(layer.node);
         say(&format!("timing layer {} ({})", node.name, node.op_type));
-        let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
         let (ins, outs) = if layer.tied {
             (grid(layer.widths.0, 1), Vec::new())
         } else {
-            (grid(layer.widths.0, group), grid(layer.widths.1, group))
+            let m = layer.multiple;
+            (grid(layer.widths.0, m), grid(layer.widths.1, m))
         };
         let pairs: Vec<(usize, usize)> = if layer.tied {
             ins.iter().map(|&c| (c, c)).collect()
