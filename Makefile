@@ -1,11 +1,13 @@
-# `make test`: installs the test oracles (ONNX Runtime, onnx checker) into .deps/python, then
-# runs every test target with ORT_DYLIB_PATH and PYTHONPATH pointing at them.
+# `make test`: installs the test oracles (ONNX Runtime, onnx checker) into .deps/python, runs
+# every test target of the workspace with ORT_DYLIB_PATH and PYTHONPATH pointing at them, then
+# builds the Python wheel from that same build and tests it in a new virtual environment
+# (scripts/test-python.sh).
 #
 # The shared models and data live in ../shared. On a fresh clone without it, `make test` runs
 # the suites that need neither (unit tests, generated models, the ONNX conformance cases, the
 # README's main command on the shipped model) and says which were left out.
 
-.PHONY: test setup
+.PHONY: test setup wheel
 
 # Suites that read nothing from ../shared.
 STANDALONE = --lib --bins --test data --test golden_prune --test onnx_conformance --test opset9 \
@@ -15,14 +17,20 @@ STANDALONE = --lib --bins --test data --test golden_prune --test onnx_conformanc
 setup:
 	@scripts/setup-test-env.sh >/dev/null
 
+# The release wheel (`pip install target/wheels/lopper-*.whl`).
+wheel:
+	@scripts/build-wheel.sh
+
 test:
 	@lib=$$(scripts/setup-test-env.sh) && \
 	export ORT_DYLIB_PATH="$$lib" PYTHONPATH="$(CURDIR)/.deps/python$${PYTHONPATH:+:$$PYTHONPATH}" && \
 	if [ -d ../shared/models ]; then \
-		cargo test --all-targets --no-fail-fast; \
+		cargo test --workspace --all-targets --no-fail-fast; \
 	else \
 		echo "make test: ../shared is missing: running the suites that need no shared models or data"; \
 		echo "make test: left out: every other tests/*.rs (they read ../shared/models and ../shared/data)"; \
-		cargo test --no-fail-fast $(STANDALONE) && \
+		cargo test --workspace --no-fail-fast $(STANDALONE) && \
 		cargo test --no-fail-fast --test prune_cli readme_main_command_prunes_the_shipped_model; \
-	fi
+	fi; rust=$$?; \
+	scripts/test-python.sh || exit 1; \
+	exit $$rust

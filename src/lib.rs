@@ -4,10 +4,11 @@
 //! shapes, costs), [`analysis`] (side tables: shapes, costs), [`passes`] (graph rewrites),
 //! [`runtime`] (ONNX Runtime and tract backends), [`data`] (datasets and preprocessing),
 //! [`eval`] (accuracy against data or a reference), [`mod@bench`] (interleaved latency) and
-//! [`report`] (before/after tables, charts, JSON), and the `lopper` CLI on top.
+//! [`report`] (before/after tables, charts, JSON), and the command line on top ([`cli`]).
 
 pub mod analysis;
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use lopper::bench::{bench, BenchOptions, BenchReport, ModelResult};
+use crate::bench::{bench, BenchOptions, BenchReport, ModelResult};
 
 use super::inspect::si;
 use super::progress;
@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else if args.csv {
         print_csv(&report);
     } else {
@@ -112,7 +112,7 @@ fn opt_ratio(v: Option<f64>) -> String {
 }
 
 fn print_table(r: &BenchReport) {
-    println!(
+    say!(
         "{} on {}, threads {}, {} warm-up + {} interleaved runs per model (spinning off), {} CPUs",
         r.backend,
         r.device,
@@ -123,7 +123,7 @@ fn print_table(r: &BenchReport) {
     );
     let names = names(r);
     let w = names.iter().map(String::len).max().unwrap_or(5).max(5);
-    println!(
+    say!(
         "{:<w$}  {:>5}  {:>10}  {:>6}  {:>10}  {:>10}  {:>11}  {:>8}  {:>13}  {:>9}  {:>10}",
         "model",
         "batch",
@@ -138,7 +138,7 @@ fn print_table(r: &BenchReport) {
         "FLOPs ×"
     );
     for (m, name) in r.models.iter().zip(&names) {
-        println!(
+        say!(
             "{:<w$}  {:>5}  {:>10}  {:>5.1}%  {:>10}  {:>10}  {:>11.1}  {:>7.3}x  {:>13}  {:>9}  {:>10}",
             name,
             m.batch,
@@ -153,7 +153,7 @@ fn print_table(r: &BenchReport) {
             opt_ratio(m.flops_ratio)
         );
     }
-    println!(
+    say!(
         "(noise: half-width of the median's 95% interval; speedup 95%: interval of the per-round \
          ratios against the first model; FLOPs per sample from the cost model, FLOPs × = FLOPs \
          / the first model's)"
@@ -161,7 +161,7 @@ fn print_table(r: &BenchReport) {
 }
 
 fn print_csv(r: &BenchReport) {
-    println!(
+    say!(
         "model,backend,device,threads,batch,warmup,runs,median_ms,p10_ms,p90_ms,mean_ms,min_ms,\
          samples_per_s,speedup,flops,macs,flops_ratio,noise,speedup_lo,speedup_hi"
     );
@@ -172,7 +172,7 @@ fn print_csv(r: &BenchReport) {
         } else {
             m.model.clone()
         };
-        println!(
+        say!(
             "{model},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.4},{},{},{},{:.4},{:.4},{:.4}",
             r.backend,
             r.device,
@@ -205,12 +205,12 @@ fn print_layers(r: &BenchReport, n: usize) {
         .collect();
     for (m, name) in r.models.iter().zip(names(r)) {
         let Some(c) = &m.costs else {
-            println!("\n{name}: no per-layer costs (the cost model cannot handle this model)");
+            say!("\n{name}: no per-layer costs (the cost model cannot handle this model)");
             continue;
         };
         let total = c.flops.max(1) as f64;
         let median_ms = m.latency.median * 1e3;
-        println!(
+        say!(
             "\n{name}: {} FLOPs per sample, {} ms measured per run; the {} costliest layers:",
             si(c.flops),
             ms(m.latency.median),
@@ -230,7 +230,7 @@ fn print_layers(r: &BenchReport, n: usize) {
             .take(6)
             .map(|(op, f)| format!("{op} {:.1}%", *f as f64 / total * 100.0))
             .collect();
-        println!("  FLOPs by op: {}", shares.join(", "));
+        say!("  FLOPs by op: {}", shares.join(", "));
         let mut layers: Vec<_> = c.nodes.iter().collect();
         layers.sort_by_key(|l| std::cmp::Reverse(l.flops));
         let w = layers
@@ -240,9 +240,14 @@ fn print_layers(r: &BenchReport, n: usize) {
             .max()
             .unwrap_or(4)
             .clamp(4, 40);
-        println!(
+        say!(
             "  {:<w$}  {:<12} {:>10} {:>7} {:>12} {:>10}",
-            "node", "op", "FLOPs", "share", "ms if ∝FLOPs", "vs first"
+            "node",
+            "op",
+            "FLOPs",
+            "share",
+            "ms if ∝FLOPs",
+            "vs first"
         );
         for l in layers.iter().take(n) {
             let share = l.flops as f64 / total;
@@ -250,7 +255,7 @@ fn print_layers(r: &BenchReport, n: usize) {
                 format!("{:.3}", l.flops as f64 / f0.max(1) as f64)
             });
             let node: String = l.name.chars().take(w).collect();
-            println!(
+            say!(
                 "  {:<w$}  {:<12} {:>10} {:>6.1}% {:>12.3} {:>10}",
                 node,
                 l.op_type,

@@ -1,14 +1,14 @@
 //! `lopper compensate`: refits a pruned model's layers that lost input channels to reproduce
-//! the original's outputs on calibration data ([`lopper::pipeline::compensate`]), and writes
+//! the original's outputs on calibration data ([`crate::pipeline::compensate`]), and writes
 //! the model atomically. Parses, calls the library, prints; nothing here decides anything.
 
 use std::path::PathBuf;
 
+use crate::ir::Model;
+use crate::pipeline::compensate::{compensate, CompensateOptions};
+use crate::plan::PlanFile;
+use crate::runtime::RuntimeOptions;
 use clap::Parser;
-use lopper::ir::Model;
-use lopper::pipeline::compensate::{compensate, CompensateOptions};
-use lopper::plan::PlanFile;
-use lopper::runtime::RuntimeOptions;
 
 use super::data_args::DataArgs;
 use super::runtime_args::RuntimeArgs;
@@ -73,18 +73,17 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    lopper::onnx::save::check_writable([args.output.as_path()])?;
+    crate::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     let original = Model::load(&args.original)?;
     let plan = PlanFile::load(&args.plan)?;
     if args.data.data.is_none() {
-        return Err(lopper::Error::Usage(
-            "compensation needs calibration data: pass --data".into(),
-        )
-        .into());
+        return Err(
+            crate::Error::Usage("compensation needs calibration data: pass --data".into()).into(),
+        );
     }
     if !(args.lambda > 0.0 && args.lambda.is_finite()) || args.rows == 0 {
-        return Err(lopper::Error::Usage(format!(
+        return Err(crate::Error::Usage(format!(
             "--lambda must be positive and --rows at least 1 (got {} and {})",
             args.lambda, args.rows
         ))
@@ -118,20 +117,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut |done, total| eprint!("\rcompensating {done}/{total}"),
     )?;
     eprintln!();
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
     if args.layers {
         for l in &r.per_layer {
-            println!(
+            say!(
                 "  {:<32} inputs {:>4}/{:<4} d {:>5} rows {:>6}  residual {:.4} -> {:.4}",
-                l.name, l.inputs.0, l.inputs.1, l.d, l.rows, l.before, l.after
+                l.name,
+                l.inputs.0,
+                l.inputs.1,
+                l.d,
+                l.rows,
+                l.before,
+                l.after
             );
         }
     }
     for s in &r.skipped {
         eprintln!("note: left as is: {s}");
     }
-    println!(
+    say!(
         "{} -> {}: {} layer(s) compensated on {} samples ({} rows), relative residual {:.4} -> {:.4}, {:.1} s",
         args.model.display(),
         args.output.display(),

@@ -1,4 +1,4 @@
-//! `lopper compress`: original to shipped model in one command ([`lopper::pipeline::compress`]:
+//! `lopper compress`: original to shipped model in one command ([`crate::pipeline::compress`]:
 //! evaluate, prune, recover, evaluate after each stage, verify, time), then the model written
 //! atomically, a table on stdout and `--report` JSON. Parses, calls the library, prints.
 
@@ -7,15 +7,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
-use lopper::eval::EvalOptions;
-use lopper::oracle::available_backends;
-use lopper::pipeline::compress::{
+use crate::eval::EvalOptions;
+use crate::oracle::available_backends;
+use crate::pipeline::compress::{
     compress, CompressOptions, CompressReport, Data, Observer, Recovery, StageReport,
 };
-use lopper::pipeline::methods::{Composition, Method, Settings};
-use lopper::pipeline::PruneOptions;
-use lopper::train::optim::Optimizer;
-use lopper::train::options::{Augment, Event, Recipe, TrainOptions};
+use crate::pipeline::methods::{Composition, Method, Settings};
+use crate::pipeline::PruneOptions;
+use crate::train::optim::Optimizer;
+use crate::train::options::{Augment, Event, Recipe, TrainOptions};
 
 use super::data_args::DataArgs;
 use super::inspect::si;
@@ -84,8 +84,8 @@ pub struct Args {
     granularity: GranularityArg,
     /// Panning: one saliency index in one shot instead of the agent (magnitude, snip, grasp,
     /// synflow, or random: the baselines).
-    #[arg(long, value_parser = |s: &str| lopper::train::saliency::Index::parse(s), help_heading = "Method")]
-    pan_index: Option<lopper::train::saliency::Index>,
+    #[arg(long, value_parser = |s: &str| crate::train::saliency::Index::parse(s), help_heading = "Method")]
+    pan_index: Option<crate::train::saliency::Index>,
     /// Held-out split every stage is evaluated on.
     #[arg(long, default_value = "test", help_heading = "Evaluation")]
     eval_split: String,
@@ -244,12 +244,12 @@ fn pct(v: Option<f64>) -> String {
 impl Args {
     /// The pruning selection and the stages of `--method`, with the recovery learning rate
     /// the flags give.
-    fn compose(&self) -> Result<(lopper::pipeline::Selection, Composition, f64)> {
+    fn compose(&self) -> Result<(crate::pipeline::Selection, Composition, f64)> {
         let weight_panning =
             self.method == Method::Panning && self.granularity == GranularityArg::Weight;
         let mut selection = self.select.selection_with(weight_panning)?;
-        let batch_norm = lopper::pipeline::recalibrate::has_running_statistics(
-            &lopper::ir::Model::load(&self.model)?,
+        let batch_norm = crate::pipeline::recalibrate::has_running_statistics(
+            &crate::ir::Model::load(&self.model)?,
         );
         let recover = Recovery::parse_list(&self.recover)?;
         let optimizer = Optimizer::default();
@@ -278,7 +278,7 @@ impl Args {
 
     /// What the run was asked, as the journal records it: a short summary and a hash of every
     /// option that changes the result.
-    fn settings(&self, stages: &[lopper::pipeline::compress::Stage]) -> String {
+    fn settings(&self, stages: &[crate::pipeline::compress::Stage]) -> String {
         let all = format!(
             "{:?}",
             (
@@ -315,20 +315,20 @@ impl Args {
 /// Runs the command.
 pub fn run(mut args: Args) -> Result<()> {
     if args.method.picks_its_own_amount() {
-        args.select.criterion = lopper::analysis::importance::CriterionKind::Epruner;
+        args.select.criterion = crate::analysis::importance::CriterionKind::Epruner;
     }
     let (selection, composition, lr) = args.compose()?;
     let optimizer = Optimizer::default();
     if !args.dry_run {
         let masks = weight_masks_out(&args);
-        lopper::onnx::save::check_writable(
+        crate::onnx::save::check_writable(
             std::iter::once(args.out.output.as_path())
                 .chain(args.report.as_deref())
                 .chain(masks.as_deref()),
         )?;
     }
     if args.data.data.is_none() && !args.dry_run {
-        return Err(lopper::Error::Usage(
+        return Err(crate::Error::Usage(
             "compress evaluates and recovers on data: pass --data (and --split/--eval-split)"
                 .into(),
         )
@@ -382,13 +382,13 @@ pub fn run(mut args: Args) -> Result<()> {
         settings: args.settings(&composition.stages),
     };
     if args.dry_run {
-        println!(
+        say!(
             "{} with --method {}: the stages it would run",
             args.model.display(),
             args.method.name()
         );
         for line in Composition::describe(&opts) {
-            println!("{line}");
+            say!("{line}");
         }
         return Ok(());
     }
@@ -414,12 +414,12 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(masks) = &report.masks {
         let to = mask_file_beside(&args.out.output);
         let bytes = std::fs::read(masks).with_context(|| format!("reading {masks}"))?;
-        lopper::onnx::save::write_atomic(&to, &bytes)?;
-        println!("weight masks: {}", to.display());
+        crate::onnx::save::write_atomic(&to, &bytes)?;
+        say!("weight masks: {}", to.display());
     }
     if let Some(p) = &args.report {
         let text = serde_json::to_string_pretty(&report)?;
-        lopper::onnx::save::write_atomic(p, text.as_bytes())?;
+        crate::onnx::save::write_atomic(p, text.as_bytes())?;
     }
     print_table(&args, &report);
     std::fs::remove_dir_all(&opts.work_dir)
@@ -439,12 +439,18 @@ fn mask_file_beside(output: &std::path::Path) -> PathBuf {
 }
 
 fn print_table(args: &Args, r: &CompressReport) {
-    println!(
+    say!(
         "{:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9}  what",
-        "stage", "top-1", "top-5", "loss", "MACs", "params", "time"
+        "stage",
+        "top-1",
+        "top-5",
+        "loss",
+        "MACs",
+        "params",
+        "time"
     );
     for s in &r.stages {
-        println!(
+        say!(
             "{:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8.1}s  {}",
             s.stage,
             pct(s.top1),
@@ -461,12 +467,12 @@ fn print_table(args: &Args, r: &CompressReport) {
         .iter()
         .map(|(b, e)| format!("{b} {e:.1e}"))
         .collect();
-    println!(
+    say!(
         "verified: runs in {} (largest difference from the first runtime)",
         checks.join(", ")
     );
     if let Some(l) = &r.latency {
-        println!(
+        say!(
             "latency: x{:.3} of the original ({:.3} ms vs {:.3} ms median, {}, batch {})",
             l.ratio,
             l.median.1 * 1e3,
@@ -476,14 +482,11 @@ fn print_table(args: &Args, r: &CompressReport) {
         );
         if let (Some(first), Some(last)) = (r.stages.first(), r.stages.last()) {
             let macs = last.macs as f64 / first.macs.max(1) as f64;
-            if l.ratio > macs + 0.10 {
-                eprintln!(
-                    "warning: the model is slower than its MACs promise: x{:.3} of the time for \
-                     x{macs:.3} of the MACs; try --round-to 8 or 16, or --target latency=R",
-                    l.ratio
-                );
+            let target = args.select.target.as_ref();
+            if let Some(w) = super::slower_than_promised(l.ratio, macs, target) {
+                eprintln!("warning: {w}");
             }
         }
     }
-    println!("{} -> {}", args.model.display(), args.out.output.display());
+    say!("{} -> {}", args.model.display(), args.out.output.display());
 }

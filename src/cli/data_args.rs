@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
-use lopper::data::spec::{parse_crop, parse_floats, parse_resize, parse_scale};
-use lopper::data::{self, DataSpec, Dataset, ImageLayout, Layout, OpenOptions, Preprocess, Resize};
-use lopper::ir::DType;
+use crate::data::spec::{parse_crop, parse_floats, parse_resize, parse_scale};
+use crate::data::{self, DataSpec, Dataset, ImageLayout, Layout, OpenOptions, Preprocess, Resize};
+use crate::ir::DType;
 
 /// `--layout` of the model input.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -107,12 +107,12 @@ impl DataArgs {
     /// (recalibration, compensation).
     pub fn calibration(
         &self,
-        model: &lopper::ir::Model,
+        model: &crate::ir::Model,
         batch_size: Option<usize>,
         samples: usize,
-    ) -> lopper::Result<Vec<lopper::analysis::activation_stats::CalibrationBatch>> {
+    ) -> crate::Result<Vec<crate::analysis::activation_stats::CalibrationBatch>> {
         let (dataset, pre) = self.open()?;
-        lopper::analysis::activation_stats::calibration_batches(
+        crate::analysis::activation_stats::calibration_batches(
             model,
             dataset,
             &pre,
@@ -123,7 +123,7 @@ impl DataArgs {
     }
 
     /// Opens the dataset and returns it with the preprocessing options.
-    pub fn open(&self) -> lopper::Result<(Box<dyn Dataset>, Preprocess)> {
+    pub fn open(&self) -> crate::Result<(Box<dyn Dataset>, Preprocess)> {
         let opts = OpenOptions {
             split: self.split.clone(),
             x_key: self.x_key.clone(),
@@ -135,7 +135,7 @@ impl DataArgs {
             }),
         };
         let Some(spec) = &self.data else {
-            return Err(lopper::Error::Usage(
+            return Err(crate::Error::Usage(
                 "no dataset: pass --data (mnist:DIR, npz:FILE, npy:FILE or images:DIR|FILE.zip)"
                     .into(),
             ));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use lopper::eval::{evaluate, AccuracyReport, EvalOptions, EvalReport};
+use crate::eval::{evaluate, AccuracyReport, EvalOptions, EvalReport};
 
 use super::data_args::DataArgs;
 use super::progress;
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_text(&report);
     }
@@ -85,9 +85,9 @@ fn accuracy_line(a: &AccuracyReport) -> String {
 }
 
 fn print_text(r: &EvalReport) {
-    println!("model       {}", r.model);
-    println!("data        {}", r.data);
-    println!(
+    say!("model       {}", r.model);
+    say!("data        {}", r.data);
+    say!(
         "run         {} on {}, batch {}, {} samples, {} classes ({})",
         r.backend,
         r.device,
@@ -101,26 +101,28 @@ fn print_text(r: &EvalReport) {
         }
     );
     match &r.accuracy {
-        Some(a) => println!("accuracy    {}", accuracy_line(a)),
-        None => println!("accuracy    - (the dataset has no labels)"),
+        Some(a) => say!("accuracy    {}", accuracy_line(a)),
+        None => say!("accuracy    - (the dataset has no labels)"),
     }
-    println!(
+    say!(
         "throughput  {:.1} samples/s (model time {:.2} s, wall {:.2} s)",
-        r.throughput, r.model_seconds, r.wall_seconds
+        r.throughput,
+        r.model_seconds,
+        r.wall_seconds
     );
     if let Some(rf) = &r.reference {
-        println!("reference   {}", rf.model);
+        say!("reference   {}", rf.model);
         if let Some(a) = &rf.accuracy {
-            println!("  accuracy  {}", accuracy_line(a));
+            say!("  accuracy  {}", accuracy_line(a));
         }
-        println!(
+        say!(
             "  agreement top-1 {} of {} samples; |output diff| max {:.3e}, mean {:.3e}",
             pct(rf.agreement.top1_agreement),
             rf.agreement.samples,
             rf.agreement.max_abs_diff,
             rf.agreement.mean_abs_diff
         );
-        println!(
+        say!(
             "  speed     {:.1} samples/s (the model is {:.2}x its speed)",
             rf.throughput,
             r.throughput / rf.throughput.max(1e-12)

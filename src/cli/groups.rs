@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use lopper::ir::Model;
-use lopper::prune::analyse;
+use crate::ir::Model;
+use crate::prune::analyse;
 
 /// Arguments of `lopper groups`.
 #[derive(clap::Args, Debug)]
@@ -21,14 +21,14 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     let groups = analyse(&mut model)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&groups.groups)?);
+        say!("{}", serde_json::to_string_pretty(&groups.groups)?);
         return Ok(());
     }
     let prunable = groups.groups.iter().filter(|g| g.prunable()).count();
-    println!(
+    say!(
         "{}: {} groups, {} prunable, {} blocked",
         args.model.display(),
         groups.groups.len(),
@@ -49,14 +49,14 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             format!("blocked: {}", g.blocked.join("; "))
         };
-        println!(
+        say!(
             "group {:>3}  {:>5} ch  {:<60}  {status}",
             g.id,
             g.channels,
             shorten(&srcs.join(", "), 60)
         );
         if !g.consumers.is_empty() {
-            println!(
+            say!(
                 "            consumers: {}",
                 shorten(&g.consumers.join(", "), 100)
             );

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-use lopper::analysis::{costs, infer_shapes, Costs, Shapes};
-use lopper::ir::{self, Model};
+use crate::analysis::{costs, infer_shapes, Costs, Shapes};
+use crate::ir::{self, Model};
 
 /// Arguments of `lopper inspect`.
 #[derive(clap::Args, Debug)]
@@ -55,7 +55,7 @@ struct Report<'a> {
     /// Nodes with an output of unknown shape.
     unknown_shape_nodes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    layers: Option<&'a [lopper::analysis::cost::NodeCost]>,
+    layers: Option<&'a [crate::analysis::cost::NodeCost]>,
 }
 
 fn io(model: &Model, shapes: &Shapes, ids: &[ir::ValueId]) -> Vec<Io> {
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     ir::verify_model(&model)?;
     let shapes = infer_shapes(&model)?;
     if args.ir {
-        print!(
+        say_part!(
             "{}",
             ir::display::dump(&model.graph, Some(shapes.as_slice()))
         );
@@ -129,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         layers: args.layers.then_some(costs.nodes.as_slice()),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     print_text(&report);
@@ -146,7 +146,7 @@ fn display_domain(d: &str) -> String {
 
 /// `1234567` → `1.23 M`.
 pub fn si(v: u64) -> String {
-    if v == lopper::analysis::cost::TOO_LARGE {
+    if v == crate::analysis::cost::TOO_LARGE {
         return "too large to count (≥ 2^64)".into();
     }
     let v = v as f64;
@@ -163,7 +163,7 @@ pub fn si(v: u64) -> String {
 
 /// Bytes in KiB to TiB; a saturated count says it is too large.
 pub fn bytes(v: u64) -> String {
-    if v == lopper::analysis::cost::TOO_LARGE {
+    if v == crate::analysis::cost::TOO_LARGE {
         return "too large to count (≥ 16 EiB)".into();
     }
     let f = v as f64;
@@ -178,9 +178,9 @@ pub fn bytes(v: u64) -> String {
 }
 
 fn print_text(r: &Report) {
-    println!("model      {}", r.model);
+    say!("model      {}", r.model);
     let opsets: Vec<String> = r.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
-    println!(
+    say!(
         "format     IR {}, opset {}, producer {}",
         r.ir_version,
         opsets.join(", "),
@@ -191,26 +191,26 @@ fn print_text(r: &Report) {
         }
     );
     for i in &r.inputs {
-        println!("input      {} {}", i.name, i.ty);
+        say!("input      {} {}", i.name, i.ty);
     }
     for o in &r.outputs {
-        println!("output     {} {}", o.name, o.ty);
+        say!("output     {} {}", o.name, o.ty);
     }
     let hist: Vec<String> = r.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-    println!("nodes      {} ({})", r.nodes, hist.join(" "));
-    println!("params     {} ({})", si(r.params), bytes(r.param_bytes));
-    println!(
+    say!("nodes      {} ({})", r.nodes, hist.join(" "));
+    say!("params     {} ({})", si(r.params), bytes(r.param_bytes));
+    say!(
         "MACs       {}  (FLOPs {}; batch 1)",
         si(r.macs),
         si(r.flops)
     );
-    println!(
+    say!(
         "activations {} total, {} peak (batch 1)",
         bytes(r.activation_bytes),
         bytes(r.peak_activation_bytes)
     );
     if !r.unknown_shapes_from.is_empty() {
-        println!(
+        say!(
             "incomplete: {} node(s) have outputs of unknown shape, from {} on (an op lopper \
              cannot infer); their MACs and activations are not counted",
             r.unknown_shape_nodes,
@@ -218,20 +218,24 @@ fn print_text(r: &Report) {
         );
     }
     if let Some(layers) = r.layers {
-        println!();
+        say!();
         let w = layers
             .iter()
             .map(|l| l.name.len())
             .max()
             .unwrap_or(4)
             .clamp(4, 48);
-        println!(
+        say!(
             "{:<w$}  {:<22} {:<24} {:>10} {:>12}",
-            "node", "op", "output", "params", "MACs"
+            "node",
+            "op",
+            "output",
+            "params",
+            "MACs"
         );
         for l in layers {
             let name: String = l.name.chars().take(w).collect();
-            println!(
+            say!(
                 "{:<w$}  {:<22} {:<24} {:>10} {:>12}",
                 name,
                 l.op_type,

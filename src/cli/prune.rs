@@ -1,5 +1,5 @@
 //! `lopper prune`: parses the options into a [`Selection`], runs the library's pruning
-//! pipeline ([`lopper::pipeline`]: analyse, score, allocate, remove, verify) with calibration
+//! pipeline ([`crate::pipeline`]: analyse, score, allocate, remove, verify) with calibration
 //! data and a latency evaluator when the options need them, writes the smaller model, and
 //! reports what changed (table, JSON, SVG, replayable plan).
 
@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
-use lopper::ir::Model;
-use lopper::oracle::available_backends;
-use lopper::pipeline::{
+use crate::ir::Model;
+use crate::oracle::available_backends;
+use crate::pipeline::{
     prune_with, Calibration, LatencyEvaluator, PruneOptions, PruneReport, Reporter, Tools,
 };
-use lopper::report::{self, layer_report, Report};
+use crate::report::{self, layer_report, Report};
 
 use super::data_args::DataArgs;
 use super::inspect::si;
@@ -73,6 +73,10 @@ pub struct Args {
     /// Write the run's report (per layer and totals, groups, rounds, oracle) as JSON.
     #[arg(long, help_heading = "Outputs")]
     report: Option<PathBuf>,
+    /// Also write the original with the removed channels silenced: what the pruned model must
+    /// compute, for checking it in another runtime (one pruning step only).
+    #[arg(long, help_heading = "Outputs")]
+    save_masked: Option<PathBuf>,
     /// Write an SVG chart of kept vs original widths per layer.
     #[arg(long, help_heading = "Outputs")]
     plot: Option<PathBuf>,
@@ -115,18 +119,39 @@ impl Drop for Status {
     }
 }
 
+/// The original as analysed with the one step's removed channels silenced (the oracle's
+/// reference); the original itself when nothing was removed.
+fn masked_original(report: &PruneReport) -> Result<Model> {
+    let mut before = report
+        .before
+        .clone()
+        .context("the run kept no copy of the original")?;
+    if report.plan.steps.is_empty() || report.removed == 0 {
+        return Ok(before);
+    }
+    let groups = crate::prune::analyse(&mut before)?;
+    let classes = report.plan.step_classes(0, &groups)?;
+    Ok(crate::oracle::masked_original(&before, &groups, &classes)?)
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let selection = args.select.selection()?;
     // Every output path is checked before anything is computed or written.
     let table = selection.latency().table;
-    let side = [&args.save_plan, &args.report, &args.plot, &table];
-    lopper::onnx::save::check_writable(
+    let side = [
+        &args.save_plan,
+        &args.report,
+        &args.plot,
+        &table,
+        &args.save_masked,
+    ];
+    crate::onnx::save::check_writable(
         std::iter::once(args.out.output.as_path())
             .chain(side.into_iter().flatten().map(|p| p.as_path())),
     )?;
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     let opts = PruneOptions {
         selection,
         verify_with: if args.no_verify {
@@ -145,7 +170,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let open = || {
         if args.data.data.is_none() {
-            return Err(lopper::Error::Usage(format!(
+            return Err(crate::Error::Usage(format!(
                 "criterion '{}' needs calibration data: pass --data",
                 args.select.criterion
             )));
@@ -195,6 +220,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(p) = &args.save_plan {
         report.plan.save(p)?;
     }
+    if let Some(p) = &args.save_masked {
+        masked_original(&report)?
+            .save(p, &args.out.save_options())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     let layers = match &report.before {
         Some(before) => Some(layer_report(before, &model)?),
         None => None,
@@ -221,28 +251,25 @@ pub fn run(args: Args) -> Result<()> {
 /// slower than its MACs promise.
 fn measure(args: &Args, report: &PruneReport) -> Result<()> {
     let (backend, runtime) = args.runtime.resolve()?;
-    let opts = lopper::bench::BenchOptions {
+    let opts = crate::bench::BenchOptions {
         precision: Some(0.01),
         max_runs: 150,
-        ..lopper::bench::BenchOptions::new(backend, runtime, 1, 30)
+        ..crate::bench::BenchOptions::new(backend, runtime, 1, 30)
     };
     let models = [args.model.clone(), args.out.output.clone()];
-    let r = lopper::bench::bench(&models, &opts, &mut |_, _| {})?;
+    let r = crate::bench::bench(&models, &opts, &mut |_, _| {})?;
     let (m0, m1) = (r.models[0].latency.median, r.models[1].latency.median);
     let lat = m1 / m0.max(f64::MIN_POSITIVE);
     let macs = report.macs.1 as f64 / report.macs.0.max(1) as f64;
-    println!(
+    say!(
         "latency: x{lat:.3} of the original ({:.3} ms vs {:.3} ms median, {} {}, batch 1) for x{macs:.3} of the MACs",
         m1 * 1e3,
         m0 * 1e3,
         r.backend,
         r.device
     );
-    if lat > macs + 0.10 {
-        eprintln!(
-            "warning: the model is slower than its MACs promise: x{lat:.3} of the time for \
-             x{macs:.3} of the MACs; try --round-to 8 or 16, or --target latency=R"
-        );
+    if let Some(w) = super::slower_than_promised(lat, macs, args.select.target.as_ref()) {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }
@@ -251,13 +278,13 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
     let ratio = |a: u64, b: u64| if a == 0 { 1.0 } else { b as f64 / a as f64 };
     if let Some(l) = layers {
         if args.table != TableArg::None {
-            print!(
+            say_part!(
                 "{}",
                 report::table::render_table(&l.layers, &l.totals, args.table == TableArg::Changed)
             );
         }
     }
-    println!(
+    say!(
         "{} -> {}: {} groups ({} blocked), {} channels removed ({}{})",
         args.model.display(),
         args.out.output.display(),
@@ -271,13 +298,13 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
             String::new()
         }
     );
-    println!(
+    say!(
         "MACs   {} -> {} (x{:.3})",
         si(report.macs.0),
         si(report.macs.1),
         ratio(report.macs.0, report.macs.1)
     );
-    println!(
+    say!(
         "params {} -> {} (x{:.3})",
         si(report.params.0),
         si(report.params.1),
@@ -294,7 +321,7 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 .map(|(b, e)| format!("{b} {e:.1e}"))
                 .collect();
             if o.exercised() {
-                println!(
+                say!(
                     "verified: max relative error vs masked original {} (tolerance {:.0e}; {}{})",
                     per.join(", "),
                     args.tolerance,
@@ -305,7 +332,7 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                         .unwrap_or_default()
                 );
             } else {
-                println!(
+                say!(
                     "not verified: the reference outputs do not vary with the input ({}), so the \
                      comparison proves little (max relative error vs masked original {})",
                     variation_note(o.variation),
@@ -313,7 +340,7 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 );
             }
         }
-        None if report.removed > 0 => println!("not verified (--no-verify)"),
+        None if report.removed > 0 => say!("not verified (--no-verify)"),
         None => {}
     }
 }

@@ -1,13 +1,13 @@
 //! `lopper recalibrate`: re-estimates a (pruned) model's BatchNormalization running statistics
-//! on calibration data ([`lopper::pipeline::recalibrate`]) and writes the model atomically.
+//! on calibration data ([`crate::pipeline::recalibrate`]) and writes the model atomically.
 //! Parses, calls the library, prints; nothing here decides anything.
 
 use std::path::PathBuf;
 
+use crate::ir::Model;
+use crate::pipeline::recalibrate::recalibrate;
+use crate::runtime::RuntimeOptions;
 use clap::Parser;
-use lopper::ir::Model;
-use lopper::pipeline::recalibrate::recalibrate;
-use lopper::runtime::RuntimeOptions;
 
 use super::data_args::DataArgs;
 use super::runtime_args::RuntimeArgs;
@@ -34,10 +34,10 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    lopper::onnx::save::check_writable([args.output.as_path()])?;
+    crate::onnx::save::check_writable([args.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
     if args.data.data.is_none() {
-        return Err(lopper::Error::Usage(
+        return Err(crate::Error::Usage(
             "recalibration needs calibration data: pass --data".into(),
         )
         .into());
@@ -55,9 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprint!("\rrecalibrating {done}/{total}");
     })?;
     eprintln!();
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     model.save(&args.output, &Default::default())?;
-    println!(
+    say!(
         "{} -> {}: {} normalisation node(s) recalibrated on {} samples (largest mean shift {:.2} std), {:.1} s",
         args.model.display(),
         args.output.display(),

@@ -2,7 +2,7 @@
 
 use clap::ValueEnum;
 
-use lopper::runtime::{self, BackendChoice, BackendKind, Device, RuntimeOptions};
+use crate::runtime::{self, BackendChoice, BackendKind, Device, RuntimeOptions};
 
 /// `--backend`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -40,7 +40,7 @@ pub struct RuntimeArgs {
 
 impl RuntimeArgs {
     /// The library's options and the resolved backend (errors name what is missing).
-    pub fn resolve(&self) -> lopper::Result<(BackendKind, RuntimeOptions)> {
+    pub fn resolve(&self) -> crate::Result<(BackendKind, RuntimeOptions)> {
         let opts = RuntimeOptions {
             device: match self.device {
                 DeviceArg::Cpu => Device::Cpu,

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
-use lopper::pipeline::{LatencyOptions, LatencySearch, Scored, Selection};
-use lopper::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Granularity, Scope};
-use lopper::plan::PlanFile;
+use crate::analysis::importance::{CriterionKind, Normalize, Reduce};
+use crate::pipeline::{LatencyOptions, LatencySearch, Scored, Selection};
+use crate::plan::allocate::{AllocateOptions, Amount, Budget, Constraints, Granularity, Scope};
+use crate::plan::PlanFile;
 
 /// `--scope`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use lopper::analysis::{costs, infer_shapes};
-use lopper::ir::Model;
-use lopper::passes::{simplify, SimplifyOptions};
+use crate::analysis::{costs, infer_shapes};
+use crate::ir::Model;
+use crate::passes::{simplify, SimplifyOptions};
 
 use super::OutputArgs;
 
@@ -25,9 +25,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
-    lopper::onnx::save::check_writable([args.out.output.as_path()])?;
+    crate::onnx::save::check_writable([args.out.output.as_path()])?;
     let mut model = Model::load(&args.model)?;
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     let before = model.graph.node_count();
     let opts = SimplifyOptions {
         keep_batch_norm: args.keep_bn,

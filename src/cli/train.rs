@@ -1,5 +1,5 @@
 //! `lopper train` and `lopper finetune`: train a classifier with a compiled train step in ONNX
-//! Runtime (see `lopper::train`). `finetune` is `train` with defaults suited to a
+//! Runtime (see `crate::train`). `finetune` is `train` with defaults suited to a
 //! pruned or pretrained model (lower rate, a few epochs) and optional distillation from the
 //! original model.
 
@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
-use lopper::data::Preprocess;
-use lopper::ir::Model;
-use lopper::runtime::{Device, RuntimeOptions};
-use lopper::train::optim::Optimizer;
-use lopper::train::options::{Augment, Event, Recipe, Schedule, TrainOptions, TrainReport};
-use lopper::train::runner::train;
-use lopper::train::sparsity::{parse_sparsity, Sparsity};
+use crate::data::Preprocess;
+use crate::ir::Model;
+use crate::runtime::{Device, RuntimeOptions};
+use crate::train::optim::Optimizer;
+use crate::train::options::{Augment, Event, Recipe, Schedule, TrainOptions, TrainReport};
+use crate::train::runner::train;
+use crate::train::sparsity::{parse_sparsity, Sparsity};
 
 use super::data_args::DataArgs;
 use super::progress;
@@ -150,9 +150,9 @@ pub struct Args {
 /// Runs `train` (`finetune` false) or `finetune`.
 pub fn run(args: Args, finetune: bool) -> Result<()> {
     // The model and its checkpoints are written beside --output.
-    lopper::onnx::save::check_writable([args.output.as_path()])?;
+    crate::onnx::save::check_writable([args.output.as_path()])?;
     let model = Model::load(&args.model)?;
-    lopper::ir::verify_model(&model)?;
+    crate::ir::verify_model(&model)?;
     let recipe = if finetune {
         Recipe::Finetune
     } else {
@@ -180,13 +180,13 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
     if let Some(path) = &args.weight_masks {
         opts.weight_masks = weight_masks(path, &model)?;
     }
-    let mut open_eval = || -> lopper::Result<Box<dyn lopper::data::Dataset>> {
+    let mut open_eval = || -> crate::Result<Box<dyn crate::data::Dataset>> {
         match &eval_args {
             Some(a) => a.open().map(|(d, _)| d),
-            None => Err(lopper::Error::Usage("no held-out split".into())),
+            None => Err(crate::Error::Usage("no held-out split".into())),
         }
     };
-    let eval_data: Option<lopper::train::options::EvalData<'_>> = if eval_args.is_some() {
+    let eval_data: Option<crate::train::options::EvalData<'_>> = if eval_args.is_some() {
         Some(&mut open_eval)
     } else {
         None
@@ -240,11 +240,8 @@ pub fn run(args: Args, finetune: bool) -> Result<()> {
 }
 
 /// The masks of a mask file, each checked against the model's weight of that name.
-fn weight_masks(
-    path: &std::path::Path,
-    model: &Model,
-) -> Result<lopper::train::masks::WeightMasks> {
-    let arrays = lopper::train::mask_file::load(path)?;
+fn weight_masks(path: &std::path::Path, model: &Model) -> Result<crate::train::masks::WeightMasks> {
+    let arrays = crate::train::mask_file::load(path)?;
     let g = &model.graph;
     let mut out = std::collections::BTreeMap::new();
     for (name, (shape, m)) in arrays {
@@ -333,12 +330,12 @@ fn options(
 /// Prints the report (as JSON with `json`).
 fn print_report(report: &TrainReport, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        say!("{}", serde_json::to_string_pretty(report)?);
     } else {
         let last = report.epochs.last();
-        println!("model       {}", report.output.display());
-        println!("data        {}", report.data);
-        println!(
+        say!("model       {}", report.output.display());
+        say!("data        {}", report.data);
+        say!(
             "trained     {} epochs ({} resumed), {} samples/epoch, {} params in {} tensors",
             report.epochs.len(),
             report.resumed_from,
@@ -347,9 +344,9 @@ fn print_report(report: &TrainReport, json: bool) -> Result<()> {
             report.params.0
         );
         if let Some(t) = last.and_then(|e| e.eval_top1) {
-            println!("accuracy    top-1 {:.2}% (held-out split)", t * 100.0);
+            say!("accuracy    top-1 {:.2}% (held-out split)", t * 100.0);
         }
-        println!(
+        say!(
             "time        {:.1} s wall; checkpoint {}",
             report.wall_seconds,
             report.checkpoint.display()

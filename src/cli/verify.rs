@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use lopper::ir::Model;
-use lopper::oracle::{available_backends, compare};
+use crate::ir::Model;
+use crate::oracle::{available_backends, compare};
 
 /// Arguments of `lopper verify`.
 #[derive(clap::Args, Debug)]
@@ -27,8 +27,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let a = Model::load(&args.reference)?;
     let b = Model::load(&args.candidate)?;
-    lopper::ir::verify_model(&a)?;
-    lopper::ir::verify_model(&b)?;
+    crate::ir::verify_model(&a)?;
+    crate::ir::verify_model(&b)?;
     let cmp = compare(&a, &b, &available_backends(), args.samples, 1)?;
     for (k, why) in &cmp.skipped {
         eprintln!("warning: {k} could not run the reference model, so it did not compare: {why}");
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
             super::prune::variation_note(cmp.variation)
         );
     }
-    println!(
+    say!(
         "equivalent: max relative error {} (tolerance {:.0e}; {})",
         per.join(", "),
         args.tolerance,

@@ -24,7 +24,7 @@ use crate::ir::{DType, Tensor};
 
 const BACKEND: &str = "ort";
 const NOT_FOUND: &str =
-    "ONNX Runtime library not found: run `make setup` in the lopper checkout (installs it into .deps/), or set ORT_DYLIB_PATH to a libonnxruntime";
+    "ONNX Runtime library not found: run `make setup` in the lopper checkout (installs it into .deps/), `pip install onnxruntime`, or set ORT_DYLIB_PATH to a libonnxruntime";
 
 fn err(msg: impl Into<String>) -> Error {
     Error::Runtime {
