@@ -1,19 +1,25 @@
-//! Training throughput of the compiled train step in ONNX Runtime on the CPU: images/s of one
-//! SGD step (momentum 0.9, weight decay 5e-4, cross-entropy) at batch 128 with 2 intra-op
-//! threads, for the pretrained CIFAR-10 ResNet-20 and ResNet-56, with parameters, momentum
-//! and BatchNormalization running statistics kept in ORT from step to step (two alternating
-//! buffer sets, as `lopper train` does: `CarriedSession`), and fresh Dropout noise fed for
-//! models with Dropout. Goal: ≥ 1.5× the
-//! reference (PyTorch eager, same machine type and setup).
+//! Training throughput of the compiled train step in ONNX Runtime on the CPU against PyTorch
+//! in the same run: images/s of one SGD step (momentum 0.9, weight decay 5e-4, cross-entropy)
+//! at batch 128 with 2 intra-op threads, for the pretrained CIFAR-10 ResNet-20 and ResNet-56,
+//! with parameters, momentum and BatchNormalization running statistics kept in ORT from step
+//! to step (two alternating buffer sets, as `lopper train` does: `CarriedSession`), and fresh
+//! Dropout noise fed for models with Dropout. The reference is PyTorch eager on the same
+//! architectures rebuilt with identical shapes (`benches/torch_reference.py`, a server process
+//! per model), run in turns with lopper: each round times K lopper steps, then K PyTorch steps,
+//! of one model, then the next model. A pair's ratio is PyTorch's median step time over
+//! lopper's (above 1: lopper faster); the summary gives each pair and the median ratio. A
+//! ResNet-56 pruned to FLOPs ×0.5 (`lopper prune`, default options) runs in the same rounds:
+//! its speed-up over the unpruned step is set against its MACs ratio.
 //!
-//! Warm-up steps first, then rounds that alternate between the models (so that load from
-//! other processes hits both alike); the reported time is the median step. Environment:
-//! `LOPPER_BENCH_STEPS` (timed steps per model and round, default 4), `LOPPER_BENCH_ROUNDS`
-//! (default 3), `LOPPER_BENCH_WARMUP` (default 2), `LOPPER_BENCH_THREADS` (default 2),
-//! `LOPPER_BENCH_SPIN` (default 1: idle ORT threads busy-wait, ORT's default; 0 is much
-//! faster when other processes load the cores), `LOPPER_BENCH_MODELS` (comma-separated
-//! substrings of the model names),
-//! `LOPPER_BENCH_SAVE` (a folder to keep the step graphs in, for profiling).
+//! PyTorch comes from `scripts/setup-torch.sh` (`.deps/torch`, pinned; never needed by the
+//! tests). Without it the bench says so and reports lopper alone, with no ratio.
+//!
+//! Environment: `LOPPER_BENCH_STEPS` (timed steps per model and round, default 4),
+//! `LOPPER_BENCH_ROUNDS` (default 3), `LOPPER_BENCH_WARMUP` (default 2),
+//! `LOPPER_BENCH_THREADS` (default 2), `LOPPER_BENCH_SPIN` (default 0: idle ORT threads
+//! sleep, as in `lopper train`; 1 is ORT's busy-wait), `LOPPER_BENCH_MODELS` (comma-separated substrings of the model
+//! names), `LOPPER_BENCH_SAVE` (a folder to keep the step graphs in, for profiling),
+//! `LOPPER_BENCH_TORCH` (a folder with PyTorch for PYTHONPATH instead of `.deps/torch`).
 //!
 //! Run with `cargo bench --bench train_step`; under `cargo test` it only checks that it
 //! builds. Needs ONNX Runtime (`ORT_DYLIB_PATH`) and the shared models.
@@ -23,7 +29,9 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use lopper::ir::{Model, Tensor};
@@ -35,11 +43,73 @@ use lopper::train::{compile_train_step, StepOptions, TrainStep};
 
 const BATCH: usize = 128;
 
-/// (file under `models/pretrained`, short name, reference images/s).
-const MODELS: [(&str, &str, f64); 2] = [
-    ("resnet20_cifar10.bn.onnx", "ResNet-20", 153.0),
-    ("resnet56_cifar10.bn.onnx", "ResNet-56", 64.0),
+/// (file under `models/pretrained`, short name, blocks per stage of the PyTorch reference).
+const MODELS: [(&str, &str, usize); 2] = [
+    ("resnet20_cifar10.bn.onnx", "ResNet-20", 3),
+    ("resnet56_cifar10.bn.onnx", "ResNet-56", 9),
 ];
+
+/// The PyTorch reference of one model: a `torch_reference.py` server.
+struct Reference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    times: Vec<f64>,
+}
+
+impl Reference {
+    /// Starts the server for ResNet-(6n+2) and waits for its warm-up; `None` (with a notice)
+    /// when PyTorch is missing or the server fails.
+    fn start(torch: &Path, blocks: usize, threads: usize, warmup: usize) -> Option<Reference> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--blocks", &blocks.to_string()])
+            .args(["--batch", &BATCH.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--warmup", &warmup.to_string()])
+            .env("PYTHONPATH", torch)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        if stdout.read_line(&mut line).ok()? == 0 || line.trim() != "ready" {
+            eprintln!(
+                "NOTICE: the PyTorch reference did not start ({})",
+                line.trim()
+            );
+            let _ = child.kill();
+            return None;
+        }
+        Some(Reference {
+            child,
+            stdin,
+            stdout,
+            times: Vec::new(),
+        })
+    }
+
+    /// Runs `k` steps; their wall times.
+    fn steps(&mut self, k: usize) -> Vec<f64> {
+        writeln!(self.stdin, "steps {k}").expect("write to the PyTorch reference");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read the PyTorch reference");
+        serde_json::from_str(line.trim()).expect("the PyTorch reference's step times")
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -50,8 +120,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 /// A compiled step loaded in ORT with its feed, carried from step to step.
 struct Runner {
-    name: &'static str,
-    reference: f64,
+    name: String,
+    /// The PyTorch reference, when there is one for this model.
+    reference: Option<Reference>,
+    /// MACs of the model.
+    macs: u64,
+    /// Per round: (lopper's median step, PyTorch's median step).
+    pairs: Vec<(f64, Option<f64>)>,
     step: TrainStep,
     session: CarriedSession,
     feed: Vec<(String, Tensor)>,
@@ -68,11 +143,15 @@ struct Runner {
 impl Runner {
     fn new(
         path: &std::path::Path,
-        name: &'static str,
-        reference: f64,
+        name: &str,
+        reference: Option<Reference>,
         ropts: &RuntimeOptions,
     ) -> Runner {
         let model = Model::load(path).expect("load model");
+        let shapes = lopper::analysis::infer_shapes(&model).expect("shapes");
+        let macs = lopper::analysis::costs(&model, &shapes)
+            .expect("costs")
+            .macs;
         let opts = StepOptions {
             batch: BATCH,
             loss: Loss::CrossEntropy {
@@ -161,8 +240,10 @@ impl Runner {
             step_slot,
             noise_slots,
             noise_rng,
-            name,
+            name: name.to_string(),
             reference,
+            macs,
+            pairs: Vec::new(),
             step,
             session,
             feed,
@@ -211,6 +292,27 @@ fn op_counts(m: &Model) -> BTreeMap<String, usize> {
     counts
 }
 
+/// A ResNet-56 pruned to FLOPs ×0.5 with `lopper prune`'s defaults, written into `dir`.
+fn pruned_resnet56(original: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("resnet56.flops50.onnx");
+    let args = [
+        "prune",
+        &original.display().to_string(),
+        "-o",
+        &out.display().to_string(),
+        "--target",
+        "flops=0.5",
+        "--table",
+        "none",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Err(e) = lopper::cli::call(args, true) {
+        panic!("pruning ResNet-56: {e:?}");
+    }
+    out
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -219,72 +321,145 @@ fn main() {
         eprintln!("NOTICE: skipping: ONNX Runtime's library is missing (set ORT_DYLIB_PATH)");
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models/pretrained");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("../shared/models/pretrained");
     let threads = env_usize("LOPPER_BENCH_THREADS", 2);
     let (steps, rounds, warmup) = (
         env_usize("LOPPER_BENCH_STEPS", 4),
         env_usize("LOPPER_BENCH_ROUNDS", 3),
         env_usize("LOPPER_BENCH_WARMUP", 2),
     );
-    let spin = env_usize("LOPPER_BENCH_SPIN", 1) != 0;
+    let spin = env_usize("LOPPER_BENCH_SPIN", 0) != 0;
     let ropts = RuntimeOptions {
         threads: Some(threads),
         spinning: Some(spin),
         ..RuntimeOptions::default()
     };
+    let torch = std::env::var_os("LOPPER_BENCH_TORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".deps/torch"));
+    let have_torch = torch.join("torch").is_dir();
+    if !have_torch {
+        eprintln!(
+            "NOTICE: no PyTorch reference ({} has no torch; run scripts/setup-torch.sh): \
+             lopper alone, no ratios",
+            torch.display()
+        );
+    }
     let filter = std::env::var("LOPPER_BENCH_MODELS").unwrap_or_default();
-    let mut runners = Vec::new();
-    for (file, name, reference) in MODELS {
-        if !filter.is_empty()
-            && !filter
+    let wanted = |name: &str| {
+        filter.is_empty()
+            || filter
                 .split(',')
                 .any(|f| name.to_lowercase().contains(&f.to_lowercase()))
-        {
-            continue;
-        }
+    };
+    let scratch = std::env::temp_dir().join(format!("lopper-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("create a scratch folder");
+    let mut runners = Vec::new();
+    for (file, name, blocks) in MODELS {
         let path = dir.join(file);
         if !path.is_file() {
             eprintln!("NOTICE: skipping {name}: {} is missing", path.display());
             continue;
         }
-        runners.push(Runner::new(&path, name, reference, &ropts));
+        if wanted(name) {
+            let reference = if have_torch {
+                Reference::start(&torch, blocks, threads, warmup)
+            } else {
+                None
+            };
+            runners.push(Runner::new(&path, name, reference, &ropts));
+        }
+        if blocks == 9 && wanted("ResNet-56 pruned") {
+            let pruned = pruned_resnet56(&path, &scratch);
+            runners.push(Runner::new(&pruned, "ResNet-56 pruned", None, &ropts));
+        }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     for r in &mut runners {
         for _ in 0..warmup {
             r.run();
         }
     }
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for r in &mut runners {
-            for _ in 0..steps {
-                let t = r.run();
-                r.times.push(t);
+            let mine: Vec<f64> = (0..steps).map(|_| r.run()).collect();
+            r.times.extend(&mine);
+            let theirs = r.reference.as_mut().map(|t| {
+                let v = t.steps(steps);
+                t.times.extend(&v);
+                median(v)
+            });
+            let pair = (median(mine), theirs);
+            r.pairs.push(pair);
+            if let Some(t) = theirs {
+                println!(
+                    "round {}: {:<17} lopper {:>6.1} img/s  PyTorch {:>6.1} img/s  ratio {:.2}",
+                    round + 1,
+                    r.name,
+                    BATCH as f64 / pair.0,
+                    BATCH as f64 / t,
+                    t / pair.0
+                );
             }
         }
     }
     println!(
-        "batch {BATCH}, {threads} intra-op threads (spinning {}), SGD momentum 0.9 wd 5e-4, cross-entropy; \
-         {warmup} warm-up steps, {rounds} rounds × {steps} timed steps, median",
+        "batch {BATCH}, {threads} intra-op threads (ORT spinning {}), SGD momentum 0.9 wd 5e-4, \
+         cross-entropy; {warmup} warm-up steps, {rounds} rounds × {steps} timed steps per model \
+         and side, medians",
         if spin { "on" } else { "off" }
     );
     println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "model", "ms/step", "min ms", "img/s", "ref", "ratio", "loss first→last"
+        "{:<17} {:>8} {:>11} {:>13} {:>18} {:>14}",
+        "model", "ms/step", "lopper img/s", "PyTorch img/s", "ratio per round", "median ratio"
     );
+    let unpruned56 = runners
+        .iter()
+        .find(|r| r.name == "ResNet-56")
+        .map(|r| (median(r.times.clone()), r.macs));
     for r in &runners {
         let med = median(r.times.clone());
-        let min = r.times.iter().copied().fold(f64::INFINITY, f64::min);
-        let ips = BATCH as f64 / med;
+        let ratios: Vec<f64> = r
+            .pairs
+            .iter()
+            .filter_map(|&(mine, theirs)| theirs.map(|t| t / mine))
+            .collect();
+        let torch_ips = r
+            .reference
+            .as_ref()
+            .map(|t| format!("{:.1}", BATCH as f64 / median(t.times.clone())))
+            .unwrap_or_else(|| "-".into());
+        let per_round: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        let summary = if ratios.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}×", median(ratios.clone()))
+        };
         println!(
-            "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2}× {:>7.3}→{:.3}",
+            "{:<17} {:>8.1} {:>11.1} {:>13} {:>18} {:>14}   loss {:.3}→{:.3}",
             r.name,
             med * 1e3,
-            min * 1e3,
-            ips,
-            r.reference,
-            ips / r.reference,
+            BATCH as f64 / med,
+            torch_ips,
+            if per_round.is_empty() {
+                "-".to_string()
+            } else {
+                per_round.join(", ")
+            },
+            summary,
             r.losses.first().copied().unwrap_or(f64::NAN),
             r.losses.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+    if let (Some((full, full_macs)), Some(p)) = (
+        unpruned56,
+        runners.iter().find(|r| r.name == "ResNet-56 pruned"),
+    ) {
+        println!(
+            "ResNet-56 pruned: step ×{:.3} of the unpruned step's time for ×{:.3} of its MACs",
+            median(p.times.clone()) / full,
+            p.macs as f64 / full_macs as f64
         );
     }
 }

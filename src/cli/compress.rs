@@ -23,6 +23,7 @@ use super::progress;
 use super::runtime_args::RuntimeArgs;
 use super::selection_args::SelectionArgs;
 use super::OutputArgs;
+use crate::runtime::RuntimeOptions;
 
 /// `--granularity`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,7 +360,10 @@ pub fn run(mut args: Args) -> Result<()> {
                 flip: !args.no_augment,
                 ..Augment::default()
             },
-            runtime,
+            runtime: RuntimeOptions {
+                spinning: super::train::TRAIN_SPINNING,
+                ..runtime
+            },
             limit: args.limit.map(|l| l as usize),
             ..Default::default()
         },

@@ -263,6 +263,13 @@ fn weight_masks(path: &std::path::Path, model: &Model) -> Result<crate::train::m
     Ok(std::sync::Arc::new(out))
 }
 
+/// Whether training's idle ONNX Runtime threads busy-wait: no. With the data loader on the
+/// same cores, spinning threads steal them: `cargo bench --bench train_step` (2 threads, batch
+/// 128, in turns with PyTorch in the same run, two runs each) measured lopper at 0.68/0.57×
+/// and 0.64/0.64× PyTorch's speed on ResNet-20 and ResNet-56 with spinning on, 0.81/0.72× and
+/// 0.69/0.66× with it off (2026-12-05).
+pub(super) const TRAIN_SPINNING: Option<bool> = Some(false);
+
 /// The run's options from the flags, the command's defaults and the parsed `--sparsity`.
 fn options(
     args: &Args,
@@ -315,7 +322,7 @@ fn options(
                 DeviceArg::Cuda => Device::Cuda,
             },
             threads: args.threads.map(usize::from),
-            spinning: None,
+            spinning: TRAIN_SPINNING,
         },
         limit: args.limit.map(|l| l as usize),
         eval_limit: args.eval_limit.map(|l| l as usize),
