@@ -125,6 +125,48 @@ fn files_that_are_not_tables_for_this_runtime_are_refused() {
 /// The user's command: a latency target on tract with a table file. The run succeeds, says
 /// what the table predicted and what was measured, writes a verified model and the table.
 #[test]
+fn a_latency_batch_times_batches_and_keys_its_table_by_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let out = dir.path().join("o.onnx");
+    let table = dir.path().join("t.json");
+    let (code, _, err) = run_lopper(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target",
+        "latency=0.8",
+        "--backend",
+        "tract",
+        "--latency-batch",
+        "4",
+        "--latency-table",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
+    let key = t["runtime"].as_str().unwrap();
+    assert!(key.ends_with("batch=4"), "{key}");
+    // The batch-4 table is not taken for batch 1.
+    let (code, _, err) = run_lopper(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target",
+        "latency=0.8",
+        "--backend",
+        "tract",
+        "--latency-table",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("batch=4"), "{err}");
+}
+
+#[test]
 fn prune_to_a_latency_target_with_a_table_file() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");

@@ -191,7 +191,8 @@ pub fn run(args: Args) -> Result<()> {
         latency: match runtime {
             Some((backend, runtime)) if needs_timing => {
                 let l = opts.selection.latency();
-                Some(LatencyEvaluator::new(backend, runtime)?.with_search(l.search, l.table)?)
+                let evaluator = LatencyEvaluator::new(backend, runtime)?.with_batch(l.batch);
+                Some(evaluator.with_search(l.search, l.table)?)
             }
             _ => None,
         },

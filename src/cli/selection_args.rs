@@ -119,6 +119,15 @@ pub struct SelectionArgs {
         help_heading = "Allocation"
     )]
     latency_order: LatencyOrderArg,
+    /// Images per timed run under `--target latency=R`: 1 times one request; a serving batch
+    /// (e.g. 32) times throughput-bound inference. Tables are per batch size.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help_heading = "Allocation"
+    )]
+    latency_batch: u32,
 }
 
 /// `--latency-order`.
@@ -283,6 +292,7 @@ impl SelectionArgs {
                     LatencySearchArg::Measured => LatencySearch::Measured,
                 },
                 table: self.latency_table.clone(),
+                batch: self.latency_batch as usize,
             },
         }))
     }

@@ -76,6 +76,15 @@ impl LatencyEvaluator {
         })
     }
 
+    /// Times runs of `batch` images (1 by default) instead of one; call before
+    /// [`with_search`](Self::with_search), since the table's runtime key names the batch.
+    /// Models with a fixed batch dimension other than `batch` fail when timed.
+    pub fn with_batch(mut self, batch: usize) -> LatencyEvaluator {
+        self.bench.batch = batch.max(1);
+        self.table = LatencyTable::new(&runtime_key(&self.bench));
+        self
+    }
+
     /// Sets how candidates are judged, and the file the latency table is read from (when it
     /// exists) and saved to (when timing added entries). Errors name a file that is not a
     /// table for this runtime.

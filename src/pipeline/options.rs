@@ -29,12 +29,25 @@ pub struct Scored {
 }
 
 /// How a latency target judges candidates.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LatencyOptions {
     /// Predicted by a latency table (the default) or measured.
     pub search: LatencySearch,
     /// The latency table's file: read when it exists, extended when the model needs more.
     pub table: Option<std::path::PathBuf>,
+    /// Images per timed run: 1 (one request's latency, the default) or a serving batch. Part
+    /// of the latency table's runtime key.
+    pub batch: usize,
+}
+
+impl Default for LatencyOptions {
+    fn default() -> Self {
+        LatencyOptions {
+            search: LatencySearch::default(),
+            table: None,
+            batch: 1,
+        }
+    }
 }
 
 impl Scored {

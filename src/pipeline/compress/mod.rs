@@ -609,6 +609,7 @@ fn tools<'a>(
             let l = selection.latency();
             Some(
                 super::LatencyEvaluator::new(opts.eval.backend, opts.eval.runtime)?
+                    .with_batch(l.batch)
                     .with_search(l.search, l.table)?,
             )
         } else {
