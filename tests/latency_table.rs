@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use lopper::analysis::{costs, infer_shapes, MaskedCost};
 use lopper::ir::Model;
@@ -124,44 +126,37 @@ fn files_that_are_not_tables_for_this_runtime_are_refused() {
 
 /// The user's command: a latency target on tract with a table file. The run succeeds, says
 /// what the table predicted and what was measured, writes a verified model and the table.
+/// `lopper prune` of the pretrained ResNet-20 to `--target latency=0.8` on tract with the
+/// latency table `table`, writing `out`, with `extra` flags: (exit code, stdout, stderr).
+fn prune_to_latency(out: &Path, table: &Path, extra: &[&str]) -> (i32, String, String) {
+    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    let mut args = vec![
+        "prune",
+        model.to_str().unwrap(),
+        "--target",
+        "latency=0.8",
+        "--backend",
+        "tract",
+        "--latency-table",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    run_lopper(&args)
+}
+
 #[test]
 fn a_latency_batch_times_batches_and_keys_its_table_by_them() {
     let dir = tempfile::tempdir().unwrap();
-    let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
     let out = dir.path().join("o.onnx");
     let table = dir.path().join("t.json");
-    let (code, _, err) = run_lopper(&[
-        "prune",
-        model.to_str().unwrap(),
-        "--target",
-        "latency=0.8",
-        "--backend",
-        "tract",
-        "--latency-batch",
-        "4",
-        "--latency-table",
-        table.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, err) = prune_to_latency(&out, &table, &["--latency-batch", "4"]);
     assert_eq!(code, 0, "{err}");
-    let t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
-    let key = t["runtime"].as_str().unwrap();
-    assert!(key.ends_with("batch=4"), "{key}");
+    let t: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    assert!(t.runtime.ends_with("batch=4"), "{}", t.runtime);
     // The batch-4 table is not taken for batch 1.
-    let (code, _, err) = run_lopper(&[
-        "prune",
-        model.to_str().unwrap(),
-        "--target",
-        "latency=0.8",
-        "--backend",
-        "tract",
-        "--latency-table",
-        table.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, err) = prune_to_latency(&out, &table, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("batch=4"), "{err}");
 }
@@ -172,18 +167,7 @@ fn prune_to_a_latency_target_with_a_table_file() {
     let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
     let out = dir.path().join("o.onnx");
     let table = dir.path().join("t.json");
-    let (code, stdout, err) = run_lopper(&[
-        "prune",
-        model.to_str().unwrap(),
-        "--target",
-        "latency=0.8",
-        "--backend",
-        "tract",
-        "--latency-table",
-        table.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (code, stdout, err) = prune_to_latency(&out, &table, &[]);
     assert_eq!(code, 0, "{err}");
     let all = format!("{stdout}{err}");
     assert!(all.contains("predicted by the latency table"), "{all}");
