@@ -9,10 +9,10 @@
 
 .PHONY: test setup wheel
 
-# Suites that read nothing from ../shared.
-STANDALONE = --lib --bins --test data --test golden_prune --test onnx_conformance --test opset9 \
-	--test prune_property --test train_conv_transpose --test vjp_elementwise --test vjp_linear \
-	--test vjp_more --test examples --test fuzz_mutations
+# Suites of the integration test binary (tests/it, one module each) that read nothing from
+# ../shared, as test-name filters.
+STANDALONE = data:: golden_prune:: onnx_conformance:: opset9:: prune_property:: \
+	train_conv_transpose:: vjp_elementwise:: vjp_linear:: vjp_more:: examples:: fuzz_mutations::
 
 setup:
 	@scripts/setup-test-env.sh >/dev/null
@@ -28,9 +28,10 @@ test:
 		cargo test --workspace --all-targets --no-fail-fast; \
 	else \
 		echo "make test: ../shared is missing: running the suites that need no shared models or data"; \
-		echo "make test: left out: every other tests/*.rs (they read ../shared/models and ../shared/data)"; \
-		cargo test --workspace --no-fail-fast $(STANDALONE) && \
-		cargo test --no-fail-fast --test prune_cli readme_main_command_prunes_the_shipped_model; \
+		echo "make test: left out: every other suite of tests/it and tests/bench_aa.rs (they read ../shared/models and ../shared/data)"; \
+		cargo test --workspace --no-fail-fast --lib --bins --test registry_removal && \
+		cargo test --no-fail-fast --test it -- $(STANDALONE) \
+			prune_cli::readme_main_command_prunes_the_shipped_model; \
 	fi; rust=$$?; \
 	scripts/test-python.sh || exit 1; \
 	exit $$rust

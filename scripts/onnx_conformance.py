@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ONNX's node conformance cases, for tests/onnx_conformance.rs.
+"""ONNX's node conformance cases, for tests/it/onnx_conformance.rs.
 
 Usage (PYTHONPATH=.deps/python, see scripts/setup-test-env.sh):
 

@@ -75,6 +75,10 @@ pub struct Args {
     /// panning, the agent's pulls [default: 12].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Method")]
     mend_evaluations: Option<u64>,
+    /// Training samples held out (spread evenly over the training split) to score each
+    /// candidate of adapruner, mending and panning [default: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Method")]
+    holdout: Option<u64>,
     /// Panning: the fraction of filter-bank weights masked at weight granularity [default:
     /// 0.9]; the masks ship beside the output as NAME.masks.npz.
     #[arg(long, help_heading = "Method")]
@@ -266,6 +270,7 @@ impl Args {
                 from_scratch: self.from_scratch,
                 inherit_steps: self.inherit_steps,
                 mend_evaluations: self.mend_evaluations.map(|e| e as usize),
+                holdout: self.holdout.map(|h| h as usize),
                 weight_sparsity: self.weight_sparsity,
                 channel_granularity: self.granularity == GranularityArg::Channel,
                 pan_index: self.pan_index,
@@ -290,7 +295,7 @@ impl Args {
                     self.sparsity_weight,
                     self.from_scratch,
                     self.inherit_steps,
-                    self.mend_evaluations,
+                    (self.mend_evaluations, self.holdout),
                     (self.weight_sparsity, self.granularity, self.pan_index),
                 ),
                 &self.select,

@@ -411,3 +411,40 @@ pub fn dropout_mlp(
         },
     }
 }
+
+thread_local! {
+    /// Whether this thread is inside [`catch_quietly`].
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where this thread's last quiet panic happened.
+    static PANIC_AT: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` and catches its panic without printing it: the error is the panic's message and
+/// where it happened. Panics on other threads print as usual: the process-wide hook, installed
+/// once, is quiet only on a thread inside this call, so suites that catch thousands of panics
+/// share the test binary with suites whose failures must be seen.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(std::cell::Cell::get) {
+                PANIC_AT.with(|p| p.set(info.location().map(|l| l.to_string())));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "(no message)".into());
+        let at = PANIC_AT.with(|at| at.take()).unwrap_or_default();
+        format!("{msg} (at {at})")
+    })
+}

@@ -51,7 +51,7 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
     let inherit = Stage::Inherit(Inheritance {
         candidates,
         steps: s.inherit_steps.unwrap_or(STEPS),
-        holdout: HOLDOUT,
+        holdout: s.holdout.unwrap_or(HOLDOUT),
     });
     Ok(Composition {
         stages: then_recover(vec![inherit], s),

@@ -42,7 +42,7 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
             ..MendOptions::default()
         },
         steps: s.inherit_steps.unwrap_or(STEPS),
-        holdout: HOLDOUT,
+        holdout: s.holdout.unwrap_or(HOLDOUT),
     });
     Ok(Composition {
         stages: then_recover(vec![mend], s),

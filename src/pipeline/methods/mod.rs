@@ -141,6 +141,9 @@ pub struct Settings {
     pub inherit_steps: Option<usize>,
     /// Candidates mending scores, or pulls panning's agent makes, in all.
     pub mend_evaluations: Option<usize>,
+    /// Training samples held out to score each candidate (adapruner, mending, panning),
+    /// overriding the method's default.
+    pub holdout: Option<usize>,
     /// Panning: the fraction of filter-bank weights masked (weight granularity).
     pub weight_sparsity: Option<f64>,
     /// Panning: mask whole channels to the `--target` budget instead of single weights.

@@ -78,7 +78,7 @@ pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
         arms,
         evaluations: s.mend_evaluations.unwrap_or(EVALUATIONS).max(1),
         steps: s.inherit_steps.unwrap_or(STEPS),
-        holdout: HOLDOUT,
+        holdout: s.holdout.unwrap_or(HOLDOUT),
         scoring_batches: SCORING_BATCHES,
     });
     Ok(Composition {

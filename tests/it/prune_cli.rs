@@ -1,0 +1,393 @@
+//! `lopper prune` through the binary: same inputs give byte-identical outputs, a saved plan
+//! replays byte-for-byte (also over several rounds), the report, plot and table are written,
+//! data-driven criteria read calibration data, and bad requests exit 2 with one line.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use common::run_lopper as lopper;
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = lopper(args);
+    assert_eq!(code, 0, "lopper {args:?} failed: {err}");
+    out
+}
+
+fn bad(args: &[&str], needle: &str) {
+    let (code, _, err) = lopper(args);
+    assert_eq!(code, 2, "lopper {args:?}: exit {code}, stderr {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "'{needle}' expected in: {err}");
+}
+
+fn shared(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const R20: &str = "models/pretrained/resnet20_cifar10.bn.onnx";
+
+#[test]
+fn same_inputs_give_identical_files_and_plans_replay_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared(R20);
+    for extra in [&[][..], &["--steps", "2", "--criterion", "fpgm"][..]] {
+        let (a, b, c) = (
+            dir.path().join("a.onnx"),
+            dir.path().join("b.onnx"),
+            dir.path().join("c.onnx"),
+        );
+        let plan = dir.path().join("plan.json");
+        let mut args = vec!["prune", &model, "--target", "flops=0.5", "--no-verify"];
+        args.extend_from_slice(extra);
+        let run = |out: &Path, more: &[&str]| {
+            let mut a = args.clone();
+            a.extend_from_slice(&["-o", s(out)]);
+            a.extend_from_slice(more);
+            ok(&a)
+        };
+        run(&a, &["--save-plan", s(&plan)]);
+        run(&b, &[]);
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{extra:?}: runs differ"
+        );
+        ok(&[
+            "prune",
+            &model,
+            "--plan",
+            s(&plan),
+            "-o",
+            s(&c),
+            "--no-verify",
+        ]);
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&c).unwrap(),
+            "{extra:?}: replay differs"
+        );
+        let text = std::fs::read_to_string(&plan).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let steps = json["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), if extra.is_empty() { 1 } else { 2 });
+        assert!(text.contains("\"target\": \"flops=0.5\""), "{text}");
+    }
+}
+
+#[test]
+fn a_plan_for_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let out = dir.path().join("x.onnx");
+    ok(&[
+        "prune",
+        &shared(R20),
+        "-o",
+        s(&out),
+        "--ratio",
+        "0.3",
+        "--no-verify",
+        "--save-plan",
+        s(&plan),
+    ]);
+    bad(
+        &[
+            "prune",
+            &shared("models/pretrained/resnet56_cifar10.bn.onnx"),
+            "-o",
+            s(&out),
+            "--plan",
+            s(&plan),
+        ],
+        "plan",
+    );
+}
+
+#[test]
+fn report_plot_and_table_describe_the_pruned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report, plot) = (
+        dir.path().join("p.onnx"),
+        dir.path().join("r.json"),
+        dir.path().join("w.svg"),
+    );
+    let stdout = ok(&[
+        "prune",
+        &shared(R20),
+        "-o",
+        s(&out),
+        "--target",
+        "params=0.5",
+        "--round-to",
+        "8",
+        "--report",
+        s(&report),
+        "--plot",
+        s(&plot),
+        "--table",
+        "all",
+    ]);
+    assert!(stdout.contains("total"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 20, "resnet20 has 19 convs and a Gemm");
+    // --round-to 8: every pruned width is a multiple of 8.
+    let mut changed = 0;
+    for l in layers {
+        let (before, after) = (
+            l["out_channels"][0].as_u64().unwrap(),
+            l["out_channels"][1].as_u64().unwrap(),
+        );
+        if after != before {
+            changed += 1;
+            assert_eq!(after % 8, 0, "{l}");
+        }
+    }
+    assert!(changed > 0);
+    let params = r["params"].as_array().unwrap();
+    let ratio = params[1].as_f64().unwrap() / params[0].as_f64().unwrap();
+    assert!(
+        ratio <= 0.5 + 0.05,
+        "round-to 8 still lands near the budget: {ratio}"
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") || svg.contains("<svg"),
+        "{}",
+        &svg[..100]
+    );
+}
+
+#[test]
+fn data_driven_criteria_read_calibration_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.onnx");
+    let data = format!("npz:{}", shared("data/cifar10/lossless-subset.npz"));
+    let stdout = ok(&[
+        "prune",
+        &shared(R20),
+        "-o",
+        s(&out),
+        "--criterion",
+        "activation",
+        "--ratio",
+        "0.3",
+        "--data",
+        &data,
+        "--split",
+        "train",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "--calibration-samples",
+        "64",
+        "--backend",
+        "tract",
+    ]);
+    assert!(stdout.contains("(activation)"), "{stdout}");
+    bad(
+        &[
+            "prune",
+            &shared(R20),
+            "-o",
+            s(&out),
+            "--criterion",
+            "apoz",
+            "--ratio",
+            "0.3",
+        ],
+        "--data",
+    );
+    bad(
+        &[
+            "prune",
+            &shared(R20),
+            "-o",
+            s(&out),
+            "--criterion",
+            "taylor",
+            "--ratio",
+            "0.3",
+        ],
+        "training compiler",
+    );
+}
+
+#[test]
+fn bad_requests_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.onnx");
+    let (m, o) = (shared(R20), s(&out).to_string());
+    bad(&["prune", &m, "-o", &o, "--target", "flops=1.5"], "(0, 1]");
+    bad(
+        &["prune", &m, "-o", &o, "--target", "speed=0.5"],
+        "unknown target",
+    );
+    bad(
+        &[
+            "prune",
+            &m,
+            "-o",
+            &o,
+            "--criterion",
+            "magic",
+            "--ratio",
+            "0.3",
+        ],
+        "unknown criterion",
+    );
+    bad(
+        &[
+            "prune",
+            &m,
+            "-o",
+            &o,
+            "--ratio",
+            "0.3",
+            "--target",
+            "flops=0.5",
+        ],
+        "one of",
+    );
+    bad(&["prune", &m, "-o", &o], "say what to remove");
+    bad(
+        &[
+            "prune",
+            &m,
+            "-o",
+            &o,
+            "--target",
+            "flops=0.01",
+            "--min-keep",
+            "0.5",
+        ],
+        "reach",
+    );
+    bad(
+        &["prune", &m, "-o", &o, "--plan", "/nonexistent/plan.json"],
+        "plan.json",
+    );
+    assert!(!out.exists(), "nothing written on failure");
+}
+
+#[test]
+fn epruner_alone_keeps_its_exemplars() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("e.onnx");
+    let stdout = ok(&[
+        "prune",
+        &shared(R20),
+        "-o",
+        s(&out),
+        "--criterion",
+        "epruner",
+        "--table",
+        "none",
+    ]);
+    assert!(stdout.contains("(epruner)"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+}
+
+/// The default `--round-to auto`: kept widths in groups of 32 channels or more are multiples of
+/// 8, narrower groups keep exact widths, and the FLOPs target still lands within 1%;
+/// `--round-to 1` gives exact widths everywhere.
+#[test]
+fn default_widths_are_multiples_of_eight_in_wide_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared(R20);
+    let widths = |extra: &[&str]| -> (Vec<(u64, u64)>, f64) {
+        let (out, report) = (dir.path().join("p.onnx"), dir.path().join("r.json"));
+        let mut args = vec![
+            "prune",
+            &model,
+            "-o",
+            s(&out),
+            "--target",
+            "flops=0.5",
+            "--report",
+            s(&report),
+            "--table",
+            "none",
+            "--no-verify",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let macs = r["macs"].as_array().unwrap();
+        let ratio = macs[1].as_f64().unwrap() / macs[0].as_f64().unwrap();
+        let w = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["out_channels"][0].as_u64().unwrap(),
+                    l["out_channels"][1].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (w, ratio)
+    };
+    let (auto, ratio) = widths(&[]);
+    assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
+    assert!(auto.iter().any(|&(b, a)| b >= 32 && a < b));
+    for &(before, after) in &auto {
+        if before >= 32 {
+            assert_eq!(after % 8, 0, "{before} -> {after}");
+        }
+    }
+    let (exact, ratio) = widths(&["--round-to", "1"]);
+    assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
+    assert!(
+        exact.iter().any(|&(b, a)| b >= 32 && a % 8 != 0),
+        "exact widths: {exact:?}"
+    );
+    let (code, _, err) = lopper(&["prune", &shared(R20), "-o", "x.onnx", "--round-to", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'0' is not 'auto'"), "{err}");
+}
+
+/// README's main command, as written there, prunes the model the repository ships (no
+/// `../shared` needed) and verifies it.
+#[test]
+fn readme_main_command_prunes_the_shipped_model() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- prune "))
+        .expect("README has no `cargo run --release -- prune` command");
+    let mut args: Vec<String> = line
+        .trim_start_matches("cargo run --release -- ")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(&args[1]);
+    assert!(model.is_file(), "{} is not in the repository", args[1]);
+    assert!(
+        !args[1].starts_with(".."),
+        "the main command reads outside the repository"
+    );
+    args[1] = model.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = args.iter().position(|a| a == "-o").expect("no -o");
+    args[o + 1] = dir.path().join(&args[o + 1]).display().to_string();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&refs);
+    assert!(out.contains("MACs   40.55 M -> 20.20 M (x0.498)"), "{out}");
+    assert!(out.contains("verified: max relative error"), "{out}");
+    assert!(Path::new(&args[o + 1]).is_file());
+}
