@@ -323,7 +323,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if args.method.picks_its_own_amount() {
         args.select.criterion = crate::analysis::importance::CriterionKind::Epruner;
     }
-    let (selection, composition, lr) = args.compose()?;
+    let (mut selection, composition, lr) = args.compose()?;
     let optimizer = Optimizer::default();
     if !args.dry_run {
         let masks = weight_masks_out(&args);
@@ -341,6 +341,13 @@ pub fn run(mut args: Args) -> Result<()> {
         .into());
     }
     let (backend, runtime) = args.runtime.resolve()?;
+    // Said after the run, so that an error stays the only line of a failed one.
+    let rounding = if args.dry_run {
+        None
+    } else {
+        args.select
+            .resolve_round_to(&mut selection, backend, &runtime, &mut |_| {})?
+    };
     let mut train_args: DataArgs = (*args.data).clone();
     train_args.split = Some(args.data.split.clone().unwrap_or_else(|| "train".into()));
     let eval_args = DataArgs {
@@ -431,6 +438,9 @@ pub fn run(mut args: Args) -> Result<()> {
         crate::onnx::save::write_atomic(p, text.as_bytes())?;
     }
     print_table(&args, &report);
+    if let Some(line) = rounding {
+        eprintln!("note: {line}");
+    }
     std::fs::remove_dir_all(&opts.work_dir)
         .with_context(|| format!("removing {}", opts.work_dir.display()))?;
     Ok(())

@@ -11,7 +11,8 @@ use indicatif::ProgressBar;
 use crate::ir::Model;
 use crate::oracle::available_backends;
 use crate::pipeline::{
-    prune_with, Calibration, LatencyEvaluator, PruneOptions, PruneReport, Reporter, Tools,
+    prune_with, Calibration, LatencyEvaluator, PruneOptions, PruneReport, Reporter, Selection,
+    Tools,
 };
 use crate::report::{self, layer_report, Report};
 
@@ -136,7 +137,7 @@ fn masked_original(report: &PruneReport) -> Result<Model> {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
-    let selection = args.select.selection()?;
+    let mut selection = args.select.selection()?;
     // Every output path is checked before anything is computed or written.
     let table = selection.latency().table;
     let side = [
@@ -152,6 +153,14 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let mut model = Model::load(&args.model)?;
     crate::ir::verify_model(&model)?;
+    // Said with the run's other notes, so that an error stays the only line of a failed run.
+    let rounding = if matches!(selection, Selection::Scored(_)) {
+        let (backend, runtime) = args.runtime.resolve()?;
+        args.select
+            .resolve_round_to(&mut selection, backend, &runtime, &mut |_| {})?
+    } else {
+        None
+    };
     let opts = PruneOptions {
         selection,
         verify_with: if args.no_verify {
@@ -212,7 +221,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         eprintln!("warning: {why}; writing the model unchanged");
     }
-    for n in &report.notes {
+    for n in rounding.iter().chain(&report.notes) {
         eprintln!("note: {n}");
     }
     model

@@ -85,11 +85,18 @@ pub struct SelectionArgs {
     #[arg(long, default_value_t = 1.0, help_heading = "Allocation")]
     max_ratio: f64,
     /// Kept widths are multiples of K (hardware-friendly); groups narrower than K are left
-    /// alone. `auto`: multiples of 8 in groups of 32 channels or more (the channel blocks of
-    /// ONNX Runtime's CPU convolutions and of GPU tensor cores), exact widths in narrower
-    /// groups; `1`: exact widths everywhere.
+    /// alone. `auto`: the multiple the runtime's convolutions run fastest at, measured once
+    /// per runtime (a 3×3 convolution timed at widths 40 to 72: ONNX Runtime's CPU kernels
+    /// work in blocks of 8 or 16 channels) and cached (see --width-table), applied in groups
+    /// of 4 multiples or more, exact widths in narrower groups and where no block shows; `1`:
+    /// exact widths everywhere.
     #[arg(long, default_value = "auto", value_parser = parse_round_to, value_name = "auto|K", help_heading = "Allocation")]
-    round_to: (usize, usize),
+    round_to: RoundTo,
+    /// The file `--round-to auto` reads its measured multiple from (when it exists: pin one
+    /// machine's choice for all) or writes it to [default: $LOPPER_WIDTH_TABLE, else a file
+    /// per runtime under $LOPPER_CACHE_DIR, $XDG_CACHE_HOME/lopper or ~/.cache/lopper].
+    #[arg(long, value_name = "FILE", help_heading = "Allocation")]
+    width_table: Option<PathBuf>,
     /// Leave groups touching nodes whose name matches this glob intact (repeatable).
     #[arg(long, help_heading = "Allocation")]
     ignore: Vec<String>,
@@ -171,16 +178,27 @@ fn parse_target(s: &str) -> std::result::Result<Budget, String> {
     }
 }
 
-/// What `auto` rounds to, and the narrowest group it rounds.
+/// What `auto` rounds to, and the narrowest group it rounds, until
+/// [`SelectionArgs::resolve_round_to`] measures the runtime (and where nothing is measured:
+/// plans, dead channels).
 pub const AUTO_ROUND_TO: (usize, usize) = (8, 32);
 
-/// `--round-to`: `auto` or a multiple; `(multiple, narrowest group rounded)`.
-fn parse_round_to(s: &str) -> std::result::Result<(usize, usize), String> {
+/// `--round-to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundTo {
+    /// Measured per runtime.
+    Auto,
+    /// Multiples of this in every group.
+    Multiple(usize),
+}
+
+/// `--round-to`: `auto` or a multiple.
+fn parse_round_to(s: &str) -> std::result::Result<RoundTo, String> {
     if s.eq_ignore_ascii_case("auto") {
-        return Ok(AUTO_ROUND_TO);
+        return Ok(RoundTo::Auto);
     }
     match s.parse::<usize>() {
-        Ok(k) if (1..=1024).contains(&k) => Ok((k, 0)),
+        Ok(k) if (1..=1024).contains(&k) => Ok(RoundTo::Multiple(k)),
         _ => Err(format!("'{s}' is not 'auto' or a multiple from 1 to 1024")),
     }
 }
@@ -205,6 +223,64 @@ fn parse_min_keep(s: &str) -> std::result::Result<(f64, usize), String> {
 }
 
 impl SelectionArgs {
+    /// `(multiple, narrowest group rounded)` of `--round-to` before any measurement.
+    fn round_to_pair(&self) -> (usize, usize) {
+        match self.round_to {
+            RoundTo::Auto => AUTO_ROUND_TO,
+            RoundTo::Multiple(k) => (k, 0),
+        }
+    }
+
+    /// Resolves `--round-to auto` of a scored `selection` for the runtime `backend`/`runtime`:
+    /// the measured multiple ([`crate::pipeline::width_steps`], timed on the first run and
+    /// cached) replaces the placeholder. Returns the line that says what was chosen; `None`
+    /// when nothing is rounded automatically (an explicit multiple, a plan, dead channels).
+    /// A cache that cannot be written is said in that line, not fatal.
+    pub fn resolve_round_to(
+        &self,
+        selection: &mut Selection,
+        backend: crate::runtime::BackendKind,
+        runtime: &crate::runtime::RuntimeOptions,
+        say: &mut dyn FnMut(&str),
+    ) -> crate::Result<Option<String>> {
+        let Selection::Scored(scored) = selection else {
+            return Ok(None);
+        };
+        if self.round_to != RoundTo::Auto {
+            return Ok(None);
+        }
+        let pinned = self.width_table.clone().or_else(|| {
+            std::env::var_os("LOPPER_WIDTH_TABLE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let found = crate::pipeline::width_steps::find(backend, runtime, pinned.as_deref(), say)?;
+        let w = &found.steps;
+        let c = &mut scored.allocate.constraints;
+        (c.round_to, c.round_from) = (w.multiple, w.from);
+        let rule = if w.multiple > 1 {
+            format!(
+                "multiples of {} in groups of {} channels or more",
+                w.multiple, w.from
+            )
+        } else {
+            "exact widths (no channel block measured)".to_string()
+        };
+        let how = if found.measured {
+            "measured now"
+        } else {
+            "measured before"
+        };
+        let file = match &found.not_stored {
+            Some(e) => format!("not cached: {e}"),
+            None => found.file.display().to_string(),
+        };
+        Ok(Some(format!(
+            "--round-to auto: {rule} ({how} on {}; {file})",
+            w.runtime
+        )))
+    }
+
     /// The selection these flags describe (errors on contradicting or missing flags).
     pub fn selection(&self) -> Result<Selection> {
         self.selection_with(false)
@@ -277,8 +353,8 @@ impl SelectionArgs {
                     min_keep_fraction: self.min_keep.0,
                     min_keep_count: self.min_keep.1,
                     max_ratio: self.max_ratio,
-                    round_to: self.round_to.0,
-                    round_from: self.round_to.1,
+                    round_to: self.round_to_pair().0,
+                    round_from: self.round_to_pair().1,
                     ignore: self.ignore.clone(),
                 },
                 tolerance: self.target_tolerance,

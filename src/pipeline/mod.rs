@@ -42,6 +42,7 @@ pub mod report;
 pub mod reporter;
 pub mod score;
 pub mod verify;
+pub mod width_steps;
 
 pub use activations::{Calibration, OpenDataset};
 pub use analyse::{analyse, Analysis};

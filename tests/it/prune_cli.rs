@@ -300,48 +300,85 @@ fn epruner_alone_keeps_its_exemplars() {
     assert!(stdout.contains("verified"), "{stdout}");
 }
 
-/// The default `--round-to auto`: kept widths in groups of 32 channels or more are multiples of
-/// 8, narrower groups keep exact widths, and the FLOPs target still lands within 1%;
-/// `--round-to 1` gives exact widths everywhere.
-#[test]
-fn default_widths_are_multiples_of_eight_in_wide_groups() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `lopper ARGS` with the user cache folder `cache`: (exit code, stdout, stderr).
+fn lopper_cached(cache: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lopper"))
+        .args(args)
+        .env("LOPPER_CACHE_DIR", cache)
+        .env_remove("LOPPER_WIDTH_TABLE")
+        .output()
+        .expect("run lopper");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `lopper prune` of ResNet-20 to FLOPs×0.5 (no verification) with `extra` flags and the cache
+/// folder `cache`: the per-layer `(before, after)` widths, the MACs ratio, the output's bytes
+/// and stderr.
+fn pruned_widths(
+    dir: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> (Vec<(u64, u64)>, f64, Vec<u8>, String) {
+    let (out, report) = (dir.join("p.onnx"), dir.join("r.json"));
     let model = shared(R20);
-    let widths = |extra: &[&str]| -> (Vec<(u64, u64)>, f64) {
-        let (out, report) = (dir.path().join("p.onnx"), dir.path().join("r.json"));
-        let mut args = vec![
-            "prune",
-            &model,
-            "-o",
-            s(&out),
-            "--target",
-            "flops=0.5",
-            "--report",
-            s(&report),
-            "--table",
-            "none",
-            "--no-verify",
-        ];
-        args.extend_from_slice(extra);
-        ok(&args);
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-        let macs = r["macs"].as_array().unwrap();
-        let ratio = macs[1].as_f64().unwrap() / macs[0].as_f64().unwrap();
-        let w = r["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l["out_channels"][0].as_u64().unwrap(),
-                    l["out_channels"][1].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        (w, ratio)
-    };
-    let (auto, ratio) = widths(&[]);
+    let mut args = vec![
+        "prune",
+        &model,
+        "-o",
+        s(&out),
+        "--target",
+        "flops=0.5",
+        "--report",
+        s(&report),
+        "--table",
+        "none",
+        "--no-verify",
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = lopper_cached(cache, &args);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let macs = r["macs"].as_array().unwrap();
+    let ratio = macs[1].as_f64().unwrap() / macs[0].as_f64().unwrap();
+    let w = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["out_channels"][0].as_u64().unwrap(),
+                l["out_channels"][1].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (w, ratio, std::fs::read(&out).unwrap(), err)
+}
+
+/// `--round-to auto` with a pinned widths file of multiple 8 from 32 channels: kept widths in
+/// groups of 32 channels or more are multiples of 8, narrower groups keep exact widths, and
+/// the FLOPs target still lands within 1%; `--round-to 1` gives exact widths everywhere; a
+/// file that is not a widths file is refused, naming it.
+#[test]
+fn pinned_auto_widths_are_multiples_in_wide_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let pinned = dir.path().join("widths.json");
+    std::fs::write(
+        &pinned,
+        r#"{"format": 1, "runtime": "elsewhere", "multiple": 8, "from": 32, "dips": [], "seconds": []}"#,
+    )
+    .unwrap();
+    let (auto, ratio, _, err) = pruned_widths(dir.path(), &cache, &["--width-table", s(&pinned)]);
+    assert!(
+        err.contains("--round-to auto: multiples of 8 in groups of 32 channels or more (measured before on elsewhere"),
+        "{err}"
+    );
+    assert!(err.contains("measured before"), "{err}");
     assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
     assert!(auto.iter().any(|&(b, a)| b >= 32 && a < b));
     for &(before, after) in &auto {
@@ -349,15 +386,70 @@ fn default_widths_are_multiples_of_eight_in_wide_groups() {
             assert_eq!(after % 8, 0, "{before} -> {after}");
         }
     }
-    let (exact, ratio) = widths(&["--round-to", "1"]);
+    let (exact, ratio, _, err) = pruned_widths(dir.path(), &cache, &["--round-to", "1"]);
+    assert!(!err.contains("--round-to auto"), "{err}");
     assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
     assert!(
         exact.iter().any(|&(b, a)| b >= 32 && a % 8 != 0),
         "exact widths: {exact:?}"
     );
+    assert!(!cache.exists(), "an explicit rounding measured nothing");
     let (code, _, err) = lopper(&["prune", &shared(R20), "-o", "x.onnx", "--round-to", "0"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("'0' is not 'auto'"), "{err}");
+    std::fs::write(&pinned, b"[8]").unwrap();
+    let out = dir.path().join("bad.onnx");
+    let (code, _, err) = lopper_cached(
+        &cache,
+        &[
+            "prune",
+            &shared(R20),
+            "-o",
+            s(&out),
+            "--target",
+            "flops=0.5",
+            "--width-table",
+            s(&pinned),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("widths.json") && err.contains("not a lopper widths file"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// The default `--round-to auto` measures the runtime once: the first run times the probe and
+/// caches the multiple in the user's cache folder, the second reads it (nothing timed) and
+/// writes the same bytes; kept widths follow the cached multiple.
+#[test]
+fn auto_widths_are_measured_once_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (first, ratio, bytes, err) = pruned_widths(dir.path(), &cache, &[]);
+    assert!(err.contains("measured now on "), "{err}");
+    assert!((ratio - 0.5).abs() <= 0.01, "MACs ratio {ratio}");
+    let files: Vec<_> = std::fs::read_dir(cache.join("widths"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    let (m, from) = (w["multiple"].as_u64().unwrap(), w["from"].as_u64().unwrap());
+    assert_eq!(w["seconds"].as_array().unwrap().len(), 33, "{w}");
+    if m > 1 {
+        for &(before, after) in &first {
+            if before >= from {
+                assert_eq!(after % m, 0, "multiple {m}: {before} -> {after}");
+            }
+        }
+    }
+    let (second, _, again, err) = pruned_widths(dir.path(), &cache, &[]);
+    assert!(err.contains("measured before on "), "{err}");
+    assert_eq!(first, second);
+    assert!(bytes == again, "the cached rounding gave other bytes");
 }
 
 /// README's main command, as written there, prunes the model the repository ships (no
