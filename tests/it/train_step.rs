@@ -231,8 +231,9 @@ fn every_zoo_train_step_matches_finite_differences() {
     }
 }
 
-/// Pruned models train: every shared model pruned as `lopper prune --target flops=0.5` (global allocation) and `--ratio 0.5`
-/// would, then its train step checked as above. Global allocation leaves layers of a few
+/// Pruned models train: every shared model pruned as `lopper prune --target flops=0.5` (global
+/// allocation) would, and the 32×32 and MNIST ones also as `--ratio 0.5`, then its train step
+/// checked as above. Global allocation leaves layers of a few
 /// channels, which once made ONNX Runtime merge a BN's private statistics buffer with an
 /// equal constant of the backward pass: finite loss, NaN updates.
 #[test]
@@ -248,7 +249,14 @@ fn every_pruned_train_step_matches_finite_differences() {
     let mut checked = 0;
     for path in all_models() {
         let model = Model::load(&path).unwrap();
-        for (label, amount) in &amounts {
+        // Local ratio pruning on the 32×32 and MNIST models only: on the 224² zoo exports it
+        // checks the ops the global case checks there, at several times the cost (CI time).
+        let small = path.to_string_lossy().contains("/pretrained/")
+            || path
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("cifar_"));
+        let amounts = if small { &amounts[..] } else { &amounts[..1] };
+        for (label, amount) in amounts {
             let mut m = model.clone();
             let opts = PruneOptions {
                 selection: Selection::Scored(Scored::new(CriterionKind::L1, amount.clone())),
