@@ -17,10 +17,15 @@ use lopper::runtime::{self, BackendKind};
 
 /// Runs the `lopper` binary with `args`: (exit code, stdout, stderr).
 pub fn run_lopper(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .output()
-        .expect("run lopper");
+    run_lopper_with(args, |_| {})
+}
+
+/// [`run_lopper`] with the command adjusted first by `setup` (environment variables).
+pub fn run_lopper_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lopper"));
+    cmd.args(args);
+    setup(&mut cmd);
+    let out = cmd.output().expect("run lopper");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

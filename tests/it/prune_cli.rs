@@ -300,19 +300,13 @@ fn epruner_alone_keeps_its_exemplars() {
     assert!(stdout.contains("verified"), "{stdout}");
 }
 
-/// Runs `lopper ARGS` with the user cache folder `cache`: (exit code, stdout, stderr).
+/// Runs `lopper ARGS` with the user cache folder `cache` (and no pinned widths file):
+/// (exit code, stdout, stderr).
 fn lopper_cached(cache: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lopper"))
-        .args(args)
-        .env("LOPPER_CACHE_DIR", cache)
-        .env_remove("LOPPER_WIDTH_TABLE")
-        .output()
-        .expect("run lopper");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_lopper_with(args, |c| {
+        c.env("LOPPER_CACHE_DIR", cache)
+            .env_remove("LOPPER_WIDTH_TABLE");
+    })
 }
 
 /// `lopper prune` of ResNet-20 to FLOPs×0.5 (no verification) with `extra` flags and the cache
