@@ -346,7 +346,7 @@ pub fn run(mut args: Args) -> Result<()> {
         None
     } else {
         args.select
-            .resolve_round_to(&mut selection, backend, &runtime, &mut |_| {})?
+            .resolve_round_to(&mut selection, backend, &runtime)?
     };
     let mut train_args: DataArgs = (*args.data).clone();
     train_args.split = Some(args.data.split.clone().unwrap_or_else(|| "train".into()));

@@ -157,7 +157,7 @@ pub fn run(args: Args) -> Result<()> {
     let rounding = if matches!(selection, Selection::Scored(_)) {
         let (backend, runtime) = args.runtime.resolve()?;
         args.select
-            .resolve_round_to(&mut selection, backend, &runtime, &mut |_| {})?
+            .resolve_round_to(&mut selection, backend, &runtime)?
     } else {
         None
     };

@@ -241,7 +241,6 @@ impl SelectionArgs {
         selection: &mut Selection,
         backend: crate::runtime::BackendKind,
         runtime: &crate::runtime::RuntimeOptions,
-        say: &mut dyn FnMut(&str),
     ) -> crate::Result<Option<String>> {
         let Selection::Scored(scored) = selection else {
             return Ok(None);
@@ -254,7 +253,7 @@ impl SelectionArgs {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         });
-        let found = crate::pipeline::width_steps::find(backend, runtime, pinned.as_deref(), say)?;
+        let found = crate::pipeline::width_steps::find(backend, runtime, pinned.as_deref())?;
         let w = &found.steps;
         let c = &mut scored.allocate.constraints;
         (c.round_to, c.round_from) = (w.multiple, w.from);

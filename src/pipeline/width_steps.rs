@@ -159,14 +159,13 @@ pub fn cache_file(key: &str) -> Option<PathBuf> {
 }
 
 /// The rounding for `backend`/`runtime`: read from `pinned` when it exists, else from the
-/// cache (or `pinned`, which is then written) after measuring when it is missing. `say` is
-/// told when the probe is timed. A file that exists but is not a widths file is an error; one
-/// that cannot be written is not (see [`Found::not_stored`]).
+/// cache (or `pinned`, which is then written) after measuring when it is missing. A file that
+/// exists but is not a widths file is an error; one that cannot be written is not (see
+/// [`Found::not_stored`]).
 pub fn find(
     backend: BackendKind,
     runtime: &RuntimeOptions,
     pinned: Option<&Path>,
-    say: &mut dyn FnMut(&str),
 ) -> Result<Found> {
     let key = runtime_key(backend, runtime);
     let file = match pinned {
@@ -187,7 +186,6 @@ pub fn find(
             not_stored: None,
         });
     }
-    say(&format!("timing convolution widths on {key}"));
     let measured = measure(backend, runtime, &key)?;
     let (steps, not_stored) = match store(&file, &measured) {
         Ok(s) => (s, None),
