@@ -184,7 +184,7 @@ fn op_violations(g: &Graph, opset: i64, errs: &mut Vec<String>) {
         let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
             continue;
         };
-        if let Some((lo, hi)) = op.arity() {
+        if let Some((lo, hi)) = op.arity(opset) {
             let k = node.inputs.len();
             if k < lo || k > hi {
                 let allowed = match (lo, hi) {
@@ -193,7 +193,7 @@ fn op_violations(g: &Graph, opset: i64, errs: &mut Vec<String>) {
                     (lo, hi) => format!("{lo} to {hi}"),
                 };
                 errs.push(format!(
-                    "{}: has {k} inputs, {} takes {allowed} (arity)",
+                    "{}: has {k} inputs, {} takes {allowed} at opset {opset} (arity)",
                     label(g, n),
                     node.op_type
                 ));

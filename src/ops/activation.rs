@@ -39,9 +39,11 @@ impl Op for Unary {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         match self.name {
             "PRelu" => Some((2, 2)),
+            // min and max were attributes before opset 11.
+            "Clip" if opset < 11 => Some((1, 1)),
             "Clip" => Some((1, 3)),
             _ => Some((1, 1)),
         }

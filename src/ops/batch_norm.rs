@@ -107,7 +107,7 @@ impl Op for BatchNorm {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((5, 5))
     }
 
@@ -484,7 +484,7 @@ impl Op for InstanceNorm {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((3, 3))
     }
 

@@ -111,7 +111,7 @@ impl Op for Binary {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         match self.kind {
             _ if matches!(self.name, "Sum" | "Max" | "Min" | "Mean") => Some((1, usize::MAX)),
             Kind::Where => Some((3, 3)),

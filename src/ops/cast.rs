@@ -65,7 +65,7 @@ impl Op for Cast {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
 

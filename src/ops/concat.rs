@@ -42,7 +42,7 @@ impl Op for Concat {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, usize::MAX))
     }
 

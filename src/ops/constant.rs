@@ -82,7 +82,7 @@ impl Op for Constant {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((0, 0))
     }
 

@@ -44,7 +44,7 @@ impl Op for ConstantOfShape {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
 

@@ -500,7 +500,7 @@ impl Op for Conv {
         "Conv"
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((2, 3))
     }
 

@@ -173,7 +173,7 @@ impl Op for ConvTranspose {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((2, 3))
     }
 

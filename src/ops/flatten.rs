@@ -32,7 +32,7 @@ impl Op for Flatten {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
 

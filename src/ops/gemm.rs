@@ -36,8 +36,9 @@ impl Op for Gemm {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        Some((2, 3))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // C became optional at opset 11.
+        Some(if opset < 11 { (3, 3) } else { (2, 3) })
     }
 
     fn weight_input(&self, _port: usize) -> bool {

@@ -25,7 +25,7 @@ impl Op for GlobalPool {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
 

@@ -54,7 +54,7 @@ impl Op for Identity {
         "Identity"
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
@@ -105,9 +105,9 @@ impl Op for Dropout {
         "Dropout"
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // Opset 12 made ratio and training_mode inputs.
-        Some((1, 3))
+        Some(if opset < 12 { (1, 1) } else { (1, 3) })
     }
 
     /// Opset 12 made `ratio` an input; opset 7 dropped `is_test` (inference is the default).

@@ -23,7 +23,7 @@ impl Op for MatMul {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((2, 2))
     }
 

@@ -268,10 +268,10 @@ pub trait Op: Sync {
     /// The ONNX op type (default domain).
     fn op_type(&self) -> &'static str;
 
-    /// How many inputs the ONNX spec allows, `(min, max)` over the opsets lopper reads
-    /// (`usize::MAX`: variadic); trailing omitted optional inputs count. The verifier refuses
-    /// a node outside it. Default: `None`, not checked.
-    fn arity(&self) -> Option<(usize, usize)> {
+    /// How many inputs the ONNX spec allows at the model's default-domain `opset`,
+    /// `(min, max)` (`usize::MAX`: variadic); trailing omitted optional inputs count. The
+    /// verifier refuses a node outside it. Default: `None`, not checked.
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         None
     }
 

@@ -17,7 +17,7 @@ impl Op for Modulo {
         "Mod"
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((2, 2))
     }
 

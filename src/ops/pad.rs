@@ -169,9 +169,13 @@ impl Op for Pad {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        // pads, constant_value and axes became inputs at opsets 11 and 18.
-        Some((1, 4))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // pads (required) and constant_value became inputs at opset 11, axes at 18.
+        Some(match opset {
+            ..=10 => (1, 1),
+            11..=17 => (2, 3),
+            _ => (2, 4),
+        })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

@@ -155,9 +155,10 @@ impl Op for Reduce {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // axes became an input (ReduceSum at 13, the others at 18).
-        Some((1, 2))
+        let from = if self.name == "ReduceSum" { 13 } else { 18 };
+        Some(if opset < from { (1, 1) } else { (1, 2) })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

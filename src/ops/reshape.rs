@@ -185,9 +185,9 @@ impl Op for Reshape {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        // shape became an input at opset 5 (see `check`).
-        Some((1, 2))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // shape became an input at opset 5 (see `check` for an omitted one).
+        Some(if opset < 5 { (1, 1) } else { (2, 2) })
     }
 
     fn check(&self, cx: &super::CheckCx) -> Vec<String> {

@@ -101,10 +101,18 @@ impl Op for Resize {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         match self.name {
-            "Upsample" => Some((1, 2)),
-            _ => Some((1, 4)),
+            // scales became an input at opset 9.
+            "Upsample" if opset < 9 => Some((1, 1)),
+            "Upsample" => Some((2, 2)),
+            // Resize-10: X and scales; 11 added roi (required) and sizes; 13 made roi and
+            // scales optional.
+            _ => Some(match opset {
+                ..=10 => (2, 2),
+                11 | 12 => (3, 4),
+                _ => (1, 4),
+            }),
         }
     }
 

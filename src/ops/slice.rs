@@ -176,9 +176,9 @@ impl Op for Slice {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        // starts, ends, axes, steps became inputs at opset 10.
-        Some((1, 5))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // starts, ends (required), axes, steps became inputs at opset 10.
+        Some(if opset < 10 { (1, 1) } else { (3, 5) })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

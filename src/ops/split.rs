@@ -144,8 +144,13 @@ impl Op for Split {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        Some((1, 2))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // split: an optional input at opset 1, an attribute from 2, an input again from 13.
+        Some(if (2..13).contains(&opset) {
+            (1, 1)
+        } else {
+            (1, 2)
+        })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

@@ -97,8 +97,9 @@ impl Op for Squeeze {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        Some((1, 2))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // axes became an (optional) input at opset 13.
+        Some(if opset < 13 { (1, 1) } else { (1, 2) })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

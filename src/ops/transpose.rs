@@ -47,7 +47,7 @@ impl Op for Transpose {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
+    fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }
 

@@ -68,8 +68,9 @@ impl Op for Unsqueeze {
         self.name
     }
 
-    fn arity(&self) -> Option<(usize, usize)> {
-        Some((1, 2))
+    fn arity(&self, opset: i64) -> Option<(usize, usize)> {
+        // axes became a required input at opset 13.
+        Some(if opset < 13 { (1, 1) } else { (2, 2) })
     }
 
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {

@@ -48,7 +48,7 @@ fn typed(name: &str, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
-fn floats(name: &str, dims: &[i64]) -> TensorProto {
+pub(crate) fn floats(name: &str, dims: &[i64]) -> TensorProto {
     let n: i64 = dims.iter().product();
     TensorProto {
         name: Some(name.into()),
@@ -70,7 +70,7 @@ fn int_attr(name: &str, v: i64) -> AttributeProto {
 
 /// `y = Conv(x [1,2,5,5], w [3,2,3,3], b [3])` (node `conv`), opset 13, every input typed:
 /// the valid model each case breaks one rule of.
-fn conv_model() -> ModelProto {
+pub(crate) fn conv_model() -> ModelProto {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
@@ -234,6 +234,95 @@ fn op_rules_name_the_node() {
     g.initializer.push(shape);
     g.output = vec![typed("y", &[1, 27])];
     assert_refused(d, "reshape_float", &m, &["'reshape' (Reshape)", "int64"]);
+}
+
+/// `conv_model` at `opset` with `y = op(Conv(x), extra…)` appended (node `tail`), the extra
+/// inputs being int64 constants `[1]`.
+fn with_tail(opset: i64, op: &str, extra: &[&str]) -> ModelProto {
+    let mut m = conv_model();
+    m.opset_import[0].version = Some(opset);
+    let g = graph(&mut m);
+    g.node[0].output = vec!["c".into()];
+    let mut input = vec!["c".to_string()];
+    for name in extra {
+        input.push(name.to_string());
+        g.initializer.push(TensorProto {
+            name: Some(name.to_string()),
+            dims: vec![1],
+            data_type: Some(7),
+            int64_data: vec![1],
+            ..Default::default()
+        });
+    }
+    g.node.push(NodeProto {
+        name: Some("tail".into()),
+        op_type: Some(op.into()),
+        input,
+        output: vec!["y".into()],
+        ..Default::default()
+    });
+    g.output = vec![ValueInfoProto {
+        name: Some("y".into()),
+        ..Default::default()
+    }];
+    m
+}
+
+/// Input counts are checked against the model's opset: inputs that replaced attributes at a
+/// later opset are refused before it, and required ones after it.
+#[test]
+fn arity_follows_the_opset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: [(&str, i64, &str, &[&str], &str); 5] = [
+        (
+            "slice9",
+            9,
+            "Slice",
+            &["s", "e"],
+            "Slice takes 1 at opset 9",
+        ),
+        (
+            "unsqueeze13",
+            13,
+            "Unsqueeze",
+            &[],
+            "Unsqueeze takes 2 at opset 13",
+        ),
+        (
+            "squeeze11",
+            11,
+            "Squeeze",
+            &["a"],
+            "Squeeze takes 1 at opset 11",
+        ),
+        (
+            "reducemean17",
+            17,
+            "ReduceMean",
+            &["a"],
+            "ReduceMean takes 1 at opset 17",
+        ),
+        ("pad13", 13, "Pad", &[], "Pad takes 2 to 3 at opset 13"),
+    ];
+    for (case, opset, op, extra, needle) in cases {
+        let m = with_tail(opset, op, extra);
+        assert_refused(d, case, &m, &["'tail'", needle, "(arity)"]);
+    }
+    // The same counts at the opsets that allow them pass the verifier.
+    for (opset, op, extra) in [
+        (13, "Slice", &["s", "e"][..]),
+        (13, "Unsqueeze", &["a"]),
+        (13, "Squeeze", &["a"]),
+        (18, "ReduceMean", &["a"]),
+    ] {
+        let m = with_tail(opset, op, extra);
+        let path = d.join(format!("ok_{op}{opset}.onnx"));
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        let (code, err) = lopper(&["inspect", path.to_str().unwrap()]);
+        assert!(!err.contains("(arity)"), "{op} at {opset}: {err}");
+        assert_ne!(code, 3, "{op} at {opset}: {err}");
+    }
 }
 
 /// The shared models every writing command is tried on (small enough for a debug build).
