@@ -1,12 +1,16 @@
-//! A mutation harness over load → verify → simplify → prune → save (issue 15): the shipped
-//! ResNet-20 is broken in seeded random ways at the protobuf level (inputs dropped or
-//! rewired, attributes set to hostile values, initializer dims and data that disagree, op
-//! types swapped, outputs removed, opsets changed) and every stage must return an error or a
-//! result, never panic. Runs in-process for a bounded number of cases in CI. Case `k` is the
-//! mutation seeded with `k`, so a failure names its case and replays alone
-//! (`LOPPER_FUZZ_FROM=k LOPPER_FUZZ_CASES=1`). Longer runs: `LOPPER_FUZZ_CASES=N`, or
-//! `LOPPER_FUZZ_SECONDS=S` (cases until S seconds have passed), e.g.
-//! `LOPPER_FUZZ_SECONDS=3600 cargo test --release --test fuzz_mutations -- --nocapture`.
+//! A mutation harness over load → verify → run → simplify → prune → save (issue 15): seed
+//! models ([`seeds`]: the shipped ResNet-20 and one small model per hostile input the issue
+//! lists) are broken in seeded random ways at the protobuf level (inputs dropped or rewired,
+//! attributes and integer constants set to hostile values, initializer dims and data that
+//! disagree, op types swapped, outputs removed, opsets changed) and every stage must return
+//! an error or a result, never panic. Small models that pass the verifier are also run on
+//! every runtime (the oracle's path into ONNX Runtime and tract).
+//!
+//! Runs in-process for a bounded number of cases in CI. Case `k` is the mutation seeded with
+//! `k` (even cases mutate ResNet-20, odd ones the small seeds in turn), so a failure names its
+//! case and replays alone (`LOPPER_FUZZ_FROM=k LOPPER_FUZZ_CASES=1`). Longer runs:
+//! `LOPPER_FUZZ_CASES=N`, or `LOPPER_FUZZ_SECONDS=S` (cases until S seconds have passed);
+//! `scripts/fuzz.sh` runs one and writes the seeds to a folder first.
 
 use lopper::analysis::importance::{CriterionKind, Normalize, Reduce};
 use lopper::onnx::proto::{AttributeProto, ModelProto};
@@ -35,7 +39,7 @@ const OPS: [&str; 10] = [
 fn mutate(m: &mut ModelProto, rng: &mut SplitMix64) -> String {
     let g = m.graph.as_mut().unwrap();
     let n = g.node.len();
-    match rng.below(9) {
+    match rng.below(10) {
         0 if n > 0 => {
             let k = rng.below(n);
             let node = &mut g.node[k];
@@ -118,6 +122,20 @@ fn mutate(m: &mut ModelProto, rng: &mut SplitMix64) -> String {
                 format!("opset {v}")
             }
         }
+        8 => {
+            let ints: Vec<usize> = (0..g.initializer.len())
+                .filter(|&k| !g.initializer[k].int64_data.is_empty())
+                .collect();
+            if ints.is_empty() {
+                return "nothing".into();
+            }
+            let k = ints[rng.below(ints.len())];
+            let data = &mut g.initializer[k].int64_data;
+            let j = rng.below(data.len());
+            let v = HOSTILE_INTS[rng.below(HOSTILE_INTS.len())];
+            data[j] = v;
+            format!("int64 {j} of initializer {k} := {v}")
+        }
         7 if n > 1 => {
             let k = rng.below(n);
             let dup = g.node[k].clone();
@@ -133,8 +151,104 @@ fn mutate(m: &mut ModelProto, rng: &mut SplitMix64) -> String {
     }
 }
 
+/// The models mutations start from: the shipped ResNet-20, then one small model per hostile
+/// input of issue 15 (each also has its own test in `hostile` or `hostile_ir`).
+fn seeds() -> Vec<(&'static str, ModelProto)> {
+    use crate::hostile::{folding, i64_init, int_model, node, range};
+    use crate::hostile_ir::{conv_model, floats};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/models/resnet20_cifar10.bn.onnx"
+    );
+    let resnet20 = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let int_op = |op: &str, inits: Vec<(&str, Vec<i64>)>| {
+        let names: Vec<&str> = inits.iter().map(|(n, _)| *n).collect();
+        int_model(
+            vec![node("op", op, &names, &["t"])],
+            inits
+                .iter()
+                .map(|(n, v)| i64_init(n, &[v.len() as i64], v))
+                .collect(),
+        )
+    };
+    // y = tail(Conv(x), extra initializers…).
+    let conv_then = |op: &str, extra: Vec<lopper::onnx::proto::TensorProto>| {
+        let mut m = conv_model();
+        let g = m.graph.as_mut().unwrap();
+        g.node[0].output = vec!["c".into()];
+        let mut ins = vec!["c".to_string()];
+        ins.extend(extra.iter().map(|t| t.name().to_string()));
+        let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+        g.node.push(node("tail", op, &ins, &["y"]));
+        g.initializer.extend(extra);
+        m
+    };
+    let mut nan_bias = conv_model();
+    nan_bias.graph.as_mut().unwrap().initializer[1].float_data[0] = f32::NAN;
+    let mut var = floats("v", &[3]);
+    var.float_data = vec![1.0, -1.0, 0.5];
+    let bn = conv_then(
+        "BatchNormalization",
+        vec![
+            floats("s", &[3]),
+            floats("bb", &[3]),
+            floats("mu", &[3]),
+            var,
+        ],
+    );
+    let mut lrn = conv_then("LRN", vec![]);
+    lrn.graph.as_mut().unwrap().node[1]
+        .attribute
+        .push(AttributeProto {
+            name: Some("size".into()),
+            r#type: Some(2),
+            i: Some(3),
+            ..Default::default()
+        });
+    vec![
+        ("resnet20", resnet20),
+        ("div_min_by_minus_one", folding("Div", &[i64::MIN], &[-1])),
+        ("div_by_zero", folding("Div", &[7], &[0])),
+        ("mod_by_zero", folding("Mod", &[7], &[0])),
+        ("range_step_zero", range(0, 10, 0)),
+        ("range_2e40", range(0, 1 << 40, 1)),
+        (
+            "constant_of_shape_2e40",
+            int_op("ConstantOfShape", vec![("a", vec![1 << 20, 1 << 20])]),
+        ),
+        (
+            "expand_negative",
+            int_op("Expand", vec![("a", vec![1]), ("b", vec![-5, 3])]),
+        ),
+        (
+            "tile_negative",
+            int_op("Tile", vec![("a", vec![1]), ("b", vec![-3])]),
+        ),
+        (
+            "slice_step_min",
+            int_op(
+                "Slice",
+                vec![
+                    ("a", vec![1, 2, 3]),
+                    ("st", vec![0]),
+                    ("en", vec![3]),
+                    ("ax", vec![0]),
+                    ("sp", vec![i64::MIN]),
+                ],
+            ),
+        ),
+        ("conv", conv_model()),
+        ("conv_nan_bias", nan_bias),
+        ("bn_negative_variance", bn),
+        ("lrn", lrn),
+    ]
+}
+
+/// Models this small that pass the verifier are also run on every runtime.
+const RUN_BELOW_NODES: usize = 64;
+
 /// Every stage on the mutated bytes; errors are fine, panics are not. Returns how many stages
-/// accepted the model (0: not decoded … 4: pruned).
+/// accepted the model (0: not decoded … 5: pruned and saved).
 fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
     let Ok(proto) = ModelProto::decode(bytes) else {
         return 0;
@@ -144,6 +258,10 @@ fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
     };
     if lopper::ir::verify_model(&model).is_err() {
         return 2;
+    }
+    if model.graph.node_count() < RUN_BELOW_NODES {
+        let backends = lopper::oracle::available_backends();
+        let _ = lopper::oracle::compare(&model, &model, &backends, 2, 0);
     }
     let _ = lopper::ir::display::dump(&model.graph, None);
     if lopper::passes::simplify(&mut model, &Default::default()).is_err() {
@@ -174,11 +292,7 @@ fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
 
 #[test]
 fn mutated_models_never_panic() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/models/resnet20_cifar10.bn.onnx"
-    );
-    let original = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let seeds = seeds();
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let seconds = env("LOPPER_FUZZ_SECONDS");
     let from = env("LOPPER_FUZZ_FROM").unwrap_or(0);
@@ -195,7 +309,12 @@ fn mutated_models_never_panic() {
         }
         run += 1;
         let mut rng = SplitMix64::new(case);
-        let mut m = original.clone();
+        let seed = if case % 2 == 0 {
+            0
+        } else {
+            1 + (case / 2) as usize % (seeds.len() - 1)
+        };
+        let mut m = seeds[seed].1.clone();
         let what: Vec<String> = (0..1 + rng.below(3))
             .map(|_| mutate(&mut m, &mut rng))
             .collect();
@@ -207,7 +326,8 @@ fn mutated_models_never_panic() {
                 if std::env::var_os("LOPPER_FUZZ_VERBOSE").is_some() {
                     eprintln!("case {case}: {msg}");
                 }
-                failures.push(format!("case {case}: {} ({msg})", what.join(", ")));
+                let name = seeds[seed].0;
+                failures.push(format!("case {case} ({name}): {} ({msg})", what.join(", ")));
             }
         }
     }
@@ -219,4 +339,43 @@ fn mutated_models_never_panic() {
     assert!(failures.is_empty(), "panics:\n{}", failures.join("\n"));
     // The harness must exercise the later stages, not only the early refusals.
     assert!(reached[4] + reached[5] >= run as usize / 20, "{reached:?}");
+}
+
+/// Every seed decodes and passes or fails the verifier as intended, so that the harness
+/// starts from the cases it names; with `LOPPER_FUZZ_CORPUS=DIR` the seeds are also written
+/// there as `NAME.onnx` (for other fuzzers, or to try one by hand).
+#[test]
+fn seeds_are_the_named_cases() {
+    let seeds = seeds();
+    let out = std::env::var_os("LOPPER_FUZZ_CORPUS").map(std::path::PathBuf::from);
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for (name, m) in &seeds {
+        let bytes = m.encode_to_vec();
+        let model = lopper::ir::import::import(ModelProto::decode(bytes.as_slice()).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The conv seeds' hostile values are numeric (NaN, a negative variance): they pass
+        // the verifier and must be caught by the oracle; the integer seeds keep a node the
+        // verifier refuses or a runtime must fail on.
+        if name.starts_with("conv") || name.starts_with("bn") || *name == "lrn" {
+            lopper::ir::verify_model(&model).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let backends = lopper::oracle::available_backends();
+            let c = lopper::oracle::compare(&model, &model, &backends, 2, 0);
+            match *name {
+                "conv_nan_bias" | "bn_negative_variance" => {
+                    let e = c.expect_err(name).to_string();
+                    assert!(e.contains("cannot verify"), "{name}: {e}");
+                }
+                _ => assert!(c.unwrap_or_else(|e| panic!("{name}: {e}")).exercised()),
+            }
+        }
+        if let Some(dir) = &out {
+            std::fs::write(dir.join(format!("{name}.onnx")), &bytes).unwrap();
+        }
+    }
+    let mut names: Vec<_> = seeds.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), seeds.len());
 }

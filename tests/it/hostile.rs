@@ -55,14 +55,14 @@ fn assert_refused(args: &[&str], needles: &[&str]) -> String {
     err
 }
 
-fn vi(n: &str) -> ValueInfoProto {
+pub(crate) fn vi(n: &str) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(n.into()),
         ..Default::default()
     }
 }
 
-fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
+pub(crate) fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
     NodeProto {
         name: Some(name.into()),
         op_type: Some(op.into()),
@@ -72,7 +72,8 @@ fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
     }
 }
 
-fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+/// `nodes` over the float input `x` and the output `y`, opset 13.
+pub(crate) fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
@@ -296,7 +297,7 @@ fn verification_that_cannot_fail_does_not_pass() {
     assert!(stdout.contains("not verified"), "{stdout}");
 }
 
-fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+pub(crate) fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.to_vec(),
@@ -306,27 +307,23 @@ fn i64_init(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
     }
 }
 
-/// `y = x + Cast<float>(op(a, b))` with `a`, `b` int64 initializers.
-fn folding_model(dir: &Path, file: &str, op: &str, a: &[i64], b: &[i64]) -> String {
-    let mut m = model(
-        vec![
-            node("op", op, &["a", "b"], &["t"]),
-            NodeProto {
-                attribute: vec![lopper::onnx::proto::AttributeProto {
-                    name: Some("to".into()),
-                    r#type: Some(2),
-                    i: Some(1),
-                    ..Default::default()
-                }],
-                ..node("cast", "Cast", &["t"], &["tf"])
-            },
-            node("add", "Add", &["x", "tf"], &["y"]),
-        ],
-        vec![
-            i64_init("a", &[a.len() as i64], a),
-            i64_init("b", &[b.len() as i64], b),
-        ],
-    );
+/// `y = x + Cast<float>(t)` with `t` computed by `nodes` (their last output is `t`) from
+/// int64 initializers, `x` a float `[1]`.
+pub(crate) fn int_model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
+    let mut nodes = nodes;
+    nodes.extend([
+        NodeProto {
+            attribute: vec![lopper::onnx::proto::AttributeProto {
+                name: Some("to".into()),
+                r#type: Some(2),
+                i: Some(1),
+                ..Default::default()
+            }],
+            ..node("cast", "Cast", &["t"], &["tf"])
+        },
+        node("add", "Add", &["x", "tf"], &["y"]),
+    ]);
+    let mut m = model(nodes, inits);
     let g = m.graph.as_mut().unwrap();
     let float1 = lopper::onnx::proto::TypeProto {
         value: Some(lopper::onnx::proto::type_proto::Value::TensorType(
@@ -345,8 +342,36 @@ fn folding_model(dir: &Path, file: &str, op: &str, a: &[i64], b: &[i64]) -> Stri
         ..Default::default()
     };
     g.input[0].r#type = Some(float1);
+    m
+}
+
+/// `y = x + Cast<float>(op(a, b))` with `a`, `b` int64 initializers.
+pub(crate) fn folding(op: &str, a: &[i64], b: &[i64]) -> ModelProto {
+    int_model(
+        vec![node("op", op, &["a", "b"], &["t"])],
+        vec![
+            i64_init("a", &[a.len() as i64], a),
+            i64_init("b", &[b.len() as i64], b),
+        ],
+    )
+}
+
+/// `y = x + Cast<float>(Range(start, limit, delta))`.
+pub(crate) fn range(start: i64, limit: i64, delta: i64) -> ModelProto {
+    int_model(
+        vec![node("range", "Range", &["s", "l", "d"], &["t"])],
+        vec![
+            i64_init("s", &[], &[start]),
+            i64_init("l", &[], &[limit]),
+            i64_init("d", &[], &[delta]),
+        ],
+    )
+}
+
+/// [`folding`] written to `dir/file`.
+fn folding_model(dir: &Path, file: &str, op: &str, a: &[i64], b: &[i64]) -> String {
     let path = dir.join(file);
-    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    std::fs::write(&path, folding(op, a, b).encode_to_vec()).unwrap();
     path.to_str().unwrap().to_string()
 }
 
@@ -412,29 +437,7 @@ fn runtimes_failing_on_invalid_models_are_errors() {
     assert_refused(&["bench", &m], &["node 'op' (Mod)", "division by zero"]);
     // Range with step 0: tract divides by zero (a panic), ONNX Runtime errors; both are
     // reported as the runtimes' errors on one line, exit 2.
-    let mut m = model(
-        vec![
-            node("range", "Range", &["s", "l", "d"], &["t"]),
-            NodeProto {
-                attribute: vec![lopper::onnx::proto::AttributeProto {
-                    name: Some("to".into()),
-                    r#type: Some(2),
-                    i: Some(1),
-                    ..Default::default()
-                }],
-                ..node("cast", "Cast", &["t"], &["tf"])
-            },
-            node("add", "Add", &["x", "tf"], &["y"]),
-        ],
-        vec![
-            i64_init("s", &[], &[0]),
-            i64_init("l", &[], &[10]),
-            i64_init("d", &[], &[0]),
-        ],
-    );
-    let typed = folding_model(dir.path(), "typed.onnx", "Add", &[1], &[1]);
-    let typed = ModelProto::decode(&std::fs::read(typed).unwrap()[..]).unwrap();
-    m.graph.as_mut().unwrap().input = typed.graph.unwrap().input;
+    let m = range(0, 10, 0);
     let path = dir.path().join("range0.onnx");
     std::fs::write(&path, m.encode_to_vec()).unwrap();
     let p = path.to_str().unwrap();
@@ -640,7 +643,7 @@ fn output_paths_are_checked_before_anything_is_written() {
 }
 
 /// A graph input declared as a float tensor (the spec requires graph inputs to be typed).
-fn float_input(n: &str) -> lopper::onnx::proto::ValueInfoProto {
+pub(crate) fn float_input(n: &str) -> lopper::onnx::proto::ValueInfoProto {
     use lopper::onnx::proto::{type_proto, TypeProto};
     lopper::onnx::proto::ValueInfoProto {
         name: Some(n.into()),
