@@ -9,10 +9,14 @@ fn lopper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lopper"))
 }
 
+/// The entries of `dir`, but for `.ses`: ONNX Runtime 1.31's telemetry library writes that
+/// session-id file into the temporary folder when the runtime starts (even with telemetry
+/// off) and reuses it on later runs, so it is not a leftover of the interrupted run.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".ses")
         .collect();
     v.sort();
     v
