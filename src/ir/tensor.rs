@@ -382,7 +382,9 @@ fn checked_numel(shape: &[usize]) -> Option<usize> {
 fn typed_data(t: &TensorProto, dtype: DType, n: usize, want: usize) -> Result<Vec<u8>> {
     let name = t.name();
     let err = |msg: std::string::String| Error::tensor(name, msg);
-    let mut data: Vec<u8> = Vec::with_capacity(want);
+    // Grown as the checked fields are copied: `want` comes from the declared dims, which a
+    // broken file can make as large as it likes (2^43 bytes aborted the process).
+    let mut data: Vec<u8> = Vec::new();
     let count_err = |have: usize, field: &str, per: usize| {
         err(format!(
             "dims {:?} need {n} elements, {field} holds {}",
@@ -469,6 +471,15 @@ mod tests {
             data_type: Some(dtype.to_onnx()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn typed_fields_under_huge_dims_are_refused_without_allocating() {
+        // 2^40 int64 elements declared, one present: an error, not a 8 TiB allocation.
+        let mut t = proto(DType::I64, vec![1 << 40]);
+        t.int64_data = vec![7];
+        let e = Tensor::from_proto(&t).unwrap_err().to_string();
+        assert!(e.contains("int64_data"), "{e}");
     }
 
     #[test]

@@ -426,14 +426,17 @@ thread_local! {
 
 /// Runs `f` and catches its panic without printing it: the error is the panic's message and
 /// where it happened. Panics on other threads print as usual: the process-wide hook, installed
-/// once, is quiet only on a thread inside this call, so suites that catch thousands of panics
-/// share the test binary with suites whose failures must be seen.
+/// once, is quiet only on a thread inside this call (and inside a runtime call whose panics
+/// lopper turns into errors), so suites that catch thousands of panics share the test binary
+/// with suites whose failures must be seen.
 pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(std::cell::Cell::get) {
+            if lopper::runtime::panic_is_contained() {
+                // A runtime's panic that lopper turns into an error (on that runtime's thread).
+            } else if QUIET.with(std::cell::Cell::get) {
                 PANIC_AT.with(|p| p.set(info.location().map(|l| l.to_string())));
             } else {
                 previous(info);
