@@ -111,6 +111,28 @@ impl Op for BatchNorm {
         Some((5, 5))
     }
 
+    /// Every input is a float tensor (the spec's T, T1 and T2); constant statistics are 1-D.
+    fn check(&self, cx: &super::CheckCx) -> Vec<String> {
+        use crate::ir::DType::*;
+        let mut errs = Vec::new();
+        for (port, t) in cx.dtypes.iter().enumerate() {
+            if let Some(t) = t.filter(|t| !matches!(t, F16 | F32 | F64 | BF16)) {
+                errs.push(format!(
+                    "input {port} is {t}, the spec requires a float type (input type)"
+                ));
+            }
+        }
+        for (port, c) in cx.consts.iter().enumerate().skip(1) {
+            if let Some(c) = c.filter(|c| c.shape().len() != 1) {
+                errs.push(format!(
+                    "input {port} has shape {:?}, the spec requires one value per channel (statistics)",
+                    c.shape()
+                ));
+            }
+        }
+        errs
+    }
+
     /// Opset 9 dropped `spatial` (only the per-channel form, `spatial = 1`, remains); opset
     /// 7 dropped `is_test` and opset 6 `consumed_inputs`.
     fn upgrade(&self, node: &Node, from: i64, to: i64) -> Result<super::Upgrade> {

@@ -297,6 +297,7 @@ fn mutated_models_never_panic() {
     let seconds = env("LOPPER_FUZZ_SECONDS");
     let from = env("LOPPER_FUZZ_FROM").unwrap_or(0);
     let cases = env("LOPPER_FUZZ_CASES").unwrap_or(if seconds.is_some() { u64::MAX } else { 48 });
+    let verbose = std::env::var_os("LOPPER_FUZZ_VERBOSE").is_some();
     let start = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
@@ -319,11 +320,15 @@ fn mutated_models_never_panic() {
             .map(|_| mutate(&mut m, &mut rng))
             .collect();
         let bytes = m.encode_to_vec();
+        if verbose {
+            // Said before the run: an abort (not a panic) ends the process without a report.
+            eprintln!("case {case}: {}", what.join(", "));
+        }
         // A panic is reported below with its case, not by the default hook.
         match catch_quietly(|| run_stages(&bytes, &out)) {
             Ok(stage) => reached[stage] += 1,
             Err(msg) => {
-                if std::env::var_os("LOPPER_FUZZ_VERBOSE").is_some() {
+                if verbose {
                     eprintln!("case {case}: {msg}");
                 }
                 let name = seeds[seed].0;

@@ -309,6 +309,10 @@ fn arity_follows_the_opset() {
         let m = with_tail(opset, op, extra);
         assert_refused(d, case, &m, &["'tail'", needle, "(arity)"]);
     }
+    // The right count of the wrong type: BatchNormalization's statistics must be floats
+    // (tract crashed on this one, found by the fuzz harness).
+    let m = with_tail(13, "BatchNormalization", &["s", "beta", "mu", "v"]);
+    assert_refused(d, "bn_int", &m, &["'tail'", "int64", "(input type)"]);
     // The same counts at the opsets that allow them pass the verifier.
     for (opset, op, extra) in [
         (13, "Slice", &["s", "e"][..]),
