@@ -13,7 +13,7 @@ use crate::analysis::constant_channels::{channel_constants, compensation};
 use crate::analysis::infer_shapes;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Fact, Model, Tensor};
-use crate::onnx::SaveOptions;
+use crate::onnx::{ExternalData, SaveOptions};
 use crate::ops::channel::{Link, Map, Port};
 use crate::runtime::{self, BackendKind};
 use crate::temp_dir::TempDir;
@@ -98,6 +98,10 @@ pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize])
                     continue;
                 }
                 let t = t.zero_along(*axis, &zero)?;
+                // The original's pages are not read again here (see `crate::onnx::mapped`).
+                if let Some(old) = model.graph.init(w) {
+                    old.release_pages();
+                }
                 // A fresh initializer: the same constant may feed other nodes unmasked.
                 let name = format!("{}_masked", out.graph.value(w).name);
                 let c = out.graph.add_initializer(&name, t);
@@ -210,43 +214,135 @@ pub fn compare(
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
-    crate::ir::verify::verify_ops(a)?;
-    crate::ir::verify::verify_ops(b)?;
-    let dir = TempDir::new("oracle")?;
-    let pa = dir.path().join("a.onnx");
-    let pb = dir.path().join("b.onnx");
-    a.save(&pa, &SaveOptions::default())?;
-    b.save(&pb, &SaveOptions::default())?;
+    let inputs = sample_inputs(a, samples, seed)?;
+    let saved = Saved::new(a, b)?;
+    compare_saved(&saved, &inputs, backends)
+}
+
+/// `samples` (at least 2) sets of [`random_inputs`] of `model`, seeded from `seed` on.
+fn sample_inputs(model: &Model, samples: usize, seed: u64) -> Result<Vec<Vec<(String, Tensor)>>> {
+    (0..samples.max(2))
+        .map(|s| random_inputs(model, seed + s as u64))
+        .collect()
+}
+
+/// The two models of a comparison written to a scratch folder (removed on drop, and on an
+/// interrupting signal), with their weights in external data: ONNX Runtime maps those files
+/// instead of copying them, and the caller can drop its own copies once they are written.
+struct Saved {
+    _dir: TempDir,
+    paths: [std::path::PathBuf; 2],
+    nodes: [usize; 2],
+    /// Why tract must not run these models ([`tract_hazard`]).
+    tract_hazard: Option<String>,
+}
+
+impl Saved {
+    fn new(a: &Model, b: &Model) -> Result<Saved> {
+        crate::ir::verify::verify_ops(a)?;
+        crate::ir::verify::verify_ops(b)?;
+        let dir = TempDir::new("oracle")?;
+        let paths = [dir.path().join("a.onnx"), dir.path().join("b.onnx")];
+        // Scratch files: not synced to disk (that took most of the time of a ResNet-50's check).
+        let opts = SaveOptions {
+            external: ExternalData::Always,
+            durable: false,
+            ..Default::default()
+        };
+        a.save(&paths[0], &opts)?;
+        b.save(&paths[1], &opts)?;
+        Ok(Saved {
+            _dir: dir,
+            paths,
+            nodes: [a.graph.node_count(), b.graph.node_count()],
+            tract_hazard: tract_hazard(a).or_else(|| tract_hazard(b)),
+        })
+    }
+}
+
+/// Why tract (0.23.9) must not be handed `model`: it reads the channel axis of a
+/// BatchNormalization input of rank 1 (which the spec allows, with one channel) out of
+/// bounds, which is undefined behaviour (a crash, not an error). `None`: nothing known.
+fn tract_hazard(model: &Model) -> Option<String> {
+    let g = &model.graph;
+    let norms: Vec<_> = g
+        .node_ids()
+        .filter(|&n| g.node(n).op_type == "BatchNormalization")
+        .collect();
+    if norms.is_empty() {
+        return None;
+    }
+    let shapes = infer_shapes(model).ok()?;
+    norms.into_iter().find_map(|n| {
+        let node = g.node(n);
+        let rank = shapes.get(node.input(0)?)?.shape.as_ref()?.len();
+        (rank < 2).then(|| {
+            format!(
+                "node '{}' (BatchNormalization) has an input of rank {rank}, which tract reads out of bounds",
+                node.name
+            )
+        })
+    })
+}
+
+/// Replaces the weights of `model` by the same bytes mapped from its copy saved at `path`
+/// (a [`Saved`] file, whose tensors have the same names), so that its heap copies are freed
+/// while the runtimes hold theirs; the mapping keeps the bytes readable after the scratch
+/// folder is removed.
+fn map_weights_from(model: &mut Model, path: &std::path::Path) -> Result<()> {
+    let proto = crate::onnx::load_model(path)?;
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(());
+    };
+    for t in &graph.initializer {
+        let Some(v) = model.graph.value_by_name(t.name()) else {
+            continue;
+        };
+        let mapped = Tensor::from_proto(t)?;
+        // The bytes were written from this tensor; comparing them would read every page in.
+        let same = |old: &Tensor| old.dtype() == mapped.dtype() && old.shape() == mapped.shape();
+        if model.graph.init(v).is_some_and(same) {
+            model.graph.set_init(v, mapped);
+        }
+    }
+    crate::onnx::mapped::trim_heap();
+    Ok(())
+}
+
+/// [`compare`] of saved models on the given inputs.
+fn compare_saved(
+    saved: &Saved,
+    inputs: &[Vec<(String, Tensor)>],
+    backends: &[BackendKind],
+) -> Result<Comparison> {
     let mut errors = Vec::new();
     let mut skipped = Vec::new();
     let mut worst = 0f64;
-    let inputs: Vec<Vec<(String, Tensor)>> = (0..samples.max(2))
-        .map(|s| random_inputs(a, seed + s as u64))
-        .collect::<Result<_>>()?;
     let inputs_vary = inputs.iter().skip(1).any(|x| {
         x.iter()
             .zip(&inputs[0])
             .any(|((_, p), (_, q))| p.raw() != q.raw())
     });
     let mut variation = None;
-    // Both models load and run at once under each runtime: the runtimes' model preparation
-    // dominates on deep graphs (tract types a 20,000-node chain in seconds).
-    let runs = run_everywhere(backends, [(&pa, a), (&pb, b)], &inputs);
-    for (kind, [reference, candidate]) in backends.iter().zip(runs) {
+    for &kind in backends {
+        if let (BackendKind::Tract, Some(why)) = (kind, &saved.tract_hazard) {
+            skipped.push(("tract".into(), why.clone()));
+            continue;
+        }
         // The reference first: if this runtime cannot run it, it cannot judge.
-        let (name, ya) = match reference {
+        let (name, ya) = match run_all(kind, &saved.paths[0], saved.nodes[0], inputs) {
             Ok(r) => r,
             Err(e) => {
                 skipped.push((format!("{kind:?}").to_lowercase(), e.to_string()));
                 continue;
             }
         };
-        check_finite(a, name, &ya)?;
+        check_finite(&saved.paths[0], name, &ya)?;
         if inputs_vary {
             let v = output_variation(&ya);
             variation = Some(variation.map_or(v, |w: f64| w.max(v)));
         }
-        let (_, yb) = candidate?;
+        let (_, yb) = run_all(kind, &saved.paths[1], saved.nodes[1], inputs)?;
         let mut err = 0f64;
         for (ya, yb) in ya.iter().zip(&yb) {
             for ((out, ta), (_, tb)) in ya.iter().zip(yb) {
@@ -275,36 +371,53 @@ pub fn compare(
 /// [`compare`] at a quarter of the declared resolution (at least 32) when the graph allows it,
 /// which costs about a sixteenth: every runtime input is `[N, C, H, W]` float with H and W of
 /// 128 or more, and shape inference of both models at the smaller size succeeds with every
-/// value's shape known (a symbolic batch aside) and non-empty, and both give the same output shapes (a graph whose
-/// shapes depend on the resolution, such as a Flatten into a Gemm without pooling or a
-/// per-pixel constant, fails this). Channel removal does not depend on the resolution, so the
-/// comparison proves the same. Anything else, or a runtime failing or skipping the reduced
-/// models, falls back to [`compare`] as declared.
+/// value's shape known (a symbolic batch aside) and non-empty, and both give the same output
+/// shapes (a graph whose shapes depend on the resolution, such as a Flatten into a Gemm
+/// without pooling or a per-pixel constant, fails this). Channel removal does not depend on
+/// the resolution, so the comparison proves the same. Anything else, or a runtime failing or
+/// skipping at the reduced resolution, compares as declared.
+///
+/// The models are written once, with H and W left free, so the fallback reruns the same
+/// files. The runtimes' copies of the weights do not add to the caller's: `a` is taken by
+/// value and dropped once written, and `b`'s weights are replaced by the same bytes mapped
+/// from the written copy (its heap copies are freed).
 pub fn compare_reduced(
-    a: &Model,
-    b: &Model,
+    a: Model,
+    b: &mut Model,
     backends: &[BackendKind],
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
-    if let Some((ra, rb, shapes)) = reduced_pair(a, b) {
-        if let Ok(c) = compare(&ra, &rb, backends, samples, seed) {
-            if c.skipped.is_empty() {
-                return Ok(Comparison {
-                    reduced: Some(shapes),
-                    ..c
-                });
-            }
+    let Some((small, shapes)) = reduced_pair(&a, b) else {
+        return compare(&a, b, backends, samples, seed);
+    };
+    let small_inputs = sample_inputs(&small, samples, seed)?;
+    drop(small);
+    let full_inputs = sample_inputs(&a, samples, seed)?;
+    let free = |m: &Model| resized(m, |name, axis, _| Dim::Sym(format!("{name}_{axis}")));
+    let (Some(fa), Some(fb)) = (free(&a), free(b)) else {
+        return compare(&a, b, backends, samples, seed);
+    };
+    let saved = Saved::new(&fa, &fb)?;
+    drop((a, fa, fb));
+    map_weights_from(b, &saved.paths[1])?;
+    if let Ok(c) = compare_saved(&saved, &small_inputs, backends) {
+        if c.skipped.is_empty() {
+            return Ok(Comparison {
+                reduced: Some(shapes),
+                ..c
+            });
         }
     }
-    compare(a, b, backends, samples, seed)
+    compare_saved(&saved, &full_inputs, backends)
 }
 
-/// Both models at the reduced resolution of [`compare_reduced`], with the input shapes in
-/// words; `None` when the graph does not allow it.
-fn reduced_pair(a: &Model, b: &Model) -> Option<(Model, Model, String)> {
-    let ra = reduced(a)?;
-    let rb = reduced(b)?;
+/// `a` at the reduced resolution of [`compare_reduced`] (for its inputs), with the input
+/// shapes in words; `None` when the graph of `a` or `b` does not allow it.
+fn reduced_pair(a: &Model, b: &Model) -> Option<(Model, String)> {
+    let small = |m: &Model| resized(m, |_, _, d| Dim::Known((d / 4).max(32)));
+    let ra = small(a)?;
+    let rb = small(b)?;
     let outs = |m: &Model| -> Option<Vec<Vec<Dim>>> {
         let shapes = infer_shapes(m).ok()?;
         let g = &m.graph;
@@ -335,13 +448,13 @@ fn reduced_pair(a: &Model, b: &Model) -> Option<(Model, Model, String)> {
         .iter()
         .map(|i| format!("{} {}", i.name, i.describe()))
         .collect();
-    Some((ra, rb, shapes.join(", ")))
+    Some((ra, shapes.join(", ")))
 }
 
-/// `model` with every runtime input's H and W divided by 4 (at least 32), intermediate and
-/// output shape declarations dropped; `None` unless every runtime input is a float
-/// `[N, C, H, W]` with H, W ≥ 128.
-fn reduced(model: &Model) -> Option<Model> {
+/// `model` with every runtime input's H and W (axes 2 and 3) replaced by `dim(input name,
+/// axis, size)`, intermediate and output shape declarations dropped; `None` unless every
+/// runtime input is a float `[N, C, H, W]` with H, W ≥ 128.
+fn resized(model: &Model, dim: impl Fn(&str, usize, usize) -> Dim) -> Option<Model> {
     let mut m = model.clone();
     let g = &mut m.graph;
     let inputs: Vec<_> = g
@@ -359,10 +472,10 @@ fn reduced(model: &Model) -> Option<Model> {
         let mut shape = fact.shape.clone()?;
         let float = fact.dtype.is_some_and(|d| d.is_float());
         match shape.as_slice() {
-            [_, _, Dim::Known(h), Dim::Known(w)] if float && *h >= 128 && *w >= 128 => {
-                let (h, w) = ((*h / 4).max(32), (*w / 4).max(32));
-                shape[2] = Dim::Known(h);
-                shape[3] = Dim::Known(w);
+            &[_, _, Dim::Known(h), Dim::Known(w)] if float && h >= 128 && w >= 128 => {
+                let name = g.value(v).name.clone();
+                shape[2] = dim(&name, 2, h);
+                shape[3] = dim(&name, 3, w);
             }
             _ => return None,
         }
@@ -398,60 +511,43 @@ fn reduced(model: &Model) -> Option<Model> {
 /// One runtime's outputs for every input, with its name.
 type Outputs = Result<(&'static str, Vec<Vec<(String, Tensor)>>)>;
 
-/// Per backend, each model (saved at its path) loaded for a check and run on every input: the
-/// backends in turn, the two models at once on their own threads (one runtime thread each, no
-/// spinning, so that they share the cores; all four at once was 8% faster on a ResNet-50 but
-/// held 1.6 times the memory).
-fn run_everywhere(
-    backends: &[BackendKind],
-    models: [(&std::path::Path, &Model); 2],
+/// The model saved at `path` loaded for a check under `kind` and run on every input, then
+/// dropped. Models are run one at a time (one runtime thread, no spinning): two at once were
+/// faster on a ResNet-50 but held both runtimes' copies of the weights together.
+fn run_all(
+    kind: BackendKind,
+    path: &std::path::Path,
+    nodes: usize,
     inputs: &[Vec<(String, Tensor)>],
-) -> Vec<[Outputs; 2]> {
+) -> Outputs {
     let opts = runtime::RuntimeOptions {
         threads: Some(1),
         spinning: Some(false),
         ..Default::default()
     };
-    let run = move |kind: BackendKind, path: &std::path::Path, nodes: usize| -> Outputs {
-        let mut s = runtime::load_for_check_with(kind, path, nodes, &opts)?;
-        let ys = inputs
-            .iter()
-            .map(|x| s.run(x))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((s.backend(), ys))
-    };
-    let join = |h: std::thread::ScopedJoinHandle<'_, Outputs>| {
-        h.join().unwrap_or_else(|_| {
-            Err(Error::Runtime {
-                backend: "oracle",
-                msg: "a runtime's thread panicked".into(),
-            })
-        })
-    };
-    backends
-        .iter()
-        .map(|&kind| {
-            std::thread::scope(|sc| {
-                models
-                    .map(|(path, m)| {
-                        let nodes = m.graph.node_count();
-                        sc.spawn(move || run(kind, path, nodes))
-                    })
-                    .map(join)
-            })
-        })
-        .collect()
+    let mut s = runtime::load_for_check_with(kind, path, nodes, &opts)?;
+    let ys = inputs.iter().map(|x| s.run(x)).collect::<Result<Vec<_>>>();
+    let backend = s.backend();
+    drop(s);
+    crate::onnx::mapped::trim_heap();
+    Ok((backend, ys?))
 }
 
 /// Refuses reference outputs holding NaN or infinity, naming the output, the runtime and, when
-/// one is found, a likely cause in `model`.
-fn check_finite(model: &Model, backend: &str, outputs: &[Vec<(String, Tensor)>]) -> Result<()> {
+/// one is found, a likely cause in the reference model (saved at `reference`).
+fn check_finite(
+    reference: &std::path::Path,
+    backend: &str,
+    outputs: &[Vec<(String, Tensor)>],
+) -> Result<()> {
     for (out, t) in outputs.iter().flatten() {
         let Some(v) = t.to_f64_vec() else { continue };
         let Some(bad) = v.iter().find(|x| !x.is_finite()) else {
             continue;
         };
-        let cause = nonfinite_cause(model)
+        let cause = Model::load(reference)
+            .ok()
+            .and_then(|m| nonfinite_cause(&m))
             .map(|c| format!(" ({c})"))
             .unwrap_or_default();
         return Err(Error::Runtime {
@@ -611,20 +707,20 @@ mod tests {
         let tract = [BackendKind::Tract];
         // Pooled: compared at a quarter of 128, and a difference is still found there.
         let (a, b) = (net(128, true, 0.0), net(128, true, 0.5));
-        let same = compare_reduced(&a, &a, &tract, 2, 1).unwrap();
+        let same = compare_reduced(a.clone(), &mut a.clone(), &tract, 2, 1).unwrap();
         assert_eq!(same.reduced.as_deref(), Some("x float [N,3,32,32]"));
         assert_eq!(same.max_rel_error, 0.0);
-        let differ = compare_reduced(&a, &b, &tract, 2, 1).unwrap();
+        let differ = compare_reduced(a, &mut b.clone(), &tract, 2, 1).unwrap();
         assert!(differ.reduced.is_some() && differ.max_rel_error > 1e-2);
         // Flatten into the matrix without pooling: the shapes depend on the resolution.
         let flat = net(128, false, 0.0);
-        let c = compare_reduced(&flat, &flat, &tract, 2, 1).unwrap();
+        let c = compare_reduced(flat.clone(), &mut flat.clone(), &tract, 2, 1).unwrap();
         assert_eq!(c.reduced, None);
         assert!(reduced_pair(&flat, &flat).is_none());
         // Small inputs are compared as declared.
         let small = net(64, true, 0.0);
         assert_eq!(
-            compare_reduced(&small, &small, &tract, 2, 1)
+            compare_reduced(small.clone(), &mut small.clone(), &tract, 2, 1)
                 .unwrap()
                 .reduced,
             None

@@ -196,6 +196,16 @@ impl Model {
             .find(|o| is_default_domain(o.domain()))
             .map_or(1, |o| o.version())
     }
+
+    /// Gives the resident pages of every initializer that is a slice of a mapped file back to
+    /// the kernel (see [`crate::onnx::mapped::release`]); a later read faults them back in.
+    pub fn release_pages(&self) {
+        for v in self.graph.value_ids() {
+            if let Some(t) = self.graph.init(v) {
+                t.release_pages();
+            }
+        }
+    }
 }
 
 impl Graph {

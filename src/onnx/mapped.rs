@@ -133,6 +133,17 @@ pub fn release(data: &[u8]) {
     }
 }
 
+/// Gives heap memory freed by the allocator back to the kernel (glibc keeps freed blocks in
+/// its arenas, so a model's dropped weights would otherwise stay in the resident set while
+/// the runtimes load their copies). Does nothing on other platforms.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn page_size() -> usize {
     4096
 }

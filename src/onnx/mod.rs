@@ -14,4 +14,4 @@ pub mod proto {
 }
 
 pub use load::{load_model, load_model_bytes};
-pub use save::{save_model, SaveOptions};
+pub use save::{save_model, ExternalData, SaveOptions};

@@ -447,6 +447,48 @@ fn runtimes_failing_on_invalid_models_are_errors() {
     );
 }
 
+/// A BatchNormalization of a rank-1 input, which the spec allows (one channel) and tract
+/// 0.23.9 reads out of bounds (a crash, not an error): the oracle compares on ONNX Runtime
+/// alone and says why.
+#[test]
+fn rank_one_batch_norm_is_kept_from_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let float1 = |name: &str, v: f32| TensorProto {
+        name: Some(name.into()),
+        dims: vec![1],
+        data_type: Some(1),
+        float_data: vec![v],
+        ..Default::default()
+    };
+    let mut m = model(
+        vec![node(
+            "bn",
+            "BatchNormalization",
+            &["x", "s", "b", "m", "v"],
+            &["y"],
+        )],
+        vec![
+            float1("s", 2.0),
+            float1("b", 0.5),
+            float1("m", 0.1),
+            float1("v", 1.0),
+        ],
+    );
+    // x: float [1], as int_model declares it.
+    let typed = int_model(vec![], vec![]);
+    m.graph.as_mut().unwrap().input = typed.graph.unwrap().input;
+    let path = dir.path().join("bn1.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let p = path.to_str().unwrap();
+    let (code, stdout, err, _) = lopper_within(&["verify", p, p], Duration::from_secs(60));
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("equivalent"), "{stdout}");
+    assert!(
+        err.contains("'bn' (BatchNormalization)") && err.contains("rank 1"),
+        "{err}"
+    );
+}
+
 /// A `.npy` of `u8` with `shape` in its header and `data` after it.
 fn npy_bytes(shape: &str, data: &[u8]) -> Vec<u8> {
     let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
