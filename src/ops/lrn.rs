@@ -29,6 +29,16 @@ impl Op for Lrn {
         Some((1, 1))
     }
 
+    /// `size` is required, an INT of at least 1.
+    fn check(&self, cx: &super::CheckCx) -> Vec<String> {
+        match cx.int_attr("size") {
+            Ok(Some(s)) if s >= 1 => Vec::new(),
+            Ok(Some(s)) => vec![format!("size {s} is below 1 (size)")],
+            Ok(None) => vec!["has no size, which the spec requires (size)".into()],
+            Err(e) => vec![e],
+        }
+    }
+
     fn infer(&self, cx: &Cx) -> Result<Option<Vec<Fact>>> {
         let Some(x) = util::required_input(cx, 0)? else {
             return Ok(None);
@@ -56,7 +66,7 @@ impl Op for Lrn {
         let n = util::output_numel(outputs, 0);
         Cost {
             macs: n.saturating_mul(size),
-            flops: n.saturating_mul(2 * size + 3),
+            flops: n.saturating_mul(size.saturating_mul(2).saturating_add(3)),
         }
     }
 }
@@ -79,6 +89,10 @@ mod tests {
         assert_eq!((c.macs, c.flops), (80, 208));
         let bad = node("LRN", 1, vec![attr_int("size", 0)]);
         assert!(infer(&LRN, &bad, &[f32_fact("1,4,2,2")], 13).is_err());
+        // A hostile size saturates instead of overflowing.
+        let huge = node("LRN", 1, vec![attr_int("size", i64::MAX)]);
+        let c = cost(&LRN, &huge, &[f32_fact("1,4,2,2")], &[f32_fact("1,4,2,2")]);
+        assert_eq!(c.flops, u64::MAX);
     }
 }
 
