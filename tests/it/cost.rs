@@ -1,6 +1,6 @@
 //! Cost model against reference figures computed from the PyTorch modules.
 
-use crate::resnet50;
+use crate::{common, inception_v1, resnet50};
 
 use std::path::PathBuf;
 
@@ -53,6 +53,51 @@ fn resnet50_macs_match_torchvision() {
         c.params,
         25_557_032 - 26_560,
         "ResNet-50 (BN folded) parameters"
+    );
+}
+
+/// Inception-v1 as the model zoo's caffe2 export has it (LRN, max pools padded at the end):
+/// every shape known, the MACs within 1% of its layer table (LRN's windowed sums and the
+/// pools are the difference), and `lopper prune` with the defaults writes a verified model.
+#[test]
+fn inception_v1_is_costed_completely_and_prunes() {
+    let m = inception_v1::inception_v1();
+    let shapes = infer_shapes(&m).unwrap();
+    let c = costs(&m, &shapes).unwrap();
+    assert!(
+        c.unknown_from.is_empty() && c.unknown_nodes == 0,
+        "{:?}",
+        c.unknown_from
+    );
+    let want = inception_v1::LAYER_TABLE_MACS as f64;
+    let rel = (c.macs as f64 - want) / want;
+    assert!(
+        (0.0..0.01).contains(&rel),
+        "Inception-v1: {} MACs against the layer table's {want}",
+        c.macs
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.onnx"), dir.path().join("out.onnx"));
+    m.save(&input, &Default::default()).unwrap();
+    let (code, stdout, stderr) = common::run_lopper(&[
+        "prune",
+        input.to_str().unwrap(),
+        "--target",
+        "flops=0.5",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(code, 0, "{text}");
+    assert!(stdout.lines().any(|l| l.starts_with("verified:")), "{text}");
+    let pruned = Model::load(&output).unwrap();
+    let kept = macs_m(&pruned) * 1e6 / c.macs as f64;
+    assert!((kept - 0.5).abs() < 0.01, "MACs kept {kept:.4}");
+    let verdict = text.lines().find(|l| l.contains("verified:"));
+    eprintln!(
+        "Inception-v1: {} MACs (layer table {want}), pruned to {kept:.4}; {}",
+        c.macs,
+        verdict.unwrap_or_default()
     );
 }
 

@@ -286,7 +286,13 @@ fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
     if prune(&mut model, &opts).is_err() {
         return 4;
     }
-    let _ = model.save(out, &Default::default());
+    // Not synced to disk: with thousands of saves a minute, a sync waits on whatever else
+    // the machine writes (a campaign stalled for minutes in one).
+    let opts = lopper::onnx::SaveOptions {
+        durable: false,
+        ..Default::default()
+    };
+    let _ = model.save(out, &opts);
     5
 }
 

@@ -13,6 +13,9 @@ mod graphs;
 #[path = "../../fixtures/resnet50.rs"]
 mod resnet50;
 
+#[path = "../../fixtures/inception_v1.rs"]
+mod inception_v1;
+
 mod activation_stats;
 mod allocate;
 mod cli;
