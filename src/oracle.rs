@@ -234,7 +234,7 @@ struct Saved {
     _dir: TempDir,
     paths: [std::path::PathBuf; 2],
     nodes: [usize; 2],
-    /// Why tract must not run these models ([`tract_hazard`]).
+    /// Why tract must not run these models ([`runtime::tract::hazard`]).
     tract_hazard: Option<String>,
 }
 
@@ -256,34 +256,9 @@ impl Saved {
             _dir: dir,
             paths,
             nodes: [a.graph.node_count(), b.graph.node_count()],
-            tract_hazard: tract_hazard(a).or_else(|| tract_hazard(b)),
+            tract_hazard: runtime::tract::hazard(a).or_else(|| runtime::tract::hazard(b)),
         })
     }
-}
-
-/// Why tract (0.23.9) must not be handed `model`: it reads the channel axis of a
-/// BatchNormalization input of rank 1 (which the spec allows, with one channel) out of
-/// bounds, which is undefined behaviour (a crash, not an error). `None`: nothing known.
-fn tract_hazard(model: &Model) -> Option<String> {
-    let g = &model.graph;
-    let norms: Vec<_> = g
-        .node_ids()
-        .filter(|&n| g.node(n).op_type == "BatchNormalization")
-        .collect();
-    if norms.is_empty() {
-        return None;
-    }
-    let shapes = infer_shapes(model).ok()?;
-    norms.into_iter().find_map(|n| {
-        let node = g.node(n);
-        let rank = shapes.get(node.input(0)?)?.shape.as_ref()?.len();
-        (rank < 2).then(|| {
-            format!(
-                "node '{}' (BatchNormalization) has an input of rank {rank}, which tract reads out of bounds",
-                node.name
-            )
-        })
-    })
 }
 
 /// Replaces the weights of `model` by the same bytes mapped from its copy saved at `path`

@@ -105,6 +105,17 @@ pub fn load_with(
         BackendKind::Ort => Ok(Box::new(ort::OrtSession::load_opts(path, opts)?) as Box<_>),
         BackendKind::Tract => {
             check_tract(opts)?;
+            // A model tract would crash on is refused (one lopper cannot read is left to
+            // tract's own loader).
+            if let Some(why) = crate::ir::Model::load(path)
+                .ok()
+                .and_then(|m| tract::hazard(&m))
+            {
+                return Err(Error::Runtime {
+                    backend: "tract",
+                    msg: format!("{}: {why}", path.display()),
+                });
+            }
             Ok(Box::new(tract::TractSession::load(path)?) as Box<_>)
         }
     })?;

@@ -27,6 +27,31 @@ fn err(msg: impl Into<String>) -> Error {
     }
 }
 
+/// Why tract (0.23.9) must not be handed `model`: it reads the channel axis of a
+/// BatchNormalization input of rank 1 (which the spec allows, with one channel) out of
+/// bounds, which is undefined behaviour (a crash, not an error). `None`: nothing known.
+pub fn hazard(model: &crate::ir::Model) -> Option<String> {
+    let g = &model.graph;
+    let norms: Vec<_> = g
+        .node_ids()
+        .filter(|&n| g.node(n).op_type == "BatchNormalization")
+        .collect();
+    if norms.is_empty() {
+        return None;
+    }
+    let shapes = crate::analysis::infer_shapes(model).ok()?;
+    norms.into_iter().find_map(|n| {
+        let node = g.node(n);
+        let rank = shapes.get(node.input(0)?)?.shape.as_ref()?.len();
+        (rank < 2).then(|| {
+            format!(
+                "node '{}' (BatchNormalization) has an input of rank {rank}, which tract reads out of bounds",
+                node.name
+            )
+        })
+    })
+}
+
 /// Key of a cached plan: each input's dtype and shape, in tract input order.
 type PlanKey = Vec<(DType, Vec<usize>)>;
 

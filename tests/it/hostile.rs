@@ -449,7 +449,7 @@ fn runtimes_failing_on_invalid_models_are_errors() {
 
 /// A BatchNormalization of a rank-1 input, which the spec allows (one channel) and tract
 /// 0.23.9 reads out of bounds (a crash, not an error): the oracle compares on ONNX Runtime
-/// alone and says why.
+/// alone and says why, and tract asked for by name refuses it.
 #[test]
 fn rank_one_batch_norm_is_kept_from_tract() {
     let dir = tempfile::tempdir().unwrap();
@@ -486,6 +486,11 @@ fn rank_one_batch_norm_is_kept_from_tract() {
     assert!(
         err.contains("'bn' (BatchNormalization)") && err.contains("rank 1"),
         "{err}"
+    );
+    // Asked for by name, tract refuses it: exit 2, one line, instead of a crash.
+    assert_refused(
+        &["bench", p, "--backend", "tract", "--runs", "3"],
+        &["tract", "'bn' (BatchNormalization)", "rank 1"],
     );
 }
 
