@@ -167,7 +167,9 @@ fn slower_than_promised(
         _ => (latency > macs + 0.10).then(|| {
             format!(
                 "the model is slower than its MACs promise: x{latency:.3} of the time for \
-                 x{macs:.3} of the MACs; try --round-to 8 or 16, or --target latency=R"
+                 x{macs:.3} of the MACs (on small inputs much of the time is per-layer \
+                 overhead, which removing channels does not reduce); try --target latency=R, \
+                 or another --round-to (8, 16)"
             )
         }),
     }
