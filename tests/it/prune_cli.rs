@@ -444,6 +444,19 @@ fn auto_widths_are_measured_once_and_cached() {
     assert!(err.contains("measured before on "), "{err}");
     assert_eq!(first, second);
     assert!(bytes == again, "the cached rounding gave other bytes");
+    // The rule is two blocks: a group of 16 channels is rounded when the block is 8.
+    assert_eq!(from, 2 * m * u64::from(m > 1), "{w}");
+    // A file an earlier build cached (format 1, whose `from` followed another rule) is
+    // measured again; pinned, the same file would be read as it is.
+    let mut old = w.clone();
+    old["format"] = 1.into();
+    old["from"] = 1000.into();
+    std::fs::write(&files[0], old.to_string()).unwrap();
+    let (_, _, _, err) = pruned_widths(dir.path(), &cache, &[]);
+    assert!(err.contains("measured now on "), "{err}");
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    assert_eq!(w["format"], 2, "{w}");
 }
 
 /// README's main command, as written there, prunes the model the repository ships (no
