@@ -21,11 +21,11 @@ setup:
 wheel:
 	@scripts/build-wheel.sh
 
-# `--round-to auto` is pinned to multiples of 8 from 32 channels (LOPPER_WIDTH_TABLE), so that
+# `--round-to auto` is pinned to multiples of 8 from 16 channels (LOPPER_WIDTH_TABLE), so that
 # the suites' widths do not depend on what the CI machine's convolutions measure; the test of
 # the measurement itself (prune_cli::auto_widths_are_measured_once_and_cached) unsets it and
 # measures into a folder of its own.
-WIDTHS_PIN = {"format": 1, "runtime": "pinned by make test", "multiple": 8, "from": 32, "dips": [], "seconds": []}
+WIDTHS_PIN = {"format": 2, "runtime": "pinned by make test", "multiple": 8, "from": 16, "dips": [], "seconds": []}
 
 test:
 	@lib=$$(scripts/setup-test-env.sh) && \

@@ -120,31 +120,10 @@ impl Op for Binary {
     }
 
     fn check(&self, cx: &super::CheckCx) -> Vec<String> {
-        // Integer Div by a constant 0, or of the type's minimum by −1: undefined, and the
-        // runtimes' kernels trap on them (SIGFPE) instead of erroring.
         if self.name != "Div" {
             return Vec::new();
         }
-        let tensor = |port: usize| cx.consts.get(port).copied().flatten();
-        let Some(y) = tensor(1)
-            .filter(|t| !t.dtype().is_float())
-            .and_then(Tensor::to_i64_vec)
-        else {
-            return Vec::new();
-        };
-        let minimum =
-            |v: &i64| [i64::MIN, i32::MIN.into(), i16::MIN.into(), i8::MIN.into()].contains(v);
-        let overflow = y.contains(&-1)
-            && tensor(0)
-                .and_then(Tensor::to_i64_vec)
-                .is_some_and(|x| x.iter().any(minimum));
-        if y.contains(&0) {
-            vec!["integer division by zero (undefined; runtimes trap on it)".into()]
-        } else if overflow {
-            vec!["integer division of the type's minimum by -1 overflows (undefined)".into()]
-        } else {
-            Vec::new()
-        }
+        super::util::integer_division_traps(cx)
     }
 
     fn weight_input(&self, _port: usize) -> bool {

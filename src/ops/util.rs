@@ -5,6 +5,38 @@ use crate::ir::{DType, Dim, Fact, Node, Shape, SymInt, Tensor};
 
 use super::Cx;
 
+/// The rule of integer `Div` and `Mod` (inputs 0 and 1): a constant divisor holding 0, or −1
+/// under a constant dividend holding its type's minimum, is undefined, and the runtimes'
+/// kernels trap on it (SIGFPE) instead of erroring. One message per broken rule.
+pub fn integer_division_traps(cx: &super::CheckCx) -> Vec<String> {
+    use crate::ir::DType;
+    let tensor = |port: usize| cx.consts.get(port).copied().flatten();
+    let Some(y) = tensor(1)
+        .filter(|t| !t.dtype().is_float())
+        .and_then(crate::ir::Tensor::to_i64_vec)
+    else {
+        return Vec::new();
+    };
+    let overflow = y.contains(&-1)
+        && tensor(0).is_some_and(|x| {
+            let minimum = match x.dtype() {
+                DType::I8 => i64::from(i8::MIN),
+                DType::I16 => i64::from(i16::MIN),
+                DType::I32 => i64::from(i32::MIN),
+                DType::I64 => i64::MIN,
+                _ => return false,
+            };
+            x.to_i64_vec().is_some_and(|v| v.contains(&minimum))
+        });
+    if y.contains(&0) {
+        vec!["integer division by zero (undefined; runtimes trap on it)".into()]
+    } else if overflow {
+        vec!["integer division of the type's minimum by -1 overflows (undefined)".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Numpy-style multidirectional broadcast of shapes. Symbolic dims broadcast against 1 and
 /// against equal names; a known size > 1 wins over a symbol. Errors on incompatible sizes.
 pub fn broadcast(shapes: &[&Shape]) -> std::result::Result<Shape, String> {

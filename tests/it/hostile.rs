@@ -433,6 +433,9 @@ fn runtimes_failing_on_invalid_models_are_errors() {
         &["verify", &m, &m],
         &["node 'op' (Mod)", "division by zero"],
     );
+    // Mod of the minimum by -1 traps the same way (a SIGFPE that ended a fuzz campaign).
+    let min = folding_model(dir.path(), "mod_min.onnx", "Mod", &[i64::MIN], &[-1]);
+    assert_refused(&["verify", &min, &min], &["node 'op' (Mod)", "overflows"]);
     // bench runs the model too: the same refusal instead of a SIGFPE.
     assert_refused(&["bench", &m], &["node 'op' (Mod)", "division by zero"]);
     // Range with step 0: tract divides by zero (a panic), ONNX Runtime errors; both are
