@@ -325,7 +325,8 @@ mod tests {
         assert_eq!(allowed_counts(20, &c(0.0, 1, 1.0, 8)), vec![0, 4, 12]);
         // Fewer channels than the multiple: left alone.
         assert_eq!(allowed_counts(6, &c(0.0, 1, 1.0, 8)), vec![0]);
-        // `auto` (8 from 32 channels): a 16-channel group keeps exact widths, 40 rounds.
+        // Rounding from 32 channels (what `auto` derived before format 2): a 16-channel group
+        // keeps exact widths, 40 rounds.
         let auto = Constraints {
             round_from: 32,
             ..c(0.0, 1, 1.0, 8)
