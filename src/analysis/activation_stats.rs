@@ -326,16 +326,24 @@ fn probes(model: &Model, groups: &ChannelGroups) -> Vec<Probe> {
 /// A copy of `model` whose outputs also list the probed values, each declared with its
 /// inferred type so that every runtime accepts it.
 fn with_outputs(model: &Model, probes: &[Probe]) -> Result<Model> {
+    let values: Vec<ValueId> = probes.iter().map(|p| p.value).collect();
+    with_value_outputs(model, &values)
+}
+
+/// A copy of `model` whose outputs also list `values` (by their names), each declared with
+/// its inferred type so that every runtime accepts it.
+pub(crate) fn with_value_outputs(model: &Model, values: &[ValueId]) -> Result<Model> {
     let shapes = infer_shapes(model)?;
     let mut out = model.clone();
     let g = &mut out.graph;
-    for p in probes {
-        if g.outputs.contains(&p.value) {
+    for &v in values {
+        if g.outputs.contains(&v) {
             continue;
         }
-        let fact = shapes.get(p.value);
+        let name = g.value(v).name.clone();
+        let fact = shapes.get(v);
         let declared = g
-            .value(p.value)
+            .value(v)
             .decl
             .as_ref()
             .and_then(|d| d.r#type.as_ref())
@@ -345,8 +353,7 @@ fn with_outputs(model: &Model, probes: &[Probe]) -> Result<Model> {
             .or_else(|| declared.as_ref().and_then(|f| f.dtype))
             .ok_or_else(|| {
                 Error::Graph(format!(
-                    "activation '{}': no element type known, it cannot be measured",
-                    p.name
+                    "activation '{name}': no element type known, it cannot be measured"
                 ))
             })?;
         let shape = fact.and_then(|f| f.shape.clone());
@@ -357,14 +364,14 @@ fn with_outputs(model: &Model, probes: &[Probe]) -> Result<Model> {
         }
         .to_type();
         g.set_decl(
-            p.value,
+            v,
             ValueInfoProto {
-                name: Some(p.name.clone()),
+                name: Some(name),
                 r#type: Some(ty),
                 ..Default::default()
             },
         );
-        g.outputs.push(p.value);
+        g.outputs.push(v);
     }
     Ok(out)
 }

@@ -97,6 +97,13 @@ pub struct SelectionArgs {
     /// per runtime under $LOPPER_CACHE_DIR, $XDG_CACHE_HOME/lopper or ~/.cache/lopper].
     #[arg(long, value_name = "FILE", help_heading = "Allocation")]
     width_table: Option<PathBuf>,
+    /// Depth pruning: the share (0 to 1) of a `--target flops=R|params=R` removal taken by
+    /// dropping whole residual branches, the weakest first (by what each adds to its
+    /// residual sum, measured on seeded random inputs), before channels are removed from the
+    /// rest. A dropped branch
+    /// takes its layers' fixed per-layer time too, which narrower layers keep. 0: none.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
+    drop_blocks: f64,
     /// Leave groups touching nodes whose name matches this glob intact (repeatable).
     #[arg(long, help_heading = "Allocation")]
     ignore: Vec<String>,
@@ -200,6 +207,13 @@ fn parse_round_to(s: &str) -> std::result::Result<RoundTo, String> {
     match s.parse::<usize>() {
         Ok(k) if (1..=1024).contains(&k) => Ok(RoundTo::Multiple(k)),
         _ => Err(format!("'{s}' is not 'auto' or a multiple from 1 to 1024")),
+    }
+}
+
+fn parse_share(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a share from 0 to 1, got '{s}'")),
     }
 }
 
@@ -326,6 +340,11 @@ impl SelectionArgs {
                 "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
             ),
         };
+        if self.drop_blocks > 0.0
+            && !matches!(amount, Amount::Target(Budget::Flops(_) | Budget::Params(_)))
+        {
+            bail!("--drop-blocks needs --target flops=R or --target params=R");
+        }
         let scope = match (self.scope, &amount) {
             (Some(ScopeArg::Local), _) => Scope::Local,
             (Some(ScopeArg::Global), _) => Scope::Global,
@@ -361,6 +380,7 @@ impl SelectionArgs {
                 ..Default::default()
             },
             steps: self.steps as usize,
+            drop_blocks: self.drop_blocks,
             latency: LatencyOptions {
                 search: match self.latency_search {
                     LatencySearchArg::Table => LatencySearch::Table,

@@ -107,6 +107,10 @@ fn sym_div(a: &SymInt, b: &SymInt) -> SymInt {
 }
 
 impl Op for Binary {
+    fn is_sum(&self) -> bool {
+        matches!(self.name, "Add" | "Sum")
+    }
+
     fn op_type(&self) -> &'static str {
         self.name
     }

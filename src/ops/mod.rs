@@ -378,6 +378,13 @@ pub trait Op: Sync {
         Ok(None)
     }
 
+    /// Whether output 0 is the broadcast sum of the inputs (`Add`, `Sum`): a residual merge,
+    /// whose branches depth pruning may drop ([`crate::passes::collapse_branches`]). Default:
+    /// not.
+    fn is_sum(&self) -> bool {
+        false
+    }
+
     /// The input holding a per-channel output scale (BatchNormalization's γ), which network
     /// slimming penalises and the `bn-scale` criterion ranks by. Default: none.
     fn channel_scale_input(&self) -> Option<usize> {

@@ -1,6 +1,7 @@
 //! Graph rewrites. Each pass is a verb-named function in its own file that returns whether it
 //! changed anything; [`simplify`] runs the simplification pipeline as one literal list.
 
+pub mod collapse_branches;
 pub mod collapse_compensation;
 pub mod eliminate_dead_code;
 pub mod fold_batch_norm;
@@ -10,6 +11,7 @@ pub mod remove_identity;
 pub mod snap_small_gammas;
 pub mod upgrade_opset;
 
+pub use collapse_branches::collapse_branches;
 pub use collapse_compensation::collapse_compensation;
 pub use eliminate_dead_code::eliminate_dead_code;
 pub use fold_batch_norm::fold_batch_norm;

@@ -10,9 +10,12 @@
 //! or as a constant added after it where zero padding makes it vary), so removing it changes
 //! nothing.
 //!
+//! A group losing every channel goes whole, with the branch it ends
+//! ([`super::collapse_branches()`]), in a step of its own.
+//!
 //! It does not choose what to remove (criteria and budgets do), does not run the model (the
 //! equivalence oracle does), and refuses to remove channels of blocked groups or to empty a
-//! group.
+//! group that does not end a branch.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +29,7 @@ use crate::onnx::proto::type_proto;
 use crate::ops::channel::{Compensation, Link, Map, Port, RewriteCx, Slot};
 use crate::ops::{self};
 
+use super::collapse_branches::collapse_branches;
 use super::eliminate_dead_code::eliminate_dead_code;
 
 /// Keep-masks (one bool per position, `true` = kept) of the tracked slots `(value, axis)`
@@ -60,6 +64,21 @@ pub fn remove_channels(
     shapes: &Shapes,
     classes: &[usize],
 ) -> Result<bool> {
+    let whole = whole_groups(groups, classes);
+    if !whole.is_empty() {
+        if classes.iter().any(|c| {
+            groups
+                .group_of_class
+                .get(*c)
+                .is_some_and(|g| !whole.contains(g))
+        }) {
+            return Err(Error::Usage(
+                "whole groups are removed in a step of their own, without other channels".into(),
+            ));
+        }
+        collapse_branches(model, groups, shapes, &whole)?;
+        return Ok(true);
+    }
     let Some(removed) = removed_classes(model, groups, classes)? else {
         return Ok(false);
     };
@@ -93,6 +112,23 @@ pub fn remove_channels(
     verify(&model.graph)?;
     check_widths(model, &expected)?;
     Ok(true)
+}
+
+/// The groups every class of which is in `classes` (ascending): those go whole
+/// ([`collapse_branches`]).
+fn whole_groups(groups: &ChannelGroups, classes: &[usize]) -> Vec<usize> {
+    let mut count = vec![0usize; groups.groups.len()];
+    for &c in classes {
+        if let Some(g) = groups.group_of_class.get(c) {
+            count[*g] += 1;
+        }
+    }
+    groups
+        .groups
+        .iter()
+        .filter(|g| !g.classes.is_empty() && count[g.id] == g.classes.len())
+        .map(|g| g.id)
+        .collect()
 }
 
 /// Marks `classes` removed, after checking that they exist, that no blocked group loses

@@ -4,6 +4,8 @@
 //! 1. **analyse** ([`mod@analyse`]): simplify (BatchNormalization kept), shapes, channel
 //!    groups. Before the first round it runs once, followed by the run's checks (the
 //!    criterion is available, a latency target's original is timed).
+//!    With `drop_blocks`, a **drop** stage ([`mod@drop`]) first removes whole residual
+//!    branches (remove and verify as below, recorded as a round of the plan).
 //! 2. **snap** (only [`Selection::DeadBelow`]): small BatchNormalization gammas set to zero
 //!    ([`crate::passes::snap_small_gammas`]).
 //! 3. **score** ([`mod@score`]): one score per channel class, by the criterion; data-driven
@@ -29,6 +31,7 @@ pub mod allocate;
 pub mod analyse;
 pub mod compensate;
 pub mod compress;
+pub mod drop;
 pub mod kept;
 pub mod latency;
 pub mod latency_table;
@@ -129,6 +132,21 @@ pub fn prune_with(
     latency::time_original(selection.is_latency_target(), tools.latency.as_mut(), model)?;
     let mut selector = selection.selector();
     let steps = selection.steps();
+    if let Some((share, budget)) = selection.drop_blocks() {
+        let at = tally.progress(0, steps);
+        let say = &mut Tagged::new(&mut *tools.reporter, "branches: ".into());
+        let choice = drop::choose(model, &analysis, share, budget, say)?;
+        if !choice.classes.is_empty() {
+            tally.choose(&at, &analysis.groups, None, &choice)?;
+            let original = verify::snapshot(model, opts, &choice.classes);
+            let now = remove::remove(model, &analysis, &choice.classes, say)?;
+            let oracle = verify::verify(original, &analysis, &choice.classes, model, opts, say)?;
+            tally.removed(&choice, now, oracle);
+            analysis = analyse::stage(model, say)?;
+        } else {
+            choice.notes.into_iter().for_each(|n| tally.note(n));
+        }
+    }
     for step in 0..steps {
         let at = tally.progress(step, steps);
         let say = &mut Tagged::new(&mut *tools.reporter, at.tag());

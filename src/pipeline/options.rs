@@ -26,6 +26,9 @@ pub struct Scored {
     pub steps: usize,
     /// How a latency target judges candidates (ignored by other amounts).
     pub latency: LatencyOptions,
+    /// Share of a FLOPs or parameters target's removal taken by dropping whole residual
+    /// branches before the width rounds (`pipeline::drop`); 0: none.
+    pub drop_blocks: f64,
 }
 
 /// How a latency target judges candidates.
@@ -75,6 +78,7 @@ impl Scored {
             },
             steps: 1,
             latency: LatencyOptions::default(),
+            drop_blocks: 0.0,
         }
     }
 }
@@ -136,6 +140,21 @@ impl Selection {
     pub fn snap_below(&self) -> Option<f64> {
         match self {
             Selection::DeadBelow(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// The share of the removal taken by whole branches and the budget it applies to, when
+    /// the selection drops branches (a scored FLOPs or parameters target with `drop_blocks`
+    /// above 0).
+    pub fn drop_blocks(&self) -> Option<(f64, Budget)> {
+        match self {
+            Selection::Scored(s) if s.drop_blocks > 0.0 => match s.allocate.amount {
+                Amount::Target(b @ (Budget::Flops(_) | Budget::Params(_))) => {
+                    Some((s.drop_blocks, b))
+                }
+                _ => None,
+            },
             _ => None,
         }
     }

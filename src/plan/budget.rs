@@ -46,7 +46,16 @@ impl Selector for Budgeted {
 /// remove `r`. A threshold or the criterion's own choice is one round only (an error otherwise).
 pub fn step_amount(amount: &Amount, step: usize, steps: usize, now: (f64, f64)) -> Result<Amount> {
     if steps == 1 {
-        return Ok(amount.clone());
+        // A model already made smaller (whole branches dropped) meets the rest of the budget.
+        return Ok(match amount {
+            Amount::Target(Budget::Flops(b)) if now.0 < 1.0 => {
+                Amount::Target(Budget::Flops((b / now.0).min(1.0)))
+            }
+            Amount::Target(Budget::Params(b)) if now.1 < 1.0 => {
+                Amount::Target(Budget::Params((b / now.1).min(1.0)))
+            }
+            a => a.clone(),
+        });
     }
     let frac = (step + 1) as f64 / steps as f64;
     Ok(match amount {

@@ -235,12 +235,6 @@ impl PlanFile {
                 }
                 out.push(g.classes[p]);
             }
-            if !pg.removed.is_empty() && pg.removed.len() == pg.channels {
-                return Err(here(format!(
-                    "{name}: removes all {} channels",
-                    pg.channels
-                )));
-            }
         }
         out.sort_unstable();
         Ok(out)

@@ -23,6 +23,7 @@ mod compensate_cli;
 mod compress_cli;
 mod cost;
 mod data;
+mod drop_blocks;
 mod eval;
 mod examples;
 mod fuzz_mutations;

@@ -208,10 +208,23 @@ fn plans_that_do_not_fit_give_clear_errors() {
     let e = err_text(edited.step_classes(0, &groups));
     assert!(e.contains("removed twice"), "{e}");
 
+    // A step may remove a whole group (depth pruning drops residual branches so); the
+    // removal refuses a group that does not end a branch, naming it.
     let mut edited = plan.clone();
     edited.steps[0].groups[0].removed = (0..first.channels).collect();
-    let e = err_text(edited.step_classes(0, &groups));
-    assert!(e.contains("removes all"), "{e}");
+    for g in &mut edited.steps[0].groups[1..] {
+        g.removed.clear();
+    }
+    let classes = edited.step_classes(0, &groups).unwrap();
+    let shapes = lopper::analysis::infer_shapes(&fresh).unwrap();
+    let mut copy = fresh.clone();
+    let e = err_text(lopper::passes::remove_channels(
+        &mut copy, &groups, &shapes, &classes,
+    ));
+    assert!(
+        e.contains(&format!("group {} cannot be removed whole", first.id)),
+        "{e}"
+    );
 
     let e = err_text(plan.step_classes(3, &groups));
     assert!(e.contains("1 step(s); there is no step 4"), "{e}");

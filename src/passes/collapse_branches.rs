@@ -1,0 +1,383 @@
+//! Whole-branch removal (depth pruning): a channel group that loses *every* channel, when it
+//! ends a residual branch, takes the branch with it.
+//!
+//! Removing all of a group's channels silences every input channel of its consumers, which
+//! then output their bias alone: a constant per channel. When each consumer is a linear layer
+//! ([`crate::ops::Op::linear`]) reading only this group, and its output reaches a sum
+//! ([`crate::ops::Op::is_sum`]: a residual `Add`) through shape-preserving, non-linear-layer
+//! nodes only, that constant is written as a `[1, C, 1, …]` initializer in the consumer's place;
+//! constant folding carries it through the per-channel nodes after it (BatchNormalization,
+//! activations) and dead code elimination deletes the branch's layers before it. The merge
+//! then adds (or multiplies by) a constant: the model computes exactly what the original
+//! computes with the group's channels silenced at their consumers, which is what the
+//! equivalence oracle compares against.
+//!
+//! [`whole_branch`] says whether a group can go whole (and how strong its branch is, for
+//! ranking); [`collapse_branches`] removes such groups. It does not choose which groups go
+//! (`pipeline::drop` does), refuses groups holding constant channels (the compensation of
+//! `remove_channels` would be lost), and checks that no graph output changes shape.
+
+use crate::analysis::channels::ChannelGroups;
+use crate::analysis::constant_channels::{channel_constants, ChannelConstants};
+use crate::analysis::{infer_shapes, Shapes};
+use crate::error::{Error, Result};
+use crate::ir::{verify, DType, Model, NodeId, Tensor, ValueId};
+use crate::ops::channel::{Link, Port};
+use crate::ops::linear::Form;
+
+use super::{eliminate_dead_code, fold_constants};
+
+/// Most nodes between a branch's last layer and its merge.
+const MAX_TAIL: usize = 16;
+
+/// A group that can be removed whole, and the branch it ends.
+#[derive(Clone, Debug)]
+pub struct Branch {
+    /// The group.
+    pub group: usize,
+    /// The linear layers reading it (they become constants).
+    pub consumers: Vec<NodeId>,
+    /// The branch's strength: the mean L2 norm of the consumers' filters, times the mean
+    /// |scale| of the per-channel affine nodes (BatchNormalization) between them and the merge.
+    /// A weight-only proxy of how much the branch adds to the merge.
+    pub strength: f64,
+    /// Per consumer: the value the branch brings to its merge and the merge's other input
+    /// of the full shape (the skip), for measured strengths.
+    pub merges: Vec<(ValueId, ValueId)>,
+}
+
+/// Whether group `gid` can be removed whole ([`Branch`]), or why not. `constants` are the
+/// model's [`channel_constants`].
+pub fn whole_branch(
+    model: &Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    constants: &ChannelConstants,
+    gid: usize,
+) -> std::result::Result<Branch, String> {
+    let g = &model.graph;
+    let grp = groups.groups.get(gid).ok_or("no such group")?;
+    if let Some(why) = grp.blocked.first() {
+        return Err(format!("blocked ({why})"));
+    }
+    if grp.classes.is_empty() {
+        return Err("it has no removable channel".into());
+    }
+    let in_group = |a: usize| groups.group_of_class[groups.class_of[a]] == gid;
+    let mut consumers = Vec::new();
+    let mut strength = 0.0;
+    for (&n, links) in &groups.links {
+        for l in links {
+            let Link::Consume { from } = l else { continue };
+            let Port::In(p) = from.port else { continue };
+            let node = g.node(n);
+            let Some(v) = node.input(p) else { continue };
+            let Some(atoms) = groups.slots.get(&(v, from.axis)) else {
+                continue;
+            };
+            if !atoms.iter().any(|a| in_group(*a)) {
+                continue;
+            }
+            let name = &node.name;
+            if !atoms.iter().all(|a| in_group(*a)) {
+                return Err(format!("'{name}' also reads channels of other groups"));
+            }
+            if (0..atoms.len()).any(|i| constants.get((v, from.axis), i).is_some_and(|c| c != 0.0))
+            {
+                return Err(format!(
+                    "'{name}' reads constant channels (their compensation would be lost)"
+                ));
+            }
+            strength += consumer_strength(model, shapes, n, p, from.axis)?;
+            consumers.push(n);
+        }
+    }
+    if consumers.is_empty() {
+        return Err("no linear layer reads it".into());
+    }
+    let mut scale = 1.0;
+    let mut merges = Vec::new();
+    for &n in &consumers {
+        let (s, merge) = tail(model, shapes, n)?;
+        scale *= s;
+        merges.push(merge);
+    }
+    Ok(Branch {
+        group: gid,
+        strength: strength / consumers.len() as f64 * scale,
+        consumers,
+        merges,
+    })
+}
+
+/// The mean L2 norm of consumer `n`'s filters, after checking that it is a linear layer
+/// reading its data input `port` on `axis`, with a constant bias of one value or one per
+/// output channel (or none), and a float32 output.
+fn consumer_strength(
+    model: &Model,
+    shapes: &Shapes,
+    n: NodeId,
+    port: usize,
+    axis: usize,
+) -> std::result::Result<f64, String> {
+    let g = &model.graph;
+    let node = g.node(n);
+    let name = &node.name;
+    let lin = linear_of(model, shapes, n)
+        .ok_or_else(|| format!("'{name}' ({}) is not a linear layer", node.op_type))?;
+    if port != 0 || lin.input_axis != axis {
+        return Err(format!("'{name}' reads it on another input or axis"));
+    }
+    let y = node
+        .output(0)
+        .ok_or_else(|| format!("'{name}' has no output"))?;
+    if g.outputs.contains(&y) {
+        return Err(format!("'{name}' computes a graph output"));
+    }
+    if shapes.get(y).and_then(|f| f.dtype) != Some(DType::F32) {
+        return Err(format!("'{name}' does not compute float32"));
+    }
+    if let Some(b) = lin.bias_port.and_then(|p| node.input(p)) {
+        let t = g
+            .init(b)
+            .ok_or_else(|| format!("'{name}' has a computed bias"))?;
+        if t.len() != 1 && t.len() != lin.out_channels {
+            return Err(format!("'{name}' has a bias of {} values", t.len()));
+        }
+    }
+    let w = node
+        .input(1)
+        .and_then(|w| g.init(w))
+        .and_then(Tensor::to_f64_vec)
+        .ok_or_else(|| format!("'{name}' has no constant float weight"))?;
+    let rows = lin.out_channels.max(1);
+    let per = w.len() / rows;
+    let out_major = !matches!(
+        lin.form,
+        Form::Dense {
+            out_major: false,
+            ..
+        }
+    );
+    let norm = |o: usize| -> f64 {
+        if out_major {
+            w[o * per..(o + 1) * per].iter().map(|x| x * x).sum::<f64>()
+        } else {
+            (0..per).map(|i| w[i * rows + o].powi(2)).sum::<f64>()
+        }
+        .sqrt()
+    };
+    Ok((0..rows).map(norm).sum::<f64>() / rows as f64)
+}
+
+/// Follows consumer `n`'s output to its merge: one reader at each step, each a
+/// shape-preserving node that is not itself a linear layer; the merge is the first node with
+/// two or more computed inputs, a sum ([`crate::ops::Op::is_sum`]; an SE block's `Mul` gate
+/// is not a branch), whose output has the shape of an input other than the branch
+/// (so that a `[1, C, 1, …]` constant broadcasts to it). Returns the product of the mean
+/// |scale| of the per-channel affine nodes passed, and the merge's branch and skip inputs.
+fn tail(
+    model: &Model,
+    shapes: &Shapes,
+    n: NodeId,
+) -> std::result::Result<(f64, (ValueId, ValueId)), String> {
+    let g = &model.graph;
+    let shape = |v: ValueId| shapes.get(v).and_then(|f| f.shape.clone());
+    let mut cur = g.node(n).output(0).ok_or("the consumer has no output")?;
+    let mut scale = 1.0;
+    for _ in 0..MAX_TAIL {
+        let name = &g.value(cur).name;
+        if g.outputs.contains(&cur) {
+            return Err(format!("'{name}' is a graph output before any merge"));
+        }
+        let uses = &g.value(cur).uses;
+        let [(u, _)] = uses[..] else {
+            return Err(format!(
+                "'{name}' has {} readers before any merge",
+                uses.len()
+            ));
+        };
+        let node = g.node(u);
+        let computed: Vec<ValueId> = node
+            .inputs
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|v| g.init(*v).is_none())
+            .collect();
+        let out = node
+            .output(0)
+            .ok_or_else(|| format!("'{}' has no output", node.name))?;
+        if computed.len() >= 2 {
+            if !crate::ops::lookup(&node.domain, &node.op_type).is_some_and(|op| op.is_sum()) {
+                return Err(format!(
+                    "'{}' ({}) merges the branch, and only sums are dropped into",
+                    node.name, node.op_type
+                ));
+            }
+            let full = shape(out);
+            let skip = computed
+                .iter()
+                .find(|v| **v != cur && full.is_some() && shape(**v) == full);
+            let Some(&skip) = skip else {
+                return Err(format!(
+                    "'{}' ({}) does not merge the branch into a tensor of its own shape",
+                    node.name, node.op_type
+                ));
+            };
+            return Ok((scale, (cur, skip)));
+        }
+        if linear_of(model, shapes, u).is_some() {
+            return Err(format!("'{}' is another layer before the merge", node.name));
+        }
+        if shape(out).is_none() || shape(out) != shape(cur) || node.outputs.len() != 1 {
+            return Err(format!(
+                "'{}' ({}) changes the shape before the merge",
+                node.name, node.op_type
+            ));
+        }
+        if let Some(a) = crate::ops::channel_affine_of(g, u) {
+            let m = a.scale.iter().map(|s| s.abs()).sum::<f64>() / a.scale.len().max(1) as f64;
+            scale *= m;
+        }
+        cur = out;
+    }
+    Err(format!("no merge within {MAX_TAIL} nodes"))
+}
+
+/// Removes groups `gids` (of `groups`, computed on `model` with `shapes`) whole: each
+/// consumer becomes the constant it computes on silenced inputs, then constants are folded
+/// and dead layers deleted. Errors naming the group when one cannot go whole
+/// ([`whole_branch`]) or when a graph output would change shape.
+pub fn collapse_branches(
+    model: &mut Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    gids: &[usize],
+) -> Result<()> {
+    let constants = channel_constants(model, groups);
+    let mut branches = Vec::new();
+    for &gid in gids {
+        let b = whole_branch(model, groups, shapes, &constants, gid)
+            .map_err(|why| Error::Usage(format!("group {gid} cannot be removed whole: {why}")))?;
+        branches.push(b);
+    }
+    let before: Vec<_> = model
+        .graph
+        .outputs
+        .iter()
+        .map(|v| shapes.get(*v).and_then(|f| f.shape.clone()))
+        .collect();
+    for b in &branches {
+        for &n in &b.consumers {
+            let constant = silenced_output(model, shapes, n)?;
+            let g = &mut model.graph;
+            let y = g.node(n).output(0).expect("checked by whole_branch");
+            let name = g.fresh_name(&format!("{}_silenced", g.value(y).name));
+            let c = g.add_initializer(&name, constant);
+            g.replace_uses(y, c);
+            g.remove_node(n);
+            fold_affine_chain(g, c);
+        }
+    }
+    eliminate_dead_code(model)?;
+    fold_constants(model)?;
+    eliminate_dead_code(model)?;
+    model.graph.compact();
+    verify(&model.graph)?;
+    let after = infer_shapes(model)?;
+    for (v, was) in model.graph.outputs.iter().zip(&before) {
+        let now = after.get(*v).and_then(|f| f.shape.clone());
+        if was.is_some() && now != *was {
+            return Err(Error::Graph(format!(
+                "removing group(s) {gids:?} whole would change the shape of output '{}'",
+                model.graph.value(*v).name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What linear node `n` outputs when every input channel is zero: its bias (times `beta`
+/// for a dense layer), or zeros, as `[1, …, C, …, 1]` with `C` on the output channel axis.
+fn silenced_output(model: &Model, shapes: &Shapes, n: NodeId) -> Result<Tensor> {
+    let g = &model.graph;
+    let node = g.node(n);
+    let err = |m: &str| Error::node(&node.name, &node.op_type, m.to_string());
+    let lin = linear_of(model, shapes, n).ok_or_else(|| err("not linear"))?;
+    let rank = node
+        .output(0)
+        .and_then(|y| shapes.get(y))
+        .and_then(|f| f.rank())
+        .ok_or_else(|| err("output rank unknown"))?;
+    let c = lin.out_channels;
+    let factor = match lin.form {
+        Form::Dense { beta, .. } => beta,
+        Form::Conv { .. } => 1.0,
+    };
+    let bias = match lin.bias_port.and_then(|p| node.input(p)) {
+        Some(b) => g
+            .init(b)
+            .and_then(Tensor::to_f64_vec)
+            .ok_or_else(|| err("bias is not a constant"))?,
+        None => vec![0.0],
+    };
+    let values: Vec<f32> = (0..c)
+        .map(|o| (bias[if bias.len() == 1 { 0 } else { o }] * factor) as f32)
+        .collect();
+    let mut shape = vec![1; rank];
+    *shape
+        .get_mut(lin.output_axis)
+        .ok_or_else(|| err("output channel axis beyond the rank"))? = c;
+    Ok(Tensor::from_f32(shape, &values))
+}
+
+/// Node `n` as a linear layer whose weight is the constant at port 1 ([`crate::ops::Op::linear`]).
+fn linear_of(model: &Model, shapes: &Shapes, n: NodeId) -> Option<crate::ops::linear::Linear> {
+    let g = &model.graph;
+    let node = g.node(n);
+    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
+    let rank = |v: Option<ValueId>| shapes.get(v?)?.rank();
+    op.linear(&crate::ops::linear::LinearCx {
+        node,
+        weight: g.init(node.input(1)?)?.shape(),
+        input_rank: rank(node.input(0)),
+        output_rank: rank(node.output(0)),
+    })
+}
+
+/// Folds the per-channel affine nodes (BatchNormalization at inference) that read constant
+/// `c` (`[1, C, 1, …]`, channels on axis 1) one after another into new constants, so that no
+/// normalisation is left computing statistics of a constant (a train step could not). Stops at
+/// the first reader that is not such a node; [`fold_constants`] does the rest.
+fn fold_affine_chain(g: &mut crate::ir::Graph, mut c: ValueId) {
+    loop {
+        let [(u, 0)] = g.value(c).uses[..] else {
+            return;
+        };
+        let Some(a) = crate::ops::channel_affine_of(g, u) else {
+            return;
+        };
+        let Some(t) = g.init(c) else { return };
+        let (shape, Some(v)) = (t.shape().to_vec(), t.to_f64_vec()) else {
+            return;
+        };
+        if v.len() != a.scale.len() || a.shift.len() != v.len() || shape.get(1) != Some(&v.len()) {
+            return;
+        }
+        let Some(y) = g.node(u).output(0) else { return };
+        if g.outputs.contains(&y) || g.node(u).outputs.iter().flatten().count() != 1 {
+            return;
+        }
+        let out: Vec<f32> = v
+            .iter()
+            .zip(a.scale.iter().zip(&a.shift))
+            .map(|(x, (s, b))| (x * s + b) as f32)
+            .collect();
+        let name = g.fresh_name(&format!("{}_silenced", g.value(y).name));
+        let next = g.add_initializer(&name, Tensor::from_f32(shape, &out));
+        g.replace_uses(y, next);
+        g.remove_node(u);
+        c = next;
+    }
+}
