@@ -314,12 +314,13 @@ fn runtime_key(b: &BenchOptions) -> String {
 }
 
 /// Classes removing about `1 − keep` of every prunable group (the first classes; widths
-/// rounded to multiples of 8 in groups of 32 or more), leaving no tensor empty.
+/// rounded to multiples of 8 in groups of 16 or more, as `--round-to auto` rounds on ONNX
+/// Runtime), leaving no tensor empty.
 fn uniform_classes(groups: &ChannelGroups, keep: f64) -> Vec<usize> {
     let mut out = Vec::new();
     for g in groups.groups.iter().filter(|g| g.prunable()) {
         let n = g.classes.len();
-        let kept = if n >= 32 {
+        let kept = if n >= 16 {
             (((n as f64 * keep) / 8.0).round() as usize).max(1) * 8
         } else {
             ((n as f64 * keep).round() as usize).max(1)

@@ -26,8 +26,8 @@ pub struct Scored {
     pub steps: usize,
     /// How a latency target judges candidates (ignored by other amounts).
     pub latency: LatencyOptions,
-    /// Share of a FLOPs or parameters target's removal taken by dropping whole residual
-    /// branches before the width rounds (`pipeline::drop`); 0: none.
+    /// Share of a target's removal taken by dropping whole residual branches before the
+    /// width rounds (`pipeline::drop`); 0: none.
     pub drop_blocks: f64,
 }
 
@@ -145,14 +145,11 @@ impl Selection {
     }
 
     /// The share of the removal taken by whole branches and the budget it applies to, when
-    /// the selection drops branches (a scored FLOPs or parameters target with `drop_blocks`
-    /// above 0).
+    /// the selection drops branches (a scored target with `drop_blocks` above 0).
     pub fn drop_blocks(&self) -> Option<(f64, Budget)> {
         match self {
             Selection::Scored(s) if s.drop_blocks > 0.0 => match s.allocate.amount {
-                Amount::Target(b @ (Budget::Flops(_) | Budget::Params(_))) => {
-                    Some((s.drop_blocks, b))
-                }
+                Amount::Target(b) => Some((s.drop_blocks, b)),
                 _ => None,
             },
             _ => None,
