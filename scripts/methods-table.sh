@@ -8,7 +8,8 @@
 #   scripts/methods-table.sh r56     # ResNet-56, FLOPs x0.5, baseline and the best method
 #
 # Settings by environment: EPOCHS, LIMIT (training samples per epoch), METHODS, OUT. A method
-# name may carry a variant: slimming-scratch (--from-scratch); adapruner-fair and
+# name may carry a variant: slimming-scratch (--from-scratch); plain-width (--drop-blocks 0:
+# the baseline by width alone, as the README's tables measured it); adapruner-fair and
 # mending-fair spend one epoch of the budget on their candidates' brief training (one epoch's
 # steps shared among the candidates) and the rest on recovery, so that every row trains on
 # the same number of samples.
@@ -50,6 +51,7 @@ for m in $METHODS; do
   extra=(--target "$target")
   case "$m" in
     slimming-scratch) extra+=(--from-scratch) ;;
+    plain-width) extra+=(--drop-blocks 0) ;;
     adapruner-fair) epochs=$((EPOCHS - 1)); extra+=(--inherit-steps $((epoch_steps / 4))) ;;
     mending-fair) epochs=$((EPOCHS - 1)); extra+=(--mend-evaluations 5 --inherit-steps $((epoch_steps / 5))) ;;
   esac

@@ -253,6 +253,14 @@ impl Args {
         let weight_panning =
             self.method == Method::Panning && self.granularity == GranularityArg::Weight;
         let mut selection = self.select.selection_with(weight_panning)?;
+        if let (crate::pipeline::Selection::Scored(s), None, false) = (
+            &mut selection,
+            self.select.drop_blocks,
+            self.method == Method::Plain,
+        ) {
+            // The published methods prune by width as their papers do, unless asked.
+            s.drop_blocks = 0.0;
+        }
         let batch_norm = crate::pipeline::recalibrate::has_running_statistics(
             &crate::ir::Model::load(&self.model)?,
         );

@@ -75,7 +75,9 @@ pub struct Args {
     #[arg(long, help_heading = "Outputs")]
     report: Option<PathBuf>,
     /// Also write the original with the removed channels silenced: what the pruned model must
-    /// compute, for checking it in another runtime (one pruning step only).
+    /// compute, for checking it in another runtime (with several rounds, such as dropped
+    /// branches before the width round, the earlier rounds' removal is applied and the last
+    /// round's channels are silenced).
     #[arg(long, help_heading = "Outputs")]
     save_masked: Option<PathBuf>,
     /// Write an SVG chart of kept vs original widths per layer.
@@ -130,8 +132,17 @@ fn masked_original(report: &PruneReport) -> Result<Model> {
     if report.plan.steps.is_empty() || report.removed == 0 {
         return Ok(before);
     }
+    // Earlier rounds (a drop of whole branches, `--steps`) are removed for real: the result
+    // computes what the original computes with every removed channel silenced.
+    let last = report.plan.steps.len() - 1;
+    for step in 0..last {
+        let groups = crate::prune::analyse(&mut before)?;
+        let shapes = crate::analysis::infer_shapes(&before)?;
+        let classes = report.plan.step_classes(step, &groups)?;
+        crate::passes::remove_channels(&mut before, &groups, &shapes, &classes)?;
+    }
     let groups = crate::prune::analyse(&mut before)?;
-    let classes = report.plan.step_classes(0, &groups)?;
+    let classes = report.plan.step_classes(last, &groups)?;
     Ok(crate::oracle::masked_original(&before, &groups, &classes)?)
 }
 

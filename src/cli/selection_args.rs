@@ -101,9 +101,10 @@ pub struct SelectionArgs {
     /// residual branches (for `latency=R`, sized in MACs), the weakest first (by what each adds to its
     /// residual sum, measured on seeded random inputs), before channels are removed from the
     /// rest. A dropped branch
-    /// takes its layers' fixed per-layer time too, which narrower layers keep. 0: none.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
-    drop_blocks: f64,
+    /// takes its layers' fixed per-layer time too, which narrower layers keep. 0: none
+    /// [default: 0.75 in `prune` and `compress --method plain`, 0 for the other methods].
+    #[arg(long, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
+    pub drop_blocks: Option<f64>,
     /// Leave groups touching nodes whose name matches this glob intact (repeatable).
     #[arg(long, help_heading = "Allocation")]
     ignore: Vec<String>,
@@ -209,6 +210,11 @@ fn parse_round_to(s: &str) -> std::result::Result<RoundTo, String> {
         _ => Err(format!("'{s}' is not 'auto' or a multiple from 1 to 1024")),
     }
 }
+
+/// `--drop-blocks` when not given: the share of a target's removal taken by whole branches
+/// in `lopper prune` and `compress --method plain` (the other methods prune by width unless
+/// asked).
+pub const DEFAULT_DROP_BLOCKS: f64 = 0.75;
 
 fn parse_share(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {
@@ -340,7 +346,7 @@ impl SelectionArgs {
                 "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
             ),
         };
-        if self.drop_blocks > 0.0 && !matches!(amount, Amount::Target(_)) {
+        if self.drop_blocks.is_some_and(|d| d > 0.0) && !matches!(amount, Amount::Target(_)) {
             bail!("--drop-blocks needs --target flops=R, params=R or latency=R");
         }
         let scope = match (self.scope, &amount) {
@@ -378,7 +384,7 @@ impl SelectionArgs {
                 ..Default::default()
             },
             steps: self.steps as usize,
-            drop_blocks: self.drop_blocks,
+            drop_blocks: self.drop_blocks.unwrap_or(DEFAULT_DROP_BLOCKS),
             latency: LatencyOptions {
                 search: match self.latency_search {
                     LatencySearchArg::Table => LatencySearch::Table,

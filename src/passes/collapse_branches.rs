@@ -381,3 +381,78 @@ fn fold_affine_chain(g: &mut crate::ir::Graph, mut c: ValueId) {
         c = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::channel::testing::{analyse, group, Net};
+    use crate::oracle::{compare, masked_original};
+    use crate::runtime::BackendKind;
+
+    /// `x → conv → relu → [conv(8→6, 3×3) → BN → relu → conv(6→8, 3×3) → BN] + · → relu →
+    /// conv(8→5)`: one residual branch (the 6-channel group) and the 8-channel stream.
+    fn residual() -> (Model, ValueId) {
+        let mut n = Net::new();
+        let x = n.input(&[1, 3, 6, 6]);
+        let s = n.conv_k(x, 3, 8, 3);
+        let s = n.op("Relu", &[s], vec![]);
+        let a = n.conv_k(s, 8, 6, 3);
+        let bn = |n: &mut Net, v: ValueId, c: usize| {
+            let p: Vec<ValueId> = (0..3).map(|_| n.floats(&[c])).collect();
+            let var = n.g.add_initializer(
+                &format!("var{c}_{}", v.index()),
+                Tensor::from_f32(vec![c], &vec![0.7; c]),
+            );
+            n.op("BatchNormalization", &[v, p[0], p[1], p[2], var], vec![])
+        };
+        let b = bn(&mut n, a, 6);
+        let b = n.op("Relu", &[b], vec![]);
+        let c = n.conv_k(b, 6, 8, 3);
+        let c = bn(&mut n, c, 8);
+        let sum = n.op("Add", &[c, s], vec![]);
+        let r = n.op("Relu", &[sum], vec![]);
+        let y = n.conv(r, 8, 5);
+        n.output(y);
+        (n.model(13), a)
+    }
+
+    #[test]
+    fn a_branch_goes_whole_and_computes_the_masked_original() {
+        let (m, a) = residual();
+        let cg = analyse(&m);
+        let shapes = infer_shapes(&m).unwrap();
+        let gid = group(&cg, &m, a).id;
+        let constants = channel_constants(&m, &cg);
+        let b = whole_branch(&m, &cg, &shapes, &constants, gid).unwrap();
+        assert_eq!(b.consumers.len(), 1);
+        assert!(b.strength > 0.0);
+        // The stream group feeds convolutions that end in no sum: it cannot go whole.
+        let stream = cg
+            .groups
+            .iter()
+            .find(|g| g.prunable() && g.id != gid)
+            .unwrap();
+        let why = whole_branch(&m, &cg, &shapes, &constants, stream.id).unwrap_err();
+        assert!(
+            why.contains("graph output") || why.contains("layer"),
+            "{why}"
+        );
+
+        let mut pruned = m.clone();
+        collapse_branches(&mut pruned, &cg, &shapes, &[gid]).unwrap();
+        let ops: Vec<String> = pruned
+            .graph
+            .node_ids()
+            .map(|n| pruned.graph.node(n).op_type.clone())
+            .collect();
+        assert_eq!(ops, ["Conv", "Relu", "Add", "Relu", "Conv"], "{ops:?}");
+        let classes = cg.groups[gid].classes.clone();
+        let masked = masked_original(&m, &cg, &classes).unwrap();
+        let tract = [BackendKind::Tract];
+        let cmp = compare(&masked, &pruned, &tract, 2, 1).unwrap();
+        assert!(cmp.max_rel_error < 1e-5, "{cmp:?}");
+        // Not vacuous: the original, branch and all, computes something else.
+        let cmp = compare(&m, &pruned, &tract, 1, 1).unwrap();
+        assert!(cmp.max_rel_error > 1e-3, "{cmp:?}");
+    }
+}

@@ -24,6 +24,8 @@ pub(crate) struct Space {
     pub valid: Vec<Vec<usize>>,
     /// Per eligible group: score of each class in `order`.
     pub scores: Vec<Vec<f64>>,
+    /// Per eligible group: the multiple its kept counts round to (1: exact).
+    multiple: Vec<usize>,
     /// Lengths of the tracked tensors (`slots`), and per class the tensors it sits in.
     slot_len: Vec<usize>,
     class_slots: Vec<Vec<(usize, usize)>>,
@@ -59,6 +61,7 @@ impl Space {
             order: Vec::new(),
             valid: Vec::new(),
             scores: Vec::new(),
+            multiple: Vec::new(),
             slot_len: Vec::new(),
             class_slots: vec![Vec::new(); n_classes],
             notes: Vec::new(),
@@ -96,6 +99,7 @@ impl Space {
                 .push(order.iter().map(|c| scores[*c]).collect());
             space.order.push(order);
             space.valid.push(valid);
+            space.multiple.push(constraints.multiple(n));
             space.eligible.push(grp.id);
         }
         if !ignored.is_empty() {
@@ -162,13 +166,47 @@ impl Space {
     /// The classes removed when eligible group `i` loses `counts[i]` channels: its lowest
     /// ones, skipping any whose removal would leave a tracked tensor without channels (the
     /// next one is taken instead). Groups are visited in id order; the result is sorted.
+    ///
+    /// A rounded group whose channels sit in tensors of different widths (a residual stream
+    /// that option-A shortcuts widen stage by stage) loses whole multiples from each set of
+    /// channels sharing the same tensors ([`Space::chunks`]), so that every tensor's width
+    /// stays a multiple, not just the group's count.
     pub fn select(&self, counts: &[usize]) -> Vec<usize> {
         let mut kept = self.slot_len.clone();
         let mut out = Vec::new();
         for (i, order) in self.order.iter().enumerate() {
             let want = counts.get(i).copied().unwrap_or(0);
             let mut taken = 0;
+            if want > 0 {
+                for chunk in self.chunks(i, want) {
+                    let fits = chunk.iter().all(|&c| {
+                        self.class_slots[c].iter().all(|&(s, k)| {
+                            let same: usize = chunk
+                                .iter()
+                                .flat_map(|&d| &self.class_slots[d])
+                                .filter(|(t, _)| *t == s)
+                                .map(|(_, k)| k)
+                                .sum();
+                            kept[s] > same.max(k)
+                        })
+                    });
+                    if !fits || taken + chunk.len() > want {
+                        continue;
+                    }
+                    for &c in &chunk {
+                        for &(s, k) in &self.class_slots[c] {
+                            kept[s] -= k;
+                        }
+                        out.push(c);
+                    }
+                    taken += chunk.len();
+                }
+            }
+            let chosen: std::collections::HashSet<usize> = out.iter().copied().collect();
             for &c in order {
+                if chosen.contains(&c) {
+                    continue;
+                }
                 if taken == want {
                     break;
                 }
@@ -183,6 +221,54 @@ impl Space {
             }
         }
         out.sort_unstable();
+        out
+    }
+
+    /// Group `i`'s removal in whole multiples per tensor set, lowest first: its classes split
+    /// by the tensors they sit in (their signature); each cell's classes, in removal order,
+    /// cut into chunks of the group's multiple; chunks taken by the score of their last
+    /// (highest) class until `want` channels. Empty when the group is exact, has one
+    /// signature (its count alone decides its widths) or no chunks fit; [`Space::select`]
+    /// then takes classes one by one.
+    fn chunks(&self, i: usize, want: usize) -> Vec<Vec<usize>> {
+        let k = self.multiple[i];
+        if k <= 1 {
+            return Vec::new();
+        }
+        let mut cells: Vec<(Vec<(usize, usize)>, Vec<usize>)> = Vec::new();
+        for &c in &self.order[i] {
+            let mut sig = self.class_slots[c].clone();
+            sig.sort_unstable();
+            match cells.iter_mut().find(|(s, _)| *s == sig) {
+                Some((_, v)) => v.push(c),
+                None => cells.push((sig, vec![c])),
+            }
+        }
+        if cells.len() < 2 {
+            return Vec::new();
+        }
+        let score: std::collections::HashMap<usize, f64> = self.order[i]
+            .iter()
+            .zip(&self.scores[i])
+            .map(|(c, s)| (*c, *s))
+            .collect();
+        let mut all: Vec<(f64, usize, usize)> = Vec::new();
+        for (j, (_, v)) in cells.iter().enumerate() {
+            for (q, chunk) in v.chunks_exact(k).enumerate() {
+                all.push((score[&chunk[k - 1]], j, q));
+            }
+        }
+        // Within a cell chunk q+1 never precedes chunk q: its last score is not lower.
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut out = Vec::new();
+        let mut n = 0;
+        for (_, j, q) in all {
+            if n + k > want {
+                break;
+            }
+            out.push(cells[j].1[q * k..(q + 1) * k].to_vec());
+            n += k;
+        }
         out
     }
 }

@@ -108,7 +108,7 @@ fn compensation_recovers_a_globally_pruned_resnet20() {
     let (code, out, err) = lopper(&args);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("14 layer(s) compensated on 256 samples"),
+        out.contains("6 layer(s) compensated on 256 samples"),
         "{out}"
     );
     let (before, after) = (top1_of(&p), top1_of(&c));

@@ -78,7 +78,8 @@ fn same_inputs_give_identical_files_and_plans_replay_byte_for_byte() {
         let text = std::fs::read_to_string(&plan).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let steps = json["steps"].as_array().unwrap();
-        assert_eq!(steps.len(), if extra.is_empty() { 1 } else { 2 });
+        // The default drop of whole branches is a round of its own.
+        assert_eq!(steps.len(), if extra.is_empty() { 2 } else { 3 });
         assert!(text.contains("\"target\": \"flops=0.5\""), "{text}");
     }
 }
@@ -486,7 +487,7 @@ fn readme_main_command_prunes_the_shipped_model() {
     args[o + 1] = dir.path().join(&args[o + 1]).display().to_string();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ok(&refs);
-    assert!(out.contains("MACs   40.55 M -> 20.13 M (x0.496)"), "{out}");
+    assert!(out.contains("MACs   40.55 M -> 20.20 M (x0.498)"), "{out}");
     assert!(out.contains("verified: max relative error"), "{out}");
     assert!(Path::new(&args[o + 1]).is_file());
 }
