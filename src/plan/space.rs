@@ -235,7 +235,7 @@ impl Space {
         if k <= 1 {
             return Vec::new();
         }
-        let mut cells: Vec<(Vec<(usize, usize)>, Vec<usize>)> = Vec::new();
+        let mut cells: Vec<(Signature, Vec<usize>)> = Vec::new();
         for &c in &self.order[i] {
             let mut sig = self.class_slots[c].clone();
             sig.sort_unstable();
@@ -272,6 +272,9 @@ impl Space {
         out
     }
 }
+
+/// The tracked tensors a class sits in, with how many of its positions each holds.
+type Signature = Vec<(usize, usize)>;
 
 /// Removal counts allowed for a group of `n` channels: keep at least
 /// `max(ceil(min_keep_fraction·n), min_keep_count, 1)`, remove at most `floor(max_ratio·n)`,
