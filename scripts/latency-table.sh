@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's latency table: every model pruned to half its FLOPs with the default options
-# (`--round-to auto`), with exact widths (`--round-to 1`) and with whole residual branches
-# dropped first (`--drop-blocks $DROP`, default 0.75), then the original and the pruned
-# copies timed interleaved in one `lopper bench` run per runtime (ONNX Runtime on 2 threads at
+# The README's latency table: every model pruned to half its FLOPs by width alone with
+# `--round-to auto` and with exact widths (`--round-to 1`), both `--drop-blocks 0`, and with the
+# default options (whole residual branches dropped first: `--drop-blocks $DROP`, default 0.75,
+# and `--round-to auto`), then the original and the pruned copies timed interleaved in one `lopper bench` run per runtime (ONNX Runtime on 2 threads at
 # batch 1 and 32, tract at batch 1), and the same files timed again by an independent ONNX
 # Runtime harness in Python (scripts/ort-latency.py) as a cross-check.
 #
@@ -20,13 +20,13 @@ MODELS=${MODELS:-"zoo/mobilenet_v2.bn.onnx zoo/efficientnet_b0.bn.onnx zoo/regne
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/setup-test-env.sh)}
 export PYTHONPATH="$PWD/.deps/python${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
-echo "| model | runtime | batch | FLOPs × (auto / exact / drop) | latency × auto | latency × exact | latency × drop $DROP | noise | python ORT × auto / exact / drop |"
+echo "| model | runtime | batch | FLOPs × (auto / exact / drop) | latency × width, auto | latency × width, exact | latency × drop $DROP + auto | noise | python ORT × auto / exact / drop |"
 echo "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"
 for m in $MODELS; do
   name=$(basename "$m" .onnx)
   src="$SHARED/models/$m"
-  "$LOPPER" prune "$src" -o "$OUT/$name.auto.onnx" --target flops=0.5 --table none >/dev/null
-  "$LOPPER" prune "$src" -o "$OUT/$name.exact.onnx" --target flops=0.5 --round-to 1 --table none >/dev/null
+  "$LOPPER" prune "$src" -o "$OUT/$name.auto.onnx" --target flops=0.5 --drop-blocks 0 --table none >/dev/null
+  "$LOPPER" prune "$src" -o "$OUT/$name.exact.onnx" --target flops=0.5 --round-to 1 --drop-blocks 0 --table none >/dev/null
   "$LOPPER" prune "$src" -o "$OUT/$name.drop.onnx" --target flops=0.5 --drop-blocks "$DROP" --table none >/dev/null
   indep=$(python3 scripts/ort-latency.py "$src" "$OUT/$name.auto.onnx" "$OUT/$name.exact.onnx" "$OUT/$name.drop.onnx")
   for cfg in "ort 1" "ort 32" "tract 1"; do
