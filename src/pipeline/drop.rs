@@ -53,8 +53,11 @@ pub fn choose(
     };
     reporter.stage("choosing branches to drop");
     let (groups, shapes) = (&analysis.groups, &analysis.shapes);
+    // A trial copy's folded constants change its shapes: inferred again (the analysis'
+    // shapes where that fails).
     let metric = |m: &Model| -> Result<f64> {
-        let c = costs(m, shapes_of(m)?.as_ref().unwrap_or(shapes))?;
+        let own = crate::analysis::infer_shapes(m).ok();
+        let c = costs(m, own.as_ref().unwrap_or(shapes))?;
         Ok(if by_params { c.params } else { c.macs } as f64)
     };
     let total = metric(model)?;
@@ -100,12 +103,6 @@ pub fn choose(
         ));
     }
     Ok(choice)
-}
-
-/// Shapes of a trial copy (its folded constants change them), `None` when they cannot be
-/// inferred (the analysis' shapes are used then).
-fn shapes_of(m: &Model) -> Result<Option<crate::analysis::Shapes>> {
-    Ok(crate::analysis::infer_shapes(m).ok())
 }
 
 /// Sets each branch's strength to what it adds to its merge relative to the skip it is added
