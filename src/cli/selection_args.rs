@@ -97,8 +97,8 @@ pub struct SelectionArgs {
     /// per runtime under $LOPPER_CACHE_DIR, $XDG_CACHE_HOME/lopper or ~/.cache/lopper].
     #[arg(long, value_name = "FILE", help_heading = "Allocation")]
     width_table: Option<PathBuf>,
-    /// Depth pruning: the share (0 to 1) of a `--target` removal taken by dropping whole
-    /// residual branches (for `latency=R`, sized in MACs), the weakest first (by what each adds to its
+    /// Depth pruning: the share (0 to 1) of a `--target flops=R|params=R` removal taken by
+    /// dropping whole residual branches, the weakest first (by what each adds to its
     /// residual sum, measured on seeded random inputs), before channels are removed from the
     /// rest. A dropped branch
     /// takes its layers' fixed per-layer time too, which narrower layers keep. 0: none
@@ -346,8 +346,10 @@ impl SelectionArgs {
                 "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
             ),
         };
-        if self.drop_blocks.is_some_and(|d| d > 0.0) && !matches!(amount, Amount::Target(_)) {
-            bail!("--drop-blocks needs --target flops=R, params=R or latency=R");
+        if self.drop_blocks.is_some_and(|d| d > 0.0)
+            && !matches!(amount, Amount::Target(Budget::Flops(_) | Budget::Params(_)))
+        {
+            bail!("--drop-blocks needs --target flops=R or --target params=R");
         }
         let scope = match (self.scope, &amount) {
             (Some(ScopeArg::Local), _) => Scope::Local,

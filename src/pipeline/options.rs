@@ -145,11 +145,15 @@ impl Selection {
     }
 
     /// The share of the removal taken by whole branches and the budget it applies to, when
-    /// the selection drops branches (a scored target with `drop_blocks` above 0).
+    /// the selection drops branches (a scored FLOPs or parameters target with `drop_blocks`
+    /// above 0; a latency target's search is calibrated on the model as given, so it prunes
+    /// by width alone).
     pub fn drop_blocks(&self) -> Option<(f64, Budget)> {
         match self {
             Selection::Scored(s) if s.drop_blocks > 0.0 => match s.allocate.amount {
-                Amount::Target(b) => Some((s.drop_blocks, b)),
+                Amount::Target(b @ (Budget::Flops(_) | Budget::Params(_))) => {
+                    Some((s.drop_blocks, b))
+                }
                 _ => None,
             },
             _ => None,

@@ -152,6 +152,7 @@ fn drop_blocks_needs_a_flops_or_params_target() {
     let out = dir.path().join("o.onnx");
     for extra in [
         &["--ratio", "0.3", "--drop-blocks", "0.5"][..],
+        &["--target", "latency=0.5", "--drop-blocks", "0.5"][..],
         &["--target", "flops=0.5", "--drop-blocks", "1.5"][..],
     ] {
         let mut args = vec!["prune", r20.to_str().unwrap(), "-o", out.to_str().unwrap()];
