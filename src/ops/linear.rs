@@ -65,6 +65,25 @@ pub enum Form {
     },
 }
 
+/// Node `n` of `model` as a linear layer ([`super::Op::linear`]) whose weight is the constant
+/// at port 1, with the ranks `shapes` knows; `None` for anything else.
+pub fn of_node(
+    model: &crate::ir::Model,
+    shapes: &crate::analysis::Shapes,
+    n: crate::ir::NodeId,
+) -> Option<Linear> {
+    let g = &model.graph;
+    let node = g.node(n);
+    let op = super::lookup(&node.domain, &node.op_type)?;
+    let rank = |v: Option<crate::ir::ValueId>| shapes.get(v?)?.rank();
+    op.linear(&LinearCx {
+        node,
+        weight: g.init(node.input(1)?)?.shape(),
+        input_rank: rank(node.input(0)),
+        output_rank: rank(node.output(0)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,7 +123,7 @@ fn consumer_strength(
     let g = &model.graph;
     let node = g.node(n);
     let name = &node.name;
-    let lin = linear_of(model, shapes, n)
+    let lin = crate::ops::linear::of_node(model, shapes, n)
         .ok_or_else(|| format!("'{name}' ({}) is not a linear layer", node.op_type))?;
     if port != 0 || lin.input_axis != axis {
         return Err(format!("'{name}' reads it on another input or axis"));
@@ -227,7 +227,7 @@ fn tail(
             };
             return Ok((scale, (cur, skip)));
         }
-        if linear_of(model, shapes, u).is_some() {
+        if crate::ops::linear::of_node(model, shapes, u).is_some() {
             return Err(format!("'{}' is another layer before the merge", node.name));
         }
         if shape(out).is_none() || shape(out) != shape(cur) || node.outputs.len() != 1 {
@@ -304,7 +304,7 @@ fn silenced_output(model: &Model, shapes: &Shapes, n: NodeId) -> Result<Tensor> 
     let g = &model.graph;
     let node = g.node(n);
     let err = |m: &str| Error::node(&node.name, &node.op_type, m.to_string());
-    let lin = linear_of(model, shapes, n).ok_or_else(|| err("not linear"))?;
+    let lin = crate::ops::linear::of_node(model, shapes, n).ok_or_else(|| err("not linear"))?;
     let rank = node
         .output(0)
         .and_then(|y| shapes.get(y))
@@ -330,20 +330,6 @@ fn silenced_output(model: &Model, shapes: &Shapes, n: NodeId) -> Result<Tensor> 
         .get_mut(lin.output_axis)
         .ok_or_else(|| err("output channel axis beyond the rank"))? = c;
     Ok(Tensor::from_f32(shape, &values))
-}
-
-/// Node `n` as a linear layer whose weight is the constant at port 1 ([`crate::ops::Op::linear`]).
-fn linear_of(model: &Model, shapes: &Shapes, n: NodeId) -> Option<crate::ops::linear::Linear> {
-    let g = &model.graph;
-    let node = g.node(n);
-    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
-    let rank = |v: Option<ValueId>| shapes.get(v?)?.rank();
-    op.linear(&crate::ops::linear::LinearCx {
-        node,
-        weight: g.init(node.input(1)?)?.shape(),
-        input_rank: rank(node.input(0)),
-        output_rank: rank(node.output(0)),
-    })
 }
 
 /// Folds the per-channel affine nodes (BatchNormalization at inference) that read constant

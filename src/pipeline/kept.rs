@@ -14,7 +14,7 @@ use crate::analysis::channels::ChannelGroups;
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::Result;
 use crate::ir::{Model, NodeId, ValueId};
-use crate::ops::linear::{Linear, LinearCx};
+use crate::ops::linear::Linear;
 use crate::passes::remove_channels;
 use crate::plan::PlanFile;
 
@@ -63,16 +63,7 @@ pub struct LinearSlots {
 /// Node `n` of `model` as a linear layer ([`Op::linear`](crate::ops::Op::linear)) whose
 /// weight is the constant at port 1; `None` for anything else.
 pub fn linear(model: &Model, shapes: &Shapes, n: NodeId) -> Option<Linear> {
-    let g = &model.graph;
-    let node = g.node(n);
-    let op = crate::ops::lookup(&node.domain, &node.op_type)?;
-    let rank = |v: Option<ValueId>| shapes.get(v?)?.rank();
-    op.linear(&LinearCx {
-        node,
-        weight: g.init(node.input(1)?)?.shape(),
-        input_rank: rank(node.input(0)),
-        output_rank: rank(node.output(0)),
-    })
+    crate::ops::linear::of_node(model, shapes, n)
 }
 
 /// The channel slots of `n` when it is a [`linear`] layer; `None` for anything else.
