@@ -162,6 +162,7 @@ impl Runner {
                 nesterov: false,
                 weight_decay: 5e-4,
             },
+            blocked_convolutions: lopper::runtime::ort::channel_block(),
             ..Default::default()
         };
         let t = Instant::now();

@@ -172,6 +172,51 @@ impl OrtSession {
     }
 }
 
+/// The channel block of ONNX Runtime's blocked (NCHWc) CPU convolution kernels on this
+/// machine, or `None` when they do not run here (no such kernels for the CPU, or no ONNX
+/// Runtime). Found once per process by running
+/// [`crate::train::block_convolutions::probe_model`] for blocks 16 and 8 and keeping the one
+/// whose blocked convolution reproduces the plain one: no CPU feature table to keep in step
+/// with ONNX Runtime's own dispatch. `LOPPER_BLOCKED_CONV=0` turns the lowering off.
+pub fn channel_block() -> Option<usize> {
+    static BLOCK: OnceLock<Option<usize>> = OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        if std::env::var("LOPPER_BLOCKED_CONV").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        find_library()?;
+        [16, 8]
+            .into_iter()
+            .find(|&b| probe_block(b).unwrap_or(false))
+    })
+}
+
+/// Whether the probe model lowered with block `b` agrees with its plain convolution.
+fn probe_block(b: usize) -> Result<bool> {
+    use crate::train::block_convolutions::{probe_inputs, probe_model};
+    let dir = crate::temp_dir::TempDir::new("nchwc-probe")?;
+    let path = dir.path().join("probe.onnx");
+    probe_model(b)?.save(&path, &Default::default())?;
+    let opts = RuntimeOptions {
+        threads: Some(1),
+        ..RuntimeOptions::default()
+    };
+    let mut s = OrtSession::load_for_check(&path, &opts, true)?;
+    let out = s.run(&probe_inputs())?;
+    let [(_, plain), (_, blocked)] = &out[..] else {
+        return Ok(false);
+    };
+    let (Some(p), Some(q)) = (plain.to_f64_vec(), blocked.to_f64_vec()) else {
+        return Ok(false);
+    };
+    let scale = p.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let worst = p
+        .iter()
+        .zip(&q)
+        .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+    Ok(p.len() == q.len() && scale > 0.0 && worst <= 1e-4 * scale)
+}
+
 /// How much of ONNX Runtime's graph optimisation a session gets.
 #[derive(Clone, Copy, PartialEq)]
 enum Level {

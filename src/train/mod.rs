@@ -4,7 +4,8 @@
 //! The step's pieces: [`autodiff`] (reverse-mode differentiation through the ops' backward
 //! rules), [`bn_train`] (BatchNormalization in training mode), [`dropout`] (Dropout with
 //! host-fed noise), [`loss`], [`regularize`], [`optim`], and [`step`] (which assembles them
-//! into one graph). The run around it: [`options`] (what a run is given and reports, and the
+//! into one graph); [`block_convolutions`] lowers its convolutions to ONNX Runtime's blocked CPU
+//! kernels. The run around it: [`options`] (what a run is given and reports, and the
 //! commands' defaults), [`sparsity`] (the `--sparsity` specs) and [`masks`] (masked L1 from a
 //! pruning plan), [`init`] (preparing and re-initialising the model), [`samples`] (the
 //! training split in memory, batches, augmentation), [`schedule`] (learning rate and
@@ -12,6 +13,7 @@
 //! [`runner`] (the loop); [`diagnose`] finds where a step first goes non-finite.
 
 pub mod autodiff;
+pub mod block_convolutions;
 pub mod bn_train;
 pub mod check;
 pub mod checkpoint;

@@ -170,6 +170,9 @@ fn compile(model: &Model, opts: &TrainOptions) -> Result<(Model, TrainStep)> {
         composed_batch_norm: opts.runtime.device == Device::Cuda,
         weight_masks: opts.weight_masks.clone(),
         gradient_outputs: false,
+        blocked_convolutions: (opts.runtime.device == Device::Cpu)
+            .then(crate::runtime::ort::channel_block)
+            .flatten(),
     };
     let ts = compile_train_step(&prepared, &step_opts)?;
     Ok((prepared, ts))

@@ -62,6 +62,10 @@ pub struct StepOptions {
     /// Also output every parameter's gradient (loss plus regularizer terms, before the
     /// update and after its mask) as `{name}.grad` ([`TrainStep::gradients`]).
     pub gradient_outputs: bool,
+    /// Lower the convolutions to ONNX Runtime's channel-blocked CPU kernels with this block
+    /// ([`super::block_convolutions`]; [`crate::runtime::ort::channel_block`] gives this
+    /// machine's); `None` keeps standard `Conv` nodes (any runtime, the CUDA provider).
+    pub blocked_convolutions: Option<usize>,
 }
 
 impl Default for StepOptions {
@@ -76,6 +80,7 @@ impl Default for StepOptions {
             composed_batch_norm: false,
             weight_masks: Default::default(),
             gradient_outputs: false,
+            blocked_convolutions: None,
         }
     }
 }
@@ -300,6 +305,9 @@ where
         outs.list.len() - 1
     });
     let names = name_outputs(&mut m.graph, std::mem::take(&mut outs.list));
+    if let Some(block) = opts.blocked_convolutions {
+        super::block_convolutions::block_convolutions(&mut m, block)?;
+    }
     crate::ir::verify(&m.graph)?;
 
     let name_of = |v: Option<ValueId>| v.map(|v| m.graph.value(v).name.clone());

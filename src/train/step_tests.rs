@@ -109,6 +109,7 @@ fn options() -> StepOptions {
         composed_batch_norm: false,
         weight_masks: Default::default(),
         gradient_outputs: false,
+        blocked_convolutions: None,
     }
 }
 
