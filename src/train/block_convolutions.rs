@@ -196,7 +196,7 @@ pub fn probe_model(block: usize) -> Result<Model> {
 
 /// Seeded probe inputs (`x`, `w`) for [`probe_model`]: distinct values in every channel.
 pub fn probe_inputs() -> Vec<(String, Tensor)> {
-    let mut rng = crate::rng::SplitMix64::new(0x6e63_6877_63);
+    let mut rng = crate::rng::SplitMix64::new(0x006e_6368_7763);
     let mut draw =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect() };
     vec![
