@@ -9,7 +9,10 @@
 //! of one model, then the next model. A pair's ratio is PyTorch's median step time over
 //! lopper's (above 1: lopper faster); the summary gives each pair and the median ratio. A
 //! ResNet-56 pruned to FLOPs ×0.5 (`lopper prune`, default options) runs in the same rounds:
-//! its speed-up over the unpruned step is set against its MACs ratio.
+//! its speed-up over the unpruned step is set against its MACs ratio. Each unpruned model's
+//! step runs twice: as `lopper train` compiles it on this CPU (convolutions lowered to ONNX
+//! Runtime's channel-blocked kernels, `train::block_convolutions`) and with standard `Conv`
+//! nodes (`… std conv`, no PyTorch pair), so the lowering's gain is measured in the same run.
 //!
 //! PyTorch comes from `scripts/setup-torch.sh` (`.deps/torch`, pinned; never needed by the
 //! tests). Without it the bench says so and reports lopper alone, with no ratio.
@@ -19,7 +22,8 @@
 //! `LOPPER_BENCH_THREADS` (default 2), `LOPPER_BENCH_SPIN` (default 0: idle ORT threads
 //! sleep, as in `lopper train`; 1 is ORT's busy-wait), `LOPPER_BENCH_MODELS` (comma-separated substrings of the model
 //! names), `LOPPER_BENCH_SAVE` (a folder to keep the step graphs in, for profiling),
-//! `LOPPER_BENCH_TORCH` (a folder with PyTorch for PYTHONPATH instead of `.deps/torch`).
+//! `LOPPER_BENCH_TORCH` (a folder with PyTorch for PYTHONPATH instead of `.deps/torch`),
+//! `LOPPER_BENCH_PLAIN` (default 1; 0 skips the standard-Conv steps).
 //!
 //! Run with `cargo bench --bench train_step`; under `cargo test` it only checks that it
 //! builds. Needs ONNX Runtime (`ORT_DYLIB_PATH`) and the shared models.
@@ -42,6 +46,9 @@ use lopper::train::optim::Optimizer;
 use lopper::train::{compile_train_step, StepOptions, TrainStep};
 
 const BATCH: usize = 128;
+
+/// Name suffix of the standard-Conv step timed beside the blocked one.
+const PLAIN: &str = "std conv";
 
 /// (file under `models/pretrained`, short name, blocks per stage of the PyTorch reference).
 const MODELS: [(&str, &str, usize); 2] = [
@@ -146,6 +153,7 @@ impl Runner {
         name: &str,
         reference: Option<Reference>,
         ropts: &RuntimeOptions,
+        block: Option<usize>,
     ) -> Runner {
         let model = Model::load(path).expect("load model");
         let shapes = lopper::analysis::infer_shapes(&model).expect("shapes");
@@ -162,7 +170,7 @@ impl Runner {
                 nesterov: false,
                 weight_decay: 5e-4,
             },
-            blocked_convolutions: lopper::runtime::ort::channel_block(),
+            blocked_convolutions: block,
             ..Default::default()
         };
         let t = Instant::now();
@@ -172,7 +180,10 @@ impl Runner {
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&dir).expect("create the output folder");
-        let file = dir.join(format!("train_step_{}.onnx", name.to_lowercase()));
+        let file = dir.join(format!(
+            "train_step_{}.onnx",
+            name.to_lowercase().replace(' ', "_")
+        ));
         step.model
             .save(&file, &Default::default())
             .expect("save the step");
@@ -354,6 +365,9 @@ fn main() {
                 .split(',')
                 .any(|f| name.to_lowercase().contains(&f.to_lowercase()))
     };
+    // What `lopper train` compiles on this CPU, and the standard-Conv step beside it.
+    let block = lopper::runtime::ort::channel_block();
+    let compare_plain = env_usize("LOPPER_BENCH_PLAIN", 1) != 0;
     let scratch = std::env::temp_dir().join(format!("lopper-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("create a scratch folder");
     let mut runners = Vec::new();
@@ -369,11 +383,21 @@ fn main() {
             } else {
                 None
             };
-            runners.push(Runner::new(&path, name, reference, &ropts));
+            runners.push(Runner::new(&path, name, reference, &ropts, block));
+            if block.is_some() && compare_plain {
+                let plain = format!("{name} {PLAIN}");
+                runners.push(Runner::new(&path, &plain, None, &ropts, None));
+            }
         }
         if blocks == 9 && wanted("ResNet-56 pruned") {
             let pruned = pruned_resnet56(&path, &scratch);
-            runners.push(Runner::new(&pruned, "ResNet-56 pruned", None, &ropts));
+            runners.push(Runner::new(
+                &pruned,
+                "ResNet-56 pruned",
+                None,
+                &ropts,
+                block,
+            ));
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
@@ -395,7 +419,7 @@ fn main() {
             r.pairs.push(pair);
             if let Some(t) = theirs {
                 println!(
-                    "round {}: {:<17} lopper {:>6.1} img/s  PyTorch {:>6.1} img/s  ratio {:.2}",
+                    "round {}: {:<19} lopper {:>6.1} img/s  PyTorch {:>6.1} img/s  ratio {:.2}",
                     round + 1,
                     r.name,
                     BATCH as f64 / pair.0,
@@ -412,7 +436,7 @@ fn main() {
         if spin { "on" } else { "off" }
     );
     println!(
-        "{:<17} {:>8} {:>11} {:>13} {:>18} {:>14}",
+        "{:<19} {:>8} {:>11} {:>13} {:>18} {:>14}",
         "model", "ms/step", "lopper img/s", "PyTorch img/s", "ratio per round", "median ratio"
     );
     let unpruned56 = runners
@@ -438,7 +462,7 @@ fn main() {
             format!("{:.2}×", median(ratios.clone()))
         };
         println!(
-            "{:<17} {:>8.1} {:>11.1} {:>13} {:>18} {:>14}   loss {:.3}→{:.3}",
+            "{:<19} {:>8.1} {:>11.1} {:>13} {:>18} {:>14}   loss {:.3}→{:.3}",
             r.name,
             med * 1e3,
             BATCH as f64 / med,
@@ -452,6 +476,25 @@ fn main() {
             r.losses.first().copied().unwrap_or(f64::NAN),
             r.losses.last().copied().unwrap_or(f64::NAN),
         );
+    }
+    for r in &runners {
+        let Some(base) = r.name.strip_suffix(&format!(" {PLAIN}")) else {
+            continue;
+        };
+        if let Some(b) = runners.iter().find(|b| b.name == base) {
+            let per_round: Vec<String> = b
+                .pairs
+                .iter()
+                .zip(&r.pairs)
+                .map(|(x, y)| format!("{:.2}", x.0 / y.0))
+                .collect();
+            println!(
+                "{base}: the blocked-convolution step takes ×{:.3} of the standard-Conv step's \
+                 time (per round: {})",
+                median(b.times.clone()) / median(r.times.clone()),
+                per_round.join(", ")
+            );
+        }
     }
     if let (Some((full, full_macs)), Some(p)) = (
         unpruned56,
