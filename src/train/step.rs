@@ -1,6 +1,8 @@
 //! Compiles an inference model into one ONNX *train step*: forward with BatchNormalization in
 //! training mode, loss, backward ([`super::gradients`]), regularizer terms and optimizer
-//! update, all standard ops (opset ≥ 17) that ONNX Runtime runs.
+//! update, all standard ops (opset ≥ 17) that ONNX Runtime runs, except that with
+//! [`StepOptions::blocked_convolutions`] the convolutions become ONNX Runtime's
+//! channel-blocked CPU kernels ([`super::block_convolutions`]).
 //!
 //! **Parameters** are the float32 initializers of rank ≥ 1 whose every use is a weight input as
 //! its op declares it ([`crate::ops::Op::weight_input`]: Conv/ConvTranspose W and B, Gemm and
