@@ -7,7 +7,8 @@
 //! architectures rebuilt with identical shapes (`benches/torch_reference.py`, a server process
 //! per model), run in turns with lopper: each round times K lopper steps, then K PyTorch steps,
 //! of one model, then the next model. A pair's ratio is PyTorch's median step time over
-//! lopper's (above 1: lopper faster); the summary gives each pair and the median ratio. A
+//! lopper's (above 1: lopper faster); the summary gives each pair, the median ratio and the
+//! spread of lopper's own figure (slowest round's median step over the fastest's). A
 //! ResNet-56 pruned to FLOPs ×0.5 (`lopper prune`, default options) runs in the same rounds:
 //! its speed-up over the unpruned step is set against its MACs ratio. Each unpruned model's
 //! step runs twice: as `lopper train` compiles it on this CPU (convolutions lowered to ONNX
@@ -288,6 +289,18 @@ impl Runner {
     }
 }
 
+/// The run-to-run spread of lopper's own figure: the slowest round's median step over the
+/// fastest's (1 when there is one round).
+fn spread(pairs: &[(f64, Option<f64>)]) -> f64 {
+    let times = pairs.iter().map(|p| p.0);
+    let (lo, hi) = times.fold((f64::INFINITY, 0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    if lo.is_finite() && lo > 0.0 {
+        hi / lo
+    } else {
+        1.0
+    }
+}
+
 /// xorshift64, as a float32 uniform in `[0, 1)`.
 fn xorshift_f32(s: &mut u64) -> f32 {
     *s ^= *s << 13;
@@ -436,8 +449,14 @@ fn main() {
         if spin { "on" } else { "off" }
     );
     println!(
-        "{:<19} {:>8} {:>11} {:>13} {:>18} {:>14}",
-        "model", "ms/step", "lopper img/s", "PyTorch img/s", "ratio per round", "median ratio"
+        "{:<19} {:>8} {:>11} {:>13} {:>18} {:>14} {:>7}",
+        "model",
+        "ms/step",
+        "lopper img/s",
+        "PyTorch img/s",
+        "ratio per round",
+        "median ratio",
+        "spread"
     );
     let unpruned56 = runners
         .iter()
@@ -462,7 +481,7 @@ fn main() {
             format!("{:.2}×", median(ratios.clone()))
         };
         println!(
-            "{:<19} {:>8.1} {:>11.1} {:>13} {:>18} {:>14}   loss {:.3}→{:.3}",
+            "{:<19} {:>8.1} {:>11.1} {:>13} {:>18} {:>14} {:>7.3}   loss {:.3}→{:.3}",
             r.name,
             med * 1e3,
             BATCH as f64 / med,
@@ -473,6 +492,7 @@ fn main() {
                 per_round.join(", ")
             },
             summary,
+            spread(&r.pairs),
             r.losses.first().copied().unwrap_or(f64::NAN),
             r.losses.last().copied().unwrap_or(f64::NAN),
         );
