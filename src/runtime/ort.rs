@@ -191,7 +191,8 @@ pub fn channel_block() -> Option<usize> {
     })
 }
 
-/// Whether the probe model lowered with block `b` agrees with its plain convolution.
+/// Whether every blocked convolution of the probe model lowered with block `b` agrees with its
+/// plain twin.
 fn probe_block(b: usize) -> Result<bool> {
     use crate::train::block_convolutions::{probe_inputs, probe_model};
     let dir = crate::temp_dir::TempDir::new("nchwc-probe")?;
@@ -203,18 +204,24 @@ fn probe_block(b: usize) -> Result<bool> {
     };
     let mut s = OrtSession::load_for_check(&path, &opts, true)?;
     let out = s.run(&probe_inputs())?;
-    let [(_, plain), (_, blocked)] = &out[..] else {
+    // Outputs in pairs: each form's plain convolution, then its blocked one.
+    if out.is_empty() || out.len() % 2 != 0 {
         return Ok(false);
-    };
-    let (Some(p), Some(q)) = (plain.to_f64_vec(), blocked.to_f64_vec()) else {
-        return Ok(false);
-    };
-    let scale = p.iter().fold(0f64, |a, v| a.max(v.abs()));
-    let worst = p
-        .iter()
-        .zip(&q)
-        .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
-    Ok(p.len() == q.len() && scale > 0.0 && worst <= 1e-4 * scale)
+    }
+    for pair in out.chunks(2) {
+        let (Some(p), Some(q)) = (pair[0].1.to_f64_vec(), pair[1].1.to_f64_vec()) else {
+            return Ok(false);
+        };
+        let scale = p.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let worst = p
+            .iter()
+            .zip(&q)
+            .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        if p.len() != q.len() || scale == 0.0 || worst > 1e-4 * scale {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// How much of ONNX Runtime's graph optimisation a session gets.

@@ -3,8 +3,9 @@
 //!
 //! ONNX Runtime applies that rewrite only to convolutions whose weights are constants, so a
 //! train step, whose weights are inputs, ran every convolution through the plain im2col
-//! kernel. Here each qualifying float32 `Conv` (2-D, ungrouped, input and output channels
-//! multiples of the block) becomes
+//! kernel. Here each qualifying float32 2-D `Conv` (ungrouped with input and output channels
+//! multiples of the block; depthwise with a multiple of the block; or reading an image's 1 or
+//! 3 channels) becomes, in the ungrouped form,
 //!
 //! ```text
 //! X ─ ReorderInput ─┐
@@ -12,14 +13,15 @@
 //! ```
 //!
 //! the weight reordered in the graph each step (it is small) into the kernel's filter layout
-//! `[M/b][C/b][kh][kw][b_in][b_out]`. That covers the forward convolutions and the unit-stride
-//! input gradients (themselves convolutions, `ops/conv.rs`): the ResNet-20 step at batch 128
-//! runs 15% faster on 2 threads. The block size `b` belongs to the CPU (8 with AVX2, 16 with
+//! `[M/b][C/b][kh][kw][b_in][b_out]` (`[M/b][C/group][kh][kw][b_out]` for the depthwise and
+//! image-input forms, the latter reading X as it is). That covers the forward convolutions
+//! and the unit-stride input gradients (themselves convolutions, `ops/conv.rs`): the ResNet-20
+//! step at batch 128 runs 15% faster on 2 threads. The block size `b` belongs to the CPU (8 with AVX2, 16 with
 //! AVX-512), so a lowered step is for the machine it was compiled on;
 //! [`crate::runtime::ort::channel_block`] finds it by running [`probe_model`] through ONNX
-//! Runtime. Not lowered: grouped and depthwise convolutions, widths that are not multiples of
-//! the block (the first layer's 3 input channels), 1-D and 3-D convolutions, `ConvTranspose`.
-//! Not for the CUDA provider, which has no such kernels.
+//! Runtime. Not lowered: other grouped convolutions, widths that are not multiples of the
+//! block (padding them measured slower than the plain kernel), 1-D and 3-D convolutions,
+//! `ConvTranspose`. Not for the CUDA provider, which has no such kernels.
 
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::{Error, Result};
@@ -32,6 +34,21 @@ use super::emit::{add_input, dtype_of};
 /// The contrib-op domain of ONNX Runtime's channel-blocked kernels.
 pub const DOMAIN: &str = "com.microsoft.nchwc";
 
+/// How a convolution is lowered: which input layout the blocked kernel reads and how the
+/// filter is reordered (ONNX Runtime's own rewrite uses these three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Ungrouped, input and output channels multiples of the block: blocked X, filter
+    /// `[M/b][C/b][kh][kw][b_in][b_out]`.
+    Full,
+    /// Depthwise (`group = C = M`, a multiple of the block): blocked X, filter
+    /// `[C/b][1][kh][kw][b]`.
+    Depthwise,
+    /// Ungrouped with fewer input channels than the block and not a multiple of 4 (an image's 1
+    /// or 3, which the blocked input reorder refuses): plain NCHW X, filter `[M/b][C][kh][kw][b]`.
+    PlainInput,
+}
+
 /// Rewrites every qualifying `Conv` of `m` to the blocked kernels with block `block`; returns
 /// how many were rewritten. The model needs static shapes on the convolutions (a train step
 /// has them).
@@ -43,13 +60,13 @@ pub fn block_convolutions(m: &mut Model, block: usize) -> Result<usize> {
     }
     let shapes = infer_shapes(m)?;
     let opset = m.opset();
-    let convs: Vec<(NodeId, [usize; 4], [usize; 4])> = m
+    let convs: Vec<(NodeId, Form, [usize; 4])> = m
         .graph
         .node_ids()
-        .filter_map(|id| qualifies(&m.graph, &shapes, id, block).map(|(x, w)| (id, x, w)))
+        .filter_map(|id| qualifies(&m.graph, &shapes, id, block).map(|(f, w)| (id, f, w)))
         .collect();
-    for &(id, _, ws) in &convs {
-        lower(&mut m.graph, opset, id, ws, block);
+    for &(id, form, ws) in &convs {
+        lower(&mut m.graph, opset, id, form, ws, block);
     }
     if !convs.is_empty() && !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
         m.rest.opset_import.push(OperatorSetIdProto {
@@ -60,67 +77,84 @@ pub fn block_convolutions(m: &mut Model, block: usize) -> Result<usize> {
     Ok(convs.len())
 }
 
-/// X's and W's shapes when node `id` is a float32 2-D ungrouped `Conv` whose channel counts
-/// are multiples of `block`.
-fn qualifies(
-    g: &Graph,
-    shapes: &Shapes,
-    id: NodeId,
-    block: usize,
-) -> Option<([usize; 4], [usize; 4])> {
+/// The form and W's shape when node `id` is a float32 2-D `Conv` that one of the [`Form`]s
+/// covers.
+fn qualifies(g: &Graph, shapes: &Shapes, id: NodeId, block: usize) -> Option<(Form, [usize; 4])> {
     let n = g.node(id);
-    if n.op_type != "Conv" || !is_default_domain(&n.domain) || n.attr_i("group").unwrap_or(1) != 1 {
+    if n.op_type != "Conv" || !is_default_domain(&n.domain) || n.output(0).is_none() {
         return None;
     }
-    let (x, w) = (n.input(0)?, n.input(1)?);
-    let shape = |v: ValueId| -> Option<[usize; 4]> {
-        let dims = shapes.get(v)?.shape.as_ref()?;
-        let known: Vec<usize> = dims.iter().map(|d| d.known()).collect::<Option<_>>()?;
-        known.try_into().ok()
+    // W alone decides: ONNX makes X float32 of rank 4 with `ws[1]·group` channels when W is
+    // float32 of rank 4, and the backward's dY often has no static shape (a `Reshape` to a
+    // shape computed at run time upstream).
+    let w = n.input(1)?;
+    let dims = shapes.get(w)?.shape.as_ref()?;
+    let known: Vec<usize> = dims.iter().map(|d| d.known()).collect::<Option<_>>()?;
+    let ws: [usize; 4] = known.try_into().ok()?;
+    if dtype_of(shapes, w) != DType::F32 || shapes.get(w)?.dtype.is_none() {
+        return None;
+    }
+    let group = usize::try_from(n.attr_i("group").unwrap_or(1)).ok()?;
+    let (c, m) = (ws[1] * group, ws[0]);
+    if m % block != 0 {
+        return None;
+    }
+    let form = if group == 1 && c % block == 0 {
+        Form::Full
+    } else if group > 1 && group == c && group == m && ws[1] == 1 && c % block == 0 {
+        Form::Depthwise
+    } else if group == 1 && c < block && c % 4 != 0 {
+        Form::PlainInput
+    } else {
+        return None;
     };
-    let (xs, ws) = (shape(x)?, shape(w)?);
-    let fits = ws[0] % block == 0 && ws[1] % block == 0 && xs[1] == ws[1];
-    let float = dtype_of(shapes, x) == DType::F32 && dtype_of(shapes, w) == DType::F32;
-    (fits && float && n.output(0).is_some()).then_some((xs, ws))
+    Some((form, ws))
 }
 
-/// Rewrites `Conv` node `id` (weight shape `ws`) in place into the blocked form.
-fn lower(g: &mut Graph, opset: i64, id: NodeId, ws: [usize; 4], block: usize) {
+/// Rewrites `Conv` node `id` (weight shape `ws`) in place into `form`.
+fn lower(g: &mut Graph, opset: i64, id: NodeId, form: Form, ws: [usize; 4], block: usize) {
     let node = g.node(id);
     let (x, w, y) = (node.input(0), node.input(1), node.output(0));
     let (Some(x), Some(w), Some(y)) = (x, w, y) else {
         return;
     };
     let prefix = format!("{}/nchwc", node.name);
-    let [m_out, c_in, kh, kw] = ws.map(|d| d as i64);
-    let b = block as i64;
+    let [m, i, kh, kw] = ws;
     let mut bld = Builder::new(g, prefix.clone(), opset);
-    let w6 = bld.reshape(
-        w,
-        &[ws[0] / block, block, ws[1] / block, block, ws[2], ws[3]],
-    );
-    let w6 = bld.transpose(w6, &[0, 2, 4, 5, 3, 1]);
-    let wb = bld.reshape(w6, &ws);
-    debug_assert_eq!(m_out * c_in * kh * kw % (b * b), 0);
-    let xb = contrib(
-        g,
-        &format!("{prefix}/ReorderInput"),
-        "ReorderInput",
-        x,
-        vec![],
-    );
-    g.set_input(id, 0, Some(xb));
+    let wb = match form {
+        Form::Full => {
+            let w6 = bld.reshape(w, &[m / block, block, i / block, block, kh, kw]);
+            let w6 = bld.transpose(w6, &[0, 2, 4, 5, 3, 1]);
+            bld.reshape(w6, &ws)
+        }
+        Form::Depthwise | Form::PlainInput => {
+            let w5 = bld.reshape(w, &[m / block, block, i, kh, kw]);
+            let w5 = bld.transpose(w5, &[0, 2, 3, 4, 1]);
+            bld.reshape(w5, &ws)
+        }
+    };
+    if form != Form::PlainInput {
+        let xb = contrib(
+            g,
+            &format!("{prefix}/ReorderInput"),
+            "ReorderInput",
+            x,
+            vec![],
+        );
+        g.set_input(id, 0, Some(xb));
+    }
     g.set_input(id, 1, Some(wb));
     g.node_mut(id).domain = DOMAIN.into();
     // The blocked output, then the plain one under Y's own value (its readers stay).
     let yb = g.add_value(&format!("{prefix}/blocked"));
     g.set_output(id, 0, yb);
+    let channels = crate::ir::graph::attr_int("channels", m as i64);
     let reorder = g.add_node(
         &format!("{prefix}/ReorderOutput"),
         "ReorderOutput",
         &[Some(yb)],
         &[&format!("{prefix}/ReorderOutput_out")],
-        vec![crate::ir::graph::attr_int("channels", m_out)],
+        vec![channels],
     );
     g.node_mut(reorder).domain = DOMAIN.into();
     if let Some(stale) = g.node(reorder).output(0) {
@@ -148,19 +182,35 @@ fn contrib(
     g.node(id).output(0).expect("a new node has its output")
 }
 
-/// A model that computes one 3×3 convolution of `x` `[1, 16, 6, 6]` by `w` `[16, 16, 3, 3]`
-/// (both inputs) twice: plainly as `plain`, and lowered with `block` as `blocked`. The two
-/// agree exactly when `block` is the runtime's block size (a wrong layout mixes channels).
+/// The probe's convolutions, one per [`Form`]: name, X's shape, W's shape, group.
+const PROBES: [(&str, [usize; 4], [usize; 4], i64); 3] = [
+    ("full", [1, 16, 6, 6], [16, 16, 3, 3], 1),
+    ("depthwise", [1, 16, 6, 6], [16, 1, 3, 3], 16),
+    ("image", [1, 3, 6, 6], [16, 3, 3, 3], 1),
+];
+
+/// A model that computes each [`Form`]'s probe convolution (3×3, pads 1, of inputs
+/// `{name}.x` by `{name}.w`) twice: plainly as `{name}.plain`, and lowered with `block` as
+/// `{name}.blocked`. Each pair agrees exactly when `block` is the runtime's block size and
+/// the runtime reads the layouts as lowered (a wrong layout mixes channels).
 pub fn probe_model(block: usize) -> Result<Model> {
     let mut g = Graph::new();
-    let x = add_input(&mut g, "x", DType::F32, &[1, 16, 6, 6]);
-    let w = add_input(&mut g, "w", DType::F32, &[16, 16, 3, 3]);
     let pads = crate::ir::graph::attr_ints("pads", &[1, 1, 1, 1]);
-    for out in ["plain", "blocked"] {
-        let id = g.add_node(out, "Conv", &[Some(x), Some(w)], &[out], vec![pads.clone()]);
-        let y = g.node(id).output(0).expect("a new node has its output");
-        super::emit::declare(&mut g, y, DType::F32, &[1, 16, 6, 6]);
-        g.outputs.push(y);
+    let mut lowered = Vec::new();
+    for (name, xs, ws, group) in PROBES {
+        let x = add_input(&mut g, &format!("{name}.x"), DType::F32, &xs);
+        let w = add_input(&mut g, &format!("{name}.w"), DType::F32, &ws);
+        let attrs = vec![pads.clone(), crate::ir::graph::attr_int("group", group)];
+        for kind in ["plain", "blocked"] {
+            let out = format!("{name}.{kind}");
+            let id = g.add_node(&out, "Conv", &[Some(x), Some(w)], &[&out], attrs.clone());
+            let y = g.node(id).output(0).expect("a new node has its output");
+            super::emit::declare(&mut g, y, DType::F32, &[1, ws[0], xs[2], xs[3]]);
+            g.outputs.push(y);
+            if kind == "blocked" {
+                lowered.push(id);
+            }
+        }
     }
     let mut m = Model {
         graph: g,
@@ -173,19 +223,17 @@ pub fn probe_model(block: usize) -> Result<Model> {
             ..Default::default()
         },
     };
-    let blocked = m.graph.value_by_name("blocked");
     let shapes = infer_shapes(&m)?;
-    let id = blocked
-        .and_then(|v| m.graph.value(v).producer)
-        .map(|(id, _)| id)
-        .ok_or_else(|| Error::Graph("the probe lost its blocked convolution".into()))?;
-    let Some((_, ws)) = qualifies(&m.graph, &shapes, id, block) else {
-        return Err(Error::Usage(format!(
-            "a channel block of {block} does not divide the probe's 16 channels"
-        )));
-    };
     let opset = m.opset();
-    lower(&mut m.graph, opset, id, ws, block);
+    for id in lowered {
+        let Some((form, ws)) = qualifies(&m.graph, &shapes, id, block) else {
+            return Err(Error::Usage(format!(
+                "a channel block of {block} does not fit the probe's convolution '{}'",
+                m.graph.node(id).name
+            )));
+        };
+        lower(&mut m.graph, opset, id, form, ws, block);
+    }
     m.rest.opset_import.push(OperatorSetIdProto {
         domain: Some(DOMAIN.into()),
         version: Some(1),
@@ -194,21 +242,20 @@ pub fn probe_model(block: usize) -> Result<Model> {
     Ok(m)
 }
 
-/// Seeded probe inputs (`x`, `w`) for [`probe_model`]: distinct values in every channel.
+/// Seeded inputs for [`probe_model`]: distinct values in every channel.
 pub fn probe_inputs() -> Vec<(String, Tensor)> {
     let mut rng = crate::rng::SplitMix64::new(0x006e_6368_7763);
-    let mut draw =
-        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect() };
-    vec![
-        (
-            "x".into(),
-            Tensor::from_f32(vec![1, 16, 6, 6], &draw(16 * 36)),
-        ),
-        (
-            "w".into(),
-            Tensor::from_f32(vec![16, 16, 3, 3], &draw(256 * 9)),
-        ),
-    ]
+    let mut draw = |shape: [usize; 4]| -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
+        Tensor::from_f32(shape.to_vec(), &v)
+    };
+    let mut inputs = Vec::new();
+    for (name, xs, ws, _) in PROBES {
+        inputs.push((format!("{name}.x"), draw(xs)));
+        inputs.push((format!("{name}.w"), draw(ws)));
+    }
+    inputs
 }
 
 #[cfg(test)]
@@ -216,24 +263,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lowering_rewires_the_convolution_and_keeps_its_output() {
+    fn each_form_is_lowered_and_keeps_its_output() {
         let m = probe_model(8).unwrap();
         let g = &m.graph;
-        let ops: Vec<(String, String)> = g
-            .node_ids()
-            .map(|id| (g.node(id).domain.clone(), g.node(id).op_type.clone()))
-            .collect();
-        for op in ["ReorderInput", "Conv", "ReorderOutput"] {
-            assert!(
-                ops.contains(&(DOMAIN.into(), op.into())),
-                "{op} missing: {ops:?}"
-            );
+        let count = |domain: &str, op: &str| {
+            g.node_ids()
+                .filter(|&id| g.node(id).domain == domain && g.node(id).op_type == op)
+                .count()
+        };
+        assert_eq!(count(DOMAIN, "Conv"), 3);
+        assert_eq!(count("", "Conv"), 3);
+        // The image-input form reads plain NCHW: two reorders in, three out.
+        assert_eq!(count(DOMAIN, "ReorderInput"), 2);
+        assert_eq!(count(DOMAIN, "ReorderOutput"), 3);
+        for (name, ..) in PROBES {
+            let y = g.value_by_name(&format!("{name}.blocked")).unwrap();
+            let (p, _) = g.value(y).producer.unwrap();
+            assert_eq!(g.node(p).op_type, "ReorderOutput", "{name}");
         }
-        // The plain convolution stays, and the blocked one still produces `blocked`.
-        assert!(ops.contains(&(String::new(), "Conv".into())));
-        let y = g.value_by_name("blocked").unwrap();
-        let (p, _) = g.value(y).producer.unwrap();
-        assert_eq!(g.node(p).op_type, "ReorderOutput");
+        // 16 channels are not a whole number of blocks of 5.
         assert!(probe_model(5).is_err());
     }
 }
