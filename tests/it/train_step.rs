@@ -286,18 +286,8 @@ fn composed_batch_norm_step_matches_the_fused_one() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
-    let model = Model::load(&path).unwrap();
-    let mut pruned = model.clone();
-    let opts = PruneOptions {
-        selection: Selection::Scored(Scored::new(
-            CriterionKind::L1,
-            Amount::Target(Budget::Flops(0.5)),
-        )),
-        verify_with: Vec::new(),
-        tolerance: 1e-4,
-    };
-    prune(&mut pruned, &opts).unwrap();
+    let model = resnet20();
+    let pruned = resnet20_halved(1);
     for (name, m) in [("resnet20", &model), ("resnet20 flops=0.5", &pruned)] {
         let fused = compile_train_step(m, &plain_sgd(8)).unwrap();
         let composed = compile_train_step(
@@ -325,6 +315,25 @@ fn composed_batch_norm_step_matches_the_fused_one() {
         assert_eq!(count(&composed), 0, "{name}: a training-mode node is left");
         assert_same_step(name, &fused, &composed, m, dir.path());
     }
+}
+
+/// The pretrained CIFAR-10 ResNet-20.
+fn resnet20() -> Model {
+    Model::load(shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx")).unwrap()
+}
+
+/// ResNet-20 pruned globally (l1) to half its FLOPs, kept widths multiples of `round_to`.
+fn resnet20_halved(round_to: usize) -> Model {
+    let mut m = resnet20();
+    let mut scored = Scored::new(CriterionKind::L1, Amount::Target(Budget::Flops(0.5)));
+    scored.allocate.constraints.round_to = round_to;
+    let opts = PruneOptions {
+        selection: Selection::Scored(scored),
+        verify_with: Vec::new(),
+        tolerance: 1e-4,
+    };
+    prune(&mut m, &opts).unwrap();
+    m
 }
 
 /// Runs one step of `a` and of `b` (two compilations of `model`) on the same feed and checks
@@ -415,28 +424,7 @@ fn blocked_convolution_step_matches_the_plain_one() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let r20 = Model::load(shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx")).unwrap();
-    let mut pruned = r20.clone();
-    let opts = PruneOptions {
-        selection: Selection::Scored(Scored::new(
-            CriterionKind::L1,
-            Amount::Target(Budget::Flops(0.5)),
-        )),
-        verify_with: Vec::new(),
-        tolerance: 1e-4,
-    };
-    prune(&mut pruned, &opts).unwrap();
-    let mut rounded = r20.clone();
-    let mut scored = Scored::new(CriterionKind::L1, Amount::Target(Budget::Flops(0.5)));
-    scored.allocate.constraints.round_to = 8;
-    prune(
-        &mut rounded,
-        &PruneOptions {
-            selection: Selection::Scored(scored),
-            ..opts
-        },
-    )
-    .unwrap();
+    let (r20, pruned, rounded) = (resnet20(), resnet20_halved(1), resnet20_halved(8));
     // Every form: an image-input stem with a bias, depthwise, 1×1 and 3×3 convolutions, and a
     // grouped one that stays plain.
     let forms = crate::graphs::chain(
