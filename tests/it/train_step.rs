@@ -401,11 +401,12 @@ fn output_classes(model: &Model) -> i64 {
 /// (`train::block_convolutions`, what `lopper train` compiles on the CPU) computes what the
 /// standard step computes, on ResNet-20 (3×3 convolutions, stride 2, an image-input stem),
 /// ResNet-20 pruned globally with exact widths (the layers whose widths are not multiples of
-/// the block stay plain) and with widths rounded to the block, and a small network with every form (a stem
-/// with a bias, depthwise, 1×1, grouped). Not RegNet-X: its step at batch 8 is chaotic in
-/// float32 (the input perturbed by 1e-7 moves some BatchNormalization bias updates by 8% of
-/// their size), so no tolerance separates a layout bug from rounding there. On an x86-64 CPU with AVX2 the probe must find the block: a probe that
-/// silently failed would leave this test comparing two plain steps.
+/// the block stay plain) and with widths rounded to the block, and a small network with every
+/// form (a stem with a bias, depthwise, 1×1, grouped). Not RegNet-X: its step at batch 8 is
+/// chaotic in float32 (the input perturbed by 1e-7 moves some BatchNormalization bias updates
+/// by 8% of their size), so no tolerance separates a layout bug from rounding there. On an
+/// x86-64 CPU with AVX2 the probe must find the block: a probe that silently failed would
+/// leave this test comparing two plain steps.
 #[test]
 fn blocked_convolution_step_matches_the_plain_one() {
     if !require_ort() {
