@@ -16,8 +16,8 @@
 //! `[M/b][C/b][kh][kw][b_in][b_out]` (`[M/b][C/group][kh][kw][b_out]` for the depthwise and
 //! image-input forms, the latter reading X as it is). That covers the forward convolutions
 //! and the unit-stride input gradients (themselves convolutions, `ops/conv.rs`): the ResNet-20
-//! step at batch 128 runs 15% faster on 2 threads. The block size `b` belongs to the CPU (8 with AVX2, 16 with
-//! AVX-512), so a lowered step is for the machine it was compiled on;
+//! step at batch 128 runs 15% faster on 2 threads. The block size `b` belongs to the CPU (8
+//! with AVX2, 16 with AVX-512), so a lowered step is for the machine it was compiled on;
 //! [`crate::runtime::ort::channel_block`] finds it by running [`probe_model`] through ONNX
 //! Runtime. Not lowered: other grouped convolutions, widths that are not multiples of the
 //! block (padding them measured slower than the plain kernel), 1-D and 3-D convolutions,
@@ -25,11 +25,11 @@
 
 use crate::analysis::{infer_shapes, Shapes};
 use crate::error::{Error, Result};
-use crate::ir::{is_default_domain, DType, Graph, Model, NodeId, Tensor, ValueId};
+use crate::ir::{is_default_domain, DType, Graph, Model, NodeId, ValueId};
 use crate::onnx::proto::OperatorSetIdProto;
 use crate::ops::build::{Build, Builder};
 
-use super::emit::{add_input, dtype_of};
+use super::emit::add_input;
 
 /// The contrib-op domain of ONNX Runtime's channel-blocked kernels.
 pub const DOMAIN: &str = "com.microsoft.nchwc";
@@ -68,32 +68,48 @@ pub fn block_convolutions(m: &mut Model, block: usize) -> Result<usize> {
     for &(id, form, ws) in &convs {
         lower(&mut m.graph, opset, id, form, ws, block);
     }
-    if !convs.is_empty() && !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
+    if !convs.is_empty() {
+        import_domain(m);
+    }
+    Ok(convs.len())
+}
+
+/// Declares the blocked domain in `m`'s opset imports (once).
+fn import_domain(m: &mut Model) {
+    if !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
         m.rest.opset_import.push(OperatorSetIdProto {
             domain: Some(DOMAIN.into()),
             version: Some(1),
         });
     }
-    Ok(convs.len())
 }
 
 /// The form and W's shape when node `id` is a float32 2-D `Conv` that one of the [`Form`]s
 /// covers.
 fn qualifies(g: &Graph, shapes: &Shapes, id: NodeId, block: usize) -> Option<(Form, [usize; 4])> {
     let n = g.node(id);
-    if n.op_type != "Conv" || !is_default_domain(&n.domain) || n.output(0).is_none() {
+    if n.op_type != "Conv"
+        || !is_default_domain(&n.domain)
+        || n.input(0).is_none()
+        || n.output(0).is_none()
+    {
         return None;
     }
     // W alone decides: ONNX makes X float32 of rank 4 with `ws[1]·group` channels when W is
     // float32 of rank 4, and the backward's dY often has no static shape (a `Reshape` to a
     // shape computed at run time upstream).
     let w = n.input(1)?;
-    let dims = shapes.get(w)?.shape.as_ref()?;
-    let known: Vec<usize> = dims.iter().map(|d| d.known()).collect::<Option<_>>()?;
-    let ws: [usize; 4] = known.try_into().ok()?;
-    if dtype_of(shapes, w) != DType::F32 || shapes.get(w)?.dtype.is_none() {
+    let fact = shapes.get(w)?;
+    if fact.dtype != Some(DType::F32) {
         return None;
     }
+    let known: Vec<usize> = fact
+        .shape
+        .as_ref()?
+        .iter()
+        .map(|d| d.known())
+        .collect::<Option<_>>()?;
+    let ws: [usize; 4] = known.try_into().ok()?;
     let group = usize::try_from(n.attr_i("group").unwrap_or(1)).ok()?;
     let (c, m) = (ws[1] * group, ws[0]);
     if m % block != 0 {
@@ -149,15 +165,9 @@ fn lower(g: &mut Graph, opset: i64, id: NodeId, form: Form, ws: [usize; 4], bloc
     let yb = g.add_value(&format!("{prefix}/blocked"));
     g.set_output(id, 0, yb);
     let channels = crate::ir::graph::attr_int("channels", m as i64);
-    let reorder = g.add_node(
-        &format!("{prefix}/ReorderOutput"),
-        "ReorderOutput",
-        &[Some(yb)],
-        &[&format!("{prefix}/ReorderOutput_out")],
-        vec![channels],
-    );
-    g.node_mut(reorder).domain = DOMAIN.into();
-    if let Some(stale) = g.node(reorder).output(0) {
+    let name = format!("{prefix}/ReorderOutput");
+    let stale = contrib(g, &name, "ReorderOutput", yb, vec![channels]);
+    if let Some((reorder, _)) = g.value(stale).producer {
         g.set_output(reorder, 0, y);
         g.remove_value(stale);
     }
@@ -191,8 +201,9 @@ const PROBES: [(&str, [usize; 4], [usize; 4], i64); 3] = [
 
 /// A model that computes each [`Form`]'s probe convolution (3×3, pads 1, of inputs
 /// `{name}.x` by `{name}.w`) twice: plainly as `{name}.plain`, and lowered with `block` as
-/// `{name}.blocked`. Each pair agrees exactly when `block` is the runtime's block size and
-/// the runtime reads the layouts as lowered (a wrong layout mixes channels).
+/// `{name}.blocked`, the outputs in that order. Each pair agrees (up to rounding) on random
+/// inputs exactly when `block` is the runtime's block size and the runtime reads the layouts
+/// as lowered (a wrong layout mixes channels).
 pub fn probe_model(block: usize) -> Result<Model> {
     let mut g = Graph::new();
     let pads = crate::ir::graph::attr_ints("pads", &[1, 1, 1, 1]);
@@ -234,28 +245,9 @@ pub fn probe_model(block: usize) -> Result<Model> {
         };
         lower(&mut m.graph, opset, id, form, ws, block);
     }
-    m.rest.opset_import.push(OperatorSetIdProto {
-        domain: Some(DOMAIN.into()),
-        version: Some(1),
-    });
+    import_domain(&mut m);
     crate::ir::verify(&m.graph)?;
     Ok(m)
-}
-
-/// Seeded inputs for [`probe_model`]: distinct values in every channel.
-pub fn probe_inputs() -> Vec<(String, Tensor)> {
-    let mut rng = crate::rng::SplitMix64::new(0x006e_6368_7763);
-    let mut draw = |shape: [usize; 4]| -> Tensor {
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
-        Tensor::from_f32(shape.to_vec(), &v)
-    };
-    let mut inputs = Vec::new();
-    for (name, xs, ws, _) in PROBES {
-        inputs.push((format!("{name}.x"), draw(xs)));
-        inputs.push((format!("{name}.w"), draw(ws)));
-    }
-    inputs
 }
 
 #[cfg(test)]
