@@ -12,8 +12,9 @@
 //! ResNet-56 pruned to FLOPs ×0.5 (`lopper prune`, default options) runs in the same rounds:
 //! its speed-up over the unpruned step is set against its MACs ratio. Each unpruned model's
 //! step runs twice: as `lopper train` compiles it on this CPU (convolutions lowered to ONNX
-//! Runtime's channel-blocked kernels, `train::block_convolutions`) and with standard `Conv`
-//! nodes (`… std conv`, no PyTorch pair), so the lowering's gain is measured in the same run.
+//! Runtime's channel-blocked kernels, `train::block_convolutions`, and weight gradients on
+//! lopper's own kernel, `runtime::kernels`) and with standard ops only (`… std ops`, no
+//! PyTorch pair), so the lowerings' gain is measured in the same run.
 //!
 //! PyTorch comes from `scripts/setup-torch.sh` (`.deps/torch`, pinned; never needed by the
 //! tests). Without it the bench says so and reports lopper alone, with no ratio.
@@ -24,7 +25,8 @@
 //! sleep, as in `lopper train`; 1 is ORT's busy-wait), `LOPPER_BENCH_MODELS` (comma-separated substrings of the model
 //! names), `LOPPER_BENCH_SAVE` (a folder to keep the step graphs in, for profiling),
 //! `LOPPER_BENCH_TORCH` (a folder with PyTorch for PYTHONPATH instead of `.deps/torch`),
-//! `LOPPER_BENCH_PLAIN` (default 1; 0 skips the standard-Conv steps).
+//! `LOPPER_BENCH_PLAIN` (default 1; 0 skips the standard-ops steps), `LOPPER_KERNELS` (0: no
+//! lopper kernels in the lowered steps either).
 //!
 //! Run with `cargo bench --bench train_step`; under `cargo test` it only checks that it
 //! builds. Needs ONNX Runtime (`ORT_DYLIB_PATH`) and the shared models.
@@ -48,8 +50,8 @@ use lopper::train::{compile_train_step, StepOptions, TrainStep};
 
 const BATCH: usize = 128;
 
-/// Name suffix of the standard-Conv step timed beside the blocked one.
-const PLAIN: &str = "std conv";
+/// Name suffix of the standard-ops step timed beside the lowered one.
+const PLAIN: &str = "std ops";
 
 /// (file under `models/pretrained`, short name, blocks per stage of the PyTorch reference).
 const MODELS: [(&str, &str, usize); 2] = [
@@ -155,6 +157,7 @@ impl Runner {
         reference: Option<Reference>,
         ropts: &RuntimeOptions,
         block: Option<usize>,
+        kernels: bool,
     ) -> Runner {
         let model = Model::load(path).expect("load model");
         let shapes = lopper::analysis::infer_shapes(&model).expect("shapes");
@@ -172,6 +175,7 @@ impl Runner {
                 weight_decay: 5e-4,
             },
             blocked_convolutions: block,
+            kernels,
             ..Default::default()
         };
         let t = Instant::now();
@@ -380,6 +384,7 @@ fn main() {
     };
     // What `lopper train` compiles on this CPU, and the standard-Conv step beside it.
     let block = lopper::runtime::ort::channel_block();
+    let kernels = lopper::runtime::kernels::enabled();
     let compare_plain = env_usize("LOPPER_BENCH_PLAIN", 1) != 0;
     let scratch = std::env::temp_dir().join(format!("lopper-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("create a scratch folder");
@@ -396,10 +401,10 @@ fn main() {
             } else {
                 None
             };
-            runners.push(Runner::new(&path, name, reference, &ropts, block));
-            if block.is_some() && compare_plain {
+            runners.push(Runner::new(&path, name, reference, &ropts, block, kernels));
+            if (block.is_some() || kernels) && compare_plain {
                 let plain = format!("{name} {PLAIN}");
-                runners.push(Runner::new(&path, &plain, None, &ropts, None));
+                runners.push(Runner::new(&path, &plain, None, &ropts, None, false));
             }
         }
         if blocks == 9 && wanted("ResNet-56 pruned") {
@@ -410,6 +415,7 @@ fn main() {
                 None,
                 &ropts,
                 block,
+                kernels,
             ));
         }
     }
@@ -509,7 +515,7 @@ fn main() {
                 .map(|(x, y)| format!("{:.2}", x.0 / y.0))
                 .collect();
             println!(
-                "{base}: the blocked-convolution step takes ×{:.3} of the standard-Conv step's \
+                "{base}: the lowered step takes ×{:.3} of the standard-ops step's \
                  time (per round: {})",
                 median(b.times.clone()) / median(r.times.clone()),
                 per_round.join(", ")

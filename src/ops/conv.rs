@@ -93,6 +93,8 @@ fn conv_vjp(
     if need(1) {
         let fast = if group != 1 {
             None
+        } else if let Some(dw) = conv_weight_grad_kernel(cx, x, dy, &xs, &ys, &geom)? {
+            Some(dw)
         } else if geom.strides.iter().all(|&s| s == 1) && cx.opset >= 11 && shifts_fit(&geom) {
             Some(conv_weight_grad_shifts(cx, x, dy, &xs, &ys, &geom))
         } else {
@@ -166,6 +168,53 @@ fn conv_input_grad_flipped(
         attr_int("group", group as i64),
     ];
     Some(cx.op("Conv", &[dy, flipped], attrs))
+}
+
+/// dW of an ungrouped, unit-stride, undilated 2-D float32 convolution as lopper's own
+/// ONNX Runtime kernel ([`crate::runtime::kernels::conv_weight_grad`]), which reads X's
+/// windows in place; `None` when `cx.kernels` is off or the kernel does not cover the node.
+fn conv_weight_grad_kernel(
+    cx: &mut VjpCx,
+    x: ValueId,
+    dy: ValueId,
+    xs: &[usize],
+    ys: &[usize],
+    geom: &Geometry,
+) -> Result<Option<ValueId>> {
+    use crate::runtime::kernels::{conv_weight_grad as k, DOMAIN};
+    let float32 = cx.shapes.get(x).and_then(|f| f.dtype) == Some(crate::ir::DType::F32);
+    if !cx.kernels || !float32 || xs.len() != 4 || geom.rank() != 2 {
+        return Ok(None);
+    }
+    if geom.strides.iter().chain(&geom.dilations).any(|&s| s != 1) {
+        return Ok(None);
+    }
+    let win = k::Window {
+        n: xs[0],
+        c: xs[1],
+        m: ys[1],
+        h: xs[2],
+        w: xs[3],
+        kh: geom.kernel[0],
+        kw: geom.kernel[1],
+        pads: [geom.begin[0], geom.begin[1], geom.end[0], geom.end[1]],
+    };
+    if !win.supported() || win.output() != Some((ys[2], ys[3])) {
+        return Ok(None);
+    }
+    let to_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    let attrs = vec![
+        attr_ints("kernel_shape", &to_i64(&geom.kernel)),
+        attr_ints("pads", &to_i64(&win.pads)),
+    ];
+    let dw = cx.op(k::OP, &[x, dy], attrs);
+    let node = cx.g.value(dw).producer.map(|(n, _)| n);
+    if let Some(n) = node {
+        cx.g.node_mut(n).domain = DOMAIN.into();
+    }
+    let shape = [win.m, win.c, win.kh, win.kw];
+    crate::ops::build::declare(cx.g, dw, crate::ir::DType::F32, &shape);
+    Ok(Some(dw))
 }
 
 /// Whether every shift of [`conv_weight_grad_shifts`] crops less than the axis it shifts

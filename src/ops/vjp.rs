@@ -24,6 +24,8 @@ pub struct VjpCx<'a> {
     pub node: NodeId,
     /// Opset of the default domain.
     pub opset: i64,
+    /// Whether rules may emit lopper's own ONNX Runtime kernels ([`crate::runtime::kernels`]).
+    pub kernels: bool,
 }
 
 impl VjpCx<'_> {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::ir::Tensor;
 
 pub mod inputs;
+pub mod kernels;
 pub mod ort;
 pub mod tract;
 

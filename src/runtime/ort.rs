@@ -245,6 +245,9 @@ fn build(path: &Path, opts: &RuntimeOptions, level: Level) -> Result<OrtInner> {
                 .with_prepacking(false)
                 .map_err(|e| ctx(&e))?;
         }
+        // lopper's own kernels (`ai.lopper`), for train steps that use them.
+        let kernels = super::kernels::domain().map_err(|e| ctx(&e))?;
+        builder = builder.with_operators(kernels).map_err(|e| ctx(&e))?;
         if let Some(n) = opts.threads {
             builder = builder.with_intra_threads(n).map_err(|e| ctx(&e))?;
         }

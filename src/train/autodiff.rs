@@ -24,13 +24,27 @@ fn carries_gradient(shapes: &Shapes, v: ValueId) -> bool {
 
 /// Appends to `g` the gradient of `loss` (a float scalar or tensor, seeded with ones) with
 /// respect to each of `wrt`; `None` where a value does not reach the loss. `shapes` are the
-/// facts of `g` before the call (static shapes needed by the rules).
+/// facts of `g` before the call (static shapes needed by the rules). Standard ONNX ops only.
 pub fn gradients(
     g: &mut Graph,
     shapes: &Shapes,
     opset: i64,
     loss: ValueId,
     wrt: &[ValueId],
+) -> Result<Vec<Option<ValueId>>> {
+    gradients_with(g, shapes, opset, loss, wrt, false)
+}
+
+/// [`gradients`], with `kernels`: the rules may use lopper's own ONNX Runtime kernels
+/// ([`crate::runtime::kernels`]) where they are faster; the graph then runs in lopper's ONNX
+/// Runtime sessions only.
+pub fn gradients_with(
+    g: &mut Graph,
+    shapes: &Shapes,
+    opset: i64,
+    loss: ValueId,
+    wrt: &[ValueId],
+    kernels: bool,
 ) -> Result<Vec<Option<ValueId>>> {
     let order = g.topo_order()?;
     // Values that depend on a chosen value (through float tensors).
@@ -106,6 +120,7 @@ pub fn gradients(
             shapes,
             node: n,
             opset,
+            kernels,
         };
         let in_grads = op.vjp(&mut cx, &out_grads, &needs)?;
         for (p, gv) in in_grads.into_iter().enumerate() {

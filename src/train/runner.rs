@@ -173,6 +173,7 @@ fn compile(model: &Model, opts: &TrainOptions) -> Result<(Model, TrainStep)> {
         blocked_convolutions: (opts.runtime.device == Device::Cpu)
             .then(crate::runtime::ort::channel_block)
             .flatten(),
+        kernels: opts.runtime.device == Device::Cpu && crate::runtime::kernels::enabled(),
     };
     let ts = compile_train_step(&prepared, &step_opts)?;
     Ok((prepared, ts))

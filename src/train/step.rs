@@ -68,6 +68,10 @@ pub struct StepOptions {
     /// ([`super::block_convolutions`]; [`crate::runtime::ort::channel_block`] gives this
     /// machine's); `None` keeps standard `Conv` nodes (any runtime, the CUDA provider).
     pub blocked_convolutions: Option<usize>,
+    /// Let the backward pass use lopper's own ONNX Runtime CPU kernels
+    /// ([`crate::runtime::kernels`]: the convolutions' weight gradients) where they cover a
+    /// node; the step then runs only in lopper's ONNX Runtime sessions. Off: standard ops.
+    pub kernels: bool,
 }
 
 impl Default for StepOptions {
@@ -83,6 +87,7 @@ impl Default for StepOptions {
             weight_masks: Default::default(),
             gradient_outputs: false,
             blocked_convolutions: None,
+            kernels: false,
         }
     }
 }
@@ -224,7 +229,9 @@ impl TrainStep {
 
 /// Compiles `model` into a train step (see the module docs).
 pub fn compile_train_step(model: &Model, opts: &StepOptions) -> Result<TrainStep> {
-    compile_with(model, opts, super::gradients)
+    compile_with(model, opts, |g, shapes, opset, loss, wrt| {
+        super::autodiff::gradients_with(g, shapes, opset, loss, wrt, opts.kernels)
+    })
 }
 
 /// [`compile_train_step`] with the gradient pass given (tests substitute fed gradients). The
@@ -307,6 +314,7 @@ where
         outs.list.len() - 1
     });
     let names = name_outputs(&mut m.graph, std::mem::take(&mut outs.list));
+    import_kernels(&mut m);
     if let Some(block) = opts.blocked_convolutions {
         super::block_convolutions::block_convolutions(&mut m, block)?;
     }
@@ -842,3 +850,17 @@ pub(crate) fn fix_batch(g: &mut Graph, x: ValueId, batch: usize) -> Result<()> {
 #[cfg(test)]
 #[path = "step_tests.rs"]
 mod tests;
+
+/// Declares the `ai.lopper` domain when a node uses one of lopper's kernels.
+fn import_kernels(m: &mut Model) {
+    use crate::runtime::kernels::DOMAIN;
+    let used = m.graph.node_ids().any(|n| m.graph.node(n).domain == DOMAIN);
+    if used && !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
+        m.rest
+            .opset_import
+            .push(crate::onnx::proto::OperatorSetIdProto {
+                domain: Some(DOMAIN.into()),
+                version: Some(1),
+            });
+    }
+}

@@ -110,6 +110,7 @@ fn options() -> StepOptions {
         weight_masks: Default::default(),
         gradient_outputs: false,
         blocked_convolutions: None,
+        kernels: false,
     }
 }
 

@@ -499,6 +499,60 @@ fn blocked_convolution_step_matches_the_plain_one() {
     }
 }
 
+/// The step with lopper's weight-gradient kernel (`ai.lopper:ConvWeightGrad`) computes the
+/// standard step's loss and updates: ResNet-20 (16/32/64 channels, pads on every side),
+/// ResNet-20 pruned with exact widths (odd channel counts: every tile shape), and a net with
+/// a 3-channel stem, depthwise, grouped and 1×1 convolutions (the kernel covers the ungrouped
+/// ones). On a CPU without AVX2 the kernel's portable loop runs, so the comparison still
+/// holds; the count checks that the rule emitted the op where it covers the node.
+#[test]
+fn kernel_step_matches_the_standard_one() {
+    if !require_ort() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (r20, pruned) = (resnet20(), resnet20_halved(1));
+    let forms = crate::graphs::chain(
+        "forms",
+        16,
+        &[
+            Block::ConvBn(16),
+            Block::Depthwise,
+            Block::Grouped(4),
+            Block::ResidualProj(32),
+            Block::ConvBn(32),
+        ],
+        Head::GapGemm,
+        None,
+        7,
+    );
+    for (name, m, least) in [
+        // 19 convolutions, 2 of them strided.
+        ("resnet20", &r20, 17),
+        ("resnet20 flops=0.5", &pruned, 17),
+        ("every form", &forms, 4),
+    ] {
+        let plain = compile_train_step(m, &plain_sgd(8)).unwrap();
+        let with = compile_train_step(
+            m,
+            &StepOptions {
+                kernels: true,
+                ..plain_sgd(8)
+            },
+        )
+        .unwrap();
+        let count = |s: &TrainStep| {
+            let g = &s.model.graph;
+            g.node_ids()
+                .filter(|&n| g.node(n).domain == lopper::runtime::kernels::DOMAIN)
+                .count()
+        };
+        assert_eq!(count(&plain), 0, "{name}");
+        assert!(count(&with) >= least, "{name}: {} kernels", count(&with));
+        assert_same_step(name, &plain, &with, m, dir.path());
+    }
+}
+
 #[test]
 fn steps_on_one_batch_lower_the_loss() {
     if !require_ort() {
