@@ -427,22 +427,8 @@ fn blocked_convolution_step_matches_the_plain_one() {
     let dir = tempfile::tempdir().unwrap();
     // Widths rounded to the block (8 with AVX2, 16 with AVX-512) are all lowered.
     let (r20, pruned, rounded) = (resnet20(), resnet20_halved(1), resnet20_halved(block));
-    // Every form: an image-input stem with a bias, depthwise, 1×1 and 3×3 convolutions, and a
-    // grouped one that stays plain.
-    let forms = crate::graphs::chain(
-        "forms",
-        16,
-        &[
-            Block::ConvBn(16),
-            Block::Depthwise,
-            Block::Grouped(4),
-            Block::ResidualProj(32),
-            Block::ConvBn(32),
-        ],
-        Head::GapGemm,
-        None,
-        7,
-    );
+    // The grouped convolution of `every_form` stays plain.
+    let forms = every_form();
     for (name, m, batch, least) in [
         ("resnet20", &r20, 8, 19),
         ("resnet20 flops=0.5", &pruned, 8, 1),
@@ -499,6 +485,25 @@ fn blocked_convolution_step_matches_the_plain_one() {
     }
 }
 
+/// A small net with every convolution form: an image-input stem with a bias, depthwise,
+/// grouped, 1×1 and 3×3 convolutions.
+fn every_form() -> Model {
+    crate::graphs::chain(
+        "forms",
+        16,
+        &[
+            Block::ConvBn(16),
+            Block::Depthwise,
+            Block::Grouped(4),
+            Block::ResidualProj(32),
+            Block::ConvBn(32),
+        ],
+        Head::GapGemm,
+        None,
+        7,
+    )
+}
+
 /// The step with lopper's weight-gradient kernel (`ai.lopper:ConvWeightGrad`) computes the
 /// standard step's loss and updates: ResNet-20 (16/32/64 channels, pads on every side),
 /// ResNet-20 pruned with exact widths (odd channel counts: every tile shape), and a net with
@@ -512,20 +517,7 @@ fn kernel_step_matches_the_standard_one() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (r20, pruned) = (resnet20(), resnet20_halved(1));
-    let forms = crate::graphs::chain(
-        "forms",
-        16,
-        &[
-            Block::ConvBn(16),
-            Block::Depthwise,
-            Block::Grouped(4),
-            Block::ResidualProj(32),
-            Block::ConvBn(32),
-        ],
-        Head::GapGemm,
-        None,
-        7,
-    );
+    let forms = every_form();
     for (name, m, least) in [
         // 19 convolutions, 2 of them strided.
         ("resnet20", &r20, 17),
