@@ -170,8 +170,8 @@ fn conv_input_grad_flipped(
     Some(cx.op("Conv", &[dy, flipped], attrs))
 }
 
-/// dW of an ungrouped, unit-stride, undilated 2-D float32 convolution as lopper's own
-/// ONNX Runtime kernel ([`crate::runtime::kernels::conv_weight_grad`]), which reads X's
+/// dW of an ungrouped, unit-stride, undilated 2-D float32 convolution at least 2 taps wide
+/// as lopper's own ONNX Runtime kernel ([`crate::runtime::kernels::conv_weight_grad`]), which reads X's
 /// windows in place; `None` when `cx.kernels` is off or the kernel does not cover the node.
 fn conv_weight_grad_kernel(
     cx: &mut VjpCx,
@@ -199,7 +199,9 @@ fn conv_weight_grad_kernel(
         kw: geom.kernel[1],
         pads: [geom.begin[0], geom.begin[1], geom.end[0], geom.end[1]],
     };
-    if !win.supported() || win.output() != Some((ys[2], ys[3])) {
+    // One tap per kernel row leaves the kernel's tiles latency-bound: 1×1 (and k×1)
+    // convolutions keep the single batched `MatMul` of the taps form, which copies nothing.
+    if win.kw < 2 || !win.supported() || win.output() != Some((ys[2], ys[3])) {
         return Ok(None);
     }
     let to_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();

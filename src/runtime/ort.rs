@@ -245,6 +245,11 @@ fn build(path: &Path, opts: &RuntimeOptions, level: Level) -> Result<OrtInner> {
                 .with_prepacking(false)
                 .map_err(|e| ctx(&e))?;
         }
+        // A developer's hook: `LOPPER_ORT_PROFILE=PREFIX` makes ONNX Runtime write each
+        // session's per-kernel profile to `PREFIX_<date>.json` when the session ends.
+        if let Some(prefix) = std::env::var_os("LOPPER_ORT_PROFILE") {
+            builder = builder.with_profiling(prefix).map_err(|e| ctx(&e))?;
+        }
         // lopper's own kernels (`ai.lopper`), for train steps that use them.
         let kernels = super::kernels::domain().map_err(|e| ctx(&e))?;
         builder = builder.with_operators(kernels).map_err(|e| ctx(&e))?;
