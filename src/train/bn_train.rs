@@ -182,11 +182,11 @@ fn rewrite_one(
 ///
 /// The constants must equal no other constant of the step: ORT merges equal small
 /// initializers (its constant sharing), and the kernel would then overwrite the merged
-/// tensor for every other node reading it. A uniform fill did collide: a 7-channel BN's
+/// tensor for every other node reading it. A fill of ones did collide: a 7-channel BN's
 /// `ones(7)` statistics were merged with the `ones(7)` variance of its own backward pass, so
 /// the backward read the batch mean as a variance (NaN after the first step of any model
-/// pruned to a layer of ≤ 8 channels). The values here (`private_statistic`) are chosen
-/// to equal nothing else in the step.
+/// pruned to a layer of ≤ 8 channels). Each tensor here is filled with its own value
+/// (`private_statistic`), equal to nothing else in the step.
 pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
     let mut next = 0usize;
     for b in bns {
@@ -202,8 +202,8 @@ pub fn isolate_statistics(g: &mut Graph, bns: &[BnUpdate]) -> Result<()> {
         let c = b.channels;
         let base = format!("train_bn/{}", b.node);
         let mut distinct = || -> Vec<f64> {
-            let v = (next..next + c).map(private_statistic).collect();
-            next += c;
+            let v = vec![private_statistic(next, b.dtype); c];
+            next += 1;
             v
         };
         let (mv, vv) = (distinct(), distinct());
@@ -282,14 +282,20 @@ pub fn compose(g: &mut Graph, bns: &[BnUpdate], opset: i64) -> Result<()> {
     Ok(())
 }
 
-/// The `i`-th private statistic value: `2 + (i mod 63 + 1) / 64`, in (2, 3] and exact in
-/// bfloat16, float16, float32 and float64. Neighbours differ, so a vector of two or more
-/// never equals a fill, and no value is one lopper emits as a constant (0, 1, ε, a momentum).
-/// Two nodes' statistics may still coincide (same width, offsets equal mod 63); ORT merging
-/// those is harmless, since with momentum 0 what one kernel writes enters no output of the
-/// other.
-fn private_statistic(i: usize) -> f64 {
-    2.0 + ((i % 63) + 1) as f64 / 64.0
+/// The fill of the `k`-th private statistic tensor: `2^e · (1 + (k mod 63 + 1) / 64)` with
+/// `e = 1 + ⌊k / 63⌋ mod E` (E = 14 in float16, whose largest finite value is below 2^16;
+/// 100 otherwise), exact and finite in bfloat16, float16, float32 and float64, and never a
+/// value lopper emits as a constant (0, 1, ε, a momentum). Tensors get distinct fills until
+/// `63·E` of them (441 BatchNormalization nodes in float16, 3,150 otherwise), so no two
+/// nodes' statistics can be merged: two nodes sharing a buffer would each read the other's
+/// batch statistics in their backward pass (outputs 1 and 2 are written into that buffer).
+/// A fill of period 63 per *element* did collide: ResNet-56 pruned by MaskSparsity had two
+/// 8-channel nodes whose statistics started at the same offset mod 63, and its first step
+/// was NaN.
+fn private_statistic(k: usize, dtype: DType) -> f64 {
+    let exponents = if dtype == DType::F16 { 14 } else { 100 };
+    let e = 1 + (k / 63) % exponents;
+    2f64.powi(e as i32) * (1.0 + ((k % 63) + 1) as f64 / 64.0)
 }
 
 #[cfg(test)]
@@ -309,6 +315,77 @@ mod tests {
     }
 
     /// The training-mode forward and running updates against a float64 reference, in ORT, at
+    /// Every training-mode node's statistics are its own: on a chain of 80 eight-channel
+    /// nodes (the per-element fill of period 63 repeated at the 64th), no two statistics
+    /// tensors are equal, so ONNX Runtime's constant sharing cannot merge them; fills stay
+    /// finite and distinct in float16 for 882 tensors.
+    #[test]
+    fn statistics_tensors_never_coincide() {
+        let (nb, c) = (2usize, 8usize);
+        let mut g = Graph::new();
+        let mut x = add_input(&mut g, "x", DType::F32, &[nb, c, 3, 3]);
+        let t = |v: f64| Tensor::from_f64_as(DType::F32, vec![c], &vec![v; c]).unwrap();
+        for i in 0..80 {
+            let ins: Vec<Option<ValueId>> = std::iter::once(Some(x))
+                .chain(
+                    [1.0, 0.0, 0.0, 1.0]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &v)| Some(g.add_initializer(&format!("p{i}_{k}"), t(v)))),
+                )
+                .collect();
+            let bn = g.add_node(
+                &format!("bn{i}"),
+                "BatchNormalization",
+                &ins,
+                &[&format!("y{i}")],
+                vec![],
+            );
+            let y = g.node(bn).outputs[0].unwrap();
+            let r = g.add_node(
+                &format!("relu{i}"),
+                "Relu",
+                &[Some(y)],
+                &[&format!("z{i}")],
+                vec![],
+            );
+            x = g.node(r).outputs[0].unwrap();
+        }
+        g.outputs = vec![x];
+        let mut m = crate::passes::testutil::model(g, 17);
+        let shapes = infer_shapes(&m).unwrap();
+        let ups = to_training_mode(&mut m.graph, &shapes, 17).unwrap();
+        isolate_statistics(&mut m.graph, &ups).unwrap();
+        let g = &m.graph;
+        let stats: Vec<Vec<f64>> = g
+            .node_ids()
+            .filter(|&n| g.node(n).op_type == "BatchNormalization")
+            .flat_map(|n| [3, 4].map(|p| g.node(n).input(p).unwrap()))
+            .map(|v| g.init(v).unwrap().to_f64_vec().unwrap())
+            .collect();
+        assert_eq!(stats.len(), 160);
+        for (i, a) in stats.iter().enumerate() {
+            assert!(a.iter().all(|v| v.is_finite() && *v > 1.0));
+            for b in &stats[..i] {
+                assert_ne!(a, b);
+            }
+        }
+        let half: Vec<u16> = (0..882)
+            .map(|k| half::f16::from_f64(private_statistic(k, DType::F16)).to_bits())
+            .collect();
+        assert!(half.iter().all(|&h| half::f16::from_bits(h).is_finite()));
+        let distinct: std::collections::HashSet<u16> = half.iter().copied().collect();
+        assert_eq!(distinct.len(), 882);
+        for k in 0..882 {
+            let v = private_statistic(k, DType::F16);
+            assert_eq!(
+                half::f16::from_f64(v).to_f64(),
+                v,
+                "not exact in float16: {v}"
+            );
+        }
+    }
+
     /// opsets 14, 17 and 18, as the fused node and [`compose`]d.
     #[test]
     fn training_mode_matches_reference() {
