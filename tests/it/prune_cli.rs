@@ -435,8 +435,10 @@ fn auto_widths_are_measured_once_and_cached() {
     let (m, from) = (w["multiple"].as_u64().unwrap(), w["from"].as_u64().unwrap());
     assert_eq!(w["seconds"].as_array().unwrap().len(), 33, "{w}");
     if m > 1 {
+        // Pruned layers only: the classifier's 10 outputs stay 10 (a loaded machine can
+        // measure a multiple of 4, whose groups start at 8 channels).
         for &(before, after) in &first {
-            if before >= from {
+            if before >= from && after != before {
                 assert_eq!(after % m, 0, "multiple {m}: {before} -> {after}");
             }
         }
