@@ -197,6 +197,19 @@ impl Model {
             .map_or(1, |o| o.version())
     }
 
+    /// Declares operator set `domain` at version 1 unless the model already imports it (for
+    /// nodes of a custom domain a pass has added).
+    pub fn import_domain(&mut self, domain: &str) {
+        if !self.rest.opset_import.iter().any(|o| o.domain() == domain) {
+            self.rest
+                .opset_import
+                .push(crate::onnx::proto::OperatorSetIdProto {
+                    domain: Some(domain.into()),
+                    version: Some(1),
+                });
+        }
+    }
+
     /// Gives the resident pages of every initializer that is a slice of a mapped file back to
     /// the kernel (see [`crate::onnx::mapped::release`]); a later read faults them back in.
     pub fn release_pages(&self) {

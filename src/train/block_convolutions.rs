@@ -69,19 +69,9 @@ pub fn block_convolutions(m: &mut Model, block: usize) -> Result<usize> {
         lower(&mut m.graph, opset, id, form, ws, block);
     }
     if !convs.is_empty() {
-        import_domain(m);
+        m.import_domain(DOMAIN);
     }
     Ok(convs.len())
-}
-
-/// Declares the blocked domain in `m`'s opset imports (once).
-fn import_domain(m: &mut Model) {
-    if !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
-        m.rest.opset_import.push(OperatorSetIdProto {
-            domain: Some(DOMAIN.into()),
-            version: Some(1),
-        });
-    }
 }
 
 /// The form and W's shape when node `id` is a float32 2-D `Conv` that one of the [`Form`]s
@@ -245,7 +235,7 @@ pub fn probe_model(block: usize) -> Result<Model> {
         };
         lower(&mut m.graph, opset, id, form, ws, block);
     }
-    import_domain(&mut m);
+    m.import_domain(DOMAIN);
     crate::ir::verify(&m.graph)?;
     Ok(m)
 }

@@ -314,7 +314,13 @@ where
         outs.list.len() - 1
     });
     let names = name_outputs(&mut m.graph, std::mem::take(&mut outs.list));
-    import_kernels(&mut m);
+    let kernels = crate::runtime::kernels::DOMAIN;
+    if m.graph
+        .node_ids()
+        .any(|n| m.graph.node(n).domain == kernels)
+    {
+        m.import_domain(kernels);
+    }
     if let Some(block) = opts.blocked_convolutions {
         super::block_convolutions::block_convolutions(&mut m, block)?;
     }
@@ -850,17 +856,3 @@ pub(crate) fn fix_batch(g: &mut Graph, x: ValueId, batch: usize) -> Result<()> {
 #[cfg(test)]
 #[path = "step_tests.rs"]
 mod tests;
-
-/// Declares the `ai.lopper` domain when a node uses one of lopper's kernels.
-fn import_kernels(m: &mut Model) {
-    use crate::runtime::kernels::DOMAIN;
-    let used = m.graph.node_ids().any(|n| m.graph.node(n).domain == DOMAIN);
-    if used && !m.rest.opset_import.iter().any(|o| o.domain() == DOMAIN) {
-        m.rest
-            .opset_import
-            .push(crate::onnx::proto::OperatorSetIdProto {
-                domain: Some(DOMAIN.into()),
-                version: Some(1),
-            });
-    }
-}
