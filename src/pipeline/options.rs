@@ -235,6 +235,9 @@ impl Selection {
                     opt("round_from", c.round_from.into());
                 }
                 opt("ignore", c.ignore.clone().into());
+                if let Some((share, _)) = self.drop_blocks() {
+                    opt("drop_blocks", share.into());
+                }
                 s.criterion.to_string()
             }
         };
