@@ -8,7 +8,8 @@
 //! per model), run in turns with lopper: each round times K lopper steps, then K PyTorch steps,
 //! of one model, then the next model. A pair's ratio is PyTorch's median step time over
 //! lopper's (above 1: lopper faster); the summary gives each pair, the median ratio and the
-//! spread of lopper's own figure (slowest round's median step over the fastest's). A
+//! spread of lopper's own figure (slowest round's median step over the fastest's), with
+//! PyTorch's spread in the same rounds beside it as the machine's noise. A
 //! ResNet-56 pruned to FLOPs ×0.5 (`lopper prune`, default options) runs in the same rounds:
 //! its speed-up over the unpruned step is set against its MACs ratio. Each unpruned model's
 //! step runs twice: as `lopper train` compiles it on this CPU (convolutions lowered to ONNX
@@ -25,7 +26,8 @@
 //! sleep, as in `lopper train`; 1 is ORT's busy-wait), `LOPPER_BENCH_MODELS` (comma-separated substrings of the model
 //! names), `LOPPER_BENCH_SAVE` (a folder to keep the step graphs in, for profiling),
 //! `LOPPER_BENCH_TORCH` (a folder with PyTorch for PYTHONPATH instead of `.deps/torch`),
-//! `LOPPER_BENCH_PLAIN` (default 1; 0 skips the standard-ops steps), `LOPPER_KERNELS` (0: no
+//! `LOPPER_BENCH_PLAIN` (default 1; 0 skips the standard-ops steps), `LOPPER_BENCH_VERBOSE`
+//! (1: print every timed step's milliseconds), `LOPPER_KERNELS` (0: no
 //! lopper kernels in the lowered steps either).
 //!
 //! Run with `cargo bench --bench train_step`; under `cargo test` it only checks that it
@@ -293,11 +295,11 @@ impl Runner {
     }
 }
 
-/// The run-to-run spread of lopper's own figure: the slowest round's median step over the
-/// fastest's (1 when there is one round).
-fn spread(pairs: &[(f64, Option<f64>)]) -> f64 {
-    let times = pairs.iter().map(|p| p.0);
-    let (lo, hi) = times.fold((f64::INFINITY, 0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
+/// The run-to-run spread of a figure: the slowest round's median step over the fastest's (1
+/// when there is one round). Given for lopper and, as the machine's noise in the same run, for
+/// the PyTorch reference.
+fn spread(rounds: impl Iterator<Item = f64>) -> f64 {
+    let (lo, hi) = rounds.fold((f64::INFINITY, 0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
     if lo.is_finite() && lo > 0.0 {
         hi / lo
     } else {
@@ -359,6 +361,7 @@ fn main() {
         env_usize("LOPPER_BENCH_WARMUP", 2),
     );
     let spin = env_usize("LOPPER_BENCH_SPIN", 0) != 0;
+    let verbose = env_usize("LOPPER_BENCH_VERBOSE", 0) != 0;
     let ropts = RuntimeOptions {
         threads: Some(threads),
         spinning: Some(spin),
@@ -428,6 +431,15 @@ fn main() {
     for round in 0..rounds {
         for r in &mut runners {
             let mine: Vec<f64> = (0..steps).map(|_| r.run()).collect();
+            if verbose {
+                let ms: Vec<String> = mine.iter().map(|t| format!("{:.0}", t * 1e3)).collect();
+                println!(
+                    "round {}: {} steps, ms: {}",
+                    round + 1,
+                    r.name,
+                    ms.join(" ")
+                );
+            }
             r.times.extend(&mine);
             let theirs = r.reference.as_mut().map(|t| {
                 let v = t.steps(steps);
@@ -455,14 +467,15 @@ fn main() {
         if spin { "on" } else { "off" }
     );
     println!(
-        "{:<19} {:>8} {:>11} {:>13} {:>18} {:>14} {:>7}",
+        "{:<19} {:>8} {:>11} {:>13} {:>18} {:>14} {:>7} {:>14}",
         "model",
         "ms/step",
         "lopper img/s",
         "PyTorch img/s",
         "ratio per round",
         "median ratio",
-        "spread"
+        "spread",
+        "PyTorch spread"
     );
     let unpruned56 = runners
         .iter()
@@ -487,7 +500,7 @@ fn main() {
             format!("{:.2}×", median(ratios.clone()))
         };
         println!(
-            "{:<19} {:>8.1} {:>11.1} {:>13} {:>18} {:>14} {:>7.3}   loss {:.3}→{:.3}",
+            "{:<19} {:>8.1} {:>11.1} {:>13} {:>18} {:>14} {:>7.3} {:>14}   loss {:.3}→{:.3}",
             r.name,
             med * 1e3,
             BATCH as f64 / med,
@@ -498,7 +511,12 @@ fn main() {
                 per_round.join(", ")
             },
             summary,
-            spread(&r.pairs),
+            spread(r.pairs.iter().map(|p| p.0)),
+            if ratios.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", spread(r.pairs.iter().filter_map(|p| p.1)))
+            },
             r.losses.first().copied().unwrap_or(f64::NAN),
             r.losses.last().copied().unwrap_or(f64::NAN),
         );
