@@ -7,7 +7,8 @@
 #   scripts/methods-table.sh mnist   # mnist-8, MNIST, FLOPs x0.3
 #   scripts/methods-table.sh r56     # ResNet-56, FLOPs x0.5, baseline and the best method
 #
-# Settings by environment: EPOCHS, LIMIT (training samples per epoch), METHODS, OUT. A method
+# Settings by environment: EPOCHS, LIMIT (training samples per epoch), METHODS, OUT, EXTRA
+# (more flags for every run), TAG (a suffix for the output names). A method
 # name may carry a variant: slimming-scratch (--from-scratch); plain-width (--drop-blocks 0:
 # the baseline by width alone, as the README's tables measured it); adapruner-fair and
 # mending-fair spend one epoch of the budget on their candidates' brief training (one epoch's
@@ -44,11 +45,13 @@ METHODS=${METHODS:-"plain masksparsity slimming adapruner epruner slimming-scrat
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 epoch_steps=$(( ${LIMIT:-$train_size} / 128 ))
+# EXTRA: more flags for every run (word-split), TAG: a suffix for the output names.
+read -ra more <<< "${EXTRA:-}"
 for m in $METHODS; do
-  name="$1-$m"
+  name="$1-$m${TAG:-}"
   method=${m%%-*}
   epochs=$EPOCHS
-  extra=(--target "$target")
+  extra=(--target "$target" "${more[@]}")
   case "$m" in
     slimming-scratch) extra+=(--from-scratch) ;;
     plain-width) extra+=(--drop-blocks 0) ;;

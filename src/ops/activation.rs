@@ -218,7 +218,14 @@ fn drop_where(cx: &mut VjpCx, cond: ValueId, g: ValueId) -> Result<ValueId> {
 }
 
 fn d_relu(cx: &mut VjpCx, g: ValueId) -> Result<ValueId> {
-    let (x, _) = xy(cx)?;
+    let (x, y) = xy(cx)?;
+    if cx.kernels_for(&[y]) {
+        // One pass instead of three: lopper's kernel masks by the output's sign (y > 0
+        // exactly where x > 0), so x need not outlive the forward.
+        let shape = cx.shape(y)?;
+        let k = crate::runtime::kernels::relu_grad::OP;
+        return Ok(cx.kernel(k, &[g, y], vec![], &[&shape])[0]);
+    }
     let zero = k(cx, 0.0)?;
     let pos = cx.op("Greater", &[x, zero], vec![]);
     keep_where(cx, pos, g)

@@ -181,9 +181,8 @@ fn conv_weight_grad_kernel(
     ys: &[usize],
     geom: &Geometry,
 ) -> Result<Option<ValueId>> {
-    use crate::runtime::kernels::{conv_weight_grad as k, DOMAIN};
-    let float32 = cx.shapes.get(x).and_then(|f| f.dtype) == Some(crate::ir::DType::F32);
-    if !cx.kernels || !float32 || xs.len() != 4 || geom.rank() != 2 {
+    use crate::runtime::kernels::conv_weight_grad as k;
+    if !cx.kernels_for(&[x]) || xs.len() != 4 || geom.rank() != 2 {
         return Ok(None);
     }
     if geom.strides.iter().chain(&geom.dilations).any(|&s| s != 1) {
@@ -209,14 +208,8 @@ fn conv_weight_grad_kernel(
         attr_ints("kernel_shape", &to_i64(&geom.kernel)),
         attr_ints("pads", &to_i64(&win.pads)),
     ];
-    let dw = cx.op(k::OP, &[x, dy], attrs);
-    let node = cx.g.value(dw).producer.map(|(n, _)| n);
-    if let Some(n) = node {
-        cx.g.node_mut(n).domain = DOMAIN.into();
-    }
     let shape = [win.m, win.c, win.kh, win.kw];
-    crate::ops::build::declare(cx.g, dw, crate::ir::DType::F32, &shape);
-    Ok(Some(dw))
+    Ok(Some(cx.kernel(k::OP, &[x, dy], attrs, &[&shape])[0]))
 }
 
 /// Whether every shift of [`conv_weight_grad_shifts`] crops less than the axis it shifts

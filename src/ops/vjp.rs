@@ -91,6 +91,35 @@ impl VjpCx<'_> {
         self.fwd().attr_ints(name).map(<[i64]>::to_vec)
     }
 
+    /// Whether rules may emit lopper's kernels for these forward values: [`VjpCx::kernels`] is
+    /// on and every value is float32 (gradients take their forward value's type).
+    pub fn kernels_for(&self, values: &[ValueId]) -> bool {
+        self.kernels
+            && values
+                .iter()
+                .all(|&v| self.shapes.get(v).and_then(|f| f.dtype) == Some(DType::F32))
+    }
+
+    /// A node of lopper's own kernel `op` ([`crate::runtime::kernels`]) with float32 outputs
+    /// of the given shapes; returns its outputs. Callers check [`VjpCx::kernels_for`] first.
+    pub fn kernel(
+        &mut self,
+        op: &str,
+        inputs: &[ValueId],
+        attrs: Vec<crate::onnx::proto::AttributeProto>,
+        outputs: &[&[usize]],
+    ) -> Vec<ValueId> {
+        let ins: Vec<Option<ValueId>> = inputs.iter().map(|&v| Some(v)).collect();
+        let outs = self.op_n(op, &ins, outputs.len(), attrs);
+        if let Some((n, _)) = outs.first().and_then(|&v| self.g.value(v).producer) {
+            self.g.node_mut(n).domain = crate::runtime::kernels::DOMAIN.into();
+        }
+        for (&v, shape) in outs.iter().zip(outputs) {
+            super::build::declare(self.g, v, DType::F32, shape);
+        }
+        outs
+    }
+
     /// `grad` (shaped like a broadcast result `from`) summed back to `to` (numpy broadcasting):
     /// leading axes and axes where `to` has 1 are summed, then reshaped to `to`.
     pub fn unbroadcast(&mut self, grad: ValueId, from: &[usize], to: &[usize]) -> ValueId {

@@ -504,12 +504,13 @@ fn every_form() -> Model {
     )
 }
 
-/// The step with lopper's weight-gradient kernel (`ai.lopper:ConvWeightGrad`) computes the
-/// standard step's loss and updates: ResNet-20 (16/32/64 channels, pads on every side),
-/// ResNet-20 pruned with exact widths (odd channel counts: every tile shape), and a net with
-/// a 3-channel stem, depthwise, grouped and 1×1 convolutions (the kernel covers the ungrouped
-/// ones). On a CPU without AVX2 the kernel's portable loop runs, so the comparison still
-/// holds; the count checks that the rule emitted the op where it covers the node.
+/// The step with lopper's kernels (`ai.lopper:ConvWeightGrad`, `BatchNormGrad`, `ReluGrad`)
+/// computes the standard step's loss and updates: ResNet-20 (16/32/64 channels, pads on every
+/// side), ResNet-20 pruned with exact widths (odd channel counts: every tile shape), and a net
+/// with a 3-channel stem, depthwise, grouped and 1×1 convolutions (the weight-gradient kernel
+/// covers the ungrouped ones). On a CPU without AVX2 the kernels' portable loops run, so the
+/// comparison still holds; the counts check that the rules emitted each op where it covers
+/// the node: every BatchNormalization and Relu of the model, and the convolutions named.
 #[test]
 fn kernel_step_matches_the_standard_one() {
     if !require_ort() {
@@ -533,14 +534,30 @@ fn kernel_step_matches_the_standard_one() {
             },
         )
         .unwrap();
-        let count = |s: &TrainStep| {
+        let count = |s: &TrainStep, op: &str| {
             let g = &s.model.graph;
             g.node_ids()
-                .filter(|&n| g.node(n).domain == lopper::runtime::kernels::DOMAIN)
+                .filter(|&n| {
+                    let n = g.node(n);
+                    n.domain == lopper::runtime::kernels::DOMAIN
+                        && (op.is_empty() || n.op_type == op)
+                })
                 .count()
         };
-        assert_eq!(count(&plain), 0, "{name}");
-        assert!(count(&with) >= least, "{name}: {} kernels", count(&with));
+        let forward = |op: &str| {
+            let g = &m.graph;
+            g.node_ids().filter(|&n| g.node(n).op_type == op).count()
+        };
+        assert_eq!(count(&plain, ""), 0, "{name}");
+        let convs = count(&with, "ConvWeightGrad");
+        assert!(convs >= least, "{name}: {convs} weight-gradient kernels");
+        for (fwd, kernel) in [
+            ("BatchNormalization", "BatchNormGrad"),
+            ("Relu", "ReluGrad"),
+        ] {
+            assert!(forward(fwd) > 0, "{name} has no {fwd}");
+            assert_eq!(count(&with, kernel), forward(fwd), "{name}: {kernel}");
+        }
         assert_same_step(name, &plain, &with, m, dir.path());
     }
 }

@@ -18,6 +18,8 @@
 
 use std::sync::Mutex;
 
+use super::{dims, on_threads, ParallelFor, Shared};
+
 /// The op's name in [`super::DOMAIN`].
 pub const OP: &str = "ConvWeightGrad";
 
@@ -79,14 +81,6 @@ impl Window {
     fn row(&self) -> usize {
         self.w + self.pads[1] + self.pads[3]
     }
-}
-
-/// Runs `f(0..items)`, possibly in parallel (ONNX Runtime's thread pool, or a plain loop).
-pub type ParallelFor<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync + Send));
-
-/// A sequential [`ParallelFor`].
-pub fn sequential(items: usize, f: &(dyn Fn(usize) + Sync + Send)) {
-    (0..items).for_each(f);
 }
 
 /// Scratch for X with padded rows, shared by calls (one step's layers run one at a time); a
@@ -163,19 +157,6 @@ pub fn weight_grad(
         }
     }
     Ok(())
-}
-
-/// A raw pointer the work items share (each touches its own range).
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: see `weight_grad`: items write disjoint ranges.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the allocation.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// X's rows with `pads[1]` zeros before and `pads[3]` after each.
@@ -474,14 +455,8 @@ impl ort::operator::Operator for Operator {
             let dy = ctx.input(1)?.ok_or_else(missing)?;
             let (xs, x) = x.try_extract_tensor::<f32>()?;
             let (ys, dy) = dy.try_extract_tensor::<f32>()?;
-            let dims = |s: &[i64]| -> Option<[usize; 4]> {
-                let v: Vec<usize> = s
-                    .iter()
-                    .map(|&d| usize::try_from(d).ok())
-                    .collect::<Option<_>>()?;
-                v.try_into().ok()
-            };
-            let (Some([n, c, h, w]), Some([n2, m, _, _])) = (dims(xs), dims(ys)) else {
+            let rank4 = |s: &[i64]| -> Option<[usize; 4]> { dims(s)?.try_into().ok() };
+            let (Some([n, c, h, w]), Some([n2, m, _, _])) = (rank4(xs), rank4(ys)) else {
                 return Err(ort::Error::new("ConvWeightGrad: X and dY must be rank 4"));
             };
             let win = Window {
@@ -503,11 +478,7 @@ impl ort::operator::Operator for Operator {
                 .output(0, vec![m as i64, c as i64, kh as i64, kw as i64])?
                 .ok_or_else(|| ort::Error::new("ConvWeightGrad: no output"))?;
             let (_, dw) = out.try_extract_tensor_mut::<f32>()?;
-            let par = |items: usize, f: &(dyn Fn(usize) + Sync + Send)| {
-                if ctx.par_for(items, items, f).is_err() {
-                    sequential(items, f);
-                }
-            };
+            let par = |items: usize, f: &(dyn Fn(usize) + Sync + Send)| on_threads(ctx, items, f);
             weight_grad(&win, x, dy, dw, n.min(16), &par).map_err(ort::Error::new)
         }))
     }
@@ -515,6 +486,7 @@ impl ort::operator::Operator for Operator {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sequential;
     use super::*;
 
     /// dW by the definition, in f64.
