@@ -160,15 +160,11 @@ impl ort::operator::Operator for Operator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
-        use ort::operator::OperatorInput;
-        use ort::value::TensorElementType::Float32;
-        [0; 5].map(|_| OperatorInput::required(Float32))
+        super::f32_inputs(5)
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        use ort::operator::OperatorOutput;
-        use ort::value::TensorElementType::Float32;
-        [0; 3].map(|_| OperatorOutput::required(Float32))
+        super::f32_outputs(3)
     }
 
     fn create_kernel<'attr>(

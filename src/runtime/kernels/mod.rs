@@ -48,6 +48,22 @@ fn on_threads(
     }
 }
 
+/// `n` required float32 inputs, as every kernel here declares them.
+fn f32_inputs(n: usize) -> Vec<ort::operator::OperatorInput> {
+    let f = ort::value::TensorElementType::Float32;
+    (0..n)
+        .map(|_| ort::operator::OperatorInput::required(f))
+        .collect()
+}
+
+/// `n` required float32 outputs.
+fn f32_outputs(n: usize) -> Vec<ort::operator::OperatorOutput> {
+    let f = ort::value::TensorElementType::Float32;
+    (0..n)
+        .map(|_| ort::operator::OperatorOutput::required(f))
+        .collect()
+}
+
 /// The dimensions of a tensor shape as `usize`, `None` when one is negative.
 fn dims(shape: &[i64]) -> Option<Vec<usize>> {
     shape.iter().map(|&d| usize::try_from(d).ok()).collect()

@@ -53,18 +53,11 @@ impl ort::operator::Operator for Operator {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
-        use ort::operator::OperatorInput;
-        use ort::value::TensorElementType::Float32;
-        [
-            OperatorInput::required(Float32),
-            OperatorInput::required(Float32),
-        ]
+        super::f32_inputs(2)
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(
-            ort::value::TensorElementType::Float32,
-        )]
+        super::f32_outputs(1)
     }
 
     fn create_kernel<'attr>(
