@@ -524,4 +524,28 @@ fn dry_run_lists_each_methods_stages_without_data() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--epochs 1 is the whole budget"), "{err}");
+    // Branch dropping: listed with the prune stage where a method takes it, refused where
+    // it does not.
+    let o = out.display().to_string();
+    let drop = |method: &str| {
+        lopper(&[
+            "compress",
+            &resnet20(),
+            "--method",
+            method,
+            "--target",
+            "flops=0.5",
+            "--drop-blocks",
+            "0.5",
+            "--dry-run",
+            "-o",
+            &o,
+        ])
+    };
+    let (code, stdout, err) = drop("slimming");
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("drop_blocks 0.5"), "{stdout}");
+    let (code, _, err) = drop("masksparsity");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("prunes by width only"), "{err}");
 }

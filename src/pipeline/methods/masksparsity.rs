@@ -12,6 +12,8 @@
 //! A network without BatchNormalization (mnist-8) has no scales: there the mask is chosen by
 //! raw filter L2 norms and the penalty is group lasso on the masked filters only.
 //!
+//! It does not drop residual branches: `--drop-blocks` is refused.
+//!
 //! Strength: the masked scales are meant to reach zero, so the default moves an untouched
 //! scale by [`SHIFT`] (more than any trained |γ| of the shipped models) over the stage;
 //! `--sparsity-weight` sets λ.
@@ -34,6 +36,15 @@ pub const SHIFT: f32 = 2.0;
 /// unless the criterion was set to something other than the default L1.
 pub fn compose(scored: &mut Scored, s: &Settings) -> Result<Composition> {
     needs_budget(Method::MaskSparsity, scored)?;
+    if scored.drop_blocks > 0.0 {
+        // The mask would have to fade whole branches and the prune stage drop them with
+        // their constant outputs folded into the residual; neither is built.
+        return Err(crate::error::Error::Usage(
+            "--method masksparsity prunes by width only: drop --drop-blocks (or use \
+             --method plain, slimming or adapruner with it)"
+                .into(),
+        ));
+    }
     if scored.criterion == CriterionKind::L1 {
         scored.criterion = if s.batch_norm {
             CriterionKind::BnScale
