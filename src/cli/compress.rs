@@ -385,6 +385,7 @@ pub fn run(mut args: Args) -> Result<()> {
                 ..runtime
             },
             limit: args.limit.map(|l| l as usize),
+            seed: args.select.seed,
             ..Default::default()
         },
         loss: (args.label_smoothing, args.temperature, args.alpha),

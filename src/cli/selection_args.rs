@@ -63,9 +63,10 @@ pub struct SelectionArgs {
     /// Use raw scores instead of scores divided by each group's largest.
     #[arg(long, help_heading = "Criterion")]
     raw_scores: bool,
-    /// Seed of the random criterion.
+    /// Seed of the random criterion; in `compress` also of every training stage (shuffling,
+    /// augmentation, Dropout noise).
     #[arg(long, default_value_t = 0, help_heading = "Criterion")]
-    seed: u64,
+    pub seed: u64,
     /// Same ratio per group (local) or one threshold over all groups (global)
     /// [default: local for --ratio, global otherwise].
     #[arg(long, value_enum, help_heading = "Allocation")]

@@ -358,6 +358,18 @@ fn a_method_run_gives_the_same_bytes_twice() {
             "--method {method}: two runs with the same seed differ"
         );
     }
+    // --seed reaches the training stages: another seed shuffles and augments otherwise.
+    let c = dir.path().join("masksparsity.seed1.onnx");
+    run_method(
+        "masksparsity",
+        &c,
+        &["--target", "flops=0.5", "--seed", "1"],
+    );
+    let a = dir.path().join("masksparsity.a.onnx");
+    assert!(
+        std::fs::read(&a).unwrap() != std::fs::read(&c).unwrap(),
+        "--seed 1 gave the bytes of --seed 0"
+    );
 }
 
 #[test]
