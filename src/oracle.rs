@@ -2,7 +2,8 @@
 //! removed channels silenced at their consumers.
 //!
 //! [`masked_original`] zeroes, in a copy of the original, the consumer weight slices (next
-//! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels; [`compare`] runs two
+//! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels, and puts a zero in
+//! the place of each residual branch whose group loses every channel (depth pruning); [`compare`] runs two
 //! models on the same seeded random inputs under each requested runtime and reports the
 //! largest relative output difference. The oracle does not judge accuracy on real data.
 
@@ -107,6 +108,24 @@ pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize])
                 let c = out.graph.add_initializer(&name, t);
                 out.graph.set_input(n, *input, Some(c));
             }
+        }
+    }
+    // A group that loses every channel takes its residual branch with it: the branch adds
+    // nothing to its sum (a zero in its place there, so the sum adds the skip alone).
+    for gid in crate::passes::remove_channels::whole_groups(groups, classes) {
+        let Ok(b) =
+            crate::passes::collapse_branches::whole_branch(model, groups, &shapes, &constants, gid)
+        else {
+            continue;
+        };
+        for (branch, _) in b.merges {
+            let zero = out
+                .graph
+                .fresh_name(&format!("{}_dropped", g.value(branch).name));
+            let zero = out
+                .graph
+                .add_initializer(&zero, Tensor::from_f32(vec![], &[0.0]));
+            out.graph.replace_uses(branch, zero);
         }
     }
     crate::passes::eliminate_dead_code(&mut out)?;

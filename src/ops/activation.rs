@@ -60,6 +60,18 @@ impl Op for Unary {
         })
     }
 
+    /// Relu's and Sigmoid's outputs are never negative.
+    fn non_negative(&self, _cx: &super::simplify::SignCx) -> bool {
+        matches!(self.name, "Relu" | "Sigmoid")
+    }
+
+    /// A Relu of a value that is never negative passes it unchanged, whatever the parameters
+    /// (the value is computed by an op that cannot output a negative number).
+    fn no_op(&self, cx: &super::simplify::NoOpCx) -> Option<super::simplify::NoOp> {
+        (self.name == "Relu" && cx.non_negative.first() == Some(&true))
+            .then_some(super::simplify::NoOp::Always)
+    }
+
     fn weight_input(&self, port: usize) -> bool {
         // PRelu's slope.
         self.name == "PRelu" && port == 1

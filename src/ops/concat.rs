@@ -42,6 +42,11 @@ impl Op for Concat {
         self.name
     }
 
+    /// Never negative when no input is.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.inputs(0..cx.node.inputs.len())
+    }
+
     fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, usize::MAX))
     }

@@ -25,6 +25,11 @@ impl Op for GlobalPool {
         self.name
     }
 
+    /// Maxima or averages of input 0's elements: never negative when they are not.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.input(0)
+    }
+
     fn arity(&self, _opset: i64) -> Option<(usize, usize)> {
         Some((1, 1))
     }

@@ -77,6 +77,11 @@ impl Op for Identity {
         cx.inputs.first().copied().flatten()
     }
 
+    /// Never negative when its input is not.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.input(0)
+    }
+
     fn no_op(&self, cx: &NoOpCx) -> Option<NoOp> {
         (cx.node.outputs.len() == 1).then_some(NoOp::Always)
     }

@@ -360,6 +360,14 @@ pub trait Op: Sync {
         None
     }
 
+    /// Whether output 0 is never negative, given which inputs are ([`simplify::SignCx`]):
+    /// Relu's output, or a data movement (Slice, Pad with a non-negative value, pooling,
+    /// Concat, reshapes) of never-negative inputs. `remove_identity` bypasses a Relu of such
+    /// a value. Default: not known to be.
+    fn non_negative(&self, _cx: &simplify::SignCx) -> bool {
+        false
+    }
+
     /// The per-channel affine map (channel axis 1, input 0 → output 0) this node computes at
     /// inference, given its constant inputs by port; `None` when it is not one (training mode,
     /// computed parameters). `fold_batch_norm` folds it into the producer. Default: `None`.

@@ -169,6 +169,23 @@ impl Op for Pad {
         self.name
     }
 
+    /// Never negative when input 0 is not and the padding adds no negative value (edge and
+    /// reflect modes copy input elements; constant mode adds `value`, 0 by default).
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        let constant = cx.node.attr_s("mode").is_none_or(|m| m == "constant");
+        let value_ok = match cx.node.input(2) {
+            Some(_) => cx
+                .consts
+                .get(2)
+                .copied()
+                .flatten()
+                .and_then(Tensor::to_f64_vec)
+                .is_some_and(|v| v.iter().all(|x| *x >= 0.0)),
+            None => cx.node.attr_f("value").unwrap_or(0.0) >= 0.0,
+        };
+        cx.input(0) && (!constant || value_ok)
+    }
+
     fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // pads (required) and constant_value became inputs at opset 11, axes at 18.
         Some(match opset {

@@ -185,6 +185,11 @@ impl Op for Reshape {
         self.name
     }
 
+    /// A rearrangement of input 0's elements: never negative when they are not.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.input(0)
+    }
+
     fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // shape became an input at opset 5 (see `check` for an omitted one).
         Some(if opset < 5 { (1, 1) } else { (2, 2) })

@@ -1,11 +1,13 @@
 //! What the simplification passes ask an op: whether a node is a no-op at inference
 //! ([`Op::no_op`], for `remove_identity`), the per-channel affine map a node computes at
-//! inference ([`Op::channel_affine`], BatchNormalization) and how to fold such a map into a
+//! inference ([`Op::channel_affine`], BatchNormalization), whether an output is never
+//! negative ([`Op::non_negative`], so that a Relu of it is a no-op) and how to fold such a map into a
 //! node's weights ([`Op::fold_output_affine`], Conv, ConvTranspose, Gemm), for
 //! `fold_batch_norm`.
 //!
 //! [`Op::no_op`]: super::Op::no_op
 //! [`Op::channel_affine`]: super::Op::channel_affine
+//! [`Op::non_negative`]: super::Op::non_negative
 //! [`Op::fold_output_affine`]: super::Op::fold_output_affine
 
 use crate::error::Result;
@@ -30,6 +32,33 @@ pub struct NoOpCx<'a> {
     pub consts: &'a [Option<&'a Tensor>],
     /// Whether output `k` is read (by a node or as a graph output), by output port.
     pub used: &'a [bool],
+    /// Whether input `p` is provably never negative ([`super::Op::non_negative`]), by port.
+    pub non_negative: &'a [bool],
+}
+
+/// What an op may read when saying whether its output 0 is never negative (see
+/// [`super::Op::non_negative`]).
+pub struct SignCx<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// Constant (initializer) inputs, by port; `None` for omitted or computed inputs.
+    pub consts: &'a [Option<&'a Tensor>],
+    /// Whether input `p` is provably never negative, by port (`false` for omitted inputs).
+    pub non_negative: &'a [bool],
+}
+
+impl SignCx<'_> {
+    /// Whether input `port` is present and never negative.
+    pub fn input(&self, port: usize) -> bool {
+        self.non_negative.get(port).copied().unwrap_or(false)
+    }
+
+    /// Whether every present input among `ports` is never negative.
+    pub fn inputs(&self, ports: std::ops::Range<usize>) -> bool {
+        ports
+            .filter(|p| self.node.input(*p).is_some())
+            .all(|p| self.input(p))
+    }
 }
 
 /// A per-channel affine map `y[:, c, ..] = x[:, c, ..]·scale[c] + shift[c]` (channel axis 1).

@@ -176,6 +176,11 @@ impl Op for Slice {
         self.name
     }
 
+    /// A rearrangement of input 0's elements: never negative when they are not.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.input(0)
+    }
+
     fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // starts, ends (required), axes, steps became inputs at opset 10.
         Some(if opset < 10 { (1, 1) } else { (3, 5) })

@@ -68,6 +68,11 @@ impl Op for Unsqueeze {
         self.name
     }
 
+    /// A rearrangement of input 0's elements: never negative when they are not.
+    fn non_negative(&self, cx: &super::simplify::SignCx) -> bool {
+        cx.input(0)
+    }
+
     fn arity(&self, opset: i64) -> Option<(usize, usize)> {
         // axes became a required input at opset 13.
         Some(if opset < 13 { (1, 1) } else { (2, 2) })

@@ -116,7 +116,7 @@ pub fn remove_channels(
 
 /// The groups every class of which is in `classes` (ascending): those go whole
 /// ([`collapse_branches`]).
-fn whole_groups(groups: &ChannelGroups, classes: &[usize]) -> Vec<usize> {
+pub(crate) fn whole_groups(groups: &ChannelGroups, classes: &[usize]) -> Vec<usize> {
     let mut count = vec![0usize; groups.groups.len()];
     for &c in classes {
         if let Some(g) = groups.group_of_class.get(c) {

@@ -1,7 +1,10 @@
 //! Removes no-op nodes, as their ops declare ([`crate::ops::Op::no_op`]): `Identity`, and
 //! `Dropout` in inference form (no `training_mode` input, or a constant false one; the `ratio`
 //! input and the `is_test` attribute of old opsets do not matter at inference) whose mask output
-//! is absent or unused. Readers of the removed node's output read its input instead.
+//! is absent or unused, and `Relu` of a value that is never negative (a Relu's output, or a
+//! slice, padding with zeros or pooling of one: [`crate::ops::Op::non_negative`]), which
+//! depth pruning leaves where a dropped branch's merge is followed by a Relu. Readers of the
+//! removed node's output read its input instead.
 //!
 //! Graph outputs keep their names: when the output is a graph output, the node is removed only
 //! if its input is computed by a node, is not itself a graph output and is not read by a
@@ -13,7 +16,7 @@
 
 use crate::error::Result;
 use crate::ir::{Graph, Model, NodeId};
-use crate::ops::simplify::{NoOp, NoOpCx};
+use crate::ops::simplify::{NoOp, NoOpCx, SignCx};
 
 /// Removes Identity and inference Dropout nodes; returns whether any was removed.
 pub fn remove_identity(model: &mut Model) -> Result<bool> {
@@ -31,8 +34,9 @@ pub fn remove_identity_keep_dropout(model: &mut Model) -> Result<bool> {
 fn remove_no_ops(model: &mut Model, inference: bool) -> Result<bool> {
     let g = &mut model.graph;
     let mut changed = false;
+    let signs = non_negative_values(g)?;
     for n in g.topo_order()? {
-        match no_op(g, n) {
+        match no_op(g, &signs, n) {
             Some(NoOp::Always) => {}
             Some(NoOp::Inference) if inference => {}
             _ => continue,
@@ -74,10 +78,15 @@ fn remove_no_ops(model: &mut Model, inference: bool) -> Result<bool> {
 }
 
 /// How `n` is a no-op, as its op says (`None`: it is not one, or lopper does not know it).
-fn no_op(g: &Graph, n: NodeId) -> Option<NoOp> {
+fn no_op(g: &Graph, signs: &[bool], n: NodeId) -> Option<NoOp> {
     let node = g.node(n);
     let op = crate::ops::lookup(&node.domain, &node.op_type)?;
     let consts = g.const_inputs(node);
+    let non_negative: Vec<bool> = node
+        .inputs
+        .iter()
+        .map(|v| v.is_some_and(|v| signs.get(v.index()).copied().unwrap_or(false)))
+        .collect();
     let used: Vec<bool> = node
         .outputs
         .iter()
@@ -87,7 +96,35 @@ fn no_op(g: &Graph, n: NodeId) -> Option<NoOp> {
         node,
         consts: &consts,
         used: &used,
+        non_negative: &non_negative,
     })
+}
+
+/// Per value (by index): whether it is provably never negative, whatever the parameters:
+/// computed values whose producer's op says so ([`crate::ops::Op::non_negative`]) given its
+/// inputs. Graph inputs and initializers are not (a trainable weight that is ≥ 0 now may not
+/// stay so: a Relu of it is kept).
+pub(crate) fn non_negative_values(g: &Graph) -> Result<Vec<bool>> {
+    let mut sign = vec![false; g.value_capacity()];
+    for n in g.topo_order()? {
+        let node = g.node(n);
+        let Some(op) = crate::ops::lookup(&node.domain, &node.op_type) else {
+            continue;
+        };
+        let Some(y) = node.output(0) else { continue };
+        let consts = g.const_inputs(node);
+        let non_negative: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|v| v.is_some_and(|v| sign[v.index()]))
+            .collect();
+        sign[y.index()] = op.non_negative(&SignCx {
+            node,
+            consts: &consts,
+            non_negative: &non_negative,
+        });
+    }
+    Ok(sign)
 }
 
 #[cfg(test)]
@@ -106,7 +143,7 @@ mod tests {
     fn removes_internal_identity_and_dropout() {
         let mut g = Graph::new();
         let x = input(&mut g, "x");
-        let a = g.add_node("a", "Relu", &[Some(x)], &["a"], vec![]);
+        let a = g.add_node("a", "Tanh", &[Some(x)], &["a"], vec![]);
         let a = g.node(a).outputs[0];
         let i = g.add_node("i", "Identity", &[a], &["i"], vec![]);
         let i = g.node(i).outputs[0];
@@ -118,12 +155,66 @@ mod tests {
 
         assert!(remove_identity(&mut m).unwrap());
         verify(&m.graph).unwrap();
-        assert_eq!(ops(&m), ["Relu", "Relu"]);
+        assert_eq!(ops(&m), ["Tanh", "Relu"]);
         let g = &m.graph;
         assert!(g.value_by_name("mask").is_none());
         let b = g.node_ids().last().unwrap();
         assert_eq!(g.node(b).inputs[0], g.value_by_name("a"));
         assert!(!remove_identity(&mut m).unwrap());
+    }
+
+    /// `x → Relu → Slice → Pad(value) → MaxPool → Relu → y`, and a Relu of a weight.
+    fn relu_after(pad_value: f32) -> Model {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x");
+        let r = g.add_node("r", "Relu", &[Some(x)], &["r"], vec![]);
+        let r = g.node(r).outputs[0];
+        let int = |g: &mut Graph, name: &str, v: &[i64]| {
+            Some(g.add_initializer(name, Tensor::from_i64(vec![v.len()], v)))
+        };
+        let (st, en, ax) = (
+            int(&mut g, "st", &[1]),
+            int(&mut g, "en", &[3]),
+            int(&mut g, "ax", &[1]),
+        );
+        let s = g.add_node("s", "Slice", &[r, st, en, ax], &["s"], vec![]);
+        let s = g.node(s).outputs[0];
+        let pads = int(&mut g, "pads", &[0, 1, 0, 0, 0, 1, 0, 0]);
+        let v = Some(g.add_initializer("v", Tensor::from_f32(vec![], &[pad_value])));
+        let p = g.add_node("p", "Pad", &[s, pads, v], &["p"], vec![]);
+        let p = g.node(p).outputs[0];
+        let mp = g.add_node(
+            "mp",
+            "MaxPool",
+            &[p],
+            &["mp"],
+            vec![crate::ir::graph::attr_ints("kernel_shape", &[1, 1])],
+        );
+        let mp = g.node(mp).outputs[0];
+        let y = g.add_node("y", "Relu", &[mp], &["y"], vec![]);
+        g.outputs.push(g.node(y).outputs[0].unwrap());
+        let w = g.add_initializer("w", Tensor::from_f32(vec![2], &[0.0, 1.0]));
+        let rw = g.add_node("rw", "Relu", &[Some(w)], &["rw"], vec![]);
+        g.outputs.push(g.node(rw).outputs[0].unwrap());
+        model(g, 13)
+    }
+
+    #[test]
+    fn removes_a_relu_of_a_never_negative_value() {
+        let mut m = relu_after(0.0);
+        assert!(remove_identity(&mut m).unwrap());
+        verify(&m.graph).unwrap();
+        // The last Relu goes (its input is a Relu's output, sliced, padded with 0, pooled);
+        // the Relu of a weight stays (training may make the weight negative).
+        assert_eq!(ops(&m), ["Relu", "Slice", "Pad", "MaxPool", "Relu"]);
+        let g = &m.graph;
+        let y = g.value_by_name("y").unwrap();
+        assert_eq!(g.node(g.value(y).producer.unwrap().0).op_type, "MaxPool");
+        assert!(!remove_identity(&mut m).unwrap());
+        // Padding with a negative value can make it negative: the Relu stays.
+        let mut m = relu_after(-1.0);
+        assert!(!remove_identity(&mut m).unwrap());
+        assert_eq!(ops(&m).iter().filter(|o| *o == "Relu").count(), 3);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Depth pruning (`--drop-blocks`): whole residual branches go before the width rounds. On
 //! real models the budget still lands within ±1%, every branch drop is verified by the
-//! equivalence oracle on both runtimes, the graph loses the branches' nodes, a plan replays
+//! equivalence oracle on both runtimes, the graph loses the branches' nodes (their sums and
+//! the Relus after them included), a plan replays
 //! it byte for byte, models without residual sums are left to the width rounds, and a model
 //! with dropped branches trains in `lopper compress`.
 
@@ -95,6 +96,30 @@ fn dropped_branches_meet_the_budget_and_pass_the_oracle() {
             layers(&model),
             layers(&width)
         );
+        // Their sums go too (a dropped branch adds nothing), and so does each Relu left
+        // reading another Relu's output: nothing is left for the runtime to run in their place.
+        let count = |m: &Model, op: &str| {
+            m.graph
+                .node_ids()
+                .filter(|n| m.graph.node(*n).op_type == op)
+                .count()
+        };
+        assert!(
+            count(&model, "Add") + n <= count(&width, "Add"),
+            "{name}: {} sums with {n} branches dropped, {} without",
+            count(&model, "Add"),
+            count(&width, "Add")
+        );
+        let g = &model.graph;
+        for id in g.node_ids().filter(|n| g.node(*n).op_type == "Relu") {
+            let x = g.node(id).inputs[0].unwrap();
+            let producer = g.value(x).producer.map(|(p, _)| g.node(p).op_type.clone());
+            assert_ne!(
+                producer.as_deref(),
+                Some("Relu"),
+                "{name}: a Relu of a Relu"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let saved = dir.path().join("pruned.onnx");
         model.save(&saved, &Default::default()).unwrap();
