@@ -146,6 +146,11 @@ pub struct Args {
     /// Do not time the final model against the original.
     #[arg(long, help_heading = "Checks")]
     no_latency: bool,
+    /// Write subsampling shortcuts (strided Slice + zero-channel Pad) as they are, instead of
+    /// as 1x1 strided convolutions that ONNX Runtime runs faster (exact; never done for
+    /// latency targets).
+    #[arg(long, help_heading = "Outputs")]
+    keep_shortcuts: bool,
     /// Timed runs per model for the latency ratio.
     #[arg(long, default_value_t = 30, help_heading = "Checks")]
     latency_runs: usize,
@@ -398,6 +403,7 @@ pub fn run(mut args: Args) -> Result<()> {
         },
         calibration_samples: args.calibration_samples,
         latency: (!args.no_latency).then_some((args.latency_runs.max(1), 1)),
+        lower: !args.keep_shortcuts,
         work_dir: args.work_dir.clone().unwrap_or_else(|| {
             let mut s = args.out.output.as_os_str().to_owned();
             s.push(".work");
@@ -447,7 +453,7 @@ pub fn run(mut args: Args) -> Result<()> {
         crate::onnx::save::write_atomic(p, text.as_bytes())?;
     }
     print_table(&args, &report);
-    if let Some(line) = rounding {
+    for line in rounding.iter().chain(&report.lowered) {
         eprintln!("note: {line}");
     }
     std::fs::remove_dir_all(&opts.work_dir)

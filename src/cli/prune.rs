@@ -68,6 +68,11 @@ pub struct Args {
     /// ratio above the MACs ratio + 0.10).
     #[arg(long, help_heading = "Checks")]
     measure: bool,
+    /// Write subsampling shortcuts (strided Slice + zero-channel Pad) as they are, instead of
+    /// as 1x1 strided convolutions that ONNX Runtime runs faster (exact; never done for
+    /// latency targets).
+    #[arg(long, help_heading = "Outputs")]
+    keep_shortcuts: bool,
     /// Write the exact removal as a plan (replay with --plan).
     #[arg(long, help_heading = "Outputs")]
     save_plan: Option<PathBuf>,
@@ -232,7 +237,16 @@ pub fn run(args: Args) -> Result<()> {
         };
         eprintln!("warning: {why}; writing the model unchanged");
     }
-    for n in rounding.iter().chain(&report.notes) {
+    let layers = match &report.before {
+        Some(before) => Some(layer_report(before, &model)?),
+        None => None,
+    };
+    let lowered = if args.keep_shortcuts || opts.selection.is_latency_target() {
+        None
+    } else {
+        crate::pipeline::lower::lower(&mut model, &opts.verify_with, opts.tolerance)?
+    };
+    for n in rounding.iter().chain(&report.notes).chain(&lowered) {
         eprintln!("note: {n}");
     }
     model
@@ -246,10 +260,6 @@ pub fn run(args: Args) -> Result<()> {
             .save(p, &args.out.save_options())
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    let layers = match &report.before {
-        Some(before) => Some(layer_report(before, &model)?),
-        None => None,
-    };
     print_summary(&args, &report, layers.as_ref());
     if args.measure {
         measure(&args, &report)?;

@@ -49,6 +49,9 @@ mod unsqueeze;
 pub mod util;
 pub mod vjp;
 
+pub use pad::zero_pads;
+pub use slice::subsampling;
+
 /// Everything an op may read when inferring or costing one node.
 pub struct Cx<'a> {
     /// The node.

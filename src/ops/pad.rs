@@ -463,6 +463,24 @@ impl Op for Pad {
 /// `Pad`.
 pub static PAD: Pad = Pad { name: "Pad" };
 
+/// The pads (begins of every axis, then ends) of Pad node `node` when it adds zeros: constant
+/// mode, value 0 (absent or a constant), constant non-negative pads, every axis (no `axes`
+/// input). `None` otherwise.
+pub fn zero_pads(node: &Node, consts: &[Option<&Tensor>]) -> Option<Vec<i64>> {
+    if node.attr_s("mode").is_some_and(|m| m != "constant") || node.input(3).is_some() {
+        return None;
+    }
+    let pads = match node.input(1) {
+        Some(_) => consts.get(1).copied().flatten()?.to_i64_vec()?,
+        None => node.attr_ints("pads")?.to_vec(),
+    };
+    let value = match node.input(2) {
+        Some(_) => consts.get(2).copied().flatten()?.to_f64_vec()?,
+        None => vec![f64::from(node.attr_f("value").unwrap_or(0.0))],
+    };
+    (value.iter().all(|v| *v == 0.0) && pads.iter().all(|p| *p >= 0)).then_some(pads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -432,6 +432,47 @@ fn reverse(cx: &mut VjpCx, v: ValueId, axis: usize, len: usize) -> ValueId {
 /// `Slice`.
 pub static SLICE: Slice = Slice { name: "Slice" };
 
+/// When Slice node `node` (opset ≥ 10 form, constant parameters in `consts`) on an input of
+/// dims `dims` (`None`: not known) keeps every `step`-th element from the first along each axis it
+/// slices (start 0, end at or past the dim, step ≥ 1): those `(axis, step)` pairs. `None`
+/// for any other window.
+pub fn subsampling(
+    node: &Node,
+    consts: &[Option<&Tensor>],
+    dims: &[Option<usize>],
+) -> Option<Vec<(usize, usize)>> {
+    let ints = |p: usize| {
+        consts
+            .get(p)
+            .copied()
+            .flatten()
+            .and_then(Tensor::to_i64_vec)
+    };
+    let (starts, ends) = (ints(1)?, ints(2)?);
+    let rank = dims.len() as i64;
+    let axes = match node.input(3) {
+        Some(_) => ints(3)?,
+        None => (0..starts.len() as i64).collect(),
+    };
+    let steps = match node.input(4) {
+        Some(_) => ints(4)?,
+        None => vec![1; starts.len()],
+    };
+    if [ends.len(), axes.len(), steps.len()] != [starts.len(); 3] {
+        return None;
+    }
+    let mut out = Vec::new();
+    for i in 0..starts.len() {
+        let a = if axes[i] < 0 { axes[i] + rank } else { axes[i] };
+        let d = (*dims.get(usize::try_from(a).ok()?)?)? as i64;
+        if starts[i] != 0 || ends[i] < d || steps[i] < 1 {
+            return None;
+        }
+        out.push((a as usize, steps[i] as usize));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,8 @@
 //! what they do.
 //!
 //! **write** is the caller's: the library returns the pruned model and the report (with the
-//! plan, and the model before removal for [`crate::report::layer_report`]); the CLI saves
-//! them. The pipeline does not fine-tune, and touches no files except through [`Calibration`]
+//! plan, and the model before removal for [`crate::report::layer_report`]); the CLI lowers
+//! the model for the runtimes ([`mod@lower`]) and saves them. The pipeline does not fine-tune, and touches no files except through [`Calibration`]
 //! and the [`LatencyEvaluator`]'s scratch folder.
 
 pub mod activations;
@@ -35,6 +35,7 @@ pub mod drop;
 pub mod kept;
 pub mod latency;
 pub mod latency_table;
+pub mod lower;
 pub mod mend;
 pub mod methods;
 pub mod options;

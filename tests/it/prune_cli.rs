@@ -1,6 +1,7 @@
 //! `lopper prune` through the binary: same inputs give byte-identical outputs, a saved plan
 //! replays byte-for-byte (also over several rounds), the report, plot and table are written,
-//! data-driven criteria read calibration data, and bad requests exit 2 with one line.
+//! data-driven criteria read calibration data, bad requests exit 2 with one line, and
+//! subsampling shortcuts are written as strided convolutions unless kept.
 
 use crate::common;
 
@@ -492,4 +493,64 @@ fn readme_main_command_prunes_the_shipped_model() {
     assert!(out.contains("MACs   40.55 M -> 20.20 M (x0.498)"), "{out}");
     assert!(out.contains("verified: max relative error"), "{out}");
     assert!(Path::new(&args[o + 1]).is_file());
+}
+
+/// The written model's subsampling shortcuts are 1x1 strided convolutions (ONNX Runtime keeps
+/// its blocked layout through them) computing what `--keep-shortcuts`' Slice and Pad compute.
+#[test]
+fn shortcuts_are_written_as_strided_convolutions_unless_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lowered, kept) = (dir.path().join("l.onnx"), dir.path().join("k.onnx"));
+    let base = [
+        "prune",
+        &shared(R20),
+        "--target",
+        "flops=0.5",
+        "--table",
+        "none",
+    ];
+    let (code, _, err) = lopper(&[&base[..], &["-o", s(&lowered)]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 subsampling shortcut(s)"), "{err}");
+    let (code, _, err) = lopper(&[&base[..], &["-o", s(&kept), "--keep-shortcuts"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("subsampling shortcut"), "{err}");
+    let ops = |p: &Path| {
+        let m = lopper::ir::Model::load(p).unwrap();
+        let g = &m.graph;
+        let count = |op: &str| g.node_ids().filter(|n| g.node(*n).op_type == op).count();
+        (count("Conv"), count("Slice"), count("Pad"))
+    };
+    let ((lc, ls, lp), (kc, ks, kp)) = (ops(&lowered), ops(&kept));
+    assert_eq!(
+        (lc, ls, lp),
+        (kc + 2, ks - 4, kp - 2),
+        "{:?}",
+        (ops(&lowered), ops(&kept))
+    );
+    common::check_models(&[&lowered, &kept]);
+    let m = lopper::ir::Model::load(&kept).unwrap();
+    let inputs = common::random_inputs(&m, 3);
+    // tract runs both the same way: the same bits. ONNX Runtime fuses the lowered model's
+    // sums into its convolutions, which orders the additions differently.
+    use lopper::runtime::BackendKind;
+    let (a, b) = (
+        common::run(BackendKind::Tract, &kept, &inputs),
+        common::run(BackendKind::Tract, &lowered, &inputs),
+    );
+    let diff = common::diff_outputs(&a, &b);
+    assert!(diff.is_empty(), "{diff:?}");
+    if common::require_ort() {
+        let (a, b) = (
+            common::run(BackendKind::Ort, &kept, &inputs),
+            common::run(BackendKind::Ort, &lowered, &inputs),
+        );
+        let (a, b) = (a[0].1.to_f64_vec().unwrap(), b[0].1.to_f64_vec().unwrap());
+        let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(scale > 0.1 && err <= 1e-5 * scale, "{err} of {scale}");
+    }
 }

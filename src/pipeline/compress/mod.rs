@@ -18,9 +18,11 @@
 //!      and checked on the final model;
 //!    - **recover**, each of [`Recovery`]: BN recalibration ([`super::recalibrate`]),
 //!      compensation ([`super::compensate`]), fine-tuning, distillation from the original;
-//! 3. **verify**: the final model passes the IR checks, loads and runs in every runtime found
+//! 3. **lower** ([`super::lower`]): the final model's subsampling shortcuts written as the
+//!    convolutions ONNX Runtime runs fastest, checked by the oracle (not for latency targets);
+//! 4. **verify**: the final model passes the IR checks, loads and runs in every runtime found
 //!    (ONNX Runtime and tract), with finite outputs that agree between runtimes;
-//! 4. **latency**: the final model timed against the original, interleaved, in one run.
+//! 5. **latency**: the final model timed against the original, interleaved, in one run.
 //!
 //! Every stage ends by writing its model (`NN-stage.onnx`) and the journal (`journal.json`:
 //! the report so far and the settings it was made with) into the work folder, both
@@ -190,6 +192,9 @@ pub struct CompressOptions {
     pub calibration_samples: usize,
     /// Time the final model against the original (runs and batch size).
     pub latency: Option<(usize, usize)>,
+    /// Lower the final model for the runtimes ([`super::lower`]) before checking and timing
+    /// it (not done for latency targets).
+    pub lower: bool,
     /// The work folder (journal and every stage's model).
     pub work_dir: PathBuf,
     /// Continue the run recorded in the work folder instead of starting afresh.
@@ -254,6 +259,9 @@ pub struct CompressReport {
     pub verified: Vec<(String, f64)>,
     /// The final model timed against the original.
     pub latency: Option<Latency>,
+    /// What lowering the final model for the runtimes changed ([`super::lower`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowered: Option<String>,
     /// The weight-mask file of a run pruned at weight granularity (in the work folder; the
     /// caller ships it beside the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -463,6 +471,16 @@ fn run_stages(
         observer.done(&stage, false);
         work.record(stage)?;
     }
+    let mut last = work.file(names.len() - 1, names[names.len() - 1]);
+    if opts.lower && !opts.prune.selection.is_latency_target() {
+        observer.stage("lowering the final model for the runtimes");
+        let (backends, tolerance) = (&opts.prune.verify_with, opts.prune.tolerance);
+        work.report.lowered = super::lower::lower(&mut model, backends, tolerance)?;
+        if work.report.lowered.is_some() {
+            last = work.dir.join("lowered.onnx");
+            model.save(&last, &Default::default())?;
+        }
+    }
     observer.stage("verifying the final model in every runtime");
     work.report.verified = check_runs(&model)?;
     let masks = work.dir.join(MASK_FILE);
@@ -472,7 +490,6 @@ fn run_stages(
     }
     if let Some((runs, batch)) = opts.latency {
         observer.stage("timing the final model against the original");
-        let last = work.file(names.len() - 1, names[names.len() - 1]);
         work.report.latency = Some(time_against(path, &last, runs, batch, &opts.eval)?);
     }
     work.save()?;

@@ -1,0 +1,49 @@
+//! The lower stage: rewrites of the model about to be written that make it faster on the
+//! runtimes without changing what it computes — today the subsampling shortcuts
+//! ([`crate::passes::lower_shortcuts`]) — checked by the equivalence oracle against the model
+//! as it was. It runs on the written model only (`lopper prune`, the end of `lopper
+//! compress`): never before training (the rewritten shortcut would become a trainable
+//! convolution) and not for latency targets (their latency model was measured on the
+//! model as pruned). It does not prune.
+
+use crate::error::{Error, Result};
+use crate::ir::Model;
+use crate::oracle::compare;
+use crate::passes::lower_shortcuts;
+use crate::runtime::BackendKind;
+
+/// Lowers `model` in place; checks it against its previous form on `backends` (none: not
+/// checked) within `tolerance`. Returns a note saying what changed, or `None` when nothing did.
+pub fn lower(
+    model: &mut Model,
+    backends: &[BackendKind],
+    tolerance: f64,
+) -> Result<Option<String>> {
+    let before = (!backends.is_empty()).then(|| model.clone());
+    let macs = super::model_costs(model)?.macs;
+    let n = lower_shortcuts(model)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let added = super::model_costs(model)?.macs.saturating_sub(macs);
+    let mut note = format!(
+        "{n} subsampling shortcut(s) (strided Slice, zero-channel Pad) written as 1x1 strided \
+         convolutions, which ONNX Runtime runs in its blocked layout (+{:.2} M MACs, x{:.4})",
+        added as f64 / 1e6,
+        (macs + added) as f64 / macs.max(1) as f64
+    );
+    if let Some(before) = before {
+        let cmp = compare(&before, model, backends, 2, 7)?;
+        if cmp.max_rel_error > tolerance {
+            return Err(Error::Graph(format!(
+                "lowering the shortcuts changed the outputs (relative error {:.1e}): {:?}",
+                cmp.max_rel_error, cmp.errors
+            )));
+        }
+        note.push_str(&format!(
+            " (checked: max relative error {:.1e})",
+            cmp.max_rel_error
+        ));
+    }
+    Ok(Some(note))
+}
