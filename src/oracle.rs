@@ -1,11 +1,12 @@
 //! The equivalence oracle: a pruned model must compute what the original computes with the
-//! removed channels silenced at their consumers.
+//! removed channels silenced at their consumers (and dropped residual branches adding zero).
 //!
 //! [`masked_original`] zeroes, in a copy of the original, the consumer weight slices (next
 //! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels, and puts a zero in
-//! the place of each residual branch whose group loses every channel (depth pruning); [`compare`] runs two
-//! models on the same seeded random inputs under each requested runtime and reports the
-//! largest relative output difference. The oracle does not judge accuracy on real data.
+//! the place of each residual branch whose group loses every channel (depth pruning);
+//! [`compare`] runs two models on the same seeded random inputs under each requested runtime
+//! and reports the largest relative output difference. The oracle does not judge accuracy on
+//! real data.
 
 use serde::Serialize;
 
@@ -21,7 +22,8 @@ use crate::temp_dir::TempDir;
 
 /// The original with the consumers' input slices of the removed classes set to zero — except
 /// constant channels that the removal compensates exactly (their contribution stays, as in the
-/// pruned model).
+/// pruned model) — and a zero in place of the residual branch of each group that loses every
+/// channel, at its sum.
 pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize]) -> Result<Model> {
     let constants = channel_constants(model, groups);
     let shapes = infer_shapes(model)?;

@@ -249,8 +249,9 @@ fn tail(
 }
 
 /// Removes groups `gids` (of `groups`, computed on `model` with `shapes`) whole: each branch
-/// is taken out of its sum, then dead layers are deleted and no-ops bypassed. Errors naming the group when one cannot go whole
-/// ([`whole_branch`]) or when a graph output would change shape.
+/// is taken out of its sum, then dead layers are deleted and no-ops bypassed. Errors naming
+/// the group when one cannot go whole ([`whole_branch`]) or when a graph output would change
+/// shape.
 pub fn collapse_branches(
     model: &mut Model,
     groups: &ChannelGroups,
