@@ -241,10 +241,10 @@ pub fn run(args: Args) -> Result<()> {
         Some(before) => Some(layer_report(before, &model)?),
         None => None,
     };
-    let lowered = if args.keep_shortcuts || opts.selection.is_latency_target() {
+    let lowered = if args.keep_shortcuts {
         None
     } else {
-        crate::pipeline::lower::lower(&mut model, &opts.verify_with, opts.tolerance)?
+        crate::pipeline::lower::lower(&mut model, &opts)?
     };
     for n in rounding.iter().chain(&report.notes).chain(&lowered) {
         eprintln!("note: {n}");

@@ -420,6 +420,25 @@ impl Graph {
         id
     }
 
+    /// Adds a node whose one output is the existing value `output` (which must have no
+    /// producer, e.g. that of a node just removed): its readers and its name as a graph output
+    /// stay.
+    pub fn add_node_writing(
+        &mut self,
+        name: &str,
+        op_type: &str,
+        inputs: &[Option<ValueId>],
+        output: ValueId,
+        attrs: Vec<AttributeProto>,
+    ) -> NodeId {
+        let id = self.add_node(name, op_type, inputs, &["written"], attrs);
+        if let Some(tmp) = self.node(id).output(0) {
+            self.set_output(id, 0, output);
+            self.remove_value(tmp);
+        }
+        id
+    }
+
     fn fresh_node_name(&self, base: &str) -> String {
         let taken = |n: &str| self.nodes.iter().any(|x| !x.removed && x.name == n);
         if !base.is_empty() && !taken(base) {

@@ -463,10 +463,13 @@ impl Op for Pad {
 /// `Pad`.
 pub static PAD: Pad = Pad { name: "Pad" };
 
-/// The pads (begins of every axis, then ends) of Pad node `node` when it adds zeros: constant
+/// The pads (begins of every axis, then ends) of `node` when it is a Pad that adds zeros: constant
 /// mode, value 0 (absent or a constant), constant non-negative pads, every axis (no `axes`
 /// input). `None` otherwise.
 pub fn zero_pads(node: &Node, consts: &[Option<&Tensor>]) -> Option<Vec<i64>> {
+    if node.op_type != PAD.name || !crate::ir::is_default_domain(&node.domain) {
+        return None;
+    }
     if node.attr_s("mode").is_some_and(|m| m != "constant") || node.input(3).is_some() {
         return None;
     }

@@ -432,7 +432,7 @@ fn reverse(cx: &mut VjpCx, v: ValueId, axis: usize, len: usize) -> ValueId {
 /// `Slice`.
 pub static SLICE: Slice = Slice { name: "Slice" };
 
-/// When Slice node `node` (opset ≥ 10 form, constant parameters in `consts`) on an input of
+/// When `node` is a Slice (opset ≥ 10 form, constant parameters in `consts`) on an input of
 /// dims `dims` (`None`: not known) keeps every `step`-th element from the first along each axis it
 /// slices (start 0, end at or past the dim, step ≥ 1): those `(axis, step)` pairs. `None`
 /// for any other window.
@@ -441,6 +441,9 @@ pub fn subsampling(
     consts: &[Option<&Tensor>],
     dims: &[Option<usize>],
 ) -> Option<Vec<(usize, usize)>> {
+    if node.op_type != SLICE.name || !crate::ir::is_default_domain(&node.domain) {
+        return None;
+    }
     let ints = |p: usize| {
         consts
             .get(p)

@@ -27,8 +27,8 @@ use crate::ir::{verify, DType, Model, NodeId, Tensor, ValueId};
 use crate::ops::channel::{Link, Port};
 use crate::ops::linear::Form;
 
+use super::eliminate_dead_code;
 use super::remove_identity::remove_identity_keep_dropout;
-use super::{eliminate_dead_code, fold_constants};
 
 /// Most nodes between a branch's last layer and its merge.
 const MAX_TAIL: usize = 16;
@@ -278,9 +278,6 @@ pub fn collapse_branches(
     }
     eliminate_dead_code(model)?;
     remove_identity_keep_dropout(model)?;
-    eliminate_dead_code(model)?;
-    fold_constants(model)?;
-    eliminate_dead_code(model)?;
     model.graph.compact();
     verify(&model.graph)?;
     let after = infer_shapes(model)?;
@@ -329,10 +326,7 @@ fn bypass_merge(g: &mut crate::ir::Graph, branch: ValueId) -> Result<()> {
     };
     let name = node.name.clone();
     g.remove_node(m);
-    let new = g.add_node(&name, &op, &remaining, &["bypass"], vec![]);
-    let tmp = g.node(new).output(0).expect("one output");
-    g.set_output(new, 0, y);
-    g.remove_value(tmp);
+    g.add_node_writing(&name, &op, &remaining, y, vec![]);
     Ok(())
 }
 

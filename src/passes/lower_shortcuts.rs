@@ -22,9 +22,18 @@ use crate::ir::{verify, DType, Model, Tensor, ValueId};
 
 use super::eliminate_dead_code;
 
+/// What [`lower_shortcuts`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lowered {
+    /// Shortcuts rewritten.
+    pub count: usize,
+    /// MACs per sample the convolutions add (spatial dims unknown: not counted).
+    pub added_macs: u64,
+}
+
 /// Rewrites every subsampling shortcut (`Slice`+ → `Pad` of zero channels) as a 1×1 strided
-/// `Conv`; returns how many.
-pub fn lower_shortcuts(model: &mut Model) -> Result<usize> {
+/// `Conv`.
+pub fn lower_shortcuts(model: &mut Model) -> Result<Lowered> {
     let shapes = infer_shapes(model)?;
     let g = &mut model.graph;
     let dims = |v: ValueId| -> Option<Vec<Option<usize>>> {
@@ -38,16 +47,13 @@ pub fn lower_shortcuts(model: &mut Model) -> Result<usize> {
                 .collect(),
         )
     };
-    let mut rewrites = Vec::new();
+    let (mut rewrites, mut added_macs) = (Vec::new(), 0);
     for n in g.topo_order()? {
         let node = g.node(n);
-        if node.op_type != "Pad" || !crate::ir::is_default_domain(&node.domain) {
-            continue;
-        }
-        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
+        let Some(pads) = crate::ops::zero_pads(node, &g.const_inputs(node)) else {
             continue;
         };
-        let Some(pads) = crate::ops::zero_pads(node, &g.const_inputs(node)) else {
+        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
             continue;
         };
         // Only channels padded, on a rank-4 tensor.
@@ -60,7 +66,7 @@ pub fn lower_shortcuts(model: &mut Model) -> Result<usize> {
         while let Some((s, 0)) = g.value(src).producer {
             let sn = g.node(s);
             let single = g.value(src).uses.len() == 1 && !g.outputs.contains(&src);
-            let (Some(input), true) = (sn.input(0), single && sn.op_type == "Slice") else {
+            let (Some(input), true) = (sn.input(0), single) else {
                 break;
             };
             let Some(d) = dims(input) else { break };
@@ -83,7 +89,10 @@ pub fn lower_shortcuts(model: &mut Model) -> Result<usize> {
         else {
             continue;
         };
-        rewrites.push((n, src, y, c, pads[1] as usize, pads[5] as usize, stride));
+        let pixels: Option<usize> = dims(y).and_then(|d| d[2]?.checked_mul(d[3]?));
+        let (lo, hi) = (pads[1] as usize, pads[5] as usize);
+        added_macs += (c * (c + lo + hi) * pixels.unwrap_or(0)) as u64;
+        rewrites.push((n, src, y, c, lo, hi, stride));
     }
     let count = rewrites.len();
     for (n, src, y, c, lo, hi, stride) in rewrites {
@@ -97,26 +106,23 @@ pub fn lower_shortcuts(model: &mut Model) -> Result<usize> {
         let w = g.add_initializer(&wname, Tensor::from_f32(vec![out, c, 1, 1], &w));
         g.remove_node(n);
         let strides = [stride[0] as i64, stride[1] as i64];
-        let conv = g.add_node(
+        g.add_node_writing(
             &format!("{name}_as_conv"),
             "Conv",
             &[Some(src), Some(w)],
-            &["lowered"],
+            y,
             vec![
                 attr_ints("kernel_shape", &[1, 1]),
                 attr_ints("strides", &strides),
             ],
         );
-        let tmp = g.node(conv).output(0).expect("one output");
-        g.set_output(conv, 0, y);
-        g.remove_value(tmp);
     }
     if count > 0 {
         eliminate_dead_code(model)?;
         model.graph.compact();
         verify(&model.graph)?;
     }
-    Ok(count)
+    Ok(Lowered { count, added_macs })
 }
 
 #[cfg(test)]
@@ -160,7 +166,7 @@ mod tests {
     fn a_subsampling_shortcut_becomes_an_exact_strided_convolution() {
         let before = shortcut(0, 0.0);
         let mut m = before.clone();
-        assert_eq!(lower_shortcuts(&mut m).unwrap(), 1);
+        assert_eq!(lower_shortcuts(&mut m).unwrap().count, 1);
         assert_eq!(ops(&m), ["Relu", "Conv"]);
         let g = &m.graph;
         let y = g.value_by_name("y").unwrap();
@@ -178,20 +184,20 @@ mod tests {
             Some(vec![1, 7, 3, 2]),
             "the shortcut's shape"
         );
-        assert_eq!(lower_shortcuts(&mut m).unwrap(), 0);
+        assert_eq!(lower_shortcuts(&mut m).unwrap().count, 0);
     }
 
     #[test]
     fn other_windows_and_values_stay() {
         // A non-zero padding value: nothing changes.
         let mut m = shortcut(0, 0.5);
-        assert_eq!(lower_shortcuts(&mut m).unwrap(), 0);
+        assert_eq!(lower_shortcuts(&mut m).unwrap().count, 0);
         assert_eq!(ops(&m), ["Relu", "Slice", "Slice", "Pad"]);
         // A row window with an offset stays a Slice; the columns' subsampling and the padding
         // still become the convolution.
         let before = shortcut(1, 0.0);
         let mut m = before.clone();
-        assert_eq!(lower_shortcuts(&mut m).unwrap(), 1);
+        assert_eq!(lower_shortcuts(&mut m).unwrap().count, 1);
         assert_eq!(ops(&m), ["Relu", "Slice", "Conv"]);
         let cmp = compare(&before, &m, &[BackendKind::Tract], 2, 1).unwrap();
         assert_eq!(cmp.max_rel_error, 0.0, "{cmp:?}");

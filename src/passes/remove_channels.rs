@@ -513,17 +513,13 @@ fn apply_compensation(
             let c = g.add_initializer(&format!("{name}_compensation"), cut(t)?);
             let pre = g.add_value(&format!("{y_name}_uncompensated"));
             g.set_output(n, 0, pre);
-            let add = g.add_node(
+            g.add_node_writing(
                 &format!("{name}_compensate"),
                 "Add",
                 &[Some(pre), Some(c)],
-                &[&format!("{y_name}_tmp")],
+                y,
                 vec![],
             );
-            if let Some(tmp) = g.node(add).output(0) {
-                g.set_output(add, 0, y);
-                g.remove_value(tmp);
-            }
         }
     }
     Ok(())

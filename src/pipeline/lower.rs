@@ -10,27 +10,29 @@ use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::oracle::compare;
 use crate::passes::lower_shortcuts;
-use crate::runtime::BackendKind;
 
-/// Lowers `model` in place; checks it against its previous form on `backends` (none: not
-/// checked) within `tolerance`. Returns a note saying what changed, or `None` when nothing did.
-pub fn lower(
-    model: &mut Model,
-    backends: &[BackendKind],
-    tolerance: f64,
-) -> Result<Option<String>> {
-    let before = (!backends.is_empty()).then(|| model.clone());
-    let macs = super::model_costs(model)?.macs;
-    let n = lower_shortcuts(model)?;
-    if n == 0 {
+use super::PruneOptions;
+
+/// Lowers `model`, the result of a run with `opts` (nothing for a latency target), in place;
+/// checks it against its previous form on the runs' oracle runtimes (none: not checked)
+/// within their tolerance. Returns a note saying what changed, or `None` when nothing did.
+pub fn lower(model: &mut Model, opts: &PruneOptions) -> Result<Option<String>> {
+    if opts.selection.is_latency_target() {
         return Ok(None);
     }
-    let added = super::model_costs(model)?.macs.saturating_sub(macs);
+    let (backends, tolerance) = (&opts.verify_with, opts.tolerance);
+    let before = (!backends.is_empty()).then(|| model.clone());
+    let macs = super::model_costs(model)?.macs;
+    let done = lower_shortcuts(model)?;
+    if done.count == 0 {
+        return Ok(None);
+    }
     let mut note = format!(
-        "{n} subsampling shortcut(s) (strided Slice, zero-channel Pad) written as 1x1 strided \
+        "{} subsampling shortcut(s) (strided Slice, zero-channel Pad) written as 1x1 strided \
          convolutions, which ONNX Runtime runs in its blocked layout (+{:.2} M MACs, x{:.4})",
-        added as f64 / 1e6,
-        (macs + added) as f64 / macs.max(1) as f64
+        done.count,
+        done.added_macs as f64 / 1e6,
+        (macs + done.added_macs) as f64 / macs.max(1) as f64
     );
     if let Some(before) = before {
         let cmp = compare(&before, model, backends, 2, 7)?;

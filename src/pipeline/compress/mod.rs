@@ -472,10 +472,9 @@ fn run_stages(
         work.record(stage)?;
     }
     let mut last = work.file(names.len() - 1, names[names.len() - 1]);
-    if opts.lower && !opts.prune.selection.is_latency_target() {
+    if opts.lower {
         observer.stage("lowering the final model for the runtimes");
-        let (backends, tolerance) = (&opts.prune.verify_with, opts.prune.tolerance);
-        work.report.lowered = super::lower::lower(&mut model, backends, tolerance)?;
+        work.report.lowered = super::lower::lower(&mut model, &opts.prune)?;
         if work.report.lowered.is_some() {
             last = work.dir.join("lowered.onnx");
             model.save(&last, &Default::default())?;
