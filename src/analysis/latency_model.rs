@@ -3,10 +3,11 @@
 //! at sampled input/output widths ([`Surface`], built by
 //! [`crate::pipeline::latency_table`]) and interpolated at the widths a removal leaves
 //! ([`MaskedCost::channels_after`]); the whole model is `a + b · Σ layers`, the line fitted
-//! through whole-model measurements ([`fit`]). Pure arithmetic: it times nothing and does not
-//! know which layers are timed.
+//! through whole-model measurements ([`fit`]). [`MacsCurve`] is the other predictor: the
+//! latency of a removal from its MACs alone, through whole-model measurements. Pure
+//! arithmetic: it times nothing and does not know which layers are timed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,10 @@ pub struct LatencyModel {
     pub a: Cell<f64>,
     /// See `a`.
     pub b: Cell<f64>,
+    /// The model's own latency as a fraction of the original's it was pruned from (1 when
+    /// it is the original), so that [`ratio`](Self::ratio) is relative to the original, as
+    /// latency targets and measurements are.
+    pub scale: Cell<f64>,
     /// The layer sum with nothing removed (computed once: every ratio divides by it).
     full_sum: std::cell::OnceCell<f64>,
 }
@@ -97,6 +102,7 @@ impl LatencyModel {
             layers,
             a: Cell::new(0.0),
             b: Cell::new(1.0),
+            scale: Cell::new(1.0),
             full_sum: std::cell::OnceCell::new(),
         }
     }
@@ -124,11 +130,77 @@ impl LatencyModel {
     }
 
     /// Predicted latency after removing the classes marked `true`, as a fraction of the
-    /// model's with nothing removed.
+    /// original's: of the model's with nothing removed, times [`scale`](Self::scale).
     pub fn ratio(&self, cost: &MaskedCost, removed: &[bool]) -> f64 {
         let sum = *self.full_sum.get_or_init(|| self.layer_sum(cost, &[]));
         let full = self.a.get() + self.b.get() * sum;
-        self.seconds(cost, removed) / full.max(f64::MIN_POSITIVE)
+        self.scale.get() * self.seconds(cost, removed) / full.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// A model's latency predicted from its MACs alone: `latency ≈ m · k(m)`, both fractions of
+/// the original's, where `k` (time per MAC relative to the original's) is interpolated
+/// linearly in `m` between whole-model measurements `(m, latency)` and the original `(1, 1)`,
+/// constant beyond them (`k = 1` with no measurement). Made for the FLOPs target's order of
+/// removal, whose latency on runtimes that block channels tracks its MACs (hardware-friendly
+/// widths, branches dropped): a few measurements pin `k` where the target is.
+#[derive(Clone, Debug, Default)]
+pub struct MacsCurve {
+    /// Measured `(MACs, latency)`, fractions of the original's (cells: a measurement that
+    /// disagrees with the prediction is added while a search holds the curve).
+    pub points: RefCell<Vec<(f64, f64)>>,
+    /// The MACs of the model the removals apply to, as a fraction of the original's.
+    pub kept: f64,
+}
+
+impl MacsCurve {
+    /// A curve through `points` for a model keeping `kept` of the original's MACs.
+    pub fn new(points: Vec<(f64, f64)>, kept: f64) -> MacsCurve {
+        MacsCurve {
+            points: RefCell::new(points),
+            kept,
+        }
+    }
+
+    /// Predicted latency (fraction of the original's) of a model keeping `m` of the
+    /// original's MACs.
+    pub fn at(&self, m: f64) -> f64 {
+        let mut ks: Vec<(f64, f64)> = self
+            .points
+            .borrow()
+            .iter()
+            .filter(|(m, l)| *m > 0.0 && m.is_finite() && l.is_finite() && *l > 0.0)
+            .map(|&(m, l)| (m, l / m))
+            .collect();
+        if !ks.iter().any(|(m, _)| *m >= 1.0) {
+            ks.push((1.0, 1.0));
+        }
+        ks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let k = match ks.iter().position(|(x, _)| *x >= m) {
+            Some(0) => ks[0].1,
+            Some(i) => {
+                let ((x0, k0), (x1, k1)) = (ks[i - 1], ks[i]);
+                if x1 - x0 <= 0.0 {
+                    k1
+                } else {
+                    k0 + (k1 - k0) * (m - x0) / (x1 - x0)
+                }
+            }
+            None => ks[ks.len() - 1].1,
+        };
+        m * k
+    }
+
+    /// The MACs, as a fraction of the original's, left after removing the classes marked
+    /// `true` (`cost` built on the model the curve's removals apply to).
+    pub fn macs(&self, cost: &MaskedCost, removed: &[bool]) -> f64 {
+        self.kept * cost.estimate(removed).0 as f64 / cost.original().0.max(1) as f64
+    }
+
+    /// Predicted latency after removing the classes marked `true`, as a fraction of the
+    /// original's.
+    pub fn ratio(&self, cost: &MaskedCost, removed: &[bool]) -> f64 {
+        self.at(self.macs(cost, removed))
     }
 }
 
@@ -215,6 +287,26 @@ mod tests {
         // Below the smallest sample: proportional to the width; above the largest: the edge.
         assert!((s.at(4, 8) - 0.5 * s.at(8, 8)).abs() < 1e-15);
         assert_eq!(s.at(64, 32), s.at(32, 32));
+    }
+
+    #[test]
+    fn a_macs_curve_is_proportional_until_measured_then_passes_through_its_points() {
+        let c = MacsCurve::new(vec![], 1.0);
+        assert_eq!(c.at(0.5), 0.5);
+        assert_eq!(c.at(1.0), 1.0);
+        // One point: k = 1.2 at m = 0.5, interpolated up to the original's k = 1.
+        c.points.borrow_mut().push((0.5, 0.6));
+        assert!((c.at(0.5) - 0.6).abs() < 1e-12);
+        assert!((c.at(0.75) - 0.75 * 1.1).abs() < 1e-12);
+        assert!((c.at(0.25) - 0.25 * 1.2).abs() < 1e-12, "constant below");
+        // A second point below: interpolated between the two.
+        c.points.borrow_mut().push((0.3, 0.45));
+        assert!((c.at(0.3) - 0.45).abs() < 1e-12);
+        assert!((c.at(0.4) - 0.4 * 1.35).abs() < 1e-12);
+        // Nonsense points are ignored.
+        c.points.borrow_mut().push((f64::NAN, 1.0));
+        c.points.borrow_mut().push((0.2, -1.0));
+        assert!((c.at(0.3) - 0.45).abs() < 1e-12);
     }
 
     #[test]

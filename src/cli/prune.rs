@@ -216,7 +216,9 @@ pub fn run(args: Args) -> Result<()> {
         latency: match runtime {
             Some((backend, runtime)) if needs_timing => {
                 let l = opts.selection.latency();
-                let evaluator = LatencyEvaluator::new(backend, runtime)?.with_batch(l.batch);
+                let evaluator = LatencyEvaluator::new(backend, runtime)?
+                    .with_batch(l.batch)
+                    .with_lowering(!args.keep_shortcuts);
                 Some(evaluator.with_search(l.search, l.table)?)
             }
             _ => None,

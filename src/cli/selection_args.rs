@@ -98,11 +98,11 @@ pub struct SelectionArgs {
     /// per runtime under $LOPPER_CACHE_DIR, $XDG_CACHE_HOME/lopper or ~/.cache/lopper].
     #[arg(long, value_name = "FILE", help_heading = "Allocation")]
     width_table: Option<PathBuf>,
-    /// Depth pruning: the share (0 to 1) of a `--target flops=R|params=R` removal taken by
-    /// dropping whole residual branches, the weakest first (by what each adds to its
-    /// residual sum, measured on seeded random inputs), before channels are removed from the
-    /// rest. A dropped branch
-    /// takes its layers' fixed per-layer time too, which narrower layers keep. 0: none
+    /// Depth pruning: the share (0 to 1) of a `--target` removal taken by dropping whole
+    /// residual branches, the weakest first (by what each adds to its residual sum, measured
+    /// on seeded random inputs), before channels are removed from the rest (for
+    /// `latency=R`: a share of 1 − R of the MACs). A dropped branch takes its layers' fixed
+    /// per-layer time too, which narrower layers keep. 0: none
     /// [default: 0.75 in `prune` and `compress --method plain`, 0 for the other methods].
     #[arg(long, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
     pub drop_blocks: Option<f64>,
@@ -116,16 +116,21 @@ pub struct SelectionArgs {
     #[arg(long, default_value_t = 0.005, help_heading = "Allocation")]
     target_tolerance: f64,
     /// How `--target latency=R` judges candidates: `table` predicts them from each layer
-    /// timed alone at sampled widths (reproducible with `--latency-table`) and confirms the
-    /// choice by measurement (1 to 4 timings; a table being built learns from them);
-    /// `measured` bisects on whole-model timings (at most 10).
-    #[arg(long, value_enum, default_value = "table", help_heading = "Allocation")]
-    latency_search: LatencySearchArg,
+    /// timed alone at sampled widths, in `--latency-order`, and confirms the choice by timing
+    /// (1 to 4; a table being built learns from them); `curve` removes channels in the FLOPs
+    /// target's order and predicts a candidate's latency from its MACs through the
+    /// whole-model timings made so far (1 to 4; no layer timed: faster, and as good where
+    /// time follows MACs); `measured` bisects on whole-model timings (at most 10). `table` and
+    /// `curve` keep what they timed in `--latency-table`: the same file, the same choice
+    /// [default: `table` at `--latency-batch 1`, `curve` at larger batches, where timing
+    /// every layer alone takes minutes].
+    #[arg(long, value_enum, help_heading = "Allocation")]
+    latency_search: Option<LatencySearchArg>,
     /// The latency table's JSON file: read when it exists, extended (atomically) when the
     /// model has layers it lacks. The same table gives the same choice.
     #[arg(long, value_name = "FILE", help_heading = "Allocation")]
     latency_table: Option<std::path::PathBuf>,
-    /// Under `--target latency=R` with a table: `knapsack` orders channels by score over
+    /// Under `--target latency=R` with `--latency-search table`: `knapsack` orders channels by score over
     /// what their group's MACs cost in time, so that slow MACs go first and the target keeps
     /// more of them; `score` by score alone (like a FLOPs target).
     #[arg(
@@ -158,8 +163,10 @@ enum LatencyOrderArg {
 /// `--latency-search`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LatencySearchArg {
-    /// Predict with a latency table.
+    /// Predict with a per-layer latency table.
     Table,
+    /// Predict from MACs and whole-model timings.
+    Curve,
     /// Measure whole models.
     Measured,
 }
@@ -245,6 +252,18 @@ fn parse_min_keep(s: &str) -> std::result::Result<(f64, usize), String> {
 
 impl SelectionArgs {
     /// `(multiple, narrowest group rounded)` of `--round-to` before any measurement.
+    /// `--latency-search`, or its default for `--latency-batch`: the per-layer table at
+    /// batch 1; at larger batches the curve (mobilenet_v2 at batch 32, ×0.5: the table took
+    /// 283 to 333 s a run and landed 2 runs of 3 within ±5%, keeping 56% of the FLOPs; the
+    /// curve 54 to 98 s and 3 of 3, keeping 53%).
+    fn latency_search(&self) -> LatencySearchArg {
+        self.latency_search.unwrap_or(if self.latency_batch > 1 {
+            LatencySearchArg::Curve
+        } else {
+            LatencySearchArg::Table
+        })
+    }
+
     fn round_to_pair(&self) -> (usize, usize) {
         match self.round_to {
             RoundTo::Auto => AUTO_ROUND_TO,
@@ -347,10 +366,8 @@ impl SelectionArgs {
                 "say what to remove: --ratio R, --target flops=R|params=R|latency=R, --threshold T, --remove-dead or --plan FILE"
             ),
         };
-        if self.drop_blocks.is_some_and(|d| d > 0.0)
-            && !matches!(amount, Amount::Target(Budget::Flops(_) | Budget::Params(_)))
-        {
-            bail!("--drop-blocks needs --target flops=R or --target params=R");
+        if self.drop_blocks.is_some_and(|d| d > 0.0) && !matches!(amount, Amount::Target(_)) {
+            bail!("--drop-blocks needs --target flops=R, params=R or latency=R");
         }
         let scope = match (self.scope, &amount) {
             (Some(ScopeArg::Local), _) => Scope::Local,
@@ -383,13 +400,15 @@ impl SelectionArgs {
                     ignore: self.ignore.clone(),
                 },
                 tolerance: self.target_tolerance,
-                latency_knapsack: self.latency_order == LatencyOrderArg::Knapsack,
+                latency_knapsack: self.latency_order == LatencyOrderArg::Knapsack
+                    && self.latency_search() == LatencySearchArg::Table,
                 ..Default::default()
             },
             steps: self.steps as usize,
             drop_blocks: self.drop_blocks.unwrap_or(DEFAULT_DROP_BLOCKS),
             latency: LatencyOptions {
-                search: match self.latency_search {
+                search: match self.latency_search() {
+                    LatencySearchArg::Curve => LatencySearch::Curve,
                     LatencySearchArg::Table => LatencySearch::Table,
                     LatencySearchArg::Measured => LatencySearch::Measured,
                 },

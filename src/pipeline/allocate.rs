@@ -15,8 +15,9 @@ use super::reporter::Reporter;
 use super::Progress;
 
 /// The stage: `selector`'s choice for `model` this round. `latency` measures candidates
-/// when it has timed the original (latency targets), and predicts them from its latency table
-/// (built or extended here, where the table lacks the model's layers). The reporter is told `allocating`
+/// when it has timed the original (latency targets), and predicts them ([`super::latency::Predictor`]:
+/// from their MACs and the measurements so far, or from a per-layer latency table, built or
+/// extended here where the table lacks the model's layers). The reporter is told `allocating`
 /// when there are scores to allocate by.
 pub fn allocate(
     selector: &mut dyn Selector,
@@ -35,7 +36,7 @@ pub fn allocate(
     let predictor = match latency.as_deref_mut() {
         Some(ev) if scores.is_some() => {
             let mut say = |m: &str| reporter.stage(m);
-            ev.latency_model(model, groups, shapes, &mut say)?
+            ev.predictor(model, groups, shapes, progress.kept.0, &mut say)?
         }
         _ => None,
     };
@@ -51,8 +52,8 @@ pub fn allocate(
     let mut measure = latency.map(|ev| {
         move |classes: &[usize]| {
             let r = ev.ratio_after(model, groups, shapes, classes)?;
-            if let Some((lm, cost)) = learn {
-                ev.correct(model, lm, cost, classes, r)?;
+            if let Some((p, cost)) = learn {
+                ev.learn(p, cost, classes, r)?;
             }
             Ok(r)
         }

@@ -14,10 +14,11 @@
 //! inputs (no data needed; the same model gives the same ranking), or where that run fails
 //! the filters' norms after the per-channel scales. Each candidate's saving is measured on
 //! a trial copy with the cost model. This stage chooses; the remove stage collapses the
-//! branches and the verify stage checks them like any removal. It does not look at accuracy,
-//! and does nothing for ratios, thresholds or latency targets (their latency model is
-//! calibrated on the model as given; dropping first made them overshoot: ResNet-50 measured
-//! ×0.447 for a target of 0.5).
+//! branches and the verify stage checks them like any removal. A latency target `R` drops
+//! branches worth `share · (1 − R)` of the MACs (what a FLOPs target of `R` would drop); its
+//! width round then builds its latency model on the model without them, scaled by their
+//! measured latency relative to the original. It does not look at accuracy, and does
+//! nothing for ratios and thresholds.
 
 use crate::analysis::activation_stats::with_value_outputs;
 use crate::analysis::constant_channels::channel_constants;
@@ -38,8 +39,8 @@ use super::analyse::Analysis;
 use super::reporter::Reporter;
 
 /// The stage: the classes of the branches to drop from `model` (the original) for `budget`,
-/// taking at most `share` (in `(0, 1]`) of the removal the budget asks for. Empty for a
-/// latency budget or when no branch can go.
+/// taking at most `share` (in `(0, 1]`) of the removal the budget asks for (a latency
+/// budget's MACs as if it were a FLOPs budget). Empty when no branch can go.
 pub fn choose(
     model: &Model,
     analysis: &Analysis,
@@ -48,9 +49,8 @@ pub fn choose(
     reporter: &mut dyn Reporter,
 ) -> Result<Choice> {
     let (target, by_params) = match budget {
-        Budget::Flops(b) => (b, false),
+        Budget::Flops(b) | Budget::Latency(b) => (b, false),
         Budget::Params(b) => (b, true),
-        Budget::Latency(_) => return Ok(Choice::default()),
     };
     reporter.stage("choosing branches to drop");
     let (groups, shapes) = (&analysis.groups, &analysis.shapes);

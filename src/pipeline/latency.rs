@@ -1,9 +1,12 @@
-//! The latency evaluator of latency targets. By default ([`LatencySearch::Table`]) it gives
-//! the round's [`LatencyModel`]: the model's layers timed alone at sampled widths (a
-//! [`LatencyTable`], kept in `--latency-table FILE` when given, so that a pinned table gives
-//! the same choice every run) and a line from their sum to whole-model latency, fitted on the
-//! model and two uniformly pruned copies; the allocation then searches on the prediction and
-//! confirms its choice with one measurement. Measurements give candidate removals as ratios
+//! The latency evaluator of latency targets. It gives the round's [`Predictor`]. By default
+//! ([`LatencySearch::Table`]) that is a [`LatencyModel`]: the model's layers timed alone at
+//! sampled widths and a line from their sum to whole-model latency, fitted on the model and
+//! two uniformly pruned copies. With [`LatencySearch::Curve`] it is a [`MacsCurve`]:
+//! candidates are removed in the FLOPs target's order and their latency predicted from their
+//! MACs, through the whole-model measurements made so far. Either is kept in a
+//! [`LatencyTable`] (`--latency-table FILE` when given, so that a pinned table gives the same
+//! choice every run); the allocation searches on the prediction and confirms its choice by
+//! measurement. Measurements give candidate removals as ratios
 //! to the original's latency: each candidate is saved to a scratch folder and timed
 //! interleaved with the original in the same run (see [`crate::bench`]: spinning off,
 //! warm-up, rounds added until both medians are within 1%), so that the ratio never compares
@@ -13,7 +16,7 @@
 use std::path::PathBuf;
 
 use crate::analysis::channels::ChannelGroups;
-use crate::analysis::latency_model::{fit, LatencyModel};
+use crate::analysis::latency_model::{fit, LatencyModel, MacsCurve};
 use crate::analysis::{MaskedCost, Shapes};
 use crate::bench::{bench, BenchOptions};
 use crate::error::{Error, Result};
@@ -27,13 +30,37 @@ use super::latency_table::{time_layers, timed_layers, Calibration, LatencyTable}
 /// How a latency target judges candidate removals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LatencySearch {
-    /// Predicted by a per-layer latency table, the choice confirmed by one measurement:
+    /// Predicted by a per-layer latency table, the choice confirmed by measurement:
     /// reproducible (the same table, the same choice).
     #[default]
     Table,
+    /// Candidates in the FLOPs target's order, their latency predicted from their MACs
+    /// through the whole-model measurements made so far ([`MacsCurve`]), the choice confirmed
+    /// by measurement: reproducible (the measurements are kept in the table).
+    Curve,
     /// Bisection on whole-model measurements (at most 10): no table, but the choice follows
     /// the machine's noise.
     Measured,
+}
+
+/// What predicts a latency target's candidates (see [`LatencySearch`]).
+#[derive(Debug)]
+pub enum Predictor {
+    /// Per-layer latency surfaces and a calibration line ([`LatencySearch::Table`]).
+    Layers(LatencyModel),
+    /// MACs and whole-model measurements ([`LatencySearch::Curve`]).
+    Curve(MacsCurve),
+}
+
+impl Predictor {
+    /// Predicted latency after removing the classes marked `true` (`cost` built on the model
+    /// the predictor was made for), as a fraction of the original's.
+    pub fn ratio(&self, cost: &MaskedCost, removed: &[bool]) -> f64 {
+        match self {
+            Predictor::Layers(lm) => lm.ratio(cost, removed),
+            Predictor::Curve(c) => c.ratio(cost, removed),
+        }
+    }
 }
 
 /// Keep fractions of the uniformly pruned copies a model's calibration times.
@@ -52,6 +79,13 @@ pub struct LatencyEvaluator {
     /// Whether measurements correct the table: without a file, or while this run builds the
     /// model's entries (a table that had them is used as it is).
     learning: bool,
+    /// Whether models are timed with their shortcuts lowered, as they will be written.
+    lower: bool,
+    /// The original's fingerprint (see [`time_original`](Self::time_original)).
+    original_key: Option<String>,
+    /// The table key (fingerprint as timed) of the model the last
+    /// [`predictor`](Self::predictor) was made for: where its measurements are learned.
+    calibrated: Option<String>,
 }
 
 impl LatencyEvaluator {
@@ -73,6 +107,9 @@ impl LatencyEvaluator {
             table,
             table_path: None,
             learning: true,
+            lower: false,
+            original_key: None,
+            calibrated: None,
         })
     }
 
@@ -83,6 +120,25 @@ impl LatencyEvaluator {
         self.bench.batch = batch.max(1);
         self.table = LatencyTable::new(&runtime_key(&self.bench));
         self
+    }
+
+    /// Times candidates and calibration copies as they will be written: with their
+    /// subsampling shortcuts lowered ([`crate::passes::lower_shortcuts`]) when `lower` (what
+    /// `lopper prune` and `compress` write unless `--keep-shortcuts`). Off by default: the
+    /// library's pipeline does not lower, its caller does ([`super::lower`]).
+    pub fn with_lowering(mut self, lower: bool) -> LatencyEvaluator {
+        self.lower = lower;
+        self
+    }
+
+    /// `model` in the form it is timed in: lowered when the evaluator lowers (as it is where
+    /// lowering fails; the lower stage then fails on the written model).
+    fn timed_form(&self, model: &Model) -> Model {
+        let mut m = model.clone();
+        if self.lower && crate::passes::lower_shortcuts(&mut m).is_err() {
+            return model.clone();
+        }
+        m
     }
 
     /// Sets how candidates are judged, and the file the latency table is read from (when it
@@ -103,10 +159,91 @@ impl LatencyEvaluator {
         Ok(self)
     }
 
+    /// The predictor of the search over `model`'s removals (`groups` and `shapes` computed on
+    /// it; `kept`: its MACs as a fraction of the original's): `None` with
+    /// [`LatencySearch::Measured`] or when the table search has no layer to time. `say` is
+    /// told what is being timed.
+    pub fn predictor(
+        &mut self,
+        model: &Model,
+        groups: &ChannelGroups,
+        shapes: &Shapes,
+        kept: f64,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Option<Predictor>> {
+        Ok(match self.search {
+            LatencySearch::Measured => None,
+            LatencySearch::Table => self
+                .latency_model(model, groups, shapes, say)?
+                .map(Predictor::Layers),
+            LatencySearch::Curve => Some(Predictor::Curve(self.macs_curve(model, kept)?)),
+        })
+    }
+
+    /// The MACs curve of `model` (keeping `kept` of the original's MACs) through the table's
+    /// measurements of it. A model the table does not know gets an empty entry (saved to the
+    /// table's file): this run learns its points, a later run with the file uses them as they
+    /// are.
+    fn macs_curve(&mut self, model: &Model, kept: f64) -> Result<MacsCurve> {
+        let key = crate::plan::fingerprint(&self.timed_form(model));
+        let known = self.table.curves.get(&key).cloned();
+        self.learning = self.table_path.is_none() || known.is_none();
+        if known.is_none() {
+            self.table.curves.insert(key.clone(), Vec::new());
+            if let Some(p) = &self.table_path {
+                self.table.save(p)?;
+            }
+        }
+        self.calibrated = Some(key);
+        Ok(MacsCurve::new(known.unwrap_or_default(), kept))
+    }
+
+    /// Learns from a measurement of a candidate removal (`classes` of the model `predictor`
+    /// was made for, `cost` built on it): see [`correct`](Self::correct) for a latency model;
+    /// a MACs curve takes the point when it is more than the timing noise (0.02) off the
+    /// prediction, under the same rule (only while learning).
+    pub fn learn(
+        &mut self,
+        predictor: &Predictor,
+        cost: &MaskedCost,
+        classes: &[usize],
+        measured: f64,
+    ) -> Result<()> {
+        let curve = match predictor {
+            Predictor::Layers(lm) => return self.correct(lm, cost, classes, measured),
+            Predictor::Curve(c) => c,
+        };
+        let mut removed = vec![false; cost.classes()];
+        for &c in classes {
+            if let Some(r) = removed.get_mut(c) {
+                *r = true;
+            }
+        }
+        let m = curve.macs(cost, &removed);
+        let agrees = (curve.at(m) - measured).abs() <= crate::plan::MEASURED_TOLERANCE;
+        if agrees || !self.learning {
+            return Ok(());
+        }
+        curve.points.borrow_mut().push((m, measured));
+        if let Some(points) = self
+            .calibrated
+            .as_ref()
+            .and_then(|k| self.table.curves.get_mut(k))
+        {
+            points.push((m, measured));
+        }
+        if let Some(p) = &self.table_path {
+            self.table.save(p)?;
+        }
+        Ok(())
+    }
+
     /// The latency model of `model` (`groups` and `shapes` computed on it), timing the layers
     /// and calibrating it where the table lacks them (then saving the table to its file);
-    /// `None` with [`LatencySearch::Measured`] or when no layer can be timed. `say` is told
-    /// what is being timed.
+    /// `None` with [`LatencySearch::Measured`] or when no layer can be timed. `model` may be
+    /// the original with whole branches already dropped: its predictions are then scaled by
+    /// its measured latency relative to the original ([`LatencyModel::scale`]), so that they
+    /// are fractions of the original's, like the target. `say` is told what is being timed.
     pub fn latency_model(
         &mut self,
         model: &Model,
@@ -114,7 +251,7 @@ impl LatencyEvaluator {
         shapes: &Shapes,
         say: &mut dyn FnMut(&str),
     ) -> Result<Option<LatencyModel>> {
-        if self.search == LatencySearch::Measured {
+        if self.search != LatencySearch::Table {
             return Ok(None);
         }
         let layers = timed_layers(model, shapes, self.bench.batch);
@@ -135,33 +272,40 @@ impl LatencyEvaluator {
                 .filter_map(|l| Some((l.node, self.table.layers.get(&l.key)?.clone())))
                 .collect(),
         );
-        let key = crate::plan::fingerprint(model);
+        // Keyed by the model as timed: lowered or not, they are different calibrations.
+        let timed = self.timed_form(model);
+        let key = crate::plan::fingerprint(&timed);
         self.learning = self.table_path.is_none() || changed;
         let cal = match self.table.models.get(&key) {
             Some(c) => c.clone(),
             None => {
                 self.learning = true;
                 say("calibrating the latency table on the whole model");
-                let c = self.calibrate(model, groups, shapes, &lm)?;
-                self.table.models.insert(key, c.clone());
+                let c = self.calibrate(model, &timed, groups, shapes, &lm)?;
+                self.table.models.insert(key.clone(), c.clone());
                 changed = true;
                 c
             }
         };
+        self.calibrated = Some(key);
         let (a, b) = cal.line();
         lm.a.set(a);
         lm.b.set(b);
+        lm.scale.set(cal.relative.unwrap_or(1.0));
         if let (true, Some(p)) = (changed, &self.table_path) {
             self.table.save(p)?;
         }
         Ok(Some(lm))
     }
 
-    /// Times `model` and its uniformly pruned copies ([`CALIBRATION_KEEPS`]) in one
-    /// interleaved run and fits the line from `lm`'s layer sum to their medians.
+    /// Times `model` (as `timed`, its timed form) and its uniformly pruned copies
+    /// ([`CALIBRATION_KEEPS`]) in one interleaved run and fits the line from `lm`'s layer sum
+    /// to their medians. When `timed` is not the original (branches dropped, shortcuts
+    /// lowered), the original runs with them and the model's latency relative to it is kept.
     fn calibrate(
         &mut self,
         model: &Model,
+        timed: &Model,
         groups: &ChannelGroups,
         shapes: &Shapes,
         lm: &LatencyModel,
@@ -169,7 +313,7 @@ impl LatencyEvaluator {
         let cost = MaskedCost::new(model, groups, shapes)?;
         let mut sums = vec![lm.layer_sum(&cost, &[])];
         let mut paths = vec![self.scratch.path().join("calibrate-1.onnx")];
-        model.save(&paths[0], &Default::default())?;
+        timed.save(&paths[0], &Default::default())?;
         for keep in CALIBRATION_KEEPS {
             let classes = uniform_classes(groups, keep);
             if classes.is_empty() {
@@ -185,17 +329,28 @@ impl LatencyEvaluator {
             }
             sums.push(lm.layer_sum(&cost, &removed));
             let path = self.scratch.path().join(format!("calibrate-{keep}.onnx"));
-            copy.save(&path, &Default::default())?;
+            self.timed_form(&copy).save(&path, &Default::default())?;
             paths.push(path);
         }
-        let report = bench(&paths, &self.bench, &mut |_, _| {});
+        let original = match (&self.original, &self.original_key) {
+            (Some(p), Some(k)) if *k != crate::plan::fingerprint(timed) => Some(p.clone()),
+            _ => None,
+        };
+        let mut all = paths.clone();
+        all.extend(original.iter().cloned());
+        let report = bench(&all, &self.bench, &mut |_, _| {});
         for p in &paths {
             let _ = std::fs::remove_file(p);
         }
-        let points: Vec<(f64, f64)> = sums
-            .into_iter()
-            .zip(report?.models.iter().map(|m| m.latency.median))
-            .collect();
+        let mut medians: Vec<f64> = report?.models.iter().map(|m| m.latency.median).collect();
+        let relative = match original {
+            Some(_) => {
+                let t = medians.pop().unwrap_or(0.0);
+                Some(medians[0] / t.max(f64::MIN_POSITIVE))
+            }
+            None => None,
+        };
+        let points: Vec<(f64, f64)> = sums.into_iter().zip(medians).collect();
         let (a, b) = fit(&points).ok_or_else(|| {
             Error::Usage("the latency table's layers took no measurable time".into())
         })?;
@@ -204,18 +359,19 @@ impl LatencyEvaluator {
             a,
             b,
             corrections: Vec::new(),
+            relative,
         })
     }
 
-    /// Learns from a measurement of a candidate removal (`classes` of `model`, `cost` and
-    /// `lm` built on it): when the measured ratio is more than the timing noise (0.02) away
+    /// Learns from a measurement of a candidate removal (`classes` of the model the last
+    /// [`latency_model`](Self::latency_model) was built for, `lm` that model, `cost` built on
+    /// it): when the measured ratio is more than the timing noise (0.02) away
     /// from `lm`'s prediction, the candidate becomes a correction point of the model's
     /// calibration, `lm`'s line is updated, and the table saved to its file. Only while
     /// learning: without a table file, or in the run that added the model's entries to it; a
     /// file that already had them is used as it is, so that it keeps giving the same choice.
     pub fn correct(
         &mut self,
-        model: &Model,
         lm: &LatencyModel,
         cost: &MaskedCost,
         classes: &[usize],
@@ -231,14 +387,20 @@ impl LatencyEvaluator {
         if agrees || !self.learning {
             return Ok(());
         }
-        let Some(cal) = self.table.models.get_mut(&crate::plan::fingerprint(model)) else {
+        let Some(cal) = self
+            .calibrated
+            .as_ref()
+            .and_then(|k| self.table.models.get_mut(k))
+        else {
             return Ok(());
         };
         let Some(&(_, t0)) = cal.points.first() else {
             return Ok(());
         };
+        // `measured` is relative to the original; the model's own point is `scale` of it.
+        let own = measured / lm.scale.get().max(f64::MIN_POSITIVE);
         cal.corrections
-            .push((lm.layer_sum(cost, &removed), measured * t0));
+            .push((lm.layer_sum(cost, &removed), own * t0));
         let (a, b) = cal.line();
         lm.a.set(a);
         lm.b.set(b);
@@ -258,7 +420,7 @@ impl LatencyEvaluator {
             .scratch
             .path()
             .join(format!("candidate-{}.onnx", self.timed));
-        model.save(&path, &Default::default())?;
+        self.timed_form(model).save(&path, &Default::default())?;
         let r = bench(&[original, path.clone()], &self.bench, &mut |_, _| {});
         let _ = std::fs::remove_file(&path);
         let r = r?;
@@ -277,6 +439,7 @@ impl LatencyEvaluator {
         };
         bench(std::slice::from_ref(&path), &check, &mut |_, _| {})?;
         self.original = Some(path);
+        self.original_key = Some(crate::plan::fingerprint(model));
         Ok(())
     }
 

@@ -42,6 +42,13 @@ pub struct LatencyTable {
     pub layers: BTreeMap<String, Surface>,
     /// Per model structure ([`crate::plan::fingerprint`]): its calibration.
     pub models: BTreeMap<String, Calibration>,
+    /// Per model structure: whole-model measurements `(MACs, latency)` of candidates in the
+    /// FLOPs target's order, fractions of the original's ([`MacsCurve`], `--latency-search
+    /// curve`); an empty list is a model whose first measurement agreed with the prediction.
+    ///
+    /// [`MacsCurve`]: crate::analysis::latency_model::MacsCurve
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub curves: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 /// The line from a model's layer sum to its whole-model latency.
@@ -58,6 +65,11 @@ pub struct Calibration {
     /// slope that fits them ([`Calibration::line`]).
     #[serde(default)]
     pub corrections: Vec<(f64, f64)>,
+    /// The model's latency as a fraction of the original's it was pruned from (branches
+    /// dropped first), timed in the same run as `points`; absent when the model is the
+    /// original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative: Option<f64>,
 }
 
 impl Calibration {
@@ -110,9 +122,19 @@ impl LatencyTable {
         if let Some((k, _)) = t.layers.iter().find(|(_, s)| !s.is_valid()) {
             return Err(bad(format!("invalid surface for layer '{k}'")));
         }
-        let bad_fit = |c: &Calibration| !(c.a.is_finite() && c.b.is_finite() && c.b > 0.0);
+        let bad_fit = |c: &Calibration| {
+            !(c.a.is_finite() && c.b.is_finite() && c.b > 0.0)
+                || c.relative.is_some_and(|r| !(r.is_finite() && r > 0.0))
+        };
         if let Some((k, _)) = t.models.iter().find(|(_, c)| bad_fit(c)) {
             return Err(bad(format!("invalid calibration for model {k}")));
+        }
+        let bad_point =
+            |&(m, l): &(f64, f64)| !(m > 0.0 && m.is_finite() && l > 0.0 && l.is_finite());
+        if let Some((k, _)) = t.curves.iter().find(|(_, c)| c.iter().any(bad_point)) {
+            return Err(bad(format!(
+                "invalid measurement in the curve of model {k}"
+            )));
         }
         Ok(Some(t))
     }
@@ -411,8 +433,10 @@ mod tests {
                 a: 0.0,
                 b: 2.0,
                 corrections: vec![],
+                relative: Some(0.5),
             },
         );
+        t.curves.insert("abc".into(), vec![(0.5, 0.55)]);
         t.save(&path).unwrap();
         assert_eq!(
             LatencyTable::load(&path, "ort cpu").unwrap(),
@@ -425,6 +449,13 @@ mod tests {
             e.contains("t.json") && e.contains("not for 'tract cpu'"),
             "{e}"
         );
+        let mut bad_curve = t.clone();
+        bad_curve.curves.insert("abc".into(), vec![(0.5, -1.0)]);
+        bad_curve.save(&path).unwrap();
+        let e = LatencyTable::load(&path, "ort cpu")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid measurement"), "{e}");
         t.layers.values_mut().next().unwrap().seconds.pop();
         t.save(&path).unwrap();
         let e = LatencyTable::load(&path, "ort cpu")

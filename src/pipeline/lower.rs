@@ -2,9 +2,9 @@
 //! runtimes without changing what it computes — today the subsampling shortcuts
 //! ([`crate::passes::lower_shortcuts`]) — checked by the equivalence oracle against the model
 //! as it was. It runs on the written model only (`lopper prune`, the end of `lopper
-//! compress`): never before training (the rewritten shortcut would become a trainable
-//! convolution) and not for latency targets (their latency model was measured on the
-//! model as pruned). It does not prune.
+//! compress`), never before training (the rewritten shortcut would become a trainable
+//! convolution); a latency target's candidates are timed in this form
+//! ([`super::LatencyEvaluator::with_lowering`]). It does not prune.
 
 use crate::error::{Error, Result};
 use crate::ir::Model;
@@ -13,13 +13,10 @@ use crate::passes::lower_shortcuts;
 
 use super::PruneOptions;
 
-/// Lowers `model`, the result of a run with `opts` (nothing for a latency target), in place;
-/// checks it against its previous form on the runs' oracle runtimes (none: not checked)
-/// within their tolerance. Returns a note saying what changed, or `None` when nothing did.
+/// Lowers `model`, the result of a run with `opts`, in place; checks it against its previous
+/// form on the runs' oracle runtimes (none: not checked) within their tolerance. Returns a
+/// note saying what changed, or `None` when nothing did.
 pub fn lower(model: &mut Model, opts: &PruneOptions) -> Result<Option<String>> {
-    if opts.selection.is_latency_target() {
-        return Ok(None);
-    }
     let (backends, tolerance) = (&opts.verify_with, opts.tolerance);
     let before = (!backends.is_empty()).then(|| model.clone());
     let macs = super::model_costs(model)?.macs;

@@ -34,9 +34,11 @@ pub struct Scored {
 /// How a latency target judges candidates.
 #[derive(Clone, Debug)]
 pub struct LatencyOptions {
-    /// Predicted by a latency table (the default) or measured.
+    /// Predicted from MACs through whole-model timings (the default), by a per-layer latency
+    /// table, or measured.
     pub search: LatencySearch,
-    /// The latency table's file: read when it exists, extended when the model needs more.
+    /// The latency table's file (timings of either predictor): read when it exists, extended
+    /// when the model needs more.
     pub table: Option<std::path::PathBuf>,
     /// Images per timed run: 1 (one request's latency, the default) or a serving batch. Part
     /// of the latency table's runtime key.
@@ -145,15 +147,11 @@ impl Selection {
     }
 
     /// The share of the removal taken by whole branches and the budget it applies to, when
-    /// the selection drops branches (a scored FLOPs or parameters target with `drop_blocks`
-    /// above 0; a latency target's search is calibrated on the model as given, so it prunes
-    /// by width alone).
+    /// the selection drops branches (a scored target with `drop_blocks` above 0).
     pub fn drop_blocks(&self) -> Option<(f64, Budget)> {
         match self {
             Selection::Scored(s) if s.drop_blocks > 0.0 => match s.allocate.amount {
-                Amount::Target(b @ (Budget::Flops(_) | Budget::Params(_))) => {
-                    Some((s.drop_blocks, b))
-                }
+                Amount::Target(b) => Some((s.drop_blocks, b)),
                 _ => None,
             },
             _ => None,

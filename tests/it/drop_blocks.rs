@@ -171,13 +171,12 @@ fn models_without_residual_sums_prune_by_width_alone() {
 }
 
 #[test]
-fn drop_blocks_needs_a_flops_or_params_target() {
+fn drop_blocks_needs_a_target_and_a_share() {
     let r20 = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.onnx");
     for extra in [
         &["--ratio", "0.3", "--drop-blocks", "0.5"][..],
-        &["--target", "latency=0.5", "--drop-blocks", "0.5"][..],
         &["--target", "flops=0.5", "--drop-blocks", "1.5"][..],
     ] {
         let mut args = vec!["prune", r20.to_str().unwrap(), "-o", out.to_str().unwrap()];

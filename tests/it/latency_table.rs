@@ -155,6 +155,8 @@ fn a_latency_batch_times_batches_and_keys_its_table_by_them() {
     assert_eq!(code, 0, "{err}");
     let t: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
     assert!(t.runtime.ends_with("batch=4"), "{}", t.runtime);
+    // Above batch 1 the default search is the curve: no layer timed alone.
+    assert!(t.layers.is_empty() && t.curves.len() == 1, "{t:?}");
     // The batch-4 table is not taken for batch 1.
     let (code, _, err) = prune_to_latency(&out, &table, &[]);
     assert_eq!(code, 2, "{err}");
@@ -174,7 +176,13 @@ fn prune_to_a_latency_target_with_a_table_file() {
     assert!(all.contains("measured"), "{all}");
     let t: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
     assert_eq!(t.runtime, "tract cpu threads=default batch=1");
-    assert!(!t.layers.is_empty() && t.models.len() == 1);
+    assert!(!t.layers.is_empty() && t.models.len() == 1 && t.curves.is_empty());
+    // Branches were dropped first: the model calibrated is not the original, and its
+    // latency relative to the original was timed with it.
+    assert!(all.contains("dropped"), "{all}");
+    let cal = t.models.values().next().unwrap();
+    let rel = cal.relative.expect("timed against the original");
+    assert!(rel.is_finite() && rel > 0.0, "{rel}");
     let macs = |m: &Model| costs(m, &infer_shapes(m).unwrap()).unwrap().macs;
     let (before, after) = (
         macs(&Model::load(&model).unwrap()),
@@ -210,4 +218,49 @@ fn prune_measure_reports_the_latency_ratio() {
         line.contains("of the MACs") && line.contains("tract"),
         "{line}"
     );
+}
+
+/// `--latency-search curve`: branches dropped, channels removed in the FLOPs target's order,
+/// the choice's latency learned from whole-model timings kept in the table file (no layer
+/// timed alone); the same file gives the same bytes, and the written model has its
+/// subsampling shortcuts lowered, as it was timed.
+#[test]
+fn the_curve_search_learns_from_timings_and_a_pinned_table_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, pinned) = (dir.path().join("o.onnx"), dir.path().join("p.onnx"));
+    let table = dir.path().join("t.json");
+    let curve = ["--latency-search", "curve"];
+    let (code, stdout, err) = prune_to_latency(&out, &table, &curve);
+    assert_eq!(code, 0, "{err}");
+    let all = format!("{stdout}{err}");
+    assert!(all.contains("dropped"), "{all}");
+    assert!(all.contains("measured"), "{all}");
+    assert!(all.contains("1x1 strided convolutions"), "{all}");
+    let t: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    assert!(t.layers.is_empty() && t.models.is_empty(), "no layer timed");
+    assert_eq!(t.curves.len(), 1, "one model's curve");
+    let points = t.curves.values().next().unwrap();
+    assert!(
+        points
+            .iter()
+            .all(|&(m, l)| m > 0.0 && m < 1.0 && l > 0.0 && l.is_finite()),
+        "{points:?}"
+    );
+    let (code, _, err) = prune_to_latency(&pinned, &table, &curve);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&pinned).unwrap(),
+        "the same table gave another model"
+    );
+    let t2: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    assert_eq!(t2, t, "a pinned table is used as it is");
+    let count = |m: &Model, op: &str| {
+        m.graph
+            .node_ids()
+            .filter(|n| m.graph.node(*n).op_type == op)
+            .count()
+    };
+    let written = Model::load(&out).unwrap();
+    assert_eq!(count(&written, "Pad"), 0, "shortcuts lowered");
 }
