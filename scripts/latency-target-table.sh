@@ -10,6 +10,8 @@
 #   BACKEND=tract scripts/latency-target-table.sh   # the same on tract (no Python column)
 #   BATCH=32 scripts/latency-target-table.sh        # latency targets and timing at batch 32
 #                                                   # (--latency-batch; no Python column)
+#   LATENCY_FLAGS="--latency-search table" scripts/latency-target-table.sh   # other options
+#                                                   # for the latency targets
 #
 # ResNet-50 is the generated one of `cargo bench --bench prune` (target/bench-fixtures), made
 # by that bench; the row is skipped when it is missing.
@@ -20,6 +22,7 @@ SHARED=${SHARED:-../shared}
 OUT=${OUT:-target/latency-target-table$([ "${BATCH:-1}" = 1 ] || echo "-b$BATCH")}
 BACKEND=${BACKEND:-ort}
 BATCH=${BATCH:-1}
+LATENCY_FLAGS=${LATENCY_FLAGS:-}
 MODELS=${MODELS:-"target/bench-fixtures/resnet50.onnx $SHARED/models/zoo/mobilenet_v2.bn.onnx $SHARED/models/zoo/efficientnet_b0.bn.onnx $SHARED/models/zoo/regnet_x_400mf.bn.onnx $SHARED/models/pretrained/resnet56_cifar10.bn.onnx"}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/setup-test-env.sh)}
 export PYTHONPATH="$PWD/.deps/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -35,12 +38,12 @@ for src in $MODELS; do
     rm -f "$OUT/$name.table.json"
     start=$(date +%s.%N)
     "$LOPPER" prune "$src" -o "$OUT/$name.lat$run.onnx" --target latency=0.5 --threads 2 \
-      --latency-batch "$BATCH" --backend "$BACKEND" --latency-table "$OUT/$name.table.json" --table none >"$OUT/$name.lat$run.log" 2>&1 \
+      --latency-batch "$BATCH" --backend "$BACKEND" --latency-table "$OUT/$name.table.json" --table none $LATENCY_FLAGS >"$OUT/$name.lat$run.log" 2>&1 \
       || { echo "| $name | $(tail -1 "$OUT/$name.lat$run.log") |"; continue 2; }
     secs+=("$(python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$start" "$(date +%s.%N)")")
   done
   "$LOPPER" prune "$src" -o "$OUT/$name.pinned.onnx" --target latency=0.5 --threads 2 \
-    --latency-batch "$BATCH" --backend "$BACKEND" --latency-table "$OUT/$name.table.json" --table none >/dev/null 2>&1
+    --latency-batch "$BATCH" --backend "$BACKEND" --latency-table "$OUT/$name.table.json" --table none $LATENCY_FLAGS >/dev/null 2>&1
   same=$(cmp -s "$OUT/$name.lat3.onnx" "$OUT/$name.pinned.onnx" && echo yes || echo no)
   indep=""
   if [ "$BACKEND" = ort ] && [ "$BATCH" = 1 ]; then
