@@ -378,8 +378,11 @@ fn assert_same_step(name: &str, a: &TrainStep, b: &TrainStep, model: &Model, dir
             .zip(&y)
             .map(|(p, q)| (p - q).abs())
             .fold(0.0, f64::max);
+        // The parameters are f32: an update far below their magnitude is rounded to it (a
+        // depthwise bias moving by 1e-7 at 0.03 differs by an ulp, 1.9e-9, between forms).
+        let ulps = 4.0 * f32::EPSILON as f64 * x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert!(
-            worst <= 2e-3 * scale,
+            worst <= 2e-3 * scale + ulps,
             "{name}: {}: updates differ by {worst:e} (largest change {scale:e})",
             c.input
         );
