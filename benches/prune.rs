@@ -49,6 +49,7 @@ fn options(verify: bool) -> PruneOptions {
             steps: 1,
             latency: Default::default(),
             drop_blocks: 0.0,
+            drop_search: false,
         }),
         verify_with: if verify {
             lopper::oracle::available_backends()

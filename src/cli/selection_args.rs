@@ -101,8 +101,9 @@ pub struct SelectionArgs {
     /// Depth pruning: the share (0 to 1) of a `--target` removal taken by dropping whole
     /// residual branches, the weakest first (by what each adds to its residual sum, measured
     /// on seeded random inputs), before channels are removed from the rest (for
-    /// `latency=R`: a share of 1 − R of the MACs). A dropped branch takes its layers' fixed
-    /// per-layer time too, which narrower layers keep. 0: none
+    /// `latency=R`: a share of 1 − R of the MACs; when not given, a latency target searches
+    /// with 0.75 and with 1 and keeps whichever keeps more MACs). A dropped branch takes its
+    /// layers' fixed per-layer time too, which narrower layers keep. 0: none
     /// [default: 0.75 in `prune` and `compress --method plain`, 0 for the other methods].
     #[arg(long, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
     pub drop_blocks: Option<f64>,
@@ -406,6 +407,7 @@ impl SelectionArgs {
             },
             steps: self.steps as usize,
             drop_blocks: self.drop_blocks.unwrap_or(DEFAULT_DROP_BLOCKS),
+            drop_search: self.drop_blocks.is_none(),
             latency: LatencyOptions {
                 search: match self.latency_search() {
                     LatencySearchArg::Curve => LatencySearch::Curve,

@@ -121,6 +121,9 @@ pub fn prune_with(
     opts: &PruneOptions,
     tools: &mut Tools,
 ) -> Result<PruneReport> {
+    if let Some(shares) = opts.selection.drop_shares() {
+        return prune_best_share(model, opts, tools, shares);
+    }
     let selection = &opts.selection;
     let fingerprint = plan::fingerprint(model);
     if let Selection::Plan(p) = selection {
@@ -169,6 +172,46 @@ pub fn prune_with(
         tally.removed(&choice, now, oracle);
     }
     Ok(tally.finish())
+}
+
+/// A latency target searched once per drop share ([`Selection::drop_shares`]), each run on a
+/// copy with the same tools (the latency table grows with each); the result keeping more
+/// MACs is kept, with a note giving both. The choice depends only on the searches' results,
+/// so a pinned latency table gives the same bytes. Any search's error is returned.
+fn prune_best_share(
+    model: &mut Model,
+    opts: &PruneOptions,
+    tools: &mut Tools,
+    shares: [f64; 2],
+) -> Result<PruneReport> {
+    let mut best: Option<(Model, PruneReport, f64, f64)> = None;
+    let mut kept = Vec::new();
+    for share in shares {
+        let mut o = opts.clone();
+        if let Selection::Scored(s) = &mut o.selection {
+            s.drop_blocks = share;
+            s.drop_search = false;
+        }
+        let mut m = model.clone();
+        tools.reporter.stage(&format!(
+            "latency target: searching with branches worth {share} of the removal"
+        ));
+        let r = prune_with(&mut m, &o, tools)?;
+        let macs = r.macs.1 as f64 / r.macs.0.max(1) as f64;
+        kept.push(format!("{share}: MACs x{macs:.3}"));
+        if best.as_ref().is_none_or(|b| macs > b.3) {
+            best = Some((m, r, share, macs));
+        }
+    }
+    let Some((m, mut r, share, _)) = best else {
+        return Err(crate::error::Error::Usage("no drop share to search".into()));
+    };
+    *model = m;
+    r.notes.push(format!(
+        "latency target searched with branches worth each share of the removal ({}): kept {share}",
+        kept.join(", ")
+    ));
+    Ok(r)
 }
 
 /// The snap stage of [`Selection::DeadBelow`]: small gammas to zero, with a note saying how

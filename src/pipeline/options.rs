@@ -29,6 +29,10 @@ pub struct Scored {
     /// Share of a target's removal taken by dropping whole residual branches before the
     /// width rounds (`pipeline::drop`); 0: none.
     pub drop_blocks: f64,
+    /// For a latency target with `drop_blocks` in (0, 1): also search with branches worth
+    /// all of the removal dropped, and keep whichever search keeps more MACs (`lopper
+    /// prune`'s default: the share was not given).
+    pub drop_search: bool,
 }
 
 /// How a latency target judges candidates.
@@ -81,6 +85,7 @@ impl Scored {
             steps: 1,
             latency: LatencyOptions::default(),
             drop_blocks: 0.0,
+            drop_search: false,
         }
     }
 }
@@ -142,6 +147,22 @@ impl Selection {
     pub fn snap_below(&self) -> Option<f64> {
         match self {
             Selection::DeadBelow(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// The drop shares a latency target's searches try, when there are several
+    /// ([`Scored::drop_search`]): its share, then all of the removal.
+    pub fn drop_shares(&self) -> Option<[f64; 2]> {
+        match self {
+            Selection::Scored(s)
+                if s.drop_search
+                    && s.drop_blocks > 0.0
+                    && s.drop_blocks < 1.0
+                    && self.is_latency_target() =>
+            {
+                Some([s.drop_blocks, 1.0])
+            }
             _ => None,
         }
     }

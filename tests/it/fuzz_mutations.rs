@@ -280,6 +280,7 @@ fn run_stages(bytes: &[u8], out: &std::path::Path) -> usize {
             steps: 1,
             latency: Default::default(),
             drop_blocks: 0.0,
+            drop_search: false,
         }),
         verify_with: vec![],
         tolerance: 1e-4,

@@ -176,13 +176,23 @@ fn prune_to_a_latency_target_with_a_table_file() {
     assert!(all.contains("measured"), "{all}");
     let t: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
     assert_eq!(t.runtime, "tract cpu threads=default batch=1");
-    assert!(!t.layers.is_empty() && t.models.len() == 1 && t.curves.is_empty());
+    // Without --drop-blocks the target is searched with two drop shares: one calibration
+    // per model without branches (one when both shares drop the same branches).
+    assert!(
+        all.contains("searched with branches worth each share"),
+        "{all}"
+    );
+    assert!(!t.layers.is_empty() && (1..=2).contains(&t.models.len()) && t.curves.is_empty());
     // Branches were dropped first: the model calibrated is not the original, and its
     // latency relative to the original was timed with it.
     assert!(all.contains("dropped"), "{all}");
     let cal = t.models.values().next().unwrap();
     let rel = cal.relative.expect("timed against the original");
     assert!(rel.is_finite() && rel > 0.0, "{rel}");
+    // A share given is searched alone.
+    let (code, stdout, err) = prune_to_latency(&out, &table, &["--drop-blocks", "0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!format!("{stdout}{err}").contains("each share"), "{err}");
     let macs = |m: &Model| costs(m, &infer_shapes(m).unwrap()).unwrap().macs;
     let (before, after) = (
         macs(&Model::load(&model).unwrap()),

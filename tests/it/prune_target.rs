@@ -37,6 +37,7 @@ fn scored(criterion: CriterionKind, budget: Budget, steps: usize) -> Selection {
         steps,
         latency: Default::default(),
         drop_blocks: 0.0,
+        drop_search: false,
     })
 }
 
