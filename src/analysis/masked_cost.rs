@@ -337,13 +337,18 @@ impl<'a> MaskedCost<'a> {
 
     /// [`estimate`](Self::estimate) for a list of classes (out-of-range ones are ignored).
     pub fn estimate_classes(&self, classes: &[usize]) -> (u64, u64) {
+        self.estimate(&self.flags(classes))
+    }
+
+    /// The removal flags (one per class) of a list of classes; out-of-range ones are ignored.
+    pub fn flags(&self, classes: &[usize]) -> Vec<bool> {
         let mut removed = vec![false; self.n_classes];
         for &c in classes {
             if let Some(r) = removed.get_mut(c) {
                 *r = true;
             }
         }
-        self.estimate(&removed)
+        removed
     }
 }
 

@@ -13,6 +13,7 @@
 //! measurements from different moments of a drifting machine. It does not choose anything
 //! (the budget selector searches) and keeps no candidate files.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use crate::analysis::channels::ChannelGroups;
@@ -132,13 +133,17 @@ impl LatencyEvaluator {
     }
 
     /// `model` in the form it is timed in: lowered when the evaluator lowers (as it is where
-    /// lowering fails; the lower stage then fails on the written model).
-    fn timed_form(&self, model: &Model) -> Model {
-        let mut m = model.clone();
-        if self.lower && crate::passes::lower_shortcuts(&mut m).is_err() {
-            return model.clone();
+    /// lowering fails; the lower stage then fails on the written model). Borrowed, not
+    /// copied, when there is nothing to lower.
+    fn timed_form<'m>(&self, model: &'m Model) -> Cow<'m, Model> {
+        if !self.lower {
+            return Cow::Borrowed(model);
         }
-        m
+        let mut m = model.clone();
+        match crate::passes::lower_shortcuts(&mut m) {
+            Ok(done) if done.count > 0 => Cow::Owned(m),
+            _ => Cow::Borrowed(model),
+        }
     }
 
     /// Sets how candidates are judged, and the file the latency table is read from (when it
@@ -213,12 +218,7 @@ impl LatencyEvaluator {
             Predictor::Layers(lm) => return self.correct(lm, cost, classes, measured),
             Predictor::Curve(c) => c,
         };
-        let mut removed = vec![false; cost.classes()];
-        for &c in classes {
-            if let Some(r) = removed.get_mut(c) {
-                *r = true;
-            }
-        }
+        let removed = cost.flags(classes);
         let m = curve.macs(cost, &removed);
         let agrees = (curve.at(m) - measured).abs() <= crate::plan::MEASURED_TOLERANCE;
         if agrees || !self.learning {
@@ -281,7 +281,7 @@ impl LatencyEvaluator {
             None => {
                 self.learning = true;
                 say("calibrating the latency table on the whole model");
-                let c = self.calibrate(model, &timed, groups, shapes, &lm)?;
+                let c = self.calibrate(model, &timed, &key, groups, shapes, &lm)?;
                 self.table.models.insert(key.clone(), c.clone());
                 changed = true;
                 c
@@ -298,14 +298,16 @@ impl LatencyEvaluator {
         Ok(Some(lm))
     }
 
-    /// Times `model` (as `timed`, its timed form) and its uniformly pruned copies
-    /// ([`CALIBRATION_KEEPS`]) in one interleaved run and fits the line from `lm`'s layer sum
-    /// to their medians. When `timed` is not the original (branches dropped, shortcuts
-    /// lowered), the original runs with them and the model's latency relative to it is kept.
+    /// Times `model` (as `timed`, its timed form, whose fingerprint is `key`) and its
+    /// uniformly pruned copies ([`CALIBRATION_KEEPS`]) in one interleaved run and fits the
+    /// line from `lm`'s layer sum to their medians. When `timed` is not the original
+    /// (branches dropped, shortcuts lowered), the original runs with them and the model's
+    /// latency relative to it is kept.
     fn calibrate(
         &mut self,
         model: &Model,
         timed: &Model,
+        key: &str,
         groups: &ChannelGroups,
         shapes: &Shapes,
         lm: &LatencyModel,
@@ -319,10 +321,7 @@ impl LatencyEvaluator {
             if classes.is_empty() {
                 continue;
             }
-            let mut removed = vec![false; cost.classes()];
-            for &c in &classes {
-                removed[c] = true;
-            }
+            let removed = cost.flags(&classes);
             let mut copy = model.clone();
             if remove_channels(&mut copy, groups, shapes, &classes).is_err() {
                 continue;
@@ -333,7 +332,7 @@ impl LatencyEvaluator {
             paths.push(path);
         }
         let original = match (&self.original, &self.original_key) {
-            (Some(p), Some(k)) if *k != crate::plan::fingerprint(timed) => Some(p.clone()),
+            (Some(p), Some(k)) if k != key => Some(p.clone()),
             _ => None,
         };
         let mut all = paths.clone();
@@ -346,7 +345,8 @@ impl LatencyEvaluator {
         let relative = match original {
             Some(_) => {
                 let t = medians.pop().unwrap_or(0.0);
-                Some(medians[0] / t.max(f64::MIN_POSITIVE))
+                let own = medians.first().copied().unwrap_or(0.0);
+                Some(own / t.max(f64::MIN_POSITIVE))
             }
             None => None,
         };
@@ -377,12 +377,7 @@ impl LatencyEvaluator {
         classes: &[usize],
         measured: f64,
     ) -> Result<()> {
-        let mut removed = vec![false; cost.classes()];
-        for &c in classes {
-            if let Some(r) = removed.get_mut(c) {
-                *r = true;
-            }
-        }
+        let removed = cost.flags(classes);
         let agrees = (lm.ratio(cost, &removed) - measured).abs() <= crate::plan::MEASURED_TOLERANCE;
         if agrees || !self.learning {
             return Ok(());
