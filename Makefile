@@ -25,7 +25,7 @@ wheel:
 # the suites' widths do not depend on what the CI machine's convolutions measure; the test of
 # the measurement itself (prune_cli::auto_widths_are_measured_once_and_cached) unsets it and
 # measures into a folder of its own.
-WIDTHS_PIN = {"format": 2, "runtime": "pinned by make test", "multiple": 8, "from": 16, "dips": [], "seconds": []}
+WIDTHS_PIN = {"format": 3, "runtime": "pinned by make test", "multiple": 8, "from": 8, "dips": [], "seconds": []}
 
 test:
 	@lib=$$(scripts/setup-test-env.sh) && \

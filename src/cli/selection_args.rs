@@ -89,8 +89,9 @@ pub struct SelectionArgs {
     /// alone. `auto`: the multiple the runtime's convolutions run fastest at, measured once
     /// per runtime (a 3×3 convolution timed at widths 40 to 72: ONNX Runtime's CPU kernels
     /// work in blocks of 8 or 16 channels) and cached (see --width-table), applied in groups
-    /// of 2 multiples or more, exact widths in narrower groups and where no block shows; `1`:
-    /// exact widths everywhere.
+    /// of one multiple or more (a convolution group is then kept whole or cut by blocks),
+    /// exact widths in narrower groups and where no block shows; `1`: exact widths
+    /// everywhere.
     #[arg(long, default_value = "auto", value_parser = parse_round_to, value_name = "auto|K", help_heading = "Allocation")]
     round_to: RoundTo,
     /// The file `--round-to auto` reads its measured multiple from (when it exists: pin one

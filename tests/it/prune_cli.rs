@@ -448,8 +448,9 @@ fn auto_widths_are_measured_once_and_cached() {
     assert!(err.contains("measured before on "), "{err}");
     assert_eq!(first, second);
     assert!(bytes == again, "the cached rounding gave other bytes");
-    // The rule is two blocks: a group of 16 channels is rounded when the block is 8.
-    assert_eq!(from, 2 * m * u64::from(m > 1), "{w}");
+    // The rule is one block: a group of 16 channels is rounded (kept whole) when the block is
+    // 16, and one of 12 is rounded to 8 when it is 8.
+    assert_eq!(from, m * u64::from(m > 1), "{w}");
     // A file an earlier build cached (format 1, whose `from` followed another rule) is
     // measured again; pinned, the same file would be read as it is.
     let mut old = w.clone();
@@ -460,7 +461,7 @@ fn auto_widths_are_measured_once_and_cached() {
     assert!(err.contains("measured now on "), "{err}");
     let w: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
-    assert_eq!(w["format"], 2, "{w}");
+    assert_eq!(w["format"], 3, "{w}");
 }
 
 /// README's main command, as written there, prunes the model the repository ships (no
