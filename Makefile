@@ -21,7 +21,7 @@ setup:
 wheel:
 	@scripts/build-wheel.sh
 
-# `--round-to auto` is pinned to multiples of 8 from 16 channels (LOPPER_WIDTH_TABLE), so that
+# `--round-to auto` is pinned to multiples of 8 from 8 channels (LOPPER_WIDTH_TABLE), so that
 # the suites' widths do not depend on what the CI machine's convolutions measure; the test of
 # the measurement itself (prune_cli::auto_widths_are_measured_once_and_cached) unsets it and
 # measures into a folder of its own.

@@ -400,6 +400,7 @@ impl SelectionArgs {
                     round_to: self.round_to_pair().0,
                     round_from: self.round_to_pair().1,
                     ignore: self.ignore.clone(),
+                    relax_rounding: self.round_to == RoundTo::Auto,
                 },
                 tolerance: self.target_tolerance,
                 latency_knapsack: self.latency_order == LatencyOrderArg::Knapsack

@@ -43,7 +43,9 @@ use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::ops::channel::{Map, Port};
 
-use super::search::{bisect, bisect_measured, Evaluator, Found, Metric, MEASURED_TOLERANCE};
+use super::search::{
+    bisect, bisect_measured, Evaluator, Found, Metric, MEASURED_TOLERANCE, UNREACHABLE,
+};
 use super::space::Space;
 
 /// How removal is spread over groups.
@@ -111,6 +113,10 @@ pub struct Constraints {
     pub round_from: usize,
     /// Globs on node names whose groups are not pruned.
     pub ignore: Vec<String>,
+    /// The rounding is `--round-to auto`'s, not the user's: a FLOPs or parameter target it
+    /// cannot reach is searched again with groups narrower than two multiples at exact
+    /// widths, then with exact widths everywhere (noted), instead of failing.
+    pub relax_rounding: bool,
 }
 
 impl Default for Constraints {
@@ -122,6 +128,7 @@ impl Default for Constraints {
             round_to: 1,
             round_from: 0,
             ignore: Vec::new(),
+            relax_rounding: false,
         }
     }
 }
@@ -237,7 +244,69 @@ impl<'a> Timing<'a> {
 /// [`AllocateOptions::latency_knapsack`], channels are ordered by score over what their
 /// group's MACs cost in time, a greedy knapsack). `groups` and `shapes` must be
 /// computed on `model` as it is.
+///
+/// With [`Constraints::relax_rounding`], a FLOPs or parameter target that the rounding makes
+/// unreachable (small models whose groups are one or two blocks wide) is searched again with
+/// the narrow groups, then every group, at exact widths.
 pub fn allocate(
+    model: &Model,
+    groups: &ChannelGroups,
+    shapes: &Shapes,
+    scores: &[f64],
+    keep_hint: Option<&[bool]>,
+    opts: &AllocateOptions,
+    timing: Timing,
+) -> Result<Allocation> {
+    let c = &opts.constraints;
+    let relaxable = c.relax_rounding
+        && c.round_to > 1
+        && matches!(
+            opts.amount,
+            Amount::Target(Budget::Flops(_) | Budget::Params(_))
+        );
+    if !relaxable {
+        return allocate_with(model, groups, shapes, scores, keep_hint, opts, timing);
+    }
+    let first = allocate_with(model, groups, shapes, scores, keep_hint, opts, timing);
+    let Err(e) = &first else { return first };
+    if !e.to_string().contains(UNREACHABLE) {
+        return first;
+    }
+    let wider = (2 * c.round_to).max(c.round_from);
+    for (from, to, rule) in [
+        (wider, c.round_to, format!("groups under {wider} channels")),
+        (0, 1, "every group".to_string()),
+    ] {
+        let mut relaxed = opts.clone();
+        (relaxed.constraints.round_from, relaxed.constraints.round_to) = (from, to);
+        let got = allocate_with(
+            model,
+            groups,
+            shapes,
+            scores,
+            keep_hint,
+            &relaxed,
+            Timing::default(),
+        );
+        match got {
+            Ok(mut a) => {
+                a.notes.push(format!(
+                    "--round-to auto: the target cannot be reached with every group of {} \
+                     channels or more in multiples of {} ({e}); {rule} keep exact widths",
+                    c.round_from.max(c.round_to),
+                    c.round_to
+                ));
+                return Ok(a);
+            }
+            Err(e) if e.to_string().contains(UNREACHABLE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    first
+}
+
+/// [`allocate`] under `opts.constraints` as they are.
+fn allocate_with(
     model: &Model,
     groups: &ChannelGroups,
     shapes: &Shapes,

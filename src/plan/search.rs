@@ -117,6 +117,9 @@ pub(crate) struct Found {
     pub met: bool,
 }
 
+/// What the error of a target the constraints cannot reach says (see [`bisect`]).
+pub(crate) const UNREACHABLE: &str = "cannot be reached under the constraints";
+
 /// Bisection of `family` for `target ± tol` with the cost model, then the fix-up (walking by
 /// channel score, or by `group_priority` when given: block importance). Errors when
 /// even the largest removal the constraints allow stays above `target + tol`, naming the
@@ -134,7 +137,7 @@ pub(crate) fn bisect(
     let r_top = eval.ratio(&top);
     if r_top > target + tol {
         return Err(Error::Usage(format!(
-            "{what} target {target} cannot be reached under the constraints: the smallest ratio reachable is {r_top:.4}"
+            "{what} target {target} {UNREACHABLE}: the smallest ratio reachable is {r_top:.4}"
         )));
     }
     let zero = family(0.0);

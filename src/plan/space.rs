@@ -400,6 +400,7 @@ mod tests {
             round_to,
             round_from: 0,
             ignore: Vec::new(),
+            relax_rounding: false,
         }
     }
 

@@ -416,6 +416,65 @@ fn pinned_auto_widths_are_multiples_in_wide_groups() {
     assert!(!out.exists());
 }
 
+/// A model too narrow for whole blocks (mnist-8: 8 and 16 channels) under `--round-to auto`
+/// with a block of 8 pinned: its 8-channel group can only be kept whole and its 16-channel one
+/// halved, so FLOPs ×0.5 is out of reach (×0.60 at best); the search runs again with exact
+/// widths in groups under 16 channels, says so, and lands within 1%. `--round-to 8`, the
+/// user's own rule, is refused with one line instead.
+#[test]
+fn auto_widths_give_way_to_a_target_they_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("widths.json");
+    std::fs::write(
+        &pinned,
+        r#"{"format": 3, "runtime": "elsewhere", "multiple": 8, "from": 8, "dips": [], "seconds": []}"#,
+    )
+    .unwrap();
+    let (model, out) = (
+        shared("models/pretrained/mnist-8.onnx"),
+        dir.path().join("p.onnx"),
+    );
+    let args = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "prune".to_string(),
+            model.clone(),
+            "-o".into(),
+            s(&out).into(),
+            "--target".into(),
+            "flops=0.5".into(),
+            "--table".into(),
+            "none".into(),
+            "--width-table".into(),
+            s(&pinned).into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let a = args(&[]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, stdout, err) = lopper(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "the target cannot be reached with every group of 8 channels or more in multiples of 8"
+        ) && err.contains("groups under 16 channels keep exact widths"),
+        "{err}"
+    );
+    let macs = stdout
+        .lines()
+        .find(|l| l.starts_with("MACs"))
+        .and_then(|l| l.split("(x").nth(1))
+        .and_then(|r| r.trim_end_matches(')').parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no MACs ratio in {stdout}"));
+    assert!((macs - 0.5).abs() <= 0.01, "MACs ratio {macs}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    std::fs::remove_file(&out).unwrap();
+    let a = args(&["--round-to", "8"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    bad(&a, "cannot be reached under the constraints");
+    assert!(!out.exists());
+}
+
 /// The default `--round-to auto` measures the runtime once: the first run times the probe and
 /// caches the multiple in the user's cache folder, the second reads it (nothing timed) and
 /// writes the same bytes; kept widths follow the cached multiple.
