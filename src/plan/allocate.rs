@@ -257,21 +257,22 @@ pub fn allocate(
     opts: &AllocateOptions,
     timing: Timing,
 ) -> Result<Allocation> {
+    let run = |o: &AllocateOptions, t: Timing| {
+        allocate_with(model, groups, shapes, scores, keep_hint, o, t)
+    };
     let c = &opts.constraints;
+    let first = run(opts, timing);
     let relaxable = c.relax_rounding
         && c.round_to > 1
         && matches!(
             opts.amount,
             Amount::Target(Budget::Flops(_) | Budget::Params(_))
         );
-    if !relaxable {
-        return allocate_with(model, groups, shapes, scores, keep_hint, opts, timing);
-    }
-    let first = allocate_with(model, groups, shapes, scores, keep_hint, opts, timing);
-    let Err(e) = &first else { return first };
-    if !e.to_string().contains(UNREACHABLE) {
-        return first;
-    }
+    let unreachable = |e: &Error| e.to_string().contains(UNREACHABLE);
+    let e = match &first {
+        Err(e) if relaxable && unreachable(e) => e.to_string(),
+        _ => return first,
+    };
     let wider = (2 * c.round_to).max(c.round_from);
     for (from, to, rule) in [
         (wider, c.round_to, format!("groups under {wider} channels")),
@@ -279,16 +280,7 @@ pub fn allocate(
     ] {
         let mut relaxed = opts.clone();
         (relaxed.constraints.round_from, relaxed.constraints.round_to) = (from, to);
-        let got = allocate_with(
-            model,
-            groups,
-            shapes,
-            scores,
-            keep_hint,
-            &relaxed,
-            Timing::default(),
-        );
-        match got {
+        match run(&relaxed, Timing::default()) {
             Ok(mut a) => {
                 a.notes.push(format!(
                     "--round-to auto: the target cannot be reached with every group of {} \
@@ -298,7 +290,7 @@ pub fn allocate(
                 ));
                 return Ok(a);
             }
-            Err(e) if e.to_string().contains(UNREACHABLE) => continue,
+            Err(e) if unreachable(&e) => continue,
             Err(e) => return Err(e),
         }
     }
