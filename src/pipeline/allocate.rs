@@ -18,7 +18,8 @@ use super::Progress;
 /// when it has timed the original (latency targets), and predicts them ([`super::latency::Predictor`]:
 /// from their MACs and the measurements so far, or from a per-layer latency table, built or
 /// extended here where the table lacks the model's layers). The reporter is told `allocating`
-/// when there are scores to allocate by.
+/// when there are scores to allocate by. Returns the choice and, with a prediction, its
+/// predicted latency ratio (by the prediction as the search left it).
 pub fn allocate(
     selector: &mut dyn Selector,
     model: &Model,
@@ -27,7 +28,7 @@ pub fn allocate(
     progress: Progress,
     latency: Option<&mut LatencyEvaluator>,
     reporter: &mut dyn Reporter,
-) -> Result<Choice> {
+) -> Result<(Choice, Option<f64>)> {
     if scores.is_some() {
         reporter.stage("allocating");
     }
@@ -58,7 +59,7 @@ pub fn allocate(
             Ok(r)
         }
     });
-    selector.select(Round {
+    let choice = selector.select(Round {
         model,
         groups,
         shapes,
@@ -68,5 +69,10 @@ pub fn allocate(
         kept: progress.kept,
         measure: measure.as_mut().map(|m| m as _),
         predict: predict.as_ref().map(|p| p as _),
-    })
+    })?;
+    let predicted = predict
+        .as_ref()
+        .zip(cost.as_ref())
+        .map(|(p, cost)| p(&cost.flags(&choice.classes)));
+    Ok((choice, predicted))
 }

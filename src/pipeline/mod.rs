@@ -151,6 +151,7 @@ pub fn prune_with(
             choice.notes.into_iter().for_each(|n| tally.note(n));
         }
     }
+    let mut predicted = None;
     for step in 0..steps {
         let at = tally.progress(step, steps);
         let say = &mut Tagged::new(&mut *tools.reporter, at.tag());
@@ -163,7 +164,8 @@ pub fn prune_with(
         let calibration = tools.calibration.as_ref();
         let scores = score::score(&scoring, model, &analysis, calibration, say)?;
         let (scores, latency) = (scores.as_ref(), tools.latency.as_mut());
-        let choice =
+        let choice;
+        (choice, predicted) =
             allocate::allocate(&mut *selector, model, &analysis, scores, at, latency, say)?;
         tally.choose(&at, &analysis.groups, scores, &choice)?;
         let original = verify::snapshot(model, opts, &choice.classes);
@@ -171,22 +173,39 @@ pub fn prune_with(
         let oracle = verify::verify(original, &analysis, &choice.classes, model, opts, say)?;
         tally.removed(&choice, now, oracle);
     }
-    Ok(tally.finish())
+    Ok(PruneReport {
+        predicted_latency: predicted,
+        ..tally.finish()
+    })
 }
 
 /// A latency target searched once per drop share ([`Selection::drop_shares`]), each run on a
-/// copy with the same tools (the latency table grows with each); the result keeping more
-/// MACs is kept, with a note giving both. The choice depends only on the searches' results,
-/// so a pinned latency table gives the same bytes. Any search's error is returned.
+/// copy with the same tools (the latency table grows with each). When dropping branches worth
+/// all of the removal is predicted already under the target's band (the widths cannot put time
+/// back: a search of fewer MACs than it needs), shares between the two are searched too, up to
+/// [`MIDDLE_SHARES`] by bisection. The result keeping most MACs among those predicted inside or
+/// above the band is kept (all of them when none is), with a note giving every share. The
+/// choice depends only on the searches' predictions, so a pinned latency table gives the same
+/// bytes. Any search's error is returned.
 fn prune_best_share(
     model: &mut Model,
     opts: &PruneOptions,
     tools: &mut Tools,
     shares: [f64; 2],
 ) -> Result<PruneReport> {
-    let mut best: Option<(Model, PruneReport, f64, f64)> = None;
-    let mut kept = Vec::new();
-    for share in shares {
+    let target = match &opts.selection {
+        Selection::Scored(s) => match s.allocate.amount {
+            plan::Amount::Target(plan::Budget::Latency(t)) => t,
+            _ => 1.0,
+        },
+        _ => 1.0,
+    };
+    let under = |r: &PruneReport| {
+        r.predicted_latency
+            .is_some_and(|p| p < target - plan::MEASURED_TOLERANCE)
+    };
+    let mut tried: Vec<(f64, Model, PruneReport, f64)> = Vec::new();
+    let mut search = |share: f64, tried: &mut Vec<(f64, Model, PruneReport, f64)>| {
         let mut o = opts.clone();
         if let Selection::Scored(s) = &mut o.selection {
             s.drop_blocks = share;
@@ -198,12 +217,32 @@ fn prune_best_share(
         ));
         let r = prune_with(&mut m, &o, tools)?;
         let macs = r.macs.1 as f64 / r.macs.0.max(1) as f64;
-        kept.push(format!("{share}: MACs x{macs:.3}"));
-        if best.as_ref().is_none_or(|b| macs > b.3) {
-            best = Some((m, r, share, macs));
+        tried.push((share, m, r, macs));
+        Ok::<bool, crate::error::Error>(under(&tried[tried.len() - 1].2))
+    };
+    for share in shares {
+        search(share, &mut tried)?;
+    }
+    let (mut lo, mut hi) = (shares[0], shares[1]);
+    if tried.last().is_some_and(|t| under(&t.2)) && !tried.first().is_some_and(|t| under(&t.2)) {
+        for _ in 0..MIDDLE_SHARES {
+            let mid = (lo + hi) / 2.0;
+            if search(mid, &mut tried)? {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
         }
     }
-    let Some((m, mut r, share, _)) = best else {
+    let kept: Vec<String> = tried
+        .iter()
+        .map(|(share, _, r, macs)| match r.predicted_latency {
+            Some(p) => format!("{share}: MACs x{macs:.3}, predicted x{p:.3}"),
+            None => format!("{share}: MACs x{macs:.3}"),
+        })
+        .collect();
+    let outcomes: Vec<(f64, bool)> = tried.iter().map(|t| (t.3, under(&t.2))).collect();
+    let Some((share, m, mut r, _)) = best_share(&outcomes).map(|i| tried.swap_remove(i)) else {
         return Err(crate::error::Error::Usage("no drop share to search".into()));
     };
     *model = m;
@@ -213,6 +252,24 @@ fn prune_best_share(
     ));
     Ok(r)
 }
+
+/// Which search [`prune_best_share`] keeps, given each one's `(MACs kept, predicted under
+/// the band)`: the most MACs among those not under the band (all of them when every one is),
+/// the first on ties.
+fn best_share(outcomes: &[(f64, bool)]) -> Option<usize> {
+    let any_inside = outcomes.iter().any(|o| !o.1);
+    let mut best: Option<usize> = None;
+    for (i, &(macs, under)) in outcomes.iter().enumerate() {
+        if (!any_inside || !under) && best.is_none_or(|b| macs > outcomes[b].0) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+/// The most drop shares [`prune_best_share`] searches between its two when the larger one
+/// is predicted under the target's band.
+const MIDDLE_SHARES: usize = 2;
 
 /// The snap stage of [`Selection::DeadBelow`]: small gammas to zero, with a note saying how
 /// many.
@@ -228,4 +285,24 @@ fn snap(model: &mut Model, t: f64, tally: &mut Tally) {
 /// Costs of a model as it is (shapes inferred).
 pub fn model_costs(model: &Model) -> Result<Costs> {
     costs(model, &infer_shapes(model)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_share;
+
+    #[test]
+    fn the_share_kept_has_most_macs_inside_the_band() {
+        // Share 1 keeps more MACs but is predicted under the band: the middle share wins.
+        assert_eq!(
+            best_share(&[(0.42, false), (0.51, true), (0.47, false)]),
+            Some(2)
+        );
+        // All inside: most MACs, the first on ties.
+        assert_eq!(best_share(&[(0.49, false), (0.47, false)]), Some(0));
+        assert_eq!(best_share(&[(0.48, false), (0.48, false)]), Some(0));
+        // None inside: most MACs of all.
+        assert_eq!(best_share(&[(0.40, true), (0.51, true)]), Some(1));
+        assert_eq!(best_share(&[]), None);
+    }
 }

@@ -69,6 +69,9 @@ pub struct PruneReport {
     pub per_group: Vec<GroupReport>,
     /// Things the user should know (fallbacks, constraints that bit).
     pub notes: Vec<String>,
+    /// A latency target's predicted latency of the last round's choice, as a fraction of the
+    /// original's (the prediction as the search ended: a pinned latency table gives the same).
+    pub predicted_latency: Option<f64>,
     /// The exact removal, replayable with [`Selection::Plan`].
     #[serde(skip)]
     pub plan: PlanFile,
@@ -202,6 +205,7 @@ impl Tally {
             steps: self.steps,
             per_group: self.per_group,
             notes: self.notes,
+            predicted_latency: None,
             plan: self.record,
             before: Some(self.before),
         }
