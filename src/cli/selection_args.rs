@@ -103,7 +103,8 @@ pub struct SelectionArgs {
     /// residual branches, the weakest first (by what each adds to its residual sum, measured
     /// on seeded random inputs), before channels are removed from the rest (for
     /// `latency=R`: a share of 1 − R of the MACs; when not given, a latency target searches
-    /// with 0.75 and with 1 and keeps whichever keeps more MACs). A dropped branch takes its
+    /// with 0.75 and with 1, and with shares between when 1 is predicted under the target,
+    /// and keeps whichever keeps more MACs without being under it). A dropped branch takes its
     /// layers' fixed per-layer time too, which narrower layers keep. 0: none
     /// [default: 0.75 in `prune` and `compress --method plain`, 0 for the other methods].
     #[arg(long, value_parser = parse_share, value_name = "SHARE", help_heading = "Allocation")]
