@@ -193,13 +193,7 @@ fn prune_best_share(
     tools: &mut Tools,
     shares: [f64; 2],
 ) -> Result<PruneReport> {
-    let target = match &opts.selection {
-        Selection::Scored(s) => match s.allocate.amount {
-            plan::Amount::Target(plan::Budget::Latency(t)) => t,
-            _ => 1.0,
-        },
-        _ => 1.0,
-    };
+    let target = opts.selection.latency_target().unwrap_or(1.0);
     let under = |r: &PruneReport| {
         r.predicted_latency
             .is_some_and(|p| p < target - plan::MEASURED_TOLERANCE)

@@ -181,8 +181,18 @@ impl Selection {
 
     /// Whether the amount is a latency target (the run needs a latency evaluator).
     pub fn is_latency_target(&self) -> bool {
-        matches!(self, Selection::Scored(s)
-            if matches!(s.allocate.amount, Amount::Target(Budget::Latency(_))))
+        self.latency_target().is_some()
+    }
+
+    /// The latency target's ratio, when the amount is one.
+    pub fn latency_target(&self) -> Option<f64> {
+        match self {
+            Selection::Scored(s) => match s.allocate.amount {
+                Amount::Target(Budget::Latency(t)) => Some(t),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// How a latency target judges candidates (the defaults for other selections).
