@@ -4,7 +4,7 @@
 //! ([`Map::Index`] with `None`) is an *atom*. Walking the graph in topological order, each
 //! tracked slot `(value, axis)` records which atom sits at each of its positions; ops move
 //! atoms along through their declared [`Link`]s. Element-wise ops unite the atoms at equal
-//! positions (residual adds, SE multiplies) and [`Link::Couple`] unites atoms that can only go
+//! positions (residual adds, SE multiplies) and [`Link::Couple`] / [`Link::Tie`] unite atoms that can only go
 //! together: one generic union-find over the ops' declarations. The result:
 //!
 //! - a *class* is a set of united atoms: the unit of removal (one "channel" of a group);
@@ -110,6 +110,29 @@ pub struct ChannelGroups {
 }
 
 impl ChannelGroups {
+    /// Per class, the channels it takes from each tensor it sits in (the fewest over its
+    /// tensors): 1 for a plain channel, a grouped convolution's channels per group for a
+    /// whole group of it.
+    pub fn class_widths(&self) -> Vec<usize> {
+        let mut width = vec![usize::MAX; self.class_atoms.len()];
+        let mut per: HashMap<usize, usize> = HashMap::new();
+        for atoms in self.slots.values() {
+            per.clear();
+            for a in atoms {
+                *per.entry(self.class_of[*a]).or_default() += 1;
+            }
+            for (&c, &k) in &per {
+                if let Some(w) = width.get_mut(c) {
+                    *w = (*w).min(k);
+                }
+            }
+        }
+        width
+            .into_iter()
+            .map(|w| if w == usize::MAX { 1 } else { w })
+            .collect()
+    }
+
     /// A tracked tensor that would keep no channel if `removed` classes went, as
     /// `(value, axis)`.
     pub fn emptied_slot(&self, removed: &[bool]) -> Option<(ValueId, usize)> {
@@ -343,7 +366,7 @@ impl Walk {
                     self.blocked.push((a, format!("{}: {reason}", at.label)));
                 }
             }
-            Link::Member { .. } | Link::Couple { .. } => {}
+            Link::Member { .. } | Link::Couple { .. } | Link::Tie { .. } => {}
         }
     }
 
@@ -423,7 +446,7 @@ impl Walk {
         self.put((v, to.axis), atoms, at.label);
     }
 
-    /// Follows a [`Link::Couple`] (unites atoms that go together) or records a
+    /// Follows a [`Link::Couple`] or [`Link::Tie`] (unites atoms that go together) or records a
     /// [`Link::Member`] whose slot is tracked.
     fn couple_or_member(&mut self, at: &At, l: &Link, members: &mut Vec<Member>) {
         match l {
@@ -437,6 +460,22 @@ impl Walk {
                         for a in it {
                             self.uf.union(first, a);
                         }
+                    }
+                }
+            }
+            Link::Tie { sets } => {
+                let mut of_slot: Vec<(Slot, Option<Vec<AtomId>>)> = Vec::new();
+                for set in sets {
+                    let mut atoms: Vec<AtomId> = Vec::new();
+                    for &(slot, i) in set {
+                        if !of_slot.iter().any(|(s, _)| *s == slot) {
+                            of_slot.push((slot, self.slot_atoms(at.node, slot)));
+                        }
+                        let known = of_slot.iter().find(|(s, _)| *s == slot);
+                        atoms.extend(known.and_then(|(_, a)| a.as_ref()?.get(i).copied()));
+                    }
+                    for pair in atoms.windows(2) {
+                        self.uf.union(pair[0], pair[1]);
                     }
                 }
             }

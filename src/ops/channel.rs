@@ -115,6 +115,13 @@ pub enum Link {
         /// Position sets.
         sets: Vec<Vec<usize>>,
     },
+    /// Sets of positions across several slots of this node that can only be removed together
+    /// (a grouped convolution's input and output channels of one group: removing the group
+    /// removes both).
+    Tie {
+        /// Position sets, each position a `(slot, index)`.
+        sets: Vec<Vec<(Slot, usize)>>,
+    },
     /// Channels in `slot` cannot be removed through this node (fail closed).
     Block {
         /// The slot.

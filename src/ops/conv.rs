@@ -3,8 +3,13 @@
 //!
 //! Channels: output channels are created by the filters (W axis 0, bias); input channels are
 //! consumed by W axis 1. Depthwise (group = C = M) passes channels through instead, and its
-//! `group` attribute follows the new width. Other group counts keep `group` and remove channels
-//! uniformly in every group (coupled positions). Weights that are not constants block.
+//! `group` attribute follows the new width. Other group counts remove whole groups: group `g`'s
+//! input channels and output channels are one unit (W axis 1 is left as it is, `group` becomes
+//! the groups kept), so every kept group keeps its full width, which is what channel-blocked
+//! kernels need (ONNX Runtime's blocked grouped convolution wants whole blocks per group:
+//! regnet_x_400mf has 16 channels a group). When the input's channels are not tracked (they
+//! cannot be removed), output channels go uniformly in every group instead (coupled
+//! positions). Weights that are not constants block.
 //!
 //! A following per-channel affine map (an inference BatchNormalization) folds into W along
 //! axis 0 and into B.
@@ -578,9 +583,12 @@ impl Op for Conv {
             return None;
         }
         let group = node.attr_i("group").unwrap_or(1).max(1) as usize;
-        let tied = group > 1 && group == x[1] && w[1] == 1 && w[0] == x[1];
+        // Depthwise, and grouped with as many output as input channels a group (pruned by
+        // whole groups: `channel_links`): the widths move together, in whole groups.
+        let per = w[1];
+        let tied = group > 1 && w[0] == x[1] && per * group == x[1];
         let group = match tied {
-            true if cin == cout => cin,
+            true if cin == cout && cin.is_multiple_of(per) => cin / per,
             true => return None,
             false if cin.is_multiple_of(group) && cout.is_multiple_of(group) => group,
             false => return None,
@@ -602,7 +610,7 @@ impl Op for Conv {
             attrs,
             inputs: shapes,
             tied,
-            multiple: if tied { 1 } else { group },
+            multiple: if tied { per } else { group },
         })
     }
 
@@ -718,6 +726,22 @@ impl Op for Conv {
         }
         links.push(Link::Create { to: out, len: m });
         producer(&mut links);
+        if group > 1 && tracked_in {
+            // Whole groups: group g's input and output channels go together; W axis 1 (the
+            // channels within a group) is untouched.
+            let per = m / group;
+            links.push(Link::Consume { from: input });
+            links.push(Link::Tie {
+                sets: (0..group)
+                    .map(|g| {
+                        let ins = (g * cg..(g + 1) * cg).map(|k| (input, k));
+                        ins.chain((g * per..(g + 1) * per).map(|j| (out, j)))
+                            .collect()
+                    })
+                    .collect(),
+            });
+            return links;
+        }
         if group > 1 {
             let per = m / group;
             links.push(Link::Couple {
@@ -729,22 +753,11 @@ impl Op for Conv {
         }
         if tracked_in {
             links.push(Link::Consume { from: input });
-            let map = if group > 1 {
-                links.push(Link::Couple {
-                    slot: input,
-                    sets: (0..cg)
-                        .map(|k| (0..group).map(|g| g * cg + k).collect())
-                        .collect(),
-                });
-                Map::Index((0..c).map(|p| Some(p % cg)).collect())
-            } else {
-                Map::Identity
-            };
             links.push(Link::Member {
                 input: 1,
                 axis: 1,
                 slot: input,
-                map,
+                map: Map::Identity,
             });
         }
         links
@@ -753,13 +766,14 @@ impl Op for Conv {
     fn rewrite_channels(&self, cx: &RewriteCx) -> Result<Rewrite> {
         let group = cx.node.attr_i("group").unwrap_or(1);
         let mut rw = Rewrite::default();
-        // Depthwise: the group count is the (new) channel count.
+        // Depthwise: the group count is the (new) channel count. Other groups: the input
+        // loses whole groups of C/group channels (`channel_links`).
         if group > 1 {
-            if let (Some(m), Some(c)) = (cx.mask(Slot::output(0, 1)), cx.mask(Slot::input(0, 1))) {
-                let c_old = c.len() as i64;
-                if group == c_old && m.len() as i64 == c_old {
-                    rw.attrs
-                        .push(attr_int("group", c.iter().filter(|k| **k).count() as i64));
+            if let Some(c) = cx.mask(Slot::input(0, 1)) {
+                let (c_old, kept) = (c.len() as i64, c.iter().filter(|k| **k).count() as i64);
+                let per = c_old / group;
+                if per > 0 && c_old == per * group {
+                    rw.attrs.push(attr_int("group", kept / per));
                 }
             }
         }

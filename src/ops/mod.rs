@@ -207,10 +207,11 @@ pub struct Resized {
     pub attrs: Vec<crate::onnx::proto::AttributeProto>,
     /// The static shape of each present input, in port order.
     pub inputs: Vec<Vec<usize>>,
-    /// Whether input and output widths move together (a depthwise convolution): only
-    /// `cin == cout` is valid.
+    /// Whether input and output widths move together (a depthwise convolution, or a grouped
+    /// one losing whole groups): only `cin == cout` is valid.
     pub tied: bool,
-    /// Widths the layer takes are multiples of this (a grouped convolution's group count).
+    /// Widths the layer takes are multiples of this (untied: a grouped convolution's group
+    /// count; tied: its channels a group).
     pub multiple: usize,
 }
 

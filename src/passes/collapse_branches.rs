@@ -2,7 +2,8 @@
 //! ends a residual branch, takes the branch with it.
 //!
 //! A group qualifies when each of its consumers is a linear layer ([`crate::ops::Op::linear`])
-//! reading only this group, whose output reaches a sum ([`crate::ops::Op::is_sum`]: a residual
+//! reading only this group (a consumer whose output channels are the group's own, a grouped
+//! convolution losing whole groups, is inside the branch and not counted), whose output reaches a sum ([`crate::ops::Op::is_sum`]: a residual
 //! `Add`) through shape-preserving, non-linear-layer nodes only. Removing it takes the branch
 //! out of the sum: an `Add` becomes its skip input, dead code elimination deletes the branch's
 //! layers, and a Relu left reading a value that is never negative (the usual `Relu(x + F(x))`
@@ -90,6 +91,18 @@ pub fn whole_branch(
                 return Err(format!(
                     "'{name}' reads constant channels (their compensation would be lost)"
                 ));
+            }
+            // A layer whose output channels are this group's too (a grouped convolution
+            // losing whole groups ties its input and output channels) is inside the branch:
+            // it goes with it, and the layers reading its output end the branch.
+            let internal = node.output(0).is_some_and(|y| {
+                groups
+                    .slots
+                    .get(&(y, 1))
+                    .is_some_and(|out| !out.is_empty() && out.iter().all(|a| in_group(*a)))
+            });
+            if internal {
+                continue;
             }
             strength += consumer_strength(model, shapes, n, p, from.axis)?;
             consumers.push(n);

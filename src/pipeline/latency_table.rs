@@ -157,7 +157,7 @@ pub struct Layer {
     pub key: String,
     /// Full input and output widths.
     pub widths: (usize, usize),
-    /// Whether the widths are tied (depthwise).
+    /// Whether the widths are tied (depthwise, or a grouped convolution losing whole groups).
     pub tied: bool,
     /// Widths are multiples of this (see [`Resized::multiple`]).
     pub multiple: usize,
@@ -306,7 +306,7 @@ pub fn time_layers(
         let node = g.node(layer.node);
         say(&format!("timing layer {} ({})", node.name, node.op_type));
         let (ins, outs) = if layer.tied {
-            (grid(layer.widths.0, 1), Vec::new())
+            (grid(layer.widths.0, layer.multiple), Vec::new())
         } else {
             let m = layer.multiple;
             (grid(layer.widths.0, m), grid(layer.widths.1, m))

@@ -134,12 +134,17 @@ impl Default for Constraints {
 }
 
 impl Constraints {
-    /// The multiple a group of `n` channels keeps: `round_to`, or 1 below `round_from`.
-    pub fn multiple(&self, n: usize) -> usize {
-        if n < self.round_from {
+    /// The multiple of classes a group of `n` classes of `width` channels each keeps (see
+    /// [`ChannelGroups::class_widths`](crate::analysis::channels::ChannelGroups::class_widths)):
+    /// 1 below `round_from` channels, else the fewest classes that make a multiple of
+    /// `round_to` channels (`round_to` for plain channels, 1 for whole convolution groups of
+    /// one block).
+    pub fn multiple(&self, n: usize, width: usize) -> usize {
+        let (k, w) = (self.round_to.max(1), width.max(1));
+        if n * w < self.round_from {
             1
         } else {
-            self.round_to.max(1)
+            k / gcd(k, w)
         }
     }
 
@@ -876,6 +881,15 @@ impl Block {
                 space.fit(i, n - keep.min(n))
             })
             .collect()
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

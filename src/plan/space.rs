@@ -68,6 +68,7 @@ impl Space {
         };
         let mut ignored = Vec::new();
         let mut too_small = Vec::new();
+        let widths = groups.class_widths();
         for grp in groups.groups.iter().filter(|g| g.prunable()) {
             if let Some(pat) = constraints
                 .ignore
@@ -78,9 +79,10 @@ impl Space {
                 continue;
             }
             let n = grp.classes.len();
-            let valid = allowed_counts(n, constraints);
+            let width = grp.classes.iter().map(|c| widths[*c]).min().unwrap_or(1);
+            let valid = allowed_counts(n, width, constraints);
             if valid.len() < 2 {
-                let k = constraints.multiple(n);
+                let k = constraints.multiple(n, width);
                 if k > 1 && n < k {
                     too_small.push(grp.id);
                 }
@@ -99,7 +101,7 @@ impl Space {
                 .push(order.iter().map(|c| scores[*c]).collect());
             space.order.push(order);
             space.valid.push(valid);
-            space.multiple.push(constraints.multiple(n));
+            space.multiple.push(constraints.multiple(n, width));
             space.eligible.push(grp.id);
         }
         if !ignored.is_empty() {
@@ -276,17 +278,17 @@ impl Space {
 /// The tracked tensors a class sits in, with how many of its positions each holds.
 type Signature = Vec<(usize, usize)>;
 
-/// Removal counts allowed for a group of `n` channels: keep at least
+/// Removal counts allowed for a group of `n` classes of `width` channels each: keep at least
 /// `max(ceil(min_keep_fraction·n), min_keep_count, 1)`, remove at most `floor(max_ratio·n)`,
-/// and with `round_to = k > 1` keep a multiple of `k` (0 = leave the group alone is always
-/// allowed; a group with fewer than `k` channels allows nothing else).
-pub(crate) fn allowed_counts(n: usize, c: &Constraints) -> Vec<usize> {
+/// and keep a multiple of [`Constraints::multiple`] (0 = leave the group alone is always
+/// allowed; a group with fewer classes than that allows nothing else).
+pub(crate) fn allowed_counts(n: usize, width: usize, c: &Constraints) -> Vec<usize> {
     let min_keep = ((c.min_keep_fraction * n as f64).ceil() as usize)
         .max(c.min_keep_count)
         .max(1);
     let max_remove =
         ((c.max_ratio * n as f64 + 1e-9).floor() as usize).min(n.saturating_sub(min_keep));
-    let k = c.multiple(n);
+    let k = c.multiple(n, width);
     let mut out = vec![0];
     if k > 1 && n < k {
         return out;
@@ -406,22 +408,29 @@ mod tests {
 
     #[test]
     fn allowed_counts_follow_the_constraints() {
-        assert_eq!(allowed_counts(4, &c(0.0, 1, 1.0, 1)), vec![0, 1, 2, 3]);
+        assert_eq!(allowed_counts(4, 1, &c(0.0, 1, 1.0, 1)), vec![0, 1, 2, 3]);
         // Keep ≥ 50 %: remove at most 2 of 4; at most 25 %: 1.
-        assert_eq!(allowed_counts(4, &c(0.5, 1, 1.0, 1)), vec![0, 1, 2]);
-        assert_eq!(allowed_counts(4, &c(0.0, 1, 0.25, 1)), vec![0, 1]);
-        assert_eq!(allowed_counts(4, &c(0.0, 3, 1.0, 1)), vec![0, 1]);
+        assert_eq!(allowed_counts(4, 1, &c(0.5, 1, 1.0, 1)), vec![0, 1, 2]);
+        assert_eq!(allowed_counts(4, 1, &c(0.0, 1, 0.25, 1)), vec![0, 1]);
+        assert_eq!(allowed_counts(4, 1, &c(0.0, 3, 1.0, 1)), vec![0, 1]);
         // Multiples of 8 kept out of 20: 16 or 8.
-        assert_eq!(allowed_counts(20, &c(0.0, 1, 1.0, 8)), vec![0, 4, 12]);
+        assert_eq!(allowed_counts(20, 1, &c(0.0, 1, 1.0, 8)), vec![0, 4, 12]);
         // Fewer channels than the multiple: left alone.
-        assert_eq!(allowed_counts(6, &c(0.0, 1, 1.0, 8)), vec![0]);
+        assert_eq!(allowed_counts(6, 1, &c(0.0, 1, 1.0, 8)), vec![0]);
         // Rounding from 32 channels (what `auto` derived before format 2): a 16-channel group
         // keeps exact widths, 40 rounds.
         let auto = Constraints {
             round_from: 32,
             ..c(0.0, 1, 1.0, 8)
         };
-        assert_eq!(allowed_counts(16, &auto), (0..16).collect::<Vec<_>>());
-        assert_eq!(allowed_counts(40, &auto), vec![0, 8, 16, 24, 32]);
+        assert_eq!(allowed_counts(16, 1, &auto), (0..16).collect::<Vec<_>>());
+        assert_eq!(allowed_counts(40, 1, &auto), vec![0, 8, 16, 24, 32]);
+        // Whole convolution groups of 16 channels (regnet_x_400mf): any number of them is
+        // whole blocks of 16; of 8, an even number; of 4, whole blocks of 8 from 32 channels.
+        let sixteen = c(0.0, 1, 1.0, 16);
+        assert_eq!(allowed_counts(4, 16, &sixteen), vec![0, 1, 2, 3]);
+        assert_eq!(allowed_counts(6, 8, &sixteen), vec![0, 2, 4]);
+        assert_eq!(allowed_counts(12, 4, &auto), vec![0, 2, 4, 6, 8, 10]);
+        assert_eq!(allowed_counts(6, 4, &auto), (0..6).collect::<Vec<_>>());
     }
 }

@@ -55,3 +55,4 @@ mod train_step;
 mod vjp_elementwise;
 mod vjp_linear;
 mod vjp_more;
+mod whole_groups;

@@ -232,33 +232,28 @@ fn depthwise_conv_joins_its_input_group() {
 }
 
 #[test]
-fn grouped_conv_couples_channels_across_groups() {
+fn grouped_conv_loses_whole_groups() {
     for group in [2usize, 4] {
         let g = groups(&single(Block::Grouped(group)));
         assert_only_logits_blocked(&g);
-        // 8 → 8 channels: output positions j, j+8/group, ... are one class; so are the
-        // input positions k, k+8/group, ... (the stem's channels).
+        // 8 → 8 channels in `group` groups: group q's input channels (the stem's) and output
+        // channels are one class, so the stem and the grouped convolution are one group of
+        // `group` classes, each `8 / group` channels wide in both tensors.
         let per = 8 / group;
-        let gc = group_of(&g, "b1.gconv");
-        assert_group(&g, gc, &["b1.gconv"], per);
-        let atoms = atoms_of(gc, "b1.gconv");
+        let grp = group_of(&g, "b1.gconv");
+        assert_group(&g, grp, &["stem", "b1.gconv"], group);
+        let (stem, gconv) = (atoms_of(grp, "stem"), atoms_of(grp, "b1.gconv"));
         for j in 0..8 {
+            let class = g.class_of[gconv[j]];
+            assert_eq!(class, g.class_of[stem[j]], "group {group}: channel {j}");
             assert_eq!(
-                g.class_of[atoms[j]],
-                g.class_of[atoms[j % per]],
-                "group {group}: out {j}"
+                class,
+                g.class_of[gconv[j / per * per]],
+                "group {group}: {j}"
             );
         }
-        let stem = group_of(&g, "stem");
-        assert_group(&g, stem, &["stem"], per);
-        let atoms = atoms_of(stem, "stem");
-        for k in 0..8 {
-            assert_eq!(
-                g.class_of[atoms[k]],
-                g.class_of[atoms[k % per]],
-                "group {group}: in {k}"
-            );
-        }
+        let widths = g.class_widths();
+        assert!(grp.classes.iter().all(|c| widths[*c] == per), "{widths:?}");
     }
 }
 
