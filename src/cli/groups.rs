@@ -35,7 +35,14 @@ pub fn run(args: Args) -> Result<()> {
         prunable,
         groups.groups.len() - prunable
     );
+    let widths = groups.class_widths();
     for g in &groups.groups {
+        // Classes several channels wide (whole convolution groups): "2 × 16" channels.
+        let width = g.classes.first().map_or(1, |c| widths[*c]);
+        let channels = match width {
+            1 => g.channels.to_string(),
+            w => format!("{} × {w}", g.channels),
+        };
         let srcs: Vec<String> = g
             .sources
             .iter()
@@ -50,9 +57,9 @@ pub fn run(args: Args) -> Result<()> {
             format!("blocked: {}", g.blocked.join("; "))
         };
         say!(
-            "group {:>3}  {:>5} ch  {:<60}  {status}",
+            "group {:>3}  {:>7} ch  {:<60}  {status}",
             g.id,
-            g.channels,
+            channels,
             shorten(&srcs.join(", "), 60)
         );
         if !g.consumers.is_empty() {

@@ -2,7 +2,8 @@
 //! target rounded to blocks of 16 keeps every kept group 16 channels wide and lowers the
 //! `group` attribute instead, thins the grouped layers about as much as the plain ones (the
 //! bundles' scores are spread like plain channels', so the residual streams are not thinned
-//! first), lands within ±1% and passes the equivalence oracle.
+//! first), lands within ±1% and passes the equivalence oracle; `lopper groups` shows such a
+//! group as its groups times their width.
 
 use std::collections::BTreeMap;
 
@@ -77,4 +78,21 @@ fn regnet_loses_whole_convolution_groups() {
         (0.25..=0.85).contains(&kept_groups),
         "grouped layers keep {groups_after} of {groups_before} groups"
     );
+}
+
+/// `lopper groups` shows a group of whole convolution groups as its groups times their width.
+#[test]
+fn groups_lists_whole_convolution_groups_with_their_width() {
+    let path = shared_dir().join("models/zoo/regnet_x_400mf.bn.onnx");
+    let (code, out, err) = run_lopper(&["groups", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // Block 1's inner channels: 32 in 2 convolution groups of 16; the stem's: 32 plain.
+    let line = |needle: &str| {
+        out.lines()
+            .find(|l| l.starts_with("group") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no group line with '{needle}':\n{out}"))
+            .to_string()
+    };
+    assert!(line("block1-0/f/a/a.0").contains(" 2 × 16 ch"), "{out}");
+    assert!(line("/stem/stem.0/Conv").contains(" 32 ch"), "{out}");
 }
