@@ -133,6 +133,16 @@ impl ChannelGroups {
             .collect()
     }
 
+    /// Per group (by id), the fewest channels a class of it takes from a tensor (see
+    /// [`class_widths`](Self::class_widths)); 1 for a group without classes.
+    pub fn group_widths(&self) -> Vec<usize> {
+        let widths = self.class_widths();
+        self.groups
+            .iter()
+            .map(|g| g.classes.iter().map(|c| widths[*c]).min().unwrap_or(1))
+            .collect()
+    }
+
     /// A tracked tensor that would keep no channel if `removed` classes went, as
     /// `(value, axis)`.
     pub fn emptied_slot(&self, removed: &[bool]) -> Option<(ValueId, usize)> {

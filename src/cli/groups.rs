@@ -35,11 +35,10 @@ pub fn run(args: Args) -> Result<()> {
         prunable,
         groups.groups.len() - prunable
     );
-    let widths = groups.class_widths();
+    let widths = groups.group_widths();
     for g in &groups.groups {
         // Classes several channels wide (whole convolution groups): "2 × 16" channels.
-        let width = g.classes.first().map_or(1, |c| widths[*c]);
-        let channels = match width {
+        let channels = match widths[g.id] {
             1 => g.channels.to_string(),
             w => format!("{} × {w}", g.channels),
         };

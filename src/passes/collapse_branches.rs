@@ -95,10 +95,11 @@ pub fn whole_branch(
             // A layer whose output channels are this group's too (a grouped convolution
             // losing whole groups ties its input and output channels) is inside the branch:
             // it goes with it, and the layers reading its output end the branch.
-            let internal = node.output(0).is_some_and(|y| {
+            let out_axis = crate::ops::linear::of_node(model, shapes, n).map(|l| l.output_axis);
+            let internal = node.output(0).zip(out_axis).is_some_and(|(y, axis)| {
                 groups
                     .slots
-                    .get(&(y, 1))
+                    .get(&(y, axis))
                     .is_some_and(|out| !out.is_empty() && out.iter().all(|a| in_group(*a)))
             });
             if internal {

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::ir::{DType, Dim, Graph, Model, NodeId, Tensor};
 use crate::onnx::proto::ModelProto;
 use crate::ops::Resized;
+use crate::plan::allocate::gcd;
 use crate::temp_dir::TempDir;
 
 /// The table format this build reads and writes.
@@ -276,14 +277,6 @@ pub fn grid(full: usize, group: usize) -> Vec<usize> {
     w.sort_unstable();
     w.dedup();
     w
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 /// Times the grid of every layer in `layers` whose configuration `table` lacks and adds its

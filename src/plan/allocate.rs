@@ -885,7 +885,7 @@ impl Block {
 }
 
 /// Greatest common divisor.
-fn gcd(a: usize, b: usize) -> usize {
+pub(crate) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
     } else {

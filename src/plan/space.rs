@@ -68,7 +68,7 @@ impl Space {
         };
         let mut ignored = Vec::new();
         let mut too_small = Vec::new();
-        let widths = groups.class_widths();
+        let widths = groups.group_widths();
         for grp in groups.groups.iter().filter(|g| g.prunable()) {
             if let Some(pat) = constraints
                 .ignore
@@ -79,7 +79,7 @@ impl Space {
                 continue;
             }
             let n = grp.classes.len();
-            let width = grp.classes.iter().map(|c| widths[*c]).min().unwrap_or(1);
+            let width = widths[grp.id];
             let valid = allowed_counts(n, width, constraints);
             if valid.len() < 2 {
                 let k = constraints.multiple(n, width);
