@@ -52,7 +52,8 @@ pub fn allocate(
     let learn = predictor.as_ref().zip(cost.as_ref());
     let mut measure = latency.map(|ev| {
         move |classes: &[usize]| {
-            let r = ev.ratio_after(model, groups, shapes, classes)?;
+            let expected = learn.map(|(p, cost)| p.ratio(cost, &cost.flags(classes)));
+            let r = ev.ratio_after(model, groups, shapes, classes, expected)?;
             if let Some((p, cost)) = learn {
                 ev.learn(p, cost, classes, r)?;
             }

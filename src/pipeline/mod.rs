@@ -173,6 +173,9 @@ pub fn prune_with(
         let oracle = verify::verify(original, &analysis, &choice.classes, model, opts, say)?;
         tally.removed(&choice, now, oracle);
     }
+    if let Some(note) = latency::repeats_note(tools.latency.as_mut()) {
+        tally.note(note);
+    }
     Ok(PruneReport {
         predicted_latency: predicted,
         ..tally.finish()
