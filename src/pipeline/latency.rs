@@ -438,14 +438,11 @@ impl LatencyEvaluator {
 
     /// [`ratio`](Self::ratio), where a measurement more than the timing noise
     /// ([`crate::plan::MEASURED_TOLERANCE`]) away from `expected` (the prediction) is a
-    /// surprise and is not trusted alone: the same file is timed again, and the two are
-    /// averaged when they agree within the noise (the prediction was wrong), else a third
-    /// timing settles it (the median of the three). One disturbed measurement then cannot
-    /// steer the table's correction and the search (on a 2-core VM one measured 0.577 where
-    /// the file's later timings gave 0.47-0.48). Without `expected`, one measurement. Each measurement is repeated, up to
-    /// [`DISTURBED_TRIES`] timings, while the original runs more than [`DISTURBED`] times its
-    /// quietest median of this evaluator (a disturbed machine), and the least disturbed timing
-    /// is kept.
+    /// surprise and is not trusted alone ([`settle`]): timed again, the two averaged when they
+    /// agree, else the median of three. One disturbed measurement then cannot steer the
+    /// table's correction and the search (on a 2-core VM one measured 0.577 where the file's
+    /// later timings gave 0.47-0.48). Without `expected`, one measurement. Each measurement is
+    /// itself repeated while the machine is disturbed ([`least_disturbed`]).
     pub fn ratio_expecting(&mut self, model: &Model, expected: Option<f64>) -> Result<f64> {
         let Some(original) = self.original.clone() else {
             return Err(Error::Usage("the original model has not been timed".into()));
@@ -532,21 +529,20 @@ fn least_disturbed(
     quiet: &mut Option<f64>,
     mut time: impl FnMut() -> Result<(f64, f64)>,
 ) -> Result<(f64, usize)> {
-    let mut best: Option<(f64, f64)> = None;
-    let mut tries = 0;
-    while tries < DISTURBED_TRIES {
-        tries += 1;
+    // (the original's median, the ratio) of the least disturbed timing so far.
+    let mut best = (f64::INFINITY, 1.0);
+    for tries in 1..=DISTURBED_TRIES {
         let (o, c) = time()?;
         let q = quiet.map_or(o, |q| q.min(o));
         *quiet = Some(q);
-        if best.is_none_or(|(bo, _)| o < bo) {
-            best = Some((o, c / o.max(f64::MIN_POSITIVE)));
+        if o < best.0 {
+            best = (o, c / o.max(f64::MIN_POSITIVE));
         }
         if o <= q * DISTURBED {
-            break;
+            return Ok((best.1, tries - 1));
         }
     }
-    Ok((best.map_or(1.0, |b| b.1), tries - 1))
+    Ok((best.1, DISTURBED_TRIES - 1))
 }
 
 /// A measured ratio `first` checked against its prediction `expected`: a surprise (more than
@@ -646,6 +642,12 @@ pub fn time_original(
 mod tests {
     use super::*;
 
+    /// A timing function giving `v`'s values in turn.
+    fn timings<T>(v: Vec<T>) -> impl FnMut() -> Result<T> {
+        let mut it = v.into_iter();
+        move || Ok(it.next().expect("no more timings"))
+    }
+
     #[test]
     fn a_surprise_is_settled_by_a_second_timing_or_the_median_of_three() {
         for (a, b, c) in [
@@ -655,10 +657,6 @@ mod tests {
         ] {
             assert_eq!(median3(a, b, c), 0.48);
         }
-        let timings = |v: Vec<f64>| {
-            let mut it = v.into_iter();
-            move || Ok(it.next().expect("no more timings"))
-        };
         // Agrees with the prediction: no timing added.
         assert_eq!(settle(0.515, 0.5, timings(vec![])).unwrap(), (0.515, 0));
         // A wrong prediction: the second timing agrees with the first, both averaged.
@@ -673,10 +671,6 @@ mod tests {
 
     #[test]
     fn a_disturbed_timing_is_repeated_and_the_least_disturbed_kept() {
-        let timings = |v: Vec<(f64, f64)>| {
-            let mut it = v.into_iter();
-            move || Ok(it.next().expect("no more timings"))
-        };
         // The first timing sets the quiet time.
         let mut quiet = None;
         assert_eq!(
