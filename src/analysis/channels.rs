@@ -187,6 +187,18 @@ impl ChannelGroups {
         out
     }
 
+    /// Per class, whether it is among `classes` (the `removed` of [`ChannelGroups::keep_mask`]);
+    /// indices past the classes are ignored.
+    pub fn removed(&self, classes: &[usize]) -> Vec<bool> {
+        let mut removed = vec![false; self.class_atoms.len()];
+        for &c in classes {
+            if let Some(r) = removed.get_mut(c) {
+                *r = true;
+            }
+        }
+        removed
+    }
+
     /// Keep-mask of a tracked slot when the given classes are removed.
     pub fn keep_mask(&self, slot: (ValueId, usize), removed: &[bool]) -> Option<Vec<bool>> {
         let atoms = self.slots.get(&slot)?;

@@ -353,16 +353,32 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
                 .iter()
                 .map(|(b, e)| format!("{b} {e:.1e}"))
                 .collect();
-            if o.exercised() {
+            let reduced = o
+                .reduced
+                .as_ref()
+                .map(|r| format!("; at a reduced resolution: {r}"))
+                .unwrap_or_default();
+            if o.outputs_vary() {
                 say!(
-                    "verified: max relative error vs masked original {} (tolerance {:.0e}; {}{})",
+                    "verified: max relative error vs masked original {} (tolerance {:.0e}; {}{}{reduced})",
                     per.join(", "),
                     args.tolerance,
                     variation_note(o.variation),
-                    o.reduced
-                        .as_ref()
-                        .map(|r| format!("; at a reduced resolution: {r}"))
-                        .unwrap_or_default()
+                    o.inside.as_ref().map(inside_note).unwrap_or_default(),
+                );
+            } else if let (true, Some(i)) = (o.exercised(), &o.inside) {
+                say!(
+                    "verified inside the model: the outputs do not vary with the input ({}), so \
+                     the {} values compared inside it carry the check: max relative error vs \
+                     masked original {:.1e} (tolerance {:.0e}; {} of them vary with the input, \
+                     the deepest '{}'; outputs {}{reduced})",
+                    variation_note(o.variation),
+                    i.compared,
+                    o.max_rel_error,
+                    args.tolerance,
+                    i.varying,
+                    i.deepest_varying.as_deref().unwrap_or_default(),
+                    per.join(", "),
                 );
             } else {
                 say!(
@@ -376,6 +392,14 @@ fn print_summary(args: &Args, report: &PruneReport, layers: Option<&report::Laye
         None if report.removed > 0 => say!("not verified (--no-verify)"),
         None => {}
     }
+}
+
+/// The values compared inside the models, for the verdict line.
+fn inside_note(inside: &crate::oracle::Inside) -> String {
+    format!(
+        "; {} values inside agree within {:.1e}",
+        inside.compared, inside.max_rel_error
+    )
 }
 
 /// How much the oracle's reference outputs varied with its random inputs, for the verdict line.

@@ -144,12 +144,7 @@ fn narrow_all(
     classes: &[usize],
     kept: &mut KeptChannels,
 ) {
-    let mut removed = vec![false; groups.class_atoms.len()];
-    for &c in classes {
-        if let Some(r) = removed.get_mut(c) {
-            *r = true;
-        }
-    }
+    let removed = groups.removed(classes);
     let g = &model.graph;
     for n in g.node_ids() {
         let (Some(s), Some(k)) = (

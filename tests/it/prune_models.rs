@@ -1,7 +1,9 @@
 //! Channel pruning on every shared model (zoo and pretrained): simplify (BatchNormalization
 //! kept), analyse the channel groups, remove every third class of every prunable group, and
 //! check with the equivalence oracle under tract that the pruned model computes what the
-//! original computes with the removed channels silenced (relative error ≤ 1e-4). Every model
+//! original computes with the removed channels silenced (relative error ≤ 1e-4), at its
+//! outputs and at the values inside it, and that the check was exercised (the random-weight
+//! exports' outputs do not depend on their input; values inside them do). Every model
 //! must have prunable groups, and every blocked group must be blocked for an expected reason
 //! (its channels reach a graph output: the classifier's logits, or a model-specific one).
 
@@ -10,18 +12,64 @@ use crate::common;
 use std::collections::BTreeMap;
 
 use common::*;
+use lopper::analysis::channels::ChannelGroups;
 use lopper::analysis::{channel_groups, infer_shapes};
 use lopper::ir::Model;
-use lopper::oracle::{compare, masked_original};
+use lopper::oracle::{compare, compare_reduced, masked_original, probes};
 use lopper::passes::{remove_channels, simplify, SimplifyOptions};
 use lopper::runtime::BackendKind;
 
 /// Largest relative output error the oracle accepts.
 const TOLERANCE: f64 = 1e-4;
 
+/// A shared model pruned: the original (simplified), its groups, the classes removed (every
+/// third of every prunable group) and the pruned model.
+struct Pruned {
+    name: String,
+    original: Model,
+    groups: ChannelGroups,
+    classes: Vec<usize>,
+    pruned: Model,
+}
+
 /// Analyses and prunes `file` (under `../shared/models`) and checks it; blocked reasons must
 /// contain "reach graph output" or one of `allowed`.
 fn prune_model(file: &str, allowed: &[&str]) {
+    let Pruned {
+        name,
+        original,
+        groups,
+        classes,
+        mut pruned,
+    } = pruned(file, allowed);
+    let probes = probes(&original, &groups, &classes, &pruned);
+    let masked = masked_original(&original, &groups, &classes)
+        .unwrap_or_else(|e| panic!("{name}: masked original: {e}"));
+    let cmp = compare_reduced(masked, &mut pruned, &probes, &[BackendKind::Tract], 2, 3)
+        .unwrap_or_else(|e| panic!("{name}: oracle: {e}"));
+    let inside = cmp.inside.as_ref().expect("values compared inside");
+    eprintln!(
+        "{name}: removed {} classes, oracle max relative error {:.2e}; {} of {} probes compared, {} varying",
+        classes.len(),
+        cmp.max_rel_error,
+        inside.compared,
+        probes.len(),
+        inside.varying
+    );
+    assert!(
+        cmp.max_rel_error <= TOLERANCE,
+        "{name}: pruned model differs from the masked original by {:e}",
+        cmp.max_rel_error
+    );
+    assert!(
+        cmp.exercised(),
+        "{name}: the random inputs exercised nothing"
+    );
+    assert!(inside.compared > 0, "{name}: nothing compared inside");
+}
+
+/// [`Pruned`] for `file`, its blocked reasons checked as [`prune_model`] says.
+fn pruned(file: &str, allowed: &[&str]) -> Pruned {
     let path = shared_dir().join("models").join(file);
     let name = short(&path);
     let mut model = Model::load(&path).unwrap_or_else(|e| panic!("{name}: load: {e}"));
@@ -70,20 +118,72 @@ fn prune_model(file: &str, allowed: &[&str]) {
     let original = model.clone();
     remove_channels(&mut model, &groups, &shapes, &classes)
         .unwrap_or_else(|e| panic!("{name}: remove_channels: {e}"));
-    let masked = masked_original(&original, &groups, &classes)
-        .unwrap_or_else(|e| panic!("{name}: masked original: {e}"));
-    let cmp = compare(&masked, &model, &[BackendKind::Tract], 1, 3)
-        .unwrap_or_else(|e| panic!("{name}: oracle: {e}"));
+    Pruned {
+        name,
+        original,
+        groups,
+        classes,
+        pruned: model,
+    }
+}
+
+/// A random-weight export's outputs do not depend on its input (mobilenet_v2's vary by about
+/// 1e-7), so comparing them alone misses a mistake in an early layer: the layer's output is
+/// forgotten a few blocks later. Comparing the values inside finds it and names it.
+#[test]
+fn a_mistake_the_outputs_hide_is_found_inside() {
+    let Pruned {
+        name,
+        original,
+        groups,
+        classes,
+        pruned,
+    } = pruned("zoo/mobilenet_v2.bn.onnx", &[]);
+    let probes = probes(&original, &groups, &classes, &pruned);
+    let masked = masked_original(&original, &groups, &classes).unwrap();
+    let tract = [BackendKind::Tract];
+    // The pruned model of an early block's expansion, off by 1% in every filter.
+    let mut wrong = pruned.clone();
+    let g = &wrong.graph;
+    let conv = g
+        .node_ids()
+        .find(|&n| g.node(n).op_type == "Conv" && g.node(n).name.contains("features.2/"))
+        .expect("block 2's first convolution");
+    let (w, y) = (
+        g.node(conv).inputs[1].unwrap(),
+        g.node(conv).outputs[0].unwrap(),
+    );
+    let scaled: Vec<f32> = g
+        .init(w)
+        .unwrap()
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v * 1.01)
+        .collect();
+    let shape = g.init(w).unwrap().shape().to_vec();
+    let at = g.value(y).name.clone();
+    wrong
+        .graph
+        .set_init(w, lopper::ir::Tensor::from_f32(shape, &scaled));
+
+    let outputs_only = compare(&masked, &wrong, &tract, 2, 3).unwrap();
     eprintln!(
-        "{name}: removed {} classes, oracle max relative error {:.2e}",
-        classes.len(),
-        cmp.max_rel_error
+        "{name}: outputs alone: error {:.1e}, variation {:?}",
+        outputs_only.max_rel_error, outputs_only.variation
     );
     assert!(
-        cmp.max_rel_error <= TOLERANCE,
-        "{name}: pruned model differs from the masked original by {:e}",
-        cmp.max_rel_error
+        !outputs_only.exercised(),
+        "the outputs vary: nothing to show"
     );
+    let right =
+        compare_reduced(masked.clone(), &mut pruned.clone(), &probes, &tract, 2, 3).unwrap();
+    assert!(right.max_rel_error <= TOLERANCE && right.exercised());
+    let found = compare_reduced(masked, &mut wrong, &probes, &tract, 2, 3).unwrap();
+    let inside = found.inside.as_ref().unwrap();
+    let first = inside.first_over(TOLERANCE).expect("the mistake is found");
+    assert_eq!(first.0, at, "named where it is made");
+    assert!(found.max_rel_error > 5e-3, "{:e}", found.max_rel_error);
 }
 
 macro_rules! prune_tests {

@@ -5,8 +5,12 @@
 //! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels, and puts a zero in
 //! the place of each residual branch whose group loses every channel (depth pruning);
 //! [`compare`] runs two models on the same seeded random inputs under each requested runtime
-//! and reports the largest relative output difference. The oracle does not judge accuracy on
-//! real data.
+//! and reports the largest relative output difference, and the values inside the models that
+//! [`probes`] names. The oracle does not judge accuracy on real data.
+
+mod probes;
+
+pub use probes::{probes, Inside, Probe};
 
 use serde::Serialize;
 
@@ -27,12 +31,7 @@ use crate::temp_dir::TempDir;
 pub fn masked_original(model: &Model, groups: &ChannelGroups, classes: &[usize]) -> Result<Model> {
     let constants = channel_constants(model, groups);
     let shapes = infer_shapes(model)?;
-    let mut removed = vec![false; groups.class_atoms.len()];
-    for &c in classes {
-        if let Some(r) = removed.get_mut(c) {
-            *r = true;
-        }
-    }
+    let removed = groups.removed(classes);
     let mut out = model.clone();
     let g = &model.graph;
     for (&n, links) in &groups.links {
@@ -204,13 +203,23 @@ pub struct Comparison {
     /// resolution (`None`: as declared).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reduced: Option<String>,
+    /// What the comparison of values inside the models found, when it was given [`Probe`]s
+    /// ([`compare_reduced`]); its largest error is part of `max_rel_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inside: Option<Inside>,
 }
 
 impl Comparison {
-    /// Whether the random inputs exercised the model: its outputs varied by at least
-    /// [`MIN_VARIATION`] (or could not be measured: integer inputs only).
-    pub fn exercised(&self) -> bool {
+    /// Whether the outputs varied by at least [`MIN_VARIATION`] with the random inputs (or
+    /// could not be measured: integer inputs only).
+    pub fn outputs_vary(&self) -> bool {
         self.variation.is_none_or(|v| v >= MIN_VARIATION)
+    }
+
+    /// Whether the random inputs exercised the comparison: the outputs varied
+    /// ([`Comparison::outputs_vary`]), or values compared inside the models did.
+    pub fn exercised(&self) -> bool {
+        self.outputs_vary() || self.inside.as_ref().is_some_and(|i| i.varying > 0)
     }
 }
 
@@ -236,9 +245,39 @@ pub fn compare(
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
+    compare_probed(a, b, &[], backends, samples, seed)
+}
+
+/// [`compare`], also comparing the values inside the models that `probes` names.
+fn compare_probed(
+    a: &Model,
+    b: &Model,
+    probes: &[Probe],
+    backends: &[BackendKind],
+    samples: usize,
+    seed: u64,
+) -> Result<Comparison> {
     let inputs = sample_inputs(a, samples, seed)?;
-    let saved = Saved::new(a, b)?;
-    compare_saved(&saved, &inputs, backends)
+    let saved = match probed(a, b, probes)? {
+        Some((pa, pb)) => Saved::new(&pa, &pb)?,
+        None => Saved::new(a, b)?,
+    };
+    compare_saved(&saved, &inputs, backends, probes)
+}
+
+/// `a` and `b` with the values `probes` names added to their outputs; `None` without probes.
+fn probed(a: &Model, b: &Model, probes: &[Probe]) -> Result<Option<(Model, Model)>> {
+    if probes.is_empty() {
+        return Ok(None);
+    }
+    let with = |m: &Model| {
+        let values: Vec<_> = probes
+            .iter()
+            .filter_map(|p| m.graph.value_by_name(&p.name))
+            .collect();
+        crate::analysis::activation_stats::with_value_outputs(m, &values)
+    };
+    Ok(Some((with(a)?, with(b)?)))
 }
 
 /// `samples` (at least 2) sets of [`random_inputs`] of `model`, seeded from `seed` on.
@@ -311,6 +350,7 @@ fn compare_saved(
     saved: &Saved,
     inputs: &[Vec<(String, Tensor)>],
     backends: &[BackendKind],
+    probes: &[Probe],
 ) -> Result<Comparison> {
     let inputs_vary = inputs.iter().skip(1).any(|x| {
         x.iter()
@@ -324,7 +364,7 @@ fn compare_saved(
             .iter()
             .map(|&kind| {
                 let alone = backends.len() == 1;
-                sc.spawn(move || judge(saved, kind, alone, inputs, inputs_vary))
+                sc.spawn(move || judge(saved, kind, alone, inputs, inputs_vary, probes))
             })
             .collect();
         handles
@@ -343,10 +383,17 @@ fn compare_saved(
     let mut skipped = Vec::new();
     let mut worst = 0f64;
     let mut variation = None;
+    let mut found = Vec::new();
     for v in verdicts {
         match v? {
             Verdict::Skipped(kind, why) => skipped.push((kind, why)),
-            Verdict::Compared { name, err, varies } => {
+            Verdict::Compared {
+                name,
+                err,
+                varies,
+                inside,
+            } => {
+                found.push(inside);
                 worst = worst.max(err);
                 errors.push((name.to_string(), err));
                 if let Some(v) = varies {
@@ -362,12 +409,16 @@ fn compare_saved(
             msg: format!("no runtime could run the model ({})", why.join("; ")),
         });
     }
+    let inside = Inside::merge(probes, &found);
     Ok(Comparison {
         errors,
         skipped,
-        max_rel_error: worst,
+        max_rel_error: inside
+            .as_ref()
+            .map_or(worst, |i| worst.max(i.max_rel_error)),
         variation,
         reduced: None,
+        inside,
     })
 }
 
@@ -375,11 +426,13 @@ fn compare_saved(
 enum Verdict {
     /// It could not run the reference: `(runtime, why)`.
     Skipped(String, String),
-    /// Its largest relative error, and how much the reference varied (when the inputs did).
+    /// Its largest relative error, how much the reference varied (when the inputs did), and
+    /// per probe its `(error, variation)` when compared.
     Compared {
         name: &'static str,
         err: f64,
         varies: Option<f64>,
+        inside: Vec<Option<(f64, f64)>>,
     },
 }
 
@@ -398,6 +451,7 @@ fn judge(
     alone: bool,
     inputs: &[Vec<(String, Tensor)>],
     inputs_vary: bool,
+    probes: &[Probe],
 ) -> Result<Verdict> {
     let runtime = format!("{kind:?}").to_lowercase();
     if let (BackendKind::Tract, Some(why)) = (kind, &saved.tract_hazard) {
@@ -416,16 +470,77 @@ fn judge(
         Ok(r) => r,
         Err(e) => return Ok(Verdict::Skipped(runtime, e.to_string())),
     };
+    let (ya, pa) = split_probes(ya, probes);
     check_finite(&saved.paths[0], name, &ya)?;
     let varies = inputs_vary.then(|| output_variation(&ya));
     let (_, yb) = run_all(kind, &saved.paths[1], saved.nodes[1], inputs)?;
+    let (yb, pb) = split_probes(yb, probes);
     let mut err = 0f64;
     for (ya, yb) in ya.iter().zip(&yb) {
         for ((out, ta), (_, tb)) in ya.iter().zip(yb) {
             err = err.max(rel_error(out, ta, tb)?);
         }
     }
-    Ok(Verdict::Compared { name, err, varies })
+    let inside = probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let pairs = pa
+                .iter()
+                .zip(&pb)
+                .map(|(a, b)| (a[i].as_ref(), b[i].as_ref()));
+            probe_finding(p, pairs)
+        })
+        .collect();
+    Ok(Verdict::Compared {
+        name,
+        err,
+        varies,
+        inside,
+    })
+}
+
+/// Each input's outputs parted into the model's own and, per probe in order, its value.
+#[allow(clippy::type_complexity)]
+fn split_probes(
+    outputs: Vec<Vec<(String, Tensor)>>,
+    probes: &[Probe],
+) -> (Vec<Vec<(String, Tensor)>>, Vec<Vec<Option<Tensor>>>) {
+    let index: std::collections::HashMap<&str, usize> = probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    outputs
+        .into_iter()
+        .map(|sample| {
+            let mut own = Vec::new();
+            let mut probed = vec![None; probes.len()];
+            for (name, t) in sample {
+                match index.get(name.as_str()) {
+                    Some(&i) => probed[i] = Some(t),
+                    None => own.push((name, t)),
+                }
+            }
+            (own, probed)
+        })
+        .unzip()
+}
+
+/// A probe's `(largest relative error, variation of the narrowed reference)` over the inputs'
+/// `(reference, pruned)` values; `None` when a value is missing or does not fit the probe.
+fn probe_finding<'a>(
+    probe: &Probe,
+    pairs: impl Iterator<Item = (Option<&'a Tensor>, Option<&'a Tensor>)>,
+) -> Option<(f64, f64)> {
+    let mut err = 0f64;
+    let mut narrowed = Vec::new();
+    for (a, b) in pairs {
+        let a = probe.narrow(a?)?;
+        err = err.max(rel_error(&probe.name, &a, b?).ok()?);
+        narrowed.push(vec![(probe.name.clone(), a)]);
+    }
+    (!narrowed.is_empty()).then(|| (err, output_variation(&narrowed)))
 }
 
 /// [`compare`] at an eighth of the declared resolution (at least 32) when the graph allows it,
@@ -441,27 +556,34 @@ fn judge(
 /// files. The runtimes' copies of the weights do not add to the caller's: `a` is taken by
 /// value and dropped once written, and `b`'s weights are replaced by the same bytes mapped
 /// from the written copy (its heap copies are freed).
+///
+/// The values `probes` names are compared too, at whichever resolution the outputs are.
 pub fn compare_reduced(
     a: Model,
     b: &mut Model,
+    probes: &[Probe],
     backends: &[BackendKind],
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
     let Some((small, shapes)) = reduced_pair(&a, b) else {
-        return compare(&a, b, backends, samples, seed);
+        return compare_probed(&a, b, probes, backends, samples, seed);
     };
     let small_inputs = sample_inputs(&small, samples, seed)?;
     drop(small);
     let full_inputs = sample_inputs(&a, samples, seed)?;
     let free = |m: &Model| resized(m, |name, axis, _| Dim::Sym(format!("{name}_{axis}")));
-    let (Some(fa), Some(fb)) = (free(&a), free(b)) else {
-        return compare(&a, b, backends, samples, seed);
+    let (fa, fb) = match probed(&a, b, probes)? {
+        Some((pa, pb)) => (free(&pa), free(&pb)),
+        None => (free(&a), free(b)),
+    };
+    let (Some(fa), Some(fb)) = (fa, fb) else {
+        return compare_probed(&a, b, probes, backends, samples, seed);
     };
     let saved = Saved::new(&fa, &fb)?;
     drop((a, fa, fb));
     map_weights_from(b, &saved.paths[1])?;
-    if let Ok(c) = compare_saved(&saved, &small_inputs, backends) {
+    if let Ok(c) = compare_saved(&saved, &small_inputs, backends, probes) {
         if c.skipped.is_empty() {
             return Ok(Comparison {
                 reduced: Some(shapes),
@@ -469,7 +591,7 @@ pub fn compare_reduced(
             });
         }
     }
-    compare_saved(&saved, &full_inputs, backends)
+    compare_saved(&saved, &full_inputs, backends, probes)
 }
 
 /// `a` at the reduced resolution of [`compare_reduced`] (for its inputs), with the input
@@ -766,20 +888,20 @@ mod tests {
         let tract = [BackendKind::Tract];
         // Pooled: compared at 32 (an eighth of 128 is below the floor), and a difference is still found there.
         let (a, b) = (net(128, true, 0.0), net(128, true, 0.5));
-        let same = compare_reduced(a.clone(), &mut a.clone(), &tract, 2, 1).unwrap();
+        let same = compare_reduced(a.clone(), &mut a.clone(), &[], &tract, 2, 1).unwrap();
         assert_eq!(same.reduced.as_deref(), Some("x float [N,3,32,32]"));
         assert_eq!(same.max_rel_error, 0.0);
-        let differ = compare_reduced(a, &mut b.clone(), &tract, 2, 1).unwrap();
+        let differ = compare_reduced(a, &mut b.clone(), &[], &tract, 2, 1).unwrap();
         assert!(differ.reduced.is_some() && differ.max_rel_error > 1e-2);
         // Flatten into the matrix without pooling: the shapes depend on the resolution.
         let flat = net(128, false, 0.0);
-        let c = compare_reduced(flat.clone(), &mut flat.clone(), &tract, 2, 1).unwrap();
+        let c = compare_reduced(flat.clone(), &mut flat.clone(), &[], &tract, 2, 1).unwrap();
         assert_eq!(c.reduced, None);
         assert!(reduced_pair(&flat, &flat).is_none());
         // Small inputs are compared as declared.
         let small = net(64, true, 0.0);
         assert_eq!(
-            compare_reduced(small.clone(), &mut small.clone(), &tract, 2, 1)
+            compare_reduced(small.clone(), &mut small.clone(), &[], &tract, 2, 1)
                 .unwrap()
                 .reduced,
             None
