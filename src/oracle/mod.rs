@@ -5,8 +5,9 @@
 //! Conv's input slice, Gemm/MatMul rows, ...) that read removed channels, and puts a zero in
 //! the place of each residual branch whose group loses every channel (depth pruning);
 //! [`compare`] runs two models on the same seeded random inputs under each requested runtime
-//! and reports the largest relative output difference, and the values inside the models that
-//! [`probes`] names. The oracle does not judge accuracy on real data.
+//! and reports the largest relative output difference; [`compare_reduced`] (the prune
+//! pipeline's check) also compares the values inside the models that [`probes`] names. The
+//! oracle does not judge accuracy on real data.
 
 mod probes;
 
