@@ -42,11 +42,7 @@ pub(super) fn prune_stage(
             ));
         }
     }
-    let oracle = r
-        .oracle
-        .as_ref()
-        .map(|o| format!(", oracle {:.1e}", o.max_rel_error))
-        .unwrap_or_default();
+    let oracle = r.oracle.as_ref().map(oracle_note).unwrap_or_default();
     Ok(format!(
         "{} channels removed ({}{}){oracle}{snapped}",
         r.removed,
@@ -57,6 +53,20 @@ pub(super) fn prune_stage(
             ""
         }
     ))
+}
+
+/// The oracle's verdict for the stage's line: its largest error, and when the outputs did not
+/// vary with the random inputs, what carried the check (the values inside) or that nothing did.
+fn oracle_note(o: &crate::oracle::Comparison) -> String {
+    let how = match &o.inside {
+        _ if o.outputs_vary() => String::new(),
+        Some(i) if o.exercised() => format!(
+            " over {} values inside, {} varying: the outputs do not vary with the input",
+            i.compared, i.varying
+        ),
+        _ => " (not verified: nothing varies with the input)".into(),
+    };
+    format!(", oracle {:.1e}{how}", o.max_rel_error)
 }
 
 /// Sets to zero what masked sparse training drove towards zero for the channels `plan`
@@ -113,4 +123,43 @@ fn zero_masked(model: &mut Model, plan: &crate::plan::PlanFile) -> Result<(usize
         g.set_init(v, crate::ir::Tensor::from_f32(shape, &values));
     }
     Ok((n, largest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::{Comparison, Inside};
+
+    fn comparison(variation: f64, inside: Option<(usize, usize)>) -> Comparison {
+        Comparison {
+            errors: vec![("tract".into(), 2e-7)],
+            max_rel_error: 2e-7,
+            skipped: Vec::new(),
+            variation: Some(variation),
+            reduced: None,
+            inside: inside.map(|(compared, varying)| Inside {
+                compared,
+                varying,
+                max_rel_error: 1e-7,
+                deepest_varying: None,
+                errors: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_stage_line_says_what_carried_the_check() {
+        assert_eq!(
+            oracle_note(&comparison(0.3, Some((9, 9)))),
+            ", oracle 2.0e-7"
+        );
+        assert_eq!(
+            oracle_note(&comparison(1e-7, Some((88, 47)))),
+            ", oracle 2.0e-7 over 88 values inside, 47 varying: the outputs do not vary with the input"
+        );
+        for inside in [None, Some((5, 0))] {
+            assert!(oracle_note(&comparison(1e-7, inside))
+                .ends_with("(not verified: nothing varies with the input)"));
+        }
+    }
 }
