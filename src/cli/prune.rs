@@ -130,25 +130,21 @@ impl Drop for Status {
 /// The original as analysed with the one step's removed channels silenced (the oracle's
 /// reference); the original itself when nothing was removed.
 fn masked_original(report: &PruneReport) -> Result<Model> {
-    let mut before = report
+    let before = report
         .before
         .clone()
         .context("the run kept no copy of the original")?;
-    if report.plan.steps.is_empty() || report.removed == 0 {
+    if report.removed == 0 {
         return Ok(before);
     }
     // Earlier rounds (a drop of whole branches, `--steps`) are removed for real: the result
     // computes what the original computes with every removed channel silenced.
-    let last = report.plan.steps.len() - 1;
-    for step in 0..last {
-        let groups = crate::prune::analyse(&mut before)?;
-        let shapes = crate::analysis::infer_shapes(&before)?;
-        let classes = report.plan.step_classes(step, &groups)?;
-        crate::passes::remove_channels(&mut before, &groups, &shapes, &classes)?;
+    match crate::pipeline::verify::before_last_step(before.clone(), &report.plan)? {
+        Some((model, groups, classes)) => {
+            Ok(crate::oracle::masked_original(&model, &groups, &classes)?)
+        }
+        None => Ok(before),
     }
-    let groups = crate::prune::analyse(&mut before)?;
-    let classes = report.plan.step_classes(last, &groups)?;
-    Ok(crate::oracle::masked_original(&before, &groups, &classes)?)
 }
 
 /// Runs the command.

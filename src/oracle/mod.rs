@@ -246,11 +246,12 @@ pub fn compare(
     samples: usize,
     seed: u64,
 ) -> Result<Comparison> {
-    compare_probed(a, b, &[], backends, samples, seed)
+    compare_with(a, b, &[], backends, samples, seed)
 }
 
-/// [`compare`], also comparing the values inside the models that `probes` names.
-fn compare_probed(
+/// [`compare`], also comparing the values inside the models that `probes` names
+/// ([`Comparison::inside`]).
+pub fn compare_with(
     a: &Model,
     b: &Model,
     probes: &[Probe],
@@ -568,7 +569,7 @@ pub fn compare_reduced(
     seed: u64,
 ) -> Result<Comparison> {
     let Some((small, shapes)) = reduced_pair(&a, b) else {
-        return compare_probed(&a, b, probes, backends, samples, seed);
+        return compare_with(&a, b, probes, backends, samples, seed);
     };
     let small_inputs = sample_inputs(&small, samples, seed)?;
     drop(small);
@@ -579,7 +580,7 @@ pub fn compare_reduced(
         None => (free(&a), free(b)),
     };
     let (Some(fa), Some(fb)) = (fa, fb) else {
-        return compare_probed(&a, b, probes, backends, samples, seed);
+        return compare_with(&a, b, probes, backends, samples, seed);
     };
     let saved = Saved::new(&fa, &fb)?;
     drop((a, fa, fb));

@@ -6,9 +6,12 @@
 //! It needs a copy of the model from before the removal ([`snapshot`]). It does not check
 //! accuracy (the masked original is itself changed by the removal).
 
+use crate::analysis::channels::ChannelGroups;
+use crate::analysis::infer_shapes;
 use crate::error::{Error, Result};
 use crate::ir::Model;
-use crate::oracle::{self, Comparison};
+use crate::oracle::{self, Comparison, Probe};
+use crate::plan::PlanFile;
 
 use super::analyse::Analysis;
 use super::options::PruneOptions;
@@ -56,4 +59,50 @@ pub fn verify(
         )));
     }
     Ok(Some(cmp))
+}
+
+/// `model` (as given to the run that made `plan`) with every step of `plan` but the last
+/// removed for real, analysed for the last: that model, its groups and the last step's
+/// classes. `None` when the plan has no step. It checks the plan against the model (each
+/// step's groups, [`PlanFile::step_classes`]), not the fingerprint.
+pub fn before_last_step(
+    mut model: Model,
+    plan: &PlanFile,
+) -> Result<Option<(Model, ChannelGroups, Vec<usize>)>> {
+    let Some(last) = plan.steps.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    for step in 0..last {
+        let groups = super::analyse(&mut model)?;
+        let shapes = infer_shapes(&model)?;
+        let classes = plan.step_classes(step, &groups)?;
+        crate::passes::remove_channels(&mut model, &groups, &shapes, &classes)?;
+    }
+    let groups = super::analyse(&mut model)?;
+    let classes = plan.step_classes(last, &groups)?;
+    Ok(Some((model, groups, classes)))
+}
+
+/// The oracle's reference for a model that `plan` pruned from `original` (the file given to
+/// `lopper prune`, whose fingerprint the plan must carry): the original with the plan's
+/// removed channels silenced, as the run checked it, and the values inside that `pruned`
+/// still produces ([`oracle::probes`]). A model trained after pruning does not compute what
+/// this reference does.
+pub fn plan_reference(
+    original: Model,
+    plan: &PlanFile,
+    pruned: &Model,
+) -> Result<(Model, Vec<Probe>)> {
+    plan.check_model(&original)?;
+    let mut analysed = original.clone();
+    match before_last_step(original, plan)? {
+        Some((model, groups, classes)) => {
+            let probes = oracle::probes(&model, &groups, &classes, pruned);
+            Ok((oracle::masked_original(&model, &groups, &classes)?, probes))
+        }
+        None => {
+            super::analyse(&mut analysed)?;
+            Ok((analysed, Vec::new()))
+        }
+    }
 }

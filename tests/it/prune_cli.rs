@@ -614,3 +614,60 @@ fn shortcuts_are_written_as_strided_convolutions_unless_kept() {
         assert!(scale > 0.1 && err <= 1e-5 * scale, "{err} of {scale}");
     }
 }
+
+/// A shipped model is checked again later with its plan (`lopper verify ORIGINAL PRUNED
+/// --plan PLAN`), as `lopper prune` checked it: mobilenet_v2's outputs do not depend on its
+/// input, so without the plan `verify` cannot tell; with it the values inside are compared,
+/// a 1% error in an early layer is named, and a plan for another model is refused.
+#[test]
+fn a_pruned_model_is_verified_again_with_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let (original, pruned, plan) = (
+        shared("models/zoo/mobilenet_v2.bn.onnx"),
+        path("p.onnx"),
+        path("p.plan.json"),
+    );
+    let out = ok(&[
+        "prune",
+        &original,
+        "-o",
+        &pruned,
+        "--target",
+        "flops=0.5",
+        "--save-plan",
+        &plan,
+    ]);
+    assert!(out.contains("verified inside the model"), "{out}");
+    let out = ok(&["verify", &original, &pruned, "--plan", &plan]);
+    assert!(out.starts_with("equivalent inside the models"), "{out}");
+
+    // Block 2's expansion convolution, off by 1%.
+    let mut m = lopper::ir::Model::load(Path::new(&pruned)).unwrap();
+    let g = &m.graph;
+    let conv = g
+        .node_ids()
+        .find(|&n| g.node(n).op_type == "Conv" && g.node(n).name.contains("features.2/"))
+        .unwrap();
+    let (w, y) = (
+        g.node(conv).inputs[1].unwrap(),
+        g.node(conv).outputs[0].unwrap(),
+    );
+    let at = g.value(y).name.clone();
+    let t = g.init(w).unwrap();
+    let scaled: Vec<f32> = t.to_f32_vec().unwrap().iter().map(|v| v * 1.01).collect();
+    let t = lopper::ir::Tensor::from_f32(t.shape().to_vec(), &scaled);
+    m.graph.set_init(w, t);
+    let wrong = path("wrong.onnx");
+    m.save(Path::new(&wrong), &Default::default()).unwrap();
+    bad(
+        &["verify", &original, &wrong, "--plan", &plan],
+        &format!("value '{at}' inside the models differs first"),
+    );
+
+    let other = shared("models/pretrained/resnet20_cifar10.bn.onnx");
+    bad(
+        &["verify", &other, &pruned, "--plan", &plan],
+        "the plan was made for another model",
+    );
+}
