@@ -139,12 +139,8 @@ fn masked_original(report: &PruneReport) -> Result<Model> {
     }
     // Earlier rounds (a drop of whole branches, `--steps`) are removed for real: the result
     // computes what the original computes with every removed channel silenced.
-    match crate::pipeline::verify::before_last_step(before.clone(), &report.plan)? {
-        Some((model, groups, classes)) => {
-            Ok(crate::oracle::masked_original(&model, &groups, &classes)?)
-        }
-        None => Ok(before),
-    }
+    let (model, groups, classes) = crate::pipeline::verify::before_last_step(before, &report.plan)?;
+    Ok(crate::oracle::masked_original(&model, &groups, &classes)?)
 }
 
 /// Runs the command.

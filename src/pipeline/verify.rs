@@ -63,14 +63,15 @@ pub fn verify(
 
 /// `model` (as given to the run that made `plan`) with every step of `plan` but the last
 /// removed for real, analysed for the last: that model, its groups and the last step's
-/// classes. `None` when the plan has no step. It checks the plan against the model (each
+/// classes (none when the plan has no step). It checks the plan against the model (each
 /// step's groups, [`PlanFile::step_classes`]), not the fingerprint.
 pub fn before_last_step(
     mut model: Model,
     plan: &PlanFile,
-) -> Result<Option<(Model, ChannelGroups, Vec<usize>)>> {
+) -> Result<(Model, ChannelGroups, Vec<usize>)> {
     let Some(last) = plan.steps.len().checked_sub(1) else {
-        return Ok(None);
+        let groups = super::analyse(&mut model)?;
+        return Ok((model, groups, Vec::new()));
     };
     for step in 0..last {
         let groups = super::analyse(&mut model)?;
@@ -80,7 +81,7 @@ pub fn before_last_step(
     }
     let groups = super::analyse(&mut model)?;
     let classes = plan.step_classes(last, &groups)?;
-    Ok(Some((model, groups, classes)))
+    Ok((model, groups, classes))
 }
 
 /// The oracle's reference for a model that `plan` pruned from `original` (the file given to
@@ -94,15 +95,7 @@ pub fn plan_reference(
     pruned: &Model,
 ) -> Result<(Model, Vec<Probe>)> {
     plan.check_model(&original)?;
-    let mut analysed = original.clone();
-    match before_last_step(original, plan)? {
-        Some((model, groups, classes)) => {
-            let probes = oracle::probes(&model, &groups, &classes, pruned);
-            Ok((oracle::masked_original(&model, &groups, &classes)?, probes))
-        }
-        None => {
-            super::analyse(&mut analysed)?;
-            Ok((analysed, Vec::new()))
-        }
-    }
+    let (model, groups, classes) = before_last_step(original, plan)?;
+    let probes = oracle::probes(&model, &groups, &classes, pruned);
+    Ok((oracle::masked_original(&model, &groups, &classes)?, probes))
 }
