@@ -1,10 +1,6 @@
 //! Per-layer latency tables: each weight layer the op knows how to resize ([`Op::resized`]:
 //! Conv) is cut out of the model, rebuilt alone at a grid of input/output widths, and timed
-//! on the target runtime; the medians form its [`Surface`]. Every layer's bench also times
-//! one fixed reference convolution ([`reference_layer`]), and each layer's medians are scaled
-//! by how much faster or slower the reference ran in its bench than in the run's median
-//! bench, so that a slow spell of the machine while one layer is timed does not make that
-//! layer look expensive to the allocation. Layers with the same
+//! on the target runtime; the medians form its [`Surface`]. Layers with the same
 //! configuration share one entry (ResNet-50's 53 convolutions are 23 configurations). A
 //! model's calibration, the line from the layers' sum to its whole-model latency
 //! ([`crate::analysis::latency_model::fit`]), is kept per model structure.
@@ -294,13 +290,9 @@ pub fn time_layers(
     say: &mut dyn FnMut(&str),
 ) -> Result<usize> {
     let scratch = TempDir::new("latency-table")?;
-    let reference = scratch.path().join("reference.onnx");
-    reference_layer(model, bench_opts.batch).save(&reference, &Default::default())?;
-    // Each timed layer's key, surface and the reference's median in its bench.
-    let mut timed: Vec<(String, Surface, f64)> = Vec::new();
+    let mut timed = 0;
     for layer in layers {
-        let done = |k: &str| table.layers.contains_key(k) || timed.iter().any(|t| t.0 == k);
-        if done(&layer.key) {
+        if table.layers.contains_key(&layer.key) {
             continue;
         }
         let g = &model.graph;
@@ -337,65 +329,22 @@ pub fn time_layers(
             alone.save(&path, &Default::default())?;
             paths.push(path);
         }
-        paths.push(reference.clone());
         let report = bench(&paths, bench_opts, &mut |_, _| {})?;
-        for p in &paths[..paths.len() - 1] {
+        for p in &paths {
             let _ = std::fs::remove_file(p);
         }
-        let mut seconds: Vec<f64> = report.models.iter().map(|m| m.latency.median).collect();
-        let Some(reference_seconds) = seconds.pop() else {
-            continue;
-        };
-        let surface = Surface {
-            inputs: ins,
-            outputs: outs,
-            seconds,
-        };
-        timed.push((layer.key.clone(), surface, reference_seconds));
+        let seconds = report.models.iter().map(|m| m.latency.median).collect();
+        table.layers.insert(
+            layer.key.clone(),
+            Surface {
+                inputs: ins,
+                outputs: outs,
+                seconds,
+            },
+        );
+        timed += 1;
     }
-    let references: Vec<f64> = timed.iter().map(|t| t.2).collect();
-    let n = timed.len();
-    for (key, surface, at) in timed {
-        let scaled = Surface {
-            seconds: on_common_clock(&surface.seconds, at, &references),
-            ..surface
-        };
-        table.layers.insert(key, scaled);
-    }
-    Ok(n)
-}
-
-/// A layer's medians `seconds`, timed beside the reference which took `at` there, put on the
-/// clock of the median of the reference's times over the run's benches (`references`):
-/// scaled by `median / at`. Unchanged when the reference's time is not positive.
-fn on_common_clock(seconds: &[f64], at: f64, references: &[f64]) -> Vec<f64> {
-    let mut sorted: Vec<f64> = references.iter().copied().filter(|r| *r > 0.0).collect();
-    sorted.sort_by(f64::total_cmp);
-    let Some(&median) = sorted.get(sorted.len() / 2) else {
-        return seconds.to_vec();
-    };
-    let scale = if at > 0.0 { median / at } else { 1.0 };
-    seconds.iter().map(|s| s * scale).collect()
-}
-
-/// The reference of every layer's bench: a 3×3 convolution of 64 channels to 64 at 28×28
-/// (about 58 M MACs per sample), in the source model's opsets, at `batch`.
-fn reference_layer(source: &Model, batch: usize) -> Model {
-    use crate::ir::graph::attr_ints;
-    layer_model(
-        source,
-        "Conv",
-        "",
-        &Resized {
-            attrs: vec![
-                attr_ints("kernel_shape", &[3, 3]),
-                attr_ints("pads", &[1, 1, 1, 1]),
-            ],
-            inputs: vec![vec![batch.max(1), 64, 28, 28], vec![64, 64, 3, 3]],
-            tied: false,
-            multiple: 1,
-        },
-    )
+    Ok(timed)
 }
 
 /// The layer alone: input 0 a graph input, the other inputs float32 constants (a fixed,
@@ -443,38 +392,6 @@ fn layer_model(source: &Model, op_type: &str, domain: &str, r: &Resized) -> Mode
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layers_are_put_on_the_clock_of_the_median_reference() {
-        let refs = [1.0, 1.3, 1.0, 0.9, 1.0];
-        // Timed while the reference ran 30% slow: scaled down by 1/1.3.
-        let s = on_common_clock(&[2.6, 3.9], 1.3, &refs);
-        assert!((s[0] - 2.0).abs() < 1e-12 && (s[1] - 3.0).abs() < 1e-12);
-        // At the median: unchanged; without references or with a zero time: unchanged.
-        assert_eq!(on_common_clock(&[2.0], 1.0, &refs), vec![2.0]);
-        assert_eq!(on_common_clock(&[2.0], 1.0, &[]), vec![2.0]);
-        assert_eq!(on_common_clock(&[2.0], 0.0, &refs), vec![2.0]);
-    }
-
-    #[test]
-    fn the_reference_layer_is_a_valid_convolution_at_the_batch() {
-        let source = Model {
-            graph: Graph::new(),
-            rest: ModelProto {
-                opset_import: vec![crate::onnx::proto::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(17),
-                }],
-                ..Default::default()
-            },
-        };
-        let m = reference_layer(&source, 4);
-        crate::ir::verify_model(&m).unwrap();
-        let shapes = crate::analysis::infer_shapes(&m).unwrap();
-        let y = m.graph.outputs[0];
-        let dims = shapes.get(y).and_then(|f| f.shape.clone()).unwrap();
-        assert_eq!(dims, [4, 64, 28, 28].map(Dim::Known).to_vec());
-    }
 
     #[test]
     fn grids_round_like_round_to_auto() {
