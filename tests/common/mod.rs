@@ -456,3 +456,29 @@ pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         format!("{msg} (at {at})")
     })
 }
+
+/// Scales by 1.01 every weight of mobilenet_v2's block-2 expansion convolution (the first
+/// Conv under `features.2/`) in `m`: a mistake its outputs hide (they do not depend on the
+/// input). Returns the name of that convolution's output.
+pub fn scale_block2_expansion(m: &mut Model) -> String {
+    let g = &m.graph;
+    let conv = g
+        .node_ids()
+        .find(|&n| g.node(n).op_type == "Conv" && g.node(n).name.contains("features.2/"))
+        .expect("block 2's first convolution");
+    let (w, y) = (
+        g.node(conv).inputs[1].expect("a weight"),
+        g.node(conv).outputs[0].expect("an output"),
+    );
+    let at = g.value(y).name.clone();
+    let t = g.init(w).expect("a constant weight");
+    let scaled: Vec<f32> = t
+        .to_f32_vec()
+        .expect("f32")
+        .iter()
+        .map(|v| v * 1.01)
+        .collect();
+    let t = Tensor::from_f32(t.shape().to_vec(), &scaled);
+    m.graph.set_init(w, t);
+    at
+}

@@ -644,20 +644,7 @@ fn a_pruned_model_is_verified_again_with_its_plan() {
 
     // Block 2's expansion convolution, off by 1%.
     let mut m = lopper::ir::Model::load(Path::new(&pruned)).unwrap();
-    let g = &m.graph;
-    let conv = g
-        .node_ids()
-        .find(|&n| g.node(n).op_type == "Conv" && g.node(n).name.contains("features.2/"))
-        .unwrap();
-    let (w, y) = (
-        g.node(conv).inputs[1].unwrap(),
-        g.node(conv).outputs[0].unwrap(),
-    );
-    let at = g.value(y).name.clone();
-    let t = g.init(w).unwrap();
-    let scaled: Vec<f32> = t.to_f32_vec().unwrap().iter().map(|v| v * 1.01).collect();
-    let t = lopper::ir::Tensor::from_f32(t.shape().to_vec(), &scaled);
-    m.graph.set_init(w, t);
+    let at = common::scale_block2_expansion(&mut m);
     let wrong = path("wrong.onnx");
     m.save(Path::new(&wrong), &Default::default()).unwrap();
     bad(

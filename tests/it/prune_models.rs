@@ -144,28 +144,7 @@ fn a_mistake_the_outputs_hide_is_found_inside() {
     let tract = [BackendKind::Tract];
     // The pruned model of an early block's expansion, off by 1% in every filter.
     let mut wrong = pruned.clone();
-    let g = &wrong.graph;
-    let conv = g
-        .node_ids()
-        .find(|&n| g.node(n).op_type == "Conv" && g.node(n).name.contains("features.2/"))
-        .expect("block 2's first convolution");
-    let (w, y) = (
-        g.node(conv).inputs[1].unwrap(),
-        g.node(conv).outputs[0].unwrap(),
-    );
-    let scaled: Vec<f32> = g
-        .init(w)
-        .unwrap()
-        .to_f32_vec()
-        .unwrap()
-        .iter()
-        .map(|v| v * 1.01)
-        .collect();
-    let shape = g.init(w).unwrap().shape().to_vec();
-    let at = g.value(y).name.clone();
-    wrong
-        .graph
-        .set_init(w, lopper::ir::Tensor::from_f32(shape, &scaled));
+    let at = common::scale_block2_expansion(&mut wrong);
 
     let outputs_only = compare(&masked, &wrong, &tract, 2, 3).unwrap();
     eprintln!(
