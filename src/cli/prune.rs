@@ -210,6 +210,7 @@ pub fn run(args: Args) -> Result<()> {
                 let l = opts.selection.latency();
                 let evaluator = LatencyEvaluator::new(backend, runtime)?
                     .with_batch(l.batch)
+                    .with_rounding(opts.selection.rounding())
                     .with_lowering(!args.keep_shortcuts);
                 Some(evaluator.with_search(l.search, l.table)?)
             }

@@ -26,7 +26,7 @@ use crate::passes::remove_channels;
 use crate::runtime::{BackendKind, RuntimeOptions};
 use crate::temp_dir::TempDir;
 
-use super::latency_table::{time_layers, timed_layers, Calibration, LatencyTable};
+use super::latency_table::{time_layers, timed_layers, Calibration, LatencyTable, Rounding};
 
 /// How a latency target judges candidate removals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +103,8 @@ pub struct LatencyEvaluator {
     /// The table key (fingerprint as timed) of the model the last
     /// [`predictor`](Self::predictor) was made for: where its measurements are learned.
     calibrated: Option<String>,
+    /// How the search rounds widths: the grid and the calibration copies keep to it.
+    rounding: Rounding,
 }
 
 impl LatencyEvaluator {
@@ -129,7 +131,16 @@ impl LatencyEvaluator {
             lower: false,
             original_key: None,
             calibrated: None,
+            rounding: Rounding::default(),
         })
+    }
+
+    /// Samples layers and calibrates at widths rounded like the search's
+    /// (`--round-to`: [`Selection::rounding`](super::Selection::rounding)); by default
+    /// multiples of 8 from 16 channels.
+    pub fn with_rounding(mut self, rounding: Rounding) -> LatencyEvaluator {
+        self.rounding = rounding;
+        self
     }
 
     /// Times runs of `batch` images (1 by default) instead of one; call before
@@ -276,14 +287,23 @@ impl LatencyEvaluator {
         if layers.is_empty() {
             return Ok(None);
         }
+        // All layers' grids run interleaved, so a slow spell falls on every layer alike and
+        // 30 rounds give medians within 1-2% of another table's (ResNet-50: per-layer spread
+        // between fresh tables 0.009-0.022 in 30 rounds, 0.054-0.089 timed layer by layer).
         let layer_bench = BenchOptions {
             warmup: 3,
             precision: Some(0.02),
-            max_runs: 60,
+            max_runs: 30,
             ..BenchOptions::new(self.bench.backend, self.bench.runtime, self.bench.batch, 10)
         };
-        let mut changed =
-            time_layers(&mut self.table, model, shapes, &layers, &layer_bench, say)? > 0;
+        let mut changed = time_layers(
+            &mut self.table,
+            model,
+            shapes,
+            &layers,
+            (&layer_bench, self.rounding),
+            say,
+        )? > 0;
         let lm = LatencyModel::new(
             layers
                 .iter()
@@ -335,7 +355,7 @@ impl LatencyEvaluator {
         let mut paths = vec![self.scratch.path().join("calibrate-1.onnx")];
         timed.save(&paths[0], &Default::default())?;
         for keep in CALIBRATION_KEEPS {
-            let classes = uniform_classes(groups, keep);
+            let classes = uniform_classes(groups, keep, self.rounding);
             if classes.is_empty() {
                 continue;
             }
@@ -587,17 +607,29 @@ fn runtime_key(b: &BenchOptions) -> String {
     )
 }
 
-/// Classes removing about `1 − keep` of every prunable group (the first classes; widths
-/// rounded to multiples of 8 in groups of 16 or more, as `--round-to auto` rounds on ONNX
-/// Runtime), leaving no tensor empty.
-fn uniform_classes(groups: &ChannelGroups, keep: f64) -> Vec<usize> {
+/// Classes removing about `1 − keep` of every prunable group (the first classes; kept widths
+/// rounded as the search rounds them, [`Rounding`]), leaving no tensor empty.
+fn uniform_classes(groups: &ChannelGroups, keep: f64, rounding: Rounding) -> Vec<usize> {
+    let widths = groups.class_widths();
     let mut out = Vec::new();
     for g in groups.groups.iter().filter(|g| g.prunable()) {
         let n = g.classes.len();
-        let kept = if n >= 16 {
-            (((n as f64 * keep) / 8.0).round() as usize).max(1) * 8
+        let w = g
+            .classes
+            .first()
+            .map_or(1, |&c| widths.get(c).copied().unwrap_or(1).max(1));
+        // In classes, as the allocation rounds: the fewest that make a multiple of the
+        // rounding's channels, from its smallest group on.
+        let k = rounding.multiple.max(1);
+        let step = if n * w < rounding.from {
+            1
         } else {
-            ((n as f64 * keep).round() as usize).max(1)
+            k / crate::plan::allocate::gcd(k, w)
+        };
+        let kept = if n >= step {
+            ((((n as f64 * keep) / step as f64).round() as usize).max(1) * step).min(n)
+        } else {
+            n
         };
         out.extend(g.classes.iter().take(n.saturating_sub(kept)).copied());
     }
@@ -646,6 +678,87 @@ mod tests {
     fn timings<T>(v: Vec<T>) -> impl FnMut() -> Result<T> {
         let mut it = v.into_iter();
         move || Ok(it.next().expect("no more timings"))
+    }
+
+    /// `x[1,3,8,8] → Conv (24) → Relu → Conv (48) → Relu → Conv (8)`: two prunable groups.
+    fn convs() -> Model {
+        use crate::ir::graph::attr_ints;
+        use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+        let mut g = crate::ir::Graph::new();
+        let x = crate::ops::build::add_input(&mut g, "x", crate::ir::DType::F32, &[1, 3, 8, 8]);
+        let mut y = x;
+        for (i, (cin, cout)) in [(3, 24), (24, 48), (48, 8)].into_iter().enumerate() {
+            let n = cout * cin * 9;
+            let v: Vec<f32> = (0..n).map(|k| ((k % 7) as f32 - 3.0) * 0.1).collect();
+            let w = g.add_initializer(
+                &format!("w{i}"),
+                crate::ir::Tensor::from_f32(vec![cout, cin, 3, 3], &v),
+            );
+            let pads = vec![attr_ints("pads", &[1, 1, 1, 1])];
+            let c = g.add_node(
+                &format!("c{i}"),
+                "Conv",
+                &[Some(y), Some(w)],
+                &[&format!("c{i}:0")],
+                pads,
+            );
+            y = g.node(c).outputs[0].unwrap();
+            if i < 2 {
+                let r = g.add_node(
+                    &format!("r{i}"),
+                    "Relu",
+                    &[Some(y)],
+                    &[&format!("r{i}:0")],
+                    vec![],
+                );
+                y = g.node(r).outputs[0].unwrap();
+            }
+        }
+        g.outputs = vec![y];
+        Model {
+            graph: g,
+            rest: ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(17),
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn calibration_copies_keep_widths_the_search_can_choose() {
+        let mut model = convs();
+        let groups = crate::pipeline::analyse::analyse(&mut model).unwrap();
+        let kept = |rounding: Rounding, keep: f64| -> Vec<usize> {
+            let removed = uniform_classes(&groups, keep, rounding);
+            let mut k: Vec<usize> = groups
+                .groups
+                .iter()
+                .filter(|g| g.prunable())
+                .map(|g| g.classes.iter().filter(|c| !removed.contains(c)).count())
+                .collect();
+            k.sort_unstable();
+            k
+        };
+        // Blocks of 16: 24 keeps 16 (its only multiple), 48 keeps 32 or 48.
+        let r16 = Rounding {
+            multiple: 16,
+            from: 16,
+        };
+        assert_eq!(kept(r16, 0.75), vec![16, 32]);
+        assert_eq!(kept(r16, 0.5), vec![16, 32]);
+        // Blocks of 8: 18 → 16, 36 → 40; 12 → 16, 24 → 24.
+        assert_eq!(kept(Rounding::default(), 0.75), vec![16, 40]);
+        assert_eq!(kept(Rounding::default(), 0.5), vec![16, 24]);
+        // Exact widths.
+        let exact = Rounding {
+            multiple: 1,
+            from: 0,
+        };
+        assert_eq!(kept(exact, 0.75), vec![18, 36]);
     }
 
     #[test]

@@ -257,17 +257,52 @@ fn layer_key(op_type: &str, domain: &str, full: &Resized) -> String {
     format!("{op} {} {}", shapes.join(" "), attrs.join(" "))
 }
 
+/// How the search rounds kept widths (the allocation's `round_to` and `round_from`): the
+/// table samples, and the calibration copies keep, only widths the search can choose, so that
+/// no timing is made in another kernel regime than the candidates'. (On a machine whose
+/// blocks are 16 channels, copies rounded to 8 kept 24- and 8-channel layers that ONNX
+/// Runtime runs unblocked: ResNet-20's calibration line then put the first candidate at ×0.50
+/// where it measured ×0.33–0.37.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rounding {
+    /// Kept widths are multiples of this (1: exact widths).
+    pub multiple: usize,
+    /// Layers narrower than this keep exact widths.
+    pub from: usize,
+}
+
+impl Default for Rounding {
+    /// Multiples of 8 from 16 channels (ONNX Runtime's block on AVX2 machines).
+    fn default() -> Self {
+        Rounding {
+            multiple: 8,
+            from: 16,
+        }
+    }
+}
+
+impl Rounding {
+    /// The multiple a layer of `full` channels whose widths are multiples of `group` is
+    /// sampled at: the rounding's (and `group`'s) from [`from`](Self::from) channels, as the
+    /// allocation keeps them (a 24-channel layer at blocks of 16 keeps 16 or 24), else
+    /// `group`.
+    pub fn step(&self, full: usize, group: usize) -> usize {
+        let group = group.max(1);
+        let lcm = |a: usize, b: usize| a / gcd(a, b) * b;
+        let step = lcm(self.multiple.max(1), group);
+        if full >= self.from.max(step) {
+            step
+        } else {
+            group
+        }
+    }
+}
+
 /// The sampled widths of a layer `full` channels wide whose widths must be multiples of
-/// `group` (the layer's [`Resized::multiple`]): the [`FRACTIONS`] of it rounded to multiples of 8 (and of `group`) in layers of 32
-/// channels or more, the way `--round-to auto` keeps them, ascending and distinct.
-pub fn grid(full: usize, group: usize) -> Vec<usize> {
-    let group = group.max(1);
-    let lcm = |a: usize, b: usize| a / gcd(a, b) * b;
-    let m = if full >= 32 && full.is_multiple_of(lcm(8, group)) {
-        lcm(8, group)
-    } else {
-        group
-    };
+/// `group` (the layer's [`Resized::multiple`]): the [`FRACTIONS`] of it rounded as the search
+/// rounds ([`Rounding::step`]), ascending and distinct.
+pub fn grid(full: usize, group: usize, rounding: Rounding) -> Vec<usize> {
+    let m = rounding.step(full, group);
     let mut w: Vec<usize> = FRACTIONS
         .iter()
         .map(|f| ((full as f64 * f / m as f64).round() as usize).max(1) * m)
@@ -279,30 +314,55 @@ pub fn grid(full: usize, group: usize) -> Vec<usize> {
     w
 }
 
+/// Most layer copies timed together in one interleaved bench (each is a loaded session).
+const MAX_INTERLEAVED: usize = 512;
+
+/// Most bytes of inputs and weights (float32) of the layer copies timed together.
+const MAX_INTERLEAVED_BYTES: usize = 1 << 30;
+
+/// One layer configuration's grid, written out and waiting to be timed.
+struct Pending {
+    key: String,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    paths: Vec<PathBuf>,
+    bytes: usize,
+}
+
 /// Times the grid of every layer in `layers` whose configuration `table` lacks and adds its
-/// surface; `say` is told each configuration timed. Returns how many were timed.
+/// surface; `say` is told each configuration prepared. Returns how many were timed.
+///
+/// The grids of all configurations are timed in one interleaved bench (in chunks of at most
+/// [`MAX_INTERLEAVED`] copies and [`MAX_INTERLEAVED_BYTES`]), not one configuration after the
+/// other: a slow spell of the machine then falls on every configuration alike instead of
+/// inflating one layer's whole surface (timed layer by layer, two fresh ResNet-50 tables
+/// differed per configuration by a standard deviation of 8%, one layer by 32% at every
+/// grid point).
 pub fn time_layers(
     table: &mut LatencyTable,
     model: &Model,
     shapes: &Shapes,
     layers: &[Layer],
-    bench_opts: &BenchOptions,
+    (bench_opts, rounding): (&BenchOptions, Rounding),
     say: &mut dyn FnMut(&str),
 ) -> Result<usize> {
     let scratch = TempDir::new("latency-table")?;
-    let mut timed = 0;
+    let mut pending: Vec<Pending> = Vec::new();
     for layer in layers {
-        if table.layers.contains_key(&layer.key) {
+        if table.layers.contains_key(&layer.key) || pending.iter().any(|p| p.key == layer.key) {
             continue;
         }
         let g = &model.graph;
         let node = g.node(layer.node);
-        say(&format!("timing layer {} ({})", node.name, node.op_type));
+        say(&format!("preparing layer {} ({})", node.name, node.op_type));
         let (ins, outs) = if layer.tied {
-            (grid(layer.widths.0, layer.multiple), Vec::new())
+            (grid(layer.widths.0, layer.multiple, rounding), Vec::new())
         } else {
             let m = layer.multiple;
-            (grid(layer.widths.0, m), grid(layer.widths.1, m))
+            (
+                grid(layer.widths.0, m, rounding),
+                grid(layer.widths.1, m, rounding),
+            )
         };
         let pairs: Vec<(usize, usize)> = if layer.tied {
             ins.iter().map(|&c| (c, c)).collect()
@@ -317,34 +377,80 @@ pub fn time_layers(
             continue;
         };
         let mut paths: Vec<PathBuf> = Vec::with_capacity(pairs.len());
-        for (k, &(cin, cout)) in pairs.iter().enumerate() {
+        let mut bytes = 0usize;
+        for &(cin, cout) in &pairs {
             let resized = op.resized(node, &refs, cin, cout).ok_or_else(|| {
                 Error::Usage(format!(
                     "{}: cannot time {} at {cin}/{cout} channels",
                     node.name, node.op_type
                 ))
             })?;
+            bytes = resized.inputs.iter().fold(bytes, |b, s| {
+                b.saturating_add(s.iter().product::<usize>().saturating_mul(4))
+            });
             let alone = layer_model(model, &node.op_type, &node.domain, &resized);
-            let path = scratch.path().join(format!("layer-{k}.onnx"));
+            let path = scratch
+                .path()
+                .join(format!("layer-{}-{}.onnx", pending.len(), paths.len()));
             alone.save(&path, &Default::default())?;
             paths.push(path);
         }
+        pending.push(Pending {
+            key: layer.key.clone(),
+            inputs: ins,
+            outputs: outs,
+            paths,
+            bytes,
+        });
+    }
+    let timed = pending.len();
+    if timed > 0 {
+        say(&format!("timing {timed} layer configurations, interleaved"));
+    }
+    let sizes: Vec<(usize, usize)> = pending.iter().map(|p| (p.paths.len(), p.bytes)).collect();
+    let mut rest = pending.as_slice();
+    for n in chunk_lengths(&sizes, MAX_INTERLEAVED, MAX_INTERLEAVED_BYTES) {
+        let (chunk, later) = rest.split_at(n);
+        rest = later;
+        let paths: Vec<PathBuf> = chunk.iter().flat_map(|p| p.paths.clone()).collect();
         let report = bench(&paths, bench_opts, &mut |_, _| {})?;
         for p in &paths {
             let _ = std::fs::remove_file(p);
         }
-        let seconds = report.models.iter().map(|m| m.latency.median).collect();
-        table.layers.insert(
-            layer.key.clone(),
-            Surface {
-                inputs: ins,
-                outputs: outs,
-                seconds,
-            },
-        );
-        timed += 1;
+        let mut medians = report.models.iter().map(|m| m.latency.median);
+        for p in chunk {
+            table.layers.insert(
+                p.key.clone(),
+                Surface {
+                    inputs: p.inputs.clone(),
+                    outputs: p.outputs.clone(),
+                    seconds: medians.by_ref().take(p.paths.len()).collect(),
+                },
+            );
+        }
     }
     Ok(timed)
+}
+
+/// Splits configurations of `(copies, bytes)` into consecutive chunks of at most `most`
+/// copies and `most_bytes` bytes (a configuration over either limit alone is a chunk of its
+/// own); returns each chunk's number of configurations.
+fn chunk_lengths(sizes: &[(usize, usize)], most: usize, most_bytes: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut n, mut count, mut bytes) = (0usize, 0usize, 0usize);
+    for &(c, b) in sizes {
+        let (c2, b2) = (count + c, bytes.saturating_add(b));
+        if n > 0 && (c2 > most || b2 > most_bytes) {
+            out.push(n);
+            (n, count, bytes) = (1, c, b);
+        } else {
+            (n, count, bytes) = (n + 1, c2, b2);
+        }
+    }
+    if n > 0 {
+        out.push(n);
+    }
+    out
 }
 
 /// The layer alone: input 0 a graph input, the other inputs float32 constants (a fixed,
@@ -394,15 +500,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grids_round_like_round_to_auto() {
-        assert_eq!(grid(64, 1), vec![16, 32, 48, 64]);
-        assert_eq!(grid(256, 1), vec![64, 128, 192, 256]);
-        // Narrow layers keep exact widths; a width not a multiple of 8 is not rounded.
-        assert_eq!(grid(16, 1), vec![4, 8, 12, 16]);
-        assert_eq!(grid(36, 1), vec![9, 18, 27, 36]);
+    fn configurations_are_timed_in_chunks_within_both_limits() {
+        // Copies: 16 + 16 + 4 fit 40; the next 16 starts a chunk.
+        let sizes = [(16, 10), (16, 10), (4, 10), (16, 10), (9, 10)];
+        assert_eq!(chunk_lengths(&sizes, 40, 1000), vec![3, 2]);
+        // Bytes: at most 25, so two configurations a chunk.
+        assert_eq!(chunk_lengths(&sizes, 512, 25), vec![2, 2, 1]);
+        // A configuration over a limit on its own is still timed, alone.
+        assert_eq!(
+            chunk_lengths(&[(2, 1), (50, 1), (2, 1)], 40, 1000),
+            vec![1, 1, 1]
+        );
+        assert_eq!(chunk_lengths(&[], 40, 1000), Vec::<usize>::new());
+        // Every configuration lands in exactly one chunk.
+        let many: Vec<(usize, usize)> = (0..100).map(|i| (1 + i % 16, i * 7)).collect();
+        assert_eq!(chunk_lengths(&many, 64, 500).iter().sum::<usize>(), 100);
+    }
+
+    #[test]
+    fn grids_round_like_the_search() {
+        let r8 = Rounding {
+            multiple: 8,
+            from: 32,
+        };
+        assert_eq!(grid(64, 1, r8), vec![16, 32, 48, 64]);
+        assert_eq!(grid(256, 1, r8), vec![64, 128, 192, 256]);
+        // Narrow layers keep exact widths; a wider one not a multiple of 8 samples the
+        // multiples the allocation can keep, and its full width.
+        assert_eq!(grid(16, 1, r8), vec![4, 8, 12, 16]);
+        assert_eq!(grid(36, 1, r8), vec![8, 16, 24, 36]);
         // Grouped: multiples of the group (and of 8 where it can).
-        assert_eq!(grid(96, 12), vec![24, 48, 72, 96]);
-        assert_eq!(grid(6, 1), vec![2, 3, 5, 6]);
+        assert_eq!(grid(96, 12, r8), vec![24, 48, 72, 96]);
+        assert_eq!(grid(6, 1, r8), vec![2, 3, 5, 6]);
+        // Blocks of 16 from 16 channels: no width the search cannot keep is timed.
+        let r16 = Rounding {
+            multiple: 16,
+            from: 16,
+        };
+        assert_eq!(grid(16, 1, r16), vec![16]);
+        assert_eq!(grid(32, 1, r16), vec![16, 32]);
+        assert_eq!(grid(96, 1, r16), vec![32, 48, 80, 96]);
+        assert_eq!(grid(12, 1, r16), vec![3, 6, 9, 12]);
+        assert_eq!(grid(24, 1, r16), vec![16, 24]);
+        // Exact widths: the plain fractions.
+        let exact = Rounding {
+            multiple: 1,
+            from: 0,
+        };
+        assert_eq!(grid(16, 1, exact), vec![4, 8, 12, 16]);
+        assert_eq!(grid(32, 1, exact), vec![8, 16, 24, 32]);
     }
 
     #[test]

@@ -195,6 +195,22 @@ impl Selection {
         }
     }
 
+    /// How the allocation rounds kept widths (`round_to`, `round_from`), for the latency
+    /// table's samples and calibration copies; exact widths for selections that do not
+    /// allocate.
+    pub fn rounding(&self) -> super::latency_table::Rounding {
+        match self {
+            Selection::Scored(s) => super::latency_table::Rounding {
+                multiple: s.allocate.constraints.round_to.max(1),
+                from: s.allocate.constraints.round_from,
+            },
+            _ => super::latency_table::Rounding {
+                multiple: 1,
+                from: 0,
+            },
+        }
+    }
+
     /// How a latency target judges candidates (the defaults for other selections).
     pub fn latency(&self) -> LatencyOptions {
         match self {

@@ -626,6 +626,7 @@ fn tools<'a>(
             Some(
                 super::LatencyEvaluator::new(opts.eval.backend, opts.eval.runtime)?
                     .with_batch(l.batch)
+                    .with_rounding(selection.rounding())
                     .with_lowering(opts.lower)
                     .with_search(l.search, l.table)?,
             )
