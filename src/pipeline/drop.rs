@@ -40,14 +40,15 @@ use super::reporter::Reporter;
 
 /// The stage: the classes of the branches to drop from `model` (the original) for `budget`,
 /// taking at most `share` (in `(0, 1]`) of the removal the budget asks for (a latency
-/// budget's MACs as if it were a FLOPs budget). Empty when no branch can go.
+/// budget's MACs as if it were a FLOPs budget), and how many branches could go. Empty when
+/// no branch can go.
 pub fn choose(
     model: &Model,
     analysis: &Analysis,
     share: f64,
     budget: Budget,
     reporter: &mut dyn Reporter,
-) -> Result<Choice> {
+) -> Result<(Choice, usize)> {
     let (target, by_params) = match budget {
         Budget::Flops(b) | Budget::Latency(b) => (b, false),
         Budget::Params(b) => (b, true),
@@ -103,7 +104,7 @@ pub fn choose(
             "branch strengths from the weights alone (the probe run failed: {why})"
         ));
     }
-    Ok(choice)
+    Ok((choice, candidates))
 }
 
 /// Sets each branch's strength to what it adds to its merge relative to the skip it is added

@@ -136,10 +136,12 @@ pub fn prune_with(
     latency::time_original(selection.is_latency_target(), tools.latency.as_mut(), model)?;
     let mut selector = selection.selector();
     let steps = selection.steps();
+    let mut removable_branches = None;
     if let Some((share, budget)) = selection.drop_blocks() {
         let at = tally.progress(0, steps);
         let say = &mut Tagged::new(&mut *tools.reporter, "branches: ".into());
-        let choice = drop::choose(model, &analysis, share, budget, say)?;
+        let (choice, removable) = drop::choose(model, &analysis, share, budget, say)?;
+        removable_branches = Some(removable);
         if !choice.classes.is_empty() {
             tally.choose(&at, &analysis.groups, None, &choice)?;
             let original = verify::snapshot(model, opts, &choice.classes);
@@ -178,6 +180,7 @@ pub fn prune_with(
     }
     Ok(PruneReport {
         predicted_latency: predicted,
+        removable_branches,
         ..tally.finish()
     })
 }
@@ -189,7 +192,7 @@ pub fn prune_with(
 /// [`MIDDLE_SHARES`] by bisection. The result keeping most MACs among those predicted inside or
 /// above the band is kept (all of them when none is), with a note giving every share. The
 /// choice depends only on the searches' predictions, so a pinned latency table gives the same
-/// bytes. Any search's error is returned.
+/// bytes. A model with no removable branch is searched once. Any search's error is returned.
 fn prune_best_share(
     model: &mut Model,
     opts: &PruneOptions,
@@ -219,6 +222,11 @@ fn prune_best_share(
     };
     for share in shares {
         search(share, &mut tried)?;
+        // No branch can go (efficientnet_b0: its branches end in SE gates): every share is
+        // the same search, and running it again only spends whole-model timings.
+        if tried[0].2.removable_branches == Some(0) {
+            break;
+        }
     }
     let (mut lo, mut hi) = (shares[0], shares[1]);
     if tried.last().is_some_and(|t| under(&t.2)) && !tried.first().is_some_and(|t| under(&t.2)) {

@@ -72,6 +72,8 @@ pub struct PruneReport {
     /// A latency target's predicted latency of the last round's choice, as a fraction of the
     /// original's (the prediction as the search ended: a pinned latency table gives the same).
     pub predicted_latency: Option<f64>,
+    /// How many residual branches the drop stage could have removed (`None`: no drop stage).
+    pub removable_branches: Option<usize>,
     /// The exact removal, replayable with [`Selection::Plan`].
     #[serde(skip)]
     pub plan: PlanFile,
@@ -206,6 +208,7 @@ impl Tally {
             per_group: self.per_group,
             notes: self.notes,
             predicted_latency: None,
+            removable_branches: None,
             plan: self.record,
             before: Some(self.before),
         }

@@ -204,6 +204,39 @@ fn prune_to_a_latency_target_with_a_table_file() {
     assert!(after < before, "MACs {before} -> {after}");
 }
 
+/// A model without a removable branch (VGG) is searched once: every drop share would be the
+/// same search, and running it again only spends whole-model timings.
+#[test]
+fn a_model_without_branches_is_searched_with_one_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_dir().join("models/zoo/cifar_vgg16_half.bn.onnx");
+    let (out, table) = (dir.path().join("o.onnx"), dir.path().join("t.json"));
+    let (code, stdout, err) = run_lopper(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--target",
+        "latency=0.8",
+        "--backend",
+        "tract",
+        "--latency-table",
+        table.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let all = format!("{stdout}{err}");
+    assert!(all.contains("dropped 0 of 0 removable branch"), "{all}");
+    let note = all
+        .lines()
+        .find(|l| l.contains("searched with branches worth each share"))
+        .unwrap_or_else(|| panic!("no share note: {all}"));
+    assert!(
+        note.contains("(0.75: MACs") && !note.contains(", 1: MACs"),
+        "{note}"
+    );
+    assert!(out.exists());
+}
+
 /// `prune --measure` times the written model against the original and says so beside its
 /// MACs ratio.
 #[test]
