@@ -36,8 +36,7 @@ pub fn allocate(
     let mut latency = latency.filter(|ev| ev.has_original());
     let predictor = match latency.as_deref_mut() {
         Some(ev) if scores.is_some() => {
-            let mut say = |m: &str| reporter.stage(m);
-            ev.predictor(model, groups, shapes, progress.kept.0, &mut say)?
+            ev.predictor(model, groups, shapes, progress.kept.0, &mut *reporter)?
         }
         _ => None,
     };

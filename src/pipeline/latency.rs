@@ -27,6 +27,7 @@ use crate::runtime::{BackendKind, RuntimeOptions};
 use crate::temp_dir::TempDir;
 
 use super::latency_table::{time_layers, timed_layers, Calibration, LatencyTable, Rounding};
+use super::reporter::Reporter;
 
 /// How a latency target judges candidate removals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -196,14 +197,14 @@ impl LatencyEvaluator {
     /// The predictor of the search over `model`'s removals (`groups` and `shapes` computed on
     /// it; `kept`: its MACs as a fraction of the original's): `None` with
     /// [`LatencySearch::Measured`] or when the table search has no layer to time. `say` is
-    /// told what is being timed.
+    /// told what is being timed, and the table's rounds as they are done.
     pub fn predictor(
         &mut self,
         model: &Model,
         groups: &ChannelGroups,
         shapes: &Shapes,
         kept: f64,
-        say: &mut dyn FnMut(&str),
+        say: &mut dyn Reporter,
     ) -> Result<Option<Predictor>> {
         Ok(match self.search {
             LatencySearch::Measured => None,
@@ -272,13 +273,14 @@ impl LatencyEvaluator {
     /// `None` with [`LatencySearch::Measured`] or when no layer can be timed. `model` may be
     /// the original with whole branches already dropped: its predictions are then scaled by
     /// its measured latency relative to the original ([`LatencyModel::scale`]), so that they
-    /// are fractions of the original's, like the target. `say` is told what is being timed.
+    /// are fractions of the original's, like the target. `say` is told what is being timed,
+    /// and the table's rounds as they are done.
     pub fn latency_model(
         &mut self,
         model: &Model,
         groups: &ChannelGroups,
         shapes: &Shapes,
-        say: &mut dyn FnMut(&str),
+        say: &mut dyn Reporter,
     ) -> Result<Option<LatencyModel>> {
         if self.search != LatencySearch::Table {
             return Ok(None);
@@ -318,7 +320,7 @@ impl LatencyEvaluator {
             Some(c) => c.clone(),
             None => {
                 self.learning = true;
-                say("calibrating the latency table on the whole model");
+                say.stage("calibrating the latency table on the whole model");
                 let c = self.calibrate(model, &timed, &key, groups, shapes, &lm)?;
                 self.table.models.insert(key.clone(), c.clone());
                 changed = true;

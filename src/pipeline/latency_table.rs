@@ -25,6 +25,8 @@ use crate::ops::Resized;
 use crate::plan::allocate::gcd;
 use crate::temp_dir::TempDir;
 
+use super::reporter::Reporter;
+
 /// The table format this build reads and writes.
 pub const TABLE_FORMAT: u32 = 1;
 
@@ -330,7 +332,8 @@ struct Pending {
 }
 
 /// Times the grid of every layer in `layers` whose configuration `table` lacks and adds its
-/// surface; `say` is told each configuration prepared. Returns how many were timed.
+/// surface; `say` is told each configuration prepared, then counts the rounds of the timing.
+/// Returns how many were timed.
 ///
 /// The grids of all configurations are timed in one interleaved bench (in chunks of at most
 /// [`MAX_INTERLEAVED`] copies and [`MAX_INTERLEAVED_BYTES`]), not one configuration after the
@@ -344,7 +347,7 @@ pub fn time_layers(
     shapes: &Shapes,
     layers: &[Layer],
     (bench_opts, rounding): (&BenchOptions, Rounding),
-    say: &mut dyn FnMut(&str),
+    say: &mut dyn Reporter,
 ) -> Result<usize> {
     let scratch = TempDir::new("latency-table")?;
     let mut pending: Vec<Pending> = Vec::new();
@@ -354,7 +357,7 @@ pub fn time_layers(
         }
         let g = &model.graph;
         let node = g.node(layer.node);
-        say(&format!("preparing layer {} ({})", node.name, node.op_type));
+        say.stage(&format!("preparing layer {} ({})", node.name, node.op_type));
         let (ins, outs) = if layer.tied {
             (grid(layer.widths.0, layer.multiple, rounding), Vec::new())
         } else {
@@ -405,7 +408,7 @@ pub fn time_layers(
     }
     let timed = pending.len();
     if timed > 0 {
-        say(&format!("timing {timed} layer configurations, interleaved"));
+        say.stage(&format!("timing {timed} layer configurations, interleaved"));
     }
     let sizes: Vec<(usize, usize)> = pending.iter().map(|p| (p.paths.len(), p.bytes)).collect();
     let mut rest = pending.as_slice();
@@ -413,7 +416,9 @@ pub fn time_layers(
         let (chunk, later) = rest.split_at(n);
         rest = later;
         let paths: Vec<PathBuf> = chunk.iter().flat_map(|p| p.paths.clone()).collect();
-        let report = bench(&paths, bench_opts, &mut |_, _| {})?;
+        let report = bench(&paths, bench_opts, &mut |done, total| {
+            say.count(done, total)
+        })?;
         for p in &paths {
             let _ = std::fs::remove_file(p);
         }

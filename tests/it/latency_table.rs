@@ -30,7 +30,9 @@ fn a_table_is_built_once_then_read_back_and_predicts_the_same() {
     };
     let mut said = Vec::new();
     let lm = evaluator()
-        .latency_model(&model, &groups, &shapes, &mut |m| said.push(m.to_string()))
+        .latency_model(&model, &groups, &shapes, &mut |m: &str| {
+            said.push(m.to_string())
+        })
         .unwrap()
         .expect("ResNet-20 has timed layers");
     let layers = timed_layers(&model, &shapes, 1);
@@ -69,7 +71,9 @@ fn a_table_is_built_once_then_read_back_and_predicts_the_same() {
     // A second run reads the file: nothing is timed, the predictions are the same.
     let mut said2 = Vec::new();
     let lm2 = evaluator()
-        .latency_model(&model, &groups, &shapes, &mut |m| said2.push(m.to_string()))
+        .latency_model(&model, &groups, &shapes, &mut |m: &str| {
+            said2.push(m.to_string())
+        })
         .unwrap()
         .unwrap();
     assert!(said2.is_empty(), "timed again: {said2:?}");
