@@ -685,49 +685,27 @@ mod tests {
     /// `x[1,3,8,8] → Conv (24) → Relu → Conv (48) → Relu → Conv (8)`: two prunable groups.
     fn convs() -> Model {
         use crate::ir::graph::attr_ints;
-        use crate::onnx::proto::{ModelProto, OperatorSetIdProto};
+        use crate::passes::testutil::{input, model};
         let mut g = crate::ir::Graph::new();
-        let x = crate::ops::build::add_input(&mut g, "x", crate::ir::DType::F32, &[1, 3, 8, 8]);
-        let mut y = x;
+        let mut y = input(&mut g, "x", &[1, 3, 8, 8]);
         for (i, (cin, cout)) in [(3, 24), (24, 48), (48, 8)].into_iter().enumerate() {
-            let n = cout * cin * 9;
-            let v: Vec<f32> = (0..n).map(|k| ((k % 7) as f32 - 3.0) * 0.1).collect();
-            let w = g.add_initializer(
-                &format!("w{i}"),
-                crate::ir::Tensor::from_f32(vec![cout, cin, 3, 3], &v),
-            );
+            let v: Vec<f32> = (0..cout * cin * 9)
+                .map(|k| ((k % 7) as f32 - 3.0) * 0.1)
+                .collect();
+            let t = crate::ir::Tensor::from_f32(vec![cout, cin, 3, 3], &v);
+            let w = g.add_initializer(&format!("w{i}"), t);
             let pads = vec![attr_ints("pads", &[1, 1, 1, 1])];
-            let c = g.add_node(
-                &format!("c{i}"),
-                "Conv",
-                &[Some(y), Some(w)],
-                &[&format!("c{i}:0")],
-                pads,
-            );
+            let (name, out) = (format!("c{i}"), format!("c{i}:0"));
+            let c = g.add_node(&name, "Conv", &[Some(y), Some(w)], &[&out], pads);
             y = g.node(c).outputs[0].unwrap();
             if i < 2 {
-                let r = g.add_node(
-                    &format!("r{i}"),
-                    "Relu",
-                    &[Some(y)],
-                    &[&format!("r{i}:0")],
-                    vec![],
-                );
+                let (name, out) = (format!("r{i}"), format!("r{i}:0"));
+                let r = g.add_node(&name, "Relu", &[Some(y)], &[&out], vec![]);
                 y = g.node(r).outputs[0].unwrap();
             }
         }
         g.outputs = vec![y];
-        Model {
-            graph: g,
-            rest: ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(17),
-                }],
-                ..Default::default()
-            },
-        }
+        model(g, 17)
     }
 
     #[test]
