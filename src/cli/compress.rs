@@ -187,7 +187,8 @@ impl Observer for Status {
     }
 
     fn count(&mut self, done: usize, total: usize) {
-        let bar = self.bar.get_or_insert_with(|| progress::bar("samples"));
+        // Calibration samples, or the latency table's rounds.
+        let bar = self.bar.get_or_insert_with(|| progress::bar(""));
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     }

@@ -94,7 +94,8 @@ pub struct Args {
 }
 
 /// The command's reporter: a spinner showing the current stage and, while calibration data
-/// runs, a bar counting samples (both hidden when stderr is not a terminal).
+/// runs or the latency table is timed, a bar counting samples or rounds (both hidden when
+/// stderr is not a terminal).
 struct Status {
     spinner: ProgressBar,
     bar: Option<ProgressBar>,
@@ -109,11 +110,10 @@ impl Reporter for Status {
     }
 
     fn count(&mut self, done: usize, total: usize) {
-        let bar = self.bar.get_or_insert_with(|| {
-            let bar = progress::bar("samples");
-            bar.set_length(total as u64);
-            bar
-        });
+        // Calibration samples, or the latency table's rounds (whose total grows while a
+        // precision target is unmet).
+        let bar = self.bar.get_or_insert_with(|| progress::bar(""));
+        bar.set_length(total as u64);
         bar.set_position(done as u64);
     }
 }

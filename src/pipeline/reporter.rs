@@ -7,7 +7,8 @@ pub trait Reporter {
     /// A stage starts; `what` is one short line.
     fn stage(&mut self, what: &str);
 
-    /// A long stage has done `done` of `total` units (calibration samples). Ignored by default.
+    /// A long stage has done `done` of `total` units (calibration samples, the latency
+    /// table's rounds). Ignored by default.
     fn count(&mut self, done: usize, total: usize) {
         let _ = (done, total);
     }
