@@ -612,22 +612,22 @@ fn runtime_key(b: &BenchOptions) -> String {
 /// Classes removing about `1 − keep` of every prunable group (the first classes; kept widths
 /// rounded as the search rounds them, [`Rounding`]), leaving no tensor empty.
 fn uniform_classes(groups: &ChannelGroups, keep: f64, rounding: Rounding) -> Vec<usize> {
-    let widths = groups.class_widths();
+    // The allocation's own rule for the multiple of classes a group keeps.
+    let rule = crate::plan::allocate::Constraints {
+        round_to: rounding.multiple,
+        round_from: rounding.from,
+        ..Default::default()
+    };
+    let widths = groups.group_widths();
     let mut out = Vec::new();
-    for g in groups.groups.iter().filter(|g| g.prunable()) {
+    for (g, &w) in groups
+        .groups
+        .iter()
+        .zip(&widths)
+        .filter(|(g, _)| g.prunable())
+    {
         let n = g.classes.len();
-        let w = g
-            .classes
-            .first()
-            .map_or(1, |&c| widths.get(c).copied().unwrap_or(1).max(1));
-        // In classes, as the allocation rounds: the fewest that make a multiple of the
-        // rounding's channels, from its smallest group on.
-        let k = rounding.multiple.max(1);
-        let step = if n * w < rounding.from {
-            1
-        } else {
-            k / crate::plan::allocate::gcd(k, w)
-        };
+        let step = rule.multiple(n, w);
         let kept = if n >= step {
             ((((n as f64 * keep) / step as f64).round() as usize).max(1) * step).min(n)
         } else {

@@ -109,18 +109,7 @@ fn files_that_are_not_tables_for_this_runtime_are_refused() {
         (&bad, "not a lopper latency table"),
         (&other, "not for 'tract cpu"),
     ] {
-        let (code, _, err) = run_lopper(&[
-            "prune",
-            model.to_str().unwrap(),
-            "--target",
-            "latency=0.8",
-            "--backend",
-            "tract",
-            "--latency-table",
-            file.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let (code, _, err) = prune_model_to_latency(&model, &out, file, &[]);
         assert_eq!(code, 2, "{err}");
         assert!(
             err.contains("table.json") || err.contains("other.json"),
@@ -137,6 +126,16 @@ fn files_that_are_not_tables_for_this_runtime_are_refused() {
 /// latency table `table`, writing `out`, with `extra` flags: (exit code, stdout, stderr).
 fn prune_to_latency(out: &Path, table: &Path, extra: &[&str]) -> (i32, String, String) {
     let model = shared_dir().join("models/pretrained/resnet20_cifar10.bn.onnx");
+    prune_model_to_latency(&model, out, table, extra)
+}
+
+/// [`prune_to_latency`] of `model`.
+fn prune_model_to_latency(
+    model: &Path,
+    out: &Path,
+    table: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
     let mut args = vec![
         "prune",
         model.to_str().unwrap(),
@@ -215,18 +214,7 @@ fn a_model_without_branches_is_searched_with_one_share() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_dir().join("models/zoo/cifar_vgg16_half.bn.onnx");
     let (out, table) = (dir.path().join("o.onnx"), dir.path().join("t.json"));
-    let (code, stdout, err) = run_lopper(&[
-        "prune",
-        model.to_str().unwrap(),
-        "--target",
-        "latency=0.8",
-        "--backend",
-        "tract",
-        "--latency-table",
-        table.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (code, stdout, err) = prune_model_to_latency(&model, &out, &table, &[]);
     assert_eq!(code, 0, "{err}");
     let all = format!("{stdout}{err}");
     assert!(all.contains("dropped 0 of 0 removable branch"), "{all}");
