@@ -18,8 +18,10 @@ use super::Progress;
 /// when it has timed the original (latency targets), and predicts them ([`super::latency::Predictor`]:
 /// from their MACs and the measurements so far, or from a per-layer latency table, built or
 /// extended here where the table lacks the model's layers). The reporter is told `allocating`
-/// when there are scores to allocate by. Returns the choice and, with a prediction, its
-/// predicted latency ratio (by the prediction as the search left it).
+/// when there are scores to allocate by. Returns the choice, with a prediction its
+/// predicted latency ratio (by the prediction as the search left it), and whether that
+/// prediction came from a pinned table ([`LatencyEvaluator::learns`] false): the search then
+/// times no candidate, and the caller times the model it writes.
 pub fn allocate(
     selector: &mut dyn Selector,
     model: &Model,
@@ -28,7 +30,7 @@ pub fn allocate(
     progress: Progress,
     latency: Option<&mut LatencyEvaluator>,
     reporter: &mut dyn Reporter,
-) -> Result<(Choice, Option<f64>)> {
+) -> Result<(Choice, Option<f64>, bool)> {
     if scores.is_some() {
         reporter.stage("allocating");
     }
@@ -49,7 +51,10 @@ pub fn allocate(
         .zip(cost.as_ref())
         .map(|(lm, cost)| move |removed: &[bool]| lm.ratio(cost, removed));
     let learn = predictor.as_ref().zip(cost.as_ref());
-    let mut measure = latency.map(|ev| {
+    // A pinned table's choice is its prediction's whatever a timing says: no candidate is
+    // timed (on ResNet-50 that was one to three whole-model timings per drop share).
+    let pinned = predictor.is_some() && latency.as_deref().is_some_and(|ev| !ev.learns());
+    let mut measure = latency.filter(|_| !pinned).map(|ev| {
         move |classes: &[usize]| {
             let expected = learn.map(|(p, cost)| p.ratio(cost, &cost.flags(classes)));
             let r = ev.ratio_after(model, groups, shapes, classes, expected)?;
@@ -74,5 +79,5 @@ pub fn allocate(
         .as_ref()
         .zip(cost.as_ref())
         .map(|(p, cost)| p(&cost.flags(&choice.classes)));
-    Ok((choice, predicted))
+    Ok((choice, predicted, pinned))
 }

@@ -520,6 +520,14 @@ impl LatencyEvaluator {
         Ok(())
     }
 
+    /// Whether a measurement made now would correct the latency model: false when a table
+    /// file already covered the model the last [`predictor`](Self::predictor) was made for
+    /// (it is used as it is). Its choice is then the prediction's whatever a timing says, so
+    /// the search need not time candidates: only the model written is timed, for the report.
+    pub fn learns(&self) -> bool {
+        self.learning
+    }
+
     /// Whether the original has been timed.
     pub fn has_original(&self) -> bool {
         self.original.is_some()

@@ -114,16 +114,61 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<PruneReport> {
 }
 
 /// Prunes `model` in place: the stages of the [module documentation](self), round after
-/// round. On a model whose groups are all blocked nothing changes (the report says so).
-/// Errors when the oracle finds a round not equivalent to the masked model.
+/// round (a latency target without `--drop-blocks`: once per drop share, the best kept). On a
+/// model whose groups are all blocked nothing changes (the report says so). Errors when the
+/// oracle finds a round not equivalent to the masked original.
 pub fn prune_with(
     model: &mut Model,
     opts: &PruneOptions,
     tools: &mut Tools,
 ) -> Result<PruneReport> {
-    if let Some(shares) = opts.selection.drop_shares() {
-        return prune_best_share(model, opts, tools, shares);
+    let mut report = match opts.selection.drop_shares() {
+        Some(shares) => prune_best_share(model, opts, tools, shares)?,
+        None => prune_once(model, opts, tools)?,
+    };
+    time_pinned_choice(model, opts, tools, &mut report)?;
+    Ok(report)
+}
+
+/// A latency target chosen on a pinned table's prediction ([`PruneReport::pinned_latency`]:
+/// the search timed no candidate) is timed once here, the model as it will be written against
+/// the original, and the measurement reported beside the prediction, with a warning when it
+/// misses the target by more than the timing noise. The model is not changed: the same table
+/// gives the same bytes whatever the timing says.
+fn time_pinned_choice(
+    model: &Model,
+    opts: &PruneOptions,
+    tools: &mut Tools,
+    report: &mut PruneReport,
+) -> Result<()> {
+    let (Some(target), Some(predicted), true, Some(ev)) = (
+        opts.selection.latency_target(),
+        report.predicted_latency,
+        report.pinned_latency,
+        tools.latency.as_mut(),
+    ) else {
+        return Ok(());
+    };
+    tools
+        .reporter
+        .stage("latency target: timing the pruned model (the pinned table chose it)");
+    let measured = ev.ratio_expecting(model, Some(predicted))?;
+    report.notes.push(format!(
+        "latency target {target}: {predicted:.4} predicted by the pinned latency table, {measured:.4} measured (the table is not changed)"
+    ));
+    if (measured - target).abs() > plan::MEASURED_TOLERANCE {
+        report.notes.push(format!(
+            "latency target {target} missed by the measurement ({measured:.4}): the machine times differently from when the table was built; a new --latency-table file re-times it"
+        ));
     }
+    if let Some(note) = latency::repeats_note(Some(ev)) {
+        report.notes.push(note);
+    }
+    Ok(())
+}
+
+/// One search of [`prune_with`] (one drop share).
+fn prune_once(model: &mut Model, opts: &PruneOptions, tools: &mut Tools) -> Result<PruneReport> {
     let selection = &opts.selection;
     let fingerprint = plan::fingerprint(model);
     if let Selection::Plan(p) = selection {
@@ -153,7 +198,7 @@ pub fn prune_with(
             choice.notes.into_iter().for_each(|n| tally.note(n));
         }
     }
-    let mut predicted = None;
+    let (mut predicted, mut pinned) = (None, false);
     for step in 0..steps {
         let at = tally.progress(step, steps);
         let say = &mut Tagged::new(&mut *tools.reporter, at.tag());
@@ -167,7 +212,7 @@ pub fn prune_with(
         let scores = score::score(&scoring, model, &analysis, calibration, say)?;
         let (scores, latency) = (scores.as_ref(), tools.latency.as_mut());
         let choice;
-        (choice, predicted) =
+        (choice, predicted, pinned) =
             allocate::allocate(&mut *selector, model, &analysis, scores, at, latency, say)?;
         tally.choose(&at, &analysis.groups, scores, &choice)?;
         let original = verify::snapshot(model, opts, &choice.classes);
@@ -180,6 +225,7 @@ pub fn prune_with(
     }
     Ok(PruneReport {
         predicted_latency: predicted,
+        pinned_latency: pinned,
         removable_branches,
         ..tally.finish()
     })
@@ -215,7 +261,7 @@ fn prune_best_share(
         tools.reporter.stage(&format!(
             "latency target: searching with branches worth {share} of the removal"
         ));
-        let r = prune_with(&mut m, &o, tools)?;
+        let r = prune_once(&mut m, &o, tools)?;
         let macs = r.macs.1 as f64 / r.macs.0.max(1) as f64;
         tried.push((share, m, r, macs));
         Ok::<bool, crate::error::Error>(under(&tried[tried.len() - 1].2))

@@ -72,6 +72,9 @@ pub struct PruneReport {
     /// A latency target's predicted latency of the last round's choice, as a fraction of the
     /// original's (the prediction as the search ended: a pinned latency table gives the same).
     pub predicted_latency: Option<f64>,
+    /// Whether that prediction came from a pinned latency table, so that the search timed no
+    /// candidate ([`super::prune_with`] then times the model it returns).
+    pub pinned_latency: bool,
     /// How many residual branches the drop stage could have removed (`None`: no drop stage).
     pub removable_branches: Option<usize>,
     /// The exact removal, replayable with [`Selection::Plan`].
@@ -208,6 +211,7 @@ impl Tally {
             per_group: self.per_group,
             notes: self.notes,
             predicted_latency: None,
+            pinned_latency: false,
             removable_branches: None,
             plan: self.record,
             before: Some(self.before),

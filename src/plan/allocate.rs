@@ -574,7 +574,8 @@ const CONFIRMATIONS: usize = 4;
 /// may do that), the search runs again, until it chooses a candidate already measured, at
 /// most [`CONFIRMATIONS`] measurements. The choice is always the last search's, a function of
 /// the prediction as it ends: the same table gives the same choice. Its ratio is its measurement
-/// when it was measured, else the prediction (noted). Returns it and the evaluations made.
+/// when it was measured, else the prediction (noted, unless there is no `measure`: a pinned
+/// table, whose caller times the model it writes). Returns it and the evaluations made.
 fn confirmed(
     Search {
         space,
@@ -622,6 +623,8 @@ fn confirmed(
             .map(|(_, r)| *r);
         let m = match (known, measure.as_mut()) {
             (None, Some(m)) if calls < CONFIRMATIONS => m,
+            // Predicted only (a pinned table): the caller times the model it writes.
+            (None, None) => return Ok((found, evaluations)),
             _ => return Ok((finish(found, known, target, tol_m, notes), evaluations)),
         };
         let r = m(&space.select(&found.counts))?;

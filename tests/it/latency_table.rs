@@ -195,6 +195,26 @@ fn prune_to_a_latency_target_with_a_table_file() {
     let cal = t.models.values().next().unwrap();
     let rel = cal.relative.expect("timed against the original");
     assert!(rel.is_finite() && rel > 0.0, "{rel}");
+    // The same file again: the same bytes, the file unchanged, and no candidate timed by the
+    // searches (their choice is the pinned table's prediction); the written model alone is
+    // timed, and reported beside the prediction.
+    let pinned = dir.path().join("p.onnx");
+    let (code, stdout, err) = prune_to_latency(&pinned, &table, &[]);
+    assert_eq!(code, 0, "{err}");
+    let again = format!("{stdout}{err}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&pinned).unwrap(),
+        "the same table gave another model"
+    );
+    let t2: LatencyTable = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    assert_eq!(t2, t, "a pinned table is used as it is");
+    assert!(!again.contains("predicted by the latency table"), "{again}");
+    let timed: Vec<&str> = again
+        .lines()
+        .filter(|l| l.contains("predicted by the pinned latency table") && l.contains("measured"))
+        .collect();
+    assert_eq!(timed.len(), 1, "{again}");
     // A share given is searched alone.
     let (code, stdout, err) = prune_to_latency(&out, &table, &["--drop-blocks", "0.5"]);
     assert_eq!(code, 0, "{err}");
