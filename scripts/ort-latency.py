@@ -1,9 +1,12 @@
 """An independent latency harness (ONNX Runtime from Python): CPU, 2 threads, batch 1,
-spinning off, the models interleaved in 30 rounds after 5 warm-up rounds. Prints the median
-latency of every model after the first as a ratio to the first's, e.g. `0.612 / 0.981`.
+spinning off, the models interleaved in 30 rounds (the issue's harness; `ROUNDS=N` for more)
+after 5 warm-up rounds. Prints the median latency of every model after the first as a ratio to
+the first's, e.g. `0.612 / 0.981`.
 
     python3 scripts/ort-latency.py ORIGINAL.onnx PRUNED.onnx [MORE.onnx ...]
+    ROUNDS=300 python3 scripts/ort-latency.py ORIGINAL.onnx PRUNED.onnx
 """
+import os
 import statistics
 import sys
 import time
@@ -29,7 +32,8 @@ def session(path):
 def main():
     sessions = [session(p) for p in sys.argv[1:]]
     times = [[] for _ in sessions]
-    for r in range(35):
+    rounds = int(os.environ.get("ROUNDS", "30"))
+    for r in range(5 + rounds):
         for k in range(len(sessions)):
             j = (r + k) % len(sessions)
             s, feed = sessions[j]
