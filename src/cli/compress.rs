@@ -454,7 +454,8 @@ pub fn run(mut args: Args) -> Result<()> {
         crate::onnx::save::write_atomic(p, text.as_bytes())?;
     }
     print_table(&args, &report);
-    for line in rounding.iter().chain(&report.lowered) {
+    let stage_notes = report.stages.iter().flat_map(|s| &s.notes);
+    for line in rounding.iter().chain(stage_notes).chain(&report.lowered) {
         eprintln!("note: {line}");
     }
     std::fs::remove_dir_all(&opts.work_dir)

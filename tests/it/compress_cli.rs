@@ -103,6 +103,18 @@ fn compress_runs_every_stage_and_ships_a_checked_model() {
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["original", "prune", "cap", "bn", "kd"]);
+    // The pruning pipeline's notes reach the report and the user (branches dropped first).
+    let notes: Vec<&str> = stages[1]["notes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no prune notes: {}", stages[1]))
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let dropped = notes
+        .iter()
+        .find(|n| n.contains("removable branch"))
+        .unwrap_or_else(|| panic!("{notes:?}"));
+    assert!(err.contains(&format!("note: {dropped}")), "{err}");
     let top1 = |k: usize| stages[k]["top1"].as_f64().unwrap();
     let macs = |k: usize| stages[k]["macs"].as_f64().unwrap();
     assert!(top1(0) > 0.85, "original top-1 {}", top1(0));

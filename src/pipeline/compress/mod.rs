@@ -224,6 +224,11 @@ pub struct StageReport {
     pub seconds: f64,
     /// What the stage did, in one line.
     pub note: String,
+    /// What else the user should know about the stage: the prune stage's are the pruning
+    /// pipeline's notes (branches dropped, a latency target's prediction beside its
+    /// measurement, a target missed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Inheritance candidates: name and top-1 on the held-out training samples, in the
     /// order tried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -442,6 +447,7 @@ fn run_stages(
             opts,
             weight_masks: pan::load_masks(&work.dir.join(MASK_FILE))?,
         };
+        let mut notes = Vec::new();
         let (note, candidates) = match k {
             0 => ("as given".to_string(), Vec::new()),
             _ => match &opts.stages[k - 1] {
@@ -449,7 +455,11 @@ fn run_stages(
                     sparse::sparse_stage(sp, &mut model, &ctx, &file, observer)?,
                     vec![],
                 ),
-                Stage::Prune => (prune::prune_stage(&mut model, &ctx, observer)?, Vec::new()),
+                Stage::Prune => {
+                    let (note, said) = prune::prune_stage(&mut model, &ctx, observer)?;
+                    notes = said;
+                    (note, Vec::new())
+                }
                 Stage::Inherit(inh) => inherit::inherit_stage(inh, &mut model, &ctx, observer)?,
                 Stage::Mend(md) => mend::mend_stage(md, &mut model, &ctx, observer)?,
                 Stage::Pan(p) => pan::pan_stage(p, &mut model, &ctx, observer)?,
@@ -465,6 +475,7 @@ fn run_stages(
         let stage = StageReport {
             seconds,
             note,
+            notes,
             candidates,
             ..stage
         };

@@ -8,12 +8,12 @@ use crate::pipeline::PruneOptions;
 use super::{prune_by, Context, Observer};
 
 /// The prune stage: `opts.prune` (or the masked sparse stage's choice, replayed); the plan
-/// goes to the work folder.
+/// goes to the work folder. Returns the stage's line and the pruning pipeline's notes.
 pub(super) fn prune_stage(
     model: &mut Model,
     ctx: &Context,
     observer: &mut dyn Observer,
-) -> Result<String> {
+) -> Result<(String, Vec<String>)> {
     let masked = ctx.mask_plan.exists();
     let mut snapped = String::new();
     let prune = if masked {
@@ -43,7 +43,7 @@ pub(super) fn prune_stage(
         }
     }
     let oracle = r.oracle.as_ref().map(oracle_note).unwrap_or_default();
-    Ok(format!(
+    let line = format!(
         "{} channels removed ({}{}){oracle}{snapped}",
         r.removed,
         r.criterion,
@@ -52,7 +52,8 @@ pub(super) fn prune_stage(
         } else {
             ""
         }
-    ))
+    );
+    Ok((line, r.notes))
 }
 
 /// The oracle's verdict for the stage's line: its largest error, and when the outputs did not
