@@ -151,7 +151,8 @@ pub struct Args {
     /// latency targets).
     #[arg(long, help_heading = "Outputs")]
     keep_shortcuts: bool,
-    /// Timed runs per model for the latency ratio.
+    /// Timed runs per model for the latency ratio, at least (more are added until both
+    /// medians are within 1%, up to 300 or this).
     #[arg(long, default_value_t = 30, help_heading = "Checks")]
     latency_runs: usize,
     /// Write the run's report (every stage's accuracy, size and time; checks; latency) as JSON.
@@ -509,10 +510,11 @@ fn print_table(args: &Args, r: &CompressReport) {
     );
     if let Some(l) = &r.latency {
         say!(
-            "latency: x{:.3} of the original ({:.3} ms vs {:.3} ms median, {}, batch {})",
+            "latency: x{:.3} of the original ({:.3} ms vs {:.3} ms median, noise {:.1}%, {}, batch {})",
             l.ratio,
             l.median.1 * 1e3,
             l.median.0 * 1e3,
+            l.noise * 100.0,
             l.runtime,
             l.batch
         );

@@ -138,6 +138,10 @@ fn compress_runs_every_stage_and_ships_a_checked_model() {
         .collect();
     assert_eq!(verified, ["ort", "tract"]);
     assert!(r["latency"]["ratio"].as_f64().unwrap() > 0.0);
+    // Timed to a stated noise: the medians' 95% half-width, which the line prints.
+    let noise = r["latency"]["noise"].as_f64().unwrap();
+    assert!(noise.is_finite() && noise > 0.0, "{noise}");
+    assert!(stdout.contains("median, noise "), "{stdout}");
     // The shipped model: the checker accepts it, both runtimes run it, and the table says so.
     check_model(&out);
     let model = Model::load(&out).unwrap();
